@@ -1,0 +1,215 @@
+#pragma once
+// Execution: one submitted call of a task, from submission to its one terminal state.
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <mutex>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <boost/fiber/condition_variable.hpp>
+
+#include "distaff/error.hpp"
+
+namespace distaff {
+
+class Execution;
+class Scheduler;
+
+// State: pending → waiting (for dependencies) → running → succeeded | failed | cancelled.
+// A running execution whose fiber is suspended in a wait stays `running`; `blocked_on()` says on what.
+enum class State : std::uint8_t { pending, waiting, running, succeeded, failed, cancelled };
+const char* to_string(State s) noexcept;
+inline bool is_terminal(State s) noexcept { return s >= State::succeeded; }
+
+enum class Kind : std::uint8_t { task, workflow };
+const char* to_string(Kind k) noexcept;
+
+using Clock = std::chrono::steady_clock;
+
+// Wall-clock time in nanoseconds since the Unix epoch; 0 means "not yet".
+std::int64_t wall_time_ns() noexcept;
+
+// ExecutionRef: a strong, intrusive reference. Copying costs one atomic increment.
+class ExecutionRef {
+ public:
+  ExecutionRef() noexcept = default;
+  explicit ExecutionRef(Execution* p, bool add_ref = true) noexcept;
+  ExecutionRef(const ExecutionRef& o) noexcept;
+  ExecutionRef(ExecutionRef&& o) noexcept : p_(std::exchange(o.p_, nullptr)) {}
+  ExecutionRef& operator=(ExecutionRef o) noexcept {
+    std::swap(p_, o.p_);
+    return *this;
+  }
+  ~ExecutionRef();
+  Execution* get() const noexcept { return p_; }
+  Execution* operator->() const noexcept { return p_; }
+  Execution& operator*() const noexcept { return *p_; }
+  explicit operator bool() const noexcept { return p_ != nullptr; }
+  // detach: give up ownership without releasing (pairs with ExecutionRef(p, false)).
+  Execution* detach() noexcept { return std::exchange(p_, nullptr); }
+
+ private:
+  Execution* p_ = nullptr;
+};
+
+// Callback: a completion callback of the core. Runs exactly once, on the thread that finished the
+// execution (or on the registering thread if it was already finished), after waiters were woken.
+// Nested completions triggered from a callback are queued and run iteratively, so a failing chain of
+// 1M dependents does not recurse 1M frames deep.
+using Callback = void (*)(Execution& ex, void* arg);
+
+// SwitchHooks: called around every suspension of a fiber and every blocking wait of a thread inside
+// the core (Execution::wait_until, Scheduler::wait_idle_until). `on_suspend` runs before the caller
+// parks and returns a token; `on_resume(token)` runs after it wakes, on the same fiber or thread.
+// The Python bindings release the GIL in on_suspend and restore the fiber's interpreter state in
+// on_resume. Install once, before any engine starts.
+struct SwitchHooks {
+  void* (*on_suspend)() = nullptr;
+  void (*on_resume)(void* token) = nullptr;
+};
+void set_switch_hooks(SwitchHooks hooks) noexcept;
+
+enum class WaitStatus : std::uint8_t { done, timeout, interrupted };
+
+class Execution {
+ public:
+  // create: a new pending execution with a process-unique id (ids start at 1 and increase).
+  static ExecutionRef create(std::string name, Kind kind = Kind::task);
+
+  Execution(const Execution&) = delete;
+  Execution& operator=(const Execution&) = delete;
+
+  std::uint64_t id() const noexcept { return id_; }
+  const std::string& name() const noexcept { return name_; }
+  Kind kind() const noexcept { return kind_; }
+  State state() const noexcept { return state_.load(std::memory_order_acquire); }
+  bool done() const noexcept { return is_terminal(state()); }
+
+  // Records for description, graph and telemetry. Set before submission, read any time after.
+  std::uint64_t parent_id() const noexcept { return parent_id_; }
+  void set_parent_id(std::uint64_t id) noexcept { parent_id_ = id; }
+  const std::vector<std::uint64_t>& dependency_ids() const noexcept { return dependency_ids_; }
+  std::int64_t submitted_ns() const noexcept { return submitted_ns_.load(std::memory_order_relaxed); }
+  std::int64_t started_ns() const noexcept { return started_ns_.load(std::memory_order_relaxed); }
+  std::int64_t finished_ns() const noexcept { return finished_ns_.load(std::memory_order_relaxed); }
+
+  // payload: an opaque pointer owned by the embedder (the bindings store their Python object here).
+  void* payload() const noexcept { return payload_; }
+  void set_payload(void* p) noexcept { payload_ = p; }
+
+  // wait_until: waits until this execution is terminal or `deadline` passes.
+  // Called from a worker fiber it suspends that fiber only; from any other thread it blocks the thread.
+  // The switch hooks run around the park (so the GIL is released while parked).
+  // Returns `interrupted` when the *calling* execution was interrupted (see interrupt()).
+  // Throws DeadlockError, without waiting, when the caller is a running execution and this execution
+  // waits on it, directly or through a chain of waits, forwards or dependencies (including itself).
+  WaitStatus wait_until(Clock::time_point deadline);
+  WaitStatus wait() { return wait_until(Clock::time_point::max()); }
+
+  // finish: the one terminal transition; returns false (and does nothing) if already terminal.
+  // Wakes every waiter, then runs the callbacks. Any thread; never suspends.
+  bool finish(State terminal) noexcept;
+
+  // add_callback: registers `cb` to run once on completion; runs it now, on this thread, if done.
+  void add_callback(Callback cb, void* arg);
+
+  // forward_to: declares that this (running) execution completes when `target` does; used when a
+  // body returns another execution. Throws DeadlockError if `target` waits on this execution.
+  void forward_to(Execution& target);
+
+  // interrupt: asks the execution to stop waiting. A fiber parked in wait_until on behalf of this
+  // execution wakes with `interrupted`; later waits return `interrupted` at once. Any thread.
+  void interrupt() noexcept;
+  bool interrupted() const noexcept { return interrupt_.load(std::memory_order_acquire); }
+
+  // blocked_on: id of the execution this one is parked on, or 0.
+  std::uint64_t blocked_on() const noexcept;
+
+  void retain() noexcept { refs_.fetch_add(1, std::memory_order_relaxed); }
+  void release() noexcept;
+
+  // For the scheduler: add a dependency record before submission.
+  void add_dependency(const ExecutionRef& dep);
+  // For the scheduler: pending|waiting → running. False if the execution was finished meanwhile.
+  bool start() noexcept;
+
+ private:
+  friend class Scheduler;
+  friend struct ExecutionGraphAccess;
+  Execution(std::string name, Kind kind);
+  // For the scheduler: the unfinished dependencies, visible to cycle checks while `waiting`.
+  void link_dependencies(std::vector<ExecutionRef> deps);
+  void unlink_dependencies();
+  ~Execution();
+  struct CallbackNode {
+    Callback fn;
+    void* arg;
+    CallbackNode* next;
+  };
+  static void run_callbacks(Execution& ex, CallbackNode* list) noexcept;
+
+  std::atomic<int> refs_{1};
+  std::atomic<State> state_{State::pending};
+  Kind kind_;
+  std::atomic<bool> interrupt_{false};
+  std::atomic<bool> in_graph_{false};  // deps_ or blocked_on_ was ever set: finish() must unlink
+  std::uint64_t id_;
+  std::uint64_t parent_id_ = 0;
+  std::string name_;
+  void* payload_ = nullptr;
+  Scheduler* owner_ = nullptr;
+  std::atomic<std::int64_t> submitted_ns_{0}, started_ns_{0}, finished_ns_{0};
+  std::vector<std::uint64_t> dependency_ids_;
+  // Guarded by the process-wide wait-graph mutex (execution.cpp):
+  std::vector<ExecutionRef> deps_;  // unfinished dependencies, kept only while `waiting`
+  Execution* blocked_on_ = nullptr;  // what this execution's fiber waits on (or forwards to)
+
+  std::mutex mu_;                                  // guards callbacks_ and the terminal transition
+  boost::fibers::condition_variable_any done_cv_;  // waiters: fibers and threads alike
+  CallbackNode* callbacks_ = nullptr;
+  std::atomic<std::uint32_t> deps_left_{0};        // for the scheduler's dependency counting
+  std::atomic<Execution*> failed_dep_{nullptr};    // first dependency that did not succeed
+};
+
+inline ExecutionRef::ExecutionRef(Execution* p, bool add_ref) noexcept : p_(p) {
+  if (p_ && add_ref) p_->retain();
+}
+inline ExecutionRef::ExecutionRef(const ExecutionRef& o) noexcept : p_(o.p_) {
+  if (p_) p_->retain();
+}
+inline ExecutionRef::~ExecutionRef() {
+  if (p_) p_->release();
+}
+
+// current_execution: the execution whose body runs on the calling fiber, or nullptr on a plain
+// thread (and on a worker's dispatcher). Follows the fiber across its suspensions.
+Execution* current_execution() noexcept;
+
+// live_executions: executions created and not yet destroyed, process-wide (leak checks in tests).
+std::int64_t live_executions() noexcept;
+
+namespace detail {
+// The fiber-local slots the core keeps on the OS thread and saves/restores around each suspension.
+struct FiberLocal {
+  Execution* current = nullptr;
+  void* trampoline = nullptr;
+};
+FiberLocal& fiber_local() noexcept;
+// SuspendScope: saves fiber-local slots and calls the switch hooks around one park.
+class SuspendScope {
+ public:
+  SuspendScope() noexcept;
+  ~SuspendScope();
+  SuspendScope(const SuspendScope&) = delete;
+  SuspendScope& operator=(const SuspendScope&) = delete;
+
+ private:
+  FiberLocal saved_;
+  void* token_;
+};
+}  // namespace detail
+
+}  // namespace distaff

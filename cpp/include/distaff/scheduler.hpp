@@ -1,0 +1,119 @@
+#pragma once
+// Scheduler: worker threads, each running its own Boost.Fiber scheduler, that turn submitted
+// executions into fibers.
+
+#include <atomic>
+#include <cstddef>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <unordered_set>
+#include <vector>
+
+#include <boost/fiber/condition_variable.hpp>
+
+#include "distaff/execution.hpp"
+
+namespace distaff {
+
+namespace detail {
+class StackPool;
+}
+
+struct SchedulerOptions {
+  // workers: OS threads. 1 is the measured best default for GIL-bound bodies (ARCHITECTURE.md).
+  unsigned workers = 1;
+  // stack_size: virtual size of each fiber stack (only touched pages cost memory).
+  std::size_t stack_size = std::size_t(1) << 20;
+  // run: runs the body of `ex` on a worker fiber. Must not throw. It should finish `ex`, or arrange
+  // for something else to finish it (a forward). Required.
+  std::function<void(Execution& ex)> run;
+  // abandon: `ex` will never run, because `failed` (a dependency) did not succeed; must finish `ex`.
+  // Called on the thread that finished the dependency, from inside Execution::finish. Required when
+  // executions are submitted with dependencies.
+  std::function<void(Execution& ex, Execution& failed)> abandon;
+  // Worker lifecycle hooks, called on the worker's own thread, outside any fiber body.
+  std::function<void(unsigned index)> on_worker_start;
+  std::function<void(unsigned index)> on_worker_stop;
+  // on_worker_idle: the worker found no work and is about to sleep (trim caches here).
+  std::function<void(unsigned index)> on_worker_idle;
+};
+
+struct SchedulerStats {
+  std::int64_t live = 0;         // submitted and not yet finished
+  std::int64_t queued = 0;       // ready, not yet started
+  std::int64_t fibers = 0;       // started fibers not yet ended (running or suspended)
+  std::int64_t submitted = 0;    // total ever submitted
+  std::int64_t stacks_cached = 0;
+  std::int64_t stacks_mapped = 0;
+};
+
+class Scheduler {
+ public:
+  // Starts the worker threads at once.
+  explicit Scheduler(SchedulerOptions options);
+  // Warning: joins the workers (shutdown(false) then join()); do not destroy a scheduler from one
+  // of its own fibers.
+  ~Scheduler();
+  Scheduler(const Scheduler&) = delete;
+  Scheduler& operator=(const Scheduler&) = delete;
+
+  // submit: queues `ex` (pending) to run once every execution in `deps` is done; with no deps it is
+  // ready at once. If a dependency fails or is cancelled, options.abandon(ex, dep) is called instead.
+  // From a worker fiber the execution is queued on that worker (children stay with their parent)
+  // unless another worker is idle. Any thread; never blocks. Throws ShutdownError after close().
+  void submit(const ExecutionRef& ex, const std::vector<ExecutionRef>& deps = {});
+
+  // wait_idle_until: waits until every submitted execution is finished, or `deadline`.
+  // Suspends a fiber or blocks a thread (switch hooks around the park). Returns true when idle.
+  bool wait_idle_until(Clock::time_point deadline);
+
+  // close: stops accepting submissions. With `drain`, removes the executions that have not started
+  // (queued or waiting for dependencies) and returns them, still unfinished: the caller finishes
+  // them (normally as cancelled). Any thread.
+  std::vector<ExecutionRef> close(bool drain);
+
+  // join: after close(), waits for every started fiber to end and joins the worker threads.
+  // Blocks the calling thread (switch hooks around the wait). Must not be called from a worker.
+  void join();
+
+  bool closed() const noexcept { return closed_.load(std::memory_order_acquire); }
+  unsigned workers() const noexcept { return static_cast<unsigned>(workers_.size()); }
+  SchedulerStats stats() const;
+
+  // on_worker: true if the calling thread is one of this scheduler's workers.
+  bool on_worker() const noexcept;
+
+ private:
+  friend class Execution;
+  struct Worker;
+  void worker_main(Worker& w);
+  void enqueue_ready(Execution* ex);  // takes over one reference
+  bool take_work(Worker& w, std::vector<Execution*>& out);
+  void wake_one_idle();
+  void on_finished(Execution& ex) noexcept;
+  static void on_dependency_done(Execution& dep, void* arg);
+
+  SchedulerOptions opts_;
+  std::vector<std::unique_ptr<Worker>> workers_;
+
+  std::mutex inject_mu_;
+  std::deque<Execution*> inject_;              // ready executions from non-worker threads
+  std::atomic<std::int64_t> inject_size_{0};
+  std::atomic<int> idle_{0};
+
+  std::mutex parked_mu_;
+  std::unordered_set<Execution*> parked_;           // waiting for dependencies (for close(drain))
+
+  std::atomic<bool> closed_{false};
+  std::atomic<bool> stopping_{false};
+  std::atomic<std::int64_t> live_{0};
+  std::atomic<std::int64_t> submitted_{0};
+  std::atomic<std::int64_t> fibers_{0};
+  std::mutex idle_mu_;
+  boost::fibers::condition_variable_any idle_cv_;
+};
+
+}  // namespace distaff

@@ -1,0 +1,298 @@
+#include "distaff/execution.hpp"
+
+#include <cstdio>
+#include <cstdlib>
+#include <unordered_set>
+
+#include "distaff/scheduler.hpp"
+
+namespace distaff {
+
+namespace {
+std::atomic<std::uint64_t> g_next_id{1};
+std::atomic<std::int64_t> g_live{0};
+SwitchHooks g_hooks{};
+
+// The wait graph: who waits on whom. One mutex for the whole process, taken only on the slow path
+// (a fiber that is about to park, a forward, a dependency registration), so cycle checks see a
+// consistent graph. Two fibers on two workers that each start waiting on the other serialise here
+// and the second one finds the cycle.
+std::mutex g_graph_mu;
+
+// Trampoline: completions triggered from inside completion callbacks are queued here and run by the
+// outermost finish() on this fiber, so propagation along long chains is iterative.
+struct Trampoline {
+  std::vector<std::pair<ExecutionRef, void*>> pending;  // (execution, its callback list)
+};
+
+thread_local detail::FiberLocal tl_fiber_local;
+
+// reaches: does a wait on `from` (transitively) lead back to `target`? Caller holds g_graph_mu.
+bool reaches(Execution* from, Execution* target, const std::vector<ExecutionRef>* (*deps_of)(Execution*),
+             Execution* (*blocked_of)(Execution*)) {
+  std::vector<Execution*> stack{from};
+  std::unordered_set<Execution*> seen;
+  while (!stack.empty()) {
+    Execution* e = stack.back();
+    stack.pop_back();
+    if (e == target) return true;
+    if (!seen.insert(e).second || e->done()) continue;
+    if (Execution* b = blocked_of(e)) stack.push_back(b);
+    for (const ExecutionRef& d : *deps_of(e)) stack.push_back(d.get());
+  }
+  return false;
+}
+}  // namespace
+
+namespace detail {
+void assertion_failed(const char* expr, const char* file, int line) {
+  std::fprintf(stderr, "distaff: internal assertion failed: %s (%s:%d)\n", expr, file, line);
+  std::fflush(stderr);
+  throw InternalError(std::string("distaff internal assertion failed: ") + expr);
+}
+
+FiberLocal& fiber_local() noexcept { return tl_fiber_local; }
+
+SuspendScope::SuspendScope() noexcept
+    : saved_(tl_fiber_local), token_(g_hooks.on_suspend ? g_hooks.on_suspend() : nullptr) {
+  tl_fiber_local = FiberLocal{};
+}
+
+SuspendScope::~SuspendScope() {
+  // Another fiber may have run on this thread meanwhile and changed the slots: put ours back.
+  tl_fiber_local = saved_;
+  if (g_hooks.on_resume) g_hooks.on_resume(token_);
+}
+}  // namespace detail
+
+const char* to_string(State s) noexcept {
+  switch (s) {
+    case State::pending: return "pending";
+    case State::waiting: return "waiting";
+    case State::running: return "running";
+    case State::succeeded: return "succeeded";
+    case State::failed: return "failed";
+    case State::cancelled: return "cancelled";
+  }
+  return "?";
+}
+
+const char* to_string(Kind k) noexcept { return k == Kind::workflow ? "workflow" : "task"; }
+
+std::int64_t wall_time_ns() noexcept {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+void set_switch_hooks(SwitchHooks hooks) noexcept { g_hooks = hooks; }
+
+Execution* current_execution() noexcept { return tl_fiber_local.current; }
+
+std::int64_t live_executions() noexcept { return g_live.load(std::memory_order_relaxed); }
+
+ExecutionRef Execution::create(std::string name, Kind kind) {
+  return ExecutionRef(new Execution(std::move(name), kind), /*add_ref=*/false);
+}
+
+Execution::Execution(std::string name, Kind kind)
+    : kind_(kind), id_(g_next_id.fetch_add(1, std::memory_order_relaxed)), name_(std::move(name)) {
+  g_live.fetch_add(1, std::memory_order_relaxed);
+}
+
+Execution::~Execution() {
+  DISTAFF_ASSERT(callbacks_ == nullptr || !is_terminal(state_.load()));
+  // An execution destroyed unfinished (never submitted) may still hold callbacks: free the nodes.
+  for (CallbackNode* n = callbacks_; n;) {
+    CallbackNode* next = n->next;
+    delete n;
+    n = next;
+  }
+  g_live.fetch_sub(1, std::memory_order_relaxed);
+}
+
+void Execution::release() noexcept {
+  if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
+}
+
+void Execution::add_dependency(const ExecutionRef& dep) {
+  dependency_ids_.push_back(dep->id());
+}
+
+bool Execution::start() noexcept {
+  State s = state_.load(std::memory_order_acquire);
+  while (!is_terminal(s)) {
+    if (state_.compare_exchange_weak(s, State::running, std::memory_order_acq_rel)) {
+      started_ns_.store(wall_time_ns(), std::memory_order_relaxed);
+      return true;
+    }
+  }
+  return false;
+}
+
+std::uint64_t Execution::blocked_on() const noexcept {
+  std::lock_guard<std::mutex> g(g_graph_mu);
+  return blocked_on_ ? blocked_on_->id() : 0;
+}
+
+namespace {
+const std::vector<ExecutionRef>* deps_of(Execution* e);
+Execution* blocked_of(Execution* e);
+}  // namespace
+
+// Accessors for the cycle walk (friends would drag the walk into the header).
+struct ExecutionGraphAccess {
+  static const std::vector<ExecutionRef>* deps(Execution* e) { return &e->deps_; }
+  static Execution* blocked(Execution* e) { return e->blocked_on_; }
+  static void set_deps(Execution* e, std::vector<ExecutionRef> deps) {
+    std::lock_guard<std::mutex> g(g_graph_mu);
+    e->deps_ = std::move(deps);
+    e->in_graph_.store(true, std::memory_order_release);
+  }
+  static void clear_deps(Execution* e) {
+    std::lock_guard<std::mutex> g(g_graph_mu);
+    e->deps_.clear();
+  }
+};
+
+void Execution::link_dependencies(std::vector<ExecutionRef> deps) {
+  ExecutionGraphAccess::set_deps(this, std::move(deps));
+}
+void Execution::unlink_dependencies() { ExecutionGraphAccess::clear_deps(this); }
+
+namespace {
+const std::vector<ExecutionRef>* deps_of(Execution* e) { return ExecutionGraphAccess::deps(e); }
+Execution* blocked_of(Execution* e) { return ExecutionGraphAccess::blocked(e); }
+
+std::string cycle_message(const Execution& waiter, const Execution& target) {
+  if (&waiter == &target) {
+    return "execution " + std::to_string(waiter.id()) + " (" + waiter.name() + ") waits on itself";
+  }
+  return "deadlock: execution " + std::to_string(waiter.id()) + " (" + waiter.name() +
+         ") would wait on execution " + std::to_string(target.id()) + " (" + target.name() +
+         "), which waits on it";
+}
+}  // namespace
+
+WaitStatus Execution::wait_until(Clock::time_point deadline) {
+  if (done()) return WaitStatus::done;
+  Execution* self = tl_fiber_local.current;
+  if (self) {
+    if (self->interrupted()) return WaitStatus::interrupted;
+    std::lock_guard<std::mutex> g(g_graph_mu);
+    if (reaches(this, self, deps_of, blocked_of)) throw DeadlockError(cycle_message(*self, *this));
+    self->blocked_on_ = this;
+    self->in_graph_.store(true, std::memory_order_release);
+  }
+  WaitStatus status = WaitStatus::done;
+  {
+    detail::SuspendScope suspend;
+    std::unique_lock<std::mutex> lk(mu_);
+    while (!is_terminal(state_.load(std::memory_order_acquire))) {
+      if (self && self->interrupted()) {
+        status = WaitStatus::interrupted;
+        break;
+      }
+      if (deadline == Clock::time_point::max()) {
+        done_cv_.wait(lk);
+      } else if (done_cv_.wait_until(lk, deadline) == boost::fibers::cv_status::timeout &&
+                 !is_terminal(state_.load(std::memory_order_acquire))) {
+        status = WaitStatus::timeout;
+        break;
+      }
+    }
+  }
+  if (self) {
+    std::lock_guard<std::mutex> g(g_graph_mu);
+    self->blocked_on_ = nullptr;
+  }
+  return status;
+}
+
+void Execution::forward_to(Execution& target) {
+  std::lock_guard<std::mutex> g(g_graph_mu);
+  if (reaches(&target, this, deps_of, blocked_of)) throw DeadlockError(cycle_message(*this, target));
+  blocked_on_ = &target;
+  in_graph_.store(true, std::memory_order_release);
+}
+
+void Execution::interrupt() noexcept {
+  interrupt_.store(true, std::memory_order_release);
+  Execution* on = nullptr;
+  std::lock_guard<std::mutex> g(g_graph_mu);
+  on = blocked_on_;
+  if (on) {
+    // Take the target's mutex so the notify cannot slip between the waiter's check and its park.
+    std::lock_guard<std::mutex> lk(on->mu_);
+    on->done_cv_.notify_all();
+  }
+}
+
+void Execution::add_callback(Callback cb, void* arg) {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    if (!is_terminal(state_.load(std::memory_order_relaxed))) {
+      callbacks_ = new CallbackNode{cb, arg, callbacks_};
+      return;
+    }
+  }
+  cb(*this, arg);
+}
+
+bool Execution::finish(State terminal) noexcept {
+  DISTAFF_ASSERT(is_terminal(terminal));
+  CallbackNode* list;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    State s = state_.load(std::memory_order_relaxed);
+    if (is_terminal(s)) return false;
+    finished_ns_.store(wall_time_ns(), std::memory_order_relaxed);
+    state_.store(terminal, std::memory_order_release);
+    list = std::exchange(callbacks_, nullptr);
+  }
+  done_cv_.notify_all();
+  if (in_graph_.load(std::memory_order_acquire)) {
+    std::lock_guard<std::mutex> g(g_graph_mu);
+    deps_.clear();
+    blocked_on_ = nullptr;
+  }
+  // Keep ourselves alive through the callbacks and the owner's bookkeeping.
+  ExecutionRef keep(this);
+  if (list) {
+    // Callbacks were pushed LIFO: reverse to run them in registration order.
+    CallbackNode* rev = nullptr;
+    while (list) {
+      CallbackNode* next = list->next;
+      list->next = rev;
+      rev = list;
+      list = next;
+    }
+    auto* tramp = static_cast<Trampoline*>(tl_fiber_local.trampoline);
+    if (tramp) {
+      tramp->pending.emplace_back(keep, rev);
+    } else {
+      Trampoline local;
+      tl_fiber_local.trampoline = &local;
+      run_callbacks(*this, rev);
+      for (std::size_t i = 0; i < local.pending.size(); ++i) {
+        auto& [ex, cbs] = local.pending[i];
+        run_callbacks(*ex, static_cast<CallbackNode*>(cbs));
+        ex = ExecutionRef();
+      }
+      tl_fiber_local.trampoline = nullptr;
+    }
+  }
+  if (owner_) owner_->on_finished(*this);
+  return true;
+}
+
+void Execution::run_callbacks(Execution& ex, CallbackNode* list) noexcept {
+  while (list) {
+    CallbackNode* next = list->next;
+    list->fn(ex, list->arg);
+    delete list;
+    list = next;
+  }
+}
+
+}  // namespace distaff

@@ -1,0 +1,312 @@
+#include "distaff/scheduler.hpp"
+
+#include <unordered_set>
+
+#include <boost/fiber/fiber.hpp>
+#include <boost/fiber/operations.hpp>
+
+#include "detail/stack_allocator.hpp"
+
+namespace distaff {
+
+// How many ready executions a worker turns into fibers before letting them run. Small enough that
+// 1M queued executions never become 1M stacks at once; large enough to amortise the queue lock.
+constexpr std::size_t kBatch = 64;
+// Cached stacks a worker keeps when it goes idle (peak concurrency is cached while busy).
+constexpr std::size_t kIdleStackCache = 256;
+
+struct Scheduler::Worker {
+  Worker(unsigned i, std::size_t stack_size) : index(i), stacks(stack_size) {}
+  unsigned index;
+  std::thread thread;
+  std::mutex mu;                       // guards local and parked
+  std::deque<Execution*> local;        // ready children submitted by this worker's fibers
+  bool parked = false;                 // the dispatcher sleeps in cv
+  boost::fibers::condition_variable_any cv;
+  std::int64_t fibers = 0;             // started, not ended (worker thread only)
+  detail::StackPool stacks;            // worker thread only
+};
+
+namespace {
+thread_local Scheduler* tl_scheduler = nullptr;
+thread_local void* tl_worker = nullptr;
+}  // namespace
+
+Scheduler::Scheduler(SchedulerOptions options) : opts_(std::move(options)) {
+  if (!opts_.run) throw std::invalid_argument("SchedulerOptions::run is required");
+  if (opts_.workers == 0) throw std::invalid_argument("workers must be at least 1");
+  for (unsigned i = 0; i < opts_.workers; ++i) {
+    workers_.push_back(std::make_unique<Worker>(i, opts_.stack_size));
+  }
+  for (auto& w : workers_) {
+    Worker* wp = w.get();
+    w->thread = std::thread([this, wp] { worker_main(*wp); });
+  }
+}
+
+Scheduler::~Scheduler() {
+  bool joinable = false;
+  for (auto& w : workers_) joinable = joinable || w->thread.joinable();
+  if (joinable) {
+    close(false);
+    join();
+  }
+}
+
+bool Scheduler::on_worker() const noexcept { return tl_scheduler == this; }
+
+SchedulerStats Scheduler::stats() const {
+  SchedulerStats s;
+  s.live = live_.load();
+  s.fibers = fibers_.load();
+  s.submitted = submitted_.load();
+  s.queued = inject_size_.load();
+  return s;
+}
+
+void Scheduler::submit(const ExecutionRef& ex, const std::vector<ExecutionRef>& deps) {
+  if (closed_.load(std::memory_order_acquire)) throw ShutdownError("the engine is shut down");
+  DISTAFF_ASSERT(ex->state() == State::pending && ex->owner_ == nullptr);
+  ex->owner_ = this;
+  ex->submitted_ns_.store(wall_time_ns(), std::memory_order_relaxed);
+  live_.fetch_add(1, std::memory_order_relaxed);
+  submitted_.fetch_add(1, std::memory_order_relaxed);
+  if (deps.empty()) {
+    ex->retain();  // the queue's reference, handed to the fiber
+    enqueue_ready(ex.get());
+    return;
+  }
+  for (const ExecutionRef& d : deps) ex->add_dependency(d);
+  ex->state_.store(State::waiting, std::memory_order_release);
+  ex->deps_left_.store(static_cast<std::uint32_t>(deps.size() + 1), std::memory_order_relaxed);
+  ex->link_dependencies(deps);
+  ex->retain();  // the parked reference: released (or handed to the queue) when the count hits 0
+  {
+    std::lock_guard<std::mutex> g(parked_mu_);
+    parked_.insert(ex.get());
+  }
+  for (const ExecutionRef& d : deps) d->add_callback(&Scheduler::on_dependency_done, ex.get());
+  // The extra count kept callbacks that fire during registration from resolving early.
+  on_dependency_done(*ex, ex.get());
+}
+
+// on_dependency_done: one dependency of `arg` finished (or, with dep == arg, registration ended).
+void Scheduler::on_dependency_done(Execution& dep, void* arg) {
+  auto* ex = static_cast<Execution*>(arg);
+  Scheduler* self = ex->owner_;
+  if (&dep != ex && dep.state() != State::succeeded) {
+    Execution* expected = nullptr;
+    dep.retain();
+    if (ex->failed_dep_.compare_exchange_strong(expected, &dep, std::memory_order_acq_rel)) {
+      // Fail fast: the dependent is abandoned now, not when its last dependency ends.
+      if (self->opts_.abandon) {
+        self->opts_.abandon(*ex, dep);
+      } else {
+        ex->finish(State::cancelled);
+      }
+    } else {
+      dep.release();
+    }
+  }
+  if (ex->deps_left_.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
+  // Last one: unpark.
+  {
+    std::lock_guard<std::mutex> g(self->parked_mu_);
+    self->parked_.erase(ex);
+  }
+  ex->unlink_dependencies();
+  if (Execution* failed = ex->failed_dep_.exchange(nullptr)) {
+    failed->release();
+    ex->release();  // the parked reference
+  } else {
+    self->enqueue_ready(ex);  // hands the parked reference to the queue
+  }
+}
+
+void Scheduler::enqueue_ready(Execution* ex) {
+  if (tl_scheduler == this && idle_.load(std::memory_order_seq_cst) == 0) {
+    // A child stays on its parent's worker: no cross-thread wake-up, no GIL hand-off.
+    auto* w = static_cast<Worker*>(tl_worker);
+    bool wake;
+    {
+      std::lock_guard<std::mutex> g(w->mu);
+      w->local.push_back(ex);
+      wake = std::exchange(w->parked, false);
+    }
+    if (wake) w->cv.notify_one();
+    return;
+  }
+  {
+    std::lock_guard<std::mutex> g(inject_mu_);
+    inject_.push_back(ex);
+    inject_size_.fetch_add(1, std::memory_order_seq_cst);
+  }
+  if (idle_.load(std::memory_order_seq_cst) > 0) wake_one_idle();
+}
+
+void Scheduler::wake_one_idle() {
+  for (auto& w : workers_) {
+    bool wake;
+    {
+      std::lock_guard<std::mutex> g(w->mu);
+      wake = std::exchange(w->parked, false);
+    }
+    if (wake) {
+      w->cv.notify_one();
+      return;
+    }
+  }
+}
+
+bool Scheduler::take_work(Worker& w, std::vector<Execution*>& out) {
+  {
+    std::lock_guard<std::mutex> g(w.mu);
+    while (!w.local.empty() && out.size() < kBatch) {
+      out.push_back(w.local.front());
+      w.local.pop_front();
+    }
+  }
+  if (!out.empty()) return true;
+  if (inject_size_.load(std::memory_order_seq_cst) > 0) {
+    std::lock_guard<std::mutex> g(inject_mu_);
+    while (!inject_.empty() && out.size() < kBatch) {
+      out.push_back(inject_.front());
+      inject_.pop_front();
+    }
+    inject_size_.fetch_sub(static_cast<std::int64_t>(out.size()), std::memory_order_seq_cst);
+    if (!out.empty()) return true;
+  }
+  // Steal half of another worker's local queue (oldest first: they were waiting longest).
+  for (auto& other : workers_) {
+    if (other.get() == &w) continue;
+    std::unique_lock<std::mutex> g(other->mu, std::try_to_lock);
+    if (!g.owns_lock()) continue;
+    std::size_t n = (other->local.size() + 1) / 2;
+    while (n-- > 0 && out.size() < kBatch) {
+      out.push_back(other->local.front());
+      other->local.pop_front();
+    }
+    if (!out.empty()) return true;
+  }
+  return false;
+}
+
+void Scheduler::worker_main(Worker& w) {
+  tl_scheduler = this;
+  tl_worker = &w;
+  if (opts_.on_worker_start) opts_.on_worker_start(w.index);
+  std::vector<Execution*> batch;
+  batch.reserve(kBatch);
+  for (;;) {
+    batch.clear();
+    if (take_work(w, batch)) {
+      for (Execution* ex : batch) {
+        ++w.fibers;
+        fibers_.fetch_add(1, std::memory_order_relaxed);
+        boost::fibers::fiber f(std::allocator_arg, detail::PooledStack{&w.stacks}, [this, &w, ex] {
+          ExecutionRef ref(ex, /*add_ref=*/false);  // the queue's reference
+          if (ex->start()) detail::fiber_local() = detail::FiberLocal{ex, nullptr};
+          // run() is called for every dequeued execution, also one cancelled while queued (its state
+          // is then terminal), so the embedder can release what it attached to the payload.
+          try {
+            opts_.run(*ex);
+          } catch (...) {
+            // The embedder's run must not throw; an exception escaping a fiber would terminate.
+            ex->finish(State::failed);
+          }
+          detail::fiber_local() = detail::FiberLocal{};
+          ref = ExecutionRef();
+          --w.fibers;
+          fibers_.fetch_sub(1, std::memory_order_relaxed);
+          if (w.fibers == 0 && stopping_.load(std::memory_order_acquire)) {
+            std::lock_guard<std::mutex> g(w.mu);
+            w.parked = false;
+            w.cv.notify_one();
+          }
+        });
+        f.detach();
+      }
+      boost::this_fiber::yield();  // let the new fibers run
+      continue;
+    }
+    if (stopping_.load(std::memory_order_acquire) && w.fibers == 0) break;
+    if (w.fibers == 0) {
+      if (opts_.on_worker_idle) opts_.on_worker_idle(w.index);
+      w.stacks.trim(kIdleStackCache);
+    }
+    std::unique_lock<std::mutex> lk(w.mu);
+    if (!w.local.empty()) continue;
+    w.parked = true;
+    idle_.fetch_add(1, std::memory_order_seq_cst);
+    // Re-check after announcing idleness: a submitter that missed idle_ > 0 pushed before this.
+    bool stop_now = stopping_.load(std::memory_order_acquire) && w.fibers == 0;
+    if (inject_size_.load(std::memory_order_seq_cst) > 0 || stop_now) {
+      w.parked = false;
+    }
+    while (w.parked) w.cv.wait(lk);
+    idle_.fetch_sub(1, std::memory_order_seq_cst);
+  }
+  if (opts_.on_worker_stop) opts_.on_worker_stop(w.index);
+  tl_scheduler = nullptr;
+  tl_worker = nullptr;
+}
+
+void Scheduler::on_finished(Execution& ex) noexcept {
+  if (live_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+    std::lock_guard<std::mutex> g(idle_mu_);
+    idle_cv_.notify_all();
+  }
+}
+
+bool Scheduler::wait_idle_until(Clock::time_point deadline) {
+  if (live_.load(std::memory_order_acquire) == 0) return true;
+  detail::SuspendScope suspend;
+  std::unique_lock<std::mutex> lk(idle_mu_);
+  while (live_.load(std::memory_order_acquire) != 0) {
+    if (deadline == Clock::time_point::max()) {
+      idle_cv_.wait(lk);
+    } else if (idle_cv_.wait_until(lk, deadline) == boost::fibers::cv_status::timeout) {
+      return live_.load(std::memory_order_acquire) == 0;
+    }
+  }
+  return true;
+}
+
+std::vector<ExecutionRef> Scheduler::close(bool drain) {
+  closed_.store(true, std::memory_order_release);
+  std::vector<ExecutionRef> out;
+  if (!drain) return out;
+  {
+    std::lock_guard<std::mutex> g(inject_mu_);
+    for (Execution* e : inject_) out.emplace_back(e);
+  }
+  for (auto& w : workers_) {
+    std::lock_guard<std::mutex> g(w->mu);
+    for (Execution* e : w->local) out.emplace_back(e);
+  }
+  {
+    std::lock_guard<std::mutex> g(parked_mu_);
+    for (Execution* e : parked_) out.emplace_back(e);
+  }
+  return out;
+}
+
+void Scheduler::join() {
+  DISTAFF_ASSERT(!on_worker());
+  if (on_worker()) throw std::logic_error("Scheduler::join called from one of its own workers");
+  closed_.store(true, std::memory_order_release);
+  stopping_.store(true, std::memory_order_release);
+  for (auto& w : workers_) {
+    {
+      std::lock_guard<std::mutex> g(w->mu);
+      w->parked = false;
+    }
+    w->cv.notify_one();
+  }
+  detail::SuspendScope suspend;
+  for (auto& w : workers_) {
+    if (w->thread.joinable()) w->thread.join();
+  }
+}
+
+}  // namespace distaff
