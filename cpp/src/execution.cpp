@@ -239,15 +239,22 @@ void Execution::add_callback(Callback cb, void* arg) {
   cb(*this, arg);
 }
 
-bool Execution::finish(State terminal) noexcept {
+bool Execution::finish(State terminal) noexcept { return finish_impl(terminal, false); }
+
+bool Execution::cancel_if_not_started() noexcept { return finish_impl(State::cancelled, true); }
+
+bool Execution::finish_impl(State terminal, bool only_if_not_started) noexcept {
   DISTAFF_ASSERT(is_terminal(terminal));
   CallbackNode* list;
   {
     std::lock_guard<std::mutex> lk(mu_);
-    State s = state_.load(std::memory_order_relaxed);
-    if (is_terminal(s)) return false;
+    // start() moves pending/waiting → running without the mutex, so the transition is a CAS loop.
+    State s = state_.load(std::memory_order_acquire);
+    do {
+      if (is_terminal(s)) return false;
+      if (only_if_not_started && s != State::pending && s != State::waiting) return false;
+    } while (!state_.compare_exchange_weak(s, terminal, std::memory_order_acq_rel));
     finished_ns_.store(wall_time_ns(), std::memory_order_relaxed);
-    state_.store(terminal, std::memory_order_release);
     list = std::exchange(callbacks_, nullptr);
   }
   done_cv_.notify_all();

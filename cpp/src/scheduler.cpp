@@ -76,7 +76,6 @@ void Scheduler::submit(const ExecutionRef& ex, const std::vector<ExecutionRef>& 
     enqueue_ready(ex.get());
     return;
   }
-  for (const ExecutionRef& d : deps) ex->add_dependency(d);
   ex->state_.store(State::waiting, std::memory_order_release);
   ex->deps_left_.store(static_cast<std::uint32_t>(deps.size() + 1), std::memory_order_relaxed);
   ex->link_dependencies(deps);

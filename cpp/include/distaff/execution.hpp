@@ -112,6 +112,9 @@ class Execution {
   // finish: the one terminal transition; returns false (and does nothing) if already terminal.
   // Wakes every waiter, then runs the callbacks. Any thread; never suspends.
   bool finish(State terminal) noexcept;
+  // cancel_if_not_started: finish(cancelled) only while still pending or waiting; false otherwise
+  // (the execution started or was finished first). Any thread; never suspends.
+  bool cancel_if_not_started() noexcept;
 
   // add_callback: registers `cb` to run once on completion; runs it now, on this thread, if done.
   void add_callback(Callback cb, void* arg);
@@ -150,6 +153,7 @@ class Execution {
     CallbackNode* next;
   };
   static void run_callbacks(Execution& ex, CallbackNode* list) noexcept;
+  bool finish_impl(State terminal, bool only_if_not_started) noexcept;
 
   std::atomic<int> refs_{1};
   std::atomic<State> state_{State::pending};

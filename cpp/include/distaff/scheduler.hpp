@@ -61,7 +61,8 @@ class Scheduler {
   Scheduler& operator=(const Scheduler&) = delete;
 
   // submit: queues `ex` (pending) to run once every execution in `deps` is done; with no deps it is
-  // ready at once. If a dependency fails or is cancelled, options.abandon(ex, dep) is called instead.
+  // ready at once (dependency *records* for the graph are added by the caller with
+  // Execution::add_dependency; `deps` are the ones that gate the start). If a dependency fails or is cancelled, options.abandon(ex, dep) is called instead.
   // From a worker fiber the execution is queued on that worker (children stay with their parent)
   // unless another worker is idle. Any thread; never blocks. Throws ShutdownError after close().
   void submit(const ExecutionRef& ex, const std::vector<ExecutionRef>& deps = {});

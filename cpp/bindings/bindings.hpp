@@ -1,0 +1,81 @@
+#pragma once
+// Shared declarations of the bindings (the only C++ that knows Python).
+
+#include <Python.h>
+
+#include <memory>
+#include <mutex>
+
+#include "distaff/execution.hpp"
+#include "distaff/scheduler.hpp"
+
+namespace distaff::py {
+
+// EngineCore: one scheduler plus what the bindings keep per engine. Owned by the pybind11
+// object `_core.EngineCore`; executions reach it through a capsule (fast, no pybind11 on hot paths).
+struct EngineCore {
+  std::unique_ptr<Scheduler> scheduler;
+  std::size_t stack_size = 0;
+  PyObject* capsule = nullptr;  // borrowed: the capsule that names this engine to raw functions
+  // Finished executions kept for engine.graph(): a bounded history, newest last.
+  std::mutex history_mu;
+  std::vector<ExecutionRef> history;
+  std::size_t history_limit = 100000;
+  std::size_t history_head = 0;  // ring index once full
+  void remember(const ExecutionRef& ex);
+};
+
+// The Python Execution object. Field order matters little; everything is guarded by the GIL.
+struct PyExecution {
+  PyObject_HEAD
+  Execution* core;        // strong reference
+  PyObject* engine;       // the engine capsule (strong)
+  PyObject* fn;           // body, args, kwargs, context: cleared once the body has run
+  PyObject* args;
+  PyObject* kwargs;
+  PyObject* context;      // copy of the submitter's contextvars context
+  PyObject* trace;        // submitter's sys.settrace function, or NULL
+  PyObject* result;       // value on success; the forward target while forwarding
+  PyObject* exc;          // exception on failure
+  PyObject* callbacks;    // list of done callbacks, or NULL
+  PyObject* workflow_id;  // str or NULL
+  PyObject* deps;         // tuple of dependency Executions (records), or NULL
+  PyObject* weakrefs;
+  unsigned char observed;    // someone retrieved the exception
+  unsigned char forwarding;  // `result` holds the execution this one follows
+};
+
+extern PyTypeObject* ExecutionType;
+inline bool is_execution(PyObject* o) { return Py_TYPE(o) == ExecutionType; }
+
+// Errors: all translation between core errors and Python lives in errors.cpp.
+bool init_errors(PyObject* module);
+extern PyObject* CancelledError;   // distaff.CancelledError
+extern PyObject* DependencyError;  // distaff.DependencyError
+extern PyObject* DeadlockError;    // distaff.DeadlockError
+extern PyObject* InternalError;    // distaff.InternalError
+extern PyObject* ShutdownError;    // distaff.ShutdownError (RuntimeError subclass)
+extern PyObject* UnobservedHook;   // distaff._errors.log_unobserved
+extern PyObject* AsyncAwaitHook;   // distaff._asyncio.await_execution
+// translate_current_exception: sets the Python error for the C++ exception being handled.
+void translate_current_exception();
+// raise_stored: raises a stored exception object keeping its traceback. Returns NULL.
+PyObject* raise_stored(PyObject* exc);
+// add_task_note: adds "distaff: raised in task 'name' (execution N)" to a body's exception.
+void add_task_note(PyObject* exc, const Execution& ex);
+
+// Execution type and raw functions (py_execution.cpp).
+bool init_execution_type(PyObject* module);
+extern PyMethodDef raw_functions[];
+
+// Scheduler hooks implemented by the bindings.
+void run_execution(Execution& ex);
+void abandon_execution(Execution& ex, Execution& failed);
+
+// complete: stores the outcome and finishes `pe` (state must be terminal). Steals `value`.
+// Runs the Python done-callbacks. GIL held. Returns false if it was already finished.
+bool complete(PyExecution* pe, State state, PyObject* value);
+
+EngineCore* engine_from_capsule(PyObject* capsule);
+
+}  // namespace distaff::py

@@ -1,0 +1,89 @@
+// All translation between the core's C++ errors and Python exceptions.
+
+#include <exception>
+#include <new>
+#include <string>
+
+#include "bindings.hpp"
+
+namespace distaff::py {
+
+PyObject* CancelledError = nullptr;
+PyObject* DependencyError = nullptr;
+PyObject* DeadlockError = nullptr;
+PyObject* InternalError = nullptr;
+PyObject* ShutdownError = nullptr;
+PyObject* UnobservedHook = nullptr;
+PyObject* AsyncAwaitHook = nullptr;
+
+bool init_errors(PyObject* module) {
+  // The exception classes are defined in Python (distaff/_errors.py) so users can see and subclass
+  // them; the bindings only hold references.
+  PyObject* m = PyImport_ImportModule("distaff._errors");
+  if (!m) return false;
+  struct {
+    PyObject** slot;
+    const char* name;
+  } names[] = {{&CancelledError, "CancelledError"}, {&DependencyError, "DependencyError"},
+               {&DeadlockError, "DeadlockError"},   {&InternalError, "InternalError"},
+               {&ShutdownError, "ShutdownError"},   {&UnobservedHook, "log_unobserved"}};
+  for (auto& n : names) {
+    *n.slot = PyObject_GetAttrString(m, n.name);
+    if (!*n.slot) {
+      Py_DECREF(m);
+      return false;
+    }
+  }
+  Py_DECREF(m);
+  return true;
+}
+
+void translate_current_exception() {
+  try {
+    throw;
+  } catch (const distaff::DeadlockError& e) {
+    PyErr_SetString(DeadlockError, e.what());
+  } catch (const distaff::ShutdownError& e) {
+    PyErr_SetString(ShutdownError, e.what());
+  } catch (const distaff::InternalError& e) {
+    PyErr_SetString(InternalError, e.what());
+  } catch (const std::bad_alloc&) {
+    PyErr_NoMemory();
+  } catch (const std::invalid_argument& e) {
+    PyErr_SetString(PyExc_ValueError, e.what());
+  } catch (const std::exception& e) {
+    PyErr_Format(InternalError, "distaff internal error: %s", e.what());
+  } catch (...) {
+    PyErr_SetString(InternalError, "distaff internal error: unknown C++ exception");
+  }
+}
+
+PyObject* raise_stored(PyObject* exc) {
+#if PY_VERSION_HEX >= 0x030C0000
+  PyErr_SetRaisedException(Py_NewRef(exc));
+#else
+  PyObject* tb = PyException_GetTraceback(exc);  // new ref or NULL
+  PyErr_Restore(Py_NewRef(reinterpret_cast<PyObject*>(Py_TYPE(exc))), Py_NewRef(exc), tb);
+#endif
+  return nullptr;
+}
+
+void add_task_note(PyObject* exc, const Execution& ex) {
+  if (!PyExceptionInstance_Check(exc)) return;
+  PyObject* note = PyUnicode_FromFormat("distaff: raised in %s '%s' (execution %llu)",
+                                        to_string(ex.kind()), ex.name().c_str(),
+                                        static_cast<unsigned long long>(ex.id()));
+  if (!note) {
+    PyErr_Clear();
+    return;
+  }
+  PyObject* r = PyObject_CallMethod(exc, "add_note", "O", note);
+  Py_DECREF(note);
+  if (r) {
+    Py_DECREF(r);
+  } else {
+    PyErr_Clear();  // an exception type that refuses notes keeps its original message
+  }
+}
+
+}  // namespace distaff::py

@@ -1,0 +1,124 @@
+// distaff._core: registers the engine object (pybind11) and the raw hot-path functions.
+
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include "bindings.hpp"
+#include "python_fiber.hpp"
+
+namespace pyb = pybind11;
+using namespace distaff;
+using namespace distaff::py;
+
+namespace {
+
+void capsule_destructor(PyObject* capsule) {
+  // The capsule keeps the owning pybind11 object alive (its context).
+  Py_XDECREF(static_cast<PyObject*>(PyCapsule_GetContext(capsule)));
+}
+
+// EngineHandle: what Python holds. Non-suspending methods only (rule 4): anything that can wait
+// is a raw function taking the capsule.
+class EngineHandle {
+ public:
+  EngineHandle(unsigned workers, std::size_t stack_size, std::size_t history) : core_(new EngineCore) {
+    if (workers == 0 || workers > 1024) throw pyb::value_error("workers must be between 1 and 1024");
+    if (stack_size < 64 * 1024) throw pyb::value_error("stack_size must be at least 64 KiB");
+    core_->stack_size = stack_size;
+    core_->history_limit = history;
+    SchedulerOptions o;
+    o.workers = workers;
+    o.stack_size = stack_size;
+    o.run = &run_execution;
+    o.abandon = &abandon_execution;
+    o.on_worker_start = [stack_size](unsigned) { worker_started(stack_size); };
+    o.on_worker_stop = [](unsigned) { worker_stopped(); };
+    o.on_worker_idle = [](unsigned) { worker_idle(); };
+    core_->scheduler = std::make_unique<Scheduler>(std::move(o));
+  }
+
+  ~EngineHandle() {
+    Scheduler* s = core_->scheduler.get();
+    if (!s) return;
+    if (interpreter_finalizing() || s->on_worker()) {
+      // Rule 7: no destructor may join once finalisation began, nor from the engine's own worker.
+      (void)core_->scheduler.release();
+      (void)core_.release();
+      return;
+    }
+    s->close(false);
+    s->join();  // releases the GIL while joining (switch hooks)
+  }
+
+  pyb::object capsule(pyb::object self) {
+    if (!capsule_) {
+      PyObject* c = PyCapsule_New(core_.get(), "distaff.EngineCore", &capsule_destructor);
+      if (!c) throw pyb::error_already_set();
+      PyCapsule_SetContext(c, self.inc_ref().ptr());
+      capsule_ = c;  // the handle does not own the capsule (that would be a cycle)
+      return pyb::reinterpret_steal<pyb::object>(c);
+    }
+    return pyb::reinterpret_borrow<pyb::object>(capsule_);
+  }
+
+  pyb::dict stats() const {
+    SchedulerStats s = core_->scheduler->stats();
+    pyb::dict d;
+    d["live"] = s.live;
+    d["queued"] = s.queued;
+    d["fibers"] = s.fibers;
+    d["submitted"] = s.submitted;
+    d["workers"] = core_->scheduler->workers();
+    d["closed"] = core_->scheduler->closed();
+    return d;
+  }
+
+  // history: (id, name, kind, parent_id, dependency ids, state, submitted, started, finished) of the
+  // finished executions the engine remembers, oldest first.
+  pyb::list history() const {
+    std::vector<ExecutionRef> copy;
+    {
+      std::lock_guard<std::mutex> g(core_->history_mu);
+      copy.reserve(core_->history.size());
+      const std::size_t n = core_->history.size();
+      const std::size_t start = n < core_->history_limit ? 0 : core_->history_head;
+      for (std::size_t i = 0; i < n; ++i) copy.push_back(core_->history[(start + i) % n]);
+    }
+    pyb::list out;
+    for (const ExecutionRef& e : copy) {
+      out.append(pyb::make_tuple(e->id(), e->name(), to_string(e->kind()), e->parent_id(), e->dependency_ids(),
+                                 to_string(e->state()), e->submitted_ns(), e->started_ns(), e->finished_ns()));
+    }
+    return out;
+  }
+
+  void clear_history() {
+    std::lock_guard<std::mutex> g(core_->history_mu);
+    core_->history.clear();
+    core_->history_head = 0;
+  }
+
+ private:
+  std::unique_ptr<EngineCore> core_;
+  PyObject* capsule_ = nullptr;
+};
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "distaff's native engine (private: use the distaff package)";
+  install_switch_hooks();
+  if (!init_errors(m.ptr())) throw pyb::error_already_set();
+  if (!init_execution_type(m.ptr())) throw pyb::error_already_set();
+  if (PyModule_AddFunctions(m.ptr(), raw_functions) < 0) throw pyb::error_already_set();
+
+  pyb::class_<EngineHandle>(m, "EngineCore")
+      .def(pyb::init<unsigned, std::size_t, std::size_t>(), pyb::arg("workers"), pyb::arg("stack_size"),
+           pyb::arg("history"))
+      .def("capsule", [](pyb::object self) { return self.cast<EngineHandle&>().capsule(self); })
+      .def("stats", &EngineHandle::stats)
+      .def("history", &EngineHandle::history)
+      .def("clear_history", &EngineHandle::clear_history);
+
+  m.attr("PY_LIMIT_STACK_MIN") = 64 * 1024;
+}

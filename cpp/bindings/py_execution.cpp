@@ -1,0 +1,817 @@
+// The Python Execution type and the raw (METH_FASTCALL) entry points.
+//
+// Everything here that can suspend a fiber — result(), exception(), shutdown(), the waits — is a raw
+// CPython function, never a pybind11 def: pybind11 keeps a per-OS-thread stack of in-flight calls
+// that a suspended fiber would leave out of order (python_fiber.hpp, rule 4). Raw calls are also
+// about 3x cheaper, which matters on submit and result.
+
+#include <chrono>
+#include <cmath>
+#include "bindings.hpp"
+
+#include <structmember.h>
+#include "python_fiber.hpp"
+
+namespace distaff::py {
+
+PyTypeObject* ExecutionType = nullptr;
+
+namespace {
+
+PyObject* g_callback_error_hook = nullptr;  // distaff._errors.log_callback_error
+unsigned long g_main_thread_ident = 0;
+
+constexpr auto kSignalSlice = std::chrono::milliseconds(20);
+
+inline PyExecution* as_pe(PyObject* o) { return reinterpret_cast<PyExecution*>(o); }
+
+// ---- waiting ------------------------------------------------------------------------------------
+
+enum WaitOutcome { kDone = 0, kTimeout = 1, kInterrupted = 2, kError = -1 };
+
+// parse_timeout: None → no deadline. Sets a Python error and returns false on bad input.
+bool parse_timeout(PyObject* timeout, Clock::time_point& deadline) {
+  deadline = Clock::time_point::max();
+  if (!timeout || timeout == Py_None) return true;
+  double t = PyFloat_AsDouble(timeout);
+  if (t == -1.0 && PyErr_Occurred()) {
+    PyErr_Format(PyExc_TypeError, "timeout must be a number or None, not %.100s",
+                 Py_TYPE(timeout)->tp_name);
+    return false;
+  }
+  if (std::isnan(t)) {
+    PyErr_SetString(PyExc_ValueError, "timeout must not be NaN");
+    return false;
+  }
+  if (t < 0) t = 0;
+  if (t < 1e9) {
+    deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(t));
+  }
+  return true;
+}
+
+// wait_core: waits for `target` as the calling context requires. A worker fiber suspends; the main
+// thread parks in short slices so Ctrl-C (PyErr_CheckSignals) is honoured; other threads just park.
+// The GIL is released while parked (switch hooks).
+int wait_core(Execution* target, Clock::time_point deadline) {
+  if (target->done()) return kDone;
+  try {
+    const bool main_thread = current_execution() == nullptr && PyThread_get_thread_ident() == g_main_thread_ident;
+    if (!main_thread) {
+      switch (target->wait_until(deadline)) {
+        case WaitStatus::done: return kDone;
+        case WaitStatus::timeout: return kTimeout;
+        case WaitStatus::interrupted: return kInterrupted;
+      }
+    }
+    for (;;) {
+      auto now = Clock::now();
+      if (now >= deadline) return target->done() ? kDone : kTimeout;
+      auto slice = (deadline - now > kSignalSlice) ? now + kSignalSlice : deadline;
+      if (target->wait_until(slice) == WaitStatus::done) return kDone;
+      if (PyErr_CheckSignals() < 0) return kError;
+    }
+  } catch (...) {
+    translate_current_exception();
+    return kError;
+  }
+}
+
+int wait_for_outcome(PyExecution* pe, PyObject* timeout) {
+  Clock::time_point deadline;
+  if (!parse_timeout(timeout, deadline)) return kError;
+  int r = wait_core(pe->core, deadline);
+  if (r == kTimeout) {
+    PyErr_Format(PyExc_TimeoutError, "execution %llu (%s) did not finish within the timeout",
+                 static_cast<unsigned long long>(pe->core->id()), pe->core->name().c_str());
+  } else if (r == kInterrupted) {
+    PyErr_SetString(CancelledError, "the waiting execution was cancelled");
+  }
+  return r;
+}
+
+PyObject* cancelled_error(PyExecution* pe) {
+  PyErr_Format(CancelledError, "execution %llu (%s) was cancelled",
+               static_cast<unsigned long long>(pe->core->id()), pe->core->name().c_str());
+  return nullptr;
+}
+
+// ---- the type -------------------------------------------------------------------------------------
+
+int pe_traverse(PyObject* self, visitproc visit, void* arg) {
+  PyExecution* pe = as_pe(self);
+  Py_VISIT(pe->engine);
+  Py_VISIT(pe->fn);
+  Py_VISIT(pe->args);
+  Py_VISIT(pe->kwargs);
+  Py_VISIT(pe->context);
+  Py_VISIT(pe->trace);
+  Py_VISIT(pe->result);
+  Py_VISIT(pe->exc);
+  Py_VISIT(pe->callbacks);
+  Py_VISIT(pe->workflow_id);
+  Py_VISIT(pe->deps);
+  return 0;
+}
+
+int pe_clear(PyObject* self) {
+  PyExecution* pe = as_pe(self);
+  Py_CLEAR(pe->fn);
+  Py_CLEAR(pe->args);
+  Py_CLEAR(pe->kwargs);
+  Py_CLEAR(pe->context);
+  Py_CLEAR(pe->trace);
+  Py_CLEAR(pe->result);
+  Py_CLEAR(pe->exc);
+  Py_CLEAR(pe->callbacks);
+  Py_CLEAR(pe->workflow_id);
+  Py_CLEAR(pe->deps);
+  Py_CLEAR(pe->engine);
+  return 0;
+}
+
+void pe_finalize(PyObject* self) {
+  PyExecution* pe = as_pe(self);
+  if (!pe->core || pe->observed || !pe->exc || pe->core->state() != State::failed) return;
+  if (!UnobservedHook) return;
+#if PY_VERSION_HEX >= 0x030C0000
+  PyObject* saved = PyErr_GetRaisedException();
+#else
+  PyObject *t, *v, *tb;
+  PyErr_Fetch(&t, &v, &tb);
+#endif
+  PyObject* r = PyObject_CallOneArg(UnobservedHook, self);
+  if (r) {
+    Py_DECREF(r);
+  } else {
+    PyErr_WriteUnraisable(self);
+  }
+#if PY_VERSION_HEX >= 0x030C0000
+  PyErr_SetRaisedException(saved);
+#else
+  PyErr_Restore(t, v, tb);
+#endif
+}
+
+void pe_dealloc(PyObject* self) {
+  if (PyObject_CallFinalizerFromDealloc(self) < 0) return;  // resurrected
+  PyExecution* pe = as_pe(self);
+  PyObject_GC_UnTrack(self);
+  if (pe->weakrefs) PyObject_ClearWeakRefs(self);
+  pe_clear(self);
+  if (pe->core) {
+    pe->core->set_payload(nullptr);
+    pe->core->release();
+    pe->core = nullptr;
+  }
+  Py_TYPE(self)->tp_free(self);
+}
+
+PyObject* pe_repr(PyObject* self) {
+  PyExecution* pe = as_pe(self);
+  return PyUnicode_FromFormat("<Execution %llu %s %s>", static_cast<unsigned long long>(pe->core->id()),
+                              pe->core->name().c_str(), to_string(pe->core->state()));
+}
+
+// ---- methods ----------------------------------------------------------------------------------------
+
+bool parse_timeout_arg(const char* fname, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames,
+                       PyObject** timeout) {
+  *timeout = Py_None;
+  Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+  if (nargs + nkw > 1) {
+    PyErr_Format(PyExc_TypeError, "%s() takes at most 1 argument (timeout)", fname);
+    return false;
+  }
+  if (nargs == 1) *timeout = args[0];
+  if (nkw == 1) {
+    if (!PyUnicode_Check(PyTuple_GET_ITEM(kwnames, 0)) ||
+        PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, 0), "timeout") != 0) {
+      PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument %R", fname,
+                   PyTuple_GET_ITEM(kwnames, 0));
+      return false;
+    }
+    *timeout = args[0];
+  }
+  return true;
+}
+
+PyObject* pe_result(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
+  PyExecution* pe = as_pe(self);
+  if (!pe->core->done()) {
+    PyObject* timeout;
+    if (!parse_timeout_arg("result", args, nargs, kwnames, &timeout)) return nullptr;
+    if (wait_for_outcome(pe, timeout) != kDone) return nullptr;
+  }
+  switch (pe->core->state()) {
+    case State::succeeded:
+      return Py_NewRef(pe->result ? pe->result : Py_None);
+    case State::failed:
+      pe->observed = 1;
+      if (!pe->exc) {
+        PyErr_SetString(InternalError, "failed execution without an exception");
+        return nullptr;
+      }
+      return raise_stored(pe->exc);
+    case State::cancelled:
+      return cancelled_error(pe);
+    default:
+      PyErr_SetString(InternalError, "woken before the execution finished");
+      return nullptr;
+  }
+}
+
+PyObject* pe_exception(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
+  PyExecution* pe = as_pe(self);
+  if (!pe->core->done()) {
+    PyObject* timeout;
+    if (!parse_timeout_arg("exception", args, nargs, kwnames, &timeout)) return nullptr;
+    if (wait_for_outcome(pe, timeout) != kDone) return nullptr;
+  }
+  State s = pe->core->state();
+  if (s == State::cancelled) return cancelled_error(pe);
+  if (s == State::failed && pe->exc) {
+    pe->observed = 1;
+    return Py_NewRef(pe->exc);
+  }
+  Py_RETURN_NONE;
+}
+
+PyObject* pe_done(PyObject* self, PyObject*) { return PyBool_FromLong(as_pe(self)->core->done()); }
+
+PyObject* pe_cancelled(PyObject* self, PyObject*) {
+  return PyBool_FromLong(as_pe(self)->core->state() == State::cancelled);
+}
+
+PyObject* pe_running(PyObject* self, PyObject*) {
+  return PyBool_FromLong(as_pe(self)->core->state() == State::running);
+}
+
+PyObject* pe_cancel(PyObject* self, PyObject*) {
+  PyExecution* pe = as_pe(self);
+  if (pe->core->state() == State::cancelled) Py_RETURN_TRUE;
+  if (pe->core->done()) Py_RETURN_FALSE;
+  // Only executions that have not started can be cancelled here (concurrent.futures semantics).
+  if (!complete(pe, State::cancelled, nullptr)) {
+    if (pe->core->state() == State::cancelled) Py_RETURN_TRUE;
+    Py_RETURN_FALSE;
+  }
+  Py_RETURN_TRUE;
+}
+
+void call_callback(PyObject* cb, PyObject* self) {
+  PyObject* r = PyObject_CallOneArg(cb, self);
+  if (r) {
+    Py_DECREF(r);
+    return;
+  }
+  // Like concurrent.futures: a failing callback is logged (logger "distaff"), never propagated.
+#if PY_VERSION_HEX >= 0x030C0000
+  PyObject* exc = PyErr_GetRaisedException();
+#else
+  PyObject *t, *exc, *tb;
+  PyErr_Fetch(&t, &exc, &tb);
+  PyErr_NormalizeException(&t, &exc, &tb);
+  if (tb) PyException_SetTraceback(exc, tb);
+  Py_XDECREF(t);
+  Py_XDECREF(tb);
+#endif
+  if (g_callback_error_hook && exc) {
+    PyObject* lr = PyObject_CallFunctionObjArgs(g_callback_error_hook, cb, self, exc, nullptr);
+    if (lr) {
+      Py_DECREF(lr);
+    } else {
+      PyErr_WriteUnraisable(cb);
+    }
+  }
+  Py_XDECREF(exc);
+}
+
+PyObject* pe_add_done_callback(PyObject* self, PyObject* fn) {
+  PyExecution* pe = as_pe(self);
+  if (!PyCallable_Check(fn)) {
+    PyErr_Format(PyExc_TypeError, "add_done_callback() needs a callable, not %.100s", Py_TYPE(fn)->tp_name);
+    return nullptr;
+  }
+  if (pe->core->done()) {
+    call_callback(fn, self);
+    Py_RETURN_NONE;
+  }
+  if (!pe->callbacks) {
+    pe->callbacks = PyList_New(0);
+    if (!pe->callbacks) return nullptr;
+  }
+  if (PyList_Append(pe->callbacks, fn) < 0) return nullptr;
+  Py_RETURN_NONE;
+}
+
+PyObject* ns_to_seconds(std::int64_t ns) {
+  if (ns == 0) Py_RETURN_NONE;
+  return PyFloat_FromDouble(static_cast<double>(ns) / 1e9);
+}
+
+PyObject* pe_description(PyObject* self, void*) {
+  PyExecution* pe = as_pe(self);
+  Execution* c = pe->core;
+  PyObject* deps = PyList_New(0);
+  if (!deps) return nullptr;
+  for (std::uint64_t id : c->dependency_ids()) {
+    PyObject* v = PyLong_FromUnsignedLongLong(id);
+    if (!v || PyList_Append(deps, v) < 0) {
+      Py_XDECREF(v);
+      Py_DECREF(deps);
+      return nullptr;
+    }
+    Py_DECREF(v);
+  }
+  PyObject* parent = c->parent_id() ? PyLong_FromUnsignedLongLong(c->parent_id()) : Py_NewRef(Py_None);
+  PyObject* blocked = c->blocked_on() ? PyLong_FromUnsignedLongLong(c->blocked_on()) : Py_NewRef(Py_None);
+  PyObject* d = Py_BuildValue(
+      "{s:K,s:s,s:s,s:N,s:s,s:N,s:N,s:N,s:O,s:N,s:N}", "id", static_cast<unsigned long long>(c->id()),
+      "name", c->name().c_str(), "kind", to_string(c->kind()), "parent_id", parent, "state",
+      to_string(c->state()), "submitted", ns_to_seconds(c->submitted_ns()), "started",
+      ns_to_seconds(c->started_ns()), "finished", ns_to_seconds(c->finished_ns()), "workflow_id",
+      pe->workflow_id ? pe->workflow_id : Py_None, "dependencies", deps, "blocked_on", blocked);
+  return d;
+}
+
+PyObject* pe_id(PyObject* self, void*) { return PyLong_FromUnsignedLongLong(as_pe(self)->core->id()); }
+PyObject* pe_name(PyObject* self, void*) { return PyUnicode_FromString(as_pe(self)->core->name().c_str()); }
+PyObject* pe_state(PyObject* self, void*) { return PyUnicode_FromString(to_string(as_pe(self)->core->state())); }
+PyObject* pe_workflow_id(PyObject* self, void*) {
+  PyExecution* pe = as_pe(self);
+  return Py_NewRef(pe->workflow_id ? pe->workflow_id : Py_None);
+}
+PyObject* pe_parent_id(PyObject* self, void*) {
+  std::uint64_t p = as_pe(self)->core->parent_id();
+  if (!p) Py_RETURN_NONE;
+  return PyLong_FromUnsignedLongLong(p);
+}
+
+PyObject* pe_await(PyObject* self) {
+  if (!AsyncAwaitHook) {
+    PyErr_SetString(PyExc_RuntimeError, "distaff's asyncio bridge is not initialised");
+    return nullptr;
+  }
+  return PyObject_CallOneArg(AsyncAwaitHook, self);
+}
+
+PyMethodDef pe_methods[] = {
+    {"result", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&pe_result)),
+     METH_FASTCALL | METH_KEYWORDS,
+     "result(timeout=None)\n--\n\nThe body's return value; re-raises its exception. Suspends a fiber, "
+     "blocks a thread (Ctrl-C still works). TimeoutError when the timeout expires."},
+    {"exception", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&pe_exception)),
+     METH_FASTCALL | METH_KEYWORDS,
+     "exception(timeout=None)\n--\n\nThe exception the body raised, or None. Waits like result()."},
+    {"done", &pe_done, METH_NOARGS, "done()\n--\n\nTrue once the execution is finished (any outcome)."},
+    {"cancelled", &pe_cancelled, METH_NOARGS, "cancelled()\n--\n\nTrue if the execution was cancelled."},
+    {"running", &pe_running, METH_NOARGS, "running()\n--\n\nTrue while the body runs (or is suspended)."},
+    {"cancel", &pe_cancel, METH_NOARGS,
+     "cancel()\n--\n\nCancels the execution if it has not started. True if it is (now) cancelled."},
+    {"add_done_callback", &pe_add_done_callback, METH_O,
+     "add_done_callback(fn)\n--\n\nCalls fn(execution) once finished (now, if it already is)."},
+    {nullptr, nullptr, 0, nullptr}};
+
+PyGetSetDef pe_getset[] = {
+    {"id", &pe_id, nullptr, "Process-unique id.", nullptr},
+    {"name", &pe_name, nullptr, "The task's name.", nullptr},
+    {"state", &pe_state, nullptr, "pending, waiting, running, succeeded, failed or cancelled.", nullptr},
+    {"workflow_id", &pe_workflow_id, nullptr, "The workflow id this execution is tagged with, or None.", nullptr},
+    {"parent_id", &pe_parent_id, nullptr, "Id of the execution whose body submitted this one, or None.", nullptr},
+    {"description", &pe_description, nullptr, "A dict describing the execution.", nullptr},
+    {nullptr, nullptr, nullptr, nullptr, nullptr}};
+
+PyMemberDef pe_members[] = {
+    {"__weaklistoffset__", T_PYSSIZET, offsetof(PyExecution, weakrefs), READONLY, nullptr},
+    {nullptr, 0, 0, 0, nullptr}};
+
+PyType_Slot pe_slots[] = {
+    {Py_tp_dealloc, reinterpret_cast<void*>(&pe_dealloc)},
+    {Py_tp_finalize, reinterpret_cast<void*>(&pe_finalize)},
+    {Py_tp_traverse, reinterpret_cast<void*>(&pe_traverse)},
+    {Py_tp_clear, reinterpret_cast<void*>(&pe_clear)},
+    {Py_tp_repr, reinterpret_cast<void*>(&pe_repr)},
+    {Py_tp_methods, pe_methods},
+    {Py_tp_getset, pe_getset},
+    {Py_tp_members, pe_members},
+    {Py_am_await, reinterpret_cast<void*>(&pe_await)},
+    {Py_tp_doc, const_cast<char*>("A submitted call of a task: a future-like handle, awaitable in asyncio.")},
+    {0, nullptr}};
+
+PyType_Spec pe_spec = {"distaff.Execution", sizeof(PyExecution), 0,
+                       Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_DISALLOW_INSTANTIATION, pe_slots};
+
+// ---- running bodies -----------------------------------------------------------------------------
+
+void forward_done(Execution& target_core, void* arg);
+
+// fetch_exception: takes the raised exception (normalised, traceback attached). New reference.
+PyObject* fetch_exception() {
+#if PY_VERSION_HEX >= 0x030C0000
+  return PyErr_GetRaisedException();
+#else
+  PyObject *t, *v, *tb;
+  PyErr_Fetch(&t, &v, &tb);
+  PyErr_NormalizeException(&t, &v, &tb);
+  if (tb) PyException_SetTraceback(v, tb);
+  Py_XDECREF(t);
+  Py_XDECREF(tb);
+  return v;
+#endif
+}
+
+// forward: `pe`'s body returned `target`; pe completes when target does. Takes one reference to pe.
+void forward(PyExecution* pe, PyExecution* target) {
+  try {
+    pe->core->forward_to(*target->core);
+  } catch (...) {
+    translate_current_exception();
+    complete(pe, State::failed, fetch_exception());
+    Py_DECREF(pe);
+    return;
+  }
+  pe->forwarding = 1;
+  Py_XSETREF(pe->result, Py_NewRef(reinterpret_cast<PyObject*>(target)));
+  target->core->add_callback(&forward_done, pe);
+}
+
+void forward_done(Execution& target_core, void* arg) {
+  auto* pe = static_cast<PyExecution*>(arg);
+  PyObject* t = pe->result;
+  pe->result = nullptr;
+  pe->forwarding = 0;
+  PyExecution* target = as_pe(t);
+  switch (target_core.state()) {
+    case State::succeeded:
+      complete(pe, State::succeeded, Py_NewRef(target->result ? target->result : Py_None));
+      break;
+    case State::failed:
+      target->observed = 1;
+      complete(pe, State::failed, target->exc ? Py_NewRef(target->exc) : nullptr);
+      break;
+    default:
+      complete(pe, State::cancelled, nullptr);
+  }
+  Py_DECREF(t);
+  Py_DECREF(pe);
+}
+
+}  // namespace
+
+void EngineCore::remember(const ExecutionRef& ex) {
+  if (history_limit == 0) return;
+  std::lock_guard<std::mutex> g(history_mu);
+  if (history.size() < history_limit) {
+    history.push_back(ex);
+  } else {
+    history[history_head] = ex;
+    history_head = (history_head + 1) % history_limit;
+  }
+}
+
+EngineCore* engine_from_capsule(PyObject* capsule) {
+  return static_cast<EngineCore*>(PyCapsule_GetPointer(capsule, "distaff.EngineCore"));
+}
+
+bool complete(PyExecution* pe, State state, PyObject* value) {
+  Execution* c = pe->core;
+  if (c->done()) {
+    Py_XDECREF(value);
+    return false;
+  }
+  if (state == State::succeeded) {
+    Py_XSETREF(pe->result, value);
+  } else if (state == State::failed) {
+    if (!value) {
+      PyErr_SetString(InternalError, "execution failed without an exception");
+      value = fetch_exception();
+    }
+    Py_XSETREF(pe->exc, value);
+  } else {
+    Py_XDECREF(value);
+  }
+  const bool finished = state == State::cancelled ? c->cancel_if_not_started() || c->finish(State::cancelled)
+                                                  : c->finish(state);
+  if (!finished) return false;
+  if (pe->engine) {
+    if (EngineCore* eng = engine_from_capsule(pe->engine)) eng->remember(ExecutionRef(c));
+  }
+  if (PyObject* cbs = pe->callbacks) {
+    pe->callbacks = nullptr;
+    PyObject* self = reinterpret_cast<PyObject*>(pe);
+    Py_INCREF(self);
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(cbs); ++i) call_callback(PyList_GET_ITEM(cbs, i), self);
+    Py_DECREF(self);
+    Py_DECREF(cbs);
+  }
+  return true;
+}
+
+void run_execution(Execution& ex) {
+  auto* pe = static_cast<PyExecution*>(ex.payload());
+  FiberState fs = acquire_fiber_state();
+  if (ex.state() == State::running) {
+    if (pe->trace) install_tracer(pe->trace);
+    PyObject* ctx = pe->context;
+    if (ctx && PyContext_Enter(ctx) < 0) {
+      complete(pe, State::failed, fetch_exception());
+      ctx = nullptr;
+    } else {
+      PyObject* r = PyObject_Call(pe->fn, pe->args, pe->kwargs);
+      PyObject* exc = r ? nullptr : fetch_exception();
+      if (ctx && PyContext_Exit(ctx) < 0) PyErr_Clear();
+      if (exc) {
+        add_task_note(exc, ex);
+        complete(pe, State::failed, exc);
+      } else if (is_execution(r)) {
+        Py_INCREF(pe);  // the forward's reference
+        forward(pe, as_pe(r));
+        Py_DECREF(r);
+      } else {
+        complete(pe, State::succeeded, r);
+      }
+    }
+    if (pe->trace) install_tracer(Py_None);
+  }
+  Py_CLEAR(pe->fn);
+  Py_CLEAR(pe->args);
+  Py_CLEAR(pe->kwargs);
+  Py_CLEAR(pe->context);
+  Py_CLEAR(pe->trace);
+  Py_DECREF(pe);  // the queue's reference
+  release_fiber_state(fs);
+}
+
+void abandon_execution(Execution& ex, Execution& failed) {
+  // Called inside the failed dependency's finish(), i.e. from complete() with the GIL held.
+  auto* pe = static_cast<PyExecution*>(ex.payload());
+  PyExecution* dep = nullptr;
+  if (pe->deps) {
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(pe->deps); ++i) {
+      PyExecution* d = as_pe(PyTuple_GET_ITEM(pe->deps, i));
+      if (d->core == &failed) dep = d;
+    }
+  }
+  PyObject* err;
+  if (failed.state() == State::cancelled) {
+    err = PyObject_CallFunction(DependencyError, "s", 
+        (std::string("dependency '") + failed.name() + "' (execution " + std::to_string(failed.id()) +
+         ") was cancelled").c_str());
+  } else {
+    PyObject* cause = dep && dep->exc ? dep->exc : Py_None;
+    if (dep) dep->observed = 1;
+    PyObject* msg = PyUnicode_FromFormat("dependency '%s' (execution %llu) failed: %R", failed.name().c_str(),
+                                         static_cast<unsigned long long>(failed.id()), cause);
+    err = msg ? PyObject_CallOneArg(DependencyError, msg) : nullptr;
+    Py_XDECREF(msg);
+    if (err && cause != Py_None) PyException_SetCause(err, Py_NewRef(cause));
+  }
+  if (!err) err = fetch_exception();
+  add_task_note(err, ex);
+  complete(pe, State::failed, err);
+  // Abandoned executions never reach run_execution: release the queue's reference here.
+  Py_CLEAR(pe->fn);
+  Py_CLEAR(pe->args);
+  Py_CLEAR(pe->kwargs);
+  Py_CLEAR(pe->context);
+  Py_DECREF(pe);
+}
+
+// ---- raw module functions ---------------------------------------------------------------------------
+
+namespace {
+
+// collect_executions: Executions among the arguments, at the top level and one container level deep
+// (list, tuple, dict values). Appends borrowed references.
+void collect_from(PyObject* o, std::vector<PyObject*>& out, int depth) {
+  if (is_execution(o)) {
+    out.push_back(o);
+    return;
+  }
+  if (depth == 0) return;
+  if (PyTuple_CheckExact(o) || PyList_CheckExact(o)) {
+    PyObject* seq = o;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    for (Py_ssize_t i = 0; i < n; ++i) collect_from(PySequence_Fast_GET_ITEM(seq, i), out, depth - 1);
+  } else if (PyDict_CheckExact(o)) {
+    Py_ssize_t pos = 0;
+    PyObject *k, *v;
+    while (PyDict_Next(o, &pos, &k, &v)) collect_from(v, out, depth - 1);
+  }
+}
+
+// submit(capsule, fn, name, kind, wait, args, kwargs, workflow_id) -> Execution
+//   kind: 0 task, 1 workflow. wait: False (no gating), True (all Execution arguments gate the
+//   start) or a tuple of Executions that gate it. kwargs: dict or None. workflow_id: str or None.
+PyObject* raw_submit(PyObject*, PyObject* const* a, Py_ssize_t n) {
+  if (n != 8) {
+    PyErr_SetString(PyExc_TypeError, "submit() takes 8 arguments");
+    return nullptr;
+  }
+  EngineCore* eng = engine_from_capsule(a[0]);
+  if (!eng) return nullptr;
+  PyObject *fn = a[1], *name = a[2], *args = a[5], *kwargs = a[6], *wf = a[7];
+  if (!PyTuple_Check(args) || (kwargs != Py_None && !PyDict_Check(kwargs)) || !PyUnicode_Check(name)) {
+    PyErr_SetString(PyExc_TypeError, "submit(): bad internal arguments");
+    return nullptr;
+  }
+  if (eng->scheduler->closed()) {
+    PyErr_SetString(ShutdownError, "cannot submit to an engine that is shut down");
+    return nullptr;
+  }
+  Py_ssize_t name_len;
+  const char* name_utf8 = PyUnicode_AsUTF8AndSize(name, &name_len);
+  if (!name_utf8) return nullptr;
+  Kind kind = PyObject_IsTrue(a[3]) ? Kind::workflow : Kind::task;
+
+  std::vector<PyObject*> found;
+  for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(args); ++i) collect_from(PyTuple_GET_ITEM(args, i), found, 1);
+  if (kwargs != Py_None) {
+    Py_ssize_t pos = 0;
+    PyObject *k, *v;
+    while (PyDict_Next(kwargs, &pos, &k, &v)) collect_from(v, found, 1);
+  }
+
+  PyExecution* pe = PyObject_GC_New(PyExecution, ExecutionType);
+  if (!pe) return nullptr;
+  ExecutionRef core = Execution::create(std::string(name_utf8, static_cast<std::size_t>(name_len)), kind);
+  pe->core = core.get();
+  pe->core->retain();
+  pe->engine = Py_NewRef(a[0]);
+  pe->fn = Py_NewRef(fn);
+  pe->args = Py_NewRef(args);
+  pe->kwargs = kwargs == Py_None ? nullptr : Py_NewRef(kwargs);
+  pe->context = PyContext_CopyCurrent();
+  pe->trace = nullptr;
+  pe->result = nullptr;
+  pe->exc = nullptr;
+  pe->callbacks = nullptr;
+  pe->workflow_id = wf == Py_None ? nullptr : Py_NewRef(wf);
+  pe->deps = nullptr;
+  pe->weakrefs = nullptr;
+  pe->observed = 0;
+  pe->forwarding = 0;
+  PyObject_GC_Track(reinterpret_cast<PyObject*>(pe));
+  PyObject* self = reinterpret_cast<PyObject*>(pe);
+  if (!pe->context) {
+    Py_DECREF(self);
+    return nullptr;
+  }
+  // A tracer in the submitting thread (coverage, pdb) follows the work into the fiber (rule 8).
+  PyThreadState* ts = PyThreadState_Get();
+  if (ts->c_tracefunc && ts->c_traceobj) pe->trace = Py_NewRef(ts->c_traceobj);
+
+  if (Execution* parent = current_execution()) core->set_parent_id(parent->id());
+
+  std::vector<ExecutionRef> gating;
+  if (!found.empty()) {
+    pe->deps = PyTuple_New(static_cast<Py_ssize_t>(found.size()));
+    if (!pe->deps) {
+      Py_DECREF(self);
+      return nullptr;
+    }
+    for (std::size_t i = 0; i < found.size(); ++i) {
+      PyTuple_SET_ITEM(pe->deps, static_cast<Py_ssize_t>(i), Py_NewRef(found[i]));
+      core->add_dependency(ExecutionRef(as_pe(found[i])->core));
+    }
+  }
+  PyObject* wait = a[4];
+  if (wait == Py_True) {
+    for (PyObject* d : found) gating.emplace_back(as_pe(d)->core);
+  } else if (PyTuple_Check(wait)) {
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(wait); ++i) {
+      PyObject* d = PyTuple_GET_ITEM(wait, i);
+      if (!is_execution(d)) continue;
+      gating.emplace_back(as_pe(d)->core);
+    }
+  }
+  core->set_payload(pe);
+  Py_INCREF(self);  // the queue's reference, released by run_execution or abandon_execution
+  try {
+    eng->scheduler->submit(core, gating);
+  } catch (...) {
+    core->set_payload(nullptr);
+    Py_DECREF(self);
+    translate_current_exception();
+    // Never leave an execution unfinished: it was not submitted, so it is cancelled.
+    core->finish(State::cancelled);
+    Py_DECREF(self);
+    return nullptr;
+  }
+  return self;
+}
+
+// shutdown(capsule, wait, cancel_pending): see distaff.Engine.shutdown.
+PyObject* raw_shutdown(PyObject*, PyObject* const* a, Py_ssize_t n) {
+  if (n != 3) {
+    PyErr_SetString(PyExc_TypeError, "shutdown() takes 3 arguments");
+    return nullptr;
+  }
+  EngineCore* eng = engine_from_capsule(a[0]);
+  if (!eng) return nullptr;
+  Scheduler* s = eng->scheduler.get();
+  if (s->on_worker()) {
+    PyErr_SetString(PyExc_RuntimeError, "an engine cannot be shut down from one of its own tasks");
+    return nullptr;
+  }
+  const bool wait = PyObject_IsTrue(a[1]);
+  const bool cancel = PyObject_IsTrue(a[2]);
+  try {
+    if (cancel) {
+      // Cancel first, so waiting only covers what is already running.
+      for (ExecutionRef& ex : s->close(true)) {
+        if (auto* pe = static_cast<PyExecution*>(ex->payload())) complete(pe, State::cancelled, nullptr);
+      }
+    }
+    if (wait) {
+      const bool main_thread = current_execution() == nullptr && PyThread_get_thread_ident() == g_main_thread_ident;
+      while (!s->wait_idle_until(main_thread ? Clock::now() + kSignalSlice : Clock::time_point::max())) {
+        if (PyErr_CheckSignals() < 0) return nullptr;  // the engine stays usable
+      }
+    }
+    s->close(false);
+    if (wait) s->join();
+  } catch (...) {
+    translate_current_exception();
+    return nullptr;
+  }
+  Py_RETURN_NONE;
+}
+
+// wait_idle(capsule, timeout) -> bool: waits until every submitted execution finished.
+PyObject* raw_wait_idle(PyObject*, PyObject* const* a, Py_ssize_t n) {
+  if (n != 2) {
+    PyErr_SetString(PyExc_TypeError, "wait_idle() takes 2 arguments");
+    return nullptr;
+  }
+  EngineCore* eng = engine_from_capsule(a[0]);
+  if (!eng) return nullptr;
+  Clock::time_point deadline;
+  if (!parse_timeout(a[1], deadline)) return nullptr;
+  try {
+    for (;;) {
+      auto slice = std::min(deadline, Clock::now() + kSignalSlice);
+      if (eng->scheduler->wait_idle_until(slice)) Py_RETURN_TRUE;
+      if (Clock::now() >= deadline) Py_RETURN_FALSE;
+      if (PyErr_CheckSignals() < 0) return nullptr;
+    }
+  } catch (...) {
+    translate_current_exception();
+    return nullptr;
+  }
+}
+
+PyObject* raw_current(PyObject*, PyObject*) {
+  Execution* cur = current_execution();
+  if (!cur || !cur->payload()) Py_RETURN_NONE;
+  return Py_NewRef(static_cast<PyObject*>(cur->payload()));
+}
+
+PyObject* raw_set_hooks(PyObject*, PyObject* const* a, Py_ssize_t n) {
+  if (n != 2) {
+    PyErr_SetString(PyExc_TypeError, "_set_hooks(await_hook, callback_error_hook)");
+    return nullptr;
+  }
+  Py_XSETREF(AsyncAwaitHook, Py_NewRef(a[0]));
+  Py_XSETREF(g_callback_error_hook, Py_NewRef(a[1]));
+  Py_RETURN_NONE;
+}
+
+PyObject* raw_live_executions(PyObject*, PyObject*) { return PyLong_FromLongLong(live_executions()); }
+
+}  // namespace
+
+PyMethodDef raw_functions[] = {
+    {"submit", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&raw_submit)), METH_FASTCALL,
+     "submit(engine, fn, name, kind, wait, args, kwargs, workflow_id) -> Execution"},
+    {"shutdown", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&raw_shutdown)), METH_FASTCALL,
+     "shutdown(engine, wait, cancel_pending)"},
+    {"wait_idle", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&raw_wait_idle)), METH_FASTCALL,
+     "wait_idle(engine, timeout) -> bool"},
+    {"current_execution", &raw_current, METH_NOARGS,
+     "current_execution() -> Execution | None: the execution whose body is running here."},
+    {"live_executions", &raw_live_executions, METH_NOARGS, "Core execution records alive (process-wide)."},
+    {"_set_hooks", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&raw_set_hooks)), METH_FASTCALL,
+     "_set_hooks(await_hook, callback_error_hook)"},
+    {nullptr, nullptr, 0, nullptr}};
+
+bool init_execution_type(PyObject* module) {
+  PyObject* threading = PyImport_ImportModule("threading");
+  if (!threading) return false;
+  PyObject* main = PyObject_CallMethod(threading, "main_thread", nullptr);
+  Py_DECREF(threading);
+  if (!main) return false;
+  PyObject* ident = PyObject_GetAttrString(main, "ident");
+  Py_DECREF(main);
+  if (!ident) return false;
+  g_main_thread_ident = PyLong_AsUnsignedLong(ident);
+  Py_DECREF(ident);
+
+  ExecutionType = reinterpret_cast<PyTypeObject*>(PyType_FromModuleAndSpec(module, &pe_spec, nullptr));
+  if (!ExecutionType) return false;
+  if (PyModule_AddObjectRef(module, "Execution", reinterpret_cast<PyObject*>(ExecutionType)) < 0) return false;
+  return true;
+}
+
+}  // namespace distaff::py

@@ -1,0 +1,156 @@
+#include "python_fiber.hpp"
+
+#include <algorithm>
+#include <atomic>
+#include <vector>
+
+#include "distaff/execution.hpp"
+
+namespace distaff::py {
+
+namespace {
+
+// Ids given to pooled thread states on reuse. CPython hands out ids from 1 upward; starting far
+// above keeps ours from ever colliding with a real thread's id.
+std::atomic<std::uint64_t> g_next_tstate_id{std::uint64_t(1) << 62};
+
+struct WorkerPy {
+  PyThreadState* base = nullptr;              // the worker's own state (clears pooled ones)
+  std::vector<PyThreadState*> pool;           // cleared fiber states, ready for reuse
+  std::size_t stack_size = 0;
+  bool leak = false;
+};
+thread_local WorkerPy* tl_worker_py = nullptr;
+
+PyInterpreterState* g_interp = nullptr;
+
+void* on_suspend() {
+  // Called with the GIL held by this fiber's (or thread's) state, right before it parks.
+  return PyEval_SaveThread();
+}
+
+void on_resume(void* token) {
+  auto* ts = static_cast<PyThreadState*>(token);
+  if (!ts) return;
+  PyEval_RestoreThread(ts);
+  distaff_bind_gilstate(ts);
+}
+
+#if PY_VERSION_HEX >= 0x030C0000
+int c_recursion_budget(std::size_t stack_size) {
+  // Measured: ~512 bytes of C stack per C-level recursion step, 32 KiB reserved for the rest.
+  const std::size_t reserve = 32 * 1024;
+  if (stack_size <= reserve) return 50;
+  return static_cast<int>((stack_size - reserve) / 512);
+}
+#endif
+
+void prepare_for_reuse(PyThreadState* ts) {
+  // Called with the GIL held and `ts` not current.
+  PyThreadState_Clear(ts);
+  ts->id = g_next_tstate_id.fetch_add(1, std::memory_order_relaxed);
+#if PY_VERSION_HEX >= 0x030C0000
+  ts->_status.cleared = 0;
+  ts->_status.finalizing = 0;
+#endif
+}
+
+}  // namespace
+
+bool interpreter_finalizing() {
+#if PY_VERSION_HEX >= 0x030D0000
+  return Py_IsFinalizing();
+#else
+  return _Py_IsFinalizing();
+#endif
+}
+
+void install_switch_hooks() {
+  g_interp = PyInterpreterState_Get();
+  distaff::set_switch_hooks(SwitchHooks{&on_suspend, &on_resume});
+}
+
+void worker_started(std::size_t stack_size) {
+  auto* w = new WorkerPy;
+  w->stack_size = stack_size;
+  w->base = PyThreadState_New(g_interp);
+  tl_worker_py = w;
+}
+
+void worker_stopped() {
+  WorkerPy* w = tl_worker_py;
+  tl_worker_py = nullptr;
+  if (!w) return;
+  if (interpreter_finalizing()) {
+    // Rule 7: once finalisation has begun, taking the GIL may hang or kill this thread. Leak.
+    delete w;
+    return;
+  }
+  PyEval_RestoreThread(w->base);
+  for (PyThreadState* ts : w->pool) {
+    PyThreadState_Clear(ts);
+    PyThreadState_Delete(ts);
+  }
+  PyThreadState_Clear(w->base);
+  PyThreadState_DeleteCurrent();  // releases the GIL
+  delete w;
+}
+
+void worker_idle() {
+  // Keep a modest cache when idle; peak concurrency is cached while busy (a cap made fib(20) 5x
+  // slower in the spike). Trimming needs the GIL, so only pay for it when there is much to trim.
+  WorkerPy* w = tl_worker_py;
+  constexpr std::size_t keep = 256;
+  if (!w || w->pool.size() <= keep * 2 || interpreter_finalizing()) return;
+  PyEval_RestoreThread(w->base);
+  while (w->pool.size() > keep) {
+    PyThreadState* ts = w->pool.back();
+    w->pool.pop_back();
+    PyThreadState_Delete(ts);  // already cleared
+  }
+  PyEval_SaveThread();
+}
+
+FiberState acquire_fiber_state() {
+  WorkerPy* w = tl_worker_py;
+  FiberState fs;
+  if (!w->pool.empty()) {
+    fs.tstate = w->pool.back();
+    w->pool.pop_back();
+    PyEval_RestoreThread(fs.tstate);
+  } else {
+    // Create it on this worker (rule 2), with the GIL held by the worker's base state.
+    PyEval_RestoreThread(w->base);
+    fs.tstate = PyThreadState_New(g_interp);
+    PyThreadState_Swap(fs.tstate);
+  }
+  distaff_bind_gilstate(fs.tstate);
+#if PY_VERSION_HEX >= 0x030C0000
+  fs.tstate->c_recursion_remaining =
+      std::min(fs.tstate->c_recursion_remaining, c_recursion_budget(w->stack_size));
+#endif
+  return fs;
+}
+
+void release_fiber_state(FiberState& fs) {
+  WorkerPy* w = tl_worker_py;
+  PyThreadState_Swap(w->base);
+  distaff_bind_gilstate(w->base);
+  prepare_for_reuse(fs.tstate);
+  w->pool.push_back(fs.tstate);
+  fs.tstate = nullptr;
+  PyEval_SaveThread();
+}
+
+void install_tracer(PyObject* trace) {
+  PyObject* sys_settrace = PySys_GetObject("settrace");  // borrowed
+  if (!sys_settrace) return;
+  PyObject* r = PyObject_CallOneArg(sys_settrace, trace);
+  if (r) {
+    Py_DECREF(r);
+  } else {
+    PyErr_WriteUnraisable(trace);
+  }
+}
+
+}  // namespace distaff::py

@@ -1,0 +1,64 @@
+#pragma once
+// Interpreter state at fiber switches: the one place where CPython meets Boost.Fiber.
+//
+// The rules (ARCHITECTURE.md, "Python inside fibers"), each of which was a crash or a hang in the
+// prototype when broken:
+//  1. One PyThreadState per fiber. A suspension releases the GIL (PyEval_SaveThread); a resumption
+//     takes it with the fiber's own state (PyEval_RestoreThread). So exception state, recursion depth,
+//     threading.local, contextvars and asyncio's running loop are per fiber, as they are per thread.
+//     Never suspend holding the GIL; never use PyGILState_* or pybind11's gil_scoped_acquire in a fiber.
+//  2. Fibers are pinned to their worker; thread states are created on the worker that uses them
+//     (3.12+ binds a state to its creating thread).
+//  3. CPython 3.11: PyEval_RestoreThread does not rebind the interpreter's "this thread's state" slot
+//     (PyGILState's TSS key). Left stale, PyGILState_Ensure from C code (ctypes callbacks, extensions)
+//     in a resumed fiber sees another fiber's state and deadlocks. gilstate_compat.c rebinds it.
+//  4. pybind11 keeps a per-OS-thread stack of in-flight calls; a fiber that suspends inside a
+//     pybind11-bound call corrupts it. Every entry point that can suspend is a raw METH_FASTCALL
+//     function (py_execution.cpp), never a pybind11 def.
+//  5. Thread states are pooled per worker (new+delete costs 20–27 µs, reuse ~70 ns). On reuse the
+//     state is cleared, gets a fresh id (asyncio caches a borrowed running-loop pointer keyed by the
+//     id: SIGSEGV on 3.12.1 otherwise), and on 3.12+ its cleared/finalizing bits are reset.
+//  6. On 3.12+, each fiber's C recursion budget is capped to what its stack can hold.
+//  7. Once the interpreter is finalizing, no worker touches the GIL (states are leaked, not freed).
+//  8. A tracer installed in the submitting thread (sys.settrace: coverage, pdb) is installed in the
+//     fiber too; sys.monitoring (3.12+) sees fibers by itself.
+//  10. CPython 3.14 stack protection needs per-state stack bounds: set them in acquire_fiber_state().
+
+#include <Python.h>
+
+#include <cstddef>
+
+namespace distaff::py {
+
+// install_switch_hooks: registers on_suspend/on_resume with the core. Call once at module init.
+void install_switch_hooks();
+
+// Worker lifecycle (called by the scheduler on each worker thread).
+void worker_started(std::size_t stack_size);
+void worker_stopped();
+void worker_idle();
+
+// FiberState: the interpreter state a fiber runs with.
+struct FiberState {
+  PyThreadState* tstate = nullptr;
+};
+
+// acquire_fiber_state: takes a pooled (or new) thread state for this worker and takes the GIL with it.
+// Worker fibers only, GIL not held.
+FiberState acquire_fiber_state();
+// release_fiber_state: clears the state, returns it to the pool and releases the GIL.
+// Called by the fiber that acquired it, with the GIL held by that state.
+void release_fiber_state(FiberState& fs);
+
+// install_tracer: installs `trace` (a sys.settrace callable) in the current fiber. GIL held.
+void install_tracer(PyObject* trace);
+
+// interpreter_finalizing: true once Py_Finalize has begun (workers must not take the GIL then).
+bool interpreter_finalizing();
+
+}  // namespace distaff::py
+
+extern "C" {
+// gilstate_compat.c: bind the PyGILState slot of this OS thread to `tstate` (no-op on 3.12+).
+void distaff_bind_gilstate(PyThreadState* tstate);
+}

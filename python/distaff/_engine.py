@@ -1,0 +1,191 @@
+"""Engine: one scheduler (worker threads running fibers) and its lifecycle."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+import weakref
+from typing import Any, Callable
+
+from . import _core
+from ._errors import ShutdownError
+from ._task import Task, _decorator
+
+logger = logging.getLogger("distaff")
+
+_engines: "weakref.WeakSet[Engine]" = weakref.WeakSet()
+_default: "Engine | None" = None
+_default_lock = threading.Lock()
+
+
+class Engine:
+    """A workflow engine: worker threads that run every execution as a fiber.
+
+    Args:
+        workers: OS threads running fibers. Default 1: for bodies that hold the GIL a second worker
+            only adds GIL hand-offs (docs/performance.md); use more for bodies that release it.
+        stack_size: virtual size of each fiber's stack in bytes (only touched pages cost memory).
+        history: how many finished executions ``graph()`` remembers (0 disables).
+    """
+
+    def __init__(self, workers: int | None = None, *, stack_size: int = 1 << 20, history: int = 100_000) -> None:
+        if workers is None:
+            workers = 1
+        if isinstance(workers, bool) or not isinstance(workers, int):
+            raise TypeError(f"workers must be an int, not {type(workers).__name__}")
+        if workers < 1:
+            raise ValueError(f"workers must be at least 1, got {workers}")
+        if isinstance(stack_size, bool) or not isinstance(stack_size, int) or stack_size < 64 * 1024:
+            raise ValueError("stack_size must be an int of at least 65536 bytes")
+        if isinstance(history, bool) or not isinstance(history, int) or history < 0:
+            raise ValueError("history must be a non-negative int")
+        self._core = _core.EngineCore(workers, stack_size, history)
+        self._capsule = self._core.capsule()
+        self._pid = os.getpid()
+        self._closed = False
+        self.workers = workers
+        _engines.add(self)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "running"
+        return f"<distaff.Engine workers={self.workers} {state}>"
+
+    # -- decorators and submission -------------------------------------------------------------
+
+    def task(self, fn: Callable | None = None, /, *, name: str | None = None, wait: Any = None) -> Any:
+        """Like ``distaff.task`` but bound to this engine."""
+        return _decorator("task", fn, self, name=name, wait=wait) if fn is None else _decorator("task", fn, self)
+
+    def workflow(self, fn: Callable | None = None, /, *, name: str | None = None, wait: Any = None) -> Any:
+        """Like ``distaff.workflow`` but bound to this engine."""
+        return _decorator("workflow", fn, self, name=name, wait=wait) if fn is None else _decorator("workflow", fn, self)
+
+    def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> _core.Execution:
+        """Runs a plain callable as an execution (no decoration, no signature check)."""
+        if not callable(fn):
+            raise TypeError(f"submit() needs a callable, not {type(fn).__name__}")
+        if isinstance(fn, Task):
+            # A decorated task submitted to this engine explicitly: same checks, this engine.
+            return Task(fn.fn, name=fn.name, kind=fn.kind, wait=fn._wait or None, engine=self).submit(*args, **kwargs)
+        name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+        return self._submit(fn, name, False, False, args, kwargs, None)
+
+    def _submit(self, fn, name, kind, wait, args, kwargs, workflow_id) -> _core.Execution:
+        if self._pid != os.getpid():
+            raise ShutdownError("this engine was created in the parent process before fork(); create a new one")
+        return _core.submit(self._capsule, fn, name, kind, wait, args, kwargs or None, workflow_id)
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+
+    def shutdown(self, wait: bool = True, *, cancel_pending: bool = False) -> None:
+        """Stops accepting work.
+
+        Args:
+            wait: wait for every outstanding execution (queued, waiting and running) to finish, then
+                join the workers. Ctrl-C interrupts the wait and leaves the engine running.
+            cancel_pending: first cancel what has not started yet.
+        """
+        if self._pid != os.getpid():
+            self._closed = True
+            return
+        _core.shutdown(self._capsule, wait, cancel_pending)
+        self._closed = True
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Waits until every execution submitted so far has finished. True if it did in time."""
+        return _core.wait_idle(self._capsule, timeout)
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.shutdown(wait=True)
+
+    # -- introspection ------------------------------------------------------------------------------
+
+    def stats(self) -> dict:
+        """Counters: live (unfinished), queued, fibers (started, unfinished), submitted, workers."""
+        return self._core.stats()
+
+    def graph(self) -> dict:
+        """What ran: ``{"nodes": [...], "edges": [...]}`` over the finished executions remembered.
+
+        Each node is a description dict; edges are ``{"source", "target", "kind"}`` with kind
+        ``"parent"`` (source's body submitted target) or ``"dependency"`` (target got source as an
+        argument).
+        """
+        nodes = []
+        edges = []
+        for (id_, name, kind, parent, deps, state, sub, start, fin) in self._core.history():
+            nodes.append(
+                {
+                    "id": id_,
+                    "name": name,
+                    "kind": kind,
+                    "parent_id": parent or None,
+                    "dependencies": list(deps),
+                    "state": state,
+                    "submitted": sub / 1e9 if sub else None,
+                    "started": start / 1e9 if start else None,
+                    "finished": fin / 1e9 if fin else None,
+                }
+            )
+            if parent:
+                edges.append({"source": parent, "target": id_, "kind": "parent"})
+            for d in deps:
+                edges.append({"source": d, "target": id_, "kind": "dependency"})
+        return {"nodes": nodes, "edges": edges}
+
+    def clear_history(self) -> None:
+        self._core.clear_history()
+
+
+def default_engine() -> Engine:
+    """The engine the module-level ``@task``/``@workflow`` use, created on first use."""
+    global _default
+    eng = _default
+    if eng is not None and not eng._closed and eng._pid == os.getpid():
+        return eng
+    with _default_lock:
+        if _default is None or _default._closed or _default._pid != os.getpid():
+            _default = Engine()
+        return _default
+
+
+def shutdown(wait: bool = True, *, cancel_pending: bool = False) -> None:
+    """Shuts down the default engine (a later task call starts a new one)."""
+    global _default
+    with _default_lock:
+        eng, _default = _default, None
+    if eng is not None:
+        eng.shutdown(wait, cancel_pending=cancel_pending)
+
+
+@atexit.register
+def _shutdown_at_exit() -> None:
+    # Rule 7 (ARCHITECTURE.md): every engine is stopped before interpreter finalisation, so no
+    # worker touches the GIL afterwards. Outstanding work is waited for, like concurrent.futures;
+    # a Ctrl-C during that wait cancels what has not started and waits only for running bodies.
+    for eng in list(_engines):
+        if eng._closed or eng._pid != os.getpid():
+            continue
+        live = eng.stats()["live"]
+        if live:
+            logger.warning("distaff: waiting for %d outstanding execution(s) before exit", live)
+        try:
+            eng.shutdown(wait=True)
+        except KeyboardInterrupt:
+            logger.warning("distaff: interrupted; cancelling executions that have not started")
+            eng.shutdown(wait=True, cancel_pending=True)
+
+
+def _after_fork_in_child() -> None:
+    # Worker threads do not survive fork(). Engines from the parent refuse work with a clear
+    # error (Engine._submit); the default engine is re-created on next use.
+    global _default
+    _default = None
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

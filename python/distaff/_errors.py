@@ -1,0 +1,65 @@
+"""distaff's exception types and the logging of errors nobody observed."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+
+logger = logging.getLogger("distaff")
+
+__all__ = [
+    "CancelledError",
+    "DeadlockError",
+    "DependencyError",
+    "Error",
+    "InternalError",
+    "ShutdownError",
+]
+
+
+class Error(Exception):
+    """Base class of distaff's own errors (not of errors raised by task bodies)."""
+
+
+class CancelledError(Error, concurrent.futures.CancelledError):
+    """The execution was cancelled (raised by ``result()`` and ``exception()``)."""
+
+
+class DependencyError(Error):
+    """A dependency gating this execution (``wait=``) failed or was cancelled; it never ran.
+
+    The dependency's own exception is the ``__cause__``.
+    """
+
+
+class DeadlockError(Error, RuntimeError):
+    """An execution would wait on itself, directly or through a chain of waits."""
+
+
+class ShutdownError(Error, RuntimeError):
+    """The engine is shut down (or was inherited across ``fork``) and accepts no work."""
+
+
+class InternalError(Error, RuntimeError):
+    """A bug in distaff: an internal invariant broke. Please report it."""
+
+
+def log_unobserved(execution) -> None:
+    """Called when a failed execution is collected and nobody retrieved its exception."""
+    exc = execution.exception()
+    logger.error(
+        "distaff: execution %d (%s) failed and nobody retrieved its error",
+        execution.id,
+        execution.name,
+        exc_info=(type(exc), exc, exc.__traceback__),
+    )
+
+
+def log_callback_error(callback, execution, exc: BaseException) -> None:
+    """Called when a done-callback raises: logged, like concurrent.futures does."""
+    logger.error(
+        "distaff: exception calling callback %r for %r",
+        callback,
+        execution,
+        exc_info=(type(exc), exc, exc.__traceback__),
+    )

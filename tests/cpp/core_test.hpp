@@ -1,0 +1,148 @@
+#pragma once
+// Shared helpers for the core's GoogleTest suite (no Python anywhere).
+//
+// Sanitizer convention (TSan): Boost 1.74's Boost.Context does not tell ThreadSanitizer about stack
+// switches, so TSan cannot follow fibers. Tests that only use plain std::threads (Execution state,
+// callbacks, the wait graph, the stack pool's counters) carry "Threads" in their suite name; under
+// TSan (`__SANITIZE_THREAD__`, i.e. -DDISTAFF_TSAN=ON) CoreTest::SetUp skips every other test, so
+// `ctest` in a TSan build runs exactly the `*Threads*` tests and reports the rest as skipped.
+// (`ctest -R Threads` or `--gtest_filter='*Threads*'` selects the same set explicitly.)
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include "distaff/execution.hpp"
+
+#if defined(__SANITIZE_THREAD__)
+#define DISTAFF_TEST_UNDER_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define DISTAFF_TEST_UNDER_TSAN 1
+#endif
+#endif
+#ifndef DISTAFF_TEST_UNDER_TSAN
+#define DISTAFF_TEST_UNDER_TSAN 0
+#endif
+
+namespace distaff::test {
+
+// kSafety: a generous safety net for waits that should end long before it. Never used for ordering.
+inline constexpr std::chrono::seconds kSafety{60};
+
+inline Clock::time_point safety_deadline() { return Clock::now() + kSafety; }
+
+// Event: a one-shot, thread-blocking flag (test-side ordering between plain threads, or to
+// deliberately block a worker's OS thread). wait() returns false only if the safety net expired.
+class Event {
+ public:
+  void set() {
+    {
+      std::lock_guard<std::mutex> g(mu_);
+      set_ = true;
+    }
+    cv_.notify_all();
+  }
+  bool is_set() const {
+    std::lock_guard<std::mutex> g(mu_);
+    return set_;
+  }
+  bool wait(std::chrono::steady_clock::duration timeout = kSafety) {
+    std::unique_lock<std::mutex> lk(mu_);
+    return cv_.wait_for(lk, timeout, [&] { return set_; });
+  }
+
+ private:
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  bool set_ = false;
+};
+
+// eventually: polls `pred` (yielding) until it holds or the safety net expires. For observing a
+// state another thread is known to be heading to (e.g. "this fiber is parked on X"), not for
+// ordering by elapsed time.
+inline bool eventually(const std::function<bool()>& pred, std::chrono::steady_clock::duration timeout = kSafety) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (!pred()) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::yield();
+  }
+  return true;
+}
+
+// CountingHooks: installs switch hooks that count suspensions and resumptions and check that each
+// on_resume gets back its own token on the thread that suspended, with the fiber-local slots already
+// restored (current_execution() is the one that suspended). Uninstalls on destruction.
+// Install before starting the threads/fibers that wait; destroy after they are joined.
+class CountingHooks {
+ public:
+  struct Token {
+    std::thread::id thread;
+    Execution* current;
+  };
+  static inline std::atomic<std::int64_t> suspends{0};
+  static inline std::atomic<std::int64_t> resumes{0};
+  static inline std::atomic<std::int64_t> mismatches{0};  // wrong thread or wrong current execution
+  // Optional probe, called at the end of on_suspend (e.g. to count who is about to park).
+  static inline std::atomic<void (*)(Execution*)> on_suspend_probe{nullptr};
+
+  CountingHooks() {
+    suspends = 0;
+    resumes = 0;
+    mismatches = 0;
+    set_switch_hooks(SwitchHooks{&suspend, &resume});
+  }
+  ~CountingHooks() {
+    set_switch_hooks(SwitchHooks{});
+    on_suspend_probe = nullptr;
+  }
+  CountingHooks(const CountingHooks&) = delete;
+  CountingHooks& operator=(const CountingHooks&) = delete;
+
+ private:
+  static void* suspend() {
+    suspends.fetch_add(1);
+    auto* t = new Token{std::this_thread::get_id(), current_execution()};
+    if (auto probe = on_suspend_probe.load()) probe(t->current);
+    return t;
+  }
+  static void resume(void* token) {
+    auto* t = static_cast<Token*>(token);
+    if (t == nullptr || t->thread != std::this_thread::get_id() || t->current != current_execution()) {
+      mismatches.fetch_add(1);
+    }
+    delete t;
+    resumes.fetch_add(1);
+  }
+};
+
+// CoreTest: the base fixture. Applies the TSan convention above and checks at teardown that every
+// execution created by the test was destroyed (live_executions() back to its baseline).
+class CoreTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+#if DISTAFF_TEST_UNDER_TSAN
+    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+    const std::string full = std::string(info->test_suite_name()) + "." + info->name();
+    if (full.find("Threads") == std::string::npos) {
+      GTEST_SKIP() << "uses Boost.Fiber stack switching, which TSan cannot follow on Boost 1.74";
+    }
+#endif
+    baseline_ = live_executions();
+  }
+  void TearDown() override {
+    if (IsSkipped()) return;
+    EXPECT_EQ(live_executions(), baseline_) << "executions leaked (or destroyed twice) by this test";
+  }
+
+  std::int64_t baseline_ = 0;
+};
+
+}  // namespace distaff::test
