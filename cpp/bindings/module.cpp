@@ -34,6 +34,7 @@ class EngineHandle {
     o.on_worker_start = [stack_size](unsigned) { worker_started(stack_size); };
     o.on_worker_stop = [](unsigned) { worker_stopped(); };
     o.on_worker_idle = [](unsigned) { worker_idle(); };
+    o.on_worker_block = [] { release_held_gil(); };
     core_->scheduler = std::make_unique<Scheduler>(std::move(o));
   }
 

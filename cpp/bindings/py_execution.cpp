@@ -609,6 +609,12 @@ PyObject* raw_submit(PyObject*, PyObject* const* a, Py_ssize_t n) {
     PyErr_SetString(PyExc_TypeError, "submit() takes 8 arguments");
     return nullptr;
   }
+  if (a[0] == Py_None) {
+    PyErr_SetString(ShutdownError,
+                    "this engine was created before fork() in the parent process; its workers do not exist "
+                    "here: create a new Engine (module-level tasks get a new default engine automatically)");
+    return nullptr;
+  }
   EngineCore* eng = engine_from_capsule(a[0]);
   if (!eng) return nullptr;
   PyObject *fn = a[1], *name = a[2], *args = a[5], *kwargs = a[6], *wf = a[7];
@@ -778,6 +784,44 @@ PyObject* raw_set_hooks(PyObject*, PyObject* const* a, Py_ssize_t n) {
   Py_RETURN_NONE;
 }
 
+// sleep(seconds): fiber-aware sleep. In a task body it suspends the fiber (the worker runs others);
+// elsewhere it is time.sleep.
+PyObject* g_time_sleep = nullptr;
+PyObject* raw_sleep(PyObject*, PyObject* seconds) {
+  if (!current_execution()) {
+    if (!g_time_sleep) {
+      PyObject* time = PyImport_ImportModule("time");
+      if (!time) return nullptr;
+      g_time_sleep = PyObject_GetAttrString(time, "sleep");
+      Py_DECREF(time);
+      if (!g_time_sleep) return nullptr;
+    }
+    return PyObject_CallOneArg(g_time_sleep, seconds);
+  }
+  double t = PyFloat_AsDouble(seconds);
+  if (t == -1.0 && PyErr_Occurred()) {
+    PyErr_Format(PyExc_TypeError, "sleep() needs a number of seconds, not %.100s", Py_TYPE(seconds)->tp_name);
+    return nullptr;
+  }
+  if (std::isnan(t) || t < 0) {
+    PyErr_SetString(PyExc_ValueError, "sleep length must be a non-negative number");
+    return nullptr;
+  }
+  auto deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(std::min(t, 1e9)));
+  WaitStatus st;
+  try {
+    st = sleep_until(deadline);
+  } catch (...) {
+    translate_current_exception();
+    return nullptr;
+  }
+  if (st == WaitStatus::interrupted) {
+    PyErr_SetString(CancelledError, "the sleeping execution was cancelled");
+    return nullptr;
+  }
+  Py_RETURN_NONE;
+}
+
 PyObject* raw_live_executions(PyObject*, PyObject*) { return PyLong_FromLongLong(live_executions()); }
 
 }  // namespace
@@ -791,6 +835,8 @@ PyMethodDef raw_functions[] = {
      "wait_idle(engine, timeout) -> bool"},
     {"current_execution", &raw_current, METH_NOARGS,
      "current_execution() -> Execution | None: the execution whose body is running here."},
+    {"sleep", &raw_sleep, METH_O,
+     "sleep(seconds)\n--\n\nIn a task body: suspends the fiber, not the thread. Elsewhere: time.sleep."},
     {"live_executions", &raw_live_executions, METH_NOARGS, "Core execution records alive (process-wide)."},
     {"_set_hooks", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&raw_set_hooks)), METH_FASTCALL,
      "_set_hooks(await_hook, callback_error_hook)"},

@@ -18,22 +18,51 @@ struct WorkerPy {
   PyThreadState* base = nullptr;              // the worker's own state (clears pooled ones)
   std::vector<PyThreadState*> pool;           // cleared fiber states, ready for reuse
   std::size_t stack_size = 0;
-  bool leak = false;
+  // True while this worker holds the GIL with `base` current, i.e. between two fibers. A busy
+  // worker keeps the GIL across fiber switches (a PyThreadState_Swap, ~20 ns) instead of handing it
+  // to the waiting main thread and back after every task (lock-step GIL, 3x slower in the spike);
+  // it gives it up when its OS thread is about to block (release_held_gil, from the fiber
+  // algorithm's suspend_until) or when Python's switch interval asks from inside a body.
+  bool holds_gil = false;
 };
 thread_local WorkerPy* tl_worker_py = nullptr;
 
 PyInterpreterState* g_interp = nullptr;
 
+// make_current: makes `ts` this thread's current state, taking the GIL unless the worker holds it.
+void make_current(WorkerPy* w, PyThreadState* ts) {
+  if (w && w->holds_gil) {
+    w->holds_gil = false;
+    PyThreadState_Swap(ts);
+  } else {
+    PyEval_RestoreThread(ts);
+  }
+  distaff_bind_gilstate(ts);
+}
+
+// park_on_base: called by a fiber that gives up the interpreter on a worker: `base` becomes current
+// and the worker keeps the GIL until its thread would block.
+void park_on_base(WorkerPy* w) {
+  PyThreadState_Swap(w->base);
+  distaff_bind_gilstate(w->base);
+  w->holds_gil = true;
+}
+
 void* on_suspend() {
   // Called with the GIL held by this fiber's (or thread's) state, right before it parks.
+  WorkerPy* w = tl_worker_py;
+  if (w && PyThreadState_Get() != w->base) {
+    PyThreadState* ts = PyThreadState_Get();
+    park_on_base(w);
+    return ts;
+  }
   return PyEval_SaveThread();
 }
 
 void on_resume(void* token) {
   auto* ts = static_cast<PyThreadState*>(token);
   if (!ts) return;
-  PyEval_RestoreThread(ts);
-  distaff_bind_gilstate(ts);
+  make_current(tl_worker_py, ts);
 }
 
 #if PY_VERSION_HEX >= 0x030C0000
@@ -70,6 +99,14 @@ void install_switch_hooks() {
   distaff::set_switch_hooks(SwitchHooks{&on_suspend, &on_resume});
 }
 
+void release_held_gil() {
+  WorkerPy* w = tl_worker_py;
+  if (w && w->holds_gil) {
+    w->holds_gil = false;
+    PyEval_SaveThread();  // saves `base`
+  }
+}
+
 void worker_started(std::size_t stack_size) {
   auto* w = new WorkerPy;
   w->stack_size = stack_size;
@@ -86,7 +123,8 @@ void worker_stopped() {
     delete w;
     return;
   }
-  PyEval_RestoreThread(w->base);
+  if (!w->holds_gil) PyEval_RestoreThread(w->base);
+  w->holds_gil = false;
   for (PyThreadState* ts : w->pool) {
     PyThreadState_Clear(ts);
     PyThreadState_Delete(ts);
@@ -102,12 +140,13 @@ void worker_idle() {
   WorkerPy* w = tl_worker_py;
   constexpr std::size_t keep = 256;
   if (!w || w->pool.size() <= keep * 2 || interpreter_finalizing()) return;
-  PyEval_RestoreThread(w->base);
+  if (!w->holds_gil) PyEval_RestoreThread(w->base);
   while (w->pool.size() > keep) {
     PyThreadState* ts = w->pool.back();
     w->pool.pop_back();
     PyThreadState_Delete(ts);  // already cleared
   }
+  w->holds_gil = false;
   PyEval_SaveThread();
 }
 
@@ -117,14 +156,15 @@ FiberState acquire_fiber_state() {
   if (!w->pool.empty()) {
     fs.tstate = w->pool.back();
     w->pool.pop_back();
-    PyEval_RestoreThread(fs.tstate);
   } else {
     // Create it on this worker (rule 2), with the GIL held by the worker's base state.
-    PyEval_RestoreThread(w->base);
+    if (!w->holds_gil) {
+      PyEval_RestoreThread(w->base);
+      w->holds_gil = true;
+    }
     fs.tstate = PyThreadState_New(g_interp);
-    PyThreadState_Swap(fs.tstate);
   }
-  distaff_bind_gilstate(fs.tstate);
+  make_current(w, fs.tstate);
 #if PY_VERSION_HEX >= 0x030C0000
   fs.tstate->c_recursion_remaining =
       std::min(fs.tstate->c_recursion_remaining, c_recursion_budget(w->stack_size));
@@ -134,12 +174,10 @@ FiberState acquire_fiber_state() {
 
 void release_fiber_state(FiberState& fs) {
   WorkerPy* w = tl_worker_py;
-  PyThreadState_Swap(w->base);
-  distaff_bind_gilstate(w->base);
+  park_on_base(w);
   prepare_for_reuse(fs.tstate);
   w->pool.push_back(fs.tstate);
   fs.tstate = nullptr;
-  PyEval_SaveThread();
 }
 
 void install_tracer(PyObject* trace) {

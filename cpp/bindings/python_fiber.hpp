@@ -3,10 +3,14 @@
 //
 // The rules (ARCHITECTURE.md, "Python inside fibers"), each of which was a crash or a hang in the
 // prototype when broken:
-//  1. One PyThreadState per fiber. A suspension releases the GIL (PyEval_SaveThread); a resumption
-//     takes it with the fiber's own state (PyEval_RestoreThread). So exception state, recursion depth,
-//     threading.local, contextvars and asyncio's running loop are per fiber, as they are per thread.
-//     Never suspend holding the GIL; never use PyGILState_* or pybind11's gil_scoped_acquire in a fiber.
+//  1. One PyThreadState per fiber, current only while that fiber runs. So exception state, recursion
+//     depth, threading.local, contextvars and asyncio's running loop are per fiber, as per thread.
+//     A fiber that parks hands the interpreter back to its worker's own state; the worker keeps the
+//     GIL across switches while it has ready fibers and releases it before its OS thread blocks
+//     (on_worker_block). Design change from ARCHITECTURE.md, which released the GIL at every
+//     suspension: that made a busy worker and a waiting main thread trade the GIL once per task.
+//     What the rule protects is unchanged: no OS thread ever blocks holding the GIL, and no fiber
+//     runs Python with another fiber's state. Never use PyGILState_* or gil_scoped_acquire in a fiber.
 //  2. Fibers are pinned to their worker; thread states are created on the worker that uses them
 //     (3.12+ binds a state to its creating thread).
 //  3. CPython 3.11: PyEval_RestoreThread does not rebind the interpreter's "this thread's state" slot
@@ -37,6 +41,8 @@ void install_switch_hooks();
 void worker_started(std::size_t stack_size);
 void worker_stopped();
 void worker_idle();
+// release_held_gil: the worker's thread is about to block; give up the GIL if it keeps it.
+void release_held_gil();
 
 // FiberState: the interpreter state a fiber runs with.
 struct FiberState {

@@ -2,6 +2,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <thread>
 #include <unordered_set>
 
 #include "distaff/scheduler.hpp"
@@ -206,6 +207,34 @@ WaitStatus Execution::wait_until(Clock::time_point deadline) {
     std::lock_guard<std::mutex> g(g_graph_mu);
     self->blocked_on_ = nullptr;
   }
+  return status;
+}
+
+WaitStatus sleep_until(Clock::time_point deadline) {
+  Execution* self = tl_fiber_local.current;
+  if (!self) {
+    detail::SuspendScope suspend;
+    std::this_thread::sleep_until(deadline);
+    return WaitStatus::timeout;
+  }
+  // A sleeping execution parks on its own condition variable, so interrupt() can wake it.
+  if (self->interrupted()) return WaitStatus::interrupted;
+  {
+    std::lock_guard<std::mutex> g(g_graph_mu);
+    self->blocked_on_ = self;
+    self->in_graph_.store(true, std::memory_order_release);
+  }
+  WaitStatus status = WaitStatus::timeout;
+  {
+    detail::SuspendScope suspend;
+    std::unique_lock<std::mutex> lk(self->mu_);
+    while (!self->interrupted()) {
+      if (self->done_cv_.wait_until(lk, deadline) == boost::fibers::cv_status::timeout) break;
+    }
+    if (self->interrupted()) status = WaitStatus::interrupted;
+  }
+  std::lock_guard<std::mutex> g(g_graph_mu);
+  self->blocked_on_ = nullptr;
   return status;
 }
 

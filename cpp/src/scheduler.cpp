@@ -2,6 +2,7 @@
 
 #include <unordered_set>
 
+#include <boost/fiber/algo/round_robin.hpp>
 #include <boost/fiber/fiber.hpp>
 #include <boost/fiber/operations.hpp>
 
@@ -30,6 +31,20 @@ struct Scheduler::Worker {
 namespace {
 thread_local Scheduler* tl_scheduler = nullptr;
 thread_local void* tl_worker = nullptr;
+
+// WorkerAlgorithm: Boost's round robin (fibers stay on their thread), plus a hook right before the
+// OS thread blocks for lack of ready fibers.
+class WorkerAlgorithm final : public boost::fibers::algo::round_robin {
+ public:
+  explicit WorkerAlgorithm(const std::function<void()>* before_block) noexcept : before_block_(before_block) {}
+  void suspend_until(std::chrono::steady_clock::time_point const& tp) noexcept override {
+    if (*before_block_) (*before_block_)();
+    round_robin::suspend_until(tp);
+  }
+
+ private:
+  const std::function<void()>* before_block_;
+};
 }  // namespace
 
 Scheduler::Scheduler(SchedulerOptions options) : opts_(std::move(options)) {
@@ -193,6 +208,7 @@ bool Scheduler::take_work(Worker& w, std::vector<Execution*>& out) {
 void Scheduler::worker_main(Worker& w) {
   tl_scheduler = this;
   tl_worker = &w;
+  boost::fibers::use_scheduling_algorithm<WorkerAlgorithm>(&opts_.on_worker_block);
   if (opts_.on_worker_start) opts_.on_worker_start(w.index);
   std::vector<Execution*> batch;
   batch.reserve(kBatch);

@@ -17,9 +17,21 @@ from ._errors import (
     ShutdownError,
 )
 from ._task import RESERVED_KWARGS, Task, task, workflow
-from . import _asyncio, _errors
+from . import _asyncio, _engine, _errors
+from . import _task as _task_mod
+
+_task_mod._engine_mod = _engine
 
 _core._set_hooks(_asyncio.await_execution, _errors.log_callback_error)
+
+
+def sleep(seconds: float) -> None:
+    """Sleeps without holding a thread: in a task body only the fiber waits.
+
+    Outside task bodies (main thread, plain threads) it is ``time.sleep``. In ``async def`` code keep
+    using ``asyncio.sleep``. ``time.sleep`` in a body holds its worker thread (docs/limits.md).
+    """
+    _core.sleep(seconds)
 
 
 def current_execution():
@@ -43,6 +55,7 @@ __all__ = [
     "current_execution",
     "default_engine",
     "shutdown",
+    "sleep",
     "task",
     "workflow",
 ]

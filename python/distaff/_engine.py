@@ -73,8 +73,6 @@ class Engine:
         return self._submit(fn, name, False, False, args, kwargs, None)
 
     def _submit(self, fn, name, kind, wait, args, kwargs, workflow_id) -> _core.Execution:
-        if self._pid != os.getpid():
-            raise ShutdownError("this engine was created in the parent process before fork(); create a new one")
         return _core.submit(self._capsule, fn, name, kind, wait, args, kwargs or None, workflow_id)
 
     # -- lifecycle ----------------------------------------------------------------------------------
@@ -87,7 +85,7 @@ class Engine:
                 join the workers. Ctrl-C interrupts the wait and leaves the engine running.
             cancel_pending: first cancel what has not started yet.
         """
-        if self._pid != os.getpid():
+        if self._capsule is None:  # inherited across fork(): its workers do not exist here
             self._closed = True
             return
         _core.shutdown(self._capsule, wait, cancel_pending)
@@ -146,10 +144,10 @@ def default_engine() -> Engine:
     """The engine the module-level ``@task``/``@workflow`` use, created on first use."""
     global _default
     eng = _default
-    if eng is not None and not eng._closed and eng._pid == os.getpid():
+    if eng is not None and not eng._closed:
         return eng
     with _default_lock:
-        if _default is None or _default._closed or _default._pid != os.getpid():
+        if _default is None or _default._closed:
             _default = Engine()
         return _default
 
@@ -169,7 +167,7 @@ def _shutdown_at_exit() -> None:
     # worker touches the GIL afterwards. Outstanding work is waited for, like concurrent.futures;
     # a Ctrl-C during that wait cancels what has not started and waits only for running bodies.
     for eng in list(_engines):
-        if eng._closed or eng._pid != os.getpid():
+        if eng._closed:
             continue
         live = eng.stats()["live"]
         if live:
@@ -186,6 +184,9 @@ def _after_fork_in_child() -> None:
     # error (Engine._submit); the default engine is re-created on next use.
     global _default
     _default = None
+    for eng in list(_engines):
+        eng._capsule = None  # _core.submit raises ShutdownError naming fork
+        eng._closed = True
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

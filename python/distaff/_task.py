@@ -9,6 +9,9 @@ from typing import Any, Callable, Iterable
 
 from . import _core
 
+_submit = _core.submit
+_engine_mod: Any = None  # distaff._engine, bound by distaff/__init__.py (import cycle)
+
 # Keyword names distaff reserves in a call: stripped before the body sees its kwargs.
 # A function with a parameter of one of these names still receives it; see docs/concepts.md.
 RESERVED_KWARGS = ("workflow_id",)
@@ -108,20 +111,15 @@ class Task:
         self._check = _make_checker(fn, self.name.rpartition(".")[2] if name is None else "task")
         self._engine = engine
         try:
-            self._accepts = frozenset(inspect.signature(fn).parameters)
+            accepts = inspect.signature(fn).parameters
         except (TypeError, ValueError):
-            self._accepts = frozenset()
+            accepts = {}
+        # A function with its own `workflow_id` parameter receives it (docs/concepts.md).
+        self._strip_workflow_id = "workflow_id" not in accepts
         functools.update_wrapper(self, fn)
 
     def __repr__(self) -> str:
         return f"<distaff {self.kind} {self.name}>"
-
-    def _engine_now(self):
-        if self._engine is not None:
-            return self._engine
-        from ._engine import default_engine
-
-        return default_engine()
 
     def _gating(self, args: tuple, kwargs: dict) -> tuple:
         """The Executions passed to the parameters named in wait=."""
@@ -135,17 +133,24 @@ class Task:
         return tuple(out)
 
     def submit(self, *args: Any, **kwargs: Any) -> _core.Execution:
-        """Submits a call and returns its Execution at once. Any thread, fiber or loop."""
+        """Submits a call and returns its Execution at once. Any thread, fiber or loop.
+
+        Raises:
+            TypeError: the arguments do not fit the function's signature (raised here, in the caller).
+            ShutdownError: the engine is shut down.
+        """
+        # The hot path: every line here shows in bench/ W1 (~1 µs per task end to end).
         workflow_id = None
-        if kwargs and "workflow_id" in kwargs and "workflow_id" not in self._accepts:
+        if kwargs and "workflow_id" in kwargs and self._strip_workflow_id:
             workflow_id = kwargs.pop("workflow_id")
-        if self._check is not None:
-            self._check(*args, **kwargs)
-        engine = self._engine_now()
+        check = self._check
+        if check is not None:
+            check(*args, **kwargs)
+        engine = self._engine or _engine_mod.default_engine()
         wait = self._wait
-        if wait is not True and wait is not False:
+        if wait.__class__ is tuple:
             wait = self._gating(args, kwargs)
-        return engine._submit(self.fn, self.name, self._kind_flag, wait, args, kwargs, workflow_id)
+        return _submit(engine._capsule, self.fn, self.name, self._kind_flag, wait, args, kwargs or None, workflow_id)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         execution = self.submit(*args, **kwargs)

@@ -9,6 +9,7 @@
 // (`ctest -R Threads` or `--gtest_filter='*Threads*'` selects the same set explicitly.)
 
 #include <gtest/gtest.h>
+#include <pthread.h>
 
 #include <atomic>
 #include <chrono>
@@ -75,6 +76,23 @@ inline bool eventually(const std::function<bool()>& pred, std::chrono::steady_cl
     std::this_thread::yield();
   }
   return true;
+}
+
+// run_on_small_stack: runs `fn` on a thread with a 512 KiB stack, so that anything recursing once
+// per link of a 100k-long completion chain overflows for certain (and crashes the test) instead of
+// happening to fit in the main thread's 8 MiB.
+inline void run_on_small_stack(std::function<void()> fn) {
+  pthread_attr_t attr;
+  ASSERT_EQ(pthread_attr_init(&attr), 0);
+  ASSERT_EQ(pthread_attr_setstacksize(&attr, 512 * 1024), 0);
+  pthread_t th;
+  auto tramp = [](void* p) -> void* {
+    (*static_cast<std::function<void()>*>(p))();
+    return nullptr;
+  };
+  ASSERT_EQ(pthread_create(&th, &attr, tramp, &fn), 0);
+  ASSERT_EQ(pthread_join(th, nullptr), 0);
+  pthread_attr_destroy(&attr);
 }
 
 // CountingHooks: installs switch hooks that count suspensions and resumptions and check that each

@@ -73,6 +73,7 @@ struct SwitchHooks {
 void set_switch_hooks(SwitchHooks hooks) noexcept;
 
 enum class WaitStatus : std::uint8_t { done, timeout, interrupted };
+WaitStatus sleep_until(Clock::time_point deadline);
 
 class Execution {
  public:
@@ -142,6 +143,7 @@ class Execution {
  private:
   friend class Scheduler;
   friend struct ExecutionGraphAccess;
+  friend WaitStatus sleep_until(Clock::time_point deadline);
   Execution(std::string name, Kind kind);
   // For the scheduler: the unfinished dependencies, visible to cycle checks while `waiting`.
   void link_dependencies(std::vector<ExecutionRef> deps);
@@ -191,6 +193,11 @@ inline ExecutionRef::~ExecutionRef() {
 // current_execution: the execution whose body runs on the calling fiber, or nullptr on a plain
 // thread (and on a worker's dispatcher). Follows the fiber across its suspensions.
 Execution* current_execution() noexcept;
+
+// sleep_until: suspends the calling fiber until `deadline` (its worker runs other fibers meanwhile);
+// on a plain thread, blocks the thread. Switch hooks run around the park. Returns `interrupted` early
+// if the calling execution is interrupted.
+WaitStatus sleep_until(Clock::time_point deadline);
 
 // live_executions: executions created and not yet destroyed, process-wide (leak checks in tests).
 std::int64_t live_executions() noexcept;

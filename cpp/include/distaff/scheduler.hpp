@@ -39,6 +39,10 @@ struct SchedulerOptions {
   std::function<void(unsigned index)> on_worker_stop;
   // on_worker_idle: the worker found no work and is about to sleep (trim caches here).
   std::function<void(unsigned index)> on_worker_idle;
+  // on_worker_block: the worker's OS thread is about to block because no fiber is ready (called
+  // from the fiber algorithm's suspend_until). Release anything other threads may need — the
+  // bindings release the GIL here, which they otherwise keep across fiber switches on a busy worker.
+  std::function<void()> on_worker_block;
 };
 
 struct SchedulerStats {
