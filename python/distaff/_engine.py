@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 from . import _core
 from ._errors import ShutdownError
-from ._task import Task, _decorator
+from ._task import _MISSING, Task, _decorator
 
 logger = logging.getLogger("distaff")
 
@@ -54,13 +54,13 @@ class Engine:
 
     # -- decorators and submission -------------------------------------------------------------
 
-    def task(self, fn: Callable | None = None, /, *, name: str | None = None, wait: Any = None) -> Any:
+    def task(self, fn: Any = _MISSING, /, *, name: str | None = None, wait: Any = None) -> Any:
         """Like ``distaff.task`` but bound to this engine."""
-        return _decorator("task", fn, self, name=name, wait=wait) if fn is None else _decorator("task", fn, self)
+        return _decorator("task", fn, self, name=name, wait=wait) if fn is _MISSING else _decorator("task", fn, self)
 
-    def workflow(self, fn: Callable | None = None, /, *, name: str | None = None, wait: Any = None) -> Any:
+    def workflow(self, fn: Any = _MISSING, /, *, name: str | None = None, wait: Any = None) -> Any:
         """Like ``distaff.workflow`` but bound to this engine."""
-        return _decorator("workflow", fn, self, name=name, wait=wait) if fn is None else _decorator("workflow", fn, self)
+        return _decorator("workflow", fn, self, name=name, wait=wait) if fn is _MISSING else _decorator("workflow", fn, self)
 
     def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> _core.Execution:
         """Runs a plain callable as an execution (no decoration, no signature check)."""

@@ -10,6 +10,7 @@ from typing import Any, Callable, Iterable
 from . import _core
 
 _submit = _core.submit
+_MISSING: Any = object()  # "called as @task()", distinct from an explicit (bad) None
 _engine_mod: Any = None  # distaff._engine, bound by distaff/__init__.py (import cycle)
 
 # Keyword names distaff reserves in a call: stripped before the body sees its kwargs.
@@ -40,8 +41,10 @@ def _make_checker(fn: Callable, name: str) -> Callable | None:
     ns: dict[str, Any] = {}
     exec(f"def _check{src_sig}: pass", ns)  # noqa: S102 - parameters come from a real signature
     check = ns["_check"]
-    code = check.__code__.replace(co_name=name, co_qualname=name)
-    check.__code__ = code
+    # Python names the function in argument errors by its __qualname__: make it the task's.
+    check.__code__ = check.__code__.replace(co_name=name.rpartition(".")[2], co_qualname=name)
+    check.__name__ = name.rpartition(".")[2]
+    check.__qualname__ = name
     return check
 
 
@@ -108,7 +111,7 @@ class Task:
         self.kind = kind
         self._kind_flag = kind == "workflow"
         self._wait = _parse_wait(wait, fn)
-        self._check = _make_checker(fn, self.name.rpartition(".")[2] if name is None else "task")
+        self._check = _make_checker(fn, getattr(fn, "__qualname__", None) or self.name)
         self._engine = engine
         try:
             accepts = inspect.signature(fn).parameters
@@ -187,8 +190,8 @@ class _BoundTask:
         return getattr(self._task, item)
 
 
-def _decorator(kind: str, fn: Callable | None, engine: Any, **options: Any):
-    if fn is not None:
+def _decorator(kind: str, fn: Any, engine: Any, **options: Any):
+    if fn is not _MISSING:
         if options:
             raise TypeError(f"@{kind} options must be passed as keywords: @{kind}(name=...)")
         return Task(fn, kind=kind, engine=engine)
@@ -199,11 +202,11 @@ def _decorator(kind: str, fn: Callable | None, engine: Any, **options: Any):
     return wrap
 
 
-def task(fn: Callable | None = None, /, *, name: str | None = None, wait: Any = None) -> Any:
+def task(fn: Any = _MISSING, /, *, name: str | None = None, wait: Any = None) -> Any:
     """Decorates a function as a task on the default engine. Works bare (``@task``) or called."""
-    return _decorator("task", fn, None, name=name, wait=wait) if fn is None else _decorator("task", fn, None)
+    return _decorator("task", fn, None, name=name, wait=wait) if fn is _MISSING else _decorator("task", fn, None)
 
 
-def workflow(fn: Callable | None = None, /, *, name: str | None = None, wait: Any = None) -> Any:
+def workflow(fn: Any = _MISSING, /, *, name: str | None = None, wait: Any = None) -> Any:
     """Decorates a function as a workflow (a task that orchestrates others) on the default engine."""
-    return _decorator("workflow", fn, None, name=name, wait=wait) if fn is None else _decorator("workflow", fn, None)
+    return _decorator("workflow", fn, None, name=name, wait=wait) if fn is _MISSING else _decorator("workflow", fn, None)

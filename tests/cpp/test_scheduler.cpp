@@ -1,0 +1,732 @@
+// Scheduler: workers, queues, dependencies, nested waits, shutdown. Every test runs with 1, 2, 4 and
+// 8 workers. These tests run fibers, so they are skipped under TSan (see core_test.hpp).
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "core_test.hpp"
+#include "distaff/error.hpp"
+#include "distaff/execution.hpp"
+#include "distaff/scheduler.hpp"
+
+namespace distaff::test {
+namespace {
+
+using namespace std::chrono_literals;
+
+std::set<std::uint64_t> ids_of(const std::vector<ExecutionRef>& v) {
+  std::set<std::uint64_t> out;
+  for (const auto& e : v) out.insert(e->id());
+  return out;
+}
+
+class SchedulerTest : public CoreTest, public ::testing::WithParamInterface<unsigned> {
+ protected:
+  // Fn: the body of one execution; an execution's payload points at its Fn (nullptr: succeed at once).
+  using Fn = std::function<void(Execution&)>;
+
+  unsigned workers() const { return GetParam(); }
+
+  // options: run() dispatches to the payload's Fn and checks run()'s own contract on every call;
+  // abandon() records the call and fails the dependent.
+  SchedulerOptions options() {
+    SchedulerOptions o;
+    o.workers = workers();
+    o.stack_size = 256 * 1024;
+    o.run = [this](Execution& ex) {
+      runs_.fetch_add(1);
+      if (ex.done()) {
+        // Cancelled while queued: run() still comes, with the terminal state, and no body runs.
+        std::lock_guard<std::mutex> g(mu_);
+        terminal_run_ids_.insert(ex.id());
+        return;
+      }
+      if (ex.state() != State::running || current_execution() != &ex || !sched_->on_worker() ||
+          ex.submitted_ns() == 0 || ex.started_ns() == 0) {
+        bad_runs_.fetch_add(1);
+      }
+      if (auto* fn = static_cast<Fn*>(ex.payload())) {
+        (*fn)(ex);
+      } else {
+        ex.finish(State::succeeded);
+      }
+    };
+    o.abandon = [this](Execution& ex, Execution& failed) {
+      {
+        std::lock_guard<std::mutex> g(mu_);
+        abandons_.emplace_back(ex.id(), failed.id());
+        abandon_failed_states_.push_back(failed.state());
+      }
+      EXPECT_TRUE(ex.finish(State::failed)) << "abandon() got an execution that was already finished";
+    };
+    return o;
+  }
+
+  Scheduler& start(SchedulerOptions o) {
+    sched_ = std::make_unique<Scheduler>(std::move(o));
+    return *sched_;
+  }
+  Scheduler& start() { return start(options()); }
+
+  // shutdown: close(false) + join. Bodies capture test-body locals, so every test calls this before
+  // its locals go out of scope (TearDown only repeats it for tests that failed early).
+  void shutdown() {
+    if (joined_) return;
+    joined_ = true;
+    sched_->close(false);
+    sched_->join();
+  }
+
+  void TearDown() override {
+    if (sched_) {
+      release_.set();  // never leave a blocker blocking a worker
+      shutdown();
+      const SchedulerStats st = sched_->stats();
+      EXPECT_EQ(st.live, 0) << "submitted executions left unfinished";
+      EXPECT_EQ(st.fibers, 0);
+      EXPECT_EQ(bad_runs_.load(), 0) << "run() saw a wrong state, current_execution() or thread";
+      sched_.reset();
+    }
+    CoreTest::TearDown();
+  }
+
+  ExecutionRef submit(Fn* body, const std::vector<ExecutionRef>& deps = {}, const char* name = "x") {
+    ExecutionRef ex = Execution::create(name);
+    ex->set_payload(body);
+    sched_->submit(ex, deps);
+    return ex;
+  }
+
+  // block_all_workers: occupies every worker's OS thread with a body that blocks on release_ (a
+  // blocking call in a body, on purpose), so executions submitted afterwards stay queued. Blockers
+  // are submitted one at a time, each after the previous one started, so each lands on an idle
+  // worker and none waits as a not-yet-run fiber behind another.
+  std::vector<ExecutionRef> block_all_workers() {
+    std::vector<ExecutionRef> out;
+    for (unsigned i = 0; i < workers(); ++i) {
+      Event& started = blocker_started_.emplace_back();
+      Fn& body = bodies_.emplace_back([this, &started](Execution& ex) {
+        started.set();
+        EXPECT_TRUE(release_.wait());
+        ex.finish(State::succeeded);
+      });
+      out.push_back(submit(&body, {}, "blocker"));
+      EXPECT_TRUE(started.wait()) << "blocker " << i << " never started";
+    }
+    return out;
+  }
+
+  static void wait_done(const ExecutionRef& ex) {
+    ASSERT_EQ(ex->wait_until(safety_deadline()), WaitStatus::done) << ex->name() << " never finished";
+  }
+
+  std::unique_ptr<Scheduler> sched_;
+  bool joined_ = false;
+  std::atomic<std::int64_t> runs_{0};
+  std::atomic<std::int64_t> bad_runs_{0};
+  std::mutex mu_;  // guards the three below
+  std::set<std::uint64_t> terminal_run_ids_;
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> abandons_;  // (dependent, failed dependency)
+  std::vector<State> abandon_failed_states_;
+  Event release_;
+  std::deque<Event> blocker_started_;
+  std::deque<Fn> bodies_;
+};
+
+INSTANTIATE_TEST_SUITE_P(Workers, SchedulerTest, ::testing::Values(1u, 2u, 4u, 8u),
+                         [](const ::testing::TestParamInfo<unsigned>& param_info) {
+                           return "w" + std::to_string(param_info.param);
+                         });
+
+// ---- basics ------------------------------------------------------------------------------------
+
+TEST_P(SchedulerTest, HundredThousandExecutionsAllRunAndFinish) {
+  constexpr std::size_t kN = 100'000;
+  constexpr std::size_t kSubmitters = 2;
+  Scheduler& s = start();
+  EXPECT_EQ(s.workers(), workers());
+  EXPECT_FALSE(s.on_worker());
+  std::vector<ExecutionRef> all(kN);
+  std::vector<std::thread> submitters;
+  for (std::size_t t = 0; t < kSubmitters; ++t) {
+    submitters.emplace_back([&, t] {
+      for (std::size_t i = t; i < kN; i += kSubmitters) {
+        all[i] = Execution::create("n");
+        s.submit(all[i]);
+      }
+    });
+  }
+  for (auto& t : submitters) t.join();
+  ASSERT_TRUE(s.wait_idle_until(safety_deadline()));
+  EXPECT_EQ(s.stats().live, 0);
+  EXPECT_EQ(s.stats().submitted, static_cast<std::int64_t>(kN));
+  for (std::size_t i = 0; i < kN; ++i) {
+    ASSERT_EQ(all[i]->state(), State::succeeded) << i;
+    ASSERT_LE(all[i]->started_ns(), all[i]->finished_ns()) << i;
+  }
+  shutdown();
+  EXPECT_EQ(runs_.load(), static_cast<std::int64_t>(kN)) << "each execution runs exactly once";
+}
+
+TEST_P(SchedulerTest, StateTransitionsThroughTheScheduler) {
+  Scheduler& s = start();
+  ExecutionRef dep = Execution::create("dep");
+  State seen_in_body = State::pending;
+  Fn body = [&](Execution& ex) {
+    seen_in_body = ex.state();
+    ex.finish(State::succeeded);
+  };
+  ExecutionRef ex = submit(&body, {dep});
+  EXPECT_EQ(ex->state(), State::waiting);
+  EXPECT_GT(ex->submitted_ns(), 0);
+  EXPECT_EQ(ex->started_ns(), 0);
+  EXPECT_EQ(s.stats().live, 1);
+  dep->finish(State::succeeded);
+  wait_done(ex);
+  EXPECT_EQ(seen_in_body, State::running);
+  EXPECT_EQ(ex->state(), State::succeeded);
+  EXPECT_LE(ex->submitted_ns(), ex->started_ns());
+  EXPECT_LE(ex->started_ns(), ex->finished_ns());
+  shutdown();
+}
+
+TEST_P(SchedulerTest, RunThatThrowsFinishesTheExecutionFailed) {
+  start();
+  Fn body = [](Execution&) { throw std::runtime_error("the embedder broke its promise"); };
+  ExecutionRef ex = submit(&body);
+  wait_done(ex);
+  shutdown();
+  EXPECT_EQ(ex->state(), State::failed);
+}
+
+// ---- nested synchronous waits ----------------------------------------------------------------------
+
+TEST_P(SchedulerTest, NestedSynchronousWaitsDeeperThanTheWorkerCount) {
+  // fib(n) as executions: each body submits fib(n-1) and fib(n-2) and waits for both. Thousands of
+  // fibers are suspended at once, far more than there are workers.
+  struct FibTask {
+    int n;
+    std::int64_t value = 0;
+  };
+  std::mutex arena_mu;
+  std::deque<FibTask> arena;  // tasks outlive every fiber (freed after shutdown)
+  auto new_task = [&](int n) {
+    std::lock_guard<std::mutex> g(arena_mu);
+    return &arena.emplace_back(FibTask{n});
+  };
+  std::atomic<std::int64_t> executions{0}, errors{0}, waiting{0}, max_waiting{0};
+  SchedulerOptions o = options();
+  o.run = [&](Execution& ex) {
+    if (ex.done()) return;
+    executions.fetch_add(1);
+    auto* t = static_cast<FibTask*>(ex.payload());
+    if (t->n < 2) {
+      t->value = t->n;
+      ex.finish(State::succeeded);
+      return;
+    }
+    ExecutionRef a = Execution::create("fib"), b = Execution::create("fib");
+    auto *ta = new_task(t->n - 1), *tb = new_task(t->n - 2);
+    a->set_payload(ta);
+    b->set_payload(tb);
+    a->set_parent_id(ex.id());
+    b->set_parent_id(ex.id());
+    sched_->submit(a);
+    sched_->submit(b);
+    const std::int64_t w = waiting.fetch_add(1) + 1;
+    std::int64_t m = max_waiting.load();
+    while (w > m && !max_waiting.compare_exchange_weak(m, w)) {
+    }
+    const WaitStatus sa = a->wait_until(safety_deadline());
+    const WaitStatus sb = b->wait_until(safety_deadline());
+    waiting.fetch_sub(1);
+    if (sa != WaitStatus::done || sb != WaitStatus::done || a->state() != State::succeeded ||
+        b->state() != State::succeeded || current_execution() != &ex) {
+      errors.fetch_add(1);
+    }
+    t->value = ta->value + tb->value;
+    ex.finish(State::succeeded);
+  };
+  start(std::move(o));
+  auto fib = [](int n) {
+    std::int64_t a = 0, b = 1;
+    for (int i = 0; i < n; ++i) b = std::exchange(a, b) + b;
+    return a;
+  };
+  for (int n : {15, 18}) {
+    executions = 0;
+    max_waiting = 0;
+    FibTask* root_task = new_task(n);
+    ExecutionRef root = Execution::create("fib");
+    root->set_payload(root_task);
+    sched_->submit(root);
+    wait_done(root);
+    EXPECT_EQ(root->state(), State::succeeded);
+    EXPECT_EQ(root_task->value, fib(n)) << "fib(" << n << ")";
+    EXPECT_EQ(executions.load(), 2 * fib(n + 1) - 1) << "fib(" << n << ") executions";
+    // At least the whole root-to-leaf path is suspended at once: n-1 nested waits.
+    EXPECT_GE(max_waiting.load(), n - 1);
+    EXPECT_GT(max_waiting.load(), static_cast<std::int64_t>(workers()))
+        << "waits were not nested deeper than the worker count";
+  }
+  EXPECT_EQ(errors.load(), 0);
+  shutdown();
+}
+
+// ---- dependencies --------------------------------------------------------------------------------
+
+TEST_P(SchedulerTest, DependentRunsOnlyAfterAllDependenciesSucceeded) {
+  Scheduler& s = start();
+  ExecutionRef d1 = Execution::create("d1"), d2 = Execution::create("d2");  // finished by the test
+  ExecutionRef gate = Execution::create("gate");
+  Fn d3_body = [&](Execution& ex) {  // a running dependency, finished by its fiber
+    EXPECT_EQ(gate->wait_until(safety_deadline()), WaitStatus::done);
+    ex.finish(State::succeeded);
+  };
+  ExecutionRef d3 = submit(&d3_body, {}, "d3");
+  bool deps_ok_at_start = false;
+  Fn x_body = [&](Execution& ex) {
+    deps_ok_at_start = d1->state() == State::succeeded && d2->state() == State::succeeded &&
+                       d3->state() == State::succeeded;
+    ex.finish(State::succeeded);
+  };
+  ExecutionRef x = submit(&x_body, {d1, d2, d3}, "x");
+  EXPECT_EQ(x->state(), State::waiting);
+  d1->finish(State::succeeded);
+  EXPECT_EQ(x->state(), State::waiting);
+  d2->finish(State::succeeded);
+  EXPECT_EQ(x->state(), State::waiting) << "x must wait for d3 too";
+  gate->finish(State::succeeded);
+  wait_done(x);
+  EXPECT_TRUE(deps_ok_at_start);
+  EXPECT_EQ(x->state(), State::succeeded);
+  EXPECT_TRUE(abandons_.empty());
+
+  // A diamond of submitted executions: top → {left, right} → bottom.
+  std::atomic<int> order{0};
+  int left_at = -1, right_at = -1, bottom_at = -1;
+  Fn left_body = [&](Execution& ex) {
+    left_at = order.fetch_add(1);
+    ex.finish(State::succeeded);
+  };
+  Fn right_body = [&](Execution& ex) {
+    right_at = order.fetch_add(1);
+    ex.finish(State::succeeded);
+  };
+  Fn bottom_body = [&](Execution& ex) {
+    bottom_at = order.fetch_add(1);
+    ex.finish(State::succeeded);
+  };
+  ExecutionRef top = Execution::create("top");
+  ExecutionRef left = submit(&left_body, {top}, "left");
+  ExecutionRef right = submit(&right_body, {top}, "right");
+  ExecutionRef bottom = submit(&bottom_body, {left, right}, "bottom");
+  EXPECT_EQ(s.stats().live, 3);
+  top->finish(State::succeeded);
+  wait_done(bottom);
+  EXPECT_EQ(bottom_at, 2);
+  EXPECT_GE(bottom->started_ns(), std::max(left->finished_ns(), right->finished_ns()));
+  shutdown();
+  EXPECT_NE(left_at, right_at);
+}
+
+TEST_P(SchedulerTest, FailedDependencyAbandonsTheDependentExactlyOnce) {
+  for (State how : {State::failed, State::cancelled}) {
+    SCOPED_TRACE(to_string(how));
+    auto s = std::make_unique<Scheduler>(options());
+    std::swap(s, sched_);
+    joined_ = false;
+    {
+      std::lock_guard<std::mutex> g(mu_);
+      abandons_.clear();
+      abandon_failed_states_.clear();
+      terminal_run_ids_.clear();
+    }
+    std::atomic<int> x_runs{0};
+    Fn x_body = [&](Execution& ex) {
+      x_runs.fetch_add(1);
+      ex.finish(State::succeeded);
+    };
+    ExecutionRef d1 = Execution::create("d1"), d2 = Execution::create("d2"), d3 = Execution::create("d3");
+    ExecutionRef x = submit(&x_body, {d1, d2, d3});
+    d1->finish(how);
+    // Fail fast: abandon() ran inside d1's finish(), on this thread, before the other deps ended.
+    EXPECT_EQ(x->state(), State::failed);
+    d2->finish(State::failed);  // a second failure: no second abandon
+    d3->finish(State::succeeded);
+    shutdown();  // every worker is gone: anything that was going to run has run
+    EXPECT_EQ(x_runs.load(), 0) << "an abandoned dependent must never run";
+    EXPECT_EQ(terminal_run_ids_.count(x->id()), 0u) << "an abandoned dependent is never queued";
+    ASSERT_EQ(abandons_.size(), 1u);
+    EXPECT_EQ(abandons_[0], std::make_pair(x->id(), d1->id()));
+    EXPECT_EQ(abandon_failed_states_[0], how);
+    EXPECT_EQ(sched_->stats().live, 0);
+    EXPECT_EQ(sched_->stats().fibers, 0);
+  }
+}
+
+TEST_P(SchedulerTest, DependencyFailedBeforeSubmitAbandonsAtSubmit) {
+  start();
+  std::atomic<int> x_runs{0};
+  Fn x_body = [&](Execution& ex) {
+    x_runs.fetch_add(1);
+    ex.finish(State::succeeded);
+  };
+  ExecutionRef ok = Execution::create("ok"), bad = Execution::create("bad");
+  ok->finish(State::succeeded);
+  bad->finish(State::cancelled);
+  ExecutionRef x = submit(&x_body, {ok, bad});
+  EXPECT_EQ(x->state(), State::failed) << "abandoned synchronously inside submit()";
+  ExecutionRef y = submit(&x_body, {ok});  // all deps already succeeded: runs
+  wait_done(y);
+  shutdown();
+  EXPECT_EQ(x_runs.load(), 1);
+  ASSERT_EQ(abandons_.size(), 1u);
+  EXPECT_EQ(abandons_[0], std::make_pair(x->id(), bad->id()));
+}
+
+TEST_P(SchedulerTest, ManyDependentsOnOneDependency) {
+  constexpr int kDependents = 1000;
+  start();
+  // Success: every dependent runs exactly once, after the dependency.
+  ExecutionRef gate = Execution::create("gate");
+  Fn dep_body = [&](Execution& ex) {
+    EXPECT_EQ(gate->wait_until(safety_deadline()), WaitStatus::done);
+    ex.finish(State::succeeded);
+  };
+  ExecutionRef dep = submit(&dep_body, {}, "dep");
+  std::vector<std::atomic<int>> runs(kDependents);
+  std::atomic<int> early{0};
+  std::vector<Fn> bodies;
+  bodies.reserve(kDependents);
+  std::vector<ExecutionRef> dependents;
+  for (int i = 0; i < kDependents; ++i) {
+    bodies.emplace_back([&, i](Execution& ex) {
+      if (dep->state() != State::succeeded) early.fetch_add(1);
+      runs[static_cast<std::size_t>(i)].fetch_add(1);
+      ex.finish(State::succeeded);
+    });
+    dependents.push_back(submit(&bodies.back(), {dep}));
+  }
+  gate->finish(State::succeeded);
+  ASSERT_TRUE(sched_->wait_idle_until(safety_deadline()));
+  for (int i = 0; i < kDependents; ++i) {
+    EXPECT_EQ(runs[static_cast<std::size_t>(i)].load(), 1) << i;
+    EXPECT_EQ(dependents[static_cast<std::size_t>(i)]->state(), State::succeeded);
+  }
+  EXPECT_EQ(early.load(), 0);
+
+  // Failure: abandon() once per dependent, none runs.
+  ExecutionRef bad = Execution::create("bad");
+  std::vector<ExecutionRef> doomed;
+  for (int i = 0; i < kDependents; ++i) doomed.push_back(submit(&bodies[static_cast<std::size_t>(i)], {bad}));
+  bad->finish(State::failed);
+  shutdown();
+  for (int i = 0; i < kDependents; ++i) EXPECT_EQ(runs[static_cast<std::size_t>(i)].load(), 1) << i;
+  ASSERT_EQ(abandons_.size(), static_cast<std::size_t>(kDependents));
+  std::set<std::uint64_t> abandoned;
+  for (auto& [ex, failed] : abandons_) {
+    abandoned.insert(ex);
+    EXPECT_EQ(failed, bad->id());
+  }
+  EXPECT_EQ(abandoned, ids_of(doomed)) << "each dependent abandoned exactly once";
+  for (auto& d : doomed) EXPECT_EQ(d->state(), State::failed);
+}
+
+TEST_P(SchedulerTest, LongFailingDependencyChainIsAbandonedIteratively) {
+  constexpr std::size_t kLinks = 100'000;
+  start();
+  std::atomic<int> ran{0};
+  Fn body = [&](Execution& ex) {
+    ran.fetch_add(1);
+    ex.finish(State::succeeded);
+  };
+  std::vector<ExecutionRef> chain;
+  chain.reserve(kLinks);
+  chain.push_back(Execution::create("root"));
+  for (std::size_t i = 1; i < kLinks; ++i) chain.push_back(submit(&body, {chain.back()}, "link"));
+  EXPECT_EQ(sched_->stats().live, static_cast<std::int64_t>(kLinks - 1));
+  // Each abandon finishes the next link from inside the previous link's finish(): recursing would
+  // need ~100k nested frames; on a 512 KiB stack that only works trampolined.
+  run_on_small_stack([&] { chain[0]->finish(State::failed); });
+  EXPECT_EQ(sched_->stats().live, 0);
+  shutdown();
+  EXPECT_EQ(ran.load(), 0);
+  ASSERT_EQ(abandons_.size(), kLinks - 1);
+  for (std::size_t i = 1; i < kLinks; ++i) {
+    ASSERT_EQ(abandons_[i - 1], std::make_pair(chain[i]->id(), chain[i - 1]->id())) << i;
+    ASSERT_EQ(chain[i]->state(), State::failed);
+  }
+}
+
+// ---- shutdown ------------------------------------------------------------------------------------
+
+TEST_P(SchedulerTest, CloseDrainReturnsTheExecutionsThatHaveNotStarted) {
+  Scheduler& s = start();
+  std::vector<ExecutionRef> blockers = block_all_workers();
+  std::atomic<int> bodies_ran{0};
+  Fn body = [&](Execution& ex) {
+    bodies_ran.fetch_add(1);
+    ex.finish(State::succeeded);
+  };
+  std::vector<ExecutionRef> queued, parked;
+  for (int i = 0; i < 10; ++i) queued.push_back(submit(&body, {}, "queued"));
+  EXPECT_EQ(s.stats().queued, 10);
+  ExecutionRef unfinished_dep = Execution::create("dep");
+  for (int i = 0; i < 5; ++i) parked.push_back(submit(&body, {unfinished_dep}, "parked"));
+
+  std::vector<ExecutionRef> drained = s.close(true);
+  EXPECT_TRUE(s.closed());
+  ExecutionRef late = Execution::create("late");
+  EXPECT_THROW(s.submit(late), ShutdownError);
+  EXPECT_EQ(late->state(), State::pending);
+
+  std::set<std::uint64_t> expected = ids_of(queued);
+  for (auto id : ids_of(parked)) expected.insert(id);
+  EXPECT_EQ(ids_of(drained), expected) << "exactly the queued and the parked executions";
+  EXPECT_EQ(drained.size(), expected.size()) << "no execution returned twice";
+  for (auto& ex : drained) {
+    EXPECT_FALSE(ex->done()) << "drained executions are returned unfinished";
+    EXPECT_TRUE(ex->cancel_if_not_started()) << ex->name() << " had started";
+  }
+  release_.set();
+  unfinished_dep->finish(State::succeeded);
+  shutdown();
+  EXPECT_EQ(bodies_ran.load(), 0) << "a drained execution's body ran";
+  for (auto& ex : drained) EXPECT_EQ(ex->state(), State::cancelled);
+  for (auto& b : blockers) EXPECT_EQ(b->state(), State::succeeded);
+}
+
+TEST_P(SchedulerTest, CloseThenJoinRunsQueuedWorkAndDoesNotHang) {
+  constexpr int kWaiters = 2000, kPlain = 2000;
+  Scheduler& s = start();
+  ExecutionRef gate = Execution::create("gate");
+  std::atomic<int> woken{0};
+  Fn waiter = [&](Execution& ex) {
+    if (gate->wait_until(safety_deadline()) == WaitStatus::done) woken.fetch_add(1);
+    ex.finish(State::succeeded);
+  };
+  std::vector<ExecutionRef> all;
+  for (int i = 0; i < kWaiters; ++i) all.push_back(submit(&waiter, {}, "waiter"));
+  for (int i = 0; i < kPlain; ++i) all.push_back(submit(nullptr, {}, "plain"));
+  gate->set_payload(nullptr);
+  s.submit(gate);  // queued behind everything else: the waiters suspend until it ran
+  all.push_back(gate);
+  s.close(false);
+  EXPECT_THROW(s.submit(Execution::create("late")), ShutdownError);
+  shutdown();  // join: every queued execution still runs, every suspended fiber is resumed
+  for (auto& ex : all) ASSERT_EQ(ex->state(), State::succeeded) << ex->name();
+  EXPECT_EQ(woken.load(), kWaiters);
+  EXPECT_EQ(runs_.load(), kWaiters + kPlain + 1);
+}
+
+TEST_P(SchedulerTest, ShutdownCancellingPendingWorkWithSuspendedFibers) {
+  // The engine's shutdown(cancel_pending=True): close(true), cancel what it returns, join. Fibers
+  // suspended on a cancelled execution wake up and finish; nothing hangs, nothing stays unfinished.
+  constexpr int kWaiters = 50, kQueued = 50;
+  Scheduler& s = start();
+  ExecutionRef gate = Execution::create("gate");  // submitted later, behind blocked workers
+  std::atomic<int> saw_cancelled{0};
+  Fn waiter = [&](Execution& ex) {
+    if (gate->wait_until(safety_deadline()) == WaitStatus::done && gate->state() == State::cancelled) {
+      saw_cancelled.fetch_add(1);
+    }
+    ex.finish(State::succeeded);
+  };
+  std::vector<ExecutionRef> waiters;
+  for (int i = 0; i < kWaiters; ++i) waiters.push_back(submit(&waiter, {}, "waiter"));
+  ASSERT_TRUE(eventually([&] {
+    return std::all_of(waiters.begin(), waiters.end(),
+                       [&](const ExecutionRef& w) { return w->blocked_on() == gate->id(); });
+  }));
+  std::vector<ExecutionRef> blockers = block_all_workers();
+  s.submit(gate);
+  std::vector<ExecutionRef> queued;
+  for (int i = 0; i < kQueued; ++i) queued.push_back(submit(nullptr, {}, "queued"));
+
+  std::vector<ExecutionRef> drained = s.close(true);
+  std::set<std::uint64_t> expected = ids_of(queued);
+  expected.insert(gate->id());
+  EXPECT_EQ(ids_of(drained), expected);
+  for (auto& ex : drained) EXPECT_TRUE(ex->cancel_if_not_started());
+  release_.set();
+  shutdown();
+  for (auto& w : waiters) EXPECT_EQ(w->state(), State::succeeded);
+  for (auto& q : queued) EXPECT_EQ(q->state(), State::cancelled);
+  EXPECT_EQ(gate->state(), State::cancelled);
+  EXPECT_EQ(saw_cancelled.load(), kWaiters);
+}
+
+TEST_P(SchedulerTest, RunIsCalledForAnExecutionCancelledWhileQueued) {
+  Scheduler& s = start();
+  std::vector<ExecutionRef> blockers = block_all_workers();
+  std::atomic<int> body_ran{0};
+  Fn body = [&](Execution& ex) {
+    body_ran.fetch_add(1);
+    ex.finish(State::succeeded);
+  };
+  ExecutionRef x = submit(&body);
+  EXPECT_EQ(s.stats().queued, 1);
+  EXPECT_TRUE(x->cancel_if_not_started());
+  EXPECT_EQ(s.stats().live, static_cast<std::int64_t>(workers())) << "a cancelled execution is not live";
+  release_.set();
+  shutdown();
+  EXPECT_EQ(body_ran.load(), 0);
+  EXPECT_EQ(x->state(), State::cancelled);
+  EXPECT_EQ(terminal_run_ids_.count(x->id()), 1u) << "run() must still be called, with the terminal state";
+  EXPECT_EQ(runs_.load(), static_cast<std::int64_t>(workers()) + 1);
+}
+
+TEST_P(SchedulerTest, WaitIdleUntil) {
+  Scheduler& s = start();
+  EXPECT_TRUE(s.wait_idle_until(Clock::now())) << "nothing submitted: idle at once";
+  ExecutionRef gate = Execution::create("gate");
+  Fn body = [&](Execution& ex) {
+    EXPECT_EQ(gate->wait_until(safety_deadline()), WaitStatus::done);
+    ex.finish(State::succeeded);
+  };
+  ExecutionRef x = submit(&body);
+  const auto deadline = Clock::now() + 30ms;
+  EXPECT_FALSE(s.wait_idle_until(deadline)) << "x cannot finish before the gate opens";
+  EXPECT_GE(Clock::now(), deadline);
+  EXPECT_FALSE(x->done());
+  EXPECT_EQ(s.stats().live, 1);
+  // A plain thread waiting for idleness is woken by the last finish.
+  bool idle_seen = false;
+  std::thread idler([&] { idle_seen = s.wait_idle_until(safety_deadline()); });
+  gate->finish(State::succeeded);
+  idler.join();
+  EXPECT_TRUE(idle_seen);
+  EXPECT_TRUE(x->done());
+  EXPECT_TRUE(s.wait_idle_until(safety_deadline()));
+  shutdown();
+}
+
+// ---- workers and fibers --------------------------------------------------------------------------
+
+TEST_P(SchedulerTest, WorkerHooksRunOncePerWorkerOnDistinctThreads) {
+  std::mutex mu;
+  std::map<unsigned, std::vector<std::thread::id>> started, stopped;
+  std::set<std::thread::id> idle_threads, run_threads;
+  SchedulerOptions o = options();
+  o.on_worker_start = [&](unsigned i) {
+    std::lock_guard<std::mutex> g(mu);
+    started[i].push_back(std::this_thread::get_id());
+  };
+  o.on_worker_stop = [&](unsigned i) {
+    std::lock_guard<std::mutex> g(mu);
+    stopped[i].push_back(std::this_thread::get_id());
+  };
+  o.on_worker_idle = [&](unsigned) {
+    std::lock_guard<std::mutex> g(mu);
+    idle_threads.insert(std::this_thread::get_id());
+  };
+  Fn body = [&](Execution& ex) {
+    {
+      std::lock_guard<std::mutex> g(mu);
+      run_threads.insert(std::this_thread::get_id());
+    }
+    ex.finish(State::succeeded);
+  };
+  Scheduler& s = start(std::move(o));
+  std::vector<ExecutionRef> all;
+  for (unsigned i = 0; i < 64 * workers(); ++i) all.push_back(submit(&body));
+  ASSERT_TRUE(s.wait_idle_until(safety_deadline()));
+  shutdown();
+  ASSERT_EQ(started.size(), workers());
+  ASSERT_EQ(stopped.size(), workers());
+  std::set<std::thread::id> worker_threads;
+  for (unsigned i = 0; i < workers(); ++i) {
+    ASSERT_EQ(started[i].size(), 1u) << "worker " << i;
+    ASSERT_EQ(stopped[i].size(), 1u) << "worker " << i;
+    EXPECT_EQ(started[i][0], stopped[i][0]) << "start and stop on the worker's own thread";
+    EXPECT_NE(started[i][0], std::this_thread::get_id());
+    worker_threads.insert(started[i][0]);
+  }
+  EXPECT_EQ(worker_threads.size(), workers()) << "one distinct thread per worker";
+  for (auto id : run_threads) EXPECT_EQ(worker_threads.count(id), 1u) << "a body ran off the workers";
+  for (auto id : idle_threads) EXPECT_EQ(worker_threads.count(id), 1u) << "on_worker_idle off the workers";
+}
+
+TEST_P(SchedulerTest, FibersNeverMigrate) {
+  constexpr int kWaits = 5;
+  const int fibers = 16 * static_cast<int>(workers());
+  Scheduler& s = start();
+  std::vector<ExecutionRef> gates;
+  for (int k = 0; k < kWaits; ++k) gates.push_back(Execution::create("gate"));
+  std::atomic<int> migrations{0}, lost_current{0}, arrived{0};
+  Fn body = [&](Execution& self) {
+    const auto home = std::this_thread::get_id();
+    for (int k = 0; k < kWaits; ++k) {
+      arrived.fetch_add(1);
+      EXPECT_EQ(gates[static_cast<std::size_t>(k)]->wait_until(safety_deadline()), WaitStatus::done);
+      if (std::this_thread::get_id() != home) migrations.fetch_add(1);
+      if (current_execution() != &self) lost_current.fetch_add(1);
+    }
+    self.finish(State::succeeded);
+  };
+  std::vector<ExecutionRef> all;
+  for (int i = 0; i < fibers; ++i) all.push_back(submit(&body));
+  for (int k = 0; k < kWaits; ++k) {
+    // Every fiber is parked on gate k before it opens, so each wait is a real suspension and
+    // a wake-up from this (foreign) thread.
+    ASSERT_TRUE(eventually([&] {
+      return arrived.load() == fibers * (k + 1) &&
+             std::all_of(all.begin(), all.end(),
+                         [&](const ExecutionRef& e) { return e->blocked_on() == gates[static_cast<std::size_t>(k)]->id(); });
+    }));
+    gates[static_cast<std::size_t>(k)]->finish(State::succeeded);
+  }
+  ASSERT_TRUE(s.wait_idle_until(safety_deadline()));
+  shutdown();
+  EXPECT_EQ(migrations.load(), 0);
+  EXPECT_EQ(lost_current.load(), 0);
+}
+
+// ---- construction and destruction ------------------------------------------------------------------
+
+class SchedulerConfig : public CoreTest {};
+
+TEST_F(SchedulerConfig, RejectsBadOptions) {
+  SchedulerOptions no_run;
+  EXPECT_THROW(Scheduler{no_run}, std::invalid_argument);
+  SchedulerOptions no_workers;
+  no_workers.run = [](Execution& ex) { ex.finish(State::succeeded); };
+  no_workers.workers = 0;
+  EXPECT_THROW(Scheduler{no_workers}, std::invalid_argument);
+}
+
+TEST_F(SchedulerConfig, DestructorClosesAndJoins) {
+  std::atomic<int> runs{0};
+  std::vector<ExecutionRef> all;
+  {
+    SchedulerOptions o;
+    o.workers = 2;
+    o.run = [&](Execution& ex) {
+      runs.fetch_add(1);
+      ex.finish(State::succeeded);
+    };
+    Scheduler s(std::move(o));
+    for (int i = 0; i < 1000; ++i) {
+      all.push_back(Execution::create("x"));
+      s.submit(all.back());
+    }
+  }  // ~Scheduler: close(false) + join(): queued work still runs
+  EXPECT_EQ(runs.load(), 1000);
+  for (auto& ex : all) EXPECT_EQ(ex->state(), State::succeeded);
+}
+
+}  // namespace
+}  // namespace distaff::test

@@ -1,0 +1,182 @@
+"""@task / @workflow: decoration, options, signatures, bad input at the earliest point."""
+
+import functools
+import inspect
+
+import pytest
+
+import distaff
+from distaff import task, workflow
+
+
+def test_bare_and_called_decorators_keep_name_doc_and_signature(engine):
+    @engine.task
+    def bare(a, b=2):
+        """Adds."""
+        return a + b
+
+    @engine.workflow(name="custom")
+    def called(x):
+        return x
+
+    assert bare.__name__ == "bare" and bare.__doc__ == "Adds."
+    assert str(inspect.signature(bare)) == "(a, b=2)"
+    assert bare(1) == 3 and bare.fn(1, 5) == 6
+    assert called.name == "custom" and called.kind == "workflow"
+    assert called.submit(4).description["kind"] == "workflow"
+    assert called.submit(4).description["name"] == "custom"
+
+
+def test_module_level_decorators_use_the_default_engine():
+    @task
+    def double(x):
+        return 2 * x
+
+    @workflow()
+    def wf(x):
+        return double(x) + 1
+
+    assert wf(5) == 11
+    assert double.submit(3).result() == 6
+
+
+def test_calling_equals_submit_then_result(engine):
+    @engine.task()
+    def f(x):
+        return x * 10
+
+    assert f(4) == f.submit(4).result() == 40
+
+
+def test_plain_function_stays_unit_testable(engine):
+    calls = []
+
+    @engine.task()
+    def f(x):
+        calls.append(x)
+        return x
+
+    assert f.fn(7) == 7 and calls == [7]
+
+
+@pytest.mark.parametrize("bad", [1, "name", None, object()])
+def test_decorating_a_non_callable_is_a_type_error(bad):
+    with pytest.raises(TypeError, match="callable"):
+        task(bad)
+
+
+def test_wait_names_must_be_parameters():
+    with pytest.raises(ValueError, match="'nope'"):
+        @task(wait="a, nope")
+        def f(a, b):
+            pass
+
+    with pytest.raises(ValueError, match="'zzz'"):
+        @task(wait=["zzz"])
+        def g(a):
+            pass
+
+    with pytest.raises(TypeError):
+        @task(wait=5)
+        def h(a):
+            pass
+
+
+def test_wait_accepts_true_iterable_and_comma_string():
+    @task(wait=True)
+    def a(x):
+        pass
+
+    @task(wait=("x",))
+    def b(x, y):
+        pass
+
+    @task(wait="x, y")
+    def c(x, y):
+        pass
+
+    assert a._wait is True and b._wait == ("x",) and c._wait == ("x", "y")
+
+
+def test_bad_arguments_fail_in_the_caller_at_submit(engine):
+    ran = []
+
+    @engine.task()
+    def f(a, b, *, c=1):
+        ran.append(1)
+
+    with pytest.raises(TypeError, match=r"f\(\) missing 1 required positional argument: 'b'"):
+        f.submit(1)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'd'"):
+        f.submit(1, 2, d=3)
+    with pytest.raises(TypeError, match="takes 2 positional arguments but 3"):
+        f(1, 2, 3)
+    assert engine.stats()["submitted"] == 0 and ran == []
+
+
+def test_generator_functions_are_rejected():
+    with pytest.raises(TypeError, match="generator"):
+        @task()
+        def gen():
+            yield 1
+
+
+def test_decorating_a_task_twice_is_rejected():
+    @task()
+    def f():
+        pass
+
+    with pytest.raises(TypeError, match="already"):
+        task(f)
+
+
+def test_options_must_be_keywords():
+    def f():
+        pass
+
+    with pytest.raises(TypeError):
+        task(f, "name")  # noqa
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: (lambda x: x + 1),
+        lambda: functools.partial(lambda a, b: a + b, 1),
+        lambda: type("Callable", (), {"__call__": lambda self, x: x + 1})(),
+    ],
+    ids=["lambda", "partial", "callable-object"],
+)
+def test_odd_callables_work(engine, make):
+    t = engine.task(make())
+    assert t(1) == 2
+
+
+def test_methods_bind_self(engine):
+    class Service:
+        def __init__(self, k):
+            self.k = k
+
+        @engine.task()
+        def scale(self, x):
+            return self.k * x
+
+    s = Service(3)
+    assert s.scale(2) == 6
+    assert s.scale.submit(5).result() == 15
+
+
+def test_engine_submit_runs_plain_callables(engine):
+    assert engine.submit(pow, 2, 10).result() == 1024
+    assert engine.submit(lambda *, k: k, k=4).result() == 4
+    with pytest.raises(TypeError):
+        engine.submit(42)
+
+
+def test_engine_arguments_are_validated():
+    with pytest.raises(ValueError):
+        distaff.Engine(workers=0)
+    with pytest.raises(TypeError):
+        distaff.Engine(workers="2")
+    with pytest.raises(ValueError):
+        distaff.Engine(stack_size=1024)
