@@ -311,9 +311,10 @@ bool Execution::finish_impl(State terminal, bool only_if_not_started) noexcept {
       tl_fiber_local.trampoline = &local;
       run_callbacks(*this, rev);
       for (std::size_t i = 0; i < local.pending.size(); ++i) {
-        auto& [ex, cbs] = local.pending[i];
-        run_callbacks(*ex, static_cast<CallbackNode*>(cbs));
-        ex = ExecutionRef();
+        // Take the entry out by value: its callbacks append to `pending` (that is the point) and may
+        // reallocate it, so no reference into the vector may live across run_callbacks.
+        ExecutionRef ex = std::move(local.pending[i].first);
+        run_callbacks(*ex, static_cast<CallbackNode*>(local.pending[i].second));
       }
       tl_fiber_local.trampoline = nullptr;
     }

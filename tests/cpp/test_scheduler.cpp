@@ -313,6 +313,8 @@ TEST_P(SchedulerTest, DependentRunsOnlyAfterAllDependenciesSucceeded) {
   EXPECT_TRUE(deps_ok_at_start);
   EXPECT_EQ(x->state(), State::succeeded);
   EXPECT_TRUE(abandons_.empty());
+  // (finish() wakes waiters before the scheduler's bookkeeping: wait for idleness, not for x.)
+  ASSERT_TRUE(s.wait_idle_until(safety_deadline()));
 
   // A diamond of submitted executions: top → {left, right} → bottom.
   std::atomic<int> order{0};

@@ -112,28 +112,32 @@ def test_runaway_recursion_through_c_is_a_clean_error_not_a_crash():
 
 
 def test_rule3_c_callbacks_after_a_switch_use_the_right_thread_state(engine):
-    # ctypes callbacks enter Python through PyGILState_Ensure. After fibers switched on the same
-    # thread, a stale PyGILState slot deadlocked (3.11) or ran under another fiber's state.
+    # ctypes releases the GIL around the foreign call and its callbacks re-enter Python through
+    # PyGILState_Ensure. On 3.11 a stale PyGILState slot made them run under the worker's (or
+    # another fiber's) thread state: wrong contextvars, wrong exception state, or a deadlock.
     libc = ctypes.CDLL(None)
     CMP = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_int))
+    var = contextvars.ContextVar("who", default="nobody")
 
     @engine.task()
-    def sort_with_callback(values):
-        distaff.sleep(0.001)
-        seen_exec = []
+    def sort_with_callback(i, values):
+        var.set(f"fiber{i}")
+        distaff.sleep(0.001)  # other fibers run on this thread meanwhile
+        seen = set()
 
         def cmp(a, b):
-            seen_exec.append(distaff.current_execution())
+            seen.add(var.get())
             return a[0] - b[0]
 
         arr = (ctypes.c_int * len(values))(*values)
         libc.qsort(arr, len(values), ctypes.sizeof(ctypes.c_int), CMP(cmp))
-        me = distaff.current_execution()
-        assert all(e is me for e in seen_exec)
-        return list(arr)
+        return list(arr), seen
 
-    exs = [sort_with_callback.submit([5, 3, 9, 1, i]) for i in range(20)]
-    assert [e.result(timeout=60) for e in exs] == [sorted([5, 3, 9, 1, i]) for i in range(20)]
+    exs = [sort_with_callback.submit(i, [5, 3, 9, 1, i]) for i in range(20)]
+    for i, e in enumerate(exs):
+        values, seen = e.result(timeout=60)
+        assert values == sorted([5, 3, 9, 1, i])
+        assert seen == {f"fiber{i}"}
 
 
 def test_rule5_asyncio_in_bodies_with_reused_thread_states(engine):
