@@ -88,7 +88,10 @@ class Impl(Base):
 
         self.t = dict(noop=noop, start=start, add_one=add_one, fan=fan, fib=fib, sleeper=sleeper,
                       task1=task1, task2=task2, task3=task3)
-        self.loop.run_until_complete(noop())
+
+        async def warm():
+            await noop()
+        self.loop.run_until_complete(warm())
 
     def teardown(self) -> None:
         self.loop.run_until_complete(self.flow.shutdown())

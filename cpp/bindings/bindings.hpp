@@ -3,7 +3,9 @@
 
 #include <Python.h>
 
+#include <chrono>
 #include <memory>
+#include <string>
 #include <mutex>
 
 #include "distaff/execution.hpp"
@@ -77,5 +79,40 @@ void abandon_execution(Execution& ex, Execution& failed);
 bool complete(PyExecution* pe, State state, PyObject* value);
 
 EngineCore* engine_from_capsule(PyObject* capsule);
+
+// new_virtual_execution: an Execution that runs no body on the scheduler (a promise): it starts in
+// `running` and is finished by complete() — used by gather/join and async bodies. GIL held.
+PyExecution* new_virtual_execution(const std::string& name, Kind kind);
+
+// parse_timeout: None → no deadline. Sets a Python error and returns false on bad input.
+bool parse_timeout(PyObject* timeout, Clock::time_point& deadline);
+
+// wait_sliced: runs `park(deadline)` (true when the awaited condition holds) as the calling context
+// requires: a fiber or a plain thread parks once; the main thread parks in short slices and runs
+// signal handlers between them (Ctrl-C). Returns 0 when the condition holds, 1 on timeout, -1 with a
+// Python error set (KeyboardInterrupt, or a translated C++ error). GIL held on entry and exit.
+template <class Park>
+int wait_sliced(Park&& park, Clock::time_point deadline);
+bool on_main_thread();
+constexpr auto kSignalSlice = std::chrono::milliseconds(20);
+
+template <class Park>
+int wait_sliced(Park&& park, Clock::time_point deadline) {
+  try {
+    if (!on_main_thread()) return park(deadline) ? 0 : 1;
+    for (;;) {
+      auto now = Clock::now();
+      auto slice = (deadline - now > kSignalSlice) ? now + kSignalSlice : deadline;
+      if (park(slice)) return 0;
+      if (Clock::now() >= deadline) return 1;
+      if (PyErr_CheckSignals() < 0) return -1;
+    }
+  } catch (...) {
+    translate_current_exception();
+    return -1;
+  }
+}
+
+bool init_wait(PyObject* module);
 
 }  // namespace distaff::py

@@ -21,15 +21,18 @@ namespace {
 PyObject* g_callback_error_hook = nullptr;  // distaff._errors.log_callback_error
 unsigned long g_main_thread_ident = 0;
 
-constexpr auto kSignalSlice = std::chrono::milliseconds(20);
-
 inline PyExecution* as_pe(PyObject* o) { return reinterpret_cast<PyExecution*>(o); }
 
 // ---- waiting ------------------------------------------------------------------------------------
 
 enum WaitOutcome { kDone = 0, kTimeout = 1, kInterrupted = 2, kError = -1 };
 
-// parse_timeout: None → no deadline. Sets a Python error and returns false on bad input.
+}  // namespace
+
+bool on_main_thread() {
+  return current_execution() == nullptr && PyThread_get_thread_ident() == g_main_thread_ident;
+}
+
 bool parse_timeout(PyObject* timeout, Clock::time_point& deadline) {
   deadline = Clock::time_point::max();
   if (!timeout || timeout == Py_None) return true;
@@ -50,31 +53,24 @@ bool parse_timeout(PyObject* timeout, Clock::time_point& deadline) {
   return true;
 }
 
+namespace {
+
 // wait_core: waits for `target` as the calling context requires. A worker fiber suspends; the main
 // thread parks in short slices so Ctrl-C (PyErr_CheckSignals) is honoured; other threads just park.
 // The GIL is released while parked (switch hooks).
 int wait_core(Execution* target, Clock::time_point deadline) {
   if (target->done()) return kDone;
-  try {
-    const bool main_thread = current_execution() == nullptr && PyThread_get_thread_ident() == g_main_thread_ident;
-    if (!main_thread) {
-      switch (target->wait_until(deadline)) {
-        case WaitStatus::done: return kDone;
-        case WaitStatus::timeout: return kTimeout;
-        case WaitStatus::interrupted: return kInterrupted;
-      }
-    }
-    for (;;) {
-      auto now = Clock::now();
-      if (now >= deadline) return target->done() ? kDone : kTimeout;
-      auto slice = (deadline - now > kSignalSlice) ? now + kSignalSlice : deadline;
-      if (target->wait_until(slice) == WaitStatus::done) return kDone;
-      if (PyErr_CheckSignals() < 0) return kError;
-    }
-  } catch (...) {
-    translate_current_exception();
-    return kError;
-  }
+  bool interrupted = false;
+  int r = wait_sliced(
+      [&](Clock::time_point d) {
+        WaitStatus st = target->wait_until(d);
+        interrupted = st == WaitStatus::interrupted;
+        return st != WaitStatus::timeout;
+      },
+      deadline);
+  if (r < 0) return kError;
+  if (r == 1) return kTimeout;
+  return interrupted ? kInterrupted : kDone;
 }
 
 int wait_for_outcome(PyExecution* pe, PyObject* timeout) {
@@ -470,6 +466,23 @@ void EngineCore::remember(const ExecutionRef& ex) {
   }
 }
 
+PyExecution* new_virtual_execution(const std::string& name, Kind kind) {
+  PyExecution* pe = PyObject_GC_New(PyExecution, ExecutionType);
+  if (!pe) return nullptr;
+  ExecutionRef core = Execution::create(name, kind);
+  core->start();
+  if (Execution* parent = current_execution()) core->set_parent_id(parent->id());
+  pe->core = core.detach();
+  pe->engine = nullptr;
+  pe->fn = pe->args = pe->kwargs = pe->context = pe->trace = nullptr;
+  pe->result = pe->exc = pe->callbacks = pe->workflow_id = pe->deps = pe->weakrefs = nullptr;
+  pe->observed = 0;
+  pe->forwarding = 0;
+  pe->core->set_payload(pe);
+  PyObject_GC_Track(reinterpret_cast<PyObject*>(pe));
+  return pe;
+}
+
 EngineCore* engine_from_capsule(PyObject* capsule) {
   return static_cast<EngineCore*>(PyCapsule_GetPointer(capsule, "distaff.EngineCore"));
 }
@@ -731,7 +744,7 @@ PyObject* raw_shutdown(PyObject*, PyObject* const* a, Py_ssize_t n) {
       }
     }
     if (wait) {
-      const bool main_thread = current_execution() == nullptr && PyThread_get_thread_ident() == g_main_thread_ident;
+      const bool main_thread = on_main_thread();
       while (!s->wait_idle_until(main_thread ? Clock::now() + kSignalSlice : Clock::time_point::max())) {
         if (PyErr_CheckSignals() < 0) return nullptr;  // the engine stays usable
       }

@@ -245,10 +245,22 @@ void Execution::forward_to(Execution& target) {
   in_graph_.store(true, std::memory_order_release);
 }
 
+void Execution::set_waker(void (*fn)(void*), void* arg) noexcept {
+  std::lock_guard<std::mutex> g(g_graph_mu);
+  waker_fn_ = fn;
+  waker_arg_ = arg;
+}
+
+bool Execution::would_deadlock(Execution& target) const {
+  std::lock_guard<std::mutex> g(g_graph_mu);
+  return reaches(&target, const_cast<Execution*>(this), deps_of, blocked_of);
+}
+
 void Execution::interrupt() noexcept {
   interrupt_.store(true, std::memory_order_release);
   Execution* on = nullptr;
   std::lock_guard<std::mutex> g(g_graph_mu);
+  if (waker_fn_) waker_fn_(waker_arg_);
   on = blocked_on_;
   if (on) {
     // Take the target's mutex so the notify cannot slip between the waiter's check and its park.

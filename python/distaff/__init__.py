@@ -17,6 +17,16 @@ from ._errors import (
     ShutdownError,
 )
 from ._task import RESERVED_KWARGS, Task, task, workflow
+from ._wait import (
+    ALL_COMPLETED,
+    FIRST_COMPLETED,
+    FIRST_EXCEPTION,
+    JoinError,
+    as_completed,
+    gather,
+    join,
+    wait,
+)
 from . import _asyncio, _engine, _errors
 from . import _task as _task_mod
 
@@ -42,6 +52,14 @@ def current_execution():
 __version__ = "0.1.0"
 
 __all__ = [
+    "ALL_COMPLETED",
+    "FIRST_COMPLETED",
+    "FIRST_EXCEPTION",
+    "JoinError",
+    "as_completed",
+    "gather",
+    "join",
+    "wait",
     "CancelledError",
     "DeadlockError",
     "DependencyError",

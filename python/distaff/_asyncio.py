@@ -25,9 +25,12 @@ class _Inbox:
         self.scheduled = False
 
     def post(self, fut: asyncio.Future, execution) -> None:
+        self.post_call(_deliver, (fut, execution))
+
+    def post_call(self, fn, arg) -> None:
         # Runs on the completing thread with the GIL held. The GIL makes append and the flag
         # check each atomic; drain() clears the flag before swapping, so nothing is stranded.
-        self.items.append((fut, execution))
+        self.items.append((fn, arg))
         if not self.scheduled:
             self.scheduled = True
             try:
@@ -38,9 +41,14 @@ class _Inbox:
     def drain(self) -> None:
         self.scheduled = False
         items, self.items = self.items, []
-        for fut, execution in items:
-            if not fut.done():
-                _copy_outcome(execution, fut)
+        for fn, arg in items:
+            fn(arg)
+
+
+def _deliver(pair) -> None:
+    fut, execution = pair
+    if not fut.done():
+        _copy_outcome(execution, fut)
 
 
 def _copy_outcome(execution, fut: asyncio.Future) -> None:

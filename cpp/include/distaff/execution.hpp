@@ -129,6 +129,13 @@ class Execution {
   void interrupt() noexcept;
   bool interrupted() const noexcept { return interrupt_.load(std::memory_order_acquire); }
 
+  // set_waker: while the calling fiber (this execution's) parks on something other than an
+  // execution, interrupt() calls fn(arg) to wake it. Cleared with set_waker(nullptr, nullptr).
+  void set_waker(void (*fn)(void*), void* arg) noexcept;
+
+  // would_deadlock: true if this execution waiting on `target` would close a cycle of waits.
+  bool would_deadlock(Execution& target) const;
+
   // blocked_on: id of the execution this one is parked on, or 0.
   std::uint64_t blocked_on() const noexcept;
 
@@ -172,6 +179,8 @@ class Execution {
   // Guarded by the process-wide wait-graph mutex (execution.cpp):
   std::vector<ExecutionRef> deps_;  // unfinished dependencies, kept only while `waiting`
   Execution* blocked_on_ = nullptr;  // what this execution's fiber waits on (or forwards to)
+  void (*waker_fn_)(void*) = nullptr;  // how to wake it when it parks elsewhere (wait-set, sleep)
+  void* waker_arg_ = nullptr;
 
   std::mutex mu_;                                  // guards callbacks_ and the terminal transition
   boost::fibers::condition_variable_any done_cv_;  // waiters: fibers and threads alike

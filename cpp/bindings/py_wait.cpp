@@ -1,0 +1,223 @@
+// Wait-sets and virtual executions (gather, join, promises) for Python. Raw functions only: every
+// wait here can suspend a fiber (python_fiber.hpp, rule 4).
+
+#include <memory>
+#include <string>
+
+#include "bindings.hpp"
+#include "distaff/wait_set.hpp"
+
+namespace distaff::py {
+
+namespace {
+
+inline PyExecution* as_pe(PyObject* o) { return reinterpret_cast<PyExecution*>(o); }
+
+// members_of: the core executions of a list of Execution objects. Sets TypeError on anything else.
+bool members_of(PyObject* list, std::vector<ExecutionRef>& out) {
+  if (!PyList_Check(list)) {
+    PyErr_SetString(PyExc_TypeError, "expected a list of Executions");
+    return false;
+  }
+  Py_ssize_t n = PyList_GET_SIZE(list);
+  out.reserve(static_cast<std::size_t>(n));
+  for (Py_ssize_t i = 0; i < n; ++i) {
+    PyObject* o = PyList_GET_ITEM(list, i);
+    if (!is_execution(o)) {
+      PyErr_Format(PyExc_TypeError, "expected Executions, got %.100s at position %zd", Py_TYPE(o)->tp_name, i);
+      return false;
+    }
+    out.emplace_back(as_pe(o)->core);
+  }
+  return true;
+}
+
+bool parse_mode(PyObject* o, WaitCondition& mode) {
+  long m = PyLong_AsLong(o);
+  if (m == -1 && PyErr_Occurred()) return false;
+  if (m < 0 || m > 2) {
+    PyErr_SetString(PyExc_ValueError, "bad wait mode");
+    return false;
+  }
+  mode = static_cast<WaitCondition>(m);
+  return true;
+}
+
+bool check_deadlock(const std::vector<ExecutionRef>& members, WaitCondition mode) {
+  Execution* self = current_execution();
+  if (!self || mode == WaitCondition::any) return true;
+  for (const ExecutionRef& m : members) {
+    if (m.get() == self || (!m->done() && self->would_deadlock(*m))) {
+      PyErr_Format(DeadlockError, "deadlock: execution %llu (%s) would wait on execution %llu (%s), which waits on it",
+                   static_cast<unsigned long long>(self->id()), self->name().c_str(),
+                   static_cast<unsigned long long>(m->id()), m->name().c_str());
+      return false;
+    }
+  }
+  return true;
+}
+
+// wait_set(execs, timeout, mode) -> (satisfied, first_failed_index)
+PyObject* raw_wait_set(PyObject*, PyObject* const* a, Py_ssize_t n) {
+  if (n != 3) {
+    PyErr_SetString(PyExc_TypeError, "wait_set(execs, timeout, mode)");
+    return nullptr;
+  }
+  std::vector<ExecutionRef> members;
+  WaitCondition mode;
+  Clock::time_point deadline;
+  if (!members_of(a[0], members) || !parse_timeout(a[1], deadline) || !parse_mode(a[2], mode)) return nullptr;
+  if (!check_deadlock(members, mode)) return nullptr;
+  WaitSet ws(std::move(members), mode);
+  int r = wait_sliced([&](Clock::time_point d) { return ws.wait_until(d); }, deadline);
+  if (r < 0) return nullptr;
+  if (r == 0 && !ws.satisfied()) {  // woken early: the waiting execution was cancelled
+    PyErr_SetString(CancelledError, "the waiting execution was cancelled");
+    return nullptr;
+  }
+  return Py_BuildValue("(NL)", PyBool_FromLong(r == 0), static_cast<long long>(ws.first_failed()));
+}
+
+// completion(execs) -> handle; completion_next(handle, timeout) -> index | -2 (exhausted)
+void completion_destructor(PyObject* capsule) {
+  delete static_cast<WaitSet*>(PyCapsule_GetPointer(capsule, "distaff.Completion"));
+}
+
+PyObject* raw_completion(PyObject*, PyObject* list) {
+  std::vector<ExecutionRef> members;
+  if (!members_of(list, members)) return nullptr;
+  auto* ws = new WaitSet(std::move(members), WaitCondition::all);
+  PyObject* c = PyCapsule_New(ws, "distaff.Completion", &completion_destructor);
+  if (!c) delete ws;
+  return c;
+}
+
+PyObject* raw_completion_next(PyObject*, PyObject* const* a, Py_ssize_t n) {
+  if (n != 2) {
+    PyErr_SetString(PyExc_TypeError, "completion_next(handle, timeout)");
+    return nullptr;
+  }
+  auto* ws = static_cast<WaitSet*>(PyCapsule_GetPointer(a[0], "distaff.Completion"));
+  Clock::time_point deadline;
+  if (!ws || !parse_timeout(a[1], deadline)) return nullptr;
+  std::int64_t idx = -1;
+  int r = wait_sliced(
+      [&](Clock::time_point d) {
+        idx = ws->next_completed(d);
+        return idx != -1;
+      },
+      deadline);
+  if (r < 0) return nullptr;
+  if (r == 1) {
+    PyErr_SetString(PyExc_TimeoutError, "as_completed: no execution finished within the timeout");
+    return nullptr;
+  }
+  return PyLong_FromLongLong(idx);
+}
+
+// combine(execs, mode, finalizer, name) -> Execution: finished with finalizer(execs) once the
+// condition holds (its return value, or the exception it raises).
+struct Combine {
+  PyExecution* pe;       // strong
+  PyObject* finalizer;   // strong
+  PyObject* members;     // strong (the list)
+  std::unique_ptr<WaitSet> ws;
+};
+
+PyObject* fetch() {
+#if PY_VERSION_HEX >= 0x030C0000
+  return PyErr_GetRaisedException();
+#else
+  PyObject *t, *v, *tb;
+  PyErr_Fetch(&t, &v, &tb);
+  PyErr_NormalizeException(&t, &v, &tb);
+  if (tb) PyException_SetTraceback(v, tb);
+  Py_XDECREF(t);
+  Py_XDECREF(tb);
+  return v;
+#endif
+}
+
+void combine_ready(void* arg) {
+  // Runs where the satisfying member finished: inside complete(), GIL held.
+  auto* c = static_cast<Combine*>(arg);
+  PyObject* r = PyObject_CallOneArg(c->finalizer, c->members);
+  if (r) {
+    complete(c->pe, State::succeeded, r);
+  } else {
+    complete(c->pe, State::failed, fetch());
+  }
+  Py_DECREF(c->pe);
+  Py_DECREF(c->finalizer);
+  Py_DECREF(c->members);
+  // The wait-set's own state outlives this call (member callbacks hold it); freeing it here is safe.
+  delete c;
+}
+
+PyObject* raw_combine(PyObject*, PyObject* const* a, Py_ssize_t n) {
+  if (n != 4) {
+    PyErr_SetString(PyExc_TypeError, "combine(execs, mode, finalizer, name)");
+    return nullptr;
+  }
+  std::vector<ExecutionRef> members;
+  WaitCondition mode;
+  if (!members_of(a[0], members) || !parse_mode(a[1], mode)) return nullptr;
+  const char* name = PyUnicode_AsUTF8(a[3]);
+  if (!name) return nullptr;
+  PyExecution* pe = new_virtual_execution(name, Kind::task);
+  if (!pe) return nullptr;
+  for (const ExecutionRef& m : members) pe->core->add_dependency(m);
+  pe->deps = PyList_AsTuple(a[0]);
+  if (!pe->deps) {
+    Py_DECREF(pe);
+    return nullptr;
+  }
+  auto* c = new Combine{pe, Py_NewRef(a[2]), Py_NewRef(a[0]), nullptr};
+  Py_INCREF(pe);  // held by `c` until ready
+  c->ws = std::make_unique<WaitSet>(std::move(members), mode);
+  c->ws->on_ready(&combine_ready, c);
+  return reinterpret_cast<PyObject*>(pe);
+}
+
+// promise(name) -> Execution; settle(execution, ok, value): finish a promise (False for an error).
+PyObject* raw_promise(PyObject*, PyObject* name) {
+  const char* s = PyUnicode_AsUTF8(name);
+  if (!s) return nullptr;
+  return reinterpret_cast<PyObject*>(new_virtual_execution(s, Kind::task));
+}
+
+PyObject* raw_settle(PyObject*, PyObject* const* a, Py_ssize_t n) {
+  if (n != 3 || !is_execution(a[0])) {
+    PyErr_SetString(PyExc_TypeError, "settle(execution, ok, value)");
+    return nullptr;
+  }
+  PyExecution* pe = as_pe(a[0]);
+  if (PyObject_IsTrue(a[1])) {
+    return PyBool_FromLong(complete(pe, State::succeeded, Py_NewRef(a[2])));
+  }
+  if (a[2] == Py_None) return PyBool_FromLong(complete(pe, State::cancelled, nullptr));
+  if (!PyExceptionInstance_Check(a[2])) {
+    PyErr_SetString(PyExc_TypeError, "settle: the error must be an exception instance or None (cancelled)");
+    return nullptr;
+  }
+  return PyBool_FromLong(complete(pe, State::failed, Py_NewRef(a[2])));
+}
+
+PyMethodDef wait_functions[] = {
+    {"wait_set", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&raw_wait_set)), METH_FASTCALL,
+     "wait_set(execs, timeout, mode) -> (satisfied, first_failed_index)"},
+    {"completion", &raw_completion, METH_O, "completion(execs) -> handle for completion_next"},
+    {"completion_next", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&raw_completion_next)),
+     METH_FASTCALL, "completion_next(handle, timeout) -> index, or -2 when every member was returned"},
+    {"combine", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&raw_combine)), METH_FASTCALL,
+     "combine(execs, mode, finalizer, name) -> Execution"},
+    {"promise", &raw_promise, METH_O, "promise(name) -> Execution finished by settle()"},
+    {"settle", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&raw_settle)), METH_FASTCALL,
+     "settle(execution, ok, value) -> bool"},
+    {nullptr, nullptr, 0, nullptr}};
+
+}  // namespace
+
+bool init_wait(PyObject* module) { return PyModule_AddFunctions(module, wait_functions) == 0; }
+
+}  // namespace distaff::py

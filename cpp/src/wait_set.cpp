@@ -1,0 +1,183 @@
+#include "distaff/wait_set.hpp"
+
+#include <mutex>
+
+#include <boost/fiber/condition_variable.hpp>
+
+namespace distaff {
+
+struct WaitSet::Shared {
+  struct Slot {
+    Shared* owner;
+    std::uint32_t index;
+  };
+
+  WaitCondition condition;
+  std::size_t n = 0;
+  std::vector<Slot> slots;
+
+  mutable std::mutex mu;
+  boost::fibers::condition_variable_any cv;
+  std::size_t done = 0;
+  std::vector<std::uint32_t> order;  // member indices in completion order
+  std::size_t returned = 0;          // next_completed() cursor into order
+  std::int64_t first_failed = -1;
+  bool ready = false;                // condition held at least once
+  ReadyFn ready_fn = nullptr;
+  void* ready_arg = nullptr;
+
+  // Keeps this state alive until the last member callback ran, even after ~WaitSet.
+  std::shared_ptr<Shared> keep;
+  std::size_t pending_callbacks = 0;  // guarded by mu
+
+  bool holds() const noexcept {  // mu held
+    switch (condition) {
+      case WaitCondition::all: return done == n;
+      case WaitCondition::any: return done > 0 || n == 0;
+      case WaitCondition::first_exception: return first_failed >= 0 || done == n;
+    }
+    return false;
+  }
+
+  static void member_done(Execution& ex, void* arg) {
+    auto* slot = static_cast<Slot*>(arg);
+    Shared* s = slot->owner;
+    ReadyFn fire = nullptr;
+    void* fire_arg = nullptr;
+    std::shared_ptr<Shared> release;
+    {
+      std::lock_guard<std::mutex> lk(s->mu);
+      s->order.push_back(slot->index);
+      ++s->done;
+      if (ex.state() == State::failed && s->first_failed < 0) s->first_failed = slot->index;
+      if (!s->ready && s->holds()) {
+        s->ready = true;
+        fire = s->ready_fn;
+        fire_arg = s->ready_arg;
+        s->ready_fn = nullptr;
+      }
+      if (--s->pending_callbacks == 0) release = std::move(s->keep);
+      // Notified under the lock: a waiter cannot miss it between its check and its park, and the
+      // state cannot be freed (by `release`) before notify_all returns.
+      s->cv.notify_all();
+    }
+    if (fire) fire(fire_arg);
+  }
+
+  static void wake(void* arg) {
+    auto* s = static_cast<Shared*>(arg);
+    std::lock_guard<std::mutex> lk(s->mu);
+    s->cv.notify_all();
+  }
+};
+
+WaitSet::WaitSet(std::vector<ExecutionRef> members, WaitCondition condition)
+    : shared_(std::make_shared<Shared>()) {
+  Shared& s = *shared_;
+  s.condition = condition;
+  s.n = members.size();
+  s.slots.resize(s.n);
+  s.order.reserve(s.n);
+  s.pending_callbacks = s.n;
+  if (s.n) s.keep = shared_;
+  s.ready = s.holds();
+  for (std::size_t i = 0; i < s.n; ++i) {
+    s.slots[i] = Shared::Slot{&s, static_cast<std::uint32_t>(i)};
+    members[i]->add_callback(&Shared::member_done, &s.slots[i]);
+  }
+}
+
+WaitSet::~WaitSet() = default;
+
+std::size_t WaitSet::size() const noexcept { return shared_->n; }
+
+bool WaitSet::satisfied() const noexcept {
+  std::lock_guard<std::mutex> lk(shared_->mu);
+  return shared_->holds();
+}
+
+std::int64_t WaitSet::first_failed() const noexcept {
+  std::lock_guard<std::mutex> lk(shared_->mu);
+  return shared_->first_failed;
+}
+
+std::size_t WaitSet::finished_count() const noexcept {
+  std::lock_guard<std::mutex> lk(shared_->mu);
+  return shared_->done;
+}
+
+namespace {
+// InterruptWaker: lets interrupt() of the calling execution wake a park on this wait-set.
+class InterruptWaker {
+ public:
+  InterruptWaker(void (*fn)(void*), void* arg) : self_(current_execution()) {
+    if (self_) self_->set_waker(fn, arg);
+  }
+  ~InterruptWaker() {
+    if (self_) self_->set_waker(nullptr, nullptr);
+  }
+  bool interrupted() const noexcept { return self_ && self_->interrupted(); }
+
+ private:
+  Execution* self_;
+};
+}  // namespace
+
+bool WaitSet::wait_until(Clock::time_point deadline) {
+  Shared& s = *shared_;
+  {
+    std::lock_guard<std::mutex> lk(s.mu);
+    if (s.holds()) return true;
+  }
+  InterruptWaker waker(&Shared::wake, &s);
+  if (waker.interrupted()) return false;
+  detail::SuspendScope suspend;
+  std::unique_lock<std::mutex> lk(s.mu);
+  while (!s.holds()) {
+    if (waker.interrupted()) return false;
+    if (deadline == Clock::time_point::max()) {
+      s.cv.wait(lk);
+    } else if (s.cv.wait_until(lk, deadline) == boost::fibers::cv_status::timeout) {
+      return s.holds();
+    }
+  }
+  return true;
+}
+
+std::int64_t WaitSet::next_completed(Clock::time_point deadline) {
+  Shared& s = *shared_;
+  {
+    std::lock_guard<std::mutex> lk(s.mu);
+    if (s.returned < s.order.size()) return s.order[s.returned++];
+    if (s.returned == s.n) return -2;
+  }
+  InterruptWaker waker(&Shared::wake, &s);
+  if (waker.interrupted()) return -1;
+  detail::SuspendScope suspend;
+  std::unique_lock<std::mutex> lk(s.mu);
+  while (s.returned == s.order.size()) {
+    if (waker.interrupted()) return -1;
+    if (deadline == Clock::time_point::max()) {
+      s.cv.wait(lk);
+    } else if (s.cv.wait_until(lk, deadline) == boost::fibers::cv_status::timeout &&
+               s.returned == s.order.size()) {
+      return -1;
+    }
+  }
+  return s.order[s.returned++];
+}
+
+void WaitSet::on_ready(ReadyFn fn, void* arg) {
+  Shared& s = *shared_;
+  {
+    std::lock_guard<std::mutex> lk(s.mu);
+    if (!s.ready) {
+      s.ready_fn = fn;
+      s.ready_arg = arg;
+      return;
+    }
+  }
+  fn(arg);
+}
+
+}  // namespace distaff

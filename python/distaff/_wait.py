@@ -1,0 +1,189 @@
+"""Wait-sets: wait, as_completed, gather, join — over the C++ WaitSet (one registration per
+member, one wake-up for the waiter, whether a fiber, a thread or an asyncio loop)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import namedtuple
+from typing import Any, Iterable
+
+from . import _core
+from ._errors import CancelledError, DependencyError
+
+Execution = _core.Execution
+
+FIRST_COMPLETED = "FIRST_COMPLETED"
+FIRST_EXCEPTION = "FIRST_EXCEPTION"
+ALL_COMPLETED = "ALL_COMPLETED"
+_MODES = {ALL_COMPLETED: 0, FIRST_COMPLETED: 1, FIRST_EXCEPTION: 2}
+
+DoneAndNotDone = namedtuple("DoneAndNotDone", "done not_done")
+
+_running_loop = asyncio._get_running_loop
+_RAISE: Any = object()
+
+
+class JoinError(DependencyError):
+    """A member of ``join()`` failed; ``member`` names it and ``__cause__`` is its exception."""
+
+    def __init__(self, message: str, member: str) -> None:
+        super().__init__(message)
+        self.member = member
+
+
+def _executions(execs: Iterable, what: str) -> list:
+    if isinstance(execs, Execution):
+        raise TypeError(f"{what}() takes an iterable of Executions, not a single Execution")
+    out = list(dict.fromkeys(execs))
+    for e in out:
+        if not isinstance(e, Execution):
+            raise TypeError(f"{what}() takes Executions, got {type(e).__name__}")
+    return out
+
+
+def _mode(return_when: str) -> int:
+    try:
+        return _MODES[return_when]
+    except (KeyError, TypeError):
+        raise ValueError(f"return_when must be one of {', '.join(_MODES)}, not {return_when!r}") from None
+
+
+def _split(execs: list) -> DoneAndNotDone:
+    done = {e for e in execs if e.done()}
+    return DoneAndNotDone(done, {e for e in execs if e not in done})
+
+
+def wait(execs: Iterable, timeout: float | None = None, return_when: str = ALL_COMPLETED):
+    """Waits for executions like ``concurrent.futures.wait``; returns ``(done, not_done)`` sets.
+
+    Suspends a fiber, blocks a thread; inside a running asyncio loop it returns an awaitable
+    instead (``done, pending = await distaff.wait(execs)``), never blocking the loop.
+    """
+    execs = _executions(execs, "wait")
+    mode = _mode(return_when)
+    if _running_loop() is not None:
+        return _wait_async(execs, timeout, mode)
+    _core.wait_set(execs, timeout, mode)
+    return _split(execs)
+
+
+async def _wait_async(execs: list, timeout: float | None, mode: int):
+    if execs:
+        combined = _core.combine(execs, mode, _noop, "wait")
+        await asyncio.wait({asyncio.ensure_future(combined)}, timeout=timeout)
+    return _split(execs)
+
+
+def _noop(members: list) -> None:
+    return None
+
+
+class _AsCompleted:
+    """Iterates executions in completion order: ``for`` in sync code, ``async for`` in a loop."""
+
+    def __init__(self, execs: list, timeout: float | None) -> None:
+        self._execs = execs
+        self._timeout = timeout
+        self._deadline = None if timeout is None else time.monotonic() + timeout
+
+    def _remaining(self) -> float | None:
+        return None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
+
+    def __iter__(self):
+        handle = _core.completion(self._execs)
+        returned = 0
+        while True:
+            try:
+                idx = _core.completion_next(handle, self._remaining())
+            except TimeoutError:
+                raise TimeoutError(f"{len(self._execs) - returned} (of {len(self._execs)}) executions unfinished") from None
+            if idx == -2:
+                return
+            returned += 1
+            yield self._execs[idx]
+
+    async def __aiter_impl(self):
+        from ._asyncio import _inbox_for
+
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        inbox = _inbox_for(loop)
+        for e in self._execs:
+            e.add_done_callback(lambda ex: inbox.post_call(queue.put_nowait, ex))
+        for n in range(len(self._execs)):
+            try:
+                yield await asyncio.wait_for(queue.get(), self._remaining())
+            except asyncio.TimeoutError:
+                raise TimeoutError(f"{len(self._execs) - n} (of {len(self._execs)}) executions unfinished") from None
+
+    def __aiter__(self):
+        return self.__aiter_impl()
+
+
+def as_completed(execs: Iterable, timeout: float | None = None) -> _AsCompleted:
+    """Yields executions as they finish (``for`` or ``async for``). TimeoutError when ``timeout``
+    seconds after the call some are still unfinished."""
+    return _AsCompleted(_executions(execs, "as_completed"), timeout)
+
+
+def gather(*execs: Execution, return_exceptions: bool = False) -> Execution:
+    """An Execution whose result is the list of the members' results, in argument order.
+
+    Awaitable and with ``.result()`` like any Execution (and usable as a dependency). Without
+    ``return_exceptions`` it fails as soon as a member fails, with that member's exception;
+    with it, failed members contribute their exception instead of a value.
+    """
+    members = list(execs)
+    for e in members:
+        if not isinstance(e, Execution):
+            raise TypeError(f"gather() takes Executions, got {type(e).__name__}")
+
+    def finish(ms: list) -> list:
+        if return_exceptions:
+            return [_outcome_or_exception(m) for m in ms]
+        for m in ms:
+            if m.done() and not m.cancelled() and m.exception() is not None:
+                raise m.exception()
+        return [m.result() for m in ms]
+
+    return _core.combine(members, 0 if return_exceptions else 2, finish, "gather")
+
+
+def _outcome_or_exception(m: Execution) -> Any:
+    if m.cancelled():
+        return CancelledError(f"execution {m.id} ({m.name}) was cancelled")
+    exc = m.exception()
+    return exc if exc is not None else m.result()
+
+
+def join(*, missing: Any = _RAISE, **named: Execution) -> Execution:
+    """An Execution whose result is a dict of the named members' results (WebPipe's ``join``).
+
+    ``join(users=e1, posts=e2).result() == {"users": ..., "posts": ...}``. A failed member makes
+    the join fail with :class:`JoinError` naming it. A cancelled or skipped member (one whose
+    ``wait=`` dependency failed) raises too, unless ``missing=`` is given: then it maps to that value.
+    """
+    if not named:
+        raise TypeError("join() needs at least one named Execution: join(users=ex1, posts=ex2)")
+    for name, e in named.items():
+        if not isinstance(e, Execution):
+            raise TypeError(f"join() member {name!r} must be an Execution, got {type(e).__name__}")
+    names = list(named)
+
+    def finish(ms: list) -> dict:
+        out = {}
+        for name, m in zip(names, ms):
+            if m.cancelled() or isinstance(m.exception() if not m.cancelled() else None, DependencyError):
+                if missing is _RAISE:
+                    cause = None if m.cancelled() else m.exception()
+                    raise JoinError(f"join member {name!r} (execution {m.id}) was cancelled or skipped", name) from cause
+                out[name] = missing
+                continue
+            exc = m.exception()
+            if exc is not None:
+                raise JoinError(f"join member {name!r} (execution {m.id}) failed: {exc!r}", name) from exc
+            out[name] = m.result()
+        return out
+
+    return _core.combine(list(named.values()), 2, finish, "join")
