@@ -112,6 +112,8 @@ def case_notes(c: dict) -> str:
             notes.append(f"{k}: {v}")
     if c.get("status") not in ("ok", None) and c.get("reason"):
         notes.append(c["reason"].replace("|", "/").replace("\n", " ")[:300])
+    if c.get("partial"):
+        notes.append(c["partial"])
     if c.get("teardown_error"):
         notes.append("teardown: " + c["teardown_error"][:120])
     return "; ".join(notes)

@@ -153,6 +153,11 @@ def run_process(case: Case, python: str, workdir: str, log_path: str) -> dict:
     res["nprocs_seen"] = len(seen)
     if verdict == "hung at exit" and res.get("status") == "ok":
         res["teardown_error"] = "did not exit within 30 s after finishing (killed)"
+    elif verdict == "timeout" and res.get("reps") and res.get("phase") == "measure":
+        # some repetitions finished before the timeout: keep them, say so
+        res["status"] = "ok"
+        res["partial"] = (f"{len(res['reps'])} of the planned repetitions finished before the "
+                          f"{case.timeout:.0f} s timeout")
     elif verdict:
         res["status"] = verdict
         res["reason"] = (f"no CPU use for {case.idle_window:.0f} s while running: every thread waits"
@@ -221,6 +226,8 @@ def run_case(case: Case, python: str, workdir: str, verbose: bool = True) -> dic
                                                    "timeout": case.timeout},
     }
     for r in runs:
+        if r.get("partial"):
+            res["partial"] = r["partial"]
         if r.get("teardown_error"):
             res["teardown_error"] = r["teardown_error"]
         if r.get("traceback"):

@@ -7,7 +7,7 @@ Every execution runs as a fiber: waiting suspends the fiber, never an OS thread.
 
 from . import _core
 from ._core import Execution
-from ._engine import Engine, default_engine, shutdown
+from ._engine import Engine, WorkflowScope, default_engine, shutdown, workflow_scope
 from ._errors import (
     CancelledError,
     DeadlockError,
@@ -60,6 +60,8 @@ __all__ = [
     "gather",
     "join",
     "wait",
+    "WorkflowScope",
+    "workflow_scope",
     "CancelledError",
     "DeadlockError",
     "DependencyError",

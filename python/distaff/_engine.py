@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import atexit
+import contextvars
 import logging
 import os
 import threading
@@ -46,6 +48,15 @@ class Engine:
         self._pid = os.getpid()
         self._closed = False
         self.workers = workers
+        # The active workflow id: one ContextVar per engine, so engines never see each other's
+        # scopes; it follows contextvars across threads, fibers and asyncio tasks.
+        self._scope: contextvars.ContextVar = contextvars.ContextVar(f"distaff_scope_{id(self):x}", default=None)
+        self._workflows: dict[str, weakref.WeakSet] = {}
+        self._workflows_lock = threading.Lock()
+        self._tracked = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: threading.Thread | None = None
+        self._loop_lock = threading.Lock()
         _engines.add(self)
 
     def __repr__(self) -> str:
@@ -54,13 +65,13 @@ class Engine:
 
     # -- decorators and submission -------------------------------------------------------------
 
-    def task(self, fn: Any = _MISSING, /, *, name: str | None = None, wait: Any = None) -> Any:
-        """Like ``distaff.task`` but bound to this engine."""
-        return _decorator("task", fn, self, name=name, wait=wait) if fn is _MISSING else _decorator("task", fn, self)
+    def task(self, fn: Any = _MISSING, /, **options: Any) -> Any:
+        """Like ``distaff.task`` (same options) but bound to this engine."""
+        return _decorator("task", fn, self, **options)
 
-    def workflow(self, fn: Any = _MISSING, /, *, name: str | None = None, wait: Any = None) -> Any:
-        """Like ``distaff.workflow`` but bound to this engine."""
-        return _decorator("workflow", fn, self, name=name, wait=wait) if fn is _MISSING else _decorator("workflow", fn, self)
+    def workflow(self, fn: Any = _MISSING, /, **options: Any) -> Any:
+        """Like ``distaff.workflow`` (same options) but bound to this engine."""
+        return _decorator("workflow", fn, self, **options)
 
     def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> _core.Execution:
         """Runs a plain callable as an execution (no decoration, no signature check)."""
@@ -73,7 +84,89 @@ class Engine:
         return self._submit(fn, name, False, False, args, kwargs, None)
 
     def _submit(self, fn, name, kind, wait, args, kwargs, workflow_id) -> _core.Execution:
-        return _core.submit(self._capsule, fn, name, kind, wait, args, kwargs or None, workflow_id)
+        if workflow_id is None:
+            workflow_id = self._scope.get()
+            if workflow_id is None:
+                return _core.submit(self._capsule, fn, name, kind, wait, args, kwargs or None, None)
+        token = self._scope.set(workflow_id)
+        try:
+            ex = _core.submit(self._capsule, fn, name, kind, wait, args, kwargs or None, workflow_id)
+        finally:
+            self._scope.reset(token)
+        self._track(workflow_id, ex)
+        return ex
+
+    def _track(self, workflow_id: str, ex: _core.Execution) -> None:
+        with self._workflows_lock:
+            members = self._workflows.get(workflow_id)
+            if members is None:
+                members = self._workflows[workflow_id] = weakref.WeakSet()
+            members.add(ex)
+            self._tracked += 1
+            if self._tracked % 4096 == 0:  # forget workflows whose executions are all gone
+                for k in [k for k, v in self._workflows.items() if not v]:
+                    del self._workflows[k]
+
+    # -- workflow scopes ------------------------------------------------------------------------------
+
+    def workflow_scope(self, workflow_id: str | None = None, *, cancel_on_error: bool = False) -> "WorkflowScope":
+        """Tags every execution submitted inside the block (and, transitively, what those submit)
+        with a workflow id. A context manager and an async context manager; yields the id.
+
+        Args:
+            workflow_id: the id; default ``wf-`` + 8 hex digits.
+            cancel_on_error: an exception leaving the block cancels what is still running in it.
+        """
+        return WorkflowScope(self, workflow_id, cancel_on_error)
+
+    def executions(self, workflow_id: str | None = None) -> list:
+        """The live Execution objects tagged with ``workflow_id`` (all tagged ones if None)."""
+        with self._workflows_lock:
+            if workflow_id is None:
+                out = [e for v in self._workflows.values() for e in v]
+            else:
+                out = list(self._workflows.get(workflow_id, ()))
+        return sorted(out, key=lambda e: e.id)
+
+    def cancel_workflow(self, workflow_id: str) -> int:
+        """Cancels every unfinished execution tagged with ``workflow_id``; returns how many."""
+        n = 0
+        for e in self.executions(workflow_id):
+            if not e.done() and e.cancel():
+                n += 1
+        return n
+
+    # -- the engine's own event loop (async bodies submitted from outside a running loop) ----------
+
+    def _event_loop(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop
+        if loop is not None:
+            return loop
+        with self._loop_lock:
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                started = threading.Event()
+
+                def run() -> None:
+                    asyncio.set_event_loop(loop)
+                    loop.call_soon(started.set)
+                    loop.run_forever()
+
+                t = threading.Thread(target=run, name="distaff-event-loop", daemon=True)
+                t.start()
+                started.wait()
+                self._loop_thread = t
+                self._loop = loop
+            return self._loop
+
+    def _stop_event_loop(self) -> None:
+        with self._loop_lock:
+            loop, t = self._loop, self._loop_thread
+            self._loop = self._loop_thread = None
+        if loop is not None and t is not None:
+            loop.call_soon_threadsafe(loop.stop)
+            t.join()
+            loop.close()
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
@@ -90,6 +183,8 @@ class Engine:
             return
         _core.shutdown(self._capsule, wait, cancel_pending)
         self._closed = True
+        if wait:
+            self._stop_event_loop()
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Waits until every execution submitted so far has finished. True if it did in time."""
@@ -138,6 +233,47 @@ class Engine:
 
     def clear_history(self) -> None:
         self._core.clear_history()
+
+
+class WorkflowScope:
+    """``with engine.workflow_scope() as wid:`` — see :meth:`Engine.workflow_scope`."""
+
+    def __init__(self, engine: Engine, workflow_id: str | None, cancel_on_error: bool) -> None:
+        if workflow_id is not None and (not isinstance(workflow_id, str) or not workflow_id):
+            raise TypeError("workflow_id must be a non-empty string")
+        from ._task import _new_workflow_id
+
+        self.engine = engine
+        self.workflow_id = workflow_id or _new_workflow_id()
+        self.cancel_on_error = cancel_on_error
+        self._tokens: list = []
+
+    def __enter__(self) -> str:
+        self._tokens.append(self.engine._scope.set(self.workflow_id))
+        return self.workflow_id
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self.engine._scope.reset(self._tokens.pop())
+        if exc_type is not None and self.cancel_on_error:
+            self.cancel()
+
+    async def __aenter__(self) -> str:
+        return self.__enter__()
+
+    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self.__exit__(exc_type, exc, tb)
+
+    def cancel(self) -> int:
+        """Cancels every unfinished execution in this scope; returns how many."""
+        return self.engine.cancel_workflow(self.workflow_id)
+
+    def executions(self) -> list:
+        return self.engine.executions(self.workflow_id)
+
+
+def workflow_scope(workflow_id: str | None = None, *, cancel_on_error: bool = False) -> WorkflowScope:
+    """``default_engine().workflow_scope(...)``."""
+    return default_engine().workflow_scope(workflow_id, cancel_on_error=cancel_on_error)
 
 
 def default_engine() -> Engine:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import secrets
 from typing import Any, Callable, Iterable
 
 from . import _core
@@ -88,6 +89,7 @@ class Task:
         name: str | None = None,
         kind: str = "task",
         wait: Any = None,
+        resolve: bool = False,
         engine: Any = None,
     ) -> None:
         if not callable(fn):
@@ -99,18 +101,22 @@ class Task:
                 f"@{kind} cannot wrap the generator function {fn.__qualname__!r}: an execution has one "
                 "result; return a list, or submit one execution per item"
             )
-        if inspect.iscoroutinefunction(fn):
-            raise TypeError(
-                f"@{kind} does not yet accept 'async def' ({fn.__qualname__!r}); "
-                "wrap the coroutine with asyncio.run inside a plain function"
-            )
         if name is not None and (not isinstance(name, str) or not name):
             raise TypeError("name= must be a non-empty string")
         self.fn = fn
         self.name = name or getattr(fn, "__qualname__", None) or type(fn).__qualname__
         self.kind = kind
         self._kind_flag = kind == "workflow"
-        self._wait = _parse_wait(wait, fn)
+        if not isinstance(resolve, bool):
+            raise TypeError("resolve= must be True or False")
+        self.resolve = resolve
+        self._wait = True if resolve else _parse_wait(wait, fn)
+        self.is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+            getattr(fn, "__call__", None)
+        )
+        # What the fiber calls: the function itself (the hot path), or an adapter that resolves
+        # Execution arguments to values and/or runs a coroutine on an event loop.
+        self._body = _resolving(fn) if resolve else fn
         self._check = _make_checker(fn, getattr(fn, "__qualname__", None) or self.name)
         self._engine = engine
         try:
@@ -146,6 +152,8 @@ class Task:
         workflow_id = None
         if kwargs and "workflow_id" in kwargs and self._strip_workflow_id:
             workflow_id = kwargs.pop("workflow_id")
+            if workflow_id is not None and not isinstance(workflow_id, str):
+                raise TypeError(f"workflow_id must be a string, not {type(workflow_id).__name__}")
         check = self._check
         if check is not None:
             check(*args, **kwargs)
@@ -153,7 +161,24 @@ class Task:
         wait = self._wait
         if wait.__class__ is tuple:
             wait = self._gating(args, kwargs)
-        return _submit(engine._capsule, self.fn, self.name, self._kind_flag, wait, args, kwargs or None, workflow_id)
+        body = self._body
+        if self.is_async:
+            body = _AsyncBody(body, _get_running_loop(), engine, self.name)
+        scope = engine._scope
+        if workflow_id is None:
+            workflow_id = scope.get()
+            if workflow_id is None:
+                if not self._kind_flag:
+                    return _submit(engine._capsule, body, self.name, False, wait, args, kwargs or None, None)
+                workflow_id = _new_workflow_id()  # a @workflow opens a scope of its own
+        # A tagged execution: its body (a copy of this context) and everything it submits carry the id.
+        token = scope.set(workflow_id)
+        try:
+            ex = _submit(engine._capsule, body, self.name, self._kind_flag, wait, args, kwargs or None, workflow_id)
+        finally:
+            scope.reset(token)
+        engine._track(workflow_id, ex)
+        return ex
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         execution = self.submit(*args, **kwargs)
@@ -190,10 +215,73 @@ class _BoundTask:
         return getattr(self._task, item)
 
 
+def _new_workflow_id() -> str:
+    return f"wf-{secrets.token_hex(4)}"
+
+
+def _resolve_value(v: Any) -> Any:
+    if v.__class__ is _core.Execution:
+        return v.result()
+    if v.__class__ is list:
+        return [x.result() if x.__class__ is _core.Execution else x for x in v]
+    if v.__class__ is tuple:
+        return tuple(x.result() if x.__class__ is _core.Execution else x for x in v)
+    if v.__class__ is dict:
+        return {k: (x.result() if x.__class__ is _core.Execution else x) for k, x in v.items()}
+    return v
+
+
+def _resolving(fn: Callable) -> Callable:
+    """resolve=True: Execution arguments (top level, and inside lists, tuples and dict values one
+    level down) arrive as their values. They are all done by then (resolve implies wait=True)."""
+
+    @functools.wraps(fn)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return fn(*[_resolve_value(a) for a in args], **{k: _resolve_value(v) for k, v in kwargs.items()})
+
+    return call
+
+
+class _AsyncBody:
+    """Runs an ``async def`` body on an event loop and completes the execution from it.
+
+    The loop is the submitter's running loop (so loop-bound clients work), else the engine's own
+    loop thread. The fiber only starts the coroutine and returns a promise (a forwarded Execution),
+    so no fiber stack is held while the coroutine runs.
+    """
+
+    __slots__ = ("fn", "loop", "engine", "name")
+
+    def __init__(self, fn: Callable, loop: Any, engine: Any, name: str) -> None:
+        self.fn = fn
+        self.loop = loop
+        self.engine = engine
+        self.name = name
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        me = _core.current_execution()
+        coro = self.fn(*args, **kwargs)
+        loop = self.loop if self.loop is not None and not self.loop.is_closed() else self.engine._event_loop()
+        promise = _core.promise(self.name)
+        note = f"distaff: raised in task '{self.name}' (execution {me.id if me else '?'})"
+
+        def settle(fut: Any) -> None:
+            if fut.cancelled():
+                _core.settle(promise, False, None)
+                return
+            exc = fut.exception()
+            if exc is None:
+                _core.settle(promise, True, fut.result())
+            else:
+                exc.add_note(note)
+                _core.settle(promise, False, exc)
+
+        asyncio.run_coroutine_threadsafe(coro, loop).add_done_callback(settle)
+        return promise
+
+
 def _decorator(kind: str, fn: Any, engine: Any, **options: Any):
     if fn is not _MISSING:
-        if options:
-            raise TypeError(f"@{kind} options must be passed as keywords: @{kind}(name=...)")
         return Task(fn, kind=kind, engine=engine)
 
     def wrap(f: Callable) -> Task:
@@ -202,11 +290,25 @@ def _decorator(kind: str, fn: Any, engine: Any, **options: Any):
     return wrap
 
 
-def task(fn: Any = _MISSING, /, *, name: str | None = None, wait: Any = None) -> Any:
-    """Decorates a function as a task on the default engine. Works bare (``@task``) or called."""
-    return _decorator("task", fn, None, name=name, wait=wait) if fn is _MISSING else _decorator("task", fn, None)
+def task(fn: Any = _MISSING, /, *, name: str | None = None, wait: Any = None, resolve: bool = False) -> Any:
+    """Decorates a function as a task on the default engine. Works bare (``@task``) or called.
+
+    Args:
+        name: the task's name in descriptions and graphs (default: the function's qualified name).
+        wait: start only once Execution arguments are done: True for all of them, or the names of
+            the parameters to wait for (an iterable, or a comma-separated string).
+        resolve: like wait=True, but the body receives the values instead of the Executions.
+    """
+    if fn is _MISSING:
+        return _decorator("task", fn, None, name=name, wait=wait, resolve=resolve)
+    return _decorator("task", fn, None)
 
 
-def workflow(fn: Any = _MISSING, /, *, name: str | None = None, wait: Any = None) -> Any:
-    """Decorates a function as a workflow (a task that orchestrates others) on the default engine."""
-    return _decorator("workflow", fn, None, name=name, wait=wait) if fn is _MISSING else _decorator("workflow", fn, None)
+def workflow(fn: Any = _MISSING, /, *, name: str | None = None, wait: Any = None, resolve: bool = False) -> Any:
+    """Decorates a function as a workflow (a task that orchestrates others) on the default engine.
+
+    A workflow opens a workflow scope of its own id (``wf-`` + 8 hex digits) when none is active.
+    """
+    if fn is _MISSING:
+        return _decorator("workflow", fn, None, name=name, wait=wait, resolve=resolve)
+    return _decorator("workflow", fn, None)
