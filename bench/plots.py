@@ -43,7 +43,10 @@ def _rows(doc, w):
 def _barh(ax, rows, value, unit, title, log=True):
     labels, vals, colors, texts = [], [], [], []
     for comp, c in rows:
-        lab = _short(comp) + (f"  (n={c['n']:,})" if c.get("scaled") else "")
+        if c["workload"] == "W4":
+            lab = _short(comp) + (f"  (fib({c['n']}))" if c.get("scaled") else "")
+        else:
+            lab = _short(comp) + (f"  (n={c['n']:,})" if c.get("scaled") else "")
         labels.append(lab)
         if c.get("metric"):
             v = value(c)
@@ -53,7 +56,8 @@ def _barh(ax, rows, value, unit, title, log=True):
         else:
             vals.append(0)
             colors.append(FAILED)
-            texts.append(c.get("status", "?"))
+            st = c.get("status", "?")
+            texts.append(st if st != "error" else "failed (see table)")
     y = list(range(len(rows)))[::-1]
     finite = [v for v in vals if v > 0]
     ax.barh(y, [v if v > 0 else 0 for v in vals], color=colors)

@@ -57,7 +57,9 @@ def fmt_ratio(r: float | None) -> str:
         return f"{r:,.0f}x"
     if r >= 10:
         return f"{r:.0f}x"
-    return f"{r:.1f}x"
+    if r >= 0.1:
+        return f"{r:.1f}x"
+    return f"{r:.2g}x"
 
 
 def mib(kib):
@@ -99,7 +101,10 @@ def case_notes(c: dict) -> str:
     if c["workload"].startswith("W6") and c.get("reps_s"):
         per = sorted(s / c["n"] * 1e6 for s in c["reps_s"])
         notes.append(f"suspending took {fmt(per[len(per) // 2])} µs each")
-    if c["workload"] == "W4" and c.get("n") is not None:
+    dg = [e["distaff_gather_us"] for e in ex if e.get("distaff_gather_us")]
+    if dg:
+        notes.append(f"`await distaff.gather(*executions)` instead: {fmt(sorted(dg)[len(dg) // 2])} µs/task")
+    if c["workload"] == "W4" and c.get("n") is not None and c.get("status") in ("ok", "deadlock", "timeout"):
         notes.append(f"fib({c['n']}) = {c['tasks']:,} tasks")
     for k in ("wait", "fan_in", "sleep", "blocker", "workflow", "max_workers", "max_threads",
               "executor_threads", "W5"):
@@ -132,7 +137,8 @@ def workload_table(doc: dict, w: str) -> list[str]:
         label = COMPETITORS[comp][2]
         if comp.startswith("distaff"):
             label = f"**{label}**"
-        n = "—" if c.get("n") is None else (f"{c['n']:,}" + ("*" if c.get("scaled") else ""))
+        shown_n = c.get("status") in ("ok", "deadlock", "timeout", "error")
+        n = "—" if c.get("n") is None or not shown_n else (f"{c['n']:,}" + ("*" if c.get("scaled") else ""))
         m = c.get("metric")
         if m:
             med, rng = fmt(m["median"]), f"{fmt(m['min'])}–{fmt(m['max'])}"
@@ -315,6 +321,10 @@ def generate(doc: dict, doc_path: str = DOC, img_dir: str = IMG) -> None:
     L.append("")
     L.append(f"- {mach['nproc']} CPUs (`nproc`), {mach['cpu']}, {mach.get('mem_gib')} GiB RAM, "
              f"Linux {mach['kernel']}")
+    if mach.get("loadavg_at_start"):
+        L.append(f"- load average (1/5/15 min) at start {' / '.join(map(str, mach['loadavg_at_start']))}, "
+                 f"at end {' / '.join(map(str, mach.get('loadavg_at_end') or []))}: anything above ~0.3 "
+                 "means something else was running and the numbers are noisier")
     L.append(f"- {mach['python']} (`{run.get('worker_python')}`)")
     L += versions(doc)
     L.append("")

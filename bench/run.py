@@ -41,8 +41,61 @@ LOGS = os.path.join(RESULTS, "logs")
 
 try:
     import psutil
-except ImportError:  # the harness still runs; RSS of the process tree and deadlock detection degrade
-    psutil = None
+except ImportError:  # CI's plain venv: a minimal /proc reader with the few calls used here
+    import contextlib
+    import signal
+    from types import SimpleNamespace
+
+    class _Proc:
+        _tick = os.sysconf("SC_CLK_TCK")
+        _page = os.sysconf("SC_PAGE_SIZE")
+
+        def __init__(self, pid):
+            self.pid = pid
+            self._start = self._stat()[19]
+
+        def _stat(self):
+            with open(f"/proc/{self.pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[1:]  # fields from 3 (state) on, 0-based
+
+        def oneshot(self):
+            return contextlib.nullcontext()
+
+        def memory_info(self):
+            with open(f"/proc/{self.pid}/statm") as f:
+                return SimpleNamespace(rss=int(f.read().split()[1]) * self._page)
+
+        def cpu_times(self):
+            st = self._stat()
+            return SimpleNamespace(user=int(st[11]) / self._tick, system=int(st[12]) / self._tick)
+
+        def children(self, recursive=False):
+            out = []
+            try:
+                for tid in os.listdir(f"/proc/{self.pid}/task"):
+                    with open(f"/proc/{self.pid}/task/{tid}/children") as f:
+                        for c in f.read().split():
+                            try:
+                                q = _Proc(int(c))
+                            except OSError:
+                                continue
+                            out.append(q)
+                            if recursive:
+                                out += q.children(True)
+            except OSError:
+                pass
+            return out
+
+        def is_running(self):
+            try:
+                return self._stat()[19] == self._start
+            except OSError:
+                return False
+
+        def kill(self):
+            os.kill(self.pid, signal.SIGKILL)
+
+    psutil = SimpleNamespace(Process=_Proc)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -270,6 +323,7 @@ def machine_info(python: str) -> dict:
         "python": " ".join(py.stdout.split()) or platform.python_version(),
         "distaff_commit": (commit.stdout.strip() or None),
         "distaff_tree_dirty": bool(dirty.stdout.strip()),
+        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
     }
 
 
@@ -337,6 +391,7 @@ def main() -> int:
     duration = time.time() - t_start
     print(f"done in {duration / 60:.1f} min", flush=True)
 
+    info["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     run_meta = {"id": run_id, "mode": "quick" if a.quick else "full", "argv": sys.argv[1:],
                 "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t_start)),
                 "duration_s": round(duration, 1), "machine": info, "worker_python": python}

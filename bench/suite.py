@@ -61,7 +61,7 @@ BASELINE = "distaff"
 SLOW = {"dask-threads", "dask-procs", "ray", "prefect", "parsl", "asyncflow"}
 
 # Full sizes (the issue's), for every competitor unless overridden below.
-FULL_N = {"W1": 100_000, "W2": 10_000, "W3": 10_000, "W4": 20, "W5": 10_000, "W5b": 500,
+FULL_N = {"W1": 100_000, "W2": 10_000, "W3": 10_000, "W4": 20, "W5": 10_000, "W5b": 200,
           "W6-10k": 10_000, "W6-100k": 100_000, "W7a": 100_000, "W7b": 5}
 
 # Scaled-down sizes for slow competitors (and a few fast ones where the full size would take
@@ -71,10 +71,10 @@ SCALED_N = {
     "dask-threads": {"W1": 2_000, "W2": 1_000, "W3": 1_000, "W4": 10, "W5": 100, "W7a": 2_000},
     "dask-procs": {"W1": 2_000, "W2": 1_000, "W3": 1_000, "W4": 10, "W5": 100, "W7a": 2_000},
     "ray": {"W1": 2_000, "W2": 1_000, "W3": 1_000, "W4": 9, "W5": 2_000, "W7a": 2_000},
-    "prefect": {"W1": 500, "W2": 200, "W3": 300, "W4": 7, "W5": 100},
+    "prefect": {"W1": 300, "W2": 100, "W3": 100, "W4": 7, "W5": 50},
     "parsl": {"W1": 2_000, "W2": 1_000, "W3": 1_000, "W4": 15, "W5": 2_000},
     "asyncflow": {"W1": 2_000, "W2": 100, "W3": 2_000, "W4": 15, "W5": 2_000, "W7a": 2_000},
-    "threads": {"W6-100k": 100_000},
+    "threads": {"W7a": 20_000},
 }
 
 # Workloads each competitor is tried on (anything else is listed as not expressible, with the
@@ -138,9 +138,9 @@ def build_cases(quick: bool, workloads=None, competitors=None) -> list[Case]:
                 case.reps, case.warmup = 3, 1
                 case.warmup_n = max(1, n // 10)
             elif w == "W5b":
-                # 500 x 50 ms = 25 s if the sleepers run one at a time: no warm-up, and a timeout
+                # 200 x 50 ms = 10 s if the sleepers run one at a time: no warm-up, and a timeout
                 # that keeps the repetitions finished before it
-                case.reps, case.warmup, case.timeout = 3, 0, 75
+                case.reps, case.warmup, case.timeout = 3, 0, 45
             elif w == "W7b":
                 case.reps, case.warmup = (5 if slow or c == "prefect" else 20), 1
             elif slow:

@@ -3,6 +3,8 @@
 
 #include <Python.h>
 
+#include <cstdint>
+
 #include <chrono>
 #include <memory>
 #include <string>
@@ -43,9 +45,20 @@ struct PyExecution {
   PyObject* workflow_id;  // str or NULL
   PyObject* deps;         // tuple of dependency Executions (records), or NULL
   PyObject* weakrefs;
+  PyObject* extra;        // dict of facade annotations shown in description (attempts...), or NULL
+  PyThreadState* tstate;  // the fiber's state while its body runs, else NULL
+  std::uint64_t timer_id; // armed timeout, or 0
   unsigned char observed;    // someone retrieved the exception
   unsigned char forwarding;  // `result` holds the execution this one follows
+  unsigned char detached;    // not cancelled with its parent
 };
+
+// terminate: finishes a started or unstarted execution from outside its body (cancel, timeout):
+// completes it with `state`/`value` (stolen), wakes its fiber if parked, raises `async_exc` (an
+// exception class) in its body if it is running Python, and cancels its children transitively.
+// GIL held. Returns false if it was already finished.
+void disarm_timeout(PyExecution* pe);
+bool terminate(PyExecution* pe, State state, PyObject* value, PyObject* async_exc);
 
 extern PyTypeObject* ExecutionType;
 inline bool is_execution(PyObject* o) { return Py_TYPE(o) == ExecutionType; }
@@ -57,6 +70,7 @@ extern PyObject* DependencyError;  // distaff.DependencyError
 extern PyObject* DeadlockError;    // distaff.DeadlockError
 extern PyObject* InternalError;    // distaff.InternalError
 extern PyObject* ShutdownError;    // distaff.ShutdownError (RuntimeError subclass)
+extern PyObject* TimeoutErrorType; // distaff.TimeoutError (builtin TimeoutError subclass)
 extern PyObject* UnobservedHook;   // distaff._errors.log_unobserved
 extern PyObject* AsyncAwaitHook;   // distaff._asyncio.await_execution
 // translate_current_exception: sets the Python error for the C++ exception being handled.
@@ -65,6 +79,10 @@ void translate_current_exception();
 PyObject* raise_stored(PyObject* exc);
 // add_task_note: adds "distaff: raised in task 'name' (execution N)" to a body's exception.
 void add_task_note(PyObject* exc, const Execution& ex);
+
+// raise_interrupted: sets CancelledError (or distaff.TimeoutError after a timeout) for a wait that
+// was interrupted, dropping any asynchronous exception terminate() queued for this fiber.
+void raise_interrupted();
 
 // Execution type and raw functions (py_execution.cpp).
 bool init_execution_type(PyObject* module);

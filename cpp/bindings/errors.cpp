@@ -13,6 +13,7 @@ PyObject* DependencyError = nullptr;
 PyObject* DeadlockError = nullptr;
 PyObject* InternalError = nullptr;
 PyObject* ShutdownError = nullptr;
+PyObject* TimeoutErrorType = nullptr;
 PyObject* UnobservedHook = nullptr;
 PyObject* AsyncAwaitHook = nullptr;
 
@@ -26,7 +27,8 @@ bool init_errors(PyObject* module) {
     const char* name;
   } names[] = {{&CancelledError, "CancelledError"}, {&DependencyError, "DependencyError"},
                {&DeadlockError, "DeadlockError"},   {&InternalError, "InternalError"},
-               {&ShutdownError, "ShutdownError"},   {&UnobservedHook, "log_unobserved"}};
+               {&ShutdownError, "ShutdownError"},   {&UnobservedHook, "log_unobserved"},
+               {&TimeoutErrorType, "TimeoutError"}};
   for (auto& n : names) {
     *n.slot = PyObject_GetAttrString(m, n.name);
     if (!*n.slot) {

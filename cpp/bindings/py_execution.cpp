@@ -10,6 +10,8 @@
 #include "bindings.hpp"
 
 #include <structmember.h>
+
+#include "distaff/timer.hpp"
 #include "python_fiber.hpp"
 
 namespace distaff::py {
@@ -55,6 +57,24 @@ bool parse_timeout(PyObject* timeout, Clock::time_point& deadline) {
 
 namespace {
 
+}  // namespace
+
+void raise_interrupted() {
+  // The execution was cancelled or timed out while parked. terminate() may also have queued an
+  // asynchronous exception for it; it is moot now, and would fire again in the handler: drop it.
+  PyThreadState* ts = PyThreadState_Get();
+  Py_CLEAR(ts->async_exc);
+  Execution* self = current_execution();
+  PyExecution* pe = self ? static_cast<PyExecution*>(self->payload()) : nullptr;
+  if (pe && pe->core->state() == State::failed && pe->exc && PyErr_GivenExceptionMatches(pe->exc, TimeoutErrorType)) {
+    PyErr_SetString(TimeoutErrorType, "the execution timed out");
+  } else {
+    PyErr_SetString(CancelledError, "the execution was cancelled");
+  }
+}
+
+namespace {
+
 // wait_core: waits for `target` as the calling context requires. A worker fiber suspends; the main
 // thread parks in short slices so Ctrl-C (PyErr_CheckSignals) is honoured; other threads just park.
 // The GIL is released while parked (switch hooks).
@@ -81,7 +101,7 @@ int wait_for_outcome(PyExecution* pe, PyObject* timeout) {
     PyErr_Format(PyExc_TimeoutError, "execution %llu (%s) did not finish within the timeout",
                  static_cast<unsigned long long>(pe->core->id()), pe->core->name().c_str());
   } else if (r == kInterrupted) {
-    PyErr_SetString(CancelledError, "the waiting execution was cancelled");
+    raise_interrupted();
   }
   return r;
 }
@@ -107,6 +127,7 @@ int pe_traverse(PyObject* self, visitproc visit, void* arg) {
   Py_VISIT(pe->callbacks);
   Py_VISIT(pe->workflow_id);
   Py_VISIT(pe->deps);
+  Py_VISIT(pe->extra);
   return 0;
 }
 
@@ -122,6 +143,7 @@ int pe_clear(PyObject* self) {
   Py_CLEAR(pe->callbacks);
   Py_CLEAR(pe->workflow_id);
   Py_CLEAR(pe->deps);
+  Py_CLEAR(pe->extra);
   Py_CLEAR(pe->engine);
   return 0;
 }
@@ -247,12 +269,21 @@ PyObject* pe_cancel(PyObject* self, PyObject*) {
   PyExecution* pe = as_pe(self);
   if (pe->core->state() == State::cancelled) Py_RETURN_TRUE;
   if (pe->core->done()) Py_RETURN_FALSE;
-  // Only executions that have not started can be cancelled here (concurrent.futures semantics).
-  if (!complete(pe, State::cancelled, nullptr)) {
-    if (pe->core->state() == State::cancelled) Py_RETURN_TRUE;
-    Py_RETURN_FALSE;
+  // Unlike concurrent.futures, a running execution is cancelled too: it finishes as cancelled now,
+  // its body is interrupted (at its next wait, or its next bytecode) and its children cancelled.
+  terminate(pe, State::cancelled, nullptr, CancelledError);
+  return PyBool_FromLong(pe->core->state() == State::cancelled);
+}
+
+PyObject* pe_annotate(PyObject* self, PyObject* const* a, Py_ssize_t n) {
+  PyExecution* pe = as_pe(self);
+  if (n != 2 || !PyUnicode_Check(a[0])) {
+    PyErr_SetString(PyExc_TypeError, "_annotate(key, value)");
+    return nullptr;
   }
-  Py_RETURN_TRUE;
+  if (!pe->extra && !(pe->extra = PyDict_New())) return nullptr;
+  if (PyDict_SetItem(pe->extra, a[0], a[1]) < 0) return nullptr;
+  Py_RETURN_NONE;
 }
 
 void call_callback(PyObject* cb, PyObject* self) {
@@ -328,6 +359,7 @@ PyObject* pe_description(PyObject* self, void*) {
       to_string(c->state()), "submitted", ns_to_seconds(c->submitted_ns()), "started",
       ns_to_seconds(c->started_ns()), "finished", ns_to_seconds(c->finished_ns()), "workflow_id",
       pe->workflow_id ? pe->workflow_id : Py_None, "dependencies", deps, "blocked_on", blocked);
+  if (d && pe->extra && PyDict_Update(d, pe->extra) < 0) Py_CLEAR(d);
   return d;
 }
 
@@ -364,7 +396,10 @@ PyMethodDef pe_methods[] = {
     {"cancelled", &pe_cancelled, METH_NOARGS, "cancelled()\n--\n\nTrue if the execution was cancelled."},
     {"running", &pe_running, METH_NOARGS, "running()\n--\n\nTrue while the body runs (or is suspended)."},
     {"cancel", &pe_cancel, METH_NOARGS,
-     "cancel()\n--\n\nCancels the execution if it has not started. True if it is (now) cancelled."},
+     "cancel()\n--\n\nCancels the execution and its children (not detached ones). A running body is "
+     "interrupted at its next wait or bytecode. True if it is (now) cancelled."},
+    {"_annotate", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&pe_annotate)), METH_FASTCALL,
+     "_annotate(key, value): facade metadata shown in description."},
     {"add_done_callback", &pe_add_done_callback, METH_O,
      "add_done_callback(fn)\n--\n\nCalls fn(execution) once finished (now, if it already is)."},
     {nullptr, nullptr, 0, nullptr}};
@@ -476,8 +511,12 @@ PyExecution* new_virtual_execution(const std::string& name, Kind kind) {
   pe->engine = nullptr;
   pe->fn = pe->args = pe->kwargs = pe->context = pe->trace = nullptr;
   pe->result = pe->exc = pe->callbacks = pe->workflow_id = pe->deps = pe->weakrefs = nullptr;
+  pe->extra = nullptr;
+  pe->tstate = nullptr;
+  pe->timer_id = 0;
   pe->observed = 0;
   pe->forwarding = 0;
+  pe->detached = 0;
   pe->core->set_payload(pe);
   PyObject_GC_Track(reinterpret_cast<PyObject*>(pe));
   return pe;
@@ -485,6 +524,85 @@ PyExecution* new_virtual_execution(const std::string& name, Kind kind) {
 
 EngineCore* engine_from_capsule(PyObject* capsule) {
   return static_cast<EngineCore*>(PyCapsule_GetPointer(capsule, "distaff.EngineCore"));
+}
+
+// ---- timeouts and termination ------------------------------------------------------------------
+
+namespace {
+
+Timer* g_timer = nullptr;  // one timer thread per process, started on the first timeout
+
+// raise_in_fiber: queues `exc_type` to be raised in `ts` at its next bytecode boundary.
+// PyThreadState_SetAsyncExc addresses thread states by OS thread id, which every fiber on a worker
+// shares with its worker; for the duration of the call the target gets an id no real thread has.
+// The GIL is held throughout, so nothing else reads the id meanwhile.
+bool raise_in_fiber(PyThreadState* ts, PyObject* exc_type) {
+  const unsigned long saved = ts->thread_id;
+  const unsigned long unique = ~0UL - 1;
+  ts->thread_id = unique;
+  const int n = PyThreadState_SetAsyncExc(unique, exc_type);
+  ts->thread_id = saved;
+  return n == 1;
+}
+
+void timeout_fired(void* arg) {
+  // On the timer thread: a plain OS thread, never a fiber, so PyGILState is the right API here.
+  if (interpreter_finalizing()) return;
+  PyGILState_STATE g = PyGILState_Ensure();
+  auto* pe = static_cast<PyExecution*>(arg);
+  pe->timer_id = 0;
+  if (!pe->core->done()) {
+    double secs = 0;
+    if (pe->extra) {
+      if (PyObject* t = PyDict_GetItemString(pe->extra, "timeout")) secs = PyFloat_AsDouble(t);
+    }
+    PyObject* exc = PyObject_CallFunction(TimeoutErrorType, "s",
+        (std::string("execution ") + std::to_string(pe->core->id()) + " (" + pe->core->name() +
+         ") was still running at its deadline (timeout=" + std::to_string(secs) + " s)").c_str());
+    if (!exc) exc = fetch_exception();
+    terminate(pe, State::failed, exc, TimeoutErrorType);
+  }
+  Py_DECREF(pe);  // the timer's reference
+  PyGILState_Release(g);
+}
+
+}  // namespace
+
+void disarm_timeout(PyExecution* pe) {
+  std::uint64_t id = pe->timer_id;
+  pe->timer_id = 0;
+  if (g_timer && id && g_timer->cancel(id)) Py_DECREF(pe);  // the timer's reference
+}
+
+bool terminate(PyExecution* pe, State state, PyObject* value, PyObject* async_exc) {
+  // Children are collected before completing: finishing an execution releases its child records.
+  // Children and the parked status are read before completing: finishing an execution releases its
+  // child records and its wait-graph edges.
+  // The interrupt comes first too: a fiber woken by the completion must already see it.
+  if (pe->core->done()) {
+    Py_XDECREF(value);
+    return false;
+  }
+  std::vector<ExecutionRef> kids = pe->core->children();
+  bool parked = pe->core->parked();
+  pe->core->interrupt();
+  if (!complete(pe, state, value)) return false;
+  if (pe->tstate && !parked) raise_in_fiber(pe->tstate, async_exc);
+  // Then the same for the children, transitively and iteratively (trees can be deep).
+  while (!kids.empty()) {
+    ExecutionRef e = std::move(kids.back());
+    kids.pop_back();
+    auto* p = static_cast<PyExecution*>(e->payload());
+    if (!p || p->detached) continue;
+    if (e->done()) continue;
+    std::vector<ExecutionRef> grandkids = e->children();
+    parked = e->parked();
+    e->interrupt();
+    if (!complete(p, State::cancelled, nullptr)) continue;
+    if (p->tstate && !parked) raise_in_fiber(p->tstate, CancelledError);
+    for (ExecutionRef& c : grandkids) kids.push_back(std::move(c));
+  }
+  return true;
 }
 
 bool complete(PyExecution* pe, State state, PyObject* value) {
@@ -507,6 +625,7 @@ bool complete(PyExecution* pe, State state, PyObject* value) {
   const bool finished = state == State::cancelled ? c->cancel_if_not_started() || c->finish(State::cancelled)
                                                   : c->finish(state);
   if (!finished) return false;
+  if (pe->timer_id) disarm_timeout(pe);
   if (pe->engine) {
     if (EngineCore* eng = engine_from_capsule(pe->engine)) eng->remember(ExecutionRef(c));
   }
@@ -531,7 +650,9 @@ void run_execution(Execution& ex) {
       complete(pe, State::failed, fetch_exception());
       ctx = nullptr;
     } else {
+      pe->tstate = fs.tstate;
       PyObject* r = PyObject_Call(pe->fn, pe->args, pe->kwargs);
+      pe->tstate = nullptr;
       PyObject* exc = r ? nullptr : fetch_exception();
       if (ctx && PyContext_Exit(ctx) < 0) PyErr_Clear();
       if (exc) {
@@ -614,8 +735,8 @@ void collect_from(PyObject* o, std::vector<PyObject*>& out, int depth) {
   }
 }
 
-// submit(capsule, fn, name, kind, wait, args, kwargs, workflow_id) -> Execution
-//   kind: 0 task, 1 workflow. wait: False (no gating), True (all Execution arguments gate the
+// submit(capsule, fn, name, flags, wait, args, kwargs, workflow_id) -> Execution
+//   flags: bit 0 workflow (else task), bit 1 detached. wait: False (no gating), True (all Execution arguments gate the
 //   start) or a tuple of Executions that gate it. kwargs: dict or None. workflow_id: str or None.
 PyObject* raw_submit(PyObject*, PyObject* const* a, Py_ssize_t n) {
   if (n != 8) {
@@ -642,7 +763,10 @@ PyObject* raw_submit(PyObject*, PyObject* const* a, Py_ssize_t n) {
   Py_ssize_t name_len;
   const char* name_utf8 = PyUnicode_AsUTF8AndSize(name, &name_len);
   if (!name_utf8) return nullptr;
-  Kind kind = PyObject_IsTrue(a[3]) ? Kind::workflow : Kind::task;
+  // flags: bit 0 workflow, bit 1 detached (not cancelled with its parent).
+  const long flags = PyLong_AsLong(a[3]);
+  if (flags == -1 && PyErr_Occurred()) return nullptr;
+  Kind kind = (flags & 1) ? Kind::workflow : Kind::task;
 
   std::vector<PyObject*> found;
   for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(args); ++i) collect_from(PyTuple_GET_ITEM(args, i), found, 1);
@@ -669,8 +793,12 @@ PyObject* raw_submit(PyObject*, PyObject* const* a, Py_ssize_t n) {
   pe->workflow_id = wf == Py_None ? nullptr : Py_NewRef(wf);
   pe->deps = nullptr;
   pe->weakrefs = nullptr;
+  pe->extra = nullptr;
+  pe->tstate = nullptr;
+  pe->timer_id = 0;
   pe->observed = 0;
   pe->forwarding = 0;
+  pe->detached = 0;
   PyObject_GC_Track(reinterpret_cast<PyObject*>(pe));
   PyObject* self = reinterpret_cast<PyObject*>(pe);
   if (!pe->context) {
@@ -681,7 +809,11 @@ PyObject* raw_submit(PyObject*, PyObject* const* a, Py_ssize_t n) {
   PyThreadState* ts = PyThreadState_Get();
   if (ts->c_tracefunc && ts->c_traceobj) pe->trace = Py_NewRef(ts->c_traceobj);
 
-  if (Execution* parent = current_execution()) core->set_parent_id(parent->id());
+  pe->detached = (flags & 2) ? 1 : 0;
+  if (Execution* parent = current_execution()) {
+    core->set_parent_id(parent->id());
+    if (!pe->detached) parent->add_child(core);
+  }
 
   std::vector<ExecutionRef> gating;
   if (!found.empty()) {
@@ -829,8 +961,42 @@ PyObject* raw_sleep(PyObject*, PyObject* seconds) {
     return nullptr;
   }
   if (st == WaitStatus::interrupted) {
-    PyErr_SetString(CancelledError, "the sleeping execution was cancelled");
+    raise_interrupted();
     return nullptr;
+  }
+  Py_RETURN_NONE;
+}
+
+// arm_timeout(execution, seconds): the execution fails with distaff.TimeoutError if still running
+// `seconds` from now. Called by the facade at the start of a body.
+PyObject* raw_arm_timeout(PyObject*, PyObject* const* a, Py_ssize_t n) {
+  if (n != 2 || !is_execution(a[0])) {
+    PyErr_SetString(PyExc_TypeError, "arm_timeout(execution, seconds)");
+    return nullptr;
+  }
+  PyExecution* pe = as_pe(a[0]);
+  Clock::time_point deadline;
+  if (!parse_timeout(a[1], deadline)) return nullptr;
+  if (pe->core->done() || deadline == Clock::time_point::max()) Py_RETURN_NONE;
+  if (pe->timer_id) disarm_timeout(pe);
+  if (!pe->extra && !(pe->extra = PyDict_New())) return nullptr;
+  if (PyDict_SetItemString(pe->extra, "timeout", a[1]) < 0) return nullptr;
+  if (!g_timer) g_timer = new Timer();
+  Py_INCREF(pe);  // the timer's reference
+  try {
+    pe->timer_id = g_timer->schedule(deadline, &timeout_fired, pe);
+  } catch (...) {
+    Py_DECREF(pe);
+    translate_current_exception();
+    return nullptr;
+  }
+  Py_RETURN_NONE;
+}
+
+// stop_timer(): joins the timer thread (at exit, before finalisation).
+PyObject* raw_stop_timer(PyObject*, PyObject*) {
+  if (g_timer) {
+    for (void* arg : g_timer->stop()) Py_DECREF(static_cast<PyObject*>(arg));
   }
   Py_RETURN_NONE;
 }
@@ -841,7 +1007,7 @@ PyObject* raw_live_executions(PyObject*, PyObject*) { return PyLong_FromLongLong
 
 PyMethodDef raw_functions[] = {
     {"submit", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&raw_submit)), METH_FASTCALL,
-     "submit(engine, fn, name, kind, wait, args, kwargs, workflow_id) -> Execution"},
+     "submit(engine, fn, name, flags, wait, args, kwargs, workflow_id) -> Execution"},
     {"shutdown", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&raw_shutdown)), METH_FASTCALL,
      "shutdown(engine, wait, cancel_pending)"},
     {"wait_idle", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&raw_wait_idle)), METH_FASTCALL,
@@ -850,6 +1016,9 @@ PyMethodDef raw_functions[] = {
      "current_execution() -> Execution | None: the execution whose body is running here."},
     {"sleep", &raw_sleep, METH_O,
      "sleep(seconds)\n--\n\nIn a task body: suspends the fiber, not the thread. Elsewhere: time.sleep."},
+    {"arm_timeout", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&raw_arm_timeout)), METH_FASTCALL,
+     "arm_timeout(execution, seconds)"},
+    {"stop_timer", &raw_stop_timer, METH_NOARGS, "stop_timer(): join the timeout thread"},
     {"live_executions", &raw_live_executions, METH_NOARGS, "Core execution records alive (process-wide)."},
     {"_set_hooks", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&raw_set_hooks)), METH_FASTCALL,
      "_set_hooks(await_hook, callback_error_hook)"},

@@ -72,7 +72,7 @@ PyObject* raw_wait_set(PyObject*, PyObject* const* a, Py_ssize_t n) {
   int r = wait_sliced([&](Clock::time_point d) { return ws.wait_until(d); }, deadline);
   if (r < 0) return nullptr;
   if (r == 0 && !ws.satisfied()) {  // woken early: the waiting execution was cancelled
-    PyErr_SetString(CancelledError, "the waiting execution was cancelled");
+    raise_interrupted();
     return nullptr;
   }
   return Py_BuildValue("(NL)", PyBool_FromLong(r == 0), static_cast<long long>(ws.first_failed()));
@@ -109,7 +109,11 @@ PyObject* raw_completion_next(PyObject*, PyObject* const* a, Py_ssize_t n) {
       deadline);
   if (r < 0) return nullptr;
   if (r == 1) {
-    PyErr_SetString(PyExc_TimeoutError, "as_completed: no execution finished within the timeout");
+    if (current_execution() && current_execution()->interrupted()) {
+      raise_interrupted();
+    } else {
+      PyErr_SetString(PyExc_TimeoutError, "as_completed: no execution finished within the timeout");
+    }
     return nullptr;
   }
   return PyLong_FromLongLong(idx);

@@ -228,10 +228,12 @@ WaitStatus sleep_until(Clock::time_point deadline) {
   {
     detail::SuspendScope suspend;
     std::unique_lock<std::mutex> lk(self->mu_);
-    while (!self->interrupted()) {
+    while (!self->interrupted() && !is_terminal(self->state_.load(std::memory_order_acquire))) {
       if (self->done_cv_.wait_until(lk, deadline) == boost::fibers::cv_status::timeout) break;
     }
-    if (self->interrupted()) status = WaitStatus::interrupted;
+    if (self->interrupted() || is_terminal(self->state_.load(std::memory_order_acquire))) {
+      status = WaitStatus::interrupted;
+    }
   }
   std::lock_guard<std::mutex> g(g_graph_mu);
   self->blocked_on_ = nullptr;
@@ -243,6 +245,11 @@ void Execution::forward_to(Execution& target) {
   if (reaches(&target, this, deps_of, blocked_of)) throw DeadlockError(cycle_message(*this, target));
   blocked_on_ = &target;
   in_graph_.store(true, std::memory_order_release);
+}
+
+bool Execution::parked() const noexcept {
+  std::lock_guard<std::mutex> g(g_graph_mu);
+  return blocked_on_ != nullptr || waker_fn_ != nullptr;
 }
 
 void Execution::set_waker(void (*fn)(void*), void* arg) noexcept {
@@ -269,6 +276,25 @@ void Execution::interrupt() noexcept {
   }
 }
 
+void Execution::add_child(const ExecutionRef& child) {
+  std::lock_guard<std::mutex> lk(mu_);
+  if (is_terminal(state_.load(std::memory_order_relaxed))) return;
+  // Drop finished children now and then, so a long-lived parent does not hoard records.
+  if (children_.size() >= 64 && (children_.size() & (children_.size() - 1)) == 0) {
+    std::erase_if(children_, [](const ExecutionRef& c) { return c->done(); });
+  }
+  children_.push_back(child);
+}
+
+std::vector<ExecutionRef> Execution::children() const {
+  std::lock_guard<std::mutex> lk(mu_);
+  std::vector<ExecutionRef> out;
+  for (const ExecutionRef& c : children_) {
+    if (!c->done()) out.push_back(c);
+  }
+  return out;
+}
+
 void Execution::add_callback(Callback cb, void* arg) {
   {
     std::lock_guard<std::mutex> lk(mu_);
@@ -287,6 +313,7 @@ bool Execution::cancel_if_not_started() noexcept { return finish_impl(State::can
 bool Execution::finish_impl(State terminal, bool only_if_not_started) noexcept {
   DISTAFF_ASSERT(is_terminal(terminal));
   CallbackNode* list;
+  std::vector<ExecutionRef> dropped_children;  // released outside the lock
   {
     std::lock_guard<std::mutex> lk(mu_);
     // start() moves pending/waiting → running without the mutex, so the transition is a CAS loop.
@@ -297,8 +324,15 @@ bool Execution::finish_impl(State terminal, bool only_if_not_started) noexcept {
     } while (!state_.compare_exchange_weak(s, terminal, std::memory_order_acq_rel));
     finished_ns_.store(wall_time_ns(), std::memory_order_relaxed);
     list = std::exchange(callbacks_, nullptr);
+    dropped_children.swap(children_);
+    // Notify under mu_, which every waiter re-acquires before its wait returns. Boost.Fiber 1.74
+    // wakes a context on another thread by touching that thread's scheduler *after* releasing its
+    // own locks (scheduler::schedule_from_remote, round_robin::notify); a woken plain thread that
+    // returned at once and exited would free that scheduler while we are still inside notify_all
+    // (TSan: pthread_cond_broadcast vs pthread_cond_destroy). Holding mu_ keeps the waiter in its
+    // wait until the notify is complete. The same holds for workers: scheduler.cpp.
+    done_cv_.notify_all();
   }
-  done_cv_.notify_all();
   if (in_graph_.load(std::memory_order_acquire)) {
     std::lock_guard<std::mutex> g(g_graph_mu);
     deps_.clear();

@@ -141,13 +141,9 @@ void Scheduler::enqueue_ready(Execution* ex) {
   if (tl_scheduler == this && idle_.load(std::memory_order_seq_cst) == 0) {
     // A child stays on its parent's worker: no cross-thread wake-up, no GIL hand-off.
     auto* w = static_cast<Worker*>(tl_worker);
-    bool wake;
-    {
-      std::lock_guard<std::mutex> g(w->mu);
-      w->local.push_back(ex);
-      wake = std::exchange(w->parked, false);
-    }
-    if (wake) w->cv.notify_one();
+    std::lock_guard<std::mutex> g(w->mu);
+    w->local.push_back(ex);
+    if (std::exchange(w->parked, false)) w->cv.notify_one();  // under w->mu: see join()
     return;
   }
   {
@@ -160,13 +156,9 @@ void Scheduler::enqueue_ready(Execution* ex) {
 
 void Scheduler::wake_one_idle() {
   for (auto& w : workers_) {
-    bool wake;
-    {
-      std::lock_guard<std::mutex> g(w->mu);
-      wake = std::exchange(w->parked, false);
-    }
-    if (wake) {
-      w->cv.notify_one();
+    std::lock_guard<std::mutex> g(w->mu);
+    if (std::exchange(w->parked, false)) {
+      w->cv.notify_one();  // under w->mu: see join()
       return;
     }
   }
@@ -312,10 +304,13 @@ void Scheduler::join() {
   closed_.store(true, std::memory_order_release);
   stopping_.store(true, std::memory_order_release);
   for (auto& w : workers_) {
-    {
-      std::lock_guard<std::mutex> g(w->mu);
-      w->parked = false;
-    }
+    // Every notify of w->cv is made under w->mu, which the woken dispatcher re-acquires before its
+    // wait returns. Boost.Fiber 1.74 finishes a cross-thread wake-up (schedule_from_remote, then
+    // round_robin::notify's broadcast) after releasing its own locks; without w->mu held, the worker
+    // could wake, see stopping_, exit and destroy its fiber scheduler while this thread is still
+    // inside notify_one (TSan: pthread_cond_broadcast vs ~round_robin's pthread_cond_destroy).
+    std::lock_guard<std::mutex> g(w->mu);
+    w->parked = false;
     w->cv.notify_one();
   }
   detail::SuspendScope suspend;

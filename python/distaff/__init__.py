@@ -15,8 +15,9 @@ from ._errors import (
     Error,
     InternalError,
     ShutdownError,
+    TimeoutError,
 )
-from ._task import RESERVED_KWARGS, Task, task, workflow
+from ._task import RESERVED_KWARGS, RetryPolicy, Task, task, workflow
 from ._wait import (
     ALL_COMPLETED,
     FIRST_COMPLETED,
@@ -70,7 +71,9 @@ __all__ = [
     "Execution",
     "InternalError",
     "RESERVED_KWARGS",
+    "RetryPolicy",
     "ShutdownError",
+    "TimeoutError",
     "Task",
     "current_execution",
     "default_engine",

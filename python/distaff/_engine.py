@@ -79,9 +79,12 @@ class Engine:
             raise TypeError(f"submit() needs a callable, not {type(fn).__name__}")
         if isinstance(fn, Task):
             # A decorated task submitted to this engine explicitly: same checks, this engine.
-            return Task(fn.fn, name=fn.name, kind=fn.kind, wait=fn._wait or None, engine=self).submit(*args, **kwargs)
+            clone = object.__new__(Task)
+            clone.__dict__.update(fn.__dict__)
+            clone._engine = self
+            return clone.submit(*args, **kwargs)
         name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
-        return self._submit(fn, name, False, False, args, kwargs, None)
+        return self._submit(fn, name, 0, False, args, kwargs, None)
 
     def _submit(self, fn, name, kind, wait, args, kwargs, workflow_id) -> _core.Execution:
         if workflow_id is None:
@@ -313,6 +316,7 @@ def _shutdown_at_exit() -> None:
         except KeyboardInterrupt:
             logger.warning("distaff: interrupted; cancelling executions that have not started")
             eng.shutdown(wait=True, cancel_pending=True)
+    _core.stop_timer()
 
 
 def _after_fork_in_child() -> None:

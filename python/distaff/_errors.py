@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import concurrent.futures
 import logging
 
@@ -14,6 +15,7 @@ __all__ = [
     "Error",
     "InternalError",
     "ShutdownError",
+    "TimeoutError",
 ]
 
 
@@ -23,6 +25,10 @@ class Error(Exception):
 
 class CancelledError(Error, concurrent.futures.CancelledError):
     """The execution was cancelled (raised by ``result()`` and ``exception()``)."""
+
+
+class TimeoutError(Error, builtins.TimeoutError):  # noqa: A001 - distaff.TimeoutError on purpose
+    """The execution was still running at its deadline (``timeout=``)."""
 
 
 class DependencyError(Error):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import random
 import secrets
 from typing import Any, Callable, Iterable
 
@@ -90,6 +91,14 @@ class Task:
         kind: str = "task",
         wait: Any = None,
         resolve: bool = False,
+        timeout: float | None = None,
+        retries: int = 0,
+        retry_delay: float = 0.0,
+        backoff: float = 1.0,
+        max_delay: float | None = None,
+        jitter: bool = False,
+        retry_on: Any = (Exception,),
+        fallback: Callable | None = None,
         engine: Any = None,
     ) -> None:
         if not callable(fn):
@@ -114,9 +123,15 @@ class Task:
         self.is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
             getattr(fn, "__call__", None)
         )
-        # What the fiber calls: the function itself (the hot path), or an adapter that resolves
-        # Execution arguments to values and/or runs a coroutine on an event loop.
-        self._body = _resolving(fn) if resolve else fn
+        self.timeout = _check_timeout(timeout)
+        self.policy = RetryPolicy.make(retries, retry_delay, backoff, max_delay, jitter, retry_on, fallback)
+        # What the fiber calls: the function itself (the hot path), or adapters that resolve
+        # Execution arguments to values, retry, arm the timeout, run a coroutine on an event loop.
+        body = _resolving(fn) if resolve else fn
+        if self.policy is not None:
+            body = (_retrying_async if self.is_async else _retrying)(body, self.policy)
+        self._body = body
+        self._options: dict = {}
         self._check = _make_checker(fn, getattr(fn, "__qualname__", None) or self.name)
         self._engine = engine
         try:
@@ -164,21 +179,62 @@ class Task:
         body = self._body
         if self.is_async:
             body = _AsyncBody(body, _get_running_loop(), engine, self.name)
+        timeout = self.timeout
+        flags = self._kind_flag
+        options = self._options
+        if options:
+            timeout = options.get("timeout", timeout)
+            flags |= 2 if options.get("detached") else 0
+            if workflow_id is None:
+                workflow_id = options.get("workflow_id")
+        if timeout is not None:
+            body = _Timed(body, timeout)
         scope = engine._scope
         if workflow_id is None:
             workflow_id = scope.get()
             if workflow_id is None:
                 if not self._kind_flag:
-                    return _submit(engine._capsule, body, self.name, False, wait, args, kwargs or None, None)
+                    return _submit(engine._capsule, body, self.name, flags, wait, args, kwargs or None, None)
                 workflow_id = _new_workflow_id()  # a @workflow opens a scope of its own
         # A tagged execution: its body (a copy of this context) and everything it submits carry the id.
         token = scope.set(workflow_id)
         try:
-            ex = _submit(engine._capsule, body, self.name, self._kind_flag, wait, args, kwargs or None, workflow_id)
+            ex = _submit(engine._capsule, body, self.name, flags, wait, args, kwargs or None, workflow_id)
         finally:
             scope.reset(token)
         engine._track(workflow_id, ex)
         return ex
+
+    def options(
+        self,
+        *,
+        timeout: float | None | Any = _MISSING,
+        workflow_id: str | None = None,
+        detached: bool = False,
+    ) -> "Task":
+        """A copy of this task with per-call options: ``task.options(timeout=5).submit(x)``.
+
+        Args:
+            timeout: overrides the task's timeout (None: no timeout).
+            workflow_id: tags the executions (also works for functions that have their own
+                ``workflow_id`` parameter).
+            detached: the executions are not cancelled when the submitting execution is.
+        """
+        clone = object.__new__(Task)
+        clone.__dict__.update(self.__dict__)
+        opts = dict(self._options)
+        if timeout is not _MISSING:
+            opts["timeout"] = _check_timeout(timeout)
+        if workflow_id is not None:
+            if not isinstance(workflow_id, str) or not workflow_id:
+                raise TypeError("workflow_id must be a non-empty string")
+            opts["workflow_id"] = workflow_id
+        if not isinstance(detached, bool):
+            raise TypeError("detached must be True or False")
+        if detached:
+            opts["detached"] = True
+        clone._options = opts
+        return clone
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         execution = self.submit(*args, **kwargs)
@@ -213,6 +269,120 @@ class _BoundTask:
 
     def __getattr__(self, item: str) -> Any:
         return getattr(self._task, item)
+
+
+def _check_timeout(timeout: Any) -> float | None:
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+        raise ValueError(f"timeout must be a positive number of seconds or None, not {timeout!r}")
+    return float(timeout)
+
+
+class RetryPolicy:
+    """How a failed attempt is retried: ``retries`` more attempts, the n-th (from 0) after
+    ``min(retry_delay * backoff**n, max_delay)`` seconds, times a random factor in [0.5, 1.5) with
+    ``jitter``. Only exceptions matching ``retry_on`` are retried. When every attempt failed,
+    ``fallback(*args, exc, **kwargs)`` (if given) provides the result."""
+
+    __slots__ = ("retries", "retry_delay", "backoff", "max_delay", "jitter", "retry_on", "fallback")
+
+    @classmethod
+    def make(cls, retries, retry_delay, backoff, max_delay, jitter, retry_on, fallback) -> "RetryPolicy | None":
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise ValueError(f"retries must be a non-negative int, not {retries!r}")
+        for label, v in (("retry_delay", retry_delay), ("backoff", backoff)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+                raise ValueError(f"{label} must be a non-negative number, not {v!r}")
+        if max_delay is not None and (not isinstance(max_delay, (int, float)) or max_delay < 0):
+            raise ValueError(f"max_delay must be a non-negative number or None, not {max_delay!r}")
+        if isinstance(retry_on, type):
+            retry_on = (retry_on,)
+        if not isinstance(retry_on, tuple) or not all(
+            isinstance(t, type) and issubclass(t, BaseException) for t in retry_on
+        ):
+            raise TypeError("retry_on must be an exception class or a tuple of them")
+        if fallback is not None and not callable(fallback):
+            raise TypeError("fallback must be callable")
+        if retries == 0 and fallback is None:
+            return None
+        p = cls()
+        p.retries, p.retry_delay, p.backoff, p.max_delay = retries, float(retry_delay), float(backoff), max_delay
+        p.jitter, p.retry_on, p.fallback = bool(jitter), retry_on, fallback
+        return p
+
+    def delay(self, n: int) -> float:
+        d = self.retry_delay * (self.backoff**n)
+        if self.max_delay is not None:
+            d = min(d, self.max_delay)
+        if self.jitter:
+            d *= 0.5 + random.random()
+        return d
+
+
+def _record_attempt(me: Any, attempt: int, exc: BaseException) -> None:
+    if me is None:
+        return
+    errors = me.description.get("attempt_errors", [])
+    errors = errors + [{"attempt": attempt, "error": repr(exc), "type": type(exc).__qualname__}]
+    me._annotate("attempt_errors", errors)
+
+
+def _retrying(fn: Callable, policy: RetryPolicy) -> Callable:
+    @functools.wraps(fn)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        me = _core.current_execution()
+        attempt = 1
+        while True:
+            if me is not None:
+                me._annotate("attempts", attempt)
+            try:
+                return fn(*args, **kwargs)
+            except policy.retry_on as exc:
+                if me is not None and me.done():  # cancelled or timed out: no more attempts
+                    raise
+                _record_attempt(me, attempt, exc)
+                if attempt > policy.retries:
+                    if policy.fallback is not None:
+                        return policy.fallback(*args, exc, **kwargs)
+                    raise
+                _core.sleep(policy.delay(attempt - 1))  # suspends the fiber, not the thread
+                attempt += 1
+
+    return call
+
+
+def _retrying_async(fn: Callable, policy: RetryPolicy) -> Callable:
+    @functools.wraps(fn)
+    async def call(*args: Any, **kwargs: Any) -> Any:
+        attempt = 1
+        while True:
+            try:
+                return await fn(*args, **kwargs)
+            except policy.retry_on as exc:
+                if attempt > policy.retries:
+                    if policy.fallback is not None:
+                        r = policy.fallback(*args, exc, **kwargs)
+                        return (await r) if inspect.isawaitable(r) else r
+                    raise
+                await asyncio.sleep(policy.delay(attempt - 1))
+                attempt += 1
+
+    return call
+
+
+class _Timed:
+    """Arms the execution's timeout when its body starts."""
+
+    __slots__ = ("fn", "timeout")
+
+    def __init__(self, fn: Callable, timeout: float) -> None:
+        self.fn = fn
+        self.timeout = timeout
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        _core.arm_timeout(_core.current_execution(), self.timeout)
+        return self.fn(*args, **kwargs)
 
 
 def _new_workflow_id() -> str:
@@ -276,12 +446,18 @@ class _AsyncBody:
                 exc.add_note(note)
                 _core.settle(promise, False, exc)
 
-        asyncio.run_coroutine_threadsafe(coro, loop).add_done_callback(settle)
+        cfut = asyncio.run_coroutine_threadsafe(coro, loop)
+        cfut.add_done_callback(settle)
+        if me is not None:
+            # Cancelling (or timing out) the execution cancels the coroutine.
+            me.add_done_callback(lambda _ex: cfut.cancel())
         return promise
 
 
 def _decorator(kind: str, fn: Any, engine: Any, **options: Any):
     if fn is not _MISSING:
+        if options:
+            raise TypeError(f"@{kind} takes options as keywords only: @{kind}(name=...)")
         return Task(fn, kind=kind, engine=engine)
 
     def wrap(f: Callable) -> Task:
@@ -290,7 +466,7 @@ def _decorator(kind: str, fn: Any, engine: Any, **options: Any):
     return wrap
 
 
-def task(fn: Any = _MISSING, /, *, name: str | None = None, wait: Any = None, resolve: bool = False) -> Any:
+def task(fn: Any = _MISSING, /, **options: Any) -> Any:
     """Decorates a function as a task on the default engine. Works bare (``@task``) or called.
 
     Args:
@@ -298,17 +474,19 @@ def task(fn: Any = _MISSING, /, *, name: str | None = None, wait: Any = None, re
         wait: start only once Execution arguments are done: True for all of them, or the names of
             the parameters to wait for (an iterable, or a comma-separated string).
         resolve: like wait=True, but the body receives the values instead of the Executions.
+        timeout: seconds from the body's start after which the execution fails with
+            distaff.TimeoutError (per call: ``task.options(timeout=...)``).
+        retries, retry_delay, backoff, max_delay, jitter, retry_on: retry failed attempts
+            (see :class:`RetryPolicy`); the fiber sleeps between attempts without holding a thread.
+        fallback: ``fallback(*args, exc, **kwargs)`` gives the result when every attempt failed.
     """
-    if fn is _MISSING:
-        return _decorator("task", fn, None, name=name, wait=wait, resolve=resolve)
-    return _decorator("task", fn, None)
+    return _decorator("task", fn, None, **options)
 
 
-def workflow(fn: Any = _MISSING, /, *, name: str | None = None, wait: Any = None, resolve: bool = False) -> Any:
+def workflow(fn: Any = _MISSING, /, **options: Any) -> Any:
     """Decorates a function as a workflow (a task that orchestrates others) on the default engine.
 
     A workflow opens a workflow scope of its own id (``wf-`` + 8 hex digits) when none is active.
+    Takes the same options as :func:`task`.
     """
-    if fn is _MISSING:
-        return _decorator("workflow", fn, None, name=name, wait=wait, resolve=resolve)
-    return _decorator("workflow", fn, None)
+    return _decorator("workflow", fn, None, **options)

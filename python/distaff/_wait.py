@@ -171,19 +171,29 @@ def join(*, missing: Any = _RAISE, **named: Execution) -> Execution:
             raise TypeError(f"join() member {name!r} must be an Execution, got {type(e).__name__}")
     names = list(named)
 
+    def skipped(m: Execution) -> bool:
+        return m.cancelled() or isinstance(m.exception(), DependencyError)
+
     def finish(ms: list) -> dict:
-        out = {}
+        # Runs when every member is done, or (FIRST_EXCEPTION) as soon as one failed: then only
+        # finished members may be inspected — exception() on a pending one would block.
         for name, m in zip(names, ms):
-            if m.cancelled() or isinstance(m.exception() if not m.cancelled() else None, DependencyError):
-                if missing is _RAISE:
-                    cause = None if m.cancelled() else m.exception()
-                    raise JoinError(f"join member {name!r} (execution {m.id}) was cancelled or skipped", name) from cause
-                out[name] = missing
+            if not m.done() or m.cancelled():
                 continue
             exc = m.exception()
-            if exc is not None:
+            if exc is not None and not (missing is not _RAISE and isinstance(exc, DependencyError)):
+                if isinstance(exc, DependencyError):
+                    raise JoinError(f"join member {name!r} (execution {m.id}) was skipped: {exc}", name) from exc
                 raise JoinError(f"join member {name!r} (execution {m.id}) failed: {exc!r}", name) from exc
-            out[name] = m.result()
+        out = {}
+        for name, m in zip(names, ms):
+            if skipped(m):
+                if missing is _RAISE:
+                    raise JoinError(f"join member {name!r} (execution {m.id}) was cancelled", name)
+                out[name] = missing
+            else:
+                out[name] = m.result()
         return out
 
-    return _core.combine(list(named.values()), 2, finish, "join")
+    # With missing=..., a skipped member must not end the join early: wait for every member.
+    return _core.combine(list(named.values()), 0 if missing is not _RAISE else 2, finish, "join")

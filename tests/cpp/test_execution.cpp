@@ -28,6 +28,7 @@ namespace distaff::test {
 namespace {
 
 using namespace std::chrono_literals;
+using Duration = Clock::duration;
 
 class ExecutionThreads : public CoreTest {};
 
@@ -508,17 +509,43 @@ TEST_F(ExecutionThreads, ForwardToDetectsCycles) {
   EXPECT_EQ(d->blocked_on(), 0u);
 }
 
+TEST_F(ExecutionThreads, WouldDeadlockAsksWithoutWaiting) {
+  ExecutionRef a = Execution::create("a"), b = Execution::create("b");
+  ASSERT_TRUE(a->start());
+  ASSERT_TRUE(b->start());
+  EXPECT_TRUE(a->would_deadlock(*a)) << "waiting on oneself";
+  EXPECT_FALSE(a->would_deadlock(*b));
+  a->forward_to(*b);
+  EXPECT_TRUE(b->would_deadlock(*a)) << "a completes through b: b waiting on a never ends";
+  EXPECT_FALSE(a->would_deadlock(*b)) << "asking adds no edge";
+  EXPECT_EQ(b->blocked_on(), 0u);
+  b->finish(State::succeeded);
+  a->finish(State::succeeded);
+  EXPECT_FALSE(b->would_deadlock(*a)) << "finished executions end every path";
+}
+
+TEST_F(ExecutionThreads, SleepUntilOnAPlainThreadBlocksUntilTheDeadline) {
+  CountingHooks hooks;
+  const auto deadline = Clock::now() + 20ms;
+  EXPECT_EQ(sleep_until(deadline), WaitStatus::timeout);
+  EXPECT_GE(Clock::now(), deadline);
+  EXPECT_EQ(CountingHooks::suspends.load(), 1) << "a blocking sleep is a park: hooks around it";
+  EXPECT_EQ(CountingHooks::resumes.load(), 1);
+  EXPECT_EQ(CountingHooks::mismatches.load(), 0);
+}
+
 // ---- waits made by executions on fibers ----------------------------------------------------------
 
 class ExecutionFibers : public CoreTest {
  protected:
   using Fn = std::function<void(Execution&)>;
+  virtual unsigned workers() const { return 2; }
 
   void SetUp() override {
     CoreTest::SetUp();
     if (IsSkipped()) return;
     SchedulerOptions o;
-    o.workers = 2;
+    o.workers = workers();
     o.stack_size = 256 * 1024;
     // Each execution's payload is the test's body for it (a Fn owned by the test body).
     o.run = [](Execution& ex) {
@@ -842,6 +869,53 @@ TEST_F(ExecutionFibers, SwitchHooksPairAroundEachFiberParkAndSkipTheFastPath) {
   EXPECT_EQ(CountingHooks::mismatches.load(), 0) << "on_resume on another thread or with wrong fiber-locals";
   EXPECT_EQ(fast_path_hooks.load(), 0);
   shutdown();
+}
+
+TEST_F(ExecutionFibers, SleepInAFiberTimesOut) {
+  Duration slept{};
+  WaitStatus status = WaitStatus::done;
+  Fn body = [&](Execution& self) {
+    const auto start = Clock::now();
+    status = sleep_until(start + 20ms);
+    slept = Clock::now() - start;
+    EXPECT_EQ(current_execution(), &self);
+    self.finish(State::succeeded);
+  };
+  ExecutionRef a = submit("sleeper", &body);
+  wait_done(a);
+  shutdown();
+  EXPECT_EQ(status, WaitStatus::timeout);
+  EXPECT_GE(slept, 20ms);
+}
+
+// One worker: a sleeping fiber must leave its worker free for the others.
+class ExecutionFibersOneWorker : public ExecutionFibers {
+ protected:
+  unsigned workers() const override { return 1; }
+};
+
+TEST_F(ExecutionFibersOneWorker, SleepingFiberYieldsItsWorkerAndInterruptWakesIt) {
+  std::atomic<bool> about_to_sleep{false};
+  WaitStatus status = WaitStatus::done;
+  ExecutionRef sleeper;
+  Fn sleeper_body = [&](Execution& self) {
+    about_to_sleep = true;
+    status = sleep_until(safety_deadline());  // only an interrupt ends this early
+    self.finish(State::cancelled);
+  };
+  Fn waker_body = [&](Execution& self) {
+    // Same worker: the sleeper runs (and parks) while this fiber yields.
+    EXPECT_TRUE(yield_until([&] { return about_to_sleep.load(); }));
+    sleeper->interrupt();
+    self.finish(State::succeeded);
+  };
+  sleeper = submit("sleeper", &sleeper_body);
+  ExecutionRef waker = submit("waker", &waker_body);
+  wait_done(sleeper);
+  wait_done(waker);
+  shutdown();
+  EXPECT_EQ(status, WaitStatus::interrupted);
+  EXPECT_EQ(sleeper->state(), State::cancelled);
 }
 
 }  // namespace

@@ -136,6 +136,15 @@ class Execution {
   // would_deadlock: true if this execution waiting on `target` would close a cycle of waits.
   bool would_deadlock(Execution& target) const;
 
+  // add_child: records `child` (submitted by this execution's body) for cancellation of the tree.
+  // Ignored once this execution is finished. Children are released when it finishes.
+  void add_child(const ExecutionRef& child);
+  // children: the unfinished children recorded so far.
+  std::vector<ExecutionRef> children() const;
+
+  // parked: the execution's fiber is parked in a wait, a wait-set or a sleep (interrupt() wakes it).
+  bool parked() const noexcept;
+
   // blocked_on: id of the execution this one is parked on, or 0.
   std::uint64_t blocked_on() const noexcept;
 
@@ -182,7 +191,8 @@ class Execution {
   void (*waker_fn_)(void*) = nullptr;  // how to wake it when it parks elsewhere (wait-set, sleep)
   void* waker_arg_ = nullptr;
 
-  std::mutex mu_;                                  // guards callbacks_ and the terminal transition
+  mutable std::mutex mu_;                          // guards callbacks_, children_, the terminal transition
+  std::vector<ExecutionRef> children_;
   boost::fibers::condition_variable_any done_cv_;  // waiters: fibers and threads alike
   CallbackNode* callbacks_ = nullptr;
   std::atomic<std::uint32_t> deps_left_{0};        // for the scheduler's dependency counting

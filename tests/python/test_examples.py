@@ -1,0 +1,65 @@
+"""Every example in examples/ and docs/examples/ runs (STYLE.md): exit code 0 and a key line."""
+
+import glob
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+# A line (or several) each example must print; a file not listed here must still run and print.
+KEY_LINES = {
+    "examples/demo.py": ["order:", "fib(20) = 6765"],
+    "examples/asyncflow_workflows.py": ["Workflow 4 completed", "Total time running asynchronously is:"],
+    "examples/asyncflow_scopes.py": [
+        "inside experiment-42:        train        workflow_id=experiment-42",
+        "call-time id wins over the scope: run-007",
+        "another engine's task inside experiment-44: None",
+    ],
+    "examples/pocketflow_async.py": ["Stored recipes for chicken.", "Suggestion: Pizza", "Async recipe flow finished"],
+    "examples/webpipe_join.py": ["parallel:", "basic user:   {'basic': 13, 'premium': None}", "'member': 'api1'"],
+    "docs/examples/asyncio_basics.py": [
+        "in a running loop: Execution -> 42",
+        "submitted from a running loop, runs on it: True",
+        "awaiter cancelled; execution cancelled? False -> <slow>",
+    ],
+    "docs/examples/wait_sets.py": [
+        "as_completed: 1 (of 2) executions unfinished",
+        "join, missing=None: {'basic': 'quick', 'premium': None}",
+        "waited on 10000 executions: 10000 done",
+    ],
+    "docs/examples/scopes.py": [
+        "a function with its own workflow_id parameter: ('mine', 'experiment-43')",
+        "concurrent asyncio tasks: ['A', 'B']",
+        "scope.cancel() cancelled: 3 | states: ['cancelled']",
+    ],
+}
+
+EXAMPLES = sorted(
+    os.path.relpath(p, ROOT)
+    for pattern in ("examples/*.py", "docs/examples/*.py")
+    for p in glob.glob(os.path.join(ROOT, pattern))
+)
+
+
+def test_every_listed_example_exists():
+    assert sorted(KEY_LINES) == sorted(set(KEY_LINES) & set(EXAMPLES)), set(KEY_LINES) - set(EXAMPLES)
+
+
+@pytest.mark.parametrize("path", EXAMPLES)
+def test_example_runs(path):
+    r = subprocess.run(
+        [sys.executable, os.path.join(ROOT, path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert r.returncode == 0, f"{path} exited with {r.returncode}\n{r.stdout}\n{r.stderr}"
+    assert r.stdout.strip(), f"{path} printed nothing"
+    for line in KEY_LINES.get(path, []):
+        assert line in r.stdout, f"{path}: {line!r} not in its output:\n{r.stdout}"
+    # Nothing went wrong quietly: no traceback, no failure that nobody looked at.
+    assert "Traceback" not in r.stderr and "nobody retrieved" not in r.stderr, r.stderr
