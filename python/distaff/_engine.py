@@ -134,7 +134,9 @@ class Engine:
     def cancel_workflow(self, workflow_id: str) -> int:
         """Cancels every unfinished execution tagged with ``workflow_id``; returns how many."""
         n = 0
-        for e in self.executions(workflow_id):
+        # Newest first: dependents (always newer than their dependencies) are cancelled before a
+        # running dependency is, so they end cancelled rather than failed by DependencyError.
+        for e in reversed(self.executions(workflow_id)):
             if not e.done() and e.cancel():
                 n += 1
         return n

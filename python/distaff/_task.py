@@ -152,7 +152,8 @@ class Task:
         for n in self._wait:
             if n in bound.arguments:
                 v = bound.arguments[n]
-                vals = v if isinstance(v, (list, tuple)) else v.values() if isinstance(v, dict) else (v,)
+                # Exact types, as the C++ scan for wait=True and the dependency records use.
+                vals = v if v.__class__ in (list, tuple) else v.values() if v.__class__ is dict else (v,)
                 out.extend(x for x in vals if isinstance(x, _core.Execution))
         return tuple(out)
 
@@ -390,14 +391,18 @@ def _new_workflow_id() -> str:
 
 
 def _resolve_value(v: Any) -> Any:
-    if v.__class__ is _core.Execution:
+    # Containers are rebuilt only when they hold Executions: a shared dict or list without any
+    # reaches the body as the same object (PocketFlow's shared store is mutated in place).
+    E = _core.Execution
+    if v.__class__ is E:
         return v.result()
     if v.__class__ is list:
-        return [x.result() if x.__class__ is _core.Execution else x for x in v]
+        return [x.result() if x.__class__ is E else x for x in v] if any(x.__class__ is E for x in v) else v
     if v.__class__ is tuple:
-        return tuple(x.result() if x.__class__ is _core.Execution else x for x in v)
+        return tuple(x.result() if x.__class__ is E else x for x in v) if any(x.__class__ is E for x in v) else v
     if v.__class__ is dict:
-        return {k: (x.result() if x.__class__ is _core.Execution else x) for k, x in v.items()}
+        if any(x.__class__ is E for x in v.values()):
+            return {k: (x.result() if x.__class__ is E else x) for k, x in v.items()}
     return v
 
 
@@ -431,7 +436,8 @@ class _AsyncBody:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         me = _core.current_execution()
         coro = self.fn(*args, **kwargs)
-        loop = self.loop if self.loop is not None and not self.loop.is_closed() else self.engine._event_loop()
+        # The submitter's loop only while it still runs; a stopped loop would never run the coroutine.
+        loop = self.loop if self.loop is not None and self.loop.is_running() else self.engine._event_loop()
         promise = _core.promise(self.name)
         note = f"distaff: raised in task '{self.name}' (execution {me.id if me else '?'})"
 
@@ -441,10 +447,23 @@ class _AsyncBody:
                 return
             exc = fut.exception()
             if exc is None:
-                _core.settle(promise, True, fut.result())
+                value = fut.result()
+                if value.__class__ is _core.Execution:
+                    # Like a sync body: a returned Execution is followed, its outcome is ours.
+                    value.add_done_callback(settle_from)
+                else:
+                    _core.settle(promise, True, value)
             else:
                 exc.add_note(note)
                 _core.settle(promise, False, exc)
+
+        def settle_from(ex: Any) -> None:
+            if ex.cancelled():
+                _core.settle(promise, False, None)
+            elif ex.exception() is not None:
+                _core.settle(promise, False, ex.exception())
+            else:
+                _core.settle(promise, True, ex.result())
 
         cfut = asyncio.run_coroutine_threadsafe(coro, loop)
         cfut.add_done_callback(settle)

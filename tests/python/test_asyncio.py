@@ -146,12 +146,6 @@ def test_an_async_body_cancelled_by_its_loop_closing_cancels_the_execution(engin
         ex.result(timeout=30)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an async body whose fiber starts while its submitting loop is stopped but not yet closed "
-    "is handed to that loop with call_soon_threadsafe, never runs, and its execution never finishes "
-    "(so shutdown(wait=True) and interpreter exit hang)",
-)
 def test_an_async_body_handed_to_a_closing_loop_still_finishes():
     code = """
         import asyncio, os, threading, distaff
@@ -296,11 +290,6 @@ def test_async_workflow(engine):
     assert ex.description["kind"] == "workflow"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a sync body that returns an Execution forwards it (its result becomes the body's); an "
-    "async body returning an Execution instead completes with the Execution object as its value",
-)
 def test_an_async_body_returning_an_execution_forwards_it_like_a_sync_body(engine):
     @engine.task()
     def leaf():
@@ -713,11 +702,6 @@ def test_wait_counts_the_same_depth_as_resolve(engine, new_gate):
     assert sh.result(timeout=30) is True
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="resolve=True rebuilds every list, tuple and dict argument, even one without Executions: "
-    "a body mutating a shared dict or list (PocketFlow's shared store) mutates a copy",
-)
 def test_resolve_passes_containers_without_executions_unchanged(engine):
     @engine.task()
     def val():
@@ -734,12 +718,6 @@ def test_resolve_passes_containers_without_executions_unchanged(engine):
     assert SHARED == {"user": "ada", "seen": 1} and ITEMS == [1]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="wait='name' looks inside list/tuple/dict subclasses (isinstance in Task._gating) while "
-    "wait=True and the dependency edges only look inside exact list/tuple/dict (C++ collect_from): "
-    "an Execution in a namedtuple gates wait='items' but is not recorded as a dependency",
-)
 def test_wait_by_name_and_wait_true_count_the_same_executions(engine, new_gate):
     import collections
 

@@ -446,12 +446,6 @@ def test_scope_cancel_cancels_a_running_async_body(engine):
     assert coroutine_cancelled.wait(30)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cancel_workflow cancels in id order: a running execution cancelled first makes its "
-    "pending dependents in the same scope fail with DependencyError (and log 'nobody retrieved its "
-    "error') instead of being cancelled",
-)
 def test_scope_cancel_leaves_pending_dependents_cancelled_not_failed(engine, new_gate):
     gate, started = new_gate(), new_gate()
 
