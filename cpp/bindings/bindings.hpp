@@ -61,6 +61,17 @@ void disarm_timeout(PyExecution* pe);
 bool terminate(PyExecution* pe, State state, PyObject* value, PyObject* async_exc);
 
 extern PyTypeObject* ExecutionType;
+
+// track: puts an Execution under the cyclic GC. Executions start untracked: a new one cannot be in
+// a reference cycle (nothing refers to it yet), and the body's arguments, the only references it
+// holds then, are dropped once the body ran. It is tracked as soon as it holds something that can
+// close a cycle — a GC-tracked result, an exception (traceback → frames → locals), callbacks,
+// dependencies, annotations, a forward target. Measured: tracking every execution made cyclic GC
+// ~17% of W1 (100k no-op tasks alive at once).
+inline void track(PyExecution* pe) {
+  PyObject* o = reinterpret_cast<PyObject*>(pe);
+  if (!PyObject_GC_IsTracked(o)) PyObject_GC_Track(o);
+}
 inline bool is_execution(PyObject* o) { return Py_TYPE(o) == ExecutionType; }
 
 // Errors: all translation between core errors and Python lives in errors.cpp.

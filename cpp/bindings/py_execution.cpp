@@ -174,7 +174,7 @@ void pe_finalize(PyObject* self) {
 void pe_dealloc(PyObject* self) {
   if (PyObject_CallFinalizerFromDealloc(self) < 0) return;  // resurrected
   PyExecution* pe = as_pe(self);
-  PyObject_GC_UnTrack(self);
+  if (PyObject_GC_IsTracked(self)) PyObject_GC_UnTrack(self);
   if (pe->weakrefs) PyObject_ClearWeakRefs(self);
   pe_clear(self);
   if (pe->core) {
@@ -281,6 +281,7 @@ PyObject* pe_annotate(PyObject* self, PyObject* const* a, Py_ssize_t n) {
     PyErr_SetString(PyExc_TypeError, "_annotate(key, value)");
     return nullptr;
   }
+  track(pe);
   if (!pe->extra && !(pe->extra = PyDict_New())) return nullptr;
   if (PyDict_SetItem(pe->extra, a[0], a[1]) < 0) return nullptr;
   Py_RETURN_NONE;
@@ -324,6 +325,7 @@ PyObject* pe_add_done_callback(PyObject* self, PyObject* fn) {
     call_callback(fn, self);
     Py_RETURN_NONE;
   }
+  track(pe);
   if (!pe->callbacks) {
     pe->callbacks = PyList_New(0);
     if (!pe->callbacks) return nullptr;
@@ -463,6 +465,7 @@ void forward(PyExecution* pe, PyExecution* target) {
     return;
   }
   pe->forwarding = 1;
+  track(pe);
   Py_XSETREF(pe->result, Py_NewRef(reinterpret_cast<PyObject*>(target)));
   target->core->add_callback(&forward_done, pe);
 }
@@ -518,8 +521,7 @@ PyExecution* new_virtual_execution(const std::string& name, Kind kind) {
   pe->forwarding = 0;
   pe->detached = 0;
   pe->core->set_payload(pe);
-  PyObject_GC_Track(reinterpret_cast<PyObject*>(pe));
-  return pe;
+  return pe;  // untracked until it holds something cyclic (see track())
 }
 
 EngineCore* engine_from_capsule(PyObject* capsule) {
@@ -612,8 +614,10 @@ bool complete(PyExecution* pe, State state, PyObject* value) {
     return false;
   }
   if (state == State::succeeded) {
+    if (value && PyObject_IS_GC(value) && PyObject_GC_IsTracked(value)) track(pe);
     Py_XSETREF(pe->result, value);
   } else if (state == State::failed) {
+    track(pe);
     if (!value) {
       PyErr_SetString(InternalError, "execution failed without an exception");
       value = fetch_exception();
@@ -799,7 +803,6 @@ PyObject* raw_submit(PyObject*, PyObject* const* a, Py_ssize_t n) {
   pe->observed = 0;
   pe->forwarding = 0;
   pe->detached = 0;
-  PyObject_GC_Track(reinterpret_cast<PyObject*>(pe));
   PyObject* self = reinterpret_cast<PyObject*>(pe);
   if (!pe->context) {
     Py_DECREF(self);
@@ -817,6 +820,7 @@ PyObject* raw_submit(PyObject*, PyObject* const* a, Py_ssize_t n) {
 
   std::vector<ExecutionRef> gating;
   if (!found.empty()) {
+    track(pe);
     pe->deps = PyTuple_New(static_cast<Py_ssize_t>(found.size()));
     if (!pe->deps) {
       Py_DECREF(self);
@@ -979,6 +983,7 @@ PyObject* raw_arm_timeout(PyObject*, PyObject* const* a, Py_ssize_t n) {
   if (!parse_timeout(a[1], deadline)) return nullptr;
   if (pe->core->done() || deadline == Clock::time_point::max()) Py_RETURN_NONE;
   if (pe->timer_id) disarm_timeout(pe);
+  track(pe);
   if (!pe->extra && !(pe->extra = PyDict_New())) return nullptr;
   if (PyDict_SetItemString(pe->extra, "timeout", a[1]) < 0) return nullptr;
   if (!g_timer) g_timer = new Timer();

@@ -171,6 +171,7 @@ PyObject* raw_combine(PyObject*, PyObject* const* a, Py_ssize_t n) {
   PyExecution* pe = new_virtual_execution(name, Kind::task);
   if (!pe) return nullptr;
   for (const ExecutionRef& m : members) pe->core->add_dependency(m);
+  track(pe);
   pe->deps = PyList_AsTuple(a[0]);
   if (!pe->deps) {
     Py_DECREF(pe);

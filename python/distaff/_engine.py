@@ -82,6 +82,7 @@ class Engine:
             clone = object.__new__(Task)
             clone.__dict__.update(fn.__dict__)
             clone._engine = self
+            clone.submit = clone._make_submit()
             return clone.submit(*args, **kwargs)
         name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
         return self._submit(fn, name, 0, False, args, kwargs, None)

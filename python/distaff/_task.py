@@ -141,6 +141,7 @@ class Task:
         # A function with its own `workflow_id` parameter receives it (docs/concepts.md).
         self._strip_workflow_id = "workflow_id" not in accepts
         functools.update_wrapper(self, fn)
+        self.submit = self._make_submit()
 
     def __repr__(self) -> str:
         return f"<distaff {self.kind} {self.name}>"
@@ -157,7 +158,30 @@ class Task:
                 out.extend(x for x in vals if isinstance(x, _core.Execution))
         return tuple(out)
 
-    def submit(self, *args: Any, **kwargs: Any) -> _core.Execution:
+    def _make_submit(self) -> Callable:
+        """The submit function for this task: the general one, or for the common case (a plain
+        task with no timeout, async body or per-call options) a closure with everything bound, so
+        the hot path does no attribute lookups (bench/ W1)."""
+        general = self._submit_general
+        if self.is_async or self.timeout is not None or self._options or self._kind_flag or self._wait.__class__ is tuple:
+            return general
+        check, body, name, wait, engine = self._check, self._body, self.name, self._wait, self._engine
+        strip = self._strip_workflow_id
+
+        def submit(*args: Any, **kwargs: Any) -> _core.Execution:
+            if kwargs and strip and "workflow_id" in kwargs:
+                return general(*args, **kwargs)
+            if check is not None:
+                check(*args, **kwargs)
+            eng = engine or _engine_mod.default_engine()
+            if eng._scope.get() is not None:
+                return general(*args, **kwargs)
+            return _submit(eng._capsule, body, name, 0, wait, args, kwargs or None, None)
+
+        submit.__doc__ = general.__doc__
+        return submit
+
+    def _submit_general(self, *args: Any, **kwargs: Any) -> _core.Execution:
         """Submits a call and returns its Execution at once. Any thread, fiber or loop.
 
         Raises:
@@ -235,6 +259,7 @@ class Task:
         if detached:
             opts["detached"] = True
         clone._options = opts
+        clone.submit = clone._make_submit()
         return clone
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -465,12 +490,30 @@ class _AsyncBody:
             else:
                 _core.settle(promise, True, ex.result())
 
-        cfut = asyncio.run_coroutine_threadsafe(coro, loop)
-        cfut.add_done_callback(settle)
-        if me is not None:
-            # Cancelling (or timing out) the execution cancels the coroutine.
-            me.add_done_callback(lambda _ex: cfut.cancel())
+        asyncio.run_coroutine_threadsafe(_cancellable(me, coro), loop).add_done_callback(settle)
         return promise
+
+
+async def _cancellable(me: Any, coro: Any) -> Any:
+    """Runs an async body so that cancelling (or timing out) its execution cancels the coroutine.
+
+    The link is made here, on the loop, not in the fiber that starts the coroutine: a cancel can
+    raise an asynchronous exception in that fiber at any bytecode, which could otherwise leave the
+    coroutine running unlinked."""
+    if me is not None:
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+
+        def cancel(_ex: Any) -> None:
+            if task.done():  # finished normally: nothing to cancel, no wake-up needed
+                return
+            try:
+                loop.call_soon_threadsafe(task.cancel)
+            except RuntimeError:  # the loop is closed: the coroutine is gone with it
+                pass
+
+        me.add_done_callback(cancel)
+    return await coro
 
 
 def _decorator(kind: str, fn: Any, engine: Any, **options: Any):
