@@ -7,7 +7,7 @@ BUILD  ?= build/core
 SYSTEM_PACKAGES = libboost-fiber-dev libboost-context-dev libgtest-dev cmake ninja-build g++
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test test-cpp test-python sanitize bench deps install clean
+.PHONY: demo test test-cpp test-python test-versions sanitize bench deps install clean
 
 deps:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -34,6 +34,17 @@ test-python: install
 
 test: test-cpp test-python
 
+# The Python suite on the other supported CPythons (CI runs this after `make test`).
+VERSIONS ?= 3.12 3.13
+test-versions: deps
+	@set -e; for v in $(VERSIONS); do \
+	  py=$$(.ci/find-python $$v); echo "== CPython $$v ($$py)"; \
+	  [ -x .venv-$$v/bin/python ] || $$py -m venv .venv-$$v; \
+	  .venv-$$v/bin/python -m pip install -q --upgrade pip; \
+	  .venv-$$v/bin/python -m pip install -q ".[test]"; \
+	  .venv-$$v/bin/python -m pytest -q; \
+	done
+
 # ASan+UBSan over the fiber engine, TSan over the thread-level core (see tests/cpp/README.md).
 sanitize: deps
 	cmake -S . -B build/asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DDISTAFF_BUILD_TESTS=ON -DDISTAFF_BUILD_PYTHON=OFF -DDISTAFF_ASAN=ON -DDISTAFF_UBSAN=ON
@@ -47,4 +58,4 @@ bench: install
 	$(PY) bench/run.py
 
 clean:
-	rm -rf build $(VENV)
+	rm -rf build $(VENV) .venv-3.*
