@@ -35,6 +35,27 @@ KEY_LINES = {
         "concurrent asyncio tasks: ['A', 'B']",
         "scope.cancel() cancelled: 3 | states: ['cancelled']",
     ],
+    "docs/examples/concepts.py": [
+        "call inside a running loop: Execution -> 8",
+        "forwarded result: 100",
+        "graph edge: root -> leaf (parent)",
+        "DependencyError: KeyError is the cause; the body never ran",
+        "logged on 'distaff' at ERROR, with traceback: True",
+        "escape hatch, a parameter of that name receives it: ('run-7', None)",
+    ],
+    "docs/examples/limits.py": [
+        "threading.get_ident() values seen by 20 tasks on 1 worker: 1",
+        "threading.local and contextvars are per fiber: True True",
+        "runaway recursion in a body: RecursionError",
+        "finally around the loop ran on cancel: True",
+    ],
+    "docs/examples/scheduler.py": [
+        "queued 10000, fibers 1 (records, not stacks)",
+        "(waiting for its dependency)",
+        "its wait= dependent: failed DependencyError",
+        "threads seen by a fiber across 10 suspensions: {1}",
+        "after shutdown: live 0, fibers 0, closed True",
+    ],
 }
 
 EXAMPLES = sorted(
