@@ -267,9 +267,12 @@ def generate(doc: dict, doc_path: str = DOC, img_dir: str = IMG) -> None:
              "cost divided by distaff's (default engine: 1 worker) in the same run: `12x` means "
              "distaff is twelve times faster (or, for W6, twelve times smaller).")
     L.append("")
+    inst = mach.get("distaff_installed") or {}
     L.append(f"Run `{run['id']}` ({run['mode']}), {run['started']}, {run['duration_s'] / 60:.1f} min; "
-             f"distaff at commit `{mach.get('distaff_commit')}`"
+             f"checkout at commit `{mach.get('distaff_commit')}`"
              + (" with uncommitted changes in cpp/ or python/" if mach.get("distaff_tree_dirty") else "")
+             + (f"; distaff {inst.get('version')} as installed {inst.get('built')}" if inst else "")
+             + (" (**older than the checkout's sources**)" if inst.get("checkout_newer") else "")
              + (f"; some rows come from earlier runs {', '.join(run.get('merged_from', []))} (ratios "
                 "across runs are marked †)" if run.get("merged_from") else "") + ".")
     L.append("")
@@ -287,11 +290,17 @@ def generate(doc: dict, doc_path: str = DOC, img_dir: str = IMG) -> None:
     L += targets(doc)
     L.append("")
     if doc.get("regressions"):
-        L.append("### Regressions against the previous run")
+        L.append("### Slower than the previous run")
+        L.append("")
+        L.append("distaff rows more than 10% slower than in the previous results file (a different "
+                 "distaff commit). Sub-second workloads move by up to ~30% between runs on this "
+                 "shared 2-core machine with no code change: re-run before blaming the engine, and "
+                 "say why in the notes if it holds.")
         L.append("")
         for r in doc["regressions"]:
             L.append(f"- {r['workload']} {r['competitor']}: {fmt(r['before'])} → {fmt(r['after'])} "
-                     f"(+{r['change'] * 100:.0f}%)")
+                     f"(+{r['change'] * 100:.0f}%; previous: run {r.get('previous_run')}, commit "
+                     f"`{r.get('previous_commit')}`)")
         L.append("")
     L.append("## Plots")
     L.append("")

@@ -317,7 +317,27 @@ def machine_info(python: str) -> dict:
     commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--", "cpp", "python"],
                            capture_output=True, text=True)
+    # which distaff the workers import, and whether the checkout changed since it was built
+    probe = subprocess.run([python, "-c", "import distaff, distaff._core as c, os, json;"
+                            "print(json.dumps([distaff.__file__, c.__file__, os.path.getmtime(c.__file__),"
+                            " getattr(distaff, '__version__', '?')]))"],
+                           capture_output=True, text=True)
+    installed = None
+    try:
+        pkg, core, core_mtime, ver = json.loads(probe.stdout.strip().splitlines()[-1])
+        newest = 0.0
+        for sub in ("cpp", "python", "CMakeLists.txt", "pyproject.toml"):
+            top = os.path.join(ROOT, sub)
+            paths = [top] if os.path.isfile(top) else [os.path.join(d, f) for d, _, fs in os.walk(top) for f in fs]
+            for pth in paths:
+                newest = max(newest, os.path.getmtime(pth))
+        installed = {"version": ver, "core": core,
+                     "built": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(core_mtime)),
+                     "checkout_newer": newest > core_mtime + 1}
+    except (ValueError, IndexError, OSError):
+        pass
     return {
+        "distaff_installed": installed,
         "nproc": os.cpu_count(), "cpu": cpu, "mem_gib": round(mem, 1) if mem else None,
         "kernel": platform.release(), "os": platform.platform(),
         "python": " ".join(py.stdout.split()) or platform.python_version(),
@@ -327,9 +347,13 @@ def machine_info(python: str) -> dict:
     }
 
 
-def compare_previous(old: dict | None, new_cases: list) -> list:
-    """Baseline rows that got >10% worse than in the previous latest.json."""
+def compare_previous(old: dict | None, new_cases: list, commit: str | None) -> list:
+    """distaff rows that got >10% worse than in the previous latest.json, when distaff changed
+    in between (same commit and clean tree: any difference is run-to-run noise)."""
     if not old:
+        return []
+    om = old.get("run", {}).get("machine", {})
+    if om.get("distaff_commit") == commit and not om.get("distaff_tree_dirty"):
         return []
     prev = {(c["workload"], c["competitor"]): c for c in old.get("cases", [])}
     out = []
@@ -342,7 +366,8 @@ def compare_previous(old: dict | None, new_cases: list) -> list:
         a, b = p["metric"]["median"], c["metric"]["median"]
         if a > 0 and b > a * 1.10:
             out.append({"workload": c["workload"], "competitor": c["competitor"], "before": a,
-                        "after": b, "change": b / a - 1})
+                        "after": b, "change": b / a - 1, "previous_run": p.get("run_id"),
+                        "previous_commit": om.get("distaff_commit")})
     return out
 
 
@@ -372,6 +397,11 @@ def main() -> int:
     os.makedirs(LOGS, exist_ok=True)
     run_id = time.strftime("%Y%m%dT%H%M%S")
     info = machine_info(python)
+    inst = info.get("distaff_installed")
+    if inst and inst.get("checkout_newer"):
+        print(f"WARNING: the distaff the workers import was built {inst['built']}; cpp/ or python/ in "
+              f"this checkout changed since. Reinstall ({python} -m pip install .) to measure them.",
+              file=sys.stderr)
     print(f"distaff bench {'(quick) ' if a.quick else ''}run {run_id}: {len(cases)} cases, "
           f"python {python} ({info['python']}), {info['nproc']} cpus, {info['cpu']}", flush=True)
     t_start = time.time()
@@ -398,7 +428,7 @@ def main() -> int:
     out_name = "quick.json" if a.quick else "latest.json"
     out_path = os.path.join(RESULTS, out_name)
     old = _read_json(out_path) if not a.quick else None
-    regressions = compare_previous(old, results)
+    regressions = compare_previous(old, results, info.get("distaff_commit"))
     if old and (a.only or a.competitors):
         # partial run: keep the other cases of the previous full run (marked by their run_id)
         keys = {(r["workload"], r["competitor"]) for r in results}

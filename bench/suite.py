@@ -146,6 +146,8 @@ def build_cases(quick: bool, workloads=None, competitors=None) -> list[Case]:
             elif slow:
                 case.reps, case.warmup = 3, 1
                 case.warmup_n = max(1, n // 10) if w != "W4" else n
+            else:
+                case.reps = 7  # sub-second repetitions: more of them steady the median
             if c == "prefect":
                 case.reps = min(case.reps, 3)
                 case.timeout = 300

@@ -148,22 +148,43 @@ int pe_clear(PyObject* self) {
   return 0;
 }
 
+// Unobserved failures are logged at a safe point, not inside the finalizer: a finalizer can run in
+// the middle of anything (measured: during ast.parse, where formatting a traceback re-entered the
+// parser and CPython 3.11 raised "AST constructor recursion depth mismatch"). Finalizers queue
+// (id, name, exception); a pending call (the main thread's next safe point) logs the batch.
+PyObject* g_unobserved = nullptr;  // list of (id, name, exc), or NULL
+
+int drain_unobserved(void*) {
+  PyObject* batch = g_unobserved;
+  g_unobserved = nullptr;
+  if (!batch) return 0;
+  PyObject* r = UnobservedHook ? PyObject_CallOneArg(UnobservedHook, batch) : nullptr;
+  Py_DECREF(batch);
+  if (r) {
+    Py_DECREF(r);
+  } else {
+    PyErr_WriteUnraisable(UnobservedHook);
+  }
+  return 0;
+}
+
 void pe_finalize(PyObject* self) {
   PyExecution* pe = as_pe(self);
   if (!pe->core || pe->observed || !pe->exc || pe->core->state() != State::failed) return;
-  if (!UnobservedHook) return;
 #if PY_VERSION_HEX >= 0x030C0000
   PyObject* saved = PyErr_GetRaisedException();
 #else
   PyObject *t, *v, *tb;
   PyErr_Fetch(&t, &v, &tb);
 #endif
-  PyObject* r = PyObject_CallOneArg(UnobservedHook, self);
-  if (r) {
-    Py_DECREF(r);
-  } else {
-    PyErr_WriteUnraisable(self);
-  }
+  const bool first = g_unobserved == nullptr;
+  if (first) g_unobserved = PyList_New(0);
+  PyObject* item = g_unobserved ? Py_BuildValue("(KsO)", static_cast<unsigned long long>(pe->core->id()),
+                                                pe->core->name().c_str(), pe->exc)
+                                : nullptr;
+  if (!item || PyList_Append(g_unobserved, item) < 0) PyErr_Clear();
+  Py_XDECREF(item);
+  if (first && g_unobserved && Py_AddPendingCall(&drain_unobserved, nullptr) < 0) PyErr_Clear();
 #if PY_VERSION_HEX >= 0x030C0000
   PyErr_SetRaisedException(saved);
 #else
@@ -1006,6 +1027,18 @@ PyObject* raw_stop_timer(PyObject*, PyObject*) {
   Py_RETURN_NONE;
 }
 
+// _after_fork_in_child(): the timer thread does not exist in a forked child; forget it (leaked, not
+// destroyed: its mutex may have been held at fork) so the next timeout starts a new one.
+PyObject* raw_after_fork(PyObject*, PyObject*) {
+  g_timer = nullptr;
+  Py_RETURN_NONE;
+}
+
+PyObject* raw_drain_unobserved(PyObject*, PyObject*) {
+  drain_unobserved(nullptr);
+  Py_RETURN_NONE;
+}
+
 PyObject* raw_live_executions(PyObject*, PyObject*) { return PyLong_FromLongLong(live_executions()); }
 
 }  // namespace
@@ -1024,6 +1057,8 @@ PyMethodDef raw_functions[] = {
     {"arm_timeout", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&raw_arm_timeout)), METH_FASTCALL,
      "arm_timeout(execution, seconds)"},
     {"stop_timer", &raw_stop_timer, METH_NOARGS, "stop_timer(): join the timeout thread"},
+    {"_after_fork_in_child", &raw_after_fork, METH_NOARGS, "reset process-wide state in a forked child"},
+    {"_drain_unobserved", &raw_drain_unobserved, METH_NOARGS, "log the queued unobserved failures now"},
     {"live_executions", &raw_live_executions, METH_NOARGS, "Core execution records alive (process-wide)."},
     {"_set_hooks", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&raw_set_hooks)), METH_FASTCALL,
      "_set_hooks(await_hook, callback_error_hook)"},

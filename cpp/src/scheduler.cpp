@@ -2,6 +2,8 @@
 
 #include <unordered_set>
 
+#include <cxxabi.h>
+
 #include <boost/fiber/algo/round_robin.hpp>
 #include <boost/fiber/fiber.hpp>
 #include <boost/fiber/operations.hpp>
@@ -174,12 +176,22 @@ bool Scheduler::take_work(Worker& w, std::vector<Execution*>& out) {
   }
   if (!out.empty()) return true;
   if (inject_size_.load(std::memory_order_seq_cst) > 0) {
-    std::lock_guard<std::mutex> g(inject_mu_);
-    while (!inject_.empty() && out.size() < kBatch) {
-      out.push_back(inject_.front());
-      inject_.pop_front();
+    // While other workers idle, take one at a time and wake one of them for the rest: a burst of
+    // bodies that block (time.sleep, sockets) then spreads over the workers instead of queueing
+    // behind one (fibers never move once started).
+    const bool others_idle = idle_.load(std::memory_order_seq_cst) > 0;
+    const std::size_t limit = others_idle ? 1 : kBatch;
+    bool more;
+    {
+      std::lock_guard<std::mutex> g(inject_mu_);
+      while (!inject_.empty() && out.size() < limit) {
+        out.push_back(inject_.front());
+        inject_.pop_front();
+      }
+      inject_size_.fetch_sub(static_cast<std::int64_t>(out.size()), std::memory_order_seq_cst);
+      more = !inject_.empty();
     }
-    inject_size_.fetch_sub(static_cast<std::int64_t>(out.size()), std::memory_order_seq_cst);
+    if (more && others_idle) wake_one_idle();
     if (!out.empty()) return true;
   }
   // Steal half of another worker's local queue (oldest first: they were waiting longest).
@@ -217,6 +229,8 @@ void Scheduler::worker_main(Worker& w) {
           // is then terminal), so the embedder can release what it attached to the payload.
           try {
             opts_.run(*ex);
+          } catch (abi::__forced_unwind&) {
+            throw;  // thread cancellation (pthread_exit) must unwind, never be swallowed
           } catch (...) {
             // The embedder's run must not throw; an exception escaping a fiber would terminate.
             ex->finish(State::failed);

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextvars
+import gc
 import logging
 import os
 import threading
@@ -47,6 +48,7 @@ class Engine:
         self._capsule = self._core.capsule()
         self._pid = os.getpid()
         self._closed = False
+        self._joined = False  # workers joined (shutdown with wait=True)
         self.workers = workers
         # The active workflow id: one ContextVar per engine, so engines never see each other's
         # scopes; it follows contextvars across threads, fibers and asyncio tasks.
@@ -190,6 +192,7 @@ class Engine:
         _core.shutdown(self._capsule, wait, cancel_pending)
         self._closed = True
         if wait:
+            self._joined = True
             self._stop_event_loop()
 
     def wait_idle(self, timeout: float | None = None) -> bool:
@@ -309,17 +312,23 @@ def _shutdown_at_exit() -> None:
     # worker touches the GIL afterwards. Outstanding work is waited for, like concurrent.futures;
     # a Ctrl-C during that wait cancels what has not started and waits only for running bodies.
     for eng in list(_engines):
-        if eng._closed:
+        if eng._joined or eng._capsule is None:
             continue
+        # Engines shut down with wait=False are joined here too: their running bodies must end
+        # before finalisation, or a fiber would take the GIL of a finalising interpreter.
         live = eng.stats()["live"]
         if live:
             logger.warning("distaff: waiting for %d outstanding execution(s) before exit", live)
         try:
-            eng.shutdown(wait=True)
+            _core.shutdown(eng._capsule, True, False)
         except KeyboardInterrupt:
             logger.warning("distaff: interrupted; cancelling executions that have not started")
-            eng.shutdown(wait=True, cancel_pending=True)
+            _core.shutdown(eng._capsule, True, True)
+        eng._closed = eng._joined = True
+        eng._stop_event_loop()
     _core.stop_timer()
+    gc.collect()
+    _core._drain_unobserved()
 
 
 def _after_fork_in_child() -> None:
@@ -327,6 +336,7 @@ def _after_fork_in_child() -> None:
     # error (Engine._submit); the default engine is re-created on next use.
     global _default
     _default = None
+    _core._after_fork_in_child()
     for eng in list(_engines):
         eng._capsule = None  # _core.submit raises ShutdownError naming fork
         eng._closed = True

@@ -50,15 +50,18 @@ class InternalError(Error, RuntimeError):
     """A bug in distaff: an internal invariant broke. Please report it."""
 
 
-def log_unobserved(execution) -> None:
-    """Called when a failed execution is collected and nobody retrieved its exception."""
-    exc = execution.exception()
-    logger.error(
-        "distaff: execution %d (%s) failed and nobody retrieved its error",
-        execution.id,
-        execution.name,
-        exc_info=(type(exc), exc, exc.__traceback__),
-    )
+def log_unobserved(batch: list) -> None:
+    """Logs failed executions that were collected with nobody having retrieved their exception.
+
+    Called at a safe point with a batch of ``(id, name, exception)`` (see py_execution.cpp).
+    """
+    for id_, name, exc in batch:
+        logger.error(
+            "distaff: execution %d (%s) failed and nobody retrieved its error",
+            id_,
+            name,
+            exc_info=(type(exc), exc, exc.__traceback__),
+        )
 
 
 def log_callback_error(callback, execution, exc: BaseException) -> None:

@@ -304,10 +304,16 @@ TEST_P(SchedulerTest, DependentRunsOnlyAfterAllDependenciesSucceeded) {
   };
   ExecutionRef x = submit(&x_body, {d1, d2, d3}, "x");
   EXPECT_EQ(x->state(), State::waiting);
+  // With d3 parked and every worker blocked, an x released too early would sit in the queue.
+  ASSERT_TRUE(eventually([&] { return d3->blocked_on() == gate->id(); }));
+  block_all_workers();
   d1->finish(State::succeeded);
   EXPECT_EQ(x->state(), State::waiting);
+  EXPECT_EQ(s.stats().queued, 0);
   d2->finish(State::succeeded);
   EXPECT_EQ(x->state(), State::waiting) << "x must wait for d3 too";
+  EXPECT_EQ(s.stats().queued, 0) << "x was released before all its dependencies ended";
+  release_.set();
   gate->finish(State::succeeded);
   wait_done(x);
   EXPECT_TRUE(deps_ok_at_start);
@@ -347,9 +353,9 @@ TEST_P(SchedulerTest, DependentRunsOnlyAfterAllDependenciesSucceeded) {
 TEST_P(SchedulerTest, FailedDependencyAbandonsTheDependentExactlyOnce) {
   for (State how : {State::failed, State::cancelled}) {
     SCOPED_TRACE(to_string(how));
-    auto s = std::make_unique<Scheduler>(options());
-    std::swap(s, sched_);
+    sched_.reset();  // the previous round's scheduler (already joined), if any
     joined_ = false;
+    start();
     {
       std::lock_guard<std::mutex> g(mu_);
       abandons_.clear();
@@ -618,7 +624,7 @@ TEST_P(SchedulerTest, WaitIdleUntil) {
 
 // ---- workers and fibers --------------------------------------------------------------------------
 
-TEST_P(SchedulerTest, WorkerHooksRunOncePerWorkerOnDistinctThreads) {
+TEST_P(SchedulerTest, WorkerHooksRunOncePerWorkerEachOnItsOwnThread) {
   std::mutex mu;
   std::map<unsigned, std::vector<std::thread::id>> started, stopped;
   std::set<std::thread::id> idle_threads, run_threads;
