@@ -51,7 +51,11 @@ struct PyExecution {
   unsigned char observed;    // someone retrieved the exception
   unsigned char forwarding;  // `result` holds the execution this one follows
   unsigned char detached;    // not cancelled with its parent
+  unsigned fork_generation;  // g_fork_generation when created: waits from a forked child fail
 };
+
+// Incremented in a forked child: executions created before the fork can never finish there.
+extern unsigned g_fork_generation;
 
 // terminate: finishes a started or unstarted execution from outside its body (cancel, timeout):
 // completes it with `state`/`value` (stolen), wakes its fiber if parked, raises `async_exc` (an

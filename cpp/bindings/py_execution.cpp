@@ -17,6 +17,7 @@
 namespace distaff::py {
 
 PyTypeObject* ExecutionType = nullptr;
+unsigned g_fork_generation = 0;
 
 namespace {
 
@@ -94,6 +95,12 @@ int wait_core(Execution* target, Clock::time_point deadline) {
 }
 
 int wait_for_outcome(PyExecution* pe, PyObject* timeout) {
+  if (pe->fork_generation != g_fork_generation && !pe->core->done()) {
+    PyErr_Format(ShutdownError,
+                 "execution %llu (%s) was unfinished when this process was forked; it can never finish here",
+                 static_cast<unsigned long long>(pe->core->id()), pe->core->name().c_str());
+    return kError;
+  }
   Clock::time_point deadline;
   if (!parse_timeout(timeout, deadline)) return kError;
   int r = wait_core(pe->core, deadline);
@@ -541,6 +548,7 @@ PyExecution* new_virtual_execution(const std::string& name, Kind kind) {
   pe->observed = 0;
   pe->forwarding = 0;
   pe->detached = 0;
+  pe->fork_generation = g_fork_generation;
   pe->core->set_payload(pe);
   return pe;  // untracked until it holds something cyclic (see track())
 }
@@ -668,6 +676,7 @@ bool complete(PyExecution* pe, State state, PyObject* value) {
 void run_execution(Execution& ex) {
   auto* pe = static_cast<PyExecution*>(ex.payload());
   FiberState fs = acquire_fiber_state();
+  if (ex.state() == State::pending) complete(pe, State::cancelled, nullptr);  // draining
   if (ex.state() == State::running) {
     if (pe->trace) install_tracer(pe->trace);
     PyObject* ctx = pe->context;
@@ -824,6 +833,7 @@ PyObject* raw_submit(PyObject*, PyObject* const* a, Py_ssize_t n) {
   pe->observed = 0;
   pe->forwarding = 0;
   pe->detached = 0;
+  pe->fork_generation = g_fork_generation;
   PyObject* self = reinterpret_cast<PyObject*>(pe);
   if (!pe->context) {
     Py_DECREF(self);
@@ -919,6 +929,10 @@ PyObject* raw_shutdown(PyObject*, PyObject* const* a, Py_ssize_t n) {
 PyObject* raw_wait_idle(PyObject*, PyObject* const* a, Py_ssize_t n) {
   if (n != 2) {
     PyErr_SetString(PyExc_TypeError, "wait_idle() takes 2 arguments");
+    return nullptr;
+  }
+  if (a[0] == Py_None) {
+    PyErr_SetString(ShutdownError, "this engine was created before fork() in the parent process; its workers do not exist here");
     return nullptr;
   }
   EngineCore* eng = engine_from_capsule(a[0]);
@@ -1031,6 +1045,7 @@ PyObject* raw_stop_timer(PyObject*, PyObject*) {
 // destroyed: its mutex may have been held at fork) so the next timeout starts a new one.
 PyObject* raw_after_fork(PyObject*, PyObject*) {
   g_timer = nullptr;
+  ++g_fork_generation;
   Py_RETURN_NONE;
 }
 

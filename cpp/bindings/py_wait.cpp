@@ -27,6 +27,11 @@ bool members_of(PyObject* list, std::vector<ExecutionRef>& out) {
       PyErr_Format(PyExc_TypeError, "expected Executions, got %.100s at position %zd", Py_TYPE(o)->tp_name, i);
       return false;
     }
+    if (as_pe(o)->fork_generation != g_fork_generation && !as_pe(o)->core->done()) {
+      PyErr_Format(ShutdownError, "execution %llu was unfinished when this process was forked; it can never finish here",
+                   static_cast<unsigned long long>(as_pe(o)->core->id()));
+      return false;
+    }
     out.emplace_back(as_pe(o)->core);
   }
   return true;

@@ -78,6 +78,13 @@ void prepare_for_reuse(PyThreadState* ts) {
   // Called with the GIL held and `ts` not current.
   PyThreadState_Clear(ts);
   ts->id = g_next_tstate_id.fetch_add(1, std::memory_order_relaxed);
+  // A body that ended through an asynchronous exception (cancel, timeout) can leave the depth
+  // counter off; the next fiber starts from the top, like a new thread.
+#if PY_VERSION_HEX >= 0x030C0000
+  ts->py_recursion_remaining = ts->py_recursion_limit;
+#else
+  ts->recursion_remaining = ts->recursion_limit;
+#endif
 #if PY_VERSION_HEX >= 0x030C0000
   ts->_status.cleared = 0;
   ts->_status.finalizing = 0;

@@ -224,7 +224,11 @@ void Scheduler::worker_main(Worker& w) {
         fibers_.fetch_add(1, std::memory_order_relaxed);
         boost::fibers::fiber f(std::allocator_arg, detail::PooledStack{&w.stacks}, [this, &w, ex] {
           ExecutionRef ref(ex, /*add_ref=*/false);  // the queue's reference
-          if (ex->start()) detail::fiber_local() = detail::FiberLocal{ex, nullptr};
+          // While draining (close(true)), nothing more starts: run() sees the execution still
+          // pending and cancels it (so its completion callbacks fire like any other's).
+          if (!draining_.load(std::memory_order_acquire) && ex->start()) {
+            detail::fiber_local() = detail::FiberLocal{ex, nullptr};
+          }
           // run() is called for every dequeued execution, also one cancelled while queued (its state
           // is then terminal), so the embedder can release what it attached to the payload.
           try {
@@ -297,6 +301,7 @@ std::vector<ExecutionRef> Scheduler::close(bool drain) {
   closed_.store(true, std::memory_order_release);
   std::vector<ExecutionRef> out;
   if (!drain) return out;
+  draining_.store(true, std::memory_order_release);
   {
     std::lock_guard<std::mutex> g(inject_mu_);
     for (Execution* e : inject_) out.emplace_back(e);

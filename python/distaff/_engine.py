@@ -323,7 +323,13 @@ def _shutdown_at_exit() -> None:
             _core.shutdown(eng._capsule, True, False)
         except KeyboardInterrupt:
             logger.warning("distaff: interrupted; cancelling executions that have not started")
-            _core.shutdown(eng._capsule, True, True)
+            # Running bodies must still end before finalisation: further Ctrl-Cs only repeat this.
+            while True:
+                try:
+                    _core.shutdown(eng._capsule, True, True)
+                    break
+                except KeyboardInterrupt:
+                    logger.warning("distaff: still waiting for running bodies to finish")
         eng._closed = eng._joined = True
         eng._stop_event_loop()
     _core.stop_timer()

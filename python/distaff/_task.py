@@ -318,9 +318,9 @@ class RetryPolicy:
         if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
             raise ValueError(f"retries must be a non-negative int, not {retries!r}")
         for label, v in (("retry_delay", retry_delay), ("backoff", backoff)):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0:  # NaN too
                 raise ValueError(f"{label} must be a non-negative number, not {v!r}")
-        if max_delay is not None and (not isinstance(max_delay, (int, float)) or max_delay < 0):
+        if max_delay is not None and (not isinstance(max_delay, (int, float)) or not max_delay >= 0):
             raise ValueError(f"max_delay must be a non-negative number or None, not {max_delay!r}")
         if isinstance(retry_on, type):
             retry_on = (retry_on,)

@@ -341,7 +341,11 @@ def test_timeout_spans_all_attempts_and_skips_the_fallback(engine):
 def test_async_task_retries_and_fallback(engine):
     calls = []
 
-    @engine.task(retries=2, retry_delay=0.01, fallback=lambda x, exc: ("fallback", x, str(exc)))
+    async def fallback(x, exc):  # a coroutine function is awaited
+        await asyncio.sleep(0)
+        return ("fallback", x, str(exc))
+
+    @engine.task(retries=2, retry_delay=0.01, fallback=fallback)
     async def flaky(x):
         calls.append(x)
         await asyncio.sleep(0)
@@ -1213,6 +1217,55 @@ def test_async_exception_at_a_loop_back_edge_in_a_task_matches_a_plain_thread(en
         assert _in_a_task(engine1, pattern) == _on_plain_thread(pattern)
 
 
+def test_a_one_line_loop_that_waits_runs_its_handlers_when_cancelled(engine1):
+    """The same one-line layout, but the loop suspends in a wait: the cancel lands while it is
+    parked (the fiber holds the GIL while it runs bytecode), the wait raises, `finally` runs."""
+    for _ in range(20):
+        log = []
+        started = threading.Event()
+
+        @engine1.task()
+        def body():
+            started.set()
+            try:
+                while True: distaff.sleep(0.002)  # noqa: E701
+            finally:
+                log.append("finally")
+
+        ex = body.submit()
+        assert started.wait(30)
+        time.sleep(0.005)
+        assert ex.cancel()
+        settle(engine1)
+        assert log == ["finally"]
+
+
+def test_signal_at_a_loop_back_edge_behaves_the_same_on_the_main_thread():
+    """The quirk is CPython's: a KeyboardInterrupt from a signal handler skips the same handlers."""
+    proc = run_python(
+        """
+        import sys, threading, _thread
+
+        def spin():
+            x = 0
+            try:
+                while True: x += 1
+            finally:
+                print("finally ran", flush=True)
+
+        threading.Timer(0.05, _thread.interrupt_main).start()
+        try:
+            spin()
+        except KeyboardInterrupt:
+            print("caller caught KeyboardInterrupt", flush=True)
+        """,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "caller caught KeyboardInterrupt" in proc.stdout
+    assert ("finally ran" in proc.stdout) is (not _QUIRKY)
+
+
 # -- Ctrl-C, shutdown and exit ----------------------------------------------------------------------------------
 
 _CTRL_C_SCRIPT = """
@@ -1488,13 +1541,8 @@ def test_shutdown_cancel_pending_cancels_queued_and_waiting_and_waits_for_runnin
     assert stats["live"] == 0 and stats["fibers"] == 0, stats
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: shutdown(cancel_pending=True) cancels only executions still in the engine's shared "
-    "queue; pending ones a worker already took (children submitted from a body, or a batch the worker "
-    "grabbed) keep state 'pending' but run anyway (also hits Ctrl-C during the exit wait)",
-)
 def test_shutdown_cancel_pending_cancels_pending_children_of_a_body():
+    """Pending executions a worker already took (children of a body) are cancelled too."""
     eng = distaff.Engine(workers=1)
     started = threading.Event()
     ran = []
@@ -1567,3 +1615,60 @@ def test_default_engine_after_fork_in_the_child_works_or_errors_clearly():
     )
     assert proc.returncode == 0, proc.stderr
     assert "child 0" in proc.stdout
+
+
+_FORK_CHILD = """
+import os, signal, sys, threading, time
+import distaff
+
+gate = threading.Event()
+eng = distaff.Engine(workers=1)
+
+@eng.task
+def slow():
+    while not gate.is_set():
+        distaff.sleep(0.005)
+    return "parent result"
+
+ex = slow.submit()
+time.sleep(0.05)  # running (suspended) in the parent at fork time
+pid = os.fork()
+if pid == 0:
+    signal.alarm(5)  # a hang in the child ends as SIGALRM (exit code -14)
+    try:
+        CHILD_CALL
+        print("child: returned", flush=True)
+    except distaff.ShutdownError as e:
+        print("child: ShutdownError", e, flush=True)
+    except BaseException as e:
+        print("child: other error", type(e).__name__, e, flush=True)
+    os._exit(0)
+_, status = os.waitpid(pid, 0)
+print("child exit", os.waitstatus_to_exitcode(status), flush=True)
+gate.set()
+print(ex.result(timeout=30), flush=True)
+eng.shutdown()
+"""
+
+
+def test_fork_child_waiting_on_an_inherited_execution_does_not_hang():
+    """Waiting in a fork child on an execution the parent had not finished raises ShutdownError."""
+    proc = run_python(_FORK_CHILD.replace("CHILD_CALL", "ex.result()"), timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "parent result" in proc.stdout  # the parent is unaffected either way
+    assert "child exit 0" in proc.stdout and "child: ShutdownError" in proc.stdout, proc.stdout
+
+
+def test_fork_child_wait_idle_on_an_inherited_engine_is_a_clear_error():
+    """wait_idle() on an engine inherited across fork raises ShutdownError naming fork."""
+    proc = run_python(_FORK_CHILD.replace("CHILD_CALL", "eng.wait_idle()"), timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "child: ShutdownError" in proc.stdout and "fork" in proc.stdout, proc.stdout
+
+
+def test_fork_child_submitting_to_an_inherited_engine_is_a_clear_error():
+    """submit() to an engine inherited across fork raises ShutdownError naming fork."""
+    proc = run_python(_FORK_CHILD.replace("CHILD_CALL", "slow.submit()"), timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "child: ShutdownError" in proc.stdout and "fork" in proc.stdout, proc.stdout
+    assert "child exit 0" in proc.stdout and "parent result" in proc.stdout

@@ -27,7 +27,9 @@ struct SchedulerOptions {
   unsigned workers = 1;
   // stack_size: virtual size of each fiber stack (only touched pages cost memory).
   std::size_t stack_size = std::size_t(1) << 20;
-  // run: runs the body of `ex` on a worker fiber. Must not throw. It should finish `ex`, or arrange
+  // run: runs the body of `ex` on a worker fiber. Must not throw. Called for every dequeued
+  // execution: with state `running` normally, terminal if it was finished while queued, and
+  // `pending` if the scheduler is draining (close(true)): then run must cancel it. It should finish `ex`, or arrange
   // for something else to finish it (a forward). Required.
   std::function<void(Execution& ex)> run;
   // abandon: `ex` will never run, because `failed` (a dependency) did not succeed; must finish `ex`.
@@ -114,6 +116,7 @@ class Scheduler {
 
   std::atomic<bool> closed_{false};
   std::atomic<bool> stopping_{false};
+  std::atomic<bool> draining_{false};  // close(true): dequeued executions are not started
   std::atomic<std::int64_t> live_{0};
   std::atomic<std::int64_t> submitted_{0};
   std::atomic<std::int64_t> fibers_{0};
