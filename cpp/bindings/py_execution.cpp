@@ -91,7 +91,11 @@ int wait_core(Execution* target, Clock::time_point deadline) {
       deadline);
   if (r < 0) return kError;
   if (r == 1) return kTimeout;
-  return interrupted ? kInterrupted : kDone;
+  // Woken because the target finished — but if the waiter itself was cancelled or timed out
+  // meanwhile (terminate() also cancels the target when it is a child), that is what it must see.
+  Execution* self = current_execution();
+  if (interrupted || (self && self->interrupted())) return kInterrupted;
+  return kDone;
 }
 
 int wait_for_outcome(PyExecution* pe, PyObject* timeout) {
@@ -731,6 +735,11 @@ void abandon_execution(Execution& ex, Execution& failed) {
     if (dep) dep->observed = 1;
     PyObject* msg = PyUnicode_FromFormat("dependency '%s' (execution %llu) failed: %R", failed.name().c_str(),
                                          static_cast<unsigned long long>(failed.id()), cause);
+    if (!msg) {  // the error's repr itself raised: name its type instead
+      PyErr_Clear();
+      msg = PyUnicode_FromFormat("dependency '%s' (execution %llu) failed: %s", failed.name().c_str(),
+                                 static_cast<unsigned long long>(failed.id()), Py_TYPE(cause)->tp_name);
+    }
     err = msg ? PyObject_CallOneArg(DependencyError, msg) : nullptr;
     Py_XDECREF(msg);
     if (err && cause != Py_None) PyException_SetCause(err, Py_NewRef(cause));
@@ -844,9 +853,14 @@ PyObject* raw_submit(PyObject*, PyObject* const* a, Py_ssize_t n) {
   if (ts->c_tracefunc && ts->c_traceobj) pe->trace = Py_NewRef(ts->c_traceobj);
 
   pe->detached = (flags & 2) ? 1 : 0;
+  bool born_cancelled = false;
   if (Execution* parent = current_execution()) {
     core->set_parent_id(parent->id());
-    if (!pe->detached) parent->add_child(core);
+    if (!pe->detached) {
+      parent->add_child(core);
+      // A body that swallowed its cancellation cannot start new work outside the cancelled tree.
+      born_cancelled = parent->interrupted();
+    }
   }
 
   std::vector<ExecutionRef> gating;
@@ -885,6 +899,7 @@ PyObject* raw_submit(PyObject*, PyObject* const* a, Py_ssize_t n) {
     Py_DECREF(self);
     return nullptr;
   }
+  if (born_cancelled) complete(pe, State::cancelled, nullptr);
   return self;
 }
 

@@ -42,7 +42,10 @@ class _Inbox:
         self.scheduled = False
         items, self.items = self.items, []
         for fn, arg in items:
-            fn(arg)
+            try:
+                fn(arg)
+            except BaseException as exc:  # one bad delivery must not drop the rest of the batch
+                self.loop.call_exception_handler({"message": "distaff: delivery to the event loop failed", "exception": exc})
 
 
 def _deliver(pair) -> None:
@@ -58,6 +61,11 @@ def _copy_outcome(execution, fut: asyncio.Future) -> None:
         return
     exc = execution.exception()
     if exc is not None:
+        if isinstance(exc, StopIteration):
+            # asyncio futures refuse StopIteration (it would end the awaiting coroutine silently).
+            err = RuntimeError(f"execution {execution.id} ({execution.name}) raised StopIteration")
+            err.__cause__ = exc
+            exc = err
         fut.set_exception(exc)
     else:
         fut.set_result(execution.result())

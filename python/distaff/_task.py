@@ -350,7 +350,11 @@ def _record_attempt(me: Any, attempt: int, exc: BaseException) -> None:
     if me is None:
         return
     errors = me.description.get("attempt_errors", [])
-    errors = errors + [{"attempt": attempt, "error": repr(exc), "type": type(exc).__qualname__}]
+    try:
+        text = repr(exc)
+    except Exception:  # an exception whose repr fails must not replace the body's error
+        text = f"<{type(exc).__qualname__} (repr failed)>"
+    errors = errors + [{"attempt": attempt, "error": text, "type": type(exc).__qualname__}]
     me._annotate("attempt_errors", errors)
 
 

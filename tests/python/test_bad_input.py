@@ -350,14 +350,6 @@ def test_stop_iteration_from_a_body_reaches_result(engine):
         stops()
 
 
-@pytest.mark.xfail(
-    sys.version_info < (3, 13),
-    strict=True,
-    reason="bug on 3.11/3.12: awaiting an execution that failed with StopIteration hangs: asyncio's "
-    "Future.set_exception refuses StopIteration (TypeError, logged by the loop from _Inbox.drain), "
-    "the awaiter is never completed, and the rest of that delivery batch is dropped too "
-    "(3.13's set_exception turns it into RuntimeError instead)",
-)
 def test_awaiting_an_execution_that_raised_stop_iteration(engine):
     @engine.task()
     def stops():
@@ -466,11 +458,6 @@ class BadRepr(Exception):
         raise RuntimeError("str broke")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: with retries, _record_attempt calls repr(exc); an exception whose __repr__ raises "
-    "replaces the body's error by the RuntimeError from repr and stops the retries",
-)
 def test_retries_with_an_exception_whose_repr_raises(engine):
     calls = []
 
@@ -484,11 +471,6 @@ def test_retries_with_an_exception_whose_repr_raises(engine):
     assert len(calls) == 3
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: the DependencyError message formats the dependency's error with %R; when its "
-    "__repr__ raises, the dependent fails with that RuntimeError instead of DependencyError",
-)
 def test_dependency_failing_with_an_exception_whose_repr_raises(engine):
     @engine.task()
     def fails():

@@ -442,12 +442,6 @@ def test_timeout_wakes_a_body_parked_in_result_and_cancels_its_child(engine, new
     assert len(woke) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a body parked in child.result() when its own timeout fires usually gets the child's "
-    "CancelledError ('execution N (child) was cancelled') instead of distaff.TimeoutError: terminate() "
-    "cancels the child before the parent's fiber runs, and the wait then reports the child done",
-)
 def test_timeout_while_parked_in_result_raises_timeout_error_in_the_body(engine1):
     gate = threading.Event()
     seen = []
@@ -769,12 +763,6 @@ def test_cancel_a_body_that_swallows_the_interrupt_keeps_it_cancelled(engine):
         ex.result()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug (or an undocumented rule): a body that swallows its CancelledError can still submit "
-    "children, and they run: add_child() ignores children of a finished parent, so work submitted "
-    "after the cancellation escapes the cancelled tree instead of being born cancelled",
-)
 def test_children_submitted_after_cancellation_are_cancelled(engine):
     entered = threading.Event()
     late = []

@@ -77,9 +77,11 @@ class Scheduler {
   // Suspends a fiber or blocks a thread (switch hooks around the park). Returns true when idle.
   bool wait_idle_until(Clock::time_point deadline);
 
-  // close: stops accepting submissions. With `drain`, removes the executions that have not started
-  // (queued or waiting for dependencies) and returns them, still unfinished: the caller finishes
-  // them (normally as cancelled). Any thread.
+  // close: stops accepting submissions. With `drain`, no further dequeued execution is started
+  // (run() sees it still pending and must cancel it), and the executions that have not started —
+  // queued, or waiting for dependencies — are returned (they stay in their queues; the caller
+  // finishes them, normally as cancelled). An execution a worker started just before the call is
+  // not in the list: it runs, and a later cancel finds it running. Any thread.
   std::vector<ExecutionRef> close(bool drain);
 
   // join: after close(), waits for every started fiber to end and joins the worker threads.
