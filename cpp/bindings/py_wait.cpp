@@ -88,10 +88,27 @@ void completion_destructor(PyObject* capsule) {
   delete static_cast<WaitSet*>(PyCapsule_GetPointer(capsule, "distaff.Completion"));
 }
 
-PyObject* raw_completion(PyObject*, PyObject* list) {
+// each_notify/each_release: the Python callable given to completion(execs, notify), called with no
+// arguments after each member completion (GIL held: completions happen in complete()).
+void each_notify(void* arg) {
+  PyObject* r = PyObject_CallNoArgs(static_cast<PyObject*>(arg));
+  if (r) {
+    Py_DECREF(r);
+  } else {
+    PyErr_WriteUnraisable(static_cast<PyObject*>(arg));
+  }
+}
+void each_release(void* arg) { Py_DECREF(static_cast<PyObject*>(arg)); }
+
+PyObject* raw_completion(PyObject*, PyObject* const* a, Py_ssize_t n) {
+  if (n < 1 || n > 2) {
+    PyErr_SetString(PyExc_TypeError, "completion(execs, notify=None)");
+    return nullptr;
+  }
   std::vector<ExecutionRef> members;
-  if (!members_of(list, members)) return nullptr;
+  if (!members_of(a[0], members)) return nullptr;
   auto* ws = new WaitSet(std::move(members), WaitCondition::all);
+  if (n == 2 && a[1] != Py_None) ws->on_each(&each_notify, Py_NewRef(a[1]), &each_release);
   PyObject* c = PyCapsule_New(ws, "distaff.Completion", &completion_destructor);
   if (!c) delete ws;
   return c;
@@ -216,7 +233,8 @@ PyObject* raw_settle(PyObject*, PyObject* const* a, Py_ssize_t n) {
 PyMethodDef wait_functions[] = {
     {"wait_set", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&raw_wait_set)), METH_FASTCALL,
      "wait_set(execs, timeout, mode) -> (satisfied, first_failed_index)"},
-    {"completion", &raw_completion, METH_O, "completion(execs) -> handle for completion_next"},
+    {"completion", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&raw_completion)), METH_FASTCALL,
+     "completion(execs, notify=None) -> handle for completion_next; notify() after each completion"},
     {"completion_next", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&raw_completion_next)),
      METH_FASTCALL, "completion_next(handle, timeout) -> index, or -2 when every member was returned"},
     {"combine", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&raw_combine)), METH_FASTCALL,

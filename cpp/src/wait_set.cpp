@@ -25,6 +25,9 @@ struct WaitSet::Shared {
   bool ready = false;                // condition held at least once
   ReadyFn ready_fn = nullptr;
   void* ready_arg = nullptr;
+  ReadyFn each_fn = nullptr;
+  void* each_arg = nullptr;
+  ReadyFn each_release = nullptr;
 
   // Keeps this state alive until the last member callback ran, even after ~WaitSet.
   std::shared_ptr<Shared> keep;
@@ -44,6 +47,8 @@ struct WaitSet::Shared {
     Shared* s = slot->owner;
     ReadyFn fire = nullptr;
     void* fire_arg = nullptr;
+    ReadyFn each = nullptr, each_release = nullptr;
+    void* each_arg = nullptr;
     std::shared_ptr<Shared> release;
     {
       std::lock_guard<std::mutex> lk(s->mu);
@@ -56,12 +61,20 @@ struct WaitSet::Shared {
         fire_arg = s->ready_arg;
         s->ready_fn = nullptr;
       }
-      if (--s->pending_callbacks == 0) release = std::move(s->keep);
+      each = s->each_fn;
+      each_arg = s->each_arg;
+      if (--s->pending_callbacks == 0) {
+        release = std::move(s->keep);
+        each_release = s->each_release;
+        s->each_fn = s->each_release = nullptr;
+      }
       // Notified under the lock: a waiter cannot miss it between its check and its park, and the
       // state cannot be freed (by `release`) before notify_all returns.
       s->cv.notify_all();
     }
     if (fire) fire(fire_arg);
+    if (each) each(each_arg);
+    if (each_release) each_release(each_arg);
   }
 
   static void wake(void* arg) {
@@ -165,6 +178,20 @@ std::int64_t WaitSet::next_completed(Clock::time_point deadline) {
     }
   }
   return s.order[s.returned++];
+}
+
+void WaitSet::on_each(ReadyFn fn, void* arg, ReadyFn release) {
+  Shared& s = *shared_;
+  {
+    std::lock_guard<std::mutex> lk(s.mu);
+    if (s.pending_callbacks > 0) {
+      s.each_fn = fn;
+      s.each_arg = arg;
+      s.each_release = release;
+      return;
+    }
+  }
+  release(arg);  // every member already finished: no call will come
 }
 
 void WaitSet::on_ready(ReadyFn fn, void* arg) {

@@ -104,21 +104,34 @@ class _AsCompleted:
             yield self._execs[idx]
 
     async def __aiter_impl(self):
+        # One C++ wait-set, one notify callable: each completion wakes the loop through the batched
+        # inbox (no per-member Python callbacks); the iterator drains in completion order.
         from ._asyncio import _inbox_for
 
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue = asyncio.Queue()
         inbox = _inbox_for(loop)
-        for e in self._execs:
-            e.add_done_callback(lambda ex: inbox.post_call(queue.put_nowait, ex))
+        wakeup = asyncio.Event()
+        handle = _core.completion(self._execs, lambda: inbox.post_call(_set_event, wakeup))
         for n in range(len(self._execs)):
-            try:
-                yield await asyncio.wait_for(queue.get(), self._remaining())
-            except asyncio.TimeoutError:
-                raise TimeoutError(f"{len(self._execs) - n} (of {len(self._execs)}) executions unfinished") from None
+            while True:
+                wakeup.clear()
+                try:
+                    idx = _core.completion_next(handle, 0)
+                    break
+                except TimeoutError:
+                    pass
+                try:
+                    await asyncio.wait_for(wakeup.wait(), self._remaining())
+                except asyncio.TimeoutError:
+                    raise TimeoutError(f"{len(self._execs) - n} (of {len(self._execs)}) executions unfinished") from None
+            yield self._execs[idx]
 
     def __aiter__(self):
         return self.__aiter_impl()
+
+
+def _set_event(event: asyncio.Event) -> None:
+    event.set()
 
 
 def as_completed(execs: Iterable, timeout: float | None = None) -> _AsCompleted:

@@ -51,6 +51,13 @@ class WaitSet {
   // on_ready: calls fn(arg) once when the condition holds (at once if it already does).
   void on_ready(ReadyFn fn, void* arg);
 
+  // on_each: calls fn(arg) after every member completion from now on (where the member finished),
+  // and release(arg) once no more calls can come (the last member finished, or the wait-set was
+  // destroyed with members pending — then from the last of those completions). For a consumer
+  // of next_completed() that must be woken (an asyncio loop). Members finished before the call
+  // are not reported: drain next_completed(now) first.
+  void on_each(ReadyFn fn, void* arg, ReadyFn release);
+
   struct Shared;
 
  private:
