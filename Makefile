@@ -7,7 +7,7 @@ BUILD  ?= build/core
 SYSTEM_PACKAGES = libboost-fiber-dev libboost-context-dev libgtest-dev cmake ninja-build g++
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test test-cpp test-python test-versions sanitize bench deps install clean
+.PHONY: demo test test-cpp test-python test-versions sanitize bench bench-quick deps install clean
 
 deps:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -54,8 +54,19 @@ sanitize: deps
 	cmake --build build/tsan -j2
 	ctest --test-dir build/tsan --output-on-failure -j2 -R Threads
 
-bench: install
-	$(PY) bench/run.py
+# The full benchmark suite against the competitors (installed into .venv-bench), ~15-20 min;
+# writes bench/results/latest.json, docs/img/bench_*.png and docs/performance.md.
+BENCH_PY := .venv-bench/bin/python
+$(BENCH_PY):
+	$(PYTHON) -m venv .venv-bench
+bench: deps $(BENCH_PY)
+	$(BENCH_PY) -m pip install -q -r bench/requirements.txt
+	$(BENCH_PY) -m pip install -q . -C build-dir=build/bench
+	$(BENCH_PY) bench/run.py
+
+# A smoke subset (must finish, not meet a number): run by CI after `make test`.
+bench-quick: install
+	$(PY) bench/run.py --quick
 
 clean:
 	rm -rf build $(VENV) .venv-3.*

@@ -347,13 +347,16 @@ def machine_info(python: str) -> dict:
     }
 
 
-def compare_previous(old: dict | None, new_cases: list, commit: str | None) -> list:
-    """distaff rows that got >10% worse than in the previous latest.json, when distaff changed
-    in between (same commit and clean tree: any difference is run-to-run noise)."""
+def compare_previous(old: dict | None, new_cases: list, machine: dict) -> list:
+    """distaff rows that got >10% worse than in the previous latest.json, when the distaff build
+    changed in between (the same build measured twice differs by noise only)."""
     if not old:
         return []
     om = old.get("run", {}).get("machine", {})
-    if om.get("distaff_commit") == commit and not om.get("distaff_tree_dirty"):
+    before, now = om.get("distaff_installed") or {}, machine.get("distaff_installed") or {}
+    if before and now and before.get("built") == now.get("built") and before.get("core") == now.get("core"):
+        return []
+    if not before and om.get("distaff_commit") == machine.get("distaff_commit") and not om.get("distaff_tree_dirty"):
         return []
     prev = {(c["workload"], c["competitor"]): c for c in old.get("cases", [])}
     out = []
@@ -428,7 +431,7 @@ def main() -> int:
     out_name = "quick.json" if a.quick else "latest.json"
     out_path = os.path.join(RESULTS, out_name)
     old = _read_json(out_path) if not a.quick else None
-    regressions = compare_previous(old, results, info.get("distaff_commit"))
+    regressions = compare_previous(old, results, info)
     if old and (a.only or a.competitors):
         # partial run: keep the other cases of the previous full run (marked by their run_id)
         keys = {(r["workload"], r["competitor"]) for r in results}

@@ -122,6 +122,7 @@ class Impl(Base):
 
         self.pool.shutdown()
         pool = ThreadPoolExecutor(max_workers=n)
+        self.info["max_workers"] = "one thread per waiter (ThreadPoolExecutor(max_workers=n))"
         self.dirty = True
         settle()
         rss0 = rss_kib()
