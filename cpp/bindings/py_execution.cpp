@@ -353,14 +353,22 @@ PyObject* pe_add_done_callback(PyObject* self, PyObject* fn) {
     PyErr_Format(PyExc_TypeError, "add_done_callback() needs a callable, not %.100s", Py_TYPE(fn)->tp_name);
     return nullptr;
   }
+  // Allocate before checking done(): allocating a list can run the cyclic GC, whose finalizers
+  // can release the GIL and let the execution complete in between — a callback appended after
+  // that check would never run. From the check to the append nothing allocates a GC object.
+  if (!pe->core->done() && !pe->callbacks) {
+    PyObject* list = PyList_New(0);
+    if (!list) return nullptr;
+    if (pe->callbacks) {
+      Py_DECREF(list);
+    } else {
+      pe->callbacks = list;
+    }
+  }
+  track(pe);
   if (pe->core->done()) {
     call_callback(fn, self);
     Py_RETURN_NONE;
-  }
-  track(pe);
-  if (!pe->callbacks) {
-    pe->callbacks = PyList_New(0);
-    if (!pe->callbacks) return nullptr;
   }
   if (PyList_Append(pe->callbacks, fn) < 0) return nullptr;
   Py_RETURN_NONE;

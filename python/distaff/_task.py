@@ -107,7 +107,7 @@ class Task:
             raise TypeError(f"{fn.name!r} is already a distaff {fn.kind}")
         if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
             raise TypeError(
-                f"@{kind} cannot wrap the generator function {fn.__qualname__!r}: an execution has one "
+                f"@{kind} cannot wrap the generator function {getattr(fn, '__qualname__', fn)!r}: an execution has one "
                 "result; return a list, or submit one execution per item"
             )
         if name is not None and (not isinstance(name, str) or not name):

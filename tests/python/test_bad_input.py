@@ -194,11 +194,6 @@ def test_generator_functions_are_rejected_at_decoration():
             distaff.task(fn)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a functools.partial of a generator function is recognised as one, but the error "
-    "message reads fn.__qualname__, which a partial lacks: AttributeError instead of TypeError",
-)
 def test_partial_of_a_generator_function_is_rejected_with_type_error():
     def gen(n):
         yield n
@@ -351,6 +346,9 @@ def test_stop_iteration_from_a_body_reaches_result(engine):
 
 
 def test_awaiting_an_execution_that_raised_stop_iteration(engine):
+    """await raises RuntimeError (caused by the StopIteration: asyncio futures cannot carry one); the
+    other executions delivered in the same batch still reach their awaiters."""
+
     @engine.task()
     def stops():
         raise StopIteration("done early")
@@ -459,6 +457,8 @@ class BadRepr(Exception):
 
 
 def test_retries_with_an_exception_whose_repr_raises(engine):
+    """Retried like any error; the attempt record says '<BadRepr (repr failed)>'; result() re-raises it."""
+
     calls = []
 
     @engine.task(retries=2)
@@ -472,6 +472,8 @@ def test_retries_with_an_exception_whose_repr_raises(engine):
 
 
 def test_dependency_failing_with_an_exception_whose_repr_raises(engine):
+    """The dependent fails with DependencyError naming the error's type instead of its repr."""
+
     @engine.task()
     def fails():
         raise BadRepr()
