@@ -90,6 +90,8 @@ extern PyObject* UnobservedHook;   // distaff._errors.log_unobserved
 extern PyObject* AsyncAwaitHook;   // distaff._asyncio.await_execution
 // translate_current_exception: sets the Python error for the C++ exception being handled.
 void translate_current_exception();
+// fetch_exception: takes the raised exception (normalised, traceback attached). New reference.
+PyObject* fetch_exception();
 // raise_stored: raises a stored exception object keeping its traceback. Returns NULL.
 PyObject* raise_stored(PyObject* exc);
 // add_task_note: adds "distaff: raised in task 'name' (execution N)" to a body's exception.

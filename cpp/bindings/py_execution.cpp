@@ -479,7 +479,8 @@ PyType_Spec pe_spec = {"distaff.Execution", sizeof(PyExecution), 0,
 
 void forward_done(Execution& target_core, void* arg);
 
-// fetch_exception: takes the raised exception (normalised, traceback attached). New reference.
+}  // namespace
+
 PyObject* fetch_exception() {
 #if PY_VERSION_HEX >= 0x030C0000
   return PyErr_GetRaisedException();
@@ -493,6 +494,8 @@ PyObject* fetch_exception() {
   return v;
 #endif
 }
+
+namespace {
 
 // forward: `pe`'s body returned `target`; pe completes when target does. Takes one reference to pe.
 void forward(PyExecution* pe, PyExecution* target) {

@@ -150,20 +150,6 @@ struct Combine {
   std::unique_ptr<WaitSet> ws;
 };
 
-PyObject* fetch() {
-#if PY_VERSION_HEX >= 0x030C0000
-  return PyErr_GetRaisedException();
-#else
-  PyObject *t, *v, *tb;
-  PyErr_Fetch(&t, &v, &tb);
-  PyErr_NormalizeException(&t, &v, &tb);
-  if (tb) PyException_SetTraceback(v, tb);
-  Py_XDECREF(t);
-  Py_XDECREF(tb);
-  return v;
-#endif
-}
-
 void combine_ready(void* arg) {
   // Runs where the satisfying member finished: inside complete(), GIL held.
   auto* c = static_cast<Combine*>(arg);
@@ -171,7 +157,7 @@ void combine_ready(void* arg) {
   if (r) {
     complete(c->pe, State::succeeded, r);
   } else {
-    complete(c->pe, State::failed, fetch());
+    complete(c->pe, State::failed, fetch_exception());
   }
   Py_DECREF(c->pe);
   Py_DECREF(c->finalizer);
