@@ -47,6 +47,8 @@ struct PyExecution {
   PyObject* weakrefs;
   PyObject* extra;        // dict of facade annotations shown in description (attempts...), or NULL
   PyThreadState* tstate;  // the fiber's state while its body runs, else NULL
+  PyExecution* run_prev;  // the running list (bodies now running on a fiber), while tstate is set
+  PyExecution* run_next;
   std::uint64_t timer_id; // armed timeout, or 0
   unsigned char observed;    // someone retrieved the exception
   unsigned char forwarding;  // `result` holds the execution this one follows
@@ -63,6 +65,10 @@ extern unsigned g_fork_generation;
 // GIL held. Returns false if it was already finished.
 void disarm_timeout(PyExecution* pe);
 bool terminate(PyExecution* pe, State state, PyObject* value, PyObject* async_exc);
+
+// cancel_running: terminates (as cancelled) every execution of `engine` (a capsule) whose body is
+// running on a fiber now — parked in a wait or running Python. Returns how many. GIL held.
+Py_ssize_t cancel_running(PyObject* engine);
 
 extern PyTypeObject* ExecutionType;
 

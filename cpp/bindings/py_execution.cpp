@@ -7,6 +7,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include "bindings.hpp"
 
 #include <structmember.h>
@@ -165,10 +166,30 @@ int pe_clear(PyObject* self) {
 // (id, name, exception); a pending call (the main thread's next safe point) logs the batch.
 PyObject* g_unobserved = nullptr;  // list of (id, name, exc), or NULL
 
+// report_at_finalization: once the interpreter finalizes, modules (logging among them) are being
+// torn down and a pending call may never run: the failure is written to stderr from C instead.
+void report_at_finalization(std::uint64_t id, const char* name, PyObject* exc) {
+  PyObject* text = PyObject_Str(exc);
+  const char* msg = text ? PyUnicode_AsUTF8(text) : nullptr;
+  if (!msg) PyErr_Clear();
+  std::fprintf(stderr, "distaff: execution %llu (%s) failed and nobody retrieved its error: %s: %s\n",
+               static_cast<unsigned long long>(id), name, Py_TYPE(exc)->tp_name, msg ? msg : "?");
+  Py_XDECREF(text);
+}
+
 int drain_unobserved(void*) {
   PyObject* batch = g_unobserved;
   g_unobserved = nullptr;
   if (!batch) return 0;
+  if (interpreter_finalizing()) {
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(batch); ++i) {
+      PyObject* item = PyList_GET_ITEM(batch, i);
+      report_at_finalization(PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(item, 0)),
+                             PyUnicode_AsUTF8(PyTuple_GET_ITEM(item, 1)), PyTuple_GET_ITEM(item, 2));
+    }
+    Py_DECREF(batch);
+    return 0;
+  }
   PyObject* r = UnobservedHook ? PyObject_CallOneArg(UnobservedHook, batch) : nullptr;
   Py_DECREF(batch);
   if (r) {
@@ -188,14 +209,18 @@ void pe_finalize(PyObject* self) {
   PyObject *t, *v, *tb;
   PyErr_Fetch(&t, &v, &tb);
 #endif
-  const bool first = g_unobserved == nullptr;
-  if (first) g_unobserved = PyList_New(0);
-  PyObject* item = g_unobserved ? Py_BuildValue("(KsO)", static_cast<unsigned long long>(pe->core->id()),
-                                                pe->core->name().c_str(), pe->exc)
-                                : nullptr;
-  if (!item || PyList_Append(g_unobserved, item) < 0) PyErr_Clear();
-  Py_XDECREF(item);
-  if (first && g_unobserved && Py_AddPendingCall(&drain_unobserved, nullptr) < 0) PyErr_Clear();
+  if (interpreter_finalizing()) {
+    report_at_finalization(pe->core->id(), pe->core->name().c_str(), pe->exc);
+  } else {
+    const bool first = g_unobserved == nullptr;
+    if (first) g_unobserved = PyList_New(0);
+    PyObject* item = g_unobserved ? Py_BuildValue("(KsO)", static_cast<unsigned long long>(pe->core->id()),
+                                                  pe->core->name().c_str(), pe->exc)
+                                  : nullptr;
+    if (!item || PyList_Append(g_unobserved, item) < 0) PyErr_Clear();
+    Py_XDECREF(item);
+    if (first && g_unobserved && Py_AddPendingCall(&drain_unobserved, nullptr) < 0) PyErr_Clear();
+  }
 #if PY_VERSION_HEX >= 0x030C0000
   PyErr_SetRaisedException(saved);
 #else
@@ -559,6 +584,7 @@ PyExecution* new_virtual_execution(const std::string& name, Kind kind) {
   pe->result = pe->exc = pe->callbacks = pe->workflow_id = pe->deps = pe->weakrefs = nullptr;
   pe->extra = nullptr;
   pe->tstate = nullptr;
+  pe->run_prev = pe->run_next = nullptr;
   pe->timer_id = 0;
   pe->observed = 0;
   pe->forwarding = 0;
@@ -688,6 +714,43 @@ bool complete(PyExecution* pe, State state, PyObject* value) {
   return true;
 }
 
+namespace {
+// The running list: every execution whose body is on a fiber now (cancel_running, Ctrl-C at exit).
+// Linked and unlinked by the body's own fiber with the GIL held; read with the GIL held, so no lock.
+PyExecution* g_running = nullptr;
+
+void link_running(PyExecution* pe) {
+  pe->run_prev = nullptr;
+  pe->run_next = g_running;
+  if (g_running) g_running->run_prev = pe;
+  g_running = pe;
+}
+
+void unlink_running(PyExecution* pe) {
+  if (pe->run_prev) {
+    pe->run_prev->run_next = pe->run_next;
+  } else {
+    g_running = pe->run_next;
+  }
+  if (pe->run_next) pe->run_next->run_prev = pe->run_prev;
+  pe->run_prev = pe->run_next = nullptr;
+}
+}  // namespace
+
+Py_ssize_t cancel_running(PyObject* engine) {
+  // Snapshot first: terminating runs done-callbacks (Python code) that may start or end bodies.
+  std::vector<PyObject*> victims;
+  for (PyExecution* p = g_running; p; p = p->run_next) {
+    if (p->engine == engine && !p->core->done()) victims.push_back(Py_NewRef(reinterpret_cast<PyObject*>(p)));
+  }
+  Py_ssize_t n = 0;
+  for (PyObject* o : victims) {
+    if (terminate(as_pe(o), State::cancelled, nullptr, CancelledError)) ++n;
+    Py_DECREF(o);
+  }
+  return n;
+}
+
 void run_execution(Execution& ex) {
   auto* pe = static_cast<PyExecution*>(ex.payload());
   FiberState fs = acquire_fiber_state();
@@ -700,7 +763,9 @@ void run_execution(Execution& ex) {
       ctx = nullptr;
     } else {
       pe->tstate = fs.tstate;
+      link_running(pe);
       PyObject* r = PyObject_Call(pe->fn, pe->args, pe->kwargs);
+      unlink_running(pe);
       pe->tstate = nullptr;
       PyObject* exc = r ? nullptr : fetch_exception();
       if (ctx && PyContext_Exit(ctx) < 0) PyErr_Clear();
@@ -849,6 +914,7 @@ PyObject* raw_submit(PyObject*, PyObject* const* a, Py_ssize_t n) {
   pe->weakrefs = nullptr;
   pe->extra = nullptr;
   pe->tstate = nullptr;
+  pe->run_prev = pe->run_next = nullptr;
   pe->timer_id = 0;
   pe->observed = 0;
   pe->forwarding = 0;
@@ -914,10 +980,11 @@ PyObject* raw_submit(PyObject*, PyObject* const* a, Py_ssize_t n) {
   return self;
 }
 
-// shutdown(capsule, wait, cancel_pending): see distaff.Engine.shutdown.
+// shutdown(capsule, wait, cancel): see distaff.Engine.shutdown. cancel: 0 nothing, 1 what has not
+// started, 2 also the bodies running now.
 PyObject* raw_shutdown(PyObject*, PyObject* const* a, Py_ssize_t n) {
   if (n != 3) {
-    PyErr_SetString(PyExc_TypeError, "shutdown() takes 3 arguments");
+    PyErr_SetString(PyExc_TypeError, "shutdown(engine, wait, cancel) takes 3 arguments");
     return nullptr;
   }
   EngineCore* eng = engine_from_capsule(a[0]);
@@ -928,14 +995,16 @@ PyObject* raw_shutdown(PyObject*, PyObject* const* a, Py_ssize_t n) {
     return nullptr;
   }
   const bool wait = PyObject_IsTrue(a[1]);
-  const bool cancel = PyObject_IsTrue(a[2]);
+  const long cancel = PyLong_AsLong(a[2]);
+  if (cancel == -1 && PyErr_Occurred()) return nullptr;
   try {
-    if (cancel) {
+    if (cancel >= 1) {
       // Cancel first, so waiting only covers what is already running.
       for (ExecutionRef& ex : s->close(true)) {
         if (auto* pe = static_cast<PyExecution*>(ex->payload())) complete(pe, State::cancelled, nullptr);
       }
     }
+    if (cancel >= 2) cancel_running(a[0]);
     if (wait) {
       const bool main_thread = on_main_thread();
       while (!s->wait_idle_until(main_thread ? Clock::now() + kSignalSlice : Clock::time_point::max())) {
@@ -1071,6 +1140,7 @@ PyObject* raw_stop_timer(PyObject*, PyObject*) {
 // destroyed: its mutex may have been held at fork) so the next timeout starts a new one.
 PyObject* raw_after_fork(PyObject*, PyObject*) {
   g_timer = nullptr;
+  g_running = nullptr;  // those bodies' fibers do not exist here
   ++g_fork_generation;
   Py_RETURN_NONE;
 }
@@ -1088,7 +1158,7 @@ PyMethodDef raw_functions[] = {
     {"submit", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&raw_submit)), METH_FASTCALL,
      "submit(engine, fn, name, flags, wait, args, kwargs, workflow_id) -> Execution"},
     {"shutdown", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&raw_shutdown)), METH_FASTCALL,
-     "shutdown(engine, wait, cancel_pending)"},
+     "shutdown(engine, wait, cancel)"},
     {"wait_idle", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&raw_wait_idle)), METH_FASTCALL,
      "wait_idle(engine, timeout) -> bool"},
     {"current_execution", &raw_current, METH_NOARGS,

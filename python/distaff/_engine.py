@@ -178,18 +178,23 @@ class Engine:
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
-    def shutdown(self, wait: bool = True, *, cancel_pending: bool = False) -> None:
+    def shutdown(self, wait: bool = True, *, cancel_pending: bool = False, cancel_running: bool = False) -> None:
         """Stops accepting work.
 
         Args:
             wait: wait for every outstanding execution (queued, waiting and running) to finish, then
                 join the workers. Ctrl-C interrupts the wait and leaves the engine running.
             cancel_pending: first cancel what has not started yet.
+            cancel_running: also cancel the executions whose bodies are running now, like
+                ``Execution.cancel()``: a body parked in a wait is woken with CancelledError, one
+                running Python gets CancelledError at its next bytecode, one stuck in C code is
+                marked cancelled and waited for. Implies ``cancel_pending``.
         """
         if self._capsule is None:  # inherited across fork(): its workers do not exist here
             self._closed = True
             return
-        _core.shutdown(self._capsule, wait, cancel_pending)
+        cancel = 2 if cancel_running else 1 if cancel_pending else 0
+        _core.shutdown(self._capsule, wait, cancel)
         self._closed = True
         if wait:
             self._joined = True
@@ -297,20 +302,21 @@ def default_engine() -> Engine:
         return _default
 
 
-def shutdown(wait: bool = True, *, cancel_pending: bool = False) -> None:
-    """Shuts down the default engine (a later task call starts a new one)."""
+def shutdown(wait: bool = True, *, cancel_pending: bool = False, cancel_running: bool = False) -> None:
+    """Shuts down the default engine (a later task call starts a new one); see Engine.shutdown."""
     global _default
     with _default_lock:
         eng, _default = _default, None
     if eng is not None:
-        eng.shutdown(wait, cancel_pending=cancel_pending)
+        eng.shutdown(wait, cancel_pending=cancel_pending, cancel_running=cancel_running)
 
 
 @atexit.register
 def _shutdown_at_exit() -> None:
     # Rule 7 (ARCHITECTURE.md): every engine is stopped before interpreter finalisation, so no
     # worker touches the GIL afterwards. Outstanding work is waited for, like concurrent.futures;
-    # a Ctrl-C during that wait cancels what has not started and waits only for running bodies.
+    # a Ctrl-C during that wait cancels everything (running bodies as Execution.cancel() does) and
+    # waits only for bodies that cannot be interrupted (stuck in C code).
     for eng in list(_engines):
         if eng._joined or eng._capsule is None:
             continue
@@ -320,13 +326,14 @@ def _shutdown_at_exit() -> None:
         if live:
             logger.warning("distaff: waiting for %d outstanding execution(s) before exit", live)
         try:
-            _core.shutdown(eng._capsule, True, False)
+            _core.shutdown(eng._capsule, True, 0)
         except KeyboardInterrupt:
-            logger.warning("distaff: interrupted; cancelling executions that have not started")
-            # Running bodies must still end before finalisation: further Ctrl-Cs only repeat this.
+            # The issue's rule: the first Ctrl-C ended the program; one during this wait cancels.
+            logger.warning("distaff: interrupted; cancelling outstanding executions")
+            # Bodies stuck in C code must still return before finalisation: later Ctrl-Cs repeat this.
             while True:
                 try:
-                    _core.shutdown(eng._capsule, True, True)
+                    _core.shutdown(eng._capsule, True, 2)
                     break
                 except KeyboardInterrupt:
                     logger.warning("distaff: still waiting for running bodies to finish")

@@ -151,6 +151,28 @@ def test_unobserved_failure_is_logged(engine, caplog):
     assert "nobody looks" in caplog.text
 
 
+def test_unobserved_failure_collected_during_interpreter_finalization_is_reported_plainly():
+    """A failed execution kept in a module global dies while modules are torn down, when logging no
+    longer works: the failure is written to stderr from C, not lost and not 'Exception ignored'."""
+    from conftest import run_python
+
+    proc = run_python(
+        """
+        import distaff
+
+        @distaff.task
+        def boom():
+            raise ValueError("late")
+
+        keep = boom.submit()  # a global: collected only during finalization
+        distaff.wait([keep])
+        """
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "(boom) failed and nobody retrieved its error: ValueError: late" in proc.stderr, proc.stderr
+    assert "Exception ignored" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
 def test_observed_failure_is_not_logged(engine, caplog):
     from conftest import collect
 
