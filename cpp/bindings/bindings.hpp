@@ -121,6 +121,10 @@ bool complete(PyExecution* pe, State state, PyObject* value);
 
 EngineCore* engine_from_capsule(PyObject* capsule);
 
+// forward_execution: `pe` (running, or a promise) completes when `target` does, with its outcome.
+// Fails `pe` with DeadlockError if `target` waits on it. GIL held.
+void forward_execution(PyExecution* pe, PyExecution* target);
+
 // new_virtual_execution: an Execution that runs no body on the scheduler (a promise): it starts in
 // `running` and is finished by complete() — used by gather/join and async bodies. GIL held.
 PyExecution* new_virtual_execution(const std::string& name, Kind kind);

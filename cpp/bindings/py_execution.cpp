@@ -18,6 +18,24 @@
 namespace distaff::py {
 
 PyTypeObject* ExecutionType = nullptr;
+
+namespace {
+// The execution whose async def body runs in the current asyncio task (set by the facade's
+// _cancellable on the loop): current_execution() and the parent of what that body submits.
+PyObject* g_async_current = nullptr;
+
+Execution* async_current() {
+  PyObject* v = nullptr;
+  if (!g_async_current || PyContextVar_Get(g_async_current, nullptr, &v) < 0) {
+    PyErr_Clear();
+    return nullptr;
+  }
+  if (!v) return nullptr;
+  Execution* e = Py_TYPE(v) == ExecutionType ? reinterpret_cast<PyExecution*>(v)->core : nullptr;
+  Py_DECREF(v);  // the context keeps it alive while it is the value
+  return e;
+}
+}  // namespace
 unsigned g_fork_generation = 0;
 
 namespace {
@@ -503,8 +521,14 @@ PyType_Spec pe_spec = {"distaff.Execution", sizeof(PyExecution), 0,
 // ---- running bodies -----------------------------------------------------------------------------
 
 void forward_done(Execution& target_core, void* arg);
+void forward(PyExecution* pe, PyExecution* target);
 
 }  // namespace
+
+void forward_execution(PyExecution* pe, PyExecution* target) {
+  Py_INCREF(pe);  // the forward's reference
+  forward(pe, target);
+}
 
 PyObject* fetch_exception() {
 #if PY_VERSION_HEX >= 0x030C0000
@@ -931,7 +955,9 @@ PyObject* raw_submit(PyObject*, PyObject* const* a, Py_ssize_t n) {
 
   pe->detached = (flags & 2) ? 1 : 0;
   bool born_cancelled = false;
-  if (Execution* parent = current_execution()) {
+  Execution* parent = current_execution();
+  if (!parent) parent = async_current();
+  if (parent) {
     core->set_parent_id(parent->id());
     if (!pe->detached) {
       parent->add_child(core);
@@ -1049,6 +1075,7 @@ PyObject* raw_wait_idle(PyObject*, PyObject* const* a, Py_ssize_t n) {
 
 PyObject* raw_current(PyObject*, PyObject*) {
   Execution* cur = current_execution();
+  if (!cur) cur = async_current();
   if (!cur || !cur->payload()) Py_RETURN_NONE;
   return Py_NewRef(static_cast<PyObject*>(cur->payload()));
 }
@@ -1176,6 +1203,8 @@ PyMethodDef raw_functions[] = {
     {nullptr, nullptr, 0, nullptr}};
 
 bool init_execution_type(PyObject* module) {
+  g_async_current = PyContextVar_New("distaff_async_current", nullptr);
+  if (!g_async_current || PyModule_AddObjectRef(module, "_async_current", g_async_current) < 0) return false;
   PyObject* threading = PyImport_ImportModule("threading");
   if (!threading) return false;
   PyObject* main = PyObject_CallMethod(threading, "main_thread", nullptr);

@@ -206,6 +206,11 @@ PyObject* raw_settle(PyObject*, PyObject* const* a, Py_ssize_t n) {
   }
   PyExecution* pe = as_pe(a[0]);
   if (PyObject_IsTrue(a[1])) {
+    if (is_execution(a[2])) {  // a body's returned Execution is followed, as for sync bodies
+      if (pe->core->done()) Py_RETURN_FALSE;
+      forward_execution(pe, as_pe(a[2]));
+      Py_RETURN_TRUE;
+    }
     return PyBool_FromLong(complete(pe, State::succeeded, Py_NewRef(a[2])));
   }
   if (a[2] == Py_None) return PyBool_FromLong(complete(pe, State::cancelled, nullptr));
@@ -227,7 +232,7 @@ PyMethodDef wait_functions[] = {
      "combine(execs, mode, finalizer, name) -> Execution"},
     {"promise", &raw_promise, METH_O, "promise(name) -> Execution finished by settle()"},
     {"settle", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&raw_settle)), METH_FASTCALL,
-     "settle(execution, ok, value) -> bool"},
+     "settle(execution, ok, value) -> bool (ok with an Execution value: follow it)"},
     {nullptr, nullptr, 0, nullptr}};
 
 }  // namespace

@@ -46,7 +46,8 @@ def sleep(seconds: float) -> None:
 
 
 def current_execution():
-    """The Execution whose body is running on this fiber, or None outside task bodies."""
+    """The Execution whose body is running here (on this fiber, or in this asyncio task for an
+    ``async def`` task), or None outside task bodies."""
     return _core.current_execution()
 
 

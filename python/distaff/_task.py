@@ -101,6 +101,9 @@ class Task:
         fallback: Callable | None = None,
         engine: Any = None,
     ) -> None:
+        self._static = isinstance(fn, staticmethod)
+        if self._static:  # @task above @staticmethod: a plain function that never binds an instance
+            fn = fn.__func__
         if not callable(fn):
             raise TypeError(f"@{kind} needs a callable, not {type(fn).__name__}")
         if isinstance(fn, Task):
@@ -272,7 +275,7 @@ class Task:
         return execution.result()
 
     def __get__(self, instance: Any, owner: type | None = None) -> Any:
-        if instance is None:
+        if instance is None or self._static:
             return self
         return _BoundTask(self, instance)
 
@@ -388,11 +391,17 @@ def _retrying(fn: Callable, policy: RetryPolicy) -> Callable:
 def _retrying_async(fn: Callable, policy: RetryPolicy) -> Callable:
     @functools.wraps(fn)
     async def call(*args: Any, **kwargs: Any) -> Any:
+        me = _core.current_execution()  # set for this asyncio task by _cancellable
         attempt = 1
         while True:
+            if me is not None:
+                me._annotate("attempts", attempt)
             try:
                 return await fn(*args, **kwargs)
             except policy.retry_on as exc:
+                if me is not None and me.done():  # cancelled or timed out: no more attempts
+                    raise
+                _record_attempt(me, attempt, exc)
                 if attempt > policy.retries:
                     if policy.fallback is not None:
                         r = policy.fallback(*args, exc, **kwargs)
@@ -479,23 +488,11 @@ class _AsyncBody:
                 return
             exc = fut.exception()
             if exc is None:
-                value = fut.result()
-                if value.__class__ is _core.Execution:
-                    # Like a sync body: a returned Execution is followed, its outcome is ours.
-                    value.add_done_callback(settle_from)
-                else:
-                    _core.settle(promise, True, value)
+                # A returned Execution is followed, like a sync body's (a cycle: DeadlockError).
+                _core.settle(promise, True, fut.result())
             else:
                 exc.add_note(note)
                 _core.settle(promise, False, exc)
-
-        def settle_from(ex: Any) -> None:
-            if ex.cancelled():
-                _core.settle(promise, False, None)
-            elif ex.exception() is not None:
-                _core.settle(promise, False, ex.exception())
-            else:
-                _core.settle(promise, True, ex.result())
 
         asyncio.run_coroutine_threadsafe(_cancellable(me, coro), loop).add_done_callback(settle)
         return promise
@@ -508,6 +505,9 @@ async def _cancellable(me: Any, coro: Any) -> Any:
     raise an asynchronous exception in that fiber at any bytecode, which could otherwise leave the
     coroutine running unlinked."""
     if me is not None:
+        # This task's context only: distaff.current_execution() in the body, and the parent (for
+        # the graph and for cancellation of the tree) of what the body submits.
+        _core._async_current.set(me)
         task = asyncio.current_task()
         loop = asyncio.get_running_loop()
 

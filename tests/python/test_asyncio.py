@@ -807,3 +807,97 @@ def test_distaff_sleep_rejects_bad_lengths_in_a_body(engine):
         return errors
 
     assert body() == ["ValueError", "ValueError", "TypeError"]
+
+
+# -- the execution of an async body ---------------------------------------------------------------
+
+
+def test_current_execution_inside_an_async_body_is_its_execution(engine):
+    seen = []
+
+    @engine.task()
+    async def me():
+        await asyncio.sleep(0)
+        seen.append(distaff.current_execution())
+
+    ex = me.submit()
+    ex.result(timeout=30)
+    assert seen == [ex]
+    assert distaff.current_execution() is None  # the main thread is no body
+
+
+def test_an_async_body_returning_its_own_execution_fails_with_deadlock_error(engine):
+    @engine.task()
+    async def me():
+        await asyncio.sleep(0)
+        return distaff.current_execution()  # "my result is my result": a cycle, not a hang
+
+    with pytest.raises(distaff.DeadlockError):
+        me.submit().result(timeout=30)
+
+
+def test_an_async_body_returning_an_execution_is_followed(engine):
+    @engine.task()
+    def double(x):
+        return 2 * x
+
+    @engine.task()
+    async def outer():
+        return double.submit(21)
+
+    assert outer.submit().result(timeout=30) == 42
+
+
+def test_what_an_async_body_submits_has_it_as_parent(engine):
+    @engine.task()
+    def child():
+        return distaff.current_execution().description["parent_id"]
+
+    @engine.task()
+    async def parent():
+        return await child.submit(), distaff.current_execution().id
+
+    parent_id_seen, parent_id = parent.submit().result(timeout=30)
+    assert parent_id_seen == parent_id
+
+
+def test_cancelling_an_async_body_cancels_what_it_submitted(engine, new_gate):
+    gate = new_gate()
+    submitted = threading.Event()
+    kids = []
+
+    @engine.task()
+    def child():
+        fiber_wait(gate)
+
+    @engine.task()
+    async def parent():
+        kids.append(child.submit())
+        submitted.set()
+        await asyncio.sleep(60)
+
+    ex = parent.submit()
+    assert submitted.wait(30)
+    assert ex.cancel()
+    with pytest.raises(distaff.CancelledError):
+        kids[0].result(timeout=30)
+
+
+def test_detached_children_of_an_async_body_survive_its_cancellation(engine):
+    submitted = threading.Event()
+    kids = []
+
+    @engine.task()
+    def child(x):
+        return x * 2
+
+    @engine.task()
+    async def parent():
+        kids.append(child.options(detached=True).submit(21))
+        submitted.set()
+        await asyncio.sleep(60)
+
+    ex = parent.submit()
+    assert submitted.wait(30)
+    ex.cancel()
+    assert kids[0].result(timeout=30) == 42

@@ -73,21 +73,18 @@ def test_staticmethod_wrapping_a_task(engine):
     assert Maths.double(4) == 8 and Maths().double(5) == 10
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: @task above @staticmethod wraps the staticmethod object; Task.__get__ then binds "
-    "the instance, so obj.f(x) calls f(obj, x) -> 'takes 1 positional argument but 2 were given'. "
-    "It should unwrap the staticmethod (or reject it at decoration)",
-)
 def test_task_wrapping_a_staticmethod(engine):
+    """Works: @task above @staticmethod unwraps it; an instance is never bound."""
+
     class Maths:
         @engine.task()
         @staticmethod
         def double(x):
             return 2 * x
 
-    assert Maths.double(4) == 8  # through the class it works
-    assert Maths().double(5) == 10  # through an instance it does not
+    assert Maths.double(4) == 8
+    assert Maths().double(5) == 10
+    assert Maths().double.submit(6).result(timeout=30) == 12
 
 
 def test_classmethod_wrapping_a_task(engine):

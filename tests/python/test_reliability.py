@@ -357,11 +357,6 @@ def test_async_task_retries_and_fallback(engine):
     assert calls == [7, 7, 7]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: async def tasks retry (_retrying_async) without recording 'attempts' / "
-    "'attempt_errors' in the execution's description, unlike sync tasks",
-)
 def test_async_task_attempts_are_visible_in_the_description(engine):
     calls = []
 
