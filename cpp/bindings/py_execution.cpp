@@ -919,6 +919,7 @@ PyObject* raw_submit(PyObject*, PyObject* const* a, Py_ssize_t n) {
     while (PyDict_Next(kwargs, &pos, &k, &v)) collect_from(v, found, 1);
   }
 
+  bool failed_copy = false;
   PyExecution* pe = PyObject_GC_New(PyExecution, ExecutionType);
   if (!pe) return nullptr;
   ExecutionRef core = Execution::create(std::string(name_utf8, static_cast<std::size_t>(name_len)), kind);
@@ -928,7 +929,17 @@ PyObject* raw_submit(PyObject*, PyObject* const* a, Py_ssize_t n) {
   pe->fn = Py_NewRef(fn);
   pe->args = Py_NewRef(args);
   pe->kwargs = kwargs == Py_None ? nullptr : Py_NewRef(kwargs);
-  pe->context = PyContext_CopyCurrent();
+  // The body runs in a copy of the submitter's context (as an asyncio task does). An empty context
+  // needs no copy: the fiber's pooled thread state starts with no context of its own (cleared at
+  // release), which is the same thing, and saves a GC-tracked allocation per submit (measured:
+  // with 100k queued, their copies made GC passes ~8% of W1).
+  PyThreadState* ts = PyThreadState_Get();
+  if (ts->context == nullptr || PyObject_Size(ts->context) == 0) {
+    pe->context = nullptr;
+  } else if (!(pe->context = PyContext_CopyCurrent())) {
+    pe->context = nullptr;
+    failed_copy = true;
+  }
   pe->trace = nullptr;
   pe->result = nullptr;
   pe->exc = nullptr;
@@ -945,12 +956,11 @@ PyObject* raw_submit(PyObject*, PyObject* const* a, Py_ssize_t n) {
   pe->detached = 0;
   pe->fork_generation = g_fork_generation;
   PyObject* self = reinterpret_cast<PyObject*>(pe);
-  if (!pe->context) {
+  if (failed_copy) {
     Py_DECREF(self);
     return nullptr;
   }
   // A tracer in the submitting thread (coverage, pdb) follows the work into the fiber (rule 8).
-  PyThreadState* ts = PyThreadState_Get();
   if (ts->c_tracefunc && ts->c_traceobj) pe->trace = Py_NewRef(ts->c_traceobj);
 
   pe->detached = (flags & 2) ? 1 : 0;
