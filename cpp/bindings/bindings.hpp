@@ -121,6 +121,15 @@ bool complete(PyExecution* pe, State state, PyObject* value);
 
 EngineCore* engine_from_capsule(PyObject* capsule);
 
+// submit_impl: what _core.submit does (see raw_submit in py_execution.cpp). New reference or NULL.
+// flags: bit 0 workflow, bit 1 detached. wait: False, True or a tuple of gating Executions.
+// kwargs: dict or Py_None; wf: str or Py_None.
+PyObject* submit_impl(PyObject* capsule, PyObject* fn, PyObject* name, long flags, PyObject* wait, PyObject* args,
+                      PyObject* kwargs, PyObject* wf);
+
+// init_submitter: adds the Submitter type (a task's fast submit, submitter.cpp) to the module.
+bool init_submitter(PyObject* module);
+
 // forward_execution: `pe` (running, or a promise) completes when `target` does, with its outcome.
 // Fails `pe` with DeadlockError if `target` waits on it. GIL held.
 void forward_execution(PyExecution* pe, PyExecution* target);

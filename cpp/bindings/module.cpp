@@ -113,6 +113,7 @@ PYBIND11_MODULE(_core, m) {
   if (!init_execution_type(m.ptr())) throw pyb::error_already_set();
   if (PyModule_AddFunctions(m.ptr(), raw_functions) < 0) throw pyb::error_already_set();
   if (!init_wait(m.ptr())) throw pyb::error_already_set();
+  if (!init_submitter(m.ptr())) throw pyb::error_already_set();
 
   pyb::class_<EngineHandle>(m, "EngineCore")
       .def(pyb::init<unsigned, std::size_t, std::size_t>(), pyb::arg("workers"), pyb::arg("stack_size"),

@@ -886,15 +886,24 @@ PyObject* raw_submit(PyObject*, PyObject* const* a, Py_ssize_t n) {
     PyErr_SetString(PyExc_TypeError, "submit() takes 8 arguments");
     return nullptr;
   }
-  if (a[0] == Py_None) {
+  // flags: bit 0 workflow, bit 1 detached (not cancelled with its parent).
+  const long flags = PyLong_AsLong(a[3]);
+  if (flags == -1 && PyErr_Occurred()) return nullptr;
+  return submit_impl(a[0], a[1], a[2], flags, a[4], a[5], a[6], a[7]);
+}
+
+}  // namespace
+
+PyObject* submit_impl(PyObject* capsule, PyObject* fn, PyObject* name, long flags, PyObject* wait, PyObject* args,
+                      PyObject* kwargs, PyObject* wf) {
+  if (capsule == Py_None) {
     PyErr_SetString(ShutdownError,
                     "this engine was created before fork() in the parent process; its workers do not exist "
                     "here: create a new Engine (module-level tasks get a new default engine automatically)");
     return nullptr;
   }
-  EngineCore* eng = engine_from_capsule(a[0]);
+  EngineCore* eng = engine_from_capsule(capsule);
   if (!eng) return nullptr;
-  PyObject *fn = a[1], *name = a[2], *args = a[5], *kwargs = a[6], *wf = a[7];
   if (!PyTuple_Check(args) || (kwargs != Py_None && !PyDict_Check(kwargs)) || !PyUnicode_Check(name)) {
     PyErr_SetString(PyExc_TypeError, "submit(): bad internal arguments");
     return nullptr;
@@ -906,9 +915,6 @@ PyObject* raw_submit(PyObject*, PyObject* const* a, Py_ssize_t n) {
   Py_ssize_t name_len;
   const char* name_utf8 = PyUnicode_AsUTF8AndSize(name, &name_len);
   if (!name_utf8) return nullptr;
-  // flags: bit 0 workflow, bit 1 detached (not cancelled with its parent).
-  const long flags = PyLong_AsLong(a[3]);
-  if (flags == -1 && PyErr_Occurred()) return nullptr;
   Kind kind = (flags & 1) ? Kind::workflow : Kind::task;
 
   std::vector<PyObject*> found;
@@ -925,7 +931,7 @@ PyObject* raw_submit(PyObject*, PyObject* const* a, Py_ssize_t n) {
   ExecutionRef core = Execution::create(std::string(name_utf8, static_cast<std::size_t>(name_len)), kind);
   pe->core = core.get();
   pe->core->retain();
-  pe->engine = Py_NewRef(a[0]);
+  pe->engine = Py_NewRef(capsule);
   pe->fn = Py_NewRef(fn);
   pe->args = Py_NewRef(args);
   pe->kwargs = kwargs == Py_None ? nullptr : Py_NewRef(kwargs);
@@ -989,7 +995,6 @@ PyObject* raw_submit(PyObject*, PyObject* const* a, Py_ssize_t n) {
       core->add_dependency(ExecutionRef(as_pe(found[i])->core));
     }
   }
-  PyObject* wait = a[4];
   if (wait == Py_True) {
     for (PyObject* d : found) gating.emplace_back(as_pe(d)->core);
   } else if (PyTuple_Check(wait)) {
@@ -1015,6 +1020,8 @@ PyObject* raw_submit(PyObject*, PyObject* const* a, Py_ssize_t n) {
   if (born_cancelled) complete(pe, State::cancelled, nullptr);
   return self;
 }
+
+namespace {
 
 // shutdown(capsule, wait, cancel): see distaff.Engine.shutdown. cancel: 0 nothing, 1 what has not
 // started, 2 also the bodies running now.

@@ -50,6 +50,25 @@ def _make_checker(fn: Callable, name: str) -> Callable | None:
     return check
 
 
+def _positional_range(params: Any) -> tuple[int, int]:
+    """(least, most) positional arguments a call may pass with no keywords and be certainly valid,
+    most -1 for *args; (-1, -1) when such a call still needs the full check (a required keyword-only
+    parameter). Calls of that shape skip the checker in the C submit (submitter.cpp)."""
+    P = inspect.Parameter
+    least = most = 0
+    unbounded = False
+    for p in params.values():
+        if p.kind in (P.POSITIONAL_ONLY, P.POSITIONAL_OR_KEYWORD):
+            most += 1
+            if p.default is P.empty:
+                least = most
+        elif p.kind is P.VAR_POSITIONAL:
+            unbounded = True
+        elif p.kind is P.KEYWORD_ONLY and p.default is P.empty:
+            return -1, -1
+    return least, -1 if unbounded else most
+
+
 def _parse_wait(wait: Any, fn: Callable) -> bool | tuple[str, ...]:
     if wait is None or wait is False:
         return False
@@ -143,6 +162,7 @@ class Task:
             accepts = {}
         # A function with its own `workflow_id` parameter receives it (docs/concepts.md).
         self._strip_workflow_id = "workflow_id" not in accepts
+        self._positional_range = _positional_range(accepts) if self._check is not None else (-1, -1)
         functools.update_wrapper(self, fn)
         self.submit = self._make_submit()
 
@@ -166,26 +186,24 @@ class Task:
 
     def _make_submit(self) -> Callable:
         """The submit function for this task: the general one, or for the common case (a plain
-        task with no timeout, async body or per-call options) a closure with everything bound, so
-        the hot path does no attribute lookups (bench/ W1)."""
+        task with no timeout, async body or per-call options) a C callable with everything bound
+        (cpp/bindings/submitter.cpp): the W1 hot path runs no Python code of ours."""
         general = self._submit_general
         if self.is_async or self.timeout is not None or self._options or self._kind_flag or self._wait.__class__ is tuple:
             return general
-        check, body, name, wait, engine = self._check, self._body, self.name, self._wait, self._engine
-        strip = self._strip_workflow_id
-
-        def submit(*args: Any, **kwargs: Any) -> _core.Execution:
-            if kwargs and strip and "workflow_id" in kwargs:
-                return general(*args, **kwargs)
-            if check is not None:
-                check(*args, **kwargs)
-            eng = engine or _engine_mod.default_engine()
-            if eng._scope.get() is not None:
-                return general(*args, **kwargs)
-            return _submit(eng._capsule, body, name, 0, wait, args, kwargs or None, None)
-
-        submit.__doc__ = general.__doc__
-        return submit
+        min_pos, max_pos = self._positional_range
+        return _core.Submitter(
+            general=general,
+            check=self._check,
+            min_pos=min_pos,
+            max_pos=max_pos,
+            body=self._body,
+            name=self.name,
+            wait=self._wait,
+            engine=self._engine,
+            default_engine=_engine_mod.default_engine,
+            strip=self._strip_workflow_id,
+        )
 
     def _submit_general(self, *args: Any, **kwargs: Any) -> _core.Execution:
         """Submits a call and returns its Execution at once. Any thread, fiber or loop.

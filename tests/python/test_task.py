@@ -180,3 +180,74 @@ def test_engine_arguments_are_validated():
         distaff.Engine(workers="2")
     with pytest.raises(ValueError):
         distaff.Engine(stack_size=1024)
+
+
+# -- the C fast path of submit (cpp/bindings/submitter.cpp) -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "call, ok",
+    [
+        ((), False),  # missing a
+        ((1,), True),
+        ((1, 2), True),
+        ((1, 2, 3), False),  # too many
+    ],
+)
+def test_fast_submit_checks_positional_counts(engine, call, ok):
+    @engine.task()
+    def f(a, b=2):
+        return a + b
+
+    if ok:
+        assert f.submit(*call).result(timeout=30) == sum(call) + (2 if len(call) == 1 else 0)
+    else:
+        with pytest.raises(TypeError, match=r"f\(\)"):
+            f.submit(*call)
+
+
+def test_fast_submit_accepts_any_count_with_star_args_and_checks_keywords(engine):
+    @engine.task()
+    def f(a, *rest, k=0):
+        return a + sum(rest) + k
+
+    assert f.submit(1, 2, 3, 4).result(timeout=30) == 10
+    assert f.submit(1, k=5).result(timeout=30) == 6
+    with pytest.raises(TypeError, match="unexpected keyword argument 'nope'"):
+        f.submit(1, nope=2)
+    with pytest.raises(TypeError, match="missing 1 required positional argument: 'a'"):
+        f.submit()
+
+
+def test_fast_submit_checks_required_keyword_only_parameters(engine):
+    @engine.task()
+    def f(a, *, k):
+        return a * k
+
+    with pytest.raises(TypeError, match="missing 1 required keyword-only argument: 'k'"):
+        f.submit(1)
+    assert f.submit(2, k=3).result(timeout=30) == 6
+
+
+def test_fast_submit_is_a_c_callable_with_the_general_docstring(engine):
+    @engine.task()
+    def f():
+        pass
+
+    assert type(f.submit).__name__ == "Submitter"
+    assert "Submits a call" in f.submit.__doc__
+    assert f.options(timeout=10).submit.__func__ is type(f)._submit_general  # options: general path
+
+
+def test_a_task_with_its_fast_submit_is_garbage_collected(engine):
+    import gc
+    import weakref
+
+    @engine.task()
+    def f():
+        pass
+
+    ref = weakref.ref(f)
+    del f
+    gc.collect()
+    assert ref() is None
