@@ -296,7 +296,9 @@ std::vector<ExecutionRef> Execution::children() const {
 }
 
 void Execution::add_callback(Callback cb, void* arg) {
-  {
+  // Terminal is final and published with release by finish(): no lock needed to see it (a wait-set
+  // over 100k mostly finished executions registers on each).
+  if (!is_terminal(state_.load(std::memory_order_acquire))) {
     std::lock_guard<std::mutex> lk(mu_);
     if (!is_terminal(state_.load(std::memory_order_relaxed))) {
       callbacks_ = new CallbackNode{cb, arg, callbacks_};

@@ -64,7 +64,9 @@ def wait(execs: Iterable, timeout: float | None = None, return_when: str = ALL_C
     mode = _mode(return_when)
     if _running_loop() is not None:
         return _wait_async(execs, timeout, mode)
-    _core.wait_set(execs, timeout, mode)
+    satisfied, _ = _core.wait_set(execs, timeout, mode)
+    if satisfied and mode == 0:  # ALL_COMPLETED reached: no per-member done() calls (bench/ W1)
+        return DoneAndNotDone(set(execs), set())
     return _split(execs)
 
 
