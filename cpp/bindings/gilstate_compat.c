@@ -25,3 +25,25 @@ void distaff_bind_gilstate(PyThreadState* tstate) {
 #else
 void distaff_bind_gilstate(PyThreadState* tstate) { (void)tstate; }
 #endif
+
+/* distaff_gil_locked: 1 if some thread holds the GIL now (a racy sample, for the elastic monitor:
+ * workers stuck while the GIL is free are in blocking calls, where another thread helps; stuck while
+ * it is held, they run or wait for Python, where one does not). Internal state, hence this file. */
+#if PY_VERSION_HEX < 0x030C0000
+#include "internal/pycore_gil.h"
+int distaff_gil_locked(void) { return _Py_atomic_load_relaxed(&_PyRuntime.ceval.gil.locked); }
+#elif PY_VERSION_HEX < 0x030D0000
+#define Py_BUILD_CORE 1
+#include "internal/pycore_interp.h"
+int distaff_gil_locked(void) {
+    PyInterpreterState* interp = PyInterpreterState_Main();
+    return interp->ceval.gil ? _Py_atomic_load_relaxed(&interp->ceval.gil->locked) : 1;
+}
+#else
+#define Py_BUILD_CORE 1
+#include "internal/pycore_interp.h"
+int distaff_gil_locked(void) {
+    PyInterpreterState* interp = PyInterpreterState_Main();
+    return interp->ceval.gil ? _Py_atomic_load_int_relaxed(&interp->ceval.gil->locked) : 1;
+}
+#endif

@@ -3,6 +3,8 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <unistd.h>
+
 #include "bindings.hpp"
 #include "python_fiber.hpp"
 
@@ -21,13 +23,21 @@ void capsule_destructor(PyObject* capsule) {
 // is a raw function taking the capsule.
 class EngineHandle {
  public:
-  EngineHandle(unsigned workers, std::size_t stack_size, std::size_t history) : core_(new EngineCore) {
+  EngineHandle(unsigned workers, unsigned max_workers, std::size_t stack_size, std::size_t history)
+      : core_(new EngineCore) {
     if (workers == 0 || workers > 1024) throw pyb::value_error("workers must be between 1 and 1024");
+    if (max_workers < workers || max_workers > 1024) {
+      throw pyb::value_error("max_workers must be between workers and 1024");
+    }
     if (stack_size < 64 * 1024) throw pyb::value_error("stack_size must be at least 64 KiB");
     core_->stack_size = stack_size;
     core_->history_limit = history;
     SchedulerOptions o;
     o.workers = workers;
+    o.max_workers = max_workers;
+    // Grow only while the GIL is free: stuck workers are then in blocking calls (time.sleep, I/O,
+    // C code that released it), where another thread helps; not in Python, where it would not.
+    o.growth_helps = [] { return distaff_gil_locked() == 0; };
     o.stack_size = stack_size;
     o.run = &run_execution;
     o.abandon = &abandon_execution;
@@ -41,8 +51,9 @@ class EngineHandle {
   ~EngineHandle() {
     Scheduler* s = core_->scheduler.get();
     if (!s) return;
-    if (interpreter_finalizing() || s->on_worker()) {
-      // Rule 7: no destructor may join once finalisation began, nor from the engine's own worker.
+    if (interpreter_finalizing() || s->on_worker() || getpid() != pid_) {
+      // Rule 7: no destructor may join once finalisation began, nor from the engine's own worker;
+      // nor in a forked child, where its threads (workers, the elastic monitor) do not exist.
       (void)core_->scheduler.release();
       (void)core_.release();
       return;
@@ -70,6 +81,8 @@ class EngineHandle {
     d["fibers"] = s.fibers;
     d["submitted"] = s.submitted;
     d["workers"] = core_->scheduler->workers();
+    d["threads"] = s.threads;
+    d["grown"] = s.grown;
     d["closed"] = core_->scheduler->closed();
     return d;
   }
@@ -102,6 +115,7 @@ class EngineHandle {
  private:
   std::unique_ptr<EngineCore> core_;
   PyObject* capsule_ = nullptr;
+  pid_t pid_ = getpid();  // the process whose threads these are
 };
 
 }  // namespace
@@ -116,8 +130,8 @@ PYBIND11_MODULE(_core, m) {
   if (!init_submitter(m.ptr())) throw pyb::error_already_set();
 
   pyb::class_<EngineHandle>(m, "EngineCore")
-      .def(pyb::init<unsigned, std::size_t, std::size_t>(), pyb::arg("workers"), pyb::arg("stack_size"),
-           pyb::arg("history"))
+      .def(pyb::init<unsigned, unsigned, std::size_t, std::size_t>(), pyb::arg("workers"),
+           pyb::arg("max_workers"), pyb::arg("stack_size"), pyb::arg("history"))
       .def("capsule", [](pyb::object self) { return self.cast<EngineHandle&>().capsule(self); })
       .def("stats", &EngineHandle::stats)
       .def("history", &EngineHandle::history)

@@ -812,6 +812,9 @@ void run_execution(Execution& ex) {
   Py_CLEAR(pe->context);
   Py_CLEAR(pe->trace);
   Py_DECREF(pe);  // the queue's reference
+  // The end of a body is a safe point too: log unobserved failures here rather than wait for the
+  // main thread's next bytecode (it may be blocked for long, e.g. in threading.Event.wait).
+  if (g_unobserved) drain_unobserved(nullptr);
   release_fiber_state(fs);
 }
 

@@ -67,4 +67,6 @@ bool interpreter_finalizing();
 extern "C" {
 // gilstate_compat.c: bind the PyGILState slot of this OS thread to `tstate` (no-op on 3.12+).
 void distaff_bind_gilstate(PyThreadState* tstate);
+// gilstate_compat.c: 1 if some thread holds the GIL now (a racy sample).
+int distaff_gil_locked(void);
 }

@@ -1,5 +1,6 @@
 #include "distaff/scheduler.hpp"
 
+#include <algorithm>
 #include <unordered_set>
 
 #include <cxxabi.h>
@@ -18,10 +19,18 @@ constexpr std::size_t kBatch = 64;
 // Cached stacks a worker keeps when it goes idle (peak concurrency is cached while busy).
 constexpr std::size_t kIdleStackCache = 256;
 
+enum WorkerStatus : int { kUnused, kRunning, kRetired };
+
 struct Scheduler::Worker {
   Worker(unsigned i, std::size_t stack_size) : index(i), stacks(stack_size) {}
   unsigned index;
   std::thread thread;
+  std::atomic<int> status{kUnused};
+  bool extra = false;                          // elastic: retires when idle (set before the thread starts)
+  std::atomic<std::uint64_t> switches{0};      // fiber switches so far (worker writes, monitor reads)
+  std::atomic<bool> blocked{false};            // the thread waits for a ready fiber (idle, not stuck)
+  std::uint64_t seen = 0;                      // monitor only: `switches` at the last tick
+  int still = 0;                               // monitor only: ticks in a row without a switch
   std::mutex mu;                       // guards local and parked
   std::deque<Execution*> local;        // ready children submitted by this worker's fibers
   bool parked = false;                 // the dispatcher sleeps in cv
@@ -35,34 +44,56 @@ thread_local Scheduler* tl_scheduler = nullptr;
 thread_local void* tl_worker = nullptr;
 
 // WorkerAlgorithm: Boost's round robin (fibers stay on their thread), plus a hook right before the
-// OS thread blocks for lack of ready fibers.
+// OS thread blocks for lack of ready fibers, and the progress signals the elastic monitor reads: a
+// switch counter and a "waiting for a ready fiber" flag.
 class WorkerAlgorithm final : public boost::fibers::algo::round_robin {
  public:
-  explicit WorkerAlgorithm(const std::function<void()>* before_block) noexcept : before_block_(before_block) {}
+  WorkerAlgorithm(const std::function<void()>* before_block, std::atomic<std::uint64_t>* switches,
+                  std::atomic<bool>* blocked) noexcept
+      : before_block_(before_block), switches_(switches), blocked_(blocked) {}
+  boost::fibers::context* pick_next() noexcept override {
+    boost::fibers::context* next = round_robin::pick_next();
+    // Only this thread writes: a plain increment, no lock prefix.
+    if (next) switches_->store(switches_->load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+    return next;
+  }
   void suspend_until(std::chrono::steady_clock::time_point const& tp) noexcept override {
+    blocked_->store(true, std::memory_order_relaxed);
     if (*before_block_) (*before_block_)();
     round_robin::suspend_until(tp);
+    blocked_->store(false, std::memory_order_relaxed);
   }
 
  private:
   const std::function<void()>* before_block_;
+  std::atomic<std::uint64_t>* switches_;
+  std::atomic<bool>* blocked_;
 };
 }  // namespace
 
 Scheduler::Scheduler(SchedulerOptions options) : opts_(std::move(options)) {
   if (!opts_.run) throw std::invalid_argument("SchedulerOptions::run is required");
   if (opts_.workers == 0) throw std::invalid_argument("workers must be at least 1");
-  for (unsigned i = 0; i < opts_.workers; ++i) {
+  const unsigned cap = std::max(opts_.workers, opts_.max_workers);
+  for (unsigned i = 0; i < cap; ++i) {
     workers_.push_back(std::make_unique<Worker>(i, opts_.stack_size));
   }
-  for (auto& w : workers_) {
-    Worker* wp = w.get();
-    w->thread = std::thread([this, wp] { worker_main(*wp); });
+  for (unsigned i = 0; i < opts_.workers; ++i) {
+    workers_[i]->status.store(kRunning, std::memory_order_relaxed);
+    start_worker(*workers_[i]);
   }
+  active_.store(opts_.workers, std::memory_order_release);
+  threads_.store(opts_.workers, std::memory_order_relaxed);
+  if (cap > opts_.workers) monitor_ = std::thread([this] { monitor_main(); });
+}
+
+void Scheduler::start_worker(Worker& w) {
+  Worker* wp = &w;
+  w.thread = std::thread([this, wp] { worker_main(*wp); });
 }
 
 Scheduler::~Scheduler() {
-  bool joinable = false;
+  bool joinable = monitor_.joinable();
   for (auto& w : workers_) joinable = joinable || w->thread.joinable();
   if (joinable) {
     close(false);
@@ -76,6 +107,8 @@ SchedulerStats Scheduler::stats() const {
   SchedulerStats s;
   s.live = live_.load();
   s.fibers = fibers_.load();
+  s.threads = threads_.load();
+  s.grown = grown_.load();
   s.submitted = submitted_.load();
   s.queued = inject_size_.load();
   return s;
@@ -157,7 +190,8 @@ void Scheduler::enqueue_ready(Execution* ex) {
 }
 
 void Scheduler::wake_one_idle() {
-  for (auto& w : workers_) {
+  for (unsigned i = 0, n = active_.load(std::memory_order_acquire); i < n; ++i) {
+    Worker* w = workers_[i].get();
     std::lock_guard<std::mutex> g(w->mu);
     if (std::exchange(w->parked, false)) {
       w->cv.notify_one();  // under w->mu: see join()
@@ -166,60 +200,70 @@ void Scheduler::wake_one_idle() {
   }
 }
 
-bool Scheduler::take_work(Worker& w, std::vector<Execution*>& out) {
+// take_work: the next execution for `w` to start, or nullptr. Whatever else it takes in the same
+// lock (a batch from the inject queue, half of another worker's local queue) goes to w's own local
+// queue, where it stays stealable: executions become fibers one at a time, because a fiber never
+// leaves its worker — a batch turned into fibers at once would be stranded behind a body that
+// blocks its thread (time.sleep), out of reach of the workers the elastic monitor adds.
+Execution* Scheduler::take_work(Worker& w, std::vector<Execution*>& buf) {
   {
     std::lock_guard<std::mutex> g(w.mu);
-    while (!w.local.empty() && out.size() < kBatch) {
-      out.push_back(w.local.front());
+    if (!w.local.empty()) {
+      Execution* ex = w.local.front();
       w.local.pop_front();
+      return ex;
     }
   }
-  if (!out.empty()) return true;
+  buf.clear();
   if (inject_size_.load(std::memory_order_seq_cst) > 0) {
     // While other workers idle, take one at a time and wake one of them for the rest: a burst of
-    // bodies that block (time.sleep, sockets) then spreads over the workers instead of queueing
-    // behind one (fibers never move once started).
+    // bodies that block (time.sleep, sockets) then spreads over the workers at once.
     const bool others_idle = idle_.load(std::memory_order_seq_cst) > 0;
     const std::size_t limit = others_idle ? 1 : kBatch;
     bool more;
     {
       std::lock_guard<std::mutex> g(inject_mu_);
-      while (!inject_.empty() && out.size() < limit) {
-        out.push_back(inject_.front());
+      while (!inject_.empty() && buf.size() < limit) {
+        buf.push_back(inject_.front());
         inject_.pop_front();
       }
-      inject_size_.fetch_sub(static_cast<std::int64_t>(out.size()), std::memory_order_seq_cst);
+      inject_size_.fetch_sub(static_cast<std::int64_t>(buf.size()), std::memory_order_seq_cst);
       more = !inject_.empty();
     }
     if (more && others_idle) wake_one_idle();
-    if (!out.empty()) return true;
   }
-  // Steal half of another worker's local queue (oldest first: they were waiting longest).
-  for (auto& other : workers_) {
-    if (other.get() == &w) continue;
-    std::unique_lock<std::mutex> g(other->mu, std::try_to_lock);
-    if (!g.owns_lock()) continue;
-    std::size_t n = (other->local.size() + 1) / 2;
-    while (n-- > 0 && out.size() < kBatch) {
-      out.push_back(other->local.front());
-      other->local.pop_front();
+  if (buf.empty()) {
+    // Steal half of another worker's local queue (oldest first: they were waiting longest).
+    for (unsigned i = 0, n = active_.load(std::memory_order_acquire); i < n && buf.empty(); ++i) {
+      Worker* other = workers_[i].get();
+      if (other == &w) continue;
+      std::unique_lock<std::mutex> g(other->mu, std::try_to_lock);
+      if (!g.owns_lock()) continue;
+      std::size_t half = (other->local.size() + 1) / 2;
+      while (half-- > 0 && buf.size() < kBatch) {
+        buf.push_back(other->local.front());
+        other->local.pop_front();
+      }
     }
-    if (!out.empty()) return true;
   }
-  return false;
+  if (buf.empty()) return nullptr;
+  if (buf.size() > 1) {
+    std::lock_guard<std::mutex> g(w.mu);
+    w.local.insert(w.local.end(), buf.begin() + 1, buf.end());
+  }
+  return buf.front();
 }
 
 void Scheduler::worker_main(Worker& w) {
   tl_scheduler = this;
   tl_worker = &w;
-  boost::fibers::use_scheduling_algorithm<WorkerAlgorithm>(&opts_.on_worker_block);
+  boost::fibers::use_scheduling_algorithm<WorkerAlgorithm>(&opts_.on_worker_block, &w.switches, &w.blocked);
   if (opts_.on_worker_start) opts_.on_worker_start(w.index);
   std::vector<Execution*> batch;
   batch.reserve(kBatch);
   for (;;) {
-    batch.clear();
-    if (take_work(w, batch)) {
-      for (Execution* ex : batch) {
+    if (Execution* ex = take_work(w, batch)) {
+      {
         ++w.fibers;
         fibers_.fetch_add(1, std::memory_order_relaxed);
         boost::fibers::fiber f(std::allocator_arg, detail::PooledStack{&w.stacks}, [this, &w, ex] {
@@ -251,7 +295,7 @@ void Scheduler::worker_main(Worker& w) {
         });
         f.detach();
       }
-      boost::this_fiber::yield();  // let the new fibers run
+      boost::this_fiber::yield();  // let the new fiber run (until it ends, parks or blocks)
       continue;
     }
     if (stopping_.load(std::memory_order_acquire) && w.fibers == 0) break;
@@ -268,12 +312,98 @@ void Scheduler::worker_main(Worker& w) {
     if (inject_size_.load(std::memory_order_seq_cst) > 0 || stop_now) {
       w.parked = false;
     }
-    while (w.parked) w.cv.wait(lk);
+    bool retire = false;
+    while (w.parked) {
+      if (!w.extra) {
+        w.cv.wait(lk);
+      } else if (w.cv.wait_for(lk, opts_.retire_after) == boost::fibers::cv_status::timeout && w.parked &&
+                 w.fibers == 0 && w.local.empty() && inject_size_.load(std::memory_order_seq_cst) == 0) {
+        // An elastic worker idle for retire_after with nothing left on it: it goes. Deciding under
+        // w.mu with `parked` still set means no waker has chosen it.
+        w.parked = false;
+        retire = true;
+      }
+    }
     idle_.fetch_sub(1, std::memory_order_seq_cst);
+    if (retire) break;
   }
   if (opts_.on_worker_stop) opts_.on_worker_stop(w.index);
   tl_scheduler = nullptr;
   tl_worker = nullptr;
+  threads_.fetch_sub(1, std::memory_order_relaxed);
+  w.status.store(kRetired, std::memory_order_release);  // last: the monitor may now join and reuse it
+}
+
+void Scheduler::monitor_main() {
+  const unsigned cap = static_cast<unsigned>(workers_.size());
+  int helps = 0;  // ticks in a row on which growth_helps() agreed (one racy sample is not enough)
+  std::unique_lock<std::mutex> lk(monitor_mu_);
+  while (!monitor_stop_) {
+    // Idle engines tick slowly: the monitor costs nothing measurable when there is no work.
+    const auto tick = live_.load(std::memory_order_relaxed) > 0 ? opts_.tick : opts_.tick * 25;
+    monitor_cv_.wait_for(lk, tick);
+    if (monitor_stop_ || closed_.load(std::memory_order_acquire)) continue;
+    lk.unlock();
+    unsigned running = 0, stuck = 0;
+    const unsigned n = active_.load(std::memory_order_acquire);
+    for (unsigned i = 0; i < n; ++i) {
+      Worker& w = *workers_[i];
+      if (w.status.load(std::memory_order_acquire) != kRunning) continue;
+      ++running;
+      const std::uint64_t sw = w.switches.load(std::memory_order_relaxed);
+      if (sw == w.seen && !w.blocked.load(std::memory_order_relaxed)) {
+        if (++w.still >= 2) ++stuck;  // one fiber has held this thread for two ticks or more
+      } else {
+        w.still = 0;
+      }
+      w.seen = sw;
+    }
+    std::size_t queued = 0;
+    if (stuck > 0 && running < cap && idle_.load(std::memory_order_seq_cst) == 0) {
+      queued = static_cast<std::size_t>(std::max<std::int64_t>(0, inject_size_.load()));
+      for (unsigned i = 0; i < n; ++i) {
+        std::unique_lock<std::mutex> g(workers_[i]->mu, std::try_to_lock);
+        if (g.owns_lock()) queued += workers_[i]->local.size();
+      }
+    }
+    if (queued > 0 && (!opts_.growth_helps || opts_.growth_helps())) {
+      if (++helps >= 2) {
+        helps = 0;
+        grow(static_cast<unsigned>(std::min<std::size_t>({stuck, queued, cap - running})));
+      }
+    } else {
+      helps = 0;
+    }
+    lk.lock();
+  }
+}
+
+void Scheduler::grow(unsigned count) {
+  // Monitor thread only.
+  for (unsigned k = 0; k < count; ++k) {
+    Worker* slot = nullptr;
+    const unsigned n = active_.load(std::memory_order_acquire);
+    for (unsigned i = opts_.workers; i < n && !slot; ++i) {
+      if (workers_[i]->status.load(std::memory_order_acquire) == kRetired) slot = workers_[i].get();
+    }
+    bool fresh = false;
+    if (slot) {
+      if (slot->thread.joinable()) slot->thread.join();  // it has finished (status is its last write)
+    } else if (n < workers_.size()) {
+      slot = workers_[n].get();
+      fresh = true;
+    } else {
+      return;
+    }
+    slot->extra = true;
+    slot->still = 0;
+    slot->seen = slot->switches.load(std::memory_order_relaxed);
+    slot->status.store(kRunning, std::memory_order_release);
+    threads_.fetch_add(1, std::memory_order_relaxed);
+    grown_.fetch_add(1, std::memory_order_relaxed);
+    start_worker(*slot);
+    if (fresh) active_.store(n + 1, std::memory_order_release);
+  }
 }
 
 void Scheduler::on_finished(Execution& ex) noexcept {
@@ -306,7 +436,8 @@ std::vector<ExecutionRef> Scheduler::close(bool drain) {
     std::lock_guard<std::mutex> g(inject_mu_);
     for (Execution* e : inject_) out.emplace_back(e);
   }
-  for (auto& w : workers_) {
+  for (unsigned i = 0, n = active_.load(std::memory_order_acquire); i < n; ++i) {
+    Worker* w = workers_[i].get();
     std::lock_guard<std::mutex> g(w->mu);
     for (Execution* e : w->local) out.emplace_back(e);
   }
@@ -321,6 +452,12 @@ void Scheduler::join() {
   DISTAFF_ASSERT(!on_worker());
   if (on_worker()) throw std::logic_error("Scheduler::join called from one of its own workers");
   closed_.store(true, std::memory_order_release);
+  {
+    std::lock_guard<std::mutex> g(monitor_mu_);
+    monitor_stop_ = true;
+  }
+  monitor_cv_.notify_all();
+  if (monitor_.joinable()) monitor_.join();  // no worker starts after this
   stopping_.store(true, std::memory_order_release);
   for (auto& w : workers_) {
     // Every notify of w->cv is made under w->mu, which the woken dispatcher re-acquires before its

@@ -17,20 +17,29 @@ def timed(fn):
     return time.perf_counter() - t
 
 
-with distaff.Engine(workers=1) as engine:
-    # -- blocking calls hold the worker; distaff.sleep suspends only the fiber ---------------------
-    @engine.task
-    def blocking():
-        time.sleep(0.1)  # holds the worker's OS thread: nothing else runs on it meanwhile
+def five(t):
+    return lambda: [e.result() for e in [t.submit() for _ in range(5)]]
+
+
+# -- blocking calls hold the worker; distaff.sleep suspends only the fiber -------------------------
+for max_workers in (1, None):  # growth off, then the default (elastic, up to 32 threads)
+    with distaff.Engine(workers=1, max_workers=max_workers) as engine:
+
+        @engine.task
+        def blocking():
+            time.sleep(0.1)  # holds the worker's OS thread: nothing else runs on it meanwhile
+
+        took = timed(five(blocking))
+        threads = engine.stats()["threads"]
+        print(f"5 x time.sleep(0.1), max_workers={engine.max_workers}: {took:.2f} s on {threads} thread(s)")
+
+# max_workers=1: what follows is about one worker thread.
+with distaff.Engine(workers=1, max_workers=1) as engine:
 
     @engine.task
     def cooperative():
         distaff.sleep(0.1)  # suspends this fiber; the worker runs the others
 
-    def five(t):
-        return lambda: [e.result() for e in [t.submit() for _ in range(5)]]
-
-    print(f"5 x time.sleep(0.1) on 1 worker:    {timed(five(blocking)):.2f} s (one after another)")
     print(f"5 x distaff.sleep(0.1) on 1 worker: {timed(five(cooperative)):.2f} s (together)")
 
     # -- identity: the thread is the worker's, thread-locals and contextvars are the fiber's --------
@@ -86,7 +95,7 @@ def spin(n):
 
 
 for workers in (1, 2):
-    with distaff.Engine(workers=workers) as engine:
+    with distaff.Engine(workers=workers, max_workers=workers) as engine:
         engine.submit(spin, 1000).result()  # warm up
         took = timed(lambda: [e.result() for e in [engine.submit(spin, 200_000) for _ in range(8)]])
         print(f"8 CPU-bound bodies on {workers} worker(s): {took:.2f} s")

@@ -29,27 +29,45 @@ class Engine:
     Args:
         workers: OS threads running fibers. Default 1: for bodies that hold the GIL a second worker
             only adds GIL hand-offs (docs/performance.md); use more for bodies that release it.
+        max_workers: elastic growth. While every worker is stuck in a blocking call (``time.sleep``,
+            a blocking socket, C code that released the GIL) and work is queued, more worker threads
+            are started, up to this many in all; they retire after 2 s idle. Default
+            ``max(32, workers)``; ``max_workers=workers`` turns growth off.
         stack_size: virtual size of each fiber's stack in bytes (only touched pages cost memory).
         history: how many finished executions ``graph()`` remembers (0 disables).
     """
 
-    def __init__(self, workers: int | None = None, *, stack_size: int = 1 << 20, history: int = 100_000) -> None:
+    def __init__(
+        self,
+        workers: int | None = None,
+        *,
+        max_workers: int | None = None,
+        stack_size: int = 1 << 20,
+        history: int = 100_000,
+    ) -> None:
         if workers is None:
             workers = 1
         if isinstance(workers, bool) or not isinstance(workers, int):
             raise TypeError(f"workers must be an int, not {type(workers).__name__}")
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
+        if max_workers is None:
+            max_workers = max(32, workers)
+        if isinstance(max_workers, bool) or not isinstance(max_workers, int):
+            raise TypeError(f"max_workers must be an int, not {type(max_workers).__name__}")
+        if not workers <= max_workers <= 1024:
+            raise ValueError(f"max_workers must be between workers ({workers}) and 1024, got {max_workers}")
         if isinstance(stack_size, bool) or not isinstance(stack_size, int) or stack_size < 64 * 1024:
             raise ValueError("stack_size must be an int of at least 65536 bytes")
         if isinstance(history, bool) or not isinstance(history, int) or history < 0:
             raise ValueError("history must be a non-negative int")
-        self._core = _core.EngineCore(workers, stack_size, history)
+        self._core = _core.EngineCore(workers, max_workers, stack_size, history)
         self._capsule = self._core.capsule()
         self._pid = os.getpid()
         self._closed = False
         self._joined = False  # workers joined (shutdown with wait=True)
         self.workers = workers
+        self.max_workers = max_workers
         # The active workflow id: one ContextVar per engine, so engines never see each other's
         # scopes; it follows contextvars across threads, fibers and asyncio tasks.
         self._scope: contextvars.ContextVar = contextvars.ContextVar(f"distaff_scope_{id(self):x}", default=None)
@@ -213,7 +231,9 @@ class Engine:
     # -- introspection ------------------------------------------------------------------------------
 
     def stats(self) -> dict:
-        """Counters: live (unfinished), queued, fibers (started, unfinished), submitted, workers."""
+        """Counters: live (unfinished), queued, fibers (started, unfinished), submitted, workers
+        (configured), threads (worker threads now, elastic ones included), grown (elastic threads
+        started so far), closed."""
         return self._core.stats()
 
     def graph(self) -> dict:

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <condition_variable>
 #include <cstdint>
 #include <deque>
 #include <functional>
@@ -734,6 +735,105 @@ TEST_F(SchedulerConfig, DestructorClosesAndJoins) {
   }  // ~Scheduler: close(false) + join(): queued work still runs
   EXPECT_EQ(runs.load(), 1000);
   for (auto& ex : all) EXPECT_EQ(ex->state(), State::succeeded);
+}
+
+// ---- elastic workers ---------------------------------------------------------------------------
+
+class SchedulerElastic : public CoreTest {};
+
+// ThreadBarrier: bodies that block their OS thread until `parties` of them have arrived. Only
+// `parties` OS threads running at once can get through: the classic thread-pool deadlock.
+struct ThreadBarrier {
+  explicit ThreadBarrier(int n) : parties(n) {}
+  bool arrive_and_wait() {
+    std::unique_lock<std::mutex> lk(mu);
+    ++arrived;
+    cv.notify_all();
+    return cv.wait_for(lk, kSafety, [&] { return arrived >= parties; });
+  }
+  int parties;
+  int arrived = 0;
+  std::mutex mu;
+  std::condition_variable cv;
+};
+
+TEST_F(SchedulerElastic, GrowsWhenEveryWorkerIsBlockedWithWorkQueuedThenRetires) {
+  constexpr int kBodies = 4;
+  auto barrier = std::make_shared<ThreadBarrier>(kBodies);
+  SchedulerOptions o;
+  o.workers = 1;
+  o.max_workers = kBodies;
+  o.tick = std::chrono::milliseconds(1);
+  o.retire_after = std::chrono::milliseconds(20);
+  o.run = [&](Execution& ex) { ex.finish(barrier->arrive_and_wait() ? State::succeeded : State::failed); };
+  Scheduler s(std::move(o));
+  for (int round = 0; round < 2; ++round) {  // the second round reuses retired slots
+    barrier = std::make_shared<ThreadBarrier>(kBodies);
+    std::vector<ExecutionRef> exs;
+    for (int i = 0; i < kBodies; ++i) {
+      exs.push_back(Execution::create("blocks"));
+      s.submit(exs.back());
+    }
+    for (auto& ex : exs) {
+      ASSERT_EQ(ex->wait_until(safety_deadline()), WaitStatus::done);
+      EXPECT_EQ(ex->state(), State::succeeded);
+    }
+    EXPECT_GE(s.stats().grown, (round + 1) * (kBodies - 1));
+    EXPECT_LE(s.stats().threads, kBodies);
+    EXPECT_TRUE(eventually([&] { return s.stats().threads == 1; }));  // the extras retire when idle
+  }
+  s.close(false);
+  s.join();
+  EXPECT_EQ(s.stats().threads, 0);
+}
+
+TEST_F(SchedulerElastic, DoesNotGrowWhenTheEmbedderSaysItWouldNotHelp) {
+  Event release;
+  std::atomic<int> asked{0};
+  Event asked_enough;
+  SchedulerOptions o;
+  o.workers = 1;
+  o.max_workers = 4;
+  o.tick = std::chrono::milliseconds(1);
+  o.growth_helps = [&] {
+    if (asked.fetch_add(1) + 1 == 5) asked_enough.set();
+    return false;  // e.g. "the GIL is held": another thread could not run either
+  };
+  o.run = [&](Execution& ex) {
+    release.wait();
+    ex.finish(State::succeeded);
+  };
+  Scheduler s(std::move(o));
+  std::vector<ExecutionRef> exs;
+  for (int i = 0; i < 3; ++i) {
+    exs.push_back(Execution::create("blocks"));
+    s.submit(exs.back());
+  }
+  ASSERT_TRUE(asked_enough.wait());  // the monitor saw a stuck worker with work queued, 5 times
+  EXPECT_EQ(s.stats().grown, 0);
+  EXPECT_EQ(s.stats().threads, 1);
+  release.set();
+  for (auto& ex : exs) ASSERT_EQ(ex->wait_until(safety_deadline()), WaitStatus::done);
+  s.close(false);
+  s.join();
+}
+
+TEST_F(SchedulerElastic, FixedSizeWithoutMaxWorkersAndJoinStopsTheMonitor) {
+  SchedulerOptions o;
+  o.workers = 2;
+  o.run = [](Execution& ex) { ex.finish(State::succeeded); };
+  {
+    Scheduler s(std::move(o));
+    auto ex = Execution::create("x");
+    s.submit(ex);
+    ASSERT_EQ(ex->wait_until(safety_deadline()), WaitStatus::done);
+    EXPECT_EQ(s.stats().threads, 2);
+  }
+  SchedulerOptions e;
+  e.workers = 1;
+  e.max_workers = 8;
+  e.run = [](Execution& ex) { ex.finish(State::succeeded); };
+  Scheduler s(std::move(e));  // destroyed with its monitor idle: must not hang
 }
 
 }  // namespace

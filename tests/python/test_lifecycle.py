@@ -118,3 +118,66 @@ def test_engines_are_independent():
             return x.result() + "b"
 
         assert on_b(on_a.submit()) == "ab"
+
+
+# -- elastic workers --------------------------------------------------------------------------------
+
+
+def test_bodies_blocked_in_calls_get_more_threads_up_to_max_workers():
+    """Four bodies that block their OS thread until all four arrive: a fixed one-thread pool
+    deadlocks; the elastic engine starts threads while its workers are stuck with work queued."""
+    n = 4
+    barrier = threading.Barrier(n, timeout=60)
+    with distaff.Engine(workers=1, max_workers=n) as eng:
+
+        @eng.task()
+        def meet(i):
+            barrier.wait()  # blocks the thread, GIL released
+            return i
+
+        assert [e.result(timeout=60) for e in [meet.submit(i) for i in range(n)]] == list(range(n))
+        stats = eng.stats()
+        assert stats["grown"] >= n - 1 and stats["threads"] <= n
+        assert stats["workers"] == 1
+
+
+def test_max_workers_equal_to_workers_turns_growth_off():
+    started = threading.Event()
+    release = threading.Event()
+    with distaff.Engine(workers=1, max_workers=1) as eng:
+
+        @eng.task()
+        def blocks():
+            started.set()
+            release.wait(60)
+
+        @eng.task()
+        def queued():
+            return "ran"
+
+        b = blocks.submit()
+        assert started.wait(30)
+        q = queued.submit()
+        assert not q.done()  # the only thread is blocked and no other may start
+        release.set()
+        assert q.result(timeout=30) == "ran" and b.result(timeout=30) is None
+        assert eng.stats()["grown"] == 0
+
+
+@pytest.mark.parametrize(
+    "kwargs, error",
+    [
+        ({"workers": 2, "max_workers": 1}, ValueError),
+        ({"max_workers": 2000}, ValueError),
+        ({"max_workers": True}, TypeError),
+        ({"max_workers": 2.0}, TypeError),
+    ],
+)
+def test_max_workers_is_validated(kwargs, error):
+    with pytest.raises(error, match="max_workers"):
+        distaff.Engine(**kwargs)
+
+
+def test_default_max_workers():
+    with distaff.Engine() as a, distaff.Engine(workers=40) as b:
+        assert (a.max_workers, b.max_workers) == (32, 40)

@@ -1427,8 +1427,9 @@ def test_ctrl_c_during_the_exit_wait_cancels_queued_work_and_waits_for_a_body_in
     import distaff, threading, time
 
     started = threading.Event()
+    engine = distaff.Engine(workers=1, max_workers=1)  # no elastic thread takes the queued work
 
-    @distaff.task
+    @engine.task
     def running():
         started.set()
         try:
@@ -1437,7 +1438,7 @@ def test_ctrl_c_during_the_exit_wait_cancels_queued_work_and_waits_for_a_body_in
             print("running returned", flush=True)
         print("running went on", flush=True)  # not reached: cancelled at its next bytecode
 
-    @distaff.task
+    @engine.task
     def queued(i):
         print("queued ran", i, flush=True)
 

@@ -3,6 +3,8 @@
 // executions into fibers.
 
 #include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <cstddef>
 #include <deque>
 #include <functional>
@@ -25,6 +27,17 @@ class StackPool;
 struct SchedulerOptions {
   // workers: OS threads. 1 is the measured best default for GIL-bound bodies (ARCHITECTURE.md).
   unsigned workers = 1;
+  // max_workers: elastic growth (Go's hand-off). When every worker is stuck in one fiber — no fiber
+  // switch and no idle wait for two ticks, i.e. a body in a blocking call — while work is queued and
+  // `growth_helps` agrees, a monitor thread starts more workers, up to max_workers in all. Extra
+  // workers retire after `retire_after` idle. 0 or <= workers: fixed size, no monitor thread.
+  unsigned max_workers = 0;
+  std::chrono::milliseconds tick{2};
+  std::chrono::milliseconds retire_after{2000};
+  // growth_helps: sampled by the monitor each tick while some worker is stuck (the bindings answer
+  // "the GIL is free now": a worker stuck holding the GIL, or waiting for it, would not be helped
+  // by another thread). Unset: always.
+  std::function<bool()> growth_helps;
   // stack_size: virtual size of each fiber stack (only touched pages cost memory).
   std::size_t stack_size = std::size_t(1) << 20;
   // run: runs the body of `ex` on a worker fiber. Must not throw. Called for every dequeued
@@ -51,6 +64,8 @@ struct SchedulerStats {
   std::int64_t live = 0;         // submitted and not yet finished
   std::int64_t queued = 0;       // ready, not yet started
   std::int64_t fibers = 0;       // started fibers not yet ended (running or suspended)
+  std::int64_t threads = 0;      // worker threads running now (workers plus elastic extras)
+  std::int64_t grown = 0;        // elastic workers started so far
   std::int64_t submitted = 0;    // total ever submitted
   std::int64_t stacks_cached = 0;
   std::int64_t stacks_mapped = 0;
@@ -89,7 +104,8 @@ class Scheduler {
   void join();
 
   bool closed() const noexcept { return closed_.load(std::memory_order_acquire); }
-  unsigned workers() const noexcept { return static_cast<unsigned>(workers_.size()); }
+  // workers: the configured (base) number of workers; stats().threads counts elastic ones too.
+  unsigned workers() const noexcept { return opts_.workers; }
   SchedulerStats stats() const;
 
   // on_worker: true if the calling thread is one of this scheduler's workers.
@@ -99,14 +115,26 @@ class Scheduler {
   friend class Execution;
   struct Worker;
   void worker_main(Worker& w);
+  void start_worker(Worker& w);
+  void monitor_main();
+  void grow(unsigned n);
   void enqueue_ready(Execution* ex);  // takes over one reference
-  bool take_work(Worker& w, std::vector<Execution*>& out);
+  Execution* take_work(Worker& w, std::vector<Execution*>& buf);
   void wake_one_idle();
   void on_finished(Execution& ex) noexcept;
   static void on_dependency_done(Execution& dep, void* arg);
 
   SchedulerOptions opts_;
+  // Every slot a worker may ever use is allocated up front (max_workers), so other threads can
+  // iterate the first `active_` slots without a lock while the monitor starts more.
   std::vector<std::unique_ptr<Worker>> workers_;
+  std::atomic<unsigned> active_{0};     // slots in use (running or retired)
+  std::atomic<std::int64_t> threads_{0};
+  std::atomic<std::int64_t> grown_{0};
+  std::thread monitor_;
+  std::mutex monitor_mu_;
+  std::condition_variable monitor_cv_;
+  bool monitor_stop_ = false;           // guarded by monitor_mu_
 
   std::mutex inject_mu_;
   std::deque<Execution*> inject_;              // ready executions from non-worker threads
