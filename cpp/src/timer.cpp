@@ -56,8 +56,11 @@ void Timer::run() {
       continue;
     }
     auto it = queue_.begin();
-    if (Clock::now() < it->first.first) {
-      cv_.wait_until(lk, it->first.first);
+    // A copy: wait_until reads its deadline again after waking, and cancel() may have freed the
+    // entry meanwhile (ASan: heap-use-after-free, found by `make sanitize-python`).
+    const Clock::time_point deadline = it->first.first;
+    if (Clock::now() < deadline) {
+      cv_.wait_until(lk, deadline);
       continue;
     }
     Entry e = it->second;
