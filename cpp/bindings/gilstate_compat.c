@@ -10,10 +10,10 @@
  *
  * This needs the interpreter's internal runtime struct, hence Py_BUILD_CORE, kept to this one file.
  * It is C, not C++, because the internal headers are only meant to compile as C. */
+#define Py_BUILD_CORE 1  /* before Python.h: 3.12's internal headers redeclare public functions otherwise */
 #include <Python.h>
 
 #if PY_VERSION_HEX < 0x030C0000
-#define Py_BUILD_CORE 1
 #include "internal/pycore_runtime.h"
 
 void distaff_bind_gilstate(PyThreadState* tstate) {
@@ -33,14 +33,12 @@ void distaff_bind_gilstate(PyThreadState* tstate) { (void)tstate; }
 #include "internal/pycore_gil.h"
 int distaff_gil_locked(void) { return _Py_atomic_load_relaxed(&_PyRuntime.ceval.gil.locked); }
 #elif PY_VERSION_HEX < 0x030D0000
-#define Py_BUILD_CORE 1
 #include "internal/pycore_interp.h"
 int distaff_gil_locked(void) {
     PyInterpreterState* interp = PyInterpreterState_Main();
     return interp->ceval.gil ? _Py_atomic_load_relaxed(&interp->ceval.gil->locked) : 1;
 }
 #else
-#define Py_BUILD_CORE 1
 #include "internal/pycore_interp.h"
 int distaff_gil_locked(void) {
     PyInterpreterState* interp = PyInterpreterState_Main();
