@@ -337,31 +337,58 @@ def _shutdown_at_exit() -> None:
     # worker touches the GIL afterwards. Outstanding work is waited for, like concurrent.futures;
     # a Ctrl-C during that wait cancels everything (running bodies as Execution.cancel() does) and
     # waits only for bodies that cannot be interrupted (stuck in C code).
-    for eng in list(_engines):
-        if eng._joined or eng._capsule is None:
-            continue
-        # Engines shut down with wait=False are joined here too: their running bodies must end
-        # before finalisation, or a fiber would take the GIL of a finalising interpreter.
-        live = eng.stats()["live"]
-        if live:
-            logger.warning("distaff: waiting for %d outstanding execution(s) before exit", live)
-        try:
-            _core.shutdown(eng._capsule, True, 0)
-        except KeyboardInterrupt:
-            # The rule: the first Ctrl-C ended the program; one during this wait cancels.
-            logger.warning("distaff: interrupted; cancelling outstanding executions")
-            # Bodies stuck in C code must still return before finalisation: later Ctrl-Cs repeat this.
+    #
+    # No KeyboardInterrupt may escape this hook: finalisation would then start with bodies still
+    # running (measured: an abort). So while it runs, SIGINT only counts; it raises only inside the
+    # engine wait, which is where it can act (the wait returns to cancel and wait again).
+    import signal
+
+    ctrl_c = {"hits": 0, "armed": False}
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        ctrl_c["hits"] += 1
+        if ctrl_c["armed"]:
+            ctrl_c["armed"] = False
+            raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGINT, on_sigint)
+    except ValueError:  # not the main thread (an embedding calls exit hooks elsewhere)
+        previous = None
+    try:
+        logged = 0
+        for eng in list(_engines):
+            if eng._joined or eng._capsule is None:
+                continue
+            # Engines shut down with wait=False are joined here too: their running bodies must end
+            # before finalisation, or a fiber would take the GIL of a finalising interpreter.
+            live = eng.stats()["live"]
+            if live:
+                logger.warning("distaff: waiting for %d outstanding execution(s) before exit", live)
             while True:
+                cancel = 2 if ctrl_c["hits"] else 0
                 try:
-                    _core.shutdown(eng._capsule, True, 2)
+                    ctrl_c["armed"] = True
+                    _core.shutdown(eng._capsule, True, cancel)
+                    ctrl_c["armed"] = False
                     break
                 except KeyboardInterrupt:
-                    logger.warning("distaff: still waiting for running bodies to finish")
-        eng._closed = eng._joined = True
-        eng._stop_event_loop()
-    _core.stop_timer()
-    gc.collect()
-    _core._drain_unobserved()
+                    ctrl_c["armed"] = False
+                if ctrl_c["hits"] > logged:
+                    logged = ctrl_c["hits"]
+                    if logged == 1:
+                        # The rule: the first Ctrl-C ended the program; one here cancels.
+                        logger.warning("distaff: interrupted; cancelling outstanding executions")
+                    else:  # bodies stuck in C code must still return before finalisation
+                        logger.warning("distaff: still waiting for running bodies to finish")
+            eng._closed = eng._joined = True
+            eng._stop_event_loop()
+        _core.stop_timer()
+        gc.collect()
+        _core._drain_unobserved()
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
 
 
 def _after_fork_in_child() -> None:
