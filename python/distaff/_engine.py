@@ -366,6 +366,13 @@ def _shutdown_at_exit() -> None:
             if live:
                 logger.warning("distaff: waiting for %d outstanding execution(s) before exit", live)
             while True:
+                if ctrl_c["hits"] > logged:
+                    if logged == 0:
+                        # The rule: the first Ctrl-C ended the program; one here cancels.
+                        logger.warning("distaff: interrupted; cancelling outstanding executions")
+                    else:  # bodies stuck in C code must still return before finalisation
+                        logger.warning("distaff: still waiting for running bodies to finish")
+                    logged = ctrl_c["hits"]
                 cancel = 2 if ctrl_c["hits"] else 0
                 try:
                     ctrl_c["armed"] = True
@@ -374,13 +381,6 @@ def _shutdown_at_exit() -> None:
                     break
                 except KeyboardInterrupt:
                     ctrl_c["armed"] = False
-                if ctrl_c["hits"] > logged:
-                    logged = ctrl_c["hits"]
-                    if logged == 1:
-                        # The rule: the first Ctrl-C ended the program; one here cancels.
-                        logger.warning("distaff: interrupted; cancelling outstanding executions")
-                    else:  # bodies stuck in C code must still return before finalisation
-                        logger.warning("distaff: still waiting for running bodies to finish")
             eng._closed = eng._joined = True
             eng._stop_event_loop()
         _core.stop_timer()
