@@ -37,6 +37,28 @@ boost::context::stack_context StackPool::allocate() {
   }
   const std::size_t p = page_size();
   const std::size_t total = size_ + p;
+  if (g_guarded.load(std::memory_order_relaxed) >= g_guard_limit.load(std::memory_order_relaxed)) {
+    // Unguarded stacks are mapped kChunk at a time, in one mapping: the kernel counts it as one
+    // entry against vm.max_map_count however it is later unmapped piecewise. Mapped one by one,
+    // they interleave with CPython's own small mappings (each fiber's thread state maps its frame
+    // stack) and never merge: two entries per fiber, and mmap failed near 21,000 suspended fibers.
+    constexpr std::size_t kChunk = 64;
+    void* chunk = ::mmap(nullptr, total * kChunk, PROT_READ | PROT_WRITE,
+                         MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_STACK, -1, 0);
+    if (chunk != MAP_FAILED) {
+      for (std::size_t i = 1; i < kChunk; ++i) {
+        boost::context::stack_context extra;
+        extra.size = total;
+        extra.sp = static_cast<char*>(chunk) + total * (i + 1);
+        free_.push_back(extra);
+      }
+      mapped_ += kChunk;
+      boost::context::stack_context sc;
+      sc.size = total;
+      sc.sp = static_cast<char*>(chunk) + total;
+      return sc;
+    }
+  }
   void* base = ::mmap(nullptr, total, PROT_READ | PROT_WRITE,
                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_STACK, -1, 0);
   if (base == MAP_FAILED) throw std::bad_alloc();
