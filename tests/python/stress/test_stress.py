@@ -340,3 +340,32 @@ def test_cancel_storm_on_wide_trees_leaves_nothing_behind():
     except BaseException as e:
         e.add_note(f"reproduce with DISTAFF_STRESS_SEED={seed}")
         raise
+
+
+def test_more_suspended_executions_than_guarded_stacks():
+    """40,000 executions suspended at once: past the 20,000 guarded stacks, unguarded ones are
+    mapped in chunks. One mapping per stack interleaved with CPython's own small mappings and hit
+    vm.max_map_count near 21,000 (the process aborted with bad_alloc)."""
+    n = 40_000
+    gate = threading.Event()
+    with distaff.Engine(workers=1, max_workers=1) as eng:
+
+        @eng.task()
+        def root():
+            while not gate.is_set():
+                distaff.sleep(0.005)
+            return 1
+
+        @eng.task()
+        def waiter(ex):
+            return ex.result()
+
+        r = root.submit()
+        exs = [waiter.submit(r) for _ in range(n)]
+        deadline = time.monotonic() + 120
+        while eng.stats()["fibers"] < n + 1:  # every waiter started and suspended
+            assert time.monotonic() < deadline, eng.stats()
+            time.sleep(0.01)
+        gate.set()
+        distaff.wait(exs, timeout=120)
+        assert sum(e.result() for e in exs) == n
