@@ -7,7 +7,7 @@ BUILD  ?= build/core
 SYSTEM_PACKAGES = libboost-fiber-dev libboost-context-dev libgtest-dev cmake ninja-build g++
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test test-cpp test-python test-versions sanitize bench bench-quick deps install clean
+.PHONY: demo test test-cpp test-python test-versions sanitize sanitize-python bench bench-quick deps install clean
 
 deps:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -54,6 +54,47 @@ sanitize: deps
 	cmake --build build/tsan -j2
 	ctest --test-dir build/tsan --output-on-failure -j2 -R Threads
 
+# The Python suite against an ASan+UBSan build of the extension (Debug, build/asan-py, installed into
+# .venv-asan); CI runs it after `make sanitize`, ~1.5 min plus the build. CPython is not instrumented,
+# so the ASan runtime is preloaded, with libstdc++ (ASan's __cxa_throw interceptor must find it when
+# it starts), and PYTHONMALLOC=malloc puts Python objects on ASan's heap too. detect_leaks=0: CPython
+# is not leak-clean. ASan reports go to build/asan-py/logs (a test's subprocess may die of one without
+# the test noticing): any report there fails the target, whatever pytest said. UBSan (GCC's separate
+# libubsan) ignores log_path and writes to stderr, hence --capture=sys: what C code writes to fd 2
+# (UBSan, the core's assertions) stays visible when the pytest process dies of it. Stack variables are
+# not instrumented (DISTAFF_ASAN_STACK=OFF: see CMakeLists.txt); `make sanitize` covers them. Extra
+# pytest arguments: `make sanitize-python SANITIZE_PYTEST='tests/python/test_waiting.py'`.
+ASAN_PY   := .venv-asan/bin/python
+ASAN_LOGS := $(CURDIR)/build/asan-py/logs
+SANITIZE_PYTEST ?=
+# Deselected here:
+# - test_hostile_exception_str_when_logged_unobserved (until fixed; fails without ASan too, ~1 run in
+#   15, but about every other run under ASan): the "nobody retrieved its error" record can come after
+#   the test's `caplog` block (empty caplog.text), even after wait_idle() and gc.collect();
+# - test_default_engine_after_fork_in_the_child_works_or_errors_clearly (an ASan limit, not a distaff
+#   bug): it forks right after Engine(), while the new workers still allocate, and GCC 12's libasan
+#   does not hold its allocator's locks across fork, so the child can deadlock in ASan's malloc.
+SANITIZE_DESELECT ?= test_hostile_exception_str_when_logged_unobserved \
+  or test_default_engine_after_fork_in_the_child_works_or_errors_clearly
+$(ASAN_PY):
+	$(PYTHON) -m venv .venv-asan
+	$(ASAN_PY) -m pip install -q --upgrade pip
+sanitize-python: deps $(ASAN_PY)
+	$(ASAN_PY) -m pip install -q ".[test]" -C build-dir=build/asan-py -C cmake.build-type=Debug -C install.strip=false \
+	  -C cmake.define.DISTAFF_ASAN=ON -C cmake.define.DISTAFF_UBSAN=ON -C cmake.define.DISTAFF_ASAN_STACK=OFF
+	@so=$$(ls $$($(ASAN_PY) -c 'import sysconfig; print(sysconfig.get_path("platlib"))')/distaff/_core*.so); \
+	  ldd $$so | grep -q libasan || { echo "$$so is not an ASan build"; exit 1; }
+	rm -rf $(ASAN_LOGS) && mkdir -p $(ASAN_LOGS)
+	@set +e; \
+	LD_PRELOAD="$$(g++ -print-file-name=libasan.so) $$(g++ -print-file-name=libstdc++.so)" PYTHONMALLOC=malloc \
+	  ASAN_OPTIONS=detect_leaks=0:detect_stack_use_after_return=0:halt_on_error=1:log_path=$(ASAN_LOGS)/asan \
+	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	  $(ASAN_PY) -m pytest -q --capture=sys $(if $(strip $(SANITIZE_DESELECT)),-k "not ($(strip $(SANITIZE_DESELECT)))") $(SANITIZE_PYTEST); rc=$$?; \
+	reports=$$(grep -l -E 'ERROR: (Address|Leak)Sanitizer|CHECK failed' $(ASAN_LOGS)/* 2>/dev/null); \
+	for f in $$reports; do echo "==== $$f"; cat $$f; done; \
+	if [ -n "$$reports" ]; then echo "sanitize-python: sanitizer reports above (pytest exit $$rc)"; exit 1; fi; \
+	exit $$rc
+
 # The full benchmark suite against the competitors (installed into .venv-bench), ~15-20 min;
 # writes bench/results/latest.json, docs/img/bench_*.png and docs/performance.md.
 BENCH_PY := .venv-bench/bin/python
@@ -69,4 +110,4 @@ bench-quick: install
 	$(PY) bench/run.py --quick
 
 clean:
-	rm -rf build $(VENV) .venv-3.*
+	rm -rf build $(VENV) .venv-3.* .venv-asan
