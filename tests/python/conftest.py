@@ -59,3 +59,19 @@ def fiber_wait(event, timeout: float = 30.0) -> bool:
             return False
         distaff.sleep(0.001)
     return True
+
+
+def wait_for_log(caplog, text: str, timeout: float = 30.0) -> bool:
+    """Waits until `text` is in caplog's records. An unobserved failure is logged once its Execution
+    is collected, which can be just after wait_idle() returns: the worker drops its last reference
+    after finishing the execution. Collects and drains the pending log batch while it waits."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while text not in caplog.text:
+        if time.monotonic() > deadline:
+            return False
+        gc.collect()
+        distaff._core._drain_unobserved()
+        time.sleep(0.001)
+    return True

@@ -438,11 +438,11 @@ def test_hostile_exception_str_when_logged_unobserved(engine, caplog):
     def fails():
         raise BadStr()
 
+    from conftest import wait_for_log
+
     with caplog.at_level(logging.ERROR, logger="distaff"):
         fails.submit()
-        engine.wait_idle(timeout=30)
-        gc.collect()
-    assert "nobody retrieved its error" in caplog.text
+        assert wait_for_log(caplog, "nobody retrieved its error")
 
 
 class BadRepr(Exception):
