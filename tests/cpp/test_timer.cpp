@@ -2,6 +2,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <deque>
 #include <mutex>
 #include <vector>
 
@@ -33,9 +34,11 @@ void Fired::record(void* arg) {
   if (item->log->order.size() == item->log->expect) item->log->done.set();
 }
 
+// Every test declares what the callbacks touch before the Timer: the Timer is destroyed first and
+// joins its thread, which may still be inside Event::set() when the waiting test thread wakes.
 TEST_F(TimerThreads, FiresInDeadlineOrderNotScheduleOrder) {
-  Timer t;
   Fired log;
+  Timer t;
   log.expect = 3;
   const auto now = Clock::now();
   Item a{&log, 3}, b{&log, 1}, c{&log, 2};
@@ -48,10 +51,10 @@ TEST_F(TimerThreads, FiresInDeadlineOrderNotScheduleOrder) {
 }
 
 TEST_F(TimerThreads, CancelledEntryNeverFiresAndStopReturnsWhatDidNot) {
-  Timer t;
   Fired log;
   log.expect = 1;
   Item gone{&log, 1}, fires{&log, 2}, never{&log, 3};
+  Timer t;
   const auto id = t.schedule(Clock::now() + std::chrono::milliseconds(5), &Fired::record, &gone);
   EXPECT_TRUE(t.cancel(id));
   EXPECT_FALSE(t.cancel(id));
@@ -70,11 +73,17 @@ TEST_F(TimerThreads, CancelledEntryNeverFiresAndStopReturnsWhatDidNot) {
 // to wait on `far` (the earliest left once `now` fired), then `far` is cancelled and an earlier entry
 // wakes the thread. Repeated, since the cancel can land before the thread starts that wait.
 TEST_F(TimerThreads, CancellingTheEntryTheThreadWaitsForIsSafe) {
+  constexpr int kRounds = 50;
+  std::deque<Fired> logs;  // 2 per round, alive until the Timer has joined its thread
+  std::deque<Item> items;
   Timer t;
-  for (int round = 0; round < 50; ++round) {
-    Fired first, second;
+  for (int round = 0; round < kRounds; ++round) {
+    Fired& first = logs.emplace_back();
+    Fired& second = logs.emplace_back();
     first.expect = second.expect = 1;
-    Item now_item{&first, 0}, far_item{&second, -1}, wake_item{&second, 1};
+    Item& now_item = items.emplace_back(Item{&first, 0});
+    Item& far_item = items.emplace_back(Item{&second, -1});
+    Item& wake_item = items.emplace_back(Item{&second, 1});
     const auto far = t.schedule(Clock::now() + std::chrono::hours(1), &Fired::record, &far_item);
     t.schedule(Clock::now(), &Fired::record, &now_item);
     ASSERT_TRUE(first.done.wait());  // the thread fired `now` and goes back to wait for `far`
