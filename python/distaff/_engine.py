@@ -13,7 +13,6 @@ import weakref
 from typing import Any, Callable
 
 from . import _core
-from ._errors import ShutdownError
 from ._task import _MISSING, Task, _decorator
 
 logger = logging.getLogger("distaff")

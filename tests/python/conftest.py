@@ -3,6 +3,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 
 import pytest
 
@@ -42,6 +43,24 @@ def run_python(code: str, *, timeout: float = 120, env: dict | None = None, args
         timeout=timeout,
         env=full_env,
     )
+
+
+@pytest.fixture
+def new_gate(request):
+    """Makes gates (threading.Event), all released at teardown — before the `engine` fixture's
+    leftover check when the test uses it, so a failing assertion never leaves a body waiting."""
+    if "engine" in request.fixturenames:
+        request.getfixturevalue("engine")  # set up first, so torn down after the gates are released
+    made = []
+
+    def make():
+        g = threading.Event()
+        made.append(g)
+        return g
+
+    yield make
+    for g in made:
+        g.set()
 
 
 def collect():

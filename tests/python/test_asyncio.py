@@ -16,21 +16,6 @@ import distaff
 
 from conftest import fiber_wait, run_python
 
-@pytest.fixture
-def new_gate(engine):
-    """Makes gates (threading.Event) released at teardown, before the engine's checks."""
-    made = []
-
-    def make():
-        g = threading.Event()
-        made.append(g)
-        return g
-
-    yield make
-    for g in made:
-        g.set()
-
-
 # -- which loop runs an async body ------------------------------------------------------------------
 
 

@@ -6,9 +6,7 @@ error, and where (decoration, submit, or the body's result). Known bugs are stri
 
 import asyncio
 import functools
-import gc
 import math
-import sys
 
 import pytest
 

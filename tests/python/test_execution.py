@@ -137,8 +137,6 @@ def test_cancelled_error_is_a_concurrent_futures_cancelled_error():
 
 
 def test_unobserved_failure_is_logged(engine, caplog):
-    from conftest import collect
-
     @engine.task()
     def fails():
         raise RuntimeError("nobody looks")

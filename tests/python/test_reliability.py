@@ -21,21 +21,6 @@ from conftest import fiber_wait, run_python
 
 
 @pytest.fixture
-def new_gate():
-    """Makes gates (threading.Event), all released at teardown before the engine's checks."""
-    made = []
-
-    def make():
-        g = threading.Event()
-        made.append(g)
-        return g
-
-    yield make
-    for g in made:
-        g.set()
-
-
-@pytest.fixture
 def engine1():
     """One worker: the cases that prove a waiting fiber does not hold its thread."""
     eng = distaff.Engine(workers=1)

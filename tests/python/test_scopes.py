@@ -19,21 +19,6 @@ WF_ID = re.compile(r"wf-[0-9a-f]{8}")
 
 
 @pytest.fixture
-def new_gate(engine):
-    """Makes gates (threading.Event) released at teardown, before the engine's checks."""
-    made = []
-
-    def make():
-        g = threading.Event()
-        made.append(g)
-        return g
-
-    yield make
-    for g in made:
-        g.set()
-
-
-@pytest.fixture
 def tag(engine):
     """tag(): a task returning the workflow_id its own execution carries."""
 

@@ -341,22 +341,6 @@ def test_as_completed_of_nothing(impl):
 # -- wait and as_completed: distaff only (fibers, asyncio, scale) -------------------------------------------
 
 
-@pytest.fixture
-def new_gate(engine):
-    """Makes gates (threading.Event) that are all released at teardown, before the engine's checks,
-    so a failing assertion never leaves a member waiting."""
-    made = []
-
-    def make():
-        g = threading.Event()
-        made.append(g)
-        return g
-
-    yield make
-    for g in made:
-        g.set()
-
-
 
 def test_wait_from_a_task_body_suspends_only_the_fiber(engine, new_gate):
     gate = new_gate()

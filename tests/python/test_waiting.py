@@ -1,7 +1,6 @@
 """Nested waits, deadlock detection, scale of suspended executions, fiber-aware sleep."""
 
 import concurrent.futures
-import sys
 import threading
 
 import pytest
