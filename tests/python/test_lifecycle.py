@@ -158,7 +158,11 @@ def test_max_workers_equal_to_workers_turns_growth_off():
         b = blocks.submit()
         assert started.wait(30)
         q = queued.submit()
-        assert not q.done()  # the only thread is blocked and no other may start
+        # The only thread is blocked and no other may start: q cannot run. (An elastic engine runs
+        # it within a few 2 ms ticks; 0.3 s is only how long this test gives growth to happen.)
+        with pytest.raises(TimeoutError):
+            q.result(timeout=0.3)
+        assert eng.stats()["threads"] == 1
         release.set()
         assert q.result(timeout=30) == "ran" and b.result(timeout=30) is None
         assert eng.stats()["grown"] == 0
