@@ -9,6 +9,7 @@
 #include <boost/fiber/fiber.hpp>
 #include <boost/fiber/operations.hpp>
 
+#include "detail/fatal_signal.hpp"
 #include "detail/stack_allocator.hpp"
 
 namespace distaff {
@@ -18,6 +19,9 @@ namespace distaff {
 constexpr std::size_t kBatch = 64;
 // Cached stacks a worker keeps when it goes idle (peak concurrency is cached while busy).
 constexpr std::size_t kIdleStackCache = 256;
+// A worker idle this long with no fibers gives back the memory its cached stacks had touched below
+// their top pages (a body that once recursed deep does not keep megabytes committed).
+constexpr std::chrono::milliseconds kIdleRelease{500};
 
 enum WorkerStatus : int { kUnused, kRunning, kRetired };
 
@@ -49,12 +53,17 @@ thread_local void* tl_worker = nullptr;
 class WorkerAlgorithm final : public boost::fibers::algo::round_robin {
  public:
   WorkerAlgorithm(const std::function<void()>* before_block, std::atomic<std::uint64_t>* switches,
-                  std::atomic<bool>* blocked) noexcept
-      : before_block_(before_block), switches_(switches), blocked_(blocked) {}
+                  std::atomic<bool>* blocked, detail::StackPool* stacks) noexcept
+      : before_block_(before_block), switches_(switches), blocked_(blocked), stacks_(stacks) {}
   boost::fibers::context* pick_next() noexcept override {
     boost::fibers::context* next = round_robin::pick_next();
-    // Only this thread writes: a plain increment, no lock prefix.
-    if (next) switches_->store(switches_->load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+    if (next) {
+      // Only this thread writes: a plain increment, no lock prefix.
+      switches_->store(switches_->load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+      // A fiber on a stack without a static guard gets its guard page armed before it runs
+      // (stack_allocator.hpp); a worker whose stacks all have static guards pays one branch.
+      if (stacks_->has_dynamic() && next->is_context(boost::fibers::type::worker_context)) stacks_->arm(next);
+    }
     return next;
   }
   void suspend_until(std::chrono::steady_clock::time_point const& tp) noexcept override {
@@ -68,12 +77,17 @@ class WorkerAlgorithm final : public boost::fibers::algo::round_robin {
   const std::function<void()>* before_block_;
   std::atomic<std::uint64_t>* switches_;
   std::atomic<bool>* blocked_;
+  detail::StackPool* stacks_;
 };
 }  // namespace
 
 Scheduler::Scheduler(SchedulerOptions options) : opts_(std::move(options)) {
   if (!opts_.run) throw std::invalid_argument("SchedulerOptions::run is required");
   if (opts_.workers == 0) throw std::invalid_argument("workers must be at least 1");
+  if (opts_.stack_size < detail::StackPool::kMinSize || opts_.stack_size > detail::StackPool::kMaxSize) {
+    throw std::invalid_argument("stack_size must be between 64 KiB and 1 GiB");
+  }
+  detail::install_fatal_signal_handler();
   const unsigned cap = std::max(opts_.workers, opts_.max_workers);
   for (unsigned i = 0; i < cap; ++i) {
     workers_.push_back(std::make_unique<Worker>(i, opts_.stack_size));
@@ -257,15 +271,17 @@ Execution* Scheduler::take_work(Worker& w, std::vector<Execution*>& buf) {
 void Scheduler::worker_main(Worker& w) {
   tl_scheduler = this;
   tl_worker = &w;
-  boost::fibers::use_scheduling_algorithm<WorkerAlgorithm>(&opts_.on_worker_block, &w.switches, &w.blocked);
+  detail::AltSignalStack alt_stack;  // room for a fatal-signal report when a fiber's stack has none
+  boost::fibers::use_scheduling_algorithm<WorkerAlgorithm>(&opts_.on_worker_block, &w.switches, &w.blocked,
+                                                           &w.stacks);
   if (opts_.on_worker_start) opts_.on_worker_start(w.index);
   std::vector<Execution*> batch;
   batch.reserve(kBatch);
   for (;;) {
     if (Execution* ex = take_work(w, batch)) {
-      {
-        ++w.fibers;
-        fibers_.fetch_add(1, std::memory_order_relaxed);
+      ++w.fibers;
+      fibers_.fetch_add(1, std::memory_order_relaxed);
+      try {
         boost::fibers::fiber f(std::allocator_arg, detail::PooledStack{&w.stacks}, [this, &w, ex] {
           ExecutionRef ref(ex, /*add_ref=*/false);  // the queue's reference
           // While draining (close(true)), nothing more starts: run() sees the execution still
@@ -287,13 +303,26 @@ void Scheduler::worker_main(Worker& w) {
           ref = ExecutionRef();
           --w.fibers;
           fibers_.fetch_sub(1, std::memory_order_relaxed);
-          if (w.fibers == 0 && stopping_.load(std::memory_order_acquire)) {
+          if (w.fibers == 0) {
+            // The last fiber ended: wake the dispatcher if it sleeps, so it trims the caches a
+            // burst left behind now (and exits, when stopping) rather than at the next submission.
             std::lock_guard<std::mutex> g(w.mu);
-            w.parked = false;
-            w.cv.notify_one();
+            if (std::exchange(w.parked, false)) w.cv.notify_one();
           }
         });
         f.detach();
+      } catch (const std::bad_alloc&) {
+        // No stack could be mapped (memory or vm.max_map_count exhausted): this execution fails,
+        // the engine goes on.
+        --w.fibers;
+        fibers_.fetch_sub(1, std::memory_order_relaxed);
+        if (opts_.start_failed) {
+          opts_.start_failed(*ex);
+        } else {
+          ex->finish(State::failed);
+        }
+        ex->release();  // the queue's reference
+        continue;
       }
       boost::this_fiber::yield();  // let the new fiber run (until it ends, parks or blocks)
       continue;
@@ -314,7 +343,13 @@ void Scheduler::worker_main(Worker& w) {
     }
     bool retire = false;
     while (w.parked) {
-      if (!w.extra) {
+      if (w.fibers == 0 && w.stacks.used_since_release()) {
+        if (w.cv.wait_for(lk, kIdleRelease) == boost::fibers::cv_status::timeout && w.parked && w.fibers == 0) {
+          lk.unlock();  // madvise calls: the stacks are this thread's, the lock is not needed
+          w.stacks.release_memory();
+          lk.lock();
+        }
+      } else if (!w.extra) {
         w.cv.wait(lk);
       } else if (w.cv.wait_for(lk, opts_.retire_after) == boost::fibers::cv_status::timeout && w.parked &&
                  w.fibers == 0 && w.local.empty() && inject_size_.load(std::memory_order_seq_cst) == 0) {

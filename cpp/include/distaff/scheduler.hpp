@@ -38,13 +38,19 @@ struct SchedulerOptions {
   // "the GIL is free now": a worker stuck holding the GIL, or waiting for it, would not be helped
   // by another thread). Unset: always.
   std::function<bool()> growth_helps;
-  // stack_size: virtual size of each fiber stack (only touched pages cost memory).
-  std::size_t stack_size = std::size_t(1) << 20;
+  // stack_size: usable size of each fiber stack, like a thread's (only touched pages cost memory;
+  // docs/limits.md). Between 64 KiB and 1 GiB, else the constructor throws std::invalid_argument.
+  std::size_t stack_size = std::size_t(8) << 20;
   // run: runs the body of `ex` on a worker fiber. Must not throw. Called for every dequeued
   // execution: with state `running` normally, terminal if it was finished while queued, and
   // `pending` if the scheduler is draining (close(true)): then run must cancel it. It should finish `ex`, or arrange
   // for something else to finish it (a forward). Required.
   std::function<void(Execution& ex)> run;
+  // start_failed: no fiber could be created for the dequeued `ex` (its stack could not be mapped:
+  // memory or vm.max_map_count exhausted). Must finish `ex` (failed) and release what run() would
+  // have; the scheduler then drops the queue's reference. Called on the worker thread, outside any
+  // fiber. Unset: `ex` is finished as failed.
+  std::function<void(Execution& ex)> start_failed;
   // abandon: `ex` will never run, because `failed` (a dependency) did not succeed; must finish `ex`.
   // Called on the thread that finished the dependency, from inside Execution::finish. Required when
   // executions are submitted with dependencies.
