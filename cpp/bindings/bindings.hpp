@@ -113,6 +113,7 @@ extern PyMethodDef raw_functions[];
 
 // Scheduler hooks implemented by the bindings.
 void run_execution(Execution& ex);
+void start_failed_execution(Execution& ex);
 void abandon_execution(Execution& ex, Execution& failed);
 
 // complete: stores the outcome and finishes `pe` (state must be terminal). Steals `value`.

@@ -29,7 +29,9 @@ class EngineHandle {
     if (max_workers < workers || max_workers > 1024) {
       throw pyb::value_error("max_workers must be between workers and 1024");
     }
-    if (stack_size < 64 * 1024) throw pyb::value_error("stack_size must be at least 64 KiB");
+    if (stack_size < kStackSizeMin || stack_size > kStackSizeMax) {
+      throw pyb::value_error("stack_size must be between 64 KiB and 1 GiB");
+    }
     core_->stack_size = stack_size;
     core_->history_limit = history;
     SchedulerOptions o;
@@ -40,6 +42,7 @@ class EngineHandle {
     o.growth_helps = [] { return distaff_gil_locked() == 0; };
     o.stack_size = stack_size;
     o.run = &run_execution;
+    o.start_failed = &start_failed_execution;
     o.abandon = &abandon_execution;
     o.on_worker_start = [stack_size](unsigned) { worker_started(stack_size); };
     o.on_worker_stop = [](unsigned) { worker_stopped(); };
@@ -137,5 +140,13 @@ PYBIND11_MODULE(_core, m) {
       .def("history", &EngineHandle::history)
       .def("clear_history", &EngineHandle::clear_history);
 
-  m.attr("PY_LIMIT_STACK_MIN") = 64 * 1024;
+  m.attr("STACK_SIZE_MIN") = kStackSizeMin;
+  m.attr("STACK_SIZE_MAX") = kStackSizeMax;
+  m.attr("STACK_SIZE_DEFAULT") = SchedulerOptions{}.stack_size;
+  // Tests only: how many stacks get a static guard page process-wide (the rest get dynamic ones).
+  m.def("_set_stack_guard_limit", [](std::size_t limit) {
+    const std::size_t old = stack_guard_limit();
+    set_stack_guard_limit(limit);
+    return old;
+  });
 }

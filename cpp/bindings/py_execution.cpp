@@ -818,6 +818,27 @@ void run_execution(Execution& ex) {
   release_fiber_state(fs);
 }
 
+void start_failed_execution(Execution& ex) {
+  // No stack could be mapped for this execution's fiber (the scheduler's start_failed hook, on the
+  // worker's dispatcher): it fails with MemoryError, like any allocation that fails in a body.
+  auto* pe = static_cast<PyExecution*>(ex.payload());
+  FiberState fs = acquire_fiber_state();
+  PyObject* msg = PyUnicode_FromFormat(
+      "no fiber stack could be mapped for execution %llu '%s' (memory or vm.max_map_count exhausted)",
+      static_cast<unsigned long long>(ex.id()), ex.name().c_str());
+  PyObject* exc = msg ? PyObject_CallOneArg(PyExc_MemoryError, msg) : nullptr;
+  Py_XDECREF(msg);
+  if (!exc) exc = fetch_exception();
+  complete(pe, State::failed, exc);
+  Py_CLEAR(pe->fn);
+  Py_CLEAR(pe->args);
+  Py_CLEAR(pe->kwargs);
+  Py_CLEAR(pe->context);
+  Py_CLEAR(pe->trace);
+  Py_DECREF(pe);  // the queue's reference
+  release_fiber_state(fs);
+}
+
 void abandon_execution(Execution& ex, Execution& failed) {
   // Called inside the failed dependency's finish(), i.e. from complete() with the GIL held.
   auto* pe = static_cast<PyExecution*>(ex.payload());

@@ -84,7 +84,7 @@ class WorkerAlgorithm final : public boost::fibers::algo::round_robin {
 Scheduler::Scheduler(SchedulerOptions options) : opts_(std::move(options)) {
   if (!opts_.run) throw std::invalid_argument("SchedulerOptions::run is required");
   if (opts_.workers == 0) throw std::invalid_argument("workers must be at least 1");
-  if (opts_.stack_size < detail::StackPool::kMinSize || opts_.stack_size > detail::StackPool::kMaxSize) {
+  if (opts_.stack_size < kStackSizeMin || opts_.stack_size > kStackSizeMax) {
     throw std::invalid_argument("stack_size must be between 64 KiB and 1 GiB");
   }
   detail::install_fatal_signal_handler();
@@ -114,6 +114,9 @@ Scheduler::~Scheduler() {
     join();
   }
 }
+
+void set_stack_guard_limit(std::size_t limit) noexcept { detail::StackPool::set_guard_limit(limit); }
+std::size_t stack_guard_limit() noexcept { return detail::StackPool::guard_limit(); }
 
 bool Scheduler::on_worker() const noexcept { return tl_scheduler == this; }
 

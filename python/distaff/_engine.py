@@ -32,7 +32,9 @@ class Engine:
             a blocking socket, C code that released the GIL) and work is queued, more worker threads
             are started, up to this many in all; they retire after 2 s idle. Default
             ``max(32, workers)``; ``max_workers=workers`` turns growth off.
-        stack_size: virtual size of each fiber's stack in bytes (only touched pages cost memory).
+        stack_size: size of each fiber's stack in bytes, 64 KiB to 1 GiB. Default 8 MiB, a thread's:
+            a body can run what a thread runs. Only the pages a body touches cost memory, and every
+            stack has a guard page below it while its fiber runs (docs/limits.md).
         history: how many finished executions ``graph()`` remembers (0 disables).
     """
 
@@ -41,7 +43,7 @@ class Engine:
         workers: int | None = None,
         *,
         max_workers: int | None = None,
-        stack_size: int = 1 << 20,
+        stack_size: int | None = None,
         history: int = 100_000,
     ) -> None:
         if workers is None:
@@ -56,8 +58,13 @@ class Engine:
             raise TypeError(f"max_workers must be an int, not {type(max_workers).__name__}")
         if not workers <= max_workers <= 1024:
             raise ValueError(f"max_workers must be between workers ({workers}) and 1024, got {max_workers}")
-        if isinstance(stack_size, bool) or not isinstance(stack_size, int) or stack_size < 64 * 1024:
-            raise ValueError("stack_size must be an int of at least 65536 bytes")
+        if stack_size is None:
+            stack_size = _core.STACK_SIZE_DEFAULT
+        if isinstance(stack_size, bool) or not isinstance(stack_size, int):
+            raise TypeError(f"stack_size must be an int (bytes), not {type(stack_size).__name__}")
+        if not _core.STACK_SIZE_MIN <= stack_size <= _core.STACK_SIZE_MAX:
+            raise ValueError(f"stack_size must be between 64 KiB and 1 GiB ({_core.STACK_SIZE_MIN} and "
+                             f"{_core.STACK_SIZE_MAX} bytes), got {stack_size}")
         if isinstance(history, bool) or not isinstance(history, int) or history < 0:
             raise ValueError("history must be a non-negative int")
         self._core = _core.EngineCore(workers, max_workers, stack_size, history)

@@ -24,6 +24,14 @@ namespace detail {
 class StackPool;
 }
 
+// Bounds of SchedulerOptions::stack_size.
+inline constexpr std::size_t kStackSizeMin = std::size_t(64) << 10;
+inline constexpr std::size_t kStackSizeMax = std::size_t(1) << 30;
+// How many fiber stacks get a static guard page, process-wide (default 20,000); stacks beyond it
+// get a guard armed only while their fiber runs (src/detail/stack_allocator.hpp). For tests.
+void set_stack_guard_limit(std::size_t limit) noexcept;
+std::size_t stack_guard_limit() noexcept;
+
 struct SchedulerOptions {
   // workers: OS threads. 1 is the measured best default for GIL-bound bodies (ARCHITECTURE.md).
   unsigned workers = 1;

@@ -45,6 +45,8 @@
 
 #include <boost/context/stack_context.hpp>
 
+#include "distaff/scheduler.hpp"
+
 namespace distaff::detail {
 
 struct SlotInfo {
@@ -59,8 +61,8 @@ class StackPool {
  public:
   // Smallest and largest stack size the pool accepts (the bindings validate the user's value
   // against the same bounds).
-  static constexpr std::size_t kMinSize = 64 * 1024;
-  static constexpr std::size_t kMaxSize = std::size_t(1) << 30;
+  static constexpr std::size_t kMinSize = kStackSizeMin;
+  static constexpr std::size_t kMaxSize = kStackSizeMax;
   // Bytes at the top of each slot reserved for its SlotInfo.
   static constexpr std::size_t kInfoBytes = 64;
   // Armed dynamic guards a worker keeps (LRU): fibers switching among at most this many
