@@ -66,7 +66,8 @@ struct SchedulerOptions {
   // Worker lifecycle hooks, called on the worker's own thread, outside any fiber body.
   std::function<void(unsigned index)> on_worker_start;
   std::function<void(unsigned index)> on_worker_stop;
-  // on_worker_idle: the worker found no work and is about to sleep (trim caches here).
+  // on_worker_idle: the worker has had no fibers and no work for a second after running some
+  // (trim caches here). Called on the worker thread, outside any fiber.
   std::function<void(unsigned index)> on_worker_idle;
   // on_worker_block: the worker's OS thread is about to block because no fiber is ready (called
   // from the fiber algorithm's suspend_until). Release anything other threads may need — the
