@@ -17,6 +17,7 @@ from ._errors import (
     ShutdownError,
     TimeoutError,
 )
+from ._sync import Event, Lock, Semaphore
 from ._task import RESERVED_KWARGS, RetryPolicy, Task, task, workflow
 from ._wait import (
     ALL_COMPLETED,
@@ -69,6 +70,9 @@ __all__ = [
     "DependencyError",
     "Engine",
     "Error",
+    "Event",
+    "Lock",
+    "Semaphore",
     "Execution",
     "InternalError",
     "RESERVED_KWARGS",

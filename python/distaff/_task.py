@@ -9,7 +9,7 @@ import random
 import secrets
 from typing import Any, Callable, Iterable
 
-from . import _core
+from . import _core, _sync
 
 _submit = _core.submit
 _MISSING: Any = object()  # "called as @task()", distinct from an explicit (bad) None
@@ -118,6 +118,7 @@ class Task:
         jitter: bool = False,
         retry_on: Any = (Exception,),
         fallback: Callable | None = None,
+        concurrency: int | None = None,
         engine: Any = None,
     ) -> None:
         self._static = isinstance(fn, staticmethod)
@@ -154,6 +155,9 @@ class Task:
             body = (_retrying_async if self.is_async else _retrying)(body, self.policy)
         self._body = body
         self._options: dict = {}
+        # concurrency=: one limiter per limit value, shared by this task and its .options() copies.
+        self._limiters: dict = {}
+        self.concurrency = _sync.check_concurrency(concurrency)
         self._check = _make_checker(fn, getattr(fn, "__qualname__", None) or self.name)
         self._engine = engine
         try:
@@ -189,7 +193,14 @@ class Task:
         task with no timeout, async body or per-call options) a C callable with everything bound
         (cpp/bindings/submitter.cpp): the W1 hot path runs no Python code of ours."""
         general = self._submit_general
-        if self.is_async or self.timeout is not None or self._options or self._kind_flag or self._wait.__class__ is tuple:
+        if (
+            self.is_async
+            or self.timeout is not None
+            or self._options
+            or self._kind_flag
+            or self._wait.__class__ is tuple
+            or self.concurrency is not None
+        ):
             return general
         min_pos, max_pos = self._positional_range
         return _core.Submitter(
@@ -238,6 +249,9 @@ class Task:
                 workflow_id = options.get("workflow_id")
         if timeout is not None:
             body = _Timed(body, timeout)
+        limit = options.get("concurrency", self.concurrency) if options else self.concurrency
+        if limit is not None:
+            return self._submit_limited(limit, engine, body, flags, wait, args, kwargs, workflow_id)
         scope = engine._scope
         if workflow_id is None:
             workflow_id = scope.get()
@@ -254,12 +268,48 @@ class Task:
         engine._track(workflow_id, ex)
         return ex
 
+    def _submit_limited(self, limit, engine, body, flags, wait, args, kwargs, workflow_id) -> _core.Execution:
+        """Submission under concurrency=: beyond the limit, a gate promise joins the wait=
+        dependencies, so the execution waits without a fiber until a slot frees (_sync._Limiter)."""
+        limiter = self._limiters.get(limit)
+        if limiter is None:
+            limiter = self._limiters.setdefault(limit, _sync._Limiter(limit, self.name))
+        gate = limiter._enqueue()
+        if gate is not None:
+            if wait is True:
+                wait = _scan_executions(args, kwargs)
+            elif wait is False or wait is None:
+                wait = ()
+            wait = (*wait, gate)
+        scope = engine._scope
+        if workflow_id is None:
+            workflow_id = scope.get()
+            if workflow_id is None and self._kind_flag:
+                workflow_id = _new_workflow_id()
+        token = scope.set(workflow_id) if workflow_id is not None else None
+        try:
+            ex = _submit(engine._capsule, body, self.name, flags, wait, args, kwargs or None, workflow_id)
+        except BaseException:
+            if gate is None:
+                limiter._handoff()
+            elif limiter._abandon(gate):
+                limiter._handoff()
+            raise
+        finally:
+            if token is not None:
+                scope.reset(token)
+        limiter.watch(ex, gate)
+        if workflow_id is not None:
+            engine._track(workflow_id, ex)
+        return ex
+
     def options(
         self,
         *,
         timeout: float | None | Any = _MISSING,
         workflow_id: str | None = None,
         detached: bool = False,
+        concurrency: int | None | Any = _MISSING,
     ) -> "Task":
         """A copy of this task with per-call options: ``task.options(timeout=5).submit(x)``.
 
@@ -268,6 +318,8 @@ class Task:
             workflow_id: tags the executions (also works for functions that have their own
                 ``workflow_id`` parameter).
             detached: the executions are not cancelled when the submitting execution is.
+            concurrency: at most this many executions submitted with this limit run at once
+                (None: no limit). Shared by every copy of the task with the same value.
         """
         clone = object.__new__(Task)
         clone.__dict__.update(self.__dict__)
@@ -282,6 +334,8 @@ class Task:
             raise TypeError("detached must be True or False")
         if detached:
             opts["detached"] = True
+        if concurrency is not _MISSING:
+            opts["concurrency"] = _sync.check_concurrency(concurrency)
         clone._options = opts
         clone.submit = clone._make_submit()
         return clone
@@ -443,6 +497,16 @@ class _Timed:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         _core.arm_timeout(_core.current_execution(), self.timeout)
         return self.fn(*args, **kwargs)
+
+
+def _scan_executions(args: tuple, kwargs: dict) -> tuple:
+    """What wait=True waits for: Executions among the arguments, also inside lists, tuples and
+    dicts (exact types, as the C++ scan does)."""
+    out = []
+    for v in (*args, *(kwargs.values() if kwargs else ())):
+        vals = v if v.__class__ in (list, tuple) else v.values() if v.__class__ is dict else (v,)
+        out.extend(x for x in vals if isinstance(x, _core.Execution))
+    return tuple(out)
 
 
 def _new_workflow_id() -> str:

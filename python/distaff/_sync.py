@@ -1,0 +1,394 @@
+"""Fiber-aware locks, semaphores and events, and the per-task concurrency limit.
+
+A ``threading.Lock`` belongs to an OS thread: a body that holds one across a suspension and a
+second body on the same worker that wants it deadlock the worker (docs/limits.md). These
+primitives belong to whoever acquired them — a body, a thread, an asyncio task — and a waiter waits
+the way its context waits for an Execution: a body suspends only its fiber, a plain thread blocks
+(Ctrl-C still interrupts it), a coroutine awaits. One mechanism serves all three: each waiter parks
+on a *promise* (an Execution finished from outside, ``_core.promise``), and whoever releases hands
+the lock to the oldest waiter by settling its promise (FIFO, no barging).
+
+The internal ``threading.Lock`` (``_mu``) guards the fields only, never across a wait, so holding
+it cannot block a fiber switch.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+from typing import Any
+
+from . import _core
+from ._errors import CancelledError
+from ._errors import TimeoutError as _DistaffTimeout
+
+_MISSING = object()
+
+
+def _check_timeout(timeout: Any, what: str) -> float | None:
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"{what}: timeout must be a number of seconds or None, not {type(timeout).__name__}")
+    timeout = float(timeout)
+    if timeout != timeout:
+        raise ValueError(f"{what}: timeout must not be NaN")
+    if timeout < 0:
+        return None if timeout == -1 else _negative(what)
+    return timeout
+
+
+def _negative(what: str) -> float:
+    raise ValueError(f"{what}: timeout must be non-negative (or -1/None for no timeout)")
+
+
+class _Waitable:
+    """The FIFO of promises shared by Lock, Semaphore and the concurrency limiter."""
+
+    __slots__ = ("_mu", "_waiters", "_name")
+
+    def __init__(self, name: str) -> None:
+        self._mu = threading.Lock()
+        self._waiters: collections.deque = collections.deque()
+        self._name = name
+
+    # -- subclasses ---------------------------------------------------------------------------
+    def _try_take(self) -> bool:  # under _mu
+        raise NotImplementedError
+
+    def _give_back(self) -> None:  # under _mu: nobody was waiting
+        raise NotImplementedError
+
+    # -- the protocol ---------------------------------------------------------------------------
+    def _enqueue(self) -> Any:
+        """Takes a unit at once (returns None) or queues a promise for one (returns it)."""
+        with self._mu:
+            if self._try_take():
+                return None
+            p = _core.promise(self._name)
+            self._waiters.append(p)
+            return p
+
+    def _handoff(self) -> None:
+        """Releases one unit: to the oldest waiter whose promise can still be settled, else back."""
+        with self._mu:
+            while self._waiters:
+                p = self._waiters.popleft()
+                if _core.settle(p, True, None):
+                    return
+            self._give_back()
+
+    def _abandon(self, p: Any) -> bool:
+        """The waiter behind `p` stops waiting (timeout, cancel, Ctrl-C). Returns True if
+        release() handed it the unit meanwhile: the caller then owns it."""
+        with self._mu:
+            try:
+                self._waiters.remove(p)
+                queued = True
+            except ValueError:
+                queued = False  # _handoff popped it: settled under _mu, so done by now
+        if queued:
+            _core.settle(p, False, None)  # finish the record (cancelled)
+            return False
+        return p.done() and not p.cancelled()
+
+    def _wait_sync(self, p: Any, timeout: float | None) -> bool:
+        try:
+            p.result(timeout=timeout)
+            return True
+        except (TimeoutError, _DistaffTimeout):
+            me = _core.current_execution()
+            if timeout is not None and not (me is not None and me.done()):
+                return self._abandon(p)
+            # Not our timeout: the body's own timeout= fired while it waited here.
+            if self._abandon(p):
+                self._handoff()
+            raise
+        except BaseException:
+            if self._abandon(p):
+                self._handoff()  # handed over while we were being cancelled: pass it on
+            raise
+
+    async def _wait_async(self, p: Any, timeout: float | None) -> bool:
+        import asyncio
+
+        try:
+            if timeout is None:
+                await p
+            else:
+                await asyncio.wait_for(asyncio.shield(_as_future(p)), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return self._abandon(p)
+        except BaseException:
+            if self._abandon(p):
+                self._handoff()
+            raise
+
+
+def _as_future(p: Any) -> Any:
+    import asyncio
+
+    return asyncio.ensure_future(_await(p))
+
+
+async def _await(p: Any) -> Any:
+    return await p
+
+
+class Lock(_Waitable):
+    """A mutual-exclusion lock for task bodies, threads and asyncio alike (not reentrant).
+
+    ``with lock:`` in a body or a thread, ``async with lock:`` in a coroutine. A body may hold it
+    across any suspension (``distaff.sleep``, ``.result()``, another lock): waiters suspend only their
+    own fiber. Waiters get the lock in arrival order. Like ``threading.Lock``, any holder context
+    may release it.
+    """
+
+    __slots__ = ("_locked",)
+
+    def __init__(self) -> None:
+        super().__init__("Lock.acquire")
+        self._locked = False
+
+    def _try_take(self) -> bool:
+        if self._locked or self._waiters:
+            return False
+        self._locked = True
+        return True
+
+    def _give_back(self) -> None:
+        self._locked = False
+
+    def acquire(self, blocking: bool = True, timeout: float | None = -1) -> bool:
+        """Takes the lock; returns False if ``blocking=False`` or ``timeout`` seconds passed first."""
+        t = _check_timeout(timeout, "Lock.acquire")
+        if not blocking:
+            with self._mu:
+                return self._try_take()
+        p = self._enqueue()
+        return True if p is None else self._wait_sync(p, t)
+
+    async def acquire_async(self, timeout: float | None = None) -> bool:
+        """``await lock.acquire_async()``: takes the lock without blocking the event loop."""
+        t = _check_timeout(timeout, "Lock.acquire_async")
+        p = self._enqueue()
+        return True if p is None else await self._wait_async(p, t)
+
+    def release(self) -> None:
+        with self._mu:
+            if not self._locked:
+                raise RuntimeError("release of an unlocked distaff.Lock")
+        self._handoff()
+
+    def locked(self) -> bool:
+        return self._locked
+
+    def __enter__(self) -> "Lock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+    async def __aenter__(self) -> "Lock":
+        await self.acquire_async()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        self.release()
+
+    def __repr__(self) -> str:
+        return f"<distaff.Lock {'locked' if self._locked else 'unlocked'}, {len(self._waiters)} waiting>"
+
+
+class Semaphore(_Waitable):
+    """A counting semaphore for task bodies, threads and asyncio alike: at most ``value`` holders.
+
+    ``with sem:`` / ``async with sem:``; waiters are served in arrival order and suspend only their
+    fiber. ``release()`` beyond the initial value raises ValueError (a bounded semaphore).
+    """
+
+    __slots__ = ("_value", "_initial")
+
+    def __init__(self, value: int = 1) -> None:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"Semaphore value must be an int, not {type(value).__name__}")
+        if value < 0:
+            raise ValueError(f"Semaphore value must be >= 0, got {value}")
+        super().__init__("Semaphore.acquire")
+        self._value = value
+        self._initial = value
+
+    def _try_take(self) -> bool:
+        if self._value <= 0 or self._waiters:
+            return False
+        self._value -= 1
+        return True
+
+    def _give_back(self) -> None:
+        if self._value >= self._initial:
+            raise ValueError("distaff.Semaphore released more times than acquired")
+        self._value += 1
+
+    def acquire(self, blocking: bool = True, timeout: float | None = -1) -> bool:
+        t = _check_timeout(timeout, "Semaphore.acquire")
+        if not blocking:
+            with self._mu:
+                return self._try_take()
+        p = self._enqueue()
+        return True if p is None else self._wait_sync(p, t)
+
+    async def acquire_async(self, timeout: float | None = None) -> bool:
+        t = _check_timeout(timeout, "Semaphore.acquire_async")
+        p = self._enqueue()
+        return True if p is None else await self._wait_async(p, t)
+
+    def release(self) -> None:
+        self._handoff()
+
+    @property
+    def value(self) -> int:
+        """Units free now."""
+        return self._value
+
+    def __enter__(self) -> "Semaphore":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+    async def __aenter__(self) -> "Semaphore":
+        await self.acquire_async()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        self.release()
+
+    def __repr__(self) -> str:
+        return f"<distaff.Semaphore value={self._value}/{self._initial}, {len(self._waiters)} waiting>"
+
+
+class Event:
+    """A flag that bodies, threads and coroutines can wait for: ``set()`` wakes every waiter.
+
+    ``event.wait(timeout=None)`` suspends a body's fiber (blocks a thread); ``await
+    event.wait_async()`` in a coroutine. Both return True once set, False on timeout.
+    """
+
+    __slots__ = ("_mu", "_flag", "_promise")
+
+    def __init__(self) -> None:
+        self._mu = threading.Lock()
+        self._flag = False
+        self._promise: Any = None  # shared by the current waiters; settled by set()
+
+    def is_set(self) -> bool:
+        return self._flag
+
+    def set(self) -> None:
+        with self._mu:
+            self._flag = True
+            p, self._promise = self._promise, None
+        if p is not None:
+            _core.settle(p, True, None)
+
+    def clear(self) -> None:
+        with self._mu:
+            self._flag = False
+
+    def _waiter(self) -> Any:
+        with self._mu:
+            if self._flag:
+                return None
+            if self._promise is None:
+                self._promise = _core.promise("Event.wait")
+            return self._promise
+
+    def wait(self, timeout: float | None = None) -> bool:
+        t = _check_timeout(timeout, "Event.wait")
+        p = self._waiter()
+        if p is None:
+            return True
+        try:
+            p.result(timeout=t)
+        except (TimeoutError, _DistaffTimeout):
+            return self._flag
+        return True
+
+    async def wait_async(self, timeout: float | None = None) -> bool:
+        import asyncio
+
+        t = _check_timeout(timeout, "Event.wait_async")
+        p = self._waiter()
+        if p is None:
+            return True
+        try:
+            if t is None:
+                await p
+            else:
+                await asyncio.wait_for(asyncio.shield(_as_future(p)), t)
+        except asyncio.TimeoutError:
+            return self._flag
+        return True
+
+    def __repr__(self) -> str:
+        return f"<distaff.Event {'set' if self._flag else 'unset'}>"
+
+
+class _Limiter(_Waitable):
+    """``@task(concurrency=n)``: at most n executions of the task run at once. A submission beyond
+    the limit gets a gate — a promise added to its ``wait=`` dependencies — so it waits in the
+    ``waiting`` state, holding no fiber and no stack, until a running one finishes and settles it.
+    """
+
+    __slots__ = ("limit", "running")
+
+    def __init__(self, limit: int, name: str) -> None:
+        super().__init__(f"{name} (concurrency slot)")
+        self.limit = limit
+        self.running = 0
+
+    def _try_take(self) -> bool:
+        if self.running >= self.limit or self._waiters:
+            return False
+        self.running += 1
+        return True
+
+    def _give_back(self) -> None:
+        self.running -= 1
+
+    def watch(self, execution: Any, gate: Any) -> None:
+        """Releases the slot when `execution` finishes (or forgets its gate if it never got one)."""
+
+        def finished(_ex: Any) -> None:
+            if gate is None:
+                self._handoff()
+                return
+            with self._mu:
+                got_slot = gate.done()
+                if not got_slot:
+                    try:
+                        self._waiters.remove(gate)
+                    except ValueError:
+                        pass
+            if got_slot:
+                self._handoff()
+            else:
+                _core.settle(gate, False, None)
+
+        execution.add_done_callback(finished)
+
+
+def check_concurrency(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"concurrency= must be a positive int or None, not {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"concurrency= must be at least 1, got {value}")
+    return value
+
+
+__all__ = ["Event", "Lock", "Semaphore", "CancelledError"]

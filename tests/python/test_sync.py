@@ -1,0 +1,364 @@
+"""distaff.Lock, Semaphore and Event (fiber-aware: bodies, threads and asyncio alike) and
+@task(concurrency=n)."""
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+
+import pytest
+
+import distaff
+
+from conftest import ROOT
+
+
+@pytest.fixture
+def one_worker():
+    """One worker, no elastic growth: a body that blocked its thread would stall everything."""
+    eng = distaff.Engine(workers=1, max_workers=1)
+    yield eng
+    assert eng.wait_idle(timeout=60), eng.stats()
+    eng.shutdown()
+
+
+# -- Lock -------------------------------------------------------------------------------------------
+
+
+def test_lock_held_across_suspensions_by_bodies_on_one_worker_is_exclusive_and_fifo(one_worker):
+    lock = distaff.Lock()
+    log = []
+
+    def body(i):
+        with lock:
+            log.append(("in", i))
+            distaff.sleep(0.002)  # a threading.Lock here would deadlock the worker
+            log.append(("out", i))
+        return i
+
+    t = one_worker.task(body)
+    exs = [t.submit(i) for i in range(50)]
+    assert [e.result(timeout=60) for e in exs] == list(range(50))
+    assert log == [x for i in range(50) for x in (("in", i), ("out", i))], "exclusive, in arrival order"
+    assert not lock.locked()
+
+
+def test_a_body_waiting_for_a_lock_suspends_only_its_fiber(one_worker):
+    lock = distaff.Lock()
+    lock.acquire()  # held by the main thread
+    waiter = one_worker.task(lambda: lock.acquire() and "got it").submit()
+    # The worker is not blocked: other bodies run while the waiter waits.
+    assert one_worker.task(lambda: "other").submit().result(timeout=30) == "other"
+    assert not waiter.done()
+    lock.release()  # handed to the waiting body
+    assert waiter.result(timeout=30) == "got it"
+    assert lock.locked()
+    lock.release()
+
+
+def test_lock_timeout_and_non_blocking_acquire(one_worker):
+    lock = distaff.Lock()
+    assert lock.acquire(blocking=False)
+    assert not lock.acquire(blocking=False)
+    assert lock.acquire(timeout=0.01) is False  # a thread
+    assert one_worker.task(lambda: lock.acquire(timeout=0.01)).submit().result(timeout=30) is False
+    lock.release()
+    assert not lock.locked()
+    with pytest.raises(RuntimeError, match="unlocked"):
+        lock.release()
+    with pytest.raises(ValueError):
+        lock.acquire(timeout=-5)
+    with pytest.raises(TypeError):
+        lock.acquire(timeout="1")
+
+
+def test_a_cancelled_waiter_does_not_keep_or_lose_the_lock(one_worker):
+    lock = distaff.Lock()
+    lock.acquire()
+    waiters = [one_worker.task(lambda: lock.acquire()).submit() for _ in range(3)]
+    last = one_worker.task(lambda: lock.acquire() and (lock.release() or "last")).submit()
+    while len(lock._waiters) < 4:  # all four queued behind the main thread
+        distaff.sleep(0.001)
+    for w in waiters:
+        w.cancel()
+    lock.release()  # skips the cancelled waiters, goes to `last`
+    assert last.result(timeout=30) == "last"
+    assert not lock.locked() and not lock._waiters
+
+
+def test_lock_handoff_races_with_timeouts_never_lose_or_duplicate_the_lock(one_worker):
+    lock = distaff.Lock()
+    inside = []
+    got = []
+
+    def contender(i):
+        if lock.acquire(timeout=0.0005 * (i % 7)):
+            inside.append(i)
+            assert len(inside) == 1, "two holders at once"
+            distaff.sleep(0)
+            inside.remove(i)
+            got.append(i)
+            lock.release()
+
+    t = one_worker.task(contender)
+    threads = [threading.Thread(target=lambda: [contender(1000 + k) for k in range(50)]) for _ in range(2)]
+    for th in threads:
+        th.start()
+    exs = [t.submit(i) for i in range(2000)]
+    distaff.wait(exs, timeout=120)
+    for th in threads:
+        th.join(60)
+    for e in exs:
+        e.result()
+    assert not lock.locked() and not lock._waiters
+    assert lock.acquire(blocking=False)
+    lock.release()
+    assert len(got) > 0
+
+
+def test_async_with_lock_shared_with_bodies_and_threads(one_worker):
+    lock = distaff.Lock()
+    holders = []
+
+    def body(i):
+        with lock:
+            holders.append(i)
+            distaff.sleep(0.001)
+            assert holders[-1] == i
+        return i
+
+    async def main():
+        async def coro(i):
+            async with lock:
+                holders.append(i)
+                await asyncio.sleep(0.001)
+                assert holders[-1] == i
+
+        exs = [one_worker.task(body).submit(i) for i in range(20)]
+        await asyncio.gather(*(coro(100 + i) for i in range(20)))
+        return [await e for e in exs]
+
+    assert asyncio.run(main()) == list(range(20))
+    assert sorted(holders) == list(range(20)) + list(range(100, 120))
+    assert not lock.locked()
+
+
+def test_async_acquire_timeout_leaves_the_lock_consistent():
+    lock = distaff.Lock()
+
+    async def main():
+        lock.acquire()
+        assert await lock.acquire_async(timeout=0.01) is False
+        lock.release()
+        assert await lock.acquire_async(timeout=1) is True
+        lock.release()
+
+    asyncio.run(main())
+    assert not lock.locked() and not lock._waiters
+
+
+def test_ctrl_c_interrupts_a_thread_blocked_on_a_lock():
+    code = textwrap.dedent(
+        """
+        import distaff
+        lock = distaff.Lock()
+        holder = distaff.task()(lambda: lock.acquire() and distaff.sleep(60))
+        h = holder.submit()
+        while not lock.locked():
+            distaff.sleep(0.001)
+        print("ready", flush=True)
+        try:
+            lock.acquire()
+        except KeyboardInterrupt:
+            print("interrupted", flush=True)
+        h.cancel()
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert "interrupted" in out, err
+    assert proc.returncode == 0, err
+
+
+# -- Semaphore --------------------------------------------------------------------------------------
+
+
+def test_semaphore_bounds_bodies_threads_and_coroutines_together(one_worker):
+    sem = distaff.Semaphore(3)
+    mu = threading.Lock()
+    state = {"active": 0, "peak": 0}
+
+    def enter():
+        with mu:
+            state["active"] += 1
+            state["peak"] = max(state["peak"], state["active"])
+
+    def leave():
+        with mu:
+            state["active"] -= 1
+
+    def body():
+        with sem:
+            enter()
+            distaff.sleep(0.002)
+            leave()
+
+    async def coro():
+        async with sem:
+            enter()
+            await asyncio.sleep(0.002)
+            leave()
+
+    async def coros():
+        await asyncio.gather(*(coro() for _ in range(20)))
+
+    threads = [threading.Thread(target=body) for _ in range(6)]
+    for th in threads:
+        th.start()
+    exs = [one_worker.task(body).submit() for _ in range(40)]
+    asyncio.run(coros())
+    for th in threads:
+        th.join(60)
+    distaff.wait(exs, timeout=60)
+    assert state == {"active": 0, "peak": 3}
+    assert sem.value == 3
+
+
+def test_semaphore_validates_and_refuses_over_release():
+    with pytest.raises(TypeError):
+        distaff.Semaphore("2")
+    with pytest.raises(TypeError):
+        distaff.Semaphore(True)
+    with pytest.raises(ValueError):
+        distaff.Semaphore(-1)
+    sem = distaff.Semaphore(1)
+    with pytest.raises(ValueError, match="more times"):
+        sem.release()
+    assert sem.acquire(blocking=False) and not sem.acquire(blocking=False)
+    sem.release()
+    assert sem.value == 1
+
+
+# -- Event ------------------------------------------------------------------------------------------
+
+
+def test_event_wakes_bodies_threads_and_coroutines(one_worker):
+    ev = distaff.Event()
+    bodies = [one_worker.task(lambda: ev.wait(30)).submit() for _ in range(10)]
+    results = []
+    th = threading.Thread(target=lambda: results.append(ev.wait(30)))
+    th.start()
+
+    async def main():
+        waiter = asyncio.ensure_future(ev.wait_async(30))
+        await asyncio.sleep(0)
+        assert not waiter.done()
+        assert one_worker.task(lambda: "worker free").submit().result(timeout=30) == "worker free"
+        ev.set()
+        return await waiter
+
+    assert asyncio.run(main()) is True
+    th.join(30)
+    assert results == [True]
+    assert [b.result(timeout=30) for b in bodies] == [True] * 10
+    assert ev.is_set() and ev.wait(0)
+
+
+def test_event_wait_times_out_and_clear_resets(one_worker):
+    ev = distaff.Event()
+    assert ev.wait(0.01) is False
+    assert one_worker.task(lambda: ev.wait(0.01)).submit().result(timeout=30) is False
+    assert asyncio.run(ev.wait_async(0.01)) is False
+    ev.set()
+    ev.clear()
+    assert not ev.is_set() and ev.wait(0.005) is False
+
+
+# -- concurrency= -----------------------------------------------------------------------------------
+
+
+def test_concurrency_limits_running_executions_and_queued_ones_hold_no_fiber(engine, new_gate):
+    gate = distaff.Event()
+    mu = threading.Lock()
+    state = {"active": 0, "peak": 0}
+
+    @engine.task(concurrency=2)
+    def call_api(i):
+        with mu:
+            state["active"] += 1
+            state["peak"] = max(state["peak"], state["active"])
+        gate.wait(60)
+        with mu:
+            state["active"] -= 1
+        return i
+
+    exs = [call_api.submit(i) for i in range(500)]
+    while state["active"] < 2:
+        distaff.sleep(0.001)
+    stats = engine.stats()
+    assert stats["fibers"] == 2, stats  # the other 498 wait without a fiber or a stack
+    assert all(e.state == "waiting" for e in exs[2:])
+    gate.set()
+    assert [e.result(timeout=60) for e in exs] == list(range(500))
+    assert state["peak"] == 2
+
+
+def test_concurrency_slot_is_freed_by_failures_and_cancellations(engine):
+    ev = distaff.Event()
+
+    @engine.task(concurrency=1)
+    def one_at_a_time(x):
+        if x == "fail":
+            raise ValueError("boom")
+        if x == "block":
+            ev.wait(60)
+        return x
+
+    failing = one_at_a_time.submit("fail")
+    with pytest.raises(ValueError):
+        failing.result(timeout=30)
+    blocker = one_at_a_time.submit("block")
+    queued = [one_at_a_time.submit(i) for i in range(5)]
+    queued[0].cancel()  # never got a slot: must not free one it did not have
+    queued[3].cancel()
+    running_blocker = blocker
+    assert not queued[1].done()
+    running_blocker.cancel()  # frees its slot (cancelled while running)
+    ev.set()
+    assert [q.result(timeout=30) for q in (queued[1], queued[2], queued[4])] == [1, 2, 4]
+    assert one_at_a_time.submit("after").result(timeout=30) == "after"
+    limiter = one_at_a_time._limiters[1]
+    assert limiter.running == 0 and not limiter._waiters
+
+
+def test_concurrency_with_wait_dependencies_and_options(engine):
+    src = engine.task(lambda x: x * 10)
+
+    @engine.task(concurrency=2, wait=True)
+    def add(a, b):
+        return a.result() + b.result()
+
+    exs = [add.submit(src.submit(i), [src.submit(1)][0]) for i in range(20)]
+    assert [e.result(timeout=30) for e in exs] == [i * 10 + 10 for i in range(20)]
+    # .options(concurrency=) copies with the same value share one limit.
+    a = add.options(concurrency=1)
+    b = add.options(concurrency=1)
+    a.submit(src.submit(1), src.submit(2)).result(timeout=30)
+    b.submit(src.submit(1), src.submit(2)).result(timeout=30)
+    assert set(add._limiters) == {1, 2}
+
+
+@pytest.mark.parametrize("bad, error", [(0, ValueError), (-1, ValueError), (True, TypeError), (1.5, TypeError), ("2", TypeError)])
+def test_concurrency_is_validated_at_decoration(bad, error):
+    with pytest.raises(error, match="concurrency"):
+        distaff.task(concurrency=bad)(lambda: None)
+    with pytest.raises(error, match="concurrency"):
+        distaff.task()(lambda: None).options(concurrency=bad)
