@@ -25,6 +25,11 @@ KEY_LINES = {
         "submitted from a running loop, runs on it: True",
         "awaiter cancelled; execution cancelled? False -> <slow>",
     ],
+    "docs/examples/sync.py": [
+        "lock: [0, 1, 2] ['in 0', 'out 0', 'in 1', 'out 1', 'in 2', 'out 2']",
+        "semaphore: at most 2 at once",
+        "queued without fibers: True",
+    ],
     "docs/examples/wait_sets.py": [
         "as_completed: 1 (of 2) executions unfinished",
         "join, missing=None: {'basic': 'quick', 'premium': None}",
