@@ -93,6 +93,17 @@ class _AsCompleted:
         return None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
 
     def __iter__(self):
+        return self
+
+    def __next__(self):
+        # An iterator, like concurrent.futures.as_completed: next(it) works, and a partly consumed
+        # one resumes where it stopped.
+        it = self.__dict__.get("_it")
+        if it is None:
+            it = self._it = self._sync_iter()
+        return next(it)
+
+    def _sync_iter(self):
         handle = _core.completion(self._execs)
         returned = 0
         while True:
@@ -162,7 +173,34 @@ def gather(*execs: Execution, return_exceptions: bool = False) -> Execution:
                 raise m.exception()
         return [m.result() for m in ms]
 
-    return _core.combine(members, 0 if return_exceptions else 2, finish, "gather")
+    handle = _core.combine(members, 0 if return_exceptions else 2, finish, "gather")
+    _link_cancellation(handle, members, member_cancels=not return_exceptions)
+    return handle
+
+
+def _link_cancellation(handle: Execution, members: list, member_cancels: bool) -> None:
+    """asyncio.gather's rules for a combining handle: cancelling the handle cancels its unfinished
+    members; with `member_cancels`, a cancelled member ends the handle cancelled at once — without
+    cancelling the other members. (The wait-set alone would wait for them, since cancellation is
+    not an exception for FIRST_EXCEPTION, and then fail.)"""
+    by_member: list = []
+
+    def handle_done(h: Execution) -> None:
+        if h.cancelled() and not by_member:
+            for m in members:
+                if not m.done():
+                    m.cancel()
+
+    handle.add_done_callback(handle_done)
+    if member_cancels:
+
+        def member_done(m: Execution) -> None:
+            if m.cancelled() and not handle.done():
+                by_member.append(m)
+                handle.cancel()
+
+        for m in members:
+            m.add_done_callback(member_done)
 
 
 def _outcome_or_exception(m: Execution) -> Any:
@@ -211,4 +249,7 @@ def join(*, missing: Any = _RAISE, **named: Execution) -> Execution:
         return out
 
     # With missing=..., a skipped member must not end the join early: wait for every member.
-    return _core.combine(list(named.values()), 0 if missing is not _RAISE else 2, finish, "join")
+    members = list(named.values())
+    handle = _core.combine(members, 0 if missing is not _RAISE else 2, finish, "join")
+    _link_cancellation(handle, members, member_cancels=False)
+    return handle

@@ -15,7 +15,7 @@ import pytest
 
 import distaff
 
-from conftest import fiber_wait, run_python
+from conftest import collect, fiber_wait, run_python
 
 # -- the adapter: one interface over distaff and concurrent.futures ---------------------------------
 
@@ -338,6 +338,15 @@ def test_as_completed_of_nothing(impl):
     assert list(impl.as_completed([])) == []
 
 
+def test_as_completed_returns_an_iterator(impl):
+    a, b = impl.spawn(1), impl.spawn(2)
+    it = impl.as_completed([a, b])
+    first = next(it)  # no iter() needed, as with concurrent.futures
+    assert iter(it) is it
+    rest = list(it)  # a partly consumed iterator resumes where it stopped
+    assert sorted(f.result() for f in [first, *rest]) == [1, 2]
+
+
 # -- wait and as_completed: distaff only (fibers, asyncio, scale) -------------------------------------------
 
 
@@ -650,6 +659,53 @@ def test_gather_inside_a_task_body(engine, members):
         return distaff.gather(*[members.submit(i) for i in range(n)]).result()
 
     assert fan_out(100) == list(range(100))
+
+
+def test_cancelling_a_gather_cancels_its_unfinished_members(members, new_gate):
+    gate = new_gate()
+    done = members.submit(0)
+    assert done.result(timeout=30) == 0
+    pending = [members.submit(i, gate) for i in (1, 2)]
+    g = distaff.gather(done, *pending)
+    assert g.cancel()
+    assert g.cancelled()
+    for p in pending:
+        with pytest.raises(distaff.CancelledError):
+            p.result(timeout=30)
+    assert done.result() == 0 and not done.cancelled()
+
+
+def test_a_cancelled_member_ends_the_gather_cancelled_at_once_and_unlogged(members, new_gate, caplog):
+    gate = new_gate()
+    a, b = members.submit(1, gate), members.submit(2, gate)
+    g = distaff.gather(a, b)
+    a.cancel()
+    with pytest.raises(distaff.CancelledError):
+        g.result(timeout=30)  # at once: b is still waiting on its gate
+    assert g.cancelled() and g.state == "cancelled"
+    assert not b.done(), "the other members are not cancelled (asyncio.gather's rule)"
+    gate.set()
+    assert b.result(timeout=30) == 2
+    del g
+    collect()
+    distaff._core._drain_unobserved()
+    assert "failed and nobody retrieved" not in caplog.text
+
+
+def test_gather_with_return_exceptions_reports_a_cancelled_member_in_place(members):
+    a = members.submit(1)
+    c = members.submit(2)
+    c.cancel()
+    out = distaff.gather(a, c, return_exceptions=True).result(timeout=30)
+    assert out[0] == 1 and isinstance(out[1], distaff.CancelledError)
+
+
+def test_cancelling_a_join_cancels_its_unfinished_members(members, new_gate):
+    gate = new_gate()
+    a, b = members.submit(1, gate), members.submit(2, gate)
+    j = distaff.join(first=a, second=b)
+    j.cancel()
+    assert j.cancelled() and a.cancelled() and b.cancelled()
 
 
 def test_gather_rejects_non_executions(members):
