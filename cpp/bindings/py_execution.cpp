@@ -1100,6 +1100,18 @@ PyObject* raw_current(PyObject*, PyObject*) {
   return Py_NewRef(static_cast<PyObject*>(cur->payload()));
 }
 
+// _import_ident(): the "thread" identity importlib's module locks see (distaff/_imports.py). Every
+// fiber of a worker shares the worker's OS thread id, so a module lock keyed by it lets a second
+// fiber into a module another fiber is still executing. On a fiber: minus its thread state's id
+// (unique among live states, renewed on reuse; negative, so never an OS thread id). Elsewhere: the
+// OS thread id, as _thread.get_ident() returns it.
+PyObject* raw_import_ident(PyObject*, PyObject*) {
+  if (current_execution()) {
+    return PyLong_FromLongLong(-static_cast<long long>(PyThreadState_GetID(PyThreadState_Get())));
+  }
+  return PyLong_FromUnsignedLong(PyThread_get_thread_ident());
+}
+
 PyObject* raw_set_hooks(PyObject*, PyObject* const* a, Py_ssize_t n) {
   if (n != 2) {
     PyErr_SetString(PyExc_TypeError, "_set_hooks(await_hook, callback_error_hook)");
@@ -1208,6 +1220,8 @@ PyMethodDef raw_functions[] = {
      "shutdown(engine, wait, cancel)"},
     {"wait_idle", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&raw_wait_idle)), METH_FASTCALL,
      "wait_idle(engine, timeout) -> bool"},
+    {"_import_ident", &raw_import_ident, METH_NOARGS,
+     "_import_ident() -> int: the thread identity importlib's module locks use (per fiber on a worker)"},
     {"current_execution", &raw_current, METH_NOARGS,
      "current_execution() -> Execution | None: the execution whose body is running here."},
     {"sleep", &raw_sleep, METH_O,

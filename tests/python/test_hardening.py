@@ -76,3 +76,83 @@ def test_a_forked_child_does_not_repeat_its_parents_workflow_ids():
     )
     assert r.returncode == 0, r.stderr
     assert "shared 0" in r.stdout
+
+
+# -- 13: two fibers of one worker importing the same module -----------------------------------------
+
+_IMPORT_SCRIPT = """
+import sys, threading, distaff
+sys.path.insert(0, {path!r})
+engine = distaff.Engine(workers=1, max_workers=1)
+
+@engine.task()
+def helper():
+    return 7
+
+gate = threading.Event()
+blocker = engine.submit(gate.wait, 60)  # holds the only worker until both importers are queued
+
+@engine.task()
+def importer(name):
+    mod = __import__(name)
+    return mod.COMPLETE, distaff.current_execution().id
+
+runs = [importer.submit({module!r}) for _ in range(3)]
+gate.set()
+print([r.result(timeout=60)[0] for r in runs])
+print("ok")
+"""
+
+
+@pytest.mark.parametrize(
+    "top_level",
+    ["distaff.sleep(0.05)", "import __main__\nassert __main__.helper.submit().result(timeout=30) == 7"],
+    ids=["sleeps", "waits-on-another-execution"],
+)
+def test_bodies_importing_the_same_module_on_one_worker_see_it_complete(tmp_path, top_level):
+    """The first importer is suspended inside the module's top level (in distaff.sleep, or waiting
+    on another execution, which must still run on the same single worker); the others wait for the
+    module instead of seeing it half-initialised (they used to get AttributeError: COMPLETE)."""
+    (tmp_path / "slow_mod.py").write_text(f"import distaff\n{top_level}\nCOMPLETE = True\n")
+    r = run_python(_IMPORT_SCRIPT.format(path=str(tmp_path), module="slow_mod"), timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "[True, True, True]" in r.stdout and "ok" in r.stdout
+
+
+def test_an_import_cycle_between_two_fibers_is_a_deadlock_error_not_a_hang(tmp_path):
+    """Fiber A imports x (which imports y), fiber B imports y (which imports x), both suspended
+    mid-module: as with threads, CPython's module-lock deadlock detection breaks the cycle (one
+    import sees the other module partly initialised, as CPython does for threads) instead of a hang."""
+    (tmp_path / "cyc_x.py").write_text("import distaff\ndistaff.sleep(0.05)\nimport cyc_y\nX = 1\n")
+    (tmp_path / "cyc_y.py").write_text("import distaff\ndistaff.sleep(0.05)\nimport cyc_x\nY = 1\n")
+    code = f"""
+    import sys, threading, distaff
+    sys.path.insert(0, {str(tmp_path)!r})
+    engine = distaff.Engine(workers=1, max_workers=1)
+    a = engine.submit(__import__, "cyc_x")
+    b = engine.submit(__import__, "cyc_y")
+    for ex in (a, b):
+        print(ex.exception(timeout=60) is None or type(ex.exception()).__name__)
+    print(sys.modules["cyc_x"].X, sys.modules["cyc_y"].Y)
+    """
+    r = run_python(code, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "1 1" in r.stdout
+
+
+def test_import_locks_are_per_fiber_but_get_ident_still_names_the_worker():
+    """Only importlib's view of _thread changes: threading.get_ident() is the worker's id in every
+    fiber (docs/limits.md), while the module-lock identity differs per fiber."""
+    import importlib._bootstrap as bootstrap
+
+    with distaff.Engine(workers=1, max_workers=1) as engine:
+
+        @engine.task()
+        def idents():
+            distaff.sleep(0.01)
+            return threading.get_ident(), bootstrap._thread.get_ident()
+
+        a, b = idents.submit(), idents.submit()
+        (ta, ia), (tb, ib) = a.result(timeout=30), b.result(timeout=30)
+    assert ta == tb and ia != ib and ia < 0 and ib < 0
+    assert bootstrap._thread.get_ident() == threading.get_ident()  # outside fibers: unchanged
