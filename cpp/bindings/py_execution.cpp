@@ -35,6 +35,24 @@ Execution* async_current() {
   Py_DECREF(v);  // the context keeps it alive while it is the value
   return e;
 }
+
+// The parent a done-callback's submissions get: the execution whose code registered the callback
+// (or none), not whichever fiber happened to finish the execution. One entry per callback running
+// now, keyed by the thread state it runs on (a callback may suspend its fiber, and other fibers of
+// the worker must not inherit its override). GIL held; almost always empty.
+std::vector<std::pair<PyThreadState*, Execution*>> g_callback_parents;
+
+// submit_parent: the parent of an execution submitted here.
+Execution* submit_parent() {
+  if (!g_callback_parents.empty()) {
+    PyThreadState* ts = PyThreadState_Get();
+    for (std::size_t i = g_callback_parents.size(); i-- > 0;) {
+      if (g_callback_parents[i].first == ts) return g_callback_parents[i].second;
+    }
+  }
+  Execution* p = current_execution();
+  return p ? p : async_current();
+}
 }  // namespace
 unsigned g_fork_generation = 0;
 
@@ -390,18 +408,72 @@ void call_callback(PyObject* cb, PyObject* self) {
   Py_XDECREF(exc);
 }
 
+// run_callback: runs one registered done-callback as the code that registered it: in (a copy of)
+// its contextvars context — so a workflow scope follows, as it does for submit() — and with its
+// execution (or none) as the parent of what the callback submits. An entry is the callable itself
+// (registered outside any execution, in an empty context) or a tuple (fn, parent or None,
+// context or None).
+void run_callback(PyObject* entry, PyObject* self) {
+  PyObject* fn = entry;
+  PyObject* parent = nullptr;
+  PyObject* ctx = nullptr;
+  if (PyTuple_CheckExact(entry)) {
+    fn = PyTuple_GET_ITEM(entry, 0);
+    parent = PyTuple_GET_ITEM(entry, 1) == Py_None ? nullptr : PyTuple_GET_ITEM(entry, 1);
+    ctx = PyTuple_GET_ITEM(entry, 2) == Py_None ? nullptr : PyTuple_GET_ITEM(entry, 2);
+  }
+  PyThreadState* ts = PyThreadState_Get();
+  PyObject* made = nullptr;
+  // Registered in an empty context: run in an empty one, not in the finishing body's.
+  if (!ctx && ts->context && PyObject_Size(ts->context) > 0) ctx = made = PyContext_New();
+  if (!ctx) PyErr_Clear();
+  if (ctx && PyContext_Enter(ctx) < 0) {
+    PyErr_Clear();  // a context entered elsewhere: run the callback where we are rather than not at all
+    ctx = nullptr;
+  }
+  g_callback_parents.emplace_back(ts, parent ? as_pe(parent)->core : nullptr);
+  call_callback(fn, self);
+  g_callback_parents.pop_back();
+  if (ctx && PyContext_Exit(ctx) < 0) PyErr_Clear();
+  Py_XDECREF(made);
+}
+
 PyObject* pe_add_done_callback(PyObject* self, PyObject* fn) {
   PyExecution* pe = as_pe(self);
   if (!PyCallable_Check(fn)) {
     PyErr_Format(PyExc_TypeError, "add_done_callback() needs a callable, not %.100s", Py_TYPE(fn)->tp_name);
     return nullptr;
   }
+  if (pe->core->done()) {  // runs now, here: the registering code's parent and context already apply
+    track(pe);
+    call_callback(fn, self);
+    Py_RETURN_NONE;
+  }
+  // Remember who registered it (docs/concepts.md, "Executions"): the current execution, as the
+  // parent of what the callback submits, and a copy of the contextvars context (none if empty).
+  PyObject* entry = fn;
+  Execution* reg = submit_parent();
+  PyThreadState* ts = PyThreadState_Get();
+  const bool has_ctx = ts->context && PyObject_Size(ts->context) > 0;
+  if (reg || has_ctx) {
+    PyObject* reg_pe = reg && reg->payload() ? static_cast<PyObject*>(reg->payload()) : Py_None;
+    PyObject* ctx = has_ctx ? PyContext_CopyCurrent() : Py_NewRef(Py_None);
+    if (!ctx) return nullptr;
+    entry = PyTuple_Pack(3, fn, reg_pe, ctx);
+    Py_DECREF(ctx);
+    if (!entry) return nullptr;
+  } else {
+    Py_INCREF(entry);
+  }
   // Allocate before checking done(): allocating a list can run the cyclic GC, whose finalizers
   // can release the GIL and let the execution complete in between — a callback appended after
   // that check would never run. From the check to the append nothing allocates a GC object.
   if (!pe->core->done() && !pe->callbacks) {
     PyObject* list = PyList_New(0);
-    if (!list) return nullptr;
+    if (!list) {
+      Py_DECREF(entry);
+      return nullptr;
+    }
     if (pe->callbacks) {
       Py_DECREF(list);
     } else {
@@ -409,11 +481,14 @@ PyObject* pe_add_done_callback(PyObject* self, PyObject* fn) {
     }
   }
   track(pe);
-  if (pe->core->done()) {
+  if (pe->core->done()) {  // finished meanwhile (the allocations above can run the GC)
+    Py_DECREF(entry);
     call_callback(fn, self);
     Py_RETURN_NONE;
   }
-  if (PyList_Append(pe->callbacks, fn) < 0) return nullptr;
+  const int r = PyList_Append(pe->callbacks, entry);
+  Py_DECREF(entry);
+  if (r < 0) return nullptr;
   Py_RETURN_NONE;
 }
 
@@ -601,7 +676,7 @@ PyExecution* new_virtual_execution(const std::string& name, Kind kind) {
   if (!pe) return nullptr;
   ExecutionRef core = Execution::create(name, kind);
   core->start();
-  if (Execution* parent = current_execution()) core->set_parent_id(parent->id());
+  if (Execution* parent = submit_parent()) core->set_parent_id(parent->id());
   pe->core = core.detach();
   pe->engine = nullptr;
   pe->fn = pe->args = pe->kwargs = pe->context = pe->trace = nullptr;
@@ -731,7 +806,7 @@ bool complete(PyExecution* pe, State state, PyObject* value) {
     pe->callbacks = nullptr;
     PyObject* self = reinterpret_cast<PyObject*>(pe);
     Py_INCREF(self);
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(cbs); ++i) call_callback(PyList_GET_ITEM(cbs, i), self);
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(cbs); ++i) run_callback(PyList_GET_ITEM(cbs, i), self);
     Py_DECREF(self);
     Py_DECREF(cbs);
   }
@@ -974,8 +1049,7 @@ PyObject* submit_impl(PyObject* capsule, PyObject* fn, PyObject* name, long flag
 
   pe->detached = (flags & 2) ? 1 : 0;
   bool born_cancelled = false;
-  Execution* parent = current_execution();
-  if (!parent) parent = async_current();
+  Execution* parent = submit_parent();
   if (parent) {
     core->set_parent_id(parent->id());
     if (!pe->detached) {

@@ -156,3 +156,79 @@ def test_import_locks_are_per_fiber_but_get_ident_still_names_the_worker():
         (ta, ia), (tb, ib) = a.result(timeout=30), b.result(timeout=30)
     assert ta == tb and ia != ib and ia < 0 and ib < 0
     assert bootstrap._thread.get_ident() == threading.get_ident()  # outside fibers: unchanged
+
+
+# -- 19: what a done-callback submits ---------------------------------------------------------------
+
+
+def test_work_submitted_by_a_done_callback_has_the_registering_code_as_parent(engine, new_gate):
+    """The callback is registered by body P on an execution that a different body F finishes: what
+    the callback submits has P as parent (it used to get F), and the registering context's
+    workflow scope (not F's). Registered outside any body: no parent, no scope."""
+    gate = new_gate()
+    seen = {}
+
+    @engine.task()
+    def leaf(tag):
+        return tag
+
+    @engine.task()
+    def finisher():  # F: runs in its own workflow scope, and finishes `target` from its fiber
+        with engine.workflow_scope("finisher-scope"):
+            gate.wait(30)
+            return "F"
+
+    def record(key):
+        def cb(ex):
+            child = leaf.submit(key)
+            seen[key] = (child.parent_id, child.workflow_id, child)
+
+        return cb
+
+    @engine.task()
+    def registrar(target):  # P
+        target.add_done_callback(record("from-body"))
+        return distaff.current_execution().id
+
+    target = finisher.submit()
+    with engine.workflow_scope("outer-scope"):
+        p = registrar.submit(target)
+        p_id = p.result(timeout=30)
+    target.add_done_callback(record("from-main"))
+    gate.set()
+    assert target.result(timeout=30) == "F"
+    assert engine.wait_idle(timeout=30)
+    parent, wid, child = seen["from-body"]
+    assert (parent, wid) == (p_id, "outer-scope")
+    assert seen["from-main"][:2] == (None, None)
+    assert child.result(timeout=30) == "from-body"
+
+
+def test_a_callback_registered_by_a_cancelled_body_submits_born_cancelled_work(engine, new_gate):
+    """Its parent was cancelled: like any submission from a cancelled tree, the work is born
+    cancelled instead of escaping it."""
+    gate, registered = new_gate(), new_gate()
+    seen = []
+
+    @engine.task()
+    def leaf():
+        return 1
+
+    @engine.task()
+    def slow():
+        gate.wait(30)
+
+    @engine.task()
+    def registrar(target):
+        target.add_done_callback(lambda ex: seen.append(leaf.submit()))
+        registered.set()
+        distaff.sleep(30)
+
+    target = slow.submit()
+    p = registrar.submit(target)
+    assert registered.wait(30)
+    p.cancel()
+    gate.set()
+    target.result(timeout=30)
+    assert engine.wait_idle(timeout=30)
+    assert len(seen) == 1 and seen[0].cancelled() and seen[0].parent_id == p.id
