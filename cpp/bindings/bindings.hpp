@@ -102,6 +102,10 @@ PyObject* fetch_exception();
 PyObject* raise_stored(PyObject* exc);
 // add_task_note: adds "distaff: raised in task 'name' (execution N)" to a body's exception.
 void add_task_note(PyObject* exc, const Execution& ex);
+// note_handout: distaff hands a failed execution's exception to the code of execution `receiver`
+// (result(), exception(), await in a body); add_task_note then knows a propagation from a shared
+// instance raised afresh.
+void note_handout(PyObject* exc, std::uint64_t receiver);
 
 // raise_interrupted: sets CancelledError (or distaff.TimeoutError after a timeout) for a wait that
 // was interrupted, dropping any asynchronous exception terminate() queued for this fiber.

@@ -42,6 +42,24 @@ Execution* async_current() {
 // the worker must not inherit its override). GIL held; almost always empty.
 std::vector<std::pair<PyThreadState*, Execution*>> g_callback_parents;
 
+// handout: the exception of failed `pe` is about to reach the code running here.
+void handout(PyExecution* pe) {
+  if (!pe->exc) return;
+  Execution* r = current_execution();
+  if (!r) r = async_current();
+  if (r && r != pe->core) note_handout(pe->exc, r->id());
+}
+
+// await_handout: a core callback registered by `await ex` in a body (arg: the awaiting execution's
+// id); the exception reaches that body if `ex` fails.
+void await_handout(Execution& e, void* arg) {
+  auto* pe = static_cast<PyExecution*>(e.payload());
+  if (pe && e.state() == State::failed && pe->exc) {
+    note_handout(pe->exc, static_cast<std::uint64_t>(reinterpret_cast<std::uintptr_t>(arg)));
+  }
+}
+static_assert(sizeof(void*) >= sizeof(std::uint64_t), "execution ids travel in a callback's void*");
+
 // submit_parent: the parent of an execution submitted here.
 Execution* submit_parent() {
   if (!g_callback_parents.empty()) {
@@ -323,6 +341,7 @@ PyObject* pe_result(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyO
         PyErr_SetString(InternalError, "failed execution without an exception");
         return nullptr;
       }
+      handout(pe);
       return raise_stored(pe->exc);
     case State::cancelled:
       return cancelled_error(pe);
@@ -343,6 +362,7 @@ PyObject* pe_exception(PyObject* self, PyObject* const* args, Py_ssize_t nargs, 
   if (s == State::cancelled) return cancelled_error(pe);
   if (s == State::failed && pe->exc) {
     pe->observed = 1;
+    handout(pe);
     return Py_NewRef(pe->exc);
   }
   Py_RETURN_NONE;
@@ -540,6 +560,13 @@ PyObject* pe_await(PyObject* self) {
   if (!AsyncAwaitHook) {
     PyErr_SetString(PyExc_RuntimeError, "distaff's asyncio bridge is not initialised");
     return nullptr;
+  }
+  // An async body awaiting `self`: if it fails, its exception reaches that body (see handout()).
+  Execution* receiver = current_execution();
+  if (!receiver) receiver = async_current();
+  if (receiver && receiver != as_pe(self)->core) {
+    as_pe(self)->core->add_callback(&await_handout,
+                                    reinterpret_cast<void*>(static_cast<std::uintptr_t>(receiver->id())));
   }
   return PyObject_CallOneArg(AsyncAwaitHook, self);
 }

@@ -13,6 +13,7 @@ import secrets
 from typing import Any, Callable, Iterable
 
 from . import _core
+from ._errors import _note_failure
 
 _submit = _core.submit
 _MISSING: Any = object()  # "called as @task()", distinct from an explicit (bad) None
@@ -544,7 +545,7 @@ class _AsyncBody:
                 # A returned Execution is followed, like a sync body's (a cycle: DeadlockError).
                 _core.settle(promise, True, fut.result())
             else:
-                exc.add_note(note)
+                _note_failure(exc, note, me.id if me else 0)
                 _core.settle(promise, False, exc)
 
         asyncio.run_coroutine_threadsafe(_cancellable(me, coro), loop).add_done_callback(settle)

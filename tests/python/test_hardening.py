@@ -232,3 +232,127 @@ def test_a_callback_registered_by_a_cancelled_body_submits_born_cancelled_work(e
     target.result(timeout=30)
     assert engine.wait_idle(timeout=30)
     assert len(seen) == 1 and seen[0].cancelled() and seen[0].parent_id == p.id
+
+
+# -- 15: one exception instance raised by many executions ------------------------------------------
+
+SHARED = ValueError("shared")
+
+
+def _distaff_notes(exc):
+    return [n for n in getattr(exc, "__notes__", []) if n.startswith("distaff: raised in")]
+
+
+def _tb_len(exc):
+    n, tb = 0, exc.__traceback__
+    while tb is not None:
+        n, tb = n + 1, tb.tb_next
+    return n
+
+
+def test_a_shared_exception_instance_does_not_grow_with_each_execution(engine):
+    """A module-level exception raised by 10k executions: after each, exactly one distaff note
+    (naming that execution) and a traceback of that raise only; memory stays flat (it used to
+    gain a note and a few traceback entries, with their frames, per execution)."""
+
+    @engine.task()
+    def raises(i):
+        raise SHARED
+
+    def run(n):
+        for i in range(n):
+            with pytest.raises(ValueError) as info:
+                raises(i)
+            assert info.value is SHARED
+
+    run(500)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        run(10_000)
+        gc.collect()
+        growth = sum(s.size_diff for s in tracemalloc.take_snapshot().compare_to(before, "filename"))
+    finally:
+        tracemalloc.stop()
+    notes = _distaff_notes(SHARED)
+    assert len(notes) == 1 and "raises" in notes[0]
+    assert _tb_len(SHARED) <= 8, traceback.format_exception(SHARED)  # its raise, and our frames since
+    assert "raise SHARED" in "".join(traceback.format_exception(SHARED))
+    assert growth < 1_000_000, growth  # was ~3 kB per execution
+
+
+def test_a_shared_instance_raised_by_children_a_workflow_catches_stays_bounded(engine):
+    """The workflow is handed the error by result() each time (a propagation, to this execution),
+    then a new child raises the same object afresh: still bounded."""
+
+    @engine.task()
+    def child():
+        raise SHARED
+
+    @engine.workflow()
+    def parent(n):
+        for _ in range(n):
+            try:
+                child()
+            except ValueError:
+                pass
+        return _tb_len(SHARED), len(_distaff_notes(SHARED))
+
+    tb_len, n_notes = parent(2000)
+    assert tb_len <= 6 and n_notes <= 2
+
+
+def test_a_fresh_exception_keeps_a_note_per_execution_it_crossed_and_its_whole_traceback(engine):
+    """Propagation is unchanged: child -> workflow -> caller, one note each, every frame."""
+
+    @engine.task()
+    def inner():
+        raise KeyError("missing")
+
+    @engine.workflow()
+    def middle():
+        return inner()
+
+    @engine.workflow()
+    def outer():
+        return middle.submit().result()
+
+    for _ in range(3):  # three independent failures: each its own object, notes and frames
+        with pytest.raises(KeyError) as info:
+            outer()
+        notes = _distaff_notes(info.value)
+        assert len(notes) == 3 and ".inner'" in notes[0] and ".middle'" in notes[1] and ".outer'" in notes[2]
+        text = "".join(traceback.format_exception(info.value))
+        assert "raise KeyError" in text and "return inner()" in text and "middle.submit().result()" in text
+
+
+def test_a_shared_instance_reraised_through_await_keeps_its_path(engine):
+    """An async body awaiting a failing child lets the error through: note per crossing."""
+
+    @engine.task()
+    def child():
+        raise SHARED
+
+    @engine.task()
+    async def waiter():
+        await child.submit()
+
+    for _ in range(50):
+        with pytest.raises(ValueError):
+            waiter()
+    notes = _distaff_notes(SHARED)
+    assert len(notes) == 2 and ".child'" in notes[0] and ".waiter'" in notes[1]
+    assert _tb_len(SHARED) < 20
+
+
+def test_distaff_notes_pickle_as_plain_strings(engine):
+    import pickle
+
+    @engine.task()
+    def fails():
+        raise KeyError("k")
+
+    err = fails.submit().exception(timeout=30)
+    copy = pickle.loads(pickle.dumps(err))
+    assert type(copy.__notes__[0]) is str and copy.__notes__ == err.__notes__
