@@ -8,6 +8,8 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
+#include <limits>
 #include "bindings.hpp"
 
 #include <structmember.h>
@@ -91,23 +93,75 @@ bool on_main_thread() {
   return current_execution() == nullptr && PyThread_get_thread_ident() == g_main_thread_ident;
 }
 
+bool parse_seconds(PyObject* v, const char* what, Seconds kind, double& out) {
+  const bool none_ok = kind == Seconds::wait || kind == Seconds::option || kind == Seconds::cap;
+  if (v == Py_None && none_ok) {
+    out = std::numeric_limits<double>::infinity();
+    return true;
+  }
+  const char* expected = kind == Seconds::factor ? "a number" : "a number of seconds";
+  PyNumberMethods* nb = Py_TYPE(v)->tp_as_number;
+  if (PyBool_Check(v) || !(PyFloat_Check(v) || PyLong_Check(v) || (nb && (nb->nb_float || nb->nb_index)))) {
+    PyErr_Format(PyExc_TypeError, "%s must be %s%s, not %.100s", what, expected, none_ok ? " or None" : "",
+                 Py_TYPE(v)->tp_name);
+    return false;
+  }
+  double t = PyFloat_AsDouble(v);
+  if (t == -1.0 && PyErr_Occurred()) {
+    if (!PyErr_ExceptionMatches(PyExc_OverflowError)) return false;  // __float__ itself raised
+    // An integer too large for a float (10**400): as large as a float gets, with its sign.
+    PyErr_Clear();
+    PyObject* zero = PyLong_FromLong(0);
+    const int negative = zero ? PyObject_RichCompareBool(v, zero, Py_LT) : -1;
+    Py_XDECREF(zero);
+    if (negative < 0) return false;
+    t = negative ? -std::numeric_limits<double>::infinity() : std::numeric_limits<double>::infinity();
+  }
+  if (std::isnan(t)) {
+    PyErr_Format(PyExc_ValueError, "%s must not be NaN", what);
+    return false;
+  }
+  switch (kind) {
+    case Seconds::wait:  // like concurrent.futures: a wait whose timeout already passed
+      if (t < 0) t = 0;
+      break;
+    case Seconds::option:
+      if (!(t > 0)) {
+        PyErr_Format(PyExc_ValueError, "%s must be a positive number of seconds or None, not %R", what, v);
+        return false;
+      }
+      break;
+    case Seconds::length:
+    case Seconds::cap:
+      if (t < 0) {
+        PyErr_Format(PyExc_ValueError, "%s must be a non-negative number of seconds, not %R", what, v);
+        return false;
+      }
+      break;
+    case Seconds::delay:
+    case Seconds::factor:
+      if (t < 0 || std::isinf(t)) {
+        PyErr_Format(PyExc_ValueError, "%s must be a finite non-negative number, not %R", what, v);
+        return false;
+      }
+      break;
+  }
+  out = t;
+  return true;
+}
+
+Clock::time_point deadline_after(double seconds) {
+  // 1e9 s (~31 years) and beyond — inf included — is no deadline; it also keeps the sum in range.
+  if (!(seconds < kNoLimitSeconds)) return Clock::time_point::max();
+  return Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds));
+}
+
 bool parse_timeout(PyObject* timeout, Clock::time_point& deadline) {
   deadline = Clock::time_point::max();
   if (!timeout || timeout == Py_None) return true;
-  double t = PyFloat_AsDouble(timeout);
-  if (t == -1.0 && PyErr_Occurred()) {
-    PyErr_Format(PyExc_TypeError, "timeout must be a number or None, not %.100s",
-                 Py_TYPE(timeout)->tp_name);
-    return false;
-  }
-  if (std::isnan(t)) {
-    PyErr_SetString(PyExc_ValueError, "timeout must not be NaN");
-    return false;
-  }
-  if (t < 0) t = 0;
-  if (t < 1e9) {
-    deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(t));
-  }
+  double t;
+  if (!parse_seconds(timeout, "timeout", Seconds::wait, t)) return false;
+  deadline = deadline_after(t);
   return true;
 }
 
@@ -327,10 +381,13 @@ bool parse_timeout_arg(const char* fname, PyObject* const* args, Py_ssize_t narg
 
 PyObject* pe_result(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
   PyExecution* pe = as_pe(self);
+  PyObject* timeout;
+  if (!parse_timeout_arg("result", args, nargs, kwnames, &timeout)) return nullptr;
   if (!pe->core->done()) {
-    PyObject* timeout;
-    if (!parse_timeout_arg("result", args, nargs, kwnames, &timeout)) return nullptr;
     if (wait_for_outcome(pe, timeout) != kDone) return nullptr;
+  } else if (timeout != Py_None) {  // bad input fails the same whether or not it is done
+    Clock::time_point unused;
+    if (!parse_timeout(timeout, unused)) return nullptr;
   }
   switch (pe->core->state()) {
     case State::succeeded:
@@ -353,10 +410,13 @@ PyObject* pe_result(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyO
 
 PyObject* pe_exception(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
   PyExecution* pe = as_pe(self);
+  PyObject* timeout;
+  if (!parse_timeout_arg("exception", args, nargs, kwnames, &timeout)) return nullptr;
   if (!pe->core->done()) {
-    PyObject* timeout;
-    if (!parse_timeout_arg("exception", args, nargs, kwnames, &timeout)) return nullptr;
     if (wait_for_outcome(pe, timeout) != kDone) return nullptr;
+  } else if (timeout != Py_None) {  // bad input fails the same whether or not it is done
+    Clock::time_point unused;
+    if (!parse_timeout(timeout, unused)) return nullptr;
   }
   State s = pe->core->state();
   if (s == State::cancelled) return cancelled_error(pe);
@@ -544,7 +604,10 @@ PyObject* pe_description(PyObject* self, void*) {
 }
 
 PyObject* pe_id(PyObject* self, void*) { return PyLong_FromUnsignedLongLong(as_pe(self)->core->id()); }
-PyObject* pe_name(PyObject* self, void*) { return PyUnicode_FromString(as_pe(self)->core->name().c_str()); }
+PyObject* pe_name(PyObject* self, void*) {
+  const std::string& name = as_pe(self)->core->name();
+  return PyUnicode_FromStringAndSize(name.data(), static_cast<Py_ssize_t>(name.size()));
+}
 PyObject* pe_state(PyObject* self, void*) { return PyUnicode_FromString(to_string(as_pe(self)->core->state())); }
 PyObject* pe_workflow_id(PyObject* self, void*) {
   PyExecution* pe = as_pe(self);
@@ -1020,6 +1083,10 @@ PyObject* submit_impl(PyObject* capsule, PyObject* fn, PyObject* name, long flag
   Py_ssize_t name_len;
   const char* name_utf8 = PyUnicode_AsUTF8AndSize(name, &name_len);
   if (!name_utf8) return nullptr;
+  if (std::memchr(name_utf8, 0, static_cast<std::size_t>(name_len))) {  // C strings would cut it short
+    PyErr_SetString(PyExc_ValueError, "a task name must not contain NUL characters");
+    return nullptr;
+  }
   Kind kind = (flags & 1) ? Kind::workflow : Kind::task;
 
   std::vector<PyObject*> found;
@@ -1201,6 +1268,27 @@ PyObject* raw_current(PyObject*, PyObject*) {
   return Py_NewRef(static_cast<PyObject*>(cur->payload()));
 }
 
+// _seconds(value, what, kind) -> float | None: parse_seconds for the facade (one check for both
+// sides). None stays None where allowed; "no limit" is inf.
+PyObject* raw_seconds(PyObject*, PyObject* const* a, Py_ssize_t n) {
+  if (n != 3 || !PyUnicode_Check(a[1])) {
+    PyErr_SetString(PyExc_TypeError, "_seconds(value, what, kind)");
+    return nullptr;
+  }
+  const long kind = PyLong_AsLong(a[2]);
+  if (kind == -1 && PyErr_Occurred()) return nullptr;
+  if (kind < 0 || kind > static_cast<long>(Seconds::factor)) {
+    PyErr_SetString(PyExc_ValueError, "_seconds: bad kind");
+    return nullptr;
+  }
+  const char* what = PyUnicode_AsUTF8(a[1]);
+  if (!what) return nullptr;
+  double t;
+  if (!parse_seconds(a[0], what, static_cast<Seconds>(kind), t)) return nullptr;
+  if (a[0] == Py_None) Py_RETURN_NONE;
+  return PyFloat_FromDouble(t);
+}
+
 // _import_ident(): the "thread" identity importlib's module locks see (distaff/_imports.py). Every
 // fiber of a worker shares the worker's OS thread id, so a module lock keyed by it lets a second
 // fiber into a module another fiber is still executing. On a fiber: minus its thread state's id
@@ -1227,6 +1315,8 @@ PyObject* raw_set_hooks(PyObject*, PyObject* const* a, Py_ssize_t n) {
 // elsewhere it is time.sleep.
 PyObject* g_time_sleep = nullptr;
 PyObject* raw_sleep(PyObject*, PyObject* seconds) {
+  double t;
+  if (!parse_seconds(seconds, "sleep length", Seconds::length, t)) return nullptr;
   if (!current_execution()) {
     if (!g_time_sleep) {
       PyObject* time = PyImport_ImportModule("time");
@@ -1235,18 +1325,19 @@ PyObject* raw_sleep(PyObject*, PyObject* seconds) {
       Py_DECREF(time);
       if (!g_time_sleep) return nullptr;
     }
-    return PyObject_CallOneArg(g_time_sleep, seconds);
+    // time.sleep refuses lengths past ~292 years: sleep in day-long pieces (inf: until interrupted).
+    for (;;) {
+      const double piece = std::min(t, 86400.0);
+      PyObject* arg = PyFloat_FromDouble(piece);
+      PyObject* r = arg ? PyObject_CallOneArg(g_time_sleep, arg) : nullptr;
+      Py_XDECREF(arg);
+      if (!r) return nullptr;
+      Py_DECREF(r);
+      t -= piece;
+      if (!(t > 0)) Py_RETURN_NONE;
+    }
   }
-  double t = PyFloat_AsDouble(seconds);
-  if (t == -1.0 && PyErr_Occurred()) {
-    PyErr_Format(PyExc_TypeError, "sleep() needs a number of seconds, not %.100s", Py_TYPE(seconds)->tp_name);
-    return nullptr;
-  }
-  if (std::isnan(t) || t < 0) {
-    PyErr_SetString(PyExc_ValueError, "sleep length must be a non-negative number");
-    return nullptr;
-  }
-  auto deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(std::min(t, 1e9)));
+  auto deadline = deadline_after(t);
   WaitStatus st;
   try {
     st = sleep_until(deadline);
@@ -1321,6 +1412,8 @@ PyMethodDef raw_functions[] = {
      "shutdown(engine, wait, cancel)"},
     {"wait_idle", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&raw_wait_idle)), METH_FASTCALL,
      "wait_idle(engine, timeout) -> bool"},
+    {"_seconds", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&raw_seconds)), METH_FASTCALL,
+     "_seconds(value, what, kind) -> float | None: validates a number of seconds (bindings.hpp, Seconds)"},
     {"_import_ident", &raw_import_ident, METH_NOARGS,
      "_import_ident() -> int: the thread identity importlib's module locks use (per fiber on a worker)"},
     {"current_execution", &raw_current, METH_NOARGS,

@@ -12,7 +12,7 @@ import threading
 import weakref
 from typing import Any, Callable
 
-from . import _core
+from . import _core, _validate
 from ._task import _MISSING, Task, _decorator
 
 logger = logging.getLogger("distaff")
@@ -56,10 +56,8 @@ class Engine:
             raise TypeError(f"max_workers must be an int, not {type(max_workers).__name__}")
         if not workers <= max_workers <= 1024:
             raise ValueError(f"max_workers must be between workers ({workers}) and 1024, got {max_workers}")
-        if isinstance(stack_size, bool) or not isinstance(stack_size, int) or stack_size < 64 * 1024:
-            raise ValueError("stack_size must be an int of at least 65536 bytes")
-        if isinstance(history, bool) or not isinstance(history, int) or history < 0:
-            raise ValueError("history must be a non-negative int")
+        _validate.count(stack_size, "stack_size", 64 * 1024)
+        _validate.count(history, "history")
         self._core = _core.EngineCore(workers, max_workers, stack_size, history)
         self._capsule = self._core.capsule()
         self._pid = os.getpid()
@@ -272,8 +270,7 @@ class WorkflowScope:
     """``with engine.workflow_scope() as wid:`` — see :meth:`Engine.workflow_scope`."""
 
     def __init__(self, engine: Engine, workflow_id: str | None, cancel_on_error: bool) -> None:
-        if workflow_id is not None and (not isinstance(workflow_id, str) or not workflow_id):
-            raise TypeError("workflow_id must be a non-empty string")
+        _validate.workflow_id(workflow_id)
         from ._task import _new_workflow_id
 
         self.engine = engine

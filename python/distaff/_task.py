@@ -13,6 +13,7 @@ import secrets
 from typing import Any, Callable, Iterable
 
 from . import _core
+from . import _validate as _v
 from ._errors import _note_failure
 
 _submit = _core.submit
@@ -136,15 +137,14 @@ class Task:
                 f"@{kind} cannot wrap the generator function {getattr(fn, '__qualname__', fn)!r}: an execution has one "
                 "result; return a list, or submit one execution per item"
             )
-        if name is not None and (not isinstance(name, str) or not name):
-            raise TypeError("name= must be a non-empty string")
+        if name is not None:
+            _v.name(name, "name=")
         self.fn = fn
-        self.name = name or getattr(fn, "__qualname__", None) or type(fn).__qualname__
+        # A derived name is checked too: C code carries it (a NUL would cut it short there).
+        self.name = _v.name(name or getattr(fn, "__qualname__", None) or type(fn).__qualname__, "name=")
         self.kind = kind
         self._kind_flag = kind == "workflow"
-        if not isinstance(resolve, bool):
-            raise TypeError("resolve= must be True or False")
-        self.resolve = resolve
+        self.resolve = _v.flag(resolve, "resolve=")
         self._wait = True if resolve else _parse_wait(wait, fn)
         self.is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
             getattr(fn, "__call__", None)
@@ -219,9 +219,7 @@ class Task:
         # The hot path: every line here shows in bench/ W1 (~1 µs per task end to end).
         workflow_id = None
         if kwargs and "workflow_id" in kwargs and self._strip_workflow_id:
-            workflow_id = kwargs.pop("workflow_id")
-            if workflow_id is not None and not isinstance(workflow_id, str):
-                raise TypeError(f"workflow_id must be a string, not {type(workflow_id).__name__}")
+            workflow_id = _v.workflow_id(kwargs.pop("workflow_id"))
         check = self._check
         if check is not None:
             check(*args, **kwargs)
@@ -278,13 +276,9 @@ class Task:
         opts = dict(self._options)
         if timeout is not _MISSING:
             opts["timeout"] = _check_timeout(timeout)
-        if workflow_id is not None:
-            if not isinstance(workflow_id, str) or not workflow_id:
-                raise TypeError("workflow_id must be a non-empty string")
+        if _v.workflow_id(workflow_id) is not None:
             opts["workflow_id"] = workflow_id
-        if not isinstance(detached, bool):
-            raise TypeError("detached must be True or False")
-        if detached:
+        if _v.flag(detached, "detached"):
             opts["detached"] = True
         clone._options = opts
         clone.submit = clone._make_submit()
@@ -326,11 +320,8 @@ class _BoundTask:
 
 
 def _check_timeout(timeout: Any) -> float | None:
-    if timeout is None:
-        return None
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
-        raise ValueError(f"timeout must be a positive number of seconds or None, not {timeout!r}")
-    return float(timeout)
+    """The timeout= option: None, or seconds > 0 (inf or 10**400: no deadline, like None)."""
+    return _v.seconds(timeout, "timeout", _v.OPTION)
 
 
 class RetryPolicy:
@@ -343,13 +334,10 @@ class RetryPolicy:
 
     @classmethod
     def make(cls, retries, retry_delay, backoff, max_delay, jitter, retry_on, fallback) -> "RetryPolicy | None":
-        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-            raise ValueError(f"retries must be a non-negative int, not {retries!r}")
-        for label, v in (("retry_delay", retry_delay), ("backoff", backoff)):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0:  # NaN too
-                raise ValueError(f"{label} must be a non-negative number, not {v!r}")
-        if max_delay is not None and (not isinstance(max_delay, (int, float)) or not max_delay >= 0):
-            raise ValueError(f"max_delay must be a non-negative number or None, not {max_delay!r}")
+        _v.count(retries, "retries")
+        retry_delay = _v.seconds(retry_delay, "retry_delay", _v.DELAY)
+        backoff = _v.seconds(backoff, "backoff", _v.FACTOR)
+        max_delay = _v.seconds(max_delay, "max_delay", _v.CAP)
         if isinstance(retry_on, type):
             retry_on = (retry_on,)
         if not isinstance(retry_on, tuple) or not all(
@@ -366,7 +354,12 @@ class RetryPolicy:
         return p
 
     def delay(self, n: int) -> float:
-        d = self.retry_delay * (self.backoff**n)
+        d = self.retry_delay
+        if d and self.backoff != 1.0:
+            try:
+                d *= self.backoff**n
+            except OverflowError:  # backoff=1e308: the delay is as long as a float gets
+                d = math.inf
         if self.max_delay is not None:
             d = min(d, self.max_delay)
         if self.jitter:
