@@ -513,7 +513,14 @@ void run_callback(PyObject* entry, PyObject* self) {
   }
   g_callback_parents.emplace_back(ts, parent ? as_pe(parent)->core : nullptr);
   call_callback(fn, self);
-  g_callback_parents.pop_back();
+  // Not pop_back: a callback that suspended its fiber may finish after one that started later on
+  // another fiber. Per thread state the entries nest, so the last one of this state is ours.
+  for (std::size_t i = g_callback_parents.size(); i-- > 0;) {
+    if (g_callback_parents[i].first == ts) {
+      g_callback_parents.erase(g_callback_parents.begin() + static_cast<std::ptrdiff_t>(i));
+      break;
+    }
+  }
   if (ctx && PyContext_Exit(ctx) < 0) PyErr_Clear();
   Py_XDECREF(made);
 }

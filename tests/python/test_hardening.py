@@ -356,3 +356,45 @@ def test_distaff_notes_pickle_as_plain_strings(engine):
     err = fails.submit().exception(timeout=30)
     copy = pickle.loads(pickle.dumps(err))
     assert type(copy.__notes__[0]) is str and copy.__notes__ == err.__notes__
+
+
+def test_callbacks_that_suspend_and_finish_out_of_order_keep_their_own_parents(new_gate):
+    """Callback A (registered by P1) and callback B (by P2) both suspend mid-callback; A finishes
+    first. B's later submission still gets P2 (the override is per thread state, not a stack)."""
+    tg1, tg2, ga, gb = new_gate(), new_gate(), new_gate(), new_gate()
+    started = {"A": new_gate(), "B": new_gate()}
+    submitted = {"A": new_gate(), "B": new_gate()}
+    seen = {}
+    with distaff.Engine(workers=1, max_workers=1) as eng, distaff.Engine(workers=2, max_workers=2) as side, \
+            distaff.Engine(workers=2, max_workers=2) as waiters:
+
+        @eng.task()
+        def leaf():
+            return 1
+
+        def callback(key, gate):
+            def cb(ex):
+                w = waiters.submit(gate.wait, 30)
+                started[key].set()
+                w.result(timeout=30)  # suspends this side-worker fiber mid-callback
+                seen[key] = leaf.submit()
+                submitted[key].set()
+
+            return cb
+
+        @eng.task()
+        def registrar(target, key, gate):
+            target.add_done_callback(callback(key, gate))
+            return distaff.current_execution().id
+
+        t1, t2 = side.submit(tg1.wait, 30), side.submit(tg2.wait, 30)
+        p1 = registrar(t1, "A", ga)
+        p2 = registrar(t2, "B", gb)
+        tg1.set()
+        tg2.set()
+        assert started["A"].wait(30) and started["B"].wait(30)
+        ga.set()
+        assert submitted["A"].wait(30)
+        gb.set()
+        assert submitted["B"].wait(30)
+        assert (seen["A"].parent_id, seen["B"].parent_id) == (p1, p2)
