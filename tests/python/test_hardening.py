@@ -140,6 +140,37 @@ def test_an_import_cycle_between_two_fibers_is_a_deadlock_error_not_a_hang(tmp_p
     assert "1 1" in r.stdout
 
 
+def test_a_body_importing_a_module_the_main_thread_is_executing_waits_for_it(tmp_path):
+    """The main thread is inside the module's top level; a body importing it parks (in distaff's
+    lock, on a promise: its worker stays free) until the main thread has finished the module."""
+    (tmp_path / "main_mod.py").write_text(
+        "import time, __main__\n"
+        "__main__.ex = __main__.importer.submit()\n"
+        "deadline = time.monotonic() + 30\n"
+        "while __main__.ex.description['blocked_on'] is None and time.monotonic() < deadline:\n"
+        "    time.sleep(0.001)  # until the body is parked on the module's lock\n"
+        "assert __main__.ex.description['blocked_on'] is not None\n"
+        "assert __main__.engine.submit(lambda: 'worker free').result(timeout=30) == 'worker free'\n"
+        "COMPLETE = True\n"
+    )
+    code = f"""
+    import sys, distaff
+    sys.path.insert(0, {str(tmp_path)!r})
+    engine = distaff.Engine(workers=1, max_workers=1)
+
+    @engine.task()
+    def importer():
+        import main_mod
+        return main_mod.COMPLETE
+
+    import main_mod
+    print(ex.result(timeout=30))
+    """
+    r = run_python(code, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "True"
+
+
 def test_import_locks_are_per_fiber_but_get_ident_still_names_the_worker():
     """Only importlib's view of _thread changes: threading.get_ident() is the worker's id in every
     fiber (docs/limits.md), while the module-lock identity differs per fiber."""
