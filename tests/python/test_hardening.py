@@ -119,7 +119,7 @@ def test_bodies_importing_the_same_module_on_one_worker_see_it_complete(tmp_path
     assert "[True, True, True]" in r.stdout and "ok" in r.stdout
 
 
-def test_an_import_cycle_between_two_fibers_is_a_deadlock_error_not_a_hang(tmp_path):
+def test_an_import_cycle_between_two_fibers_resolves_as_between_threads(tmp_path):
     """Fiber A imports x (which imports y), fiber B imports y (which imports x), both suspended
     mid-module: as with threads, CPython's module-lock deadlock detection breaks the cycle (one
     import sees the other module partly initialised, as CPython does for threads) instead of a hang."""
