@@ -102,6 +102,10 @@ PyObject* fetch_exception();
 PyObject* raise_stored(PyObject* exc);
 // add_task_note: adds "distaff: raised in task 'name' (execution N)" to a body's exception.
 void add_task_note(PyObject* exc, const Execution& ex);
+// note_handout: distaff hands a failed execution's exception to the code of execution `receiver`
+// (result(), exception(), await in a body); add_task_note then knows a propagation from a shared
+// instance raised afresh.
+void note_handout(PyObject* exc, std::uint64_t receiver);
 
 // raise_interrupted: sets CancelledError (or distaff.TimeoutError after a timeout) for a wait that
 // was interrupted, dropping any asynchronous exception terminate() queued for this fiber.
@@ -139,7 +143,21 @@ void forward_execution(PyExecution* pe, PyExecution* target);
 // `running` and is finished by complete() — used by gather/join and async bodies. GIL held.
 PyExecution* new_virtual_execution(const std::string& name, Kind kind);
 
-// parse_timeout: None → no deadline. Sets a Python error and returns false on bad input.
+// parse_seconds: the one check of every number of seconds distaff takes, from Python or C
+// (docs/concepts.md, "Numbers of seconds"; Python calls it as _core._seconds). A number is an int,
+// a float or anything with __float__/__index__, never a bool (TypeError) nor NaN (ValueError); an
+// int too large for a float counts as ±inf. `out` is in seconds, +inf for "no limit".
+//   wait:   None or inf: no limit; negative: 0 (an expired wait, as in concurrent.futures)
+//   option: timeout= of a task: None or inf: none; must be > 0
+//   length: distaff.sleep: must be >= 0 (inf: until interrupted)
+//   cap:    max_delay=: None or inf: no cap; must be >= 0
+//   delay:  retry_delay=: finite, >= 0.   factor: backoff=: finite, >= 0
+enum class Seconds { wait = 0, option = 1, length = 2, cap = 3, delay = 4, factor = 5 };
+bool parse_seconds(PyObject* v, const char* what, Seconds kind, double& out);
+// deadline_after: now + seconds, or no deadline (time_point::max) from kNoLimitSeconds on.
+constexpr double kNoLimitSeconds = 1e9;
+Clock::time_point deadline_after(double seconds);
+// parse_timeout: a wait's timeout (Seconds::wait) as a deadline. False with a Python error set.
 bool parse_timeout(PyObject* timeout, Clock::time_point& deadline);
 
 // wait_sliced: runs `park(deadline)` (true when the awaited condition holds) as the calling context

@@ -16,6 +16,8 @@ PyObject* ShutdownError = nullptr;
 PyObject* TimeoutErrorType = nullptr;
 PyObject* UnobservedHook = nullptr;
 PyObject* AsyncAwaitHook = nullptr;
+PyObject* NoteHook = nullptr;
+PyObject* HandoutHook = nullptr;
 
 bool init_errors(PyObject* module) {
   // The exception classes are defined in Python (distaff/_errors.py) so users can see and subclass
@@ -28,7 +30,8 @@ bool init_errors(PyObject* module) {
   } names[] = {{&CancelledError, "CancelledError"}, {&DependencyError, "DependencyError"},
                {&DeadlockError, "DeadlockError"},   {&InternalError, "InternalError"},
                {&ShutdownError, "ShutdownError"},   {&UnobservedHook, "log_unobserved"},
-               {&TimeoutErrorType, "TimeoutError"}};
+               {&TimeoutErrorType, "TimeoutError"}, {&NoteHook, "_note_failure"},
+               {&HandoutHook, "_handed_out"}};
   for (auto& n : names) {
     *n.slot = PyObject_GetAttrString(m, n.name);
     if (!*n.slot) {
@@ -79,12 +82,22 @@ void add_task_note(PyObject* exc, const Execution& ex) {
     PyErr_Clear();
     return;
   }
-  PyObject* r = PyObject_CallMethod(exc, "add_note", "O", note);
+  // Once per exception object and execution, never growing a shared instance (_errors._note_failure).
+  PyObject* r = PyObject_CallFunction(NoteHook, "OOK", exc, note, static_cast<unsigned long long>(ex.id()));
   Py_DECREF(note);
   if (r) {
     Py_DECREF(r);
   } else {
     PyErr_Clear();  // an exception type that refuses notes keeps its original message
+  }
+}
+
+void note_handout(PyObject* exc, std::uint64_t receiver) {
+  PyObject* r = PyObject_CallFunction(HandoutHook, "OK", exc, static_cast<unsigned long long>(receiver));
+  if (r) {
+    Py_DECREF(r);
+  } else {
+    PyErr_Clear();  // bookkeeping only: the error itself is delivered regardless
   }
 }
 

@@ -8,6 +8,8 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
+#include <limits>
 #include "bindings.hpp"
 
 #include <structmember.h>
@@ -35,6 +37,42 @@ Execution* async_current() {
   Py_DECREF(v);  // the context keeps it alive while it is the value
   return e;
 }
+
+// The parent a done-callback's submissions get: the execution whose code registered the callback
+// (or none), not whichever fiber happened to finish the execution. One entry per callback running
+// now, keyed by the thread state it runs on (a callback may suspend its fiber, and other fibers of
+// the worker must not inherit its override). GIL held; almost always empty.
+std::vector<std::pair<PyThreadState*, Execution*>> g_callback_parents;
+
+// handout: the exception of failed `pe` is about to reach the code running here.
+void handout(PyExecution* pe) {
+  if (!pe->exc) return;
+  Execution* r = current_execution();
+  if (!r) r = async_current();
+  if (r && r != pe->core) note_handout(pe->exc, r->id());
+}
+
+// await_handout: a core callback registered by `await ex` in a body (arg: the awaiting execution's
+// id); the exception reaches that body if `ex` fails.
+void await_handout(Execution& e, void* arg) {
+  auto* pe = static_cast<PyExecution*>(e.payload());
+  if (pe && e.state() == State::failed && pe->exc) {
+    note_handout(pe->exc, static_cast<std::uint64_t>(reinterpret_cast<std::uintptr_t>(arg)));
+  }
+}
+static_assert(sizeof(void*) >= sizeof(std::uint64_t), "execution ids travel in a callback's void*");
+
+// submit_parent: the parent of an execution submitted here.
+Execution* submit_parent() {
+  if (!g_callback_parents.empty()) {
+    PyThreadState* ts = PyThreadState_Get();
+    for (std::size_t i = g_callback_parents.size(); i-- > 0;) {
+      if (g_callback_parents[i].first == ts) return g_callback_parents[i].second;
+    }
+  }
+  Execution* p = current_execution();
+  return p ? p : async_current();
+}
 }  // namespace
 unsigned g_fork_generation = 0;
 
@@ -55,23 +93,75 @@ bool on_main_thread() {
   return current_execution() == nullptr && PyThread_get_thread_ident() == g_main_thread_ident;
 }
 
+bool parse_seconds(PyObject* v, const char* what, Seconds kind, double& out) {
+  const bool none_ok = kind == Seconds::wait || kind == Seconds::option || kind == Seconds::cap;
+  if (v == Py_None && none_ok) {
+    out = std::numeric_limits<double>::infinity();
+    return true;
+  }
+  const char* expected = kind == Seconds::factor ? "a number" : "a number of seconds";
+  PyNumberMethods* nb = Py_TYPE(v)->tp_as_number;
+  if (PyBool_Check(v) || !(PyFloat_Check(v) || PyLong_Check(v) || (nb && (nb->nb_float || nb->nb_index)))) {
+    PyErr_Format(PyExc_TypeError, "%s must be %s%s, not %.100s", what, expected, none_ok ? " or None" : "",
+                 Py_TYPE(v)->tp_name);
+    return false;
+  }
+  double t = PyFloat_AsDouble(v);
+  if (t == -1.0 && PyErr_Occurred()) {
+    if (!PyErr_ExceptionMatches(PyExc_OverflowError)) return false;  // __float__ itself raised
+    // An integer too large for a float (10**400): as large as a float gets, with its sign.
+    PyErr_Clear();
+    PyObject* zero = PyLong_FromLong(0);
+    const int negative = zero ? PyObject_RichCompareBool(v, zero, Py_LT) : -1;
+    Py_XDECREF(zero);
+    if (negative < 0) return false;
+    t = negative ? -std::numeric_limits<double>::infinity() : std::numeric_limits<double>::infinity();
+  }
+  if (std::isnan(t)) {
+    PyErr_Format(PyExc_ValueError, "%s must not be NaN", what);
+    return false;
+  }
+  switch (kind) {
+    case Seconds::wait:  // like concurrent.futures: a wait whose timeout already passed
+      if (t < 0) t = 0;
+      break;
+    case Seconds::option:
+      if (!(t > 0)) {
+        PyErr_Format(PyExc_ValueError, "%s must be a positive number of seconds or None, not %R", what, v);
+        return false;
+      }
+      break;
+    case Seconds::length:
+    case Seconds::cap:
+      if (t < 0) {
+        PyErr_Format(PyExc_ValueError, "%s must be a non-negative number of seconds, not %R", what, v);
+        return false;
+      }
+      break;
+    case Seconds::delay:
+    case Seconds::factor:
+      if (t < 0 || std::isinf(t)) {
+        PyErr_Format(PyExc_ValueError, "%s must be a finite non-negative number, not %R", what, v);
+        return false;
+      }
+      break;
+  }
+  out = t;
+  return true;
+}
+
+Clock::time_point deadline_after(double seconds) {
+  // 1e9 s (~31 years) and beyond — inf included — is no deadline; it also keeps the sum in range.
+  if (!(seconds < kNoLimitSeconds)) return Clock::time_point::max();
+  return Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds));
+}
+
 bool parse_timeout(PyObject* timeout, Clock::time_point& deadline) {
   deadline = Clock::time_point::max();
   if (!timeout || timeout == Py_None) return true;
-  double t = PyFloat_AsDouble(timeout);
-  if (t == -1.0 && PyErr_Occurred()) {
-    PyErr_Format(PyExc_TypeError, "timeout must be a number or None, not %.100s",
-                 Py_TYPE(timeout)->tp_name);
-    return false;
-  }
-  if (std::isnan(t)) {
-    PyErr_SetString(PyExc_ValueError, "timeout must not be NaN");
-    return false;
-  }
-  if (t < 0) t = 0;
-  if (t < 1e9) {
-    deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(t));
-  }
+  double t;
+  if (!parse_seconds(timeout, "timeout", Seconds::wait, t)) return false;
+  deadline = deadline_after(t);
   return true;
 }
 
@@ -291,10 +381,13 @@ bool parse_timeout_arg(const char* fname, PyObject* const* args, Py_ssize_t narg
 
 PyObject* pe_result(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
   PyExecution* pe = as_pe(self);
+  PyObject* timeout;
+  if (!parse_timeout_arg("result", args, nargs, kwnames, &timeout)) return nullptr;
   if (!pe->core->done()) {
-    PyObject* timeout;
-    if (!parse_timeout_arg("result", args, nargs, kwnames, &timeout)) return nullptr;
     if (wait_for_outcome(pe, timeout) != kDone) return nullptr;
+  } else if (timeout != Py_None) {  // bad input fails the same whether or not it is done
+    Clock::time_point unused;
+    if (!parse_timeout(timeout, unused)) return nullptr;
   }
   switch (pe->core->state()) {
     case State::succeeded:
@@ -305,6 +398,7 @@ PyObject* pe_result(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyO
         PyErr_SetString(InternalError, "failed execution without an exception");
         return nullptr;
       }
+      handout(pe);
       return raise_stored(pe->exc);
     case State::cancelled:
       return cancelled_error(pe);
@@ -316,15 +410,19 @@ PyObject* pe_result(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyO
 
 PyObject* pe_exception(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
   PyExecution* pe = as_pe(self);
+  PyObject* timeout;
+  if (!parse_timeout_arg("exception", args, nargs, kwnames, &timeout)) return nullptr;
   if (!pe->core->done()) {
-    PyObject* timeout;
-    if (!parse_timeout_arg("exception", args, nargs, kwnames, &timeout)) return nullptr;
     if (wait_for_outcome(pe, timeout) != kDone) return nullptr;
+  } else if (timeout != Py_None) {  // bad input fails the same whether or not it is done
+    Clock::time_point unused;
+    if (!parse_timeout(timeout, unused)) return nullptr;
   }
   State s = pe->core->state();
   if (s == State::cancelled) return cancelled_error(pe);
   if (s == State::failed && pe->exc) {
     pe->observed = 1;
+    handout(pe);
     return Py_NewRef(pe->exc);
   }
   Py_RETURN_NONE;
@@ -390,18 +488,79 @@ void call_callback(PyObject* cb, PyObject* self) {
   Py_XDECREF(exc);
 }
 
+// run_callback: runs one registered done-callback as the code that registered it: in (a copy of)
+// its contextvars context — so a workflow scope follows, as it does for submit() — and with its
+// execution (or none) as the parent of what the callback submits. An entry is the callable itself
+// (registered outside any execution, in an empty context) or a tuple (fn, parent or None,
+// context or None).
+void run_callback(PyObject* entry, PyObject* self) {
+  PyObject* fn = entry;
+  PyObject* parent = nullptr;
+  PyObject* ctx = nullptr;
+  if (PyTuple_CheckExact(entry)) {
+    fn = PyTuple_GET_ITEM(entry, 0);
+    parent = PyTuple_GET_ITEM(entry, 1) == Py_None ? nullptr : PyTuple_GET_ITEM(entry, 1);
+    ctx = PyTuple_GET_ITEM(entry, 2) == Py_None ? nullptr : PyTuple_GET_ITEM(entry, 2);
+  }
+  PyThreadState* ts = PyThreadState_Get();
+  PyObject* made = nullptr;
+  // Registered in an empty context: run in an empty one, not in the finishing body's.
+  if (!ctx && ts->context && PyObject_Size(ts->context) > 0) ctx = made = PyContext_New();
+  if (!ctx) PyErr_Clear();
+  if (ctx && PyContext_Enter(ctx) < 0) {
+    PyErr_Clear();  // a context entered elsewhere: run the callback where we are rather than not at all
+    ctx = nullptr;
+  }
+  g_callback_parents.emplace_back(ts, parent ? as_pe(parent)->core : nullptr);
+  call_callback(fn, self);
+  // Not pop_back: a callback that suspended its fiber may finish after one that started later on
+  // another fiber. Per thread state the entries nest, so the last one of this state is ours.
+  for (std::size_t i = g_callback_parents.size(); i-- > 0;) {
+    if (g_callback_parents[i].first == ts) {
+      g_callback_parents.erase(g_callback_parents.begin() + static_cast<std::ptrdiff_t>(i));
+      break;
+    }
+  }
+  if (ctx && PyContext_Exit(ctx) < 0) PyErr_Clear();
+  Py_XDECREF(made);
+}
+
 PyObject* pe_add_done_callback(PyObject* self, PyObject* fn) {
   PyExecution* pe = as_pe(self);
   if (!PyCallable_Check(fn)) {
     PyErr_Format(PyExc_TypeError, "add_done_callback() needs a callable, not %.100s", Py_TYPE(fn)->tp_name);
     return nullptr;
   }
+  if (pe->core->done()) {  // runs now, here: the registering code's parent and context already apply
+    track(pe);
+    call_callback(fn, self);
+    Py_RETURN_NONE;
+  }
+  // Remember who registered it (docs/concepts.md, "Executions"): the current execution, as the
+  // parent of what the callback submits, and a copy of the contextvars context (none if empty).
+  PyObject* entry = fn;
+  Execution* reg = submit_parent();
+  PyThreadState* ts = PyThreadState_Get();
+  const bool has_ctx = ts->context && PyObject_Size(ts->context) > 0;
+  if (reg || has_ctx) {
+    PyObject* reg_pe = reg && reg->payload() ? static_cast<PyObject*>(reg->payload()) : Py_None;
+    PyObject* ctx = has_ctx ? PyContext_CopyCurrent() : Py_NewRef(Py_None);
+    if (!ctx) return nullptr;
+    entry = PyTuple_Pack(3, fn, reg_pe, ctx);
+    Py_DECREF(ctx);
+    if (!entry) return nullptr;
+  } else {
+    Py_INCREF(entry);
+  }
   // Allocate before checking done(): allocating a list can run the cyclic GC, whose finalizers
   // can release the GIL and let the execution complete in between — a callback appended after
   // that check would never run. From the check to the append nothing allocates a GC object.
   if (!pe->core->done() && !pe->callbacks) {
     PyObject* list = PyList_New(0);
-    if (!list) return nullptr;
+    if (!list) {
+      Py_DECREF(entry);
+      return nullptr;
+    }
     if (pe->callbacks) {
       Py_DECREF(list);
     } else {
@@ -409,11 +568,14 @@ PyObject* pe_add_done_callback(PyObject* self, PyObject* fn) {
     }
   }
   track(pe);
-  if (pe->core->done()) {
+  if (pe->core->done()) {  // finished meanwhile (the allocations above can run the GC)
+    Py_DECREF(entry);
     call_callback(fn, self);
     Py_RETURN_NONE;
   }
-  if (PyList_Append(pe->callbacks, fn) < 0) return nullptr;
+  const int r = PyList_Append(pe->callbacks, entry);
+  Py_DECREF(entry);
+  if (r < 0) return nullptr;
   Py_RETURN_NONE;
 }
 
@@ -449,7 +611,10 @@ PyObject* pe_description(PyObject* self, void*) {
 }
 
 PyObject* pe_id(PyObject* self, void*) { return PyLong_FromUnsignedLongLong(as_pe(self)->core->id()); }
-PyObject* pe_name(PyObject* self, void*) { return PyUnicode_FromString(as_pe(self)->core->name().c_str()); }
+PyObject* pe_name(PyObject* self, void*) {
+  const std::string& name = as_pe(self)->core->name();
+  return PyUnicode_FromStringAndSize(name.data(), static_cast<Py_ssize_t>(name.size()));
+}
 PyObject* pe_state(PyObject* self, void*) { return PyUnicode_FromString(to_string(as_pe(self)->core->state())); }
 PyObject* pe_workflow_id(PyObject* self, void*) {
   PyExecution* pe = as_pe(self);
@@ -465,6 +630,13 @@ PyObject* pe_await(PyObject* self) {
   if (!AsyncAwaitHook) {
     PyErr_SetString(PyExc_RuntimeError, "distaff's asyncio bridge is not initialised");
     return nullptr;
+  }
+  // An async body awaiting `self`: if it fails, its exception reaches that body (see handout()).
+  Execution* receiver = current_execution();
+  if (!receiver) receiver = async_current();
+  if (receiver && receiver != as_pe(self)->core) {
+    as_pe(self)->core->add_callback(&await_handout,
+                                    reinterpret_cast<void*>(static_cast<std::uintptr_t>(receiver->id())));
   }
   return PyObject_CallOneArg(AsyncAwaitHook, self);
 }
@@ -601,7 +773,7 @@ PyExecution* new_virtual_execution(const std::string& name, Kind kind) {
   if (!pe) return nullptr;
   ExecutionRef core = Execution::create(name, kind);
   core->start();
-  if (Execution* parent = current_execution()) core->set_parent_id(parent->id());
+  if (Execution* parent = submit_parent()) core->set_parent_id(parent->id());
   pe->core = core.detach();
   pe->engine = nullptr;
   pe->fn = pe->args = pe->kwargs = pe->context = pe->trace = nullptr;
@@ -731,7 +903,7 @@ bool complete(PyExecution* pe, State state, PyObject* value) {
     pe->callbacks = nullptr;
     PyObject* self = reinterpret_cast<PyObject*>(pe);
     Py_INCREF(self);
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(cbs); ++i) call_callback(PyList_GET_ITEM(cbs, i), self);
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(cbs); ++i) run_callback(PyList_GET_ITEM(cbs, i), self);
     Py_DECREF(self);
     Py_DECREF(cbs);
   }
@@ -939,6 +1111,10 @@ PyObject* submit_impl(PyObject* capsule, PyObject* fn, PyObject* name, long flag
   Py_ssize_t name_len;
   const char* name_utf8 = PyUnicode_AsUTF8AndSize(name, &name_len);
   if (!name_utf8) return nullptr;
+  if (std::memchr(name_utf8, 0, static_cast<std::size_t>(name_len))) {  // C strings would cut it short
+    PyErr_SetString(PyExc_ValueError, "a task name must not contain NUL characters");
+    return nullptr;
+  }
   Kind kind = (flags & 1) ? Kind::workflow : Kind::task;
 
   std::vector<PyObject*> found;
@@ -995,8 +1171,7 @@ PyObject* submit_impl(PyObject* capsule, PyObject* fn, PyObject* name, long flag
 
   pe->detached = (flags & 2) ? 1 : 0;
   bool born_cancelled = false;
-  Execution* parent = current_execution();
-  if (!parent) parent = async_current();
+  Execution* parent = submit_parent();
   if (parent) {
     core->set_parent_id(parent->id());
     if (!pe->detached) {
@@ -1121,6 +1296,39 @@ PyObject* raw_current(PyObject*, PyObject*) {
   return Py_NewRef(static_cast<PyObject*>(cur->payload()));
 }
 
+// _seconds(value, what, kind) -> float | None: parse_seconds for the facade (one check for both
+// sides). None stays None where allowed; "no limit" is inf.
+PyObject* raw_seconds(PyObject*, PyObject* const* a, Py_ssize_t n) {
+  if (n != 3 || !PyUnicode_Check(a[1])) {
+    PyErr_SetString(PyExc_TypeError, "_seconds(value, what, kind)");
+    return nullptr;
+  }
+  const long kind = PyLong_AsLong(a[2]);
+  if (kind == -1 && PyErr_Occurred()) return nullptr;
+  if (kind < 0 || kind > static_cast<long>(Seconds::factor)) {
+    PyErr_SetString(PyExc_ValueError, "_seconds: bad kind");
+    return nullptr;
+  }
+  const char* what = PyUnicode_AsUTF8(a[1]);
+  if (!what) return nullptr;
+  double t;
+  if (!parse_seconds(a[0], what, static_cast<Seconds>(kind), t)) return nullptr;
+  if (a[0] == Py_None) Py_RETURN_NONE;
+  return PyFloat_FromDouble(t);
+}
+
+// _import_ident(): the "thread" identity importlib's module locks see (distaff/_imports.py). Every
+// fiber of a worker shares the worker's OS thread id, so a module lock keyed by it lets a second
+// fiber into a module another fiber is still executing. On a fiber: minus its thread state's id
+// (unique among live states, renewed on reuse; negative, so never an OS thread id). Elsewhere: the
+// OS thread id, as _thread.get_ident() returns it.
+PyObject* raw_import_ident(PyObject*, PyObject*) {
+  if (current_execution()) {
+    return PyLong_FromLongLong(-static_cast<long long>(PyThreadState_GetID(PyThreadState_Get())));
+  }
+  return PyLong_FromUnsignedLong(PyThread_get_thread_ident());
+}
+
 PyObject* raw_set_hooks(PyObject*, PyObject* const* a, Py_ssize_t n) {
   if (n != 2) {
     PyErr_SetString(PyExc_TypeError, "_set_hooks(await_hook, callback_error_hook)");
@@ -1135,6 +1343,8 @@ PyObject* raw_set_hooks(PyObject*, PyObject* const* a, Py_ssize_t n) {
 // elsewhere it is time.sleep.
 PyObject* g_time_sleep = nullptr;
 PyObject* raw_sleep(PyObject*, PyObject* seconds) {
+  double t;
+  if (!parse_seconds(seconds, "sleep length", Seconds::length, t)) return nullptr;
   if (!current_execution()) {
     if (!g_time_sleep) {
       PyObject* time = PyImport_ImportModule("time");
@@ -1143,18 +1353,19 @@ PyObject* raw_sleep(PyObject*, PyObject* seconds) {
       Py_DECREF(time);
       if (!g_time_sleep) return nullptr;
     }
-    return PyObject_CallOneArg(g_time_sleep, seconds);
+    // time.sleep refuses lengths past ~292 years: sleep in day-long pieces (inf: until interrupted).
+    for (;;) {
+      const double piece = std::min(t, 86400.0);
+      PyObject* arg = PyFloat_FromDouble(piece);
+      PyObject* r = arg ? PyObject_CallOneArg(g_time_sleep, arg) : nullptr;
+      Py_XDECREF(arg);
+      if (!r) return nullptr;
+      Py_DECREF(r);
+      t -= piece;
+      if (!(t > 0)) Py_RETURN_NONE;
+    }
   }
-  double t = PyFloat_AsDouble(seconds);
-  if (t == -1.0 && PyErr_Occurred()) {
-    PyErr_Format(PyExc_TypeError, "sleep() needs a number of seconds, not %.100s", Py_TYPE(seconds)->tp_name);
-    return nullptr;
-  }
-  if (std::isnan(t) || t < 0) {
-    PyErr_SetString(PyExc_ValueError, "sleep length must be a non-negative number");
-    return nullptr;
-  }
-  auto deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(std::min(t, 1e9)));
+  auto deadline = deadline_after(t);
   WaitStatus st;
   try {
     st = sleep_until(deadline);
@@ -1229,6 +1440,10 @@ PyMethodDef raw_functions[] = {
      "shutdown(engine, wait, cancel)"},
     {"wait_idle", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&raw_wait_idle)), METH_FASTCALL,
      "wait_idle(engine, timeout) -> bool"},
+    {"_seconds", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&raw_seconds)), METH_FASTCALL,
+     "_seconds(value, what, kind) -> float | None: validates a number of seconds (bindings.hpp, Seconds)"},
+    {"_import_ident", &raw_import_ident, METH_NOARGS,
+     "_import_ident() -> int: the thread identity importlib's module locks use (per fiber on a worker)"},
     {"current_execution", &raw_current, METH_NOARGS,
      "current_execution() -> Execution | None: the execution whose body is running here."},
     {"sleep", &raw_sleep, METH_O,

@@ -29,12 +29,13 @@ from ._wait import (
     join,
     wait,
 )
-from . import _asyncio, _engine, _errors
+from . import _asyncio, _engine, _errors, _imports
 from . import _task as _task_mod
 
 _task_mod._engine_mod = _engine
 
 _core._set_hooks(_asyncio.await_execution, _errors.log_callback_error)
+_imports.install()  # importlib's module locks per fiber, not per worker thread (docs/limits.md)
 
 
 def sleep(seconds: float) -> None:

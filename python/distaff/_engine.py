@@ -12,7 +12,7 @@ import threading
 import weakref
 from typing import Any, Callable
 
-from . import _core
+from . import _core, _validate
 from ._task import _MISSING, Task, _decorator
 
 logger = logging.getLogger("distaff")
@@ -60,13 +60,10 @@ class Engine:
             raise ValueError(f"max_workers must be between workers ({workers}) and 1024, got {max_workers}")
         if stack_size is None:
             stack_size = _core.STACK_SIZE_DEFAULT
-        if isinstance(stack_size, bool) or not isinstance(stack_size, int):
-            raise TypeError(f"stack_size must be an int (bytes), not {type(stack_size).__name__}")
-        if not _core.STACK_SIZE_MIN <= stack_size <= _core.STACK_SIZE_MAX:
-            raise ValueError(f"stack_size must be between 64 KiB and 1 GiB ({_core.STACK_SIZE_MIN} and "
-                             f"{_core.STACK_SIZE_MAX} bytes), got {stack_size}")
-        if isinstance(history, bool) or not isinstance(history, int) or history < 0:
-            raise ValueError("history must be a non-negative int")
+        _validate.count(stack_size, "stack_size", _core.STACK_SIZE_MIN)
+        if stack_size > _core.STACK_SIZE_MAX:
+            raise ValueError(f"stack_size must be at most 1 GiB ({_core.STACK_SIZE_MAX} bytes), not {stack_size}")
+        _validate.count(history, "history")
         self._core = _core.EngineCore(workers, max_workers, stack_size, history)
         self._capsule = self._core.capsule()
         self._pid = os.getpid()
@@ -279,8 +276,7 @@ class WorkflowScope:
     """``with engine.workflow_scope() as wid:`` — see :meth:`Engine.workflow_scope`."""
 
     def __init__(self, engine: Engine, workflow_id: str | None, cancel_on_error: bool) -> None:
-        if workflow_id is not None and (not isinstance(workflow_id, str) or not workflow_id):
-            raise TypeError("workflow_id must be a non-empty string")
+        _validate.workflow_id(workflow_id)
         from ._task import _new_workflow_id
 
         self.engine = engine

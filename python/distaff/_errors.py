@@ -5,6 +5,7 @@ from __future__ import annotations
 import builtins
 import concurrent.futures
 import logging
+from types import TracebackType
 
 logger = logging.getLogger("distaff")
 
@@ -48,6 +49,96 @@ class ShutdownError(Error, RuntimeError):
 
 class InternalError(Error, RuntimeError):
     """A bug in distaff: an internal invariant broke. Please report it."""
+
+
+class _TaskNote(str):
+    """distaff's note on a body's exception: ``distaff: raised in task 'load' (execution 7)``.
+
+    A plain string to everyone else (it pickles as one). It also remembers the traceback the
+    exception had when the note was added (``head``) and the executions distaff has handed the
+    exception to since (``receivers``: ``result()``, ``exception()``, ``await`` in a body), which is
+    how :func:`_note_failure` tells an error propagating from execution to execution (a note per
+    execution it crossed, the whole traceback) from one exception instance shared by several
+    executions and raised afresh by each (reset, or it would grow without bound).
+    """
+
+    def __reduce__(self):
+        return (str, (str(self),))
+
+
+_RECEIVERS_KEPT = 64  # handed to more executions than that at once: the oldest are forgotten
+
+
+def _last_note(notes: list) -> "_TaskNote | None":
+    for n in reversed(notes):
+        if type(n) is _TaskNote:
+            return n
+    return None
+
+
+def _cut(tb, head):
+    """The traceback entries of ``tb`` before ``head`` (copies: entries are never modified, others
+    may hold them); ``tb`` itself if ``head`` is not in it."""
+    prefix = []
+    t = tb
+    while t is not None and t is not head:
+        prefix.append(t)
+        t = t.tb_next
+    if t is None:
+        return tb
+    new = None
+    for t in reversed(prefix):
+        new = TracebackType(new, t.tb_frame, t.tb_lasti, t.tb_lineno)
+    return new
+
+
+def _note_failure(exc: BaseException, text: str, execution_id: int) -> None:
+    """Called when execution ``execution_id`` fails with ``exc`` (its body raised it): adds the note.
+
+    - First time distaff sees the object, or it reached this execution through distaff (the body
+      got it from ``result()``/``exception()``/``await`` of another execution and let it propagate):
+      one more note, the traceback untouched — the caller sees every task it crossed.
+    - The same object raised afresh by an execution it was not handed to — a module-level ``ERR``
+      raised by every call: CPython prepends each raise to the traceback the object already
+      carries, so it would grow by a few frames per execution forever (and hold their frames), and
+      distaff's notes with it. The notes and traceback entries left by earlier raises are dropped:
+      the exception describes its latest raise, with one note.
+    """
+    notes = getattr(exc, "__notes__", None)
+    if notes is not None and type(notes) is not list:
+        return  # an exception that refuses notes keeps its own
+    tb = exc.__traceback__
+    receivers: dict = {}
+    prev = _last_note(notes) if notes else None
+    if prev is not None:
+        if execution_id in prev.receivers:
+            receivers = dict(prev.receivers)
+            del receivers[execution_id]
+        else:
+            notes[:] = [n for n in notes if type(n) is not _TaskNote]
+            cut = _cut(tb, prev.head)
+            if cut is not tb:
+                exc.__traceback__ = tb = cut
+    note = _TaskNote(text)
+    note.head = tb
+    note.receivers = receivers
+    if notes is None:
+        exc.add_note(note)
+    else:
+        notes.append(note)
+
+
+def _handed_out(exc: BaseException, execution_id: int) -> None:
+    """distaff gave ``exc`` (a failed execution's error) to the code of execution ``execution_id``."""
+    notes = getattr(exc, "__notes__", None)
+    if type(notes) is not list:
+        return
+    prev = _last_note(notes)
+    if prev is not None:
+        r = prev.receivers
+        r[execution_id] = None
+        if len(r) > _RECEIVERS_KEPT:
+            del r[next(iter(r))]
 
 
 def log_unobserved(batch: list) -> None:

@@ -18,28 +18,23 @@ import collections
 import threading
 from typing import Any
 
-from . import _core
+from . import _core, _validate
 from ._errors import CancelledError
 from ._errors import TimeoutError as _DistaffTimeout
 
-_MISSING = object()
 
 
 def _check_timeout(timeout: Any, what: str) -> float | None:
+    """A wait's timeout, through the facade's one check (_validate.wait_timeout: TypeError for
+    non-numbers and bools, ValueError for NaN, no limit for None/inf/huge), plus threading's rule
+    for acquire(): -1 means no timeout, any other negative value is a ValueError."""
     if timeout is None:
         return None
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise TypeError(f"{what}: timeout must be a number of seconds or None, not {type(timeout).__name__}")
-    timeout = float(timeout)
-    if timeout != timeout:
-        raise ValueError(f"{what}: timeout must not be NaN")
-    if timeout < 0:
-        return None if timeout == -1 else _negative(what)
-    return timeout
-
-
-def _negative(what: str) -> float:
-    raise ValueError(f"{what}: timeout must be non-negative (or -1/None for no timeout)")
+    if not isinstance(timeout, bool) and isinstance(timeout, (int, float)) and timeout < 0:
+        if timeout == -1:
+            return None
+        raise ValueError(f"{what}: timeout must be non-negative (or -1/None for no timeout), not {timeout!r}")
+    return _validate.wait_timeout(timeout)
 
 
 class _Waitable:

@@ -5,11 +5,16 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import itertools
+import math
+import os
 import random
 import secrets
 from typing import Any, Callable, Iterable
 
 from . import _core, _sync
+from . import _validate as _v
+from ._errors import _note_failure
 
 _submit = _core.submit
 _MISSING: Any = object()  # "called as @task()", distinct from an explicit (bad) None
@@ -133,15 +138,14 @@ class Task:
                 f"@{kind} cannot wrap the generator function {getattr(fn, '__qualname__', fn)!r}: an execution has one "
                 "result; return a list, or submit one execution per item"
             )
-        if name is not None and (not isinstance(name, str) or not name):
-            raise TypeError("name= must be a non-empty string")
+        if name is not None:
+            _v.name(name, "name=")
         self.fn = fn
-        self.name = name or getattr(fn, "__qualname__", None) or type(fn).__qualname__
+        # A derived name is checked too: C code carries it (a NUL would cut it short there).
+        self.name = _v.name(name or getattr(fn, "__qualname__", None) or type(fn).__qualname__, "name=")
         self.kind = kind
         self._kind_flag = kind == "workflow"
-        if not isinstance(resolve, bool):
-            raise TypeError("resolve= must be True or False")
-        self.resolve = resolve
+        self.resolve = _v.flag(resolve, "resolve=")
         self._wait = True if resolve else _parse_wait(wait, fn)
         self.is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
             getattr(fn, "__call__", None)
@@ -226,9 +230,7 @@ class Task:
         # The hot path: every line here shows in bench/ W1 (~1 µs per task end to end).
         workflow_id = None
         if kwargs and "workflow_id" in kwargs and self._strip_workflow_id:
-            workflow_id = kwargs.pop("workflow_id")
-            if workflow_id is not None and not isinstance(workflow_id, str):
-                raise TypeError(f"workflow_id must be a string, not {type(workflow_id).__name__}")
+            workflow_id = _v.workflow_id(kwargs.pop("workflow_id"))
         check = self._check
         if check is not None:
             check(*args, **kwargs)
@@ -326,13 +328,9 @@ class Task:
         opts = dict(self._options)
         if timeout is not _MISSING:
             opts["timeout"] = _check_timeout(timeout)
-        if workflow_id is not None:
-            if not isinstance(workflow_id, str) or not workflow_id:
-                raise TypeError("workflow_id must be a non-empty string")
+        if _v.workflow_id(workflow_id) is not None:
             opts["workflow_id"] = workflow_id
-        if not isinstance(detached, bool):
-            raise TypeError("detached must be True or False")
-        if detached:
+        if _v.flag(detached, "detached"):
             opts["detached"] = True
         if concurrency is not _MISSING:
             opts["concurrency"] = _sync.check_concurrency(concurrency)
@@ -376,11 +374,8 @@ class _BoundTask:
 
 
 def _check_timeout(timeout: Any) -> float | None:
-    if timeout is None:
-        return None
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
-        raise ValueError(f"timeout must be a positive number of seconds or None, not {timeout!r}")
-    return float(timeout)
+    """The timeout= option: None, or seconds > 0 (inf or 10**400: no deadline, like None)."""
+    return _v.seconds(timeout, "timeout", _v.OPTION)
 
 
 class RetryPolicy:
@@ -393,13 +388,10 @@ class RetryPolicy:
 
     @classmethod
     def make(cls, retries, retry_delay, backoff, max_delay, jitter, retry_on, fallback) -> "RetryPolicy | None":
-        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-            raise ValueError(f"retries must be a non-negative int, not {retries!r}")
-        for label, v in (("retry_delay", retry_delay), ("backoff", backoff)):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0:  # NaN too
-                raise ValueError(f"{label} must be a non-negative number, not {v!r}")
-        if max_delay is not None and (not isinstance(max_delay, (int, float)) or not max_delay >= 0):
-            raise ValueError(f"max_delay must be a non-negative number or None, not {max_delay!r}")
+        _v.count(retries, "retries")
+        retry_delay = _v.seconds(retry_delay, "retry_delay", _v.DELAY)
+        backoff = _v.seconds(backoff, "backoff", _v.FACTOR)
+        max_delay = _v.seconds(max_delay, "max_delay", _v.CAP)
         if isinstance(retry_on, type):
             retry_on = (retry_on,)
         if not isinstance(retry_on, tuple) or not all(
@@ -416,7 +408,12 @@ class RetryPolicy:
         return p
 
     def delay(self, n: int) -> float:
-        d = self.retry_delay * (self.backoff**n)
+        d = self.retry_delay
+        if d and self.backoff != 1.0:
+            try:
+                d *= self.backoff**n
+            except OverflowError:  # backoff=1e308: the delay is as long as a float gets
+                d = math.inf
         if self.max_delay is not None:
             d = min(d, self.max_delay)
         if self.jitter:
@@ -509,8 +506,40 @@ def _scan_executions(args: tuple, kwargs: dict) -> tuple:
     return tuple(out)
 
 
-def _new_workflow_id() -> str:
-    return f"wf-{secrets.token_hex(4)}"
+class _WorkflowIds:
+    """Automatic workflow ids: ``wf-`` + 8 hex digits, unique in the process.
+
+    The n-th id is a keyed bijection of n on 32 bits, so the first 2**32 ids of a process never repeat
+    (random ids did: 150k of them held 1-5 duplicates, and cancel_workflow(id) then cancelled
+    unrelated runs). They still look random, and the key is drawn per process: a forked child
+    re-draws it, so it does not hand out the ids its parent goes on using. Past 2**32 ids the counter
+    no longer fits in 8 hex digits and the ids grow longer (``wf-`` + 16 hex digits), still unique.
+    """
+
+    def __init__(self) -> None:
+        self._count = itertools.count()  # next() is atomic under the GIL
+        self._rekey()
+
+    def _rekey(self) -> None:
+        k = secrets.randbits(64)
+        self._k1, self._k2 = k & 0xFFFFFFFF, k >> 32
+
+    def __call__(self) -> str:
+        n = next(self._count)
+        if n >> 32:
+            return f"wf-{n:016x}"
+        # Each step is a bijection on 32-bit integers: add, multiply by an odd number, xor-shift, xor.
+        x = (n + self._k1) & 0xFFFFFFFF
+        x = (x * 0x9E3779B1) & 0xFFFFFFFF
+        x ^= x >> 16
+        x = (x * 0x85EBCA6B) & 0xFFFFFFFF
+        x ^= x >> 13
+        x ^= self._k2
+        return f"wf-{x:08x}"
+
+
+_new_workflow_id = _WorkflowIds()
+os.register_at_fork(after_in_child=_new_workflow_id._rekey)
 
 
 def _resolve_value(v: Any) -> Any:
@@ -573,7 +602,7 @@ class _AsyncBody:
                 # A returned Execution is followed, like a sync body's (a cycle: DeadlockError).
                 _core.settle(promise, True, fut.result())
             else:
-                exc.add_note(note)
+                _note_failure(exc, note, me.id if me else 0)
                 _core.settle(promise, False, exc)
 
         asyncio.run_coroutine_threadsafe(_cancellable(me, coro), loop).add_done_callback(settle)

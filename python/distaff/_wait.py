@@ -8,7 +8,7 @@ import time
 from collections import namedtuple
 from typing import Any, Iterable
 
-from . import _core
+from . import _core, _validate
 from ._errors import CancelledError, DependencyError
 
 Execution = _core.Execution
@@ -21,6 +21,7 @@ _MODES = {ALL_COMPLETED: 0, FIRST_COMPLETED: 1, FIRST_EXCEPTION: 2}
 DoneAndNotDone = namedtuple("DoneAndNotDone", "done not_done")
 
 _running_loop = asyncio._get_running_loop
+_wait_timeout = _validate.wait_timeout
 _RAISE: Any = object()
 
 
@@ -62,6 +63,7 @@ def wait(execs: Iterable, timeout: float | None = None, return_when: str = ALL_C
     """
     execs = _executions(execs, "wait")
     mode = _mode(return_when)
+    timeout = _wait_timeout(timeout)
     if _running_loop() is not None:
         return _wait_async(execs, timeout, mode)
     satisfied, _ = _core.wait_set(execs, timeout, mode)
@@ -86,6 +88,7 @@ class _AsCompleted:
 
     def __init__(self, execs: list, timeout: float | None) -> None:
         self._execs = execs
+        timeout = _wait_timeout(timeout)
         self._timeout = timeout
         self._deadline = None if timeout is None else time.monotonic() + timeout
 

@@ -488,25 +488,33 @@ def test_dependency_failing_with_an_exception_whose_repr_raises(engine):
     "options, error, match",
     [
         ({"retries": -1}, ValueError, "retries"),
-        ({"retries": 1.5}, ValueError, "retries"),
-        ({"retries": True}, ValueError, "retries"),
+        ({"retries": 1.5}, TypeError, "retries"),
+        ({"retries": True}, TypeError, "retries"),
         ({"retry_delay": -0.1}, ValueError, "retry_delay"),
-        ({"retry_delay": "1"}, ValueError, "retry_delay"),
+        ({"retry_delay": "1"}, TypeError, "retry_delay"),
+        ({"retry_delay": float("inf")}, ValueError, "retry_delay"),
+        ({"backoff": float("inf")}, ValueError, "backoff"),
+        ({"backoff": True}, TypeError, "backoff"),
+        ({"max_delay": "5"}, TypeError, "max_delay"),
+        ({"max_delay": float("nan")}, ValueError, "max_delay"),
         ({"backoff": -2}, ValueError, "backoff"),
         ({"max_delay": -1}, ValueError, "max_delay"),
         ({"timeout": 0}, ValueError, "timeout"),
         ({"timeout": -1}, ValueError, "timeout"),
         ({"timeout": float("nan")}, ValueError, "timeout"),
-        ({"timeout": "5"}, ValueError, "timeout"),
-        ({"timeout": True}, ValueError, "timeout"),
+        ({"timeout": "5"}, TypeError, "timeout"),
+        ({"timeout": True}, TypeError, "timeout"),
+        ({"timeout": -(10**400)}, ValueError, "timeout"),
         ({"retry_on": int}, TypeError, "retry_on"),
         ({"retry_on": "ValueError"}, TypeError, "retry_on"),
         ({"retry_on": [ValueError]}, TypeError, "retry_on"),
         ({"retry_on": (ValueError, 3)}, TypeError, "retry_on"),
         ({"fallback": 3}, TypeError, "fallback"),
         ({"fallback": "handler"}, TypeError, "fallback"),
-        ({"name": ""}, TypeError, "name"),
+        ({"name": ""}, ValueError, "name"),
         ({"name": 5}, TypeError, "name"),
+        ({"name": "a\x00b"}, ValueError, "NUL"),
+        ({"name": "\ud800"}, ValueError, "UTF-8"),
         ({"wait": 5}, TypeError, "wait"),
         ({"wait": "nope"}, ValueError, "nope"),
         ({"resolve": "yes"}, TypeError, "resolve"),
@@ -564,9 +572,11 @@ def test_accepted_edge_values(engine):
     [
         ({"timeout": 0}, ValueError),
         ({"timeout": -5}, ValueError),
-        ({"timeout": "soon"}, ValueError),
+        ({"timeout": "soon"}, TypeError),
+        ({"timeout": True}, TypeError),
+        ({"timeout": float("nan")}, ValueError),
         ({"workflow_id": 5}, TypeError),
-        ({"workflow_id": ""}, TypeError),
+        ({"workflow_id": ""}, ValueError),
         ({"detached": "yes"}, TypeError),
         ({"detached": 1}, TypeError),
         ({"retries": 3}, TypeError),  # not a per-call option
@@ -581,12 +591,18 @@ def test_bad_per_call_options(options, error):
 
 
 def test_bad_workflow_id_at_submit(engine):
-    """workflow_id= in a call must be a string: TypeError at submit, nothing submitted."""
+    """workflow_id= must be a non-empty string wherever it is given — a call, a scope, .options:
+    TypeError for a non-string, ValueError for '' (it used to be accepted at submit); nothing is
+    submitted."""
     t = engine.task(lambda: 1)
     with pytest.raises(TypeError, match="workflow_id must be a string"):
         t.submit(workflow_id=5)
     with pytest.raises(TypeError):
         engine.workflow_scope(workflow_id=5)
+    for bad_call in (lambda: t.submit(workflow_id=""), lambda: t(workflow_id=""),
+                     lambda: engine.workflow_scope(""), lambda: t.options(workflow_id="")):
+        with pytest.raises(ValueError, match="workflow_id must not be empty"):
+            bad_call()
     assert engine.stats()["submitted"] == 0
 
 
@@ -610,3 +626,118 @@ def test_bad_arguments_to_waits_and_sleep(engine):
     with pytest.raises(TypeError):
         sleeps("a while")
     assert ex.result() == 1
+
+
+# -- numbers of seconds: one check everywhere (issue 9, item 18) ------------------------------------
+
+
+class _Seconds:
+    """A number-like with __float__ only (Decimal, NumPy scalars): accepted as seconds."""
+
+    def __init__(self, v):
+        self.v = v
+
+    def __float__(self):
+        return float(self.v)
+
+
+def _wait_entry_points(engine):
+    """Every call that takes a wait timeout, as (label, call(timeout)). Each waits on a finished
+    execution or an idle engine, so a valid timeout returns at once."""
+    done = engine.submit(lambda: 1)
+    done.result()
+    return [
+        ("result", lambda t: done.result(timeout=t)),
+        ("exception", lambda t: done.exception(timeout=t)),
+        ("wait", lambda t: distaff.wait([done], timeout=t)),
+        ("as_completed", lambda t: list(distaff.as_completed([done], timeout=t))),
+        ("wait_idle", lambda t: engine.wait_idle(timeout=t)),
+    ]
+
+
+@pytest.mark.parametrize(
+    "bad, error",
+    [(True, TypeError), (False, TypeError), ("1", TypeError), (1j, TypeError), ([1], TypeError),
+     (float("nan"), ValueError)],
+    ids=["True", "False", "str", "complex", "list", "nan"],
+)
+def test_bad_wait_timeouts_fail_the_same_way_everywhere(engine, bad, error):
+    """result/exception/wait/as_completed/wait_idle: a bool or a non-number is a TypeError (True
+    was 1 s), NaN a ValueError (as_completed raised TimeoutError), naming the timeout."""
+    for label, call in _wait_entry_points(engine):
+        with pytest.raises(error, match="timeout") as info:
+            call(bad)
+        assert type(info.value) is error, label
+
+
+@pytest.mark.parametrize(
+    "value", [10**400, float("inf"), 1e300, -1, -(10**400), 0, 2.5, _Seconds(1)],
+    ids=["10**400", "inf", "1e300", "-1", "-10**400", "0", "2.5", "__float__"],
+)
+def test_accepted_wait_timeouts_behave_the_same_everywhere(engine, value):
+    """Huge (10**400 was "must be a number") and infinite timeouts mean no limit; negative ones
+    are an expired wait (as in concurrent.futures); objects with __float__ count as numbers."""
+    for label, call in _wait_entry_points(engine):
+        call(value)  # the execution is done / the engine idle: returns at once
+
+
+def test_bad_sleep_lengths_inside_and_outside_bodies(engine):
+    """distaff.sleep: the same check in a body and outside (outside it is time.sleep)."""
+
+    @engine.task()
+    def sleeps(t):
+        distaff.sleep(t)
+
+    for bad, error in ((True, TypeError), ("1", TypeError), (float("nan"), ValueError), (-1, ValueError),
+                       (-(10**400), ValueError)):
+        with pytest.raises(error, match="sleep length"):
+            distaff.sleep(bad)
+        with pytest.raises(error, match="sleep length"):
+            sleeps(bad)
+    sleeps(_Seconds(0))
+    distaff.sleep(_Seconds(0))
+
+
+def test_a_huge_backoff_retries_with_the_capped_delay_instead_of_overflowing(engine):
+    """backoff=1e308: retry_delay * backoff**n overflows a float; the delay is then infinite and
+    max_delay caps it (it used to turn the body's error into OverflowError)."""
+    calls = []
+
+    @engine.task(retries=3, retry_delay=0.001, backoff=1e308, max_delay=0.001)
+    def flaky():
+        calls.append(1)
+        raise ConnectionError("down")
+
+    with pytest.raises(ConnectionError, match="down"):
+        flaky()
+    assert len(calls) == 4
+    policy = distaff.RetryPolicy.make(3, 1.0, 1e308, None, False, (Exception,), None)
+    assert policy.delay(0) == 1.0 and policy.delay(5) == math.inf
+
+
+def test_a_name_with_a_nul_is_rejected_not_cut_short(engine):
+    """name='a\x00b' displayed as 'a': rejected at decoration, and by engine.submit for a callable
+    whose __qualname__ carries one."""
+    with pytest.raises(ValueError, match="NUL"):
+        engine.task(name="a\x00b")(lambda: 1)
+
+    def f():
+        return 1
+
+    f.__qualname__ = "a\x00b"
+    with pytest.raises(ValueError, match="NUL"):
+        engine.submit(f)
+    with pytest.raises(ValueError, match="NUL"):
+        engine.task(f)
+    assert engine.task(name="été ☃")(f).submit().name == "été ☃"
+
+
+def test_engine_options_type_and_value_errors():
+    with pytest.raises(TypeError, match="stack_size"):
+        distaff.Engine(stack_size="1M")
+    with pytest.raises(ValueError, match="stack_size"):
+        distaff.Engine(stack_size=1024)
+    with pytest.raises(TypeError, match="history"):
+        distaff.Engine(history=1.5)
+    with pytest.raises(ValueError, match="history"):
+        distaff.Engine(history=-1)
