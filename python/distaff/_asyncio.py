@@ -276,6 +276,20 @@ def check_engine_wait(engine, what: str) -> None:
             )
 
 
+def check_self_wait(engine, what: str) -> None:
+    """``await engine.ashutdown()`` from one of the engine's own async bodies would wait for itself."""
+    me = _core.current_execution()
+    loop = _get_running_loop()
+    if me is None or loop is None:
+        return
+    for b in _live_bodies(loop):
+        if b.execution is me and b.engine is engine:
+            raise DeadlockError(
+                f"{what} inside execution {me.id} ({me.name}), a task of this engine, would wait for "
+                "itself: shut the engine down from outside its tasks"
+            )
+
+
 def wait_on_loop_thread(execution, timeout):
     """The loop-wait hook of ``Execution.result()``/``exception()`` on a thread (not a fiber).
 
@@ -295,7 +309,7 @@ def wait_on_loop_thread(execution, timeout):
         deadline = None
     while True:
         bound = [b.execution for b in _live_bodies(loop)]
-        if bound and _core._reaches_any(execution, bound):
+        if bound and (_core._reaches_any(execution, bound) or _gathers_any(execution, bound)):
             raise _loop_deadlock(
                 f"waiting for execution {execution.id} ({execution.name})",
                 "Use `await execution` (or `await asyncio.wait_for(execution, timeout)`) instead of "
@@ -307,6 +321,16 @@ def wait_on_loop_thread(execution, timeout):
         done, _ = _core.wait_set([execution], _WATCH_PERIOD if left is None else min(left, _WATCH_PERIOD), 0)
         if done:
             return True
+
+
+def _gathers_any(execution, bound) -> bool:
+    # gather/join/combine executions are not in the wait graph _reaches_any walks: their members,
+    # one level down, are checked by id.
+    deps = execution.description.get("dependencies")
+    if not deps:
+        return False
+    ids = {b.id for b in bound}
+    return any(d in ids for d in deps)
 
 
 async def wait_idle(engine) -> None:

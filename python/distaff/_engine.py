@@ -211,7 +211,8 @@ class Engine:
             self._closed = True
             return
         if wait:
-            self._check_loop_wait("Engine.shutdown(wait=True)")
+            _asyncio.cancel_stranded(self)  # bodies of a closed or stopped loop can never finish
+            _asyncio.check_engine_wait(self, "Engine.shutdown(wait=True)")
         cancel = 2 if cancel_running else 1 if cancel_pending else 0
         _core.shutdown(self._capsule, wait, cancel)
         self._closed = True
@@ -221,7 +222,7 @@ class Engine:
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Waits until every execution submitted so far has finished. True if it did in time."""
-        self._check_loop_wait("Engine.wait_idle()")
+        _asyncio.check_engine_wait(self, "Engine.wait_idle()")
         return _core.wait_idle(self._capsule, timeout)
 
     def __enter__(self) -> "Engine":
@@ -231,13 +232,6 @@ class Engine:
         self.shutdown(wait=True)
 
     # -- lifecycle inside a coroutine ---------------------------------------------------------------
-
-    def _check_loop_wait(self, what: str) -> None:
-        """A blocking engine-wide wait on a thread running an asyncio loop: DeadlockError if one of
-        this engine's unfinished async bodies needs that loop (it could never finish). Bodies bound to
-        a loop that can no longer run them (closed, stopped) are cancelled first."""
-        _asyncio.cancel_stranded(self)
-        _asyncio.check_engine_wait(self, what)
 
     async def ashutdown(self, wait: bool = True, *, cancel_pending: bool = False, cancel_running: bool = False) -> None:
         """``shutdown()`` for coroutines: ``await engine.ashutdown()``. Same arguments.
@@ -250,6 +244,8 @@ class Engine:
         if self._capsule is None:
             self._closed = True
             return
+        if wait:
+            _asyncio.check_self_wait(self, "await Engine.ashutdown()")
         _asyncio.cancel_stranded(self)
         cancel = 2 if cancel_running else 1 if cancel_pending else 0
         _core.shutdown(self._capsule, False, cancel)  # closes and cancels; does not wait
