@@ -323,6 +323,14 @@ def wait_on_loop_thread(execution, timeout):
             return True
 
 
+def check_members_wait(execs, what: str, fix: str) -> None:
+    """DeadlockError if blocking this loop thread until ``execs`` finish needs this loop."""
+    loop = _get_running_loop()
+    bound = [b.execution for b in _live_bodies(loop)] if loop is not None else ()
+    if bound and any(not ex.done() and (_core._reaches_any(ex, bound) or _gathers_any(ex, bound)) for ex in execs):
+        raise _loop_deadlock(what, f"In a coroutine {fix}.")
+
+
 def _gathers_any(execution, bound) -> bool:
     # gather/join/combine executions are not in the wait graph _reaches_any walks: their members,
     # one level down, are checked by id.

@@ -540,3 +540,19 @@ def test_remove_done_callback(engine, new_gate):
     ex.result(timeout=30)
     assert seen == ["b"]
     assert ex.remove_done_callback(b) == 0  # done: nothing left registered
+
+
+def test_blocking_as_completed_iteration_on_the_loop_thread_of_a_bound_body_raises_deadlock_error(engine):
+    @engine.task()
+    async def fetch(x):
+        await asyncio.sleep(0.01)
+        return x
+
+    async def main():
+        execs = [fetch.submit(1), engine.submit(int)]
+        with pytest.raises(distaff.DeadlockError, match="async for"):
+            for _ in distaff.as_completed(execs):
+                pass
+        return sorted([await ex async for ex in distaff.as_completed(execs)])
+
+    assert asyncio.run(main()) == [0, 1]

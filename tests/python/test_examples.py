@@ -24,6 +24,8 @@ KEY_LINES = {
         "in a running loop: Execution -> 42",
         "submitted from a running loop, runs on it: True",
         "awaiter cancelled; execution cancelled? False -> <slow>",
+        "async with Engine: <in>",
+        "result() on the loop thread: DeadlockError; await it: <x>",
     ],
     "docs/examples/wait_sets.py": [
         "as_completed: 1 (of 2) executions unfinished",
