@@ -142,7 +142,8 @@ int wait_for_outcome(PyExecution* pe, PyObject* timeout) {
 // loop could satisfy (DeadlockError) and otherwise waits itself, re-checking (returns True); it
 // returns None when no loop runs in this thread (the plain wait below).
 int wait_blocking(PyExecution* pe, PyObject* timeout) {
-  if (g_loop_wait_hook && !current_execution()) {
+  // (An execution inherited across fork() skips the hook: wait_for_outcome raises ShutdownError.)
+  if (g_loop_wait_hook && !current_execution() && pe->fork_generation == g_fork_generation) {
     PyObject* r = PyObject_CallFunctionObjArgs(g_loop_wait_hook, reinterpret_cast<PyObject*>(pe), timeout, nullptr);
     if (!r) return kError;
     const bool handled = r != Py_None;

@@ -9,6 +9,7 @@ shared work, the awaiter is one interested party (see docs/asyncio.md).
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 import weakref
@@ -220,6 +221,18 @@ def _cancel(bindings) -> None:
         ex = b.execution
         if ex is not None and not ex.done():
             ex.cancel()  # its done-callback cancels the coroutine on the loop, if the loop still runs
+
+
+def _after_fork_in_child() -> None:
+    # The watcher thread does not exist in the child, and the lock may have been held at fork. The
+    # parent's bodies can never finish here (their executions say so when waited for).
+    global _lock, _entries, _watcher
+    _lock = threading.Lock()
+    _entries = []
+    _watcher = None
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _gone(entry) -> bool:

@@ -556,3 +556,43 @@ def test_blocking_as_completed_iteration_on_the_loop_thread_of_a_bound_body_rais
         return sorted([await ex async for ex in distaff.as_completed(execs)])
 
     assert asyncio.run(main()) == [0, 1]
+
+
+def test_loop_bindings_work_in_a_forked_child():
+    # The registry's lock and watcher thread are re-created in the child (the parent's watcher was
+    # running at fork time, with a body bound to a loop).
+    r = run_python(
+        """
+import asyncio, distaff, os, threading, time
+
+@distaff.task()
+async def fetch(x):
+    await asyncio.sleep(30)
+
+async def parent_side():
+    global held
+    held = fetch.submit(0)
+    await asyncio.sleep(0.05)
+    pid = os.fork()
+    if pid == 0:
+        async def child_main():
+            global ex
+            ex = fetch.submit(1)
+            await asyncio.sleep(0.05)
+        loop = asyncio.new_event_loop()
+        loop.run_until_complete(child_main())
+        loop.close()
+        deadline = time.monotonic() + 10
+        while not ex.done() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        print("child", ex.state, flush=True)
+        os._exit(0)
+    os.waitpid(pid, 0)
+    held.cancel()
+
+asyncio.run(parent_side())
+""",
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "child cancelled" in r.stdout, (r.stdout, r.stderr)
