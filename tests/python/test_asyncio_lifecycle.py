@@ -600,3 +600,21 @@ asyncio.run(parent_side())
     )
     assert r.returncode == 0, r.stderr
     assert "child cancelled" in r.stdout, (r.stdout, r.stderr)
+
+
+def test_result_inside_an_async_body_on_the_engines_loop_of_a_body_on_that_loop_raises_deadlock_error(engine):
+    # Submitted from sync code, both bodies run on the engine's own loop thread: blocking it in
+    # result() would keep the inner body from ever running.
+    @engine.task()
+    async def inner():
+        await asyncio.sleep(0.01)
+        return "inner"
+
+    @engine.task()
+    async def outer():
+        ex = inner.submit()
+        with pytest.raises(distaff.DeadlockError):
+            ex.result()
+        return await ex
+
+    assert outer.submit().result(timeout=30) == "inner"
