@@ -550,6 +550,9 @@ class _AsyncBody:
         def start() -> None:
             # On the loop. The coroutine is created here, not in the fiber: if the loop never runs
             # this callback (stopped, then closed), no coroutine is left un-awaited.
+            if me is not None and me.done():  # cancelled or timed out before the loop got to it
+                _core.settle(promise, False, None)
+                return
             task = asyncio.get_running_loop().create_task(_cancellable(me, self.fn, args, kwargs))
             task.add_done_callback(settle)
 
