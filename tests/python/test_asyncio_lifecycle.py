@@ -618,3 +618,29 @@ def test_result_inside_an_async_body_on_the_engines_loop_of_a_body_on_that_loop_
         return await ex
 
     assert outer.submit().result(timeout=30) == "inner"
+
+
+def test_result_on_the_loop_thread_notices_a_body_that_starts_waiting_on_a_bound_body_later(engine):
+    # The sync body is running, not yet waiting, when the loop thread may start its wait; it then
+    # waits on the loop-bound body. Whether that happens before or during the loop thread's wait,
+    # the wait ends with DeadlockError (it is re-checked every 50 ms), never a frozen loop.
+    @engine.task()
+    async def fetch():
+        await asyncio.sleep(0.01)
+        return "fetched"
+
+    @engine.task()
+    def relay(ex):
+        distaff.sleep(0.1)
+        return ex.result()
+
+    async def main():
+        inner = fetch.submit()
+        outer = relay.submit(inner)  # no wait=: the body gets the Execution and waits on it itself
+        t0 = time.monotonic()
+        with pytest.raises(distaff.DeadlockError):
+            outer.result(timeout=30)
+        assert time.monotonic() - t0 < 10
+        return await outer
+
+    assert asyncio.run(main()) == "fetched"
