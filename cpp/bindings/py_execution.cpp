@@ -79,6 +79,7 @@ unsigned g_fork_generation = 0;
 namespace {
 
 PyObject* g_callback_error_hook = nullptr;  // distaff._errors.log_callback_error
+PyObject* g_loop_wait_hook = nullptr;       // distaff._asyncio.wait_on_loop_thread
 unsigned long g_main_thread_ident = 0;
 
 inline PyExecution* as_pe(PyObject* o) { return reinterpret_cast<PyExecution*>(o); }
@@ -224,6 +225,22 @@ int wait_for_outcome(PyExecution* pe, PyObject* timeout) {
     raise_interrupted();
   }
   return r;
+}
+
+// wait_blocking: result()/exception() waiting for an unfinished execution. On a thread (not a fiber)
+// the loop-wait hook runs first: on a thread running an asyncio event loop it refuses a wait only that
+// loop could satisfy (DeadlockError) and otherwise waits itself, re-checking (returns True); it
+// returns None when no loop runs in this thread (the plain wait below).
+int wait_blocking(PyExecution* pe, PyObject* timeout) {
+  // (An execution inherited across fork() skips the hook: wait_for_outcome raises ShutdownError.)
+  if (g_loop_wait_hook && !current_execution() && pe->fork_generation == g_fork_generation) {
+    PyObject* r = PyObject_CallFunctionObjArgs(g_loop_wait_hook, reinterpret_cast<PyObject*>(pe), timeout, nullptr);
+    if (!r) return kError;
+    const bool handled = r != Py_None;
+    Py_DECREF(r);
+    if (handled) return kDone;
+  }
+  return wait_for_outcome(pe, timeout);
 }
 
 PyObject* cancelled_error(PyExecution* pe) {
@@ -384,7 +401,7 @@ PyObject* pe_result(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyO
   PyObject* timeout;
   if (!parse_timeout_arg("result", args, nargs, kwnames, &timeout)) return nullptr;
   if (!pe->core->done()) {
-    if (wait_for_outcome(pe, timeout) != kDone) return nullptr;
+    if (wait_blocking(pe, timeout) != kDone) return nullptr;
   } else if (timeout != Py_None) {  // bad input fails the same whether or not it is done
     Clock::time_point unused;
     if (!parse_timeout(timeout, unused)) return nullptr;
@@ -413,7 +430,7 @@ PyObject* pe_exception(PyObject* self, PyObject* const* args, Py_ssize_t nargs, 
   PyObject* timeout;
   if (!parse_timeout_arg("exception", args, nargs, kwnames, &timeout)) return nullptr;
   if (!pe->core->done()) {
-    if (wait_for_outcome(pe, timeout) != kDone) return nullptr;
+    if (wait_blocking(pe, timeout) != kDone) return nullptr;
   } else if (timeout != Py_None) {  // bad input fails the same whether or not it is done
     Clock::time_point unused;
     if (!parse_timeout(timeout, unused)) return nullptr;
@@ -579,6 +596,31 @@ PyObject* pe_add_done_callback(PyObject* self, PyObject* fn) {
   Py_RETURN_NONE;
 }
 
+PyObject* pe_remove_done_callback(PyObject* self, PyObject* fn) {
+  // Like asyncio.Future.remove_done_callback: removes every registration equal to fn; returns how
+  // many. An awaiter that gave up (a cancelled asyncio task) takes its callback back with this.
+  PyExecution* pe = as_pe(self);
+  PyObject* cbs = pe->callbacks;
+  if (!cbs) return PyLong_FromLong(0);
+  Py_INCREF(cbs);  // comparisons can run Python code
+  Py_ssize_t removed = 0;
+  for (Py_ssize_t i = PyList_GET_SIZE(cbs) - 1; i >= 0; --i) {
+    if (i >= PyList_GET_SIZE(cbs)) continue;
+    PyObject* item = Py_NewRef(PyList_GET_ITEM(cbs, i));
+    // An entry is the callable, or (callable, registering execution, context): add_done_callback.
+    PyObject* cand = PyTuple_CheckExact(item) ? PyTuple_GET_ITEM(item, 0) : item;
+    int eq = cand == fn ? 1 : PyObject_RichCompareBool(cand, fn, Py_EQ);
+    Py_DECREF(item);
+    if (eq < 0) {
+      Py_DECREF(cbs);
+      return nullptr;
+    }
+    if (eq && i < PyList_GET_SIZE(cbs) && PyList_SetSlice(cbs, i, i + 1, nullptr) == 0) ++removed;
+  }
+  Py_DECREF(cbs);
+  return PyLong_FromSsize_t(removed);
+}
+
 PyObject* ns_to_seconds(std::int64_t ns) {
   if (ns == 0) Py_RETURN_NONE;
   return PyFloat_FromDouble(static_cast<double>(ns) / 1e9);
@@ -659,6 +701,8 @@ PyMethodDef pe_methods[] = {
      "_annotate(key, value): facade metadata shown in description."},
     {"add_done_callback", &pe_add_done_callback, METH_O,
      "add_done_callback(fn)\n--\n\nCalls fn(execution) once finished (now, if it already is)."},
+    {"remove_done_callback", &pe_remove_done_callback, METH_O,
+     "remove_done_callback(fn)\n--\n\nRemoves every registration of fn not yet called; returns how many."},
     {nullptr, nullptr, 0, nullptr}};
 
 PyGetSetDef pe_getset[] = {
@@ -694,6 +738,31 @@ PyType_Spec pe_spec = {"distaff.Execution", sizeof(PyExecution), 0,
 
 void forward_done(Execution& target_core, void* arg);
 void forward(PyExecution* pe, PyExecution* target);
+
+// The forwarding list: every execution of an engine whose body returned and which now follows
+// another execution (an async body's execution follows its promise until the coroutine ends).
+// Linked by forward(), unlinked by forward_done() (the forward holds a reference meanwhile), GIL
+// held. It reuses run_prev/run_next: a body is unlinked from the running list before it forwards.
+PyExecution* g_forwarding = nullptr;
+
+void link_forwarding(PyExecution* pe) {
+  pe->run_prev = nullptr;
+  pe->run_next = g_forwarding;
+  if (g_forwarding) g_forwarding->run_prev = pe;
+  g_forwarding = pe;
+}
+
+void unlink_forwarding(PyExecution* pe) {
+  if (pe->run_prev) {
+    pe->run_prev->run_next = pe->run_next;
+  } else if (g_forwarding == pe) {
+    g_forwarding = pe->run_next;
+  } else {
+    return;  // not linked (forwarded before a fork: the list was reset)
+  }
+  if (pe->run_next) pe->run_next->run_prev = pe->run_prev;
+  pe->run_prev = pe->run_next = nullptr;
+}
 
 }  // namespace
 
@@ -731,6 +800,7 @@ void forward(PyExecution* pe, PyExecution* target) {
   pe->forwarding = 1;
   track(pe);
   Py_XSETREF(pe->result, Py_NewRef(reinterpret_cast<PyObject*>(target)));
+  if (pe->engine) link_forwarding(pe);  // cancel_running reaches it (an async body's execution)
   target->core->add_callback(&forward_done, pe);
 }
 
@@ -739,6 +809,7 @@ void forward_done(Execution& target_core, void* arg) {
   PyObject* t = pe->result;
   pe->result = nullptr;
   pe->forwarding = 0;
+  if (pe->engine) unlink_forwarding(pe);
   PyExecution* target = as_pe(t);
   switch (target_core.state()) {
     case State::succeeded:
@@ -937,6 +1008,11 @@ Py_ssize_t cancel_running(PyObject* engine) {
   // Snapshot first: terminating runs done-callbacks (Python code) that may start or end bodies.
   std::vector<PyObject*> victims;
   for (PyExecution* p = g_running; p; p = p->run_next) {
+    if (p->engine == engine && !p->core->done()) victims.push_back(Py_NewRef(reinterpret_cast<PyObject*>(p)));
+  }
+  // Executions following another one are running too: async bodies (their coroutine is cancelled
+  // by the execution's done-callback, on its loop) and bodies that returned an Execution.
+  for (PyExecution* p = g_forwarding; p; p = p->run_next) {
     if (p->engine == engine && !p->core->done()) victims.push_back(Py_NewRef(reinterpret_cast<PyObject*>(p)));
   }
   Py_ssize_t n = 0;
@@ -1330,13 +1406,35 @@ PyObject* raw_import_ident(PyObject*, PyObject*) {
 }
 
 PyObject* raw_set_hooks(PyObject*, PyObject* const* a, Py_ssize_t n) {
-  if (n != 2) {
-    PyErr_SetString(PyExc_TypeError, "_set_hooks(await_hook, callback_error_hook)");
+  if (n != 2 && n != 3) {
+    PyErr_SetString(PyExc_TypeError, "_set_hooks(await_hook, callback_error_hook, loop_wait_hook=None)");
     return nullptr;
   }
   Py_XSETREF(AsyncAwaitHook, Py_NewRef(a[0]));
   Py_XSETREF(g_callback_error_hook, Py_NewRef(a[1]));
+  if (n == 3) Py_XSETREF(g_loop_wait_hook, a[2] == Py_None ? nullptr : Py_NewRef(a[2]));
   Py_RETURN_NONE;
+}
+
+// _reaches_any(execution, execs) -> bool: would waiting on `execution` wait (through dependencies,
+// forwards and parked waits) on one of `execs` (or is it one of them)? The loop-thread deadlock check.
+PyObject* raw_reaches_any(PyObject*, PyObject* const* a, Py_ssize_t n) {
+  if (n != 2 || !is_execution(a[0])) {
+    PyErr_SetString(PyExc_TypeError, "_reaches_any(execution, execs)");
+    return nullptr;
+  }
+  PyObject* seq = PySequence_Fast(a[1], "_reaches_any: execs must be a sequence");
+  if (!seq) return nullptr;
+  Execution* from = as_pe(a[0])->core;
+  bool hit = false;
+  for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(seq) && !hit; ++i) {
+    PyObject* o = PySequence_Fast_GET_ITEM(seq, i);
+    if (!is_execution(o)) continue;
+    Execution* m = as_pe(o)->core;
+    hit = m == from || (!m->done() && m->would_deadlock(*from));
+  }
+  Py_DECREF(seq);
+  return PyBool_FromLong(hit);
 }
 
 // sleep(seconds): fiber-aware sleep. In a task body it suspends the fiber (the worker runs others);
@@ -1420,6 +1518,7 @@ PyObject* raw_stop_timer(PyObject*, PyObject*) {
 PyObject* raw_after_fork(PyObject*, PyObject*) {
   g_timer = nullptr;
   g_running = nullptr;  // those bodies' fibers do not exist here
+  g_forwarding = nullptr;
   ++g_fork_generation;
   Py_RETURN_NONE;
 }
@@ -1455,7 +1554,9 @@ PyMethodDef raw_functions[] = {
     {"_drain_unobserved", &raw_drain_unobserved, METH_NOARGS, "log the queued unobserved failures now"},
     {"live_executions", &raw_live_executions, METH_NOARGS, "Core execution records alive (process-wide)."},
     {"_set_hooks", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&raw_set_hooks)), METH_FASTCALL,
-     "_set_hooks(await_hook, callback_error_hook)"},
+     "_set_hooks(await_hook, callback_error_hook, loop_wait_hook=None)"},
+    {"_reaches_any", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&raw_reaches_any)), METH_FASTCALL,
+     "_reaches_any(execution, execs) -> bool: does waiting on execution wait on one of execs?"},
     {nullptr, nullptr, 0, nullptr}};
 
 bool init_execution_type(PyObject* module) {

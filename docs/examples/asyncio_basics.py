@@ -106,6 +106,28 @@ async def asyncio_tools():
 
 asyncio.run(asyncio_tools())
 
+# 5b. An engine inside a coroutine: async with / await ashutdown(); DeadlockError instead of a freeze ---
+
+
+async def engine_in_a_coroutine():
+    async def fetch_here(name):
+        await asyncio.sleep(0.01)
+        return f"<{name}>"
+
+    async with distaff.Engine() as e:  # leaving the block awaits e.ashutdown(): the loop keeps running
+        ex = e.task(fetch_here).submit("in")
+    print("async with Engine:", ex.result())  # finished by now: no wait
+    e2 = distaff.Engine()
+    ex2 = e2.task(fetch_here).submit("x")
+    try:
+        ex2.result()  # would block the loop this body needs
+    except distaff.DeadlockError:
+        print("result() on the loop thread: DeadlockError; await it:", await ex2)
+    await e2.ashutdown()
+
+
+asyncio.run(engine_in_a_coroutine())
+
 # 6. distaff.sleep -------------------------------------------------------------------------------------
 
 print("distaff.sleep in a sync body:", polite_sleeper())

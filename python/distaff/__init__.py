@@ -34,7 +34,7 @@ from . import _task as _task_mod
 
 _task_mod._engine_mod = _engine
 
-_core._set_hooks(_asyncio.await_execution, _errors.log_callback_error)
+_core._set_hooks(_asyncio.await_execution, _errors.log_callback_error, _asyncio.wait_on_loop_thread)
 _imports.install()  # importlib's module locks per fiber, not per worker thread (docs/limits.md)
 
 

@@ -12,7 +12,7 @@ import threading
 import weakref
 from typing import Any, Callable
 
-from . import _core, _validate
+from . import _asyncio, _core, _validate
 from ._task import _MISSING, Task, _decorator
 
 logger = logging.getLogger("distaff")
@@ -214,6 +214,9 @@ class Engine:
         if self._capsule is None:  # inherited across fork(): its workers do not exist here
             self._closed = True
             return
+        if wait:
+            _asyncio.cancel_stranded(self)  # bodies of a closed or stopped loop can never finish
+            _asyncio.check_engine_wait(self, "Engine.shutdown(wait=True)")
         cancel = 2 if cancel_running else 1 if cancel_pending else 0
         _core.shutdown(self._capsule, wait, cancel)
         self._closed = True
@@ -223,6 +226,7 @@ class Engine:
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Waits until every execution submitted so far has finished. True if it did in time."""
+        _asyncio.check_engine_wait(self, "Engine.wait_idle()")
         return _core.wait_idle(self._capsule, timeout)
 
     def __enter__(self) -> "Engine":
@@ -230,6 +234,35 @@ class Engine:
 
     def __exit__(self, *exc_info: Any) -> None:
         self.shutdown(wait=True)
+
+    # -- lifecycle inside a coroutine ---------------------------------------------------------------
+
+    async def ashutdown(self, wait: bool = True, *, cancel_pending: bool = False, cancel_running: bool = False) -> None:
+        """``shutdown()`` for coroutines: ``await engine.ashutdown()``. Same arguments.
+
+        Stops accepting work at once (and cancels what the arguments ask), then waits for the
+        outstanding executions without blocking the running event loop, so async bodies bound to
+        this loop keep running meanwhile. Cancelling the awaiting task stops the wait; the engine
+        stays closed (the exit hook waits for what is left).
+        """
+        if self._capsule is None:
+            self._closed = True
+            return
+        if wait:
+            _asyncio.check_self_wait(self, "await Engine.ashutdown()")
+        _asyncio.cancel_stranded(self)
+        cancel = 2 if cancel_running else 1 if cancel_pending else 0
+        _core.shutdown(self._capsule, False, cancel)  # closes and cancels; does not wait
+        self._closed = True
+        if wait:
+            await _asyncio.wait_idle(self)
+            self.shutdown(wait=True)  # idle: joins the workers and the engine's loop thread
+
+    async def __aenter__(self) -> "Engine":
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self.ashutdown()
 
     # -- introspection ------------------------------------------------------------------------------
 
@@ -364,6 +397,7 @@ def _shutdown_at_exit() -> None:
                 continue
             # Engines shut down with wait=False are joined here too: their running bodies must end
             # before finalisation, or a fiber would take the GIL of a finalising interpreter.
+            _asyncio.cancel_stranded(eng)  # bodies of closed or stopped loops can never finish
             live = eng.stats()["live"]
             if live:
                 logger.warning("distaff: waiting for %d outstanding execution(s) before exit", live)

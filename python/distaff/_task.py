@@ -10,8 +10,10 @@ import math
 import os
 import random
 import secrets
+import weakref
 from typing import Any, Callable, Iterable
 
+from . import _asyncio as _asyncio_mod
 from . import _core, _sync
 from . import _validate as _v
 from ._errors import _note_failure
@@ -239,8 +241,12 @@ class Task:
         if wait.__class__ is tuple:
             wait = self._gating(args, kwargs)
         body = self._body
+        binding = None
         if self.is_async:
-            body = _AsyncBody(body, _get_running_loop(), engine, self.name)
+            bind_loop = _get_running_loop()
+            body = _AsyncBody(body, bind_loop, engine, self.name, wait is not False)
+            if bind_loop is not None:
+                binding = body.binding
         timeout = self.timeout
         flags = self._kind_flag
         options = self._options
@@ -253,13 +259,19 @@ class Task:
             body = _Timed(body, timeout)
         limit = options.get("concurrency", self.concurrency) if options else self.concurrency
         if limit is not None:
-            return self._submit_limited(limit, engine, body, flags, wait, args, kwargs, workflow_id)
+            ex = self._submit_limited(limit, engine, body, flags, wait, args, kwargs, workflow_id)
+            if binding is not None:
+                _bind_to_submitting_loop(binding, bind_loop, ex)
+            return ex
         scope = engine._scope
         if workflow_id is None:
             workflow_id = scope.get()
             if workflow_id is None:
                 if not self._kind_flag:
-                    return _submit(engine._capsule, body, self.name, flags, wait, args, kwargs or None, None)
+                    ex = _submit(engine._capsule, body, self.name, flags, wait, args, kwargs or None, None)
+                    if binding is not None:
+                        _bind_to_submitting_loop(binding, bind_loop, ex)
+                    return ex
                 workflow_id = _new_workflow_id()  # a @workflow opens a scope of its own
         # A tagged execution: its body (a copy of this context) and everything it submits carry the id.
         token = scope.set(workflow_id)
@@ -268,6 +280,8 @@ class Task:
         finally:
             scope.reset(token)
         engine._track(workflow_id, ex)
+        if binding is not None:
+            _bind_to_submitting_loop(binding, bind_loop, ex)
         return ex
 
     def _submit_limited(self, limit, engine, body, flags, wait, args, kwargs, workflow_id) -> _core.Execution:
@@ -569,28 +583,52 @@ def _resolving(fn: Callable) -> Callable:
     return call
 
 
+def _bind_to_submitting_loop(binding: Any, loop: Any, ex: Any) -> None:
+    # An async body submitted from a running loop is bound to that loop from now on: a blocking wait
+    # on the loop's thread that needs it is a deadlock, and (unless it waits for dependencies, see
+    # _AsyncBody) the loop closing cancels it. Released when the execution finishes.
+    binding.bind(loop, ex, not binding.gated, started=False)
+    ex.add_done_callback(binding.release)
+
+
 class _AsyncBody:
     """Runs an ``async def`` body on an event loop and completes the execution from it.
 
     The loop is the submitter's running loop (so loop-bound clients work), else the engine's own
     loop thread. The fiber only starts the coroutine and returns a promise (a forwarded Execution),
     so no fiber stack is held while the coroutine runs.
+
+    Which loop, exactly (docs/asyncio.md): a body submitted from a running loop belongs to that loop.
+    If the loop is closed before the body starts, the body is cancelled — except a body that waited
+    for dependencies (``wait=``/``resolve=``), which runs on the engine's loop instead; so does a gated
+    body whose loop is not running when it starts. Once handed to a loop, the loop closing (or
+    ``asyncio.run`` returning) cancels it.
     """
 
-    __slots__ = ("fn", "loop", "engine", "name")
+    __slots__ = ("fn", "loop", "engine", "name", "gated", "binding")
 
-    def __init__(self, fn: Callable, loop: Any, engine: Any, name: str) -> None:
+    def __init__(self, fn: Callable, loop: Any, engine: Any, name: str, gated: bool = False) -> None:
         self.fn = fn
-        self.loop = loop
+        # Weakly: a pending body must not keep a dropped loop alive (its collection cancels the body).
+        self.loop = weakref.ref(loop) if loop is not None else None
         self.engine = engine
         self.name = name
+        self.gated = gated
+        self.binding = _asyncio_mod._Binding(engine, gated)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         me = _core.current_execution()
-        coro = self.fn(*args, **kwargs)
-        # The submitter's loop only while it still runs; a stopped loop would never run the coroutine.
-        loop = self.loop if self.loop is not None and self.loop.is_running() else self.engine._event_loop()
+        binding = self.binding
         promise = _core.promise(self.name)
+        loop = None
+        if self.loop is not None:
+            loop = self.loop()
+            if loop is None or loop.is_closed() or (self.gated and not loop.is_running()):
+                loop = None
+                if not self.gated:  # its loop is gone: the body ends as the loop's own tasks did
+                    binding.bind(None, me, True)
+                    _core.settle(promise, False, None)
+                    return promise
         note = f"distaff: raised in task '{self.name}' (execution {me.id if me else '?'})"
 
         def settle(fut: Any) -> None:
@@ -605,11 +643,34 @@ class _AsyncBody:
                 _note_failure(exc, note, me.id if me else 0)
                 _core.settle(promise, False, exc)
 
-        asyncio.run_coroutine_threadsafe(_cancellable(me, coro), loop).add_done_callback(settle)
+        def start() -> None:
+            # On the loop. The coroutine is created here, not in the fiber: if the loop never runs
+            # this callback (stopped, then closed), no coroutine is left un-awaited.
+            if me is not None and me.done():  # cancelled or timed out before the loop got to it
+                _core.settle(promise, False, None)
+                return
+            task = asyncio.get_running_loop().create_task(_cancellable(me, self.fn, args, kwargs))
+            task.add_done_callback(settle)
+
+        if loop is not None:
+            binding.bind(loop, me, True)
+            try:
+                loop.call_soon_threadsafe(start)
+                return promise
+            except RuntimeError:  # closed just now
+                if not self.gated:
+                    binding.bind(None, me, True)
+                    _core.settle(promise, False, None)
+                    return promise
+        loop = self.engine._event_loop()
+        binding.bind(loop, me, True)
+        if self.loop is None and me is not None:
+            me.add_done_callback(binding.release)
+        loop.call_soon_threadsafe(start)
         return promise
 
 
-async def _cancellable(me: Any, coro: Any) -> Any:
+async def _cancellable(me: Any, fn: Any, args: Any, kwargs: Any) -> Any:
     """Runs an async body so that cancelling (or timing out) its execution cancels the coroutine.
 
     The link is made here, on the loop, not in the fiber that starts the coroutine: a cancel can
@@ -619,19 +680,21 @@ async def _cancellable(me: Any, coro: Any) -> Any:
         # This task's context only: distaff.current_execution() in the body, and the parent (for
         # the graph and for cancellation of the tree) of what the body submits.
         _core._async_current.set(me)
-        task = asyncio.current_task()
-        loop = asyncio.get_running_loop()
+        # Weakly: the execution must not keep the task, hence its loop, alive (a dropped loop is
+        # collected and its bodies cancelled).
+        task_ref = weakref.ref(asyncio.current_task())
 
         def cancel(_ex: Any) -> None:
-            if task.done():  # finished normally: nothing to cancel, no wake-up needed
+            task = task_ref()
+            if task is None or task.done():  # finished normally: nothing to cancel, no wake-up needed
                 return
             try:
-                loop.call_soon_threadsafe(task.cancel)
+                task.get_loop().call_soon_threadsafe(task.cancel)
             except RuntimeError:  # the loop is closed: the coroutine is gone with it
                 pass
 
         me.add_done_callback(cancel)
-    return await coro
+    return await fn(*args, **kwargs)
 
 
 def _decorator(kind: str, fn: Any, engine: Any, **options: Any):

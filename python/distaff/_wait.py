@@ -107,6 +107,10 @@ class _AsCompleted:
         return next(it)
 
     def _sync_iter(self):
+        if _running_loop() is not None:  # a blocking iteration on a loop thread: refused if it needs the loop
+            from ._asyncio import check_members_wait
+
+            check_members_wait(self._execs, "iterating as_completed(...) with a plain for", "use `async for`")
         handle = _core.completion(self._execs)
         returned = 0
         while True:

@@ -24,6 +24,8 @@ KEY_LINES = {
         "in a running loop: Execution -> 42",
         "submitted from a running loop, runs on it: True",
         "awaiter cancelled; execution cancelled? False -> <slow>",
+        "async with Engine: <in>",
+        "result() on the loop thread: DeadlockError; await it: <x>",
     ],
     "docs/examples/sync.py": [
         "lock: [0, 1, 2] ['in 0', 'out 0', 'in 1', 'out 1', 'in 2', 'out 2']",
