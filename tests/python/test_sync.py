@@ -169,8 +169,8 @@ def test_ctrl_c_interrupts_a_thread_blocked_on_a_lock():
         h = holder.submit()
         while not lock.locked():
             distaff.sleep(0.001)
-        print("ready", flush=True)
         try:
+            print("ready", flush=True)  # inside the try: SIGINT may land before acquire() starts
             lock.acquire()
         except KeyboardInterrupt:
             print("interrupted", flush=True)
