@@ -8,6 +8,7 @@ import contextvars
 import gc
 import logging
 import os
+import sys
 import threading
 import weakref
 from typing import Any, Callable
@@ -211,8 +212,12 @@ class Engine:
             self._closed = True
             return
         cancel = 2 if cancel_running else 1 if cancel_pending else 0
-        _core.shutdown(self._capsule, wait, cancel)
-        self._closed = True
+        try:
+            _core.shutdown(self._capsule, wait, cancel)
+        finally:
+            # Closed even when the wait was interrupted (the engine stops accepting work first);
+            # not when the call was refused (from one of its own bodies).
+            self._closed = self._closed or self._core.stats()["closed"]
         if wait:
             self._joined = True
             self._stop_event_loop()
@@ -325,69 +330,175 @@ def shutdown(wait: bool = True, *, cancel_pending: bool = False, cancel_running:
     """Shuts down the default engine (a later task call starts a new one); see Engine.shutdown."""
     global _default
     with _default_lock:
-        eng, _default = _default, None
+        eng = _default
+        if eng is not None and eng._capsule is not None and _core.on_own_worker(eng._capsule):
+            raise RuntimeError("an engine cannot be shut down from one of its own tasks")
+        _default = None
     if eng is not None:
         eng.shutdown(wait, cancel_pending=cancel_pending, cancel_running=cancel_running)
 
 
-@atexit.register
-def _shutdown_at_exit() -> None:
-    # Rule 7 (ARCHITECTURE.md): every engine is stopped before interpreter finalisation, so no
-    # worker touches the GIL afterwards. Outstanding work is waited for, like concurrent.futures;
-    # a Ctrl-C during that wait cancels everything (running bodies as Execution.cancel() does) and
-    # waits only for bodies that cannot be interrupted (stuck in C code).
-    #
-    # No KeyboardInterrupt may escape this hook: finalisation would then start with bodies still
-    # running (measured: an abort). So while it runs, SIGINT only counts; it raises only inside the
-    # engine wait, which is where it can act (the wait returns to cancel and wait again).
-    import signal
+def _program_interrupted() -> bool:
+    """True when the program is ending because a KeyboardInterrupt reached the top level (the
+    interpreter stored it as sys.last_exc / sys.last_value before running the exit hooks)."""
+    exc = getattr(sys, "last_exc", None) or getattr(sys, "last_value", None)
+    return isinstance(exc, KeyboardInterrupt)
 
-    ctrl_c = {"hits": 0, "armed": False}
 
-    def on_sigint(signum: int, frame: Any) -> None:
-        ctrl_c["hits"] += 1
-        if ctrl_c["armed"]:
-            ctrl_c["armed"] = False
+class _ExitWait:
+    """The state of the exit hook's wait: Ctrl-C and exceptions raised by signal handlers.
+
+    Rule 7 (ARCHITECTURE.md): every engine is stopped before interpreter finalisation, so no worker
+    touches the GIL afterwards. So no exception may escape the hook while a body still runs
+    (measured: an abort). The first interruption — a Ctrl-C, an exception a user's signal handler
+    raises (a SIGTERM handler calling sys.exit), or a program that is ending *because* of a Ctrl-C —
+    cancels everything outstanding, running bodies as Execution.cancel() does, and waits for the
+    bodies to end. The next one gives up on bodies that cannot end (stuck in a blocking call): the
+    process exits at once, without finalising the interpreter, which is what keeps that safe.
+    """
+
+    def __init__(self) -> None:
+        self.hits = 0  # SIGINTs received while the hook runs
+        self.handled = 0  # of which acted upon
+        self.armed = False  # a SIGINT raises KeyboardInterrupt (only inside the engine wait)
+        self.cancelling = False
+        self.exit_exc: BaseException | None = None  # what a signal handler raised: the exit status
+
+    def on_sigint(self, signum: int, frame: Any) -> None:
+        self.hits += 1
+        if self.armed:
+            self.armed = False
             raise KeyboardInterrupt
 
+    def interrupted(self, exc: BaseException) -> None:
+        """An interruption arrived (exc: KeyboardInterrupt, or what a signal handler raised)."""
+        self.handled = self.hits
+        if not isinstance(exc, KeyboardInterrupt) and self.exit_exc is None:
+            self.exit_exc = exc
+        if self.cancelling:
+            self.abandon()
+        self.cancelling = True
+        try:
+            if isinstance(exc, KeyboardInterrupt):
+                logger.warning("distaff: interrupted; cancelling outstanding executions")
+            else:
+                logger.warning("distaff: %r during the exit wait; cancelling outstanding executions", exc)
+        except BaseException as again:  # noqa: B036 — a further signal while logging: that one abandons
+            self.interrupted(again)
+
+    def exit_status(self) -> int:
+        exc = self.exit_exc
+        if isinstance(exc, SystemExit):
+            if exc.code is None:
+                return 0
+            if isinstance(exc.code, int):
+                return exc.code & 0xFF
+            print(exc.code, file=sys.stderr)
+            return 1
+        import traceback
+
+        traceback.print_exception(exc)
+        return 1
+
+    def abandon(self) -> None:
+        """Exits now, leaving the bodies that did not end: without finalising the interpreter (a
+        body that returned from its blocking call would take the GIL of a finalising one)."""
+        left = 0
+        try:
+            left = sum(max(_core.engine_live(c)) for c in _core._open_engines())
+        except BaseException:  # a further signal: exit all the same
+            pass
+        try:
+            logger.warning("distaff: exiting now; %d execution(s) did not end (stuck in blocking calls)", left)
+        except BaseException:
+            pass
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except BaseException:
+                pass
+        if self.exit_exc is not None:
+            os._exit(self.exit_status())
+        import signal
+
+        try:  # die of SIGINT, as CPython does after an unhandled KeyboardInterrupt
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGINT)
+        finally:
+            os._exit(128 + signal.SIGINT)
+
+
+def _stop_engine_at_exit(capsule: Any, w: _ExitWait) -> None:
+    live = _core.engine_live(capsule)[0]
+    if live:
+        logger.warning("distaff: waiting for %d outstanding execution(s) before exit", live)
+    while True:
+        try:
+            w.armed = True
+            if w.hits > w.handled:  # a Ctrl-C arrived while the wait was not armed
+                w.armed = False
+                raise KeyboardInterrupt
+            _core.shutdown(capsule, True, 2 if w.cancelling else 0)
+            w.armed = False
+            return
+        except BaseException as e:  # noqa: B036 — Ctrl-C, or whatever a signal handler raised
+            w.armed = False
+            w.interrupted(e)
+
+
+@atexit.register
+def _shutdown_at_exit() -> None:
+    # Every engine of this process that is not joined yet — dropped ones whose work still runs,
+    # and ones shut down with wait=False, included — waits for its outstanding work (like
+    # concurrent.futures), or cancels it after an interruption (see _ExitWait).
+    import signal
+
+    w = _ExitWait()
     try:
-        previous = signal.signal(signal.SIGINT, on_sigint)
+        previous = signal.signal(signal.SIGINT, w.on_sigint)
     except ValueError:  # not the main thread (an embedding calls exit hooks elsewhere)
         previous = None
     try:
-        logged = 0
-        for eng in list(_engines):
-            if eng._joined or eng._capsule is None:
-                continue
-            # Engines shut down with wait=False are joined here too: their running bodies must end
-            # before finalisation, or a fiber would take the GIL of a finalising interpreter.
-            live = eng.stats()["live"]
-            if live:
-                logger.warning("distaff: waiting for %d outstanding execution(s) before exit", live)
-            while True:
-                if ctrl_c["hits"] > logged:
-                    if logged == 0:
-                        # The issue's rule: the first Ctrl-C ended the program; one here cancels.
-                        logger.warning("distaff: interrupted; cancelling outstanding executions")
-                    else:  # bodies stuck in C code must still return before finalisation
-                        logger.warning("distaff: still waiting for running bodies to finish")
-                    logged = ctrl_c["hits"]
-                cancel = 2 if ctrl_c["hits"] else 0
-                try:
-                    ctrl_c["armed"] = True
-                    _core.shutdown(eng._capsule, True, cancel)
-                    ctrl_c["armed"] = False
+        if _program_interrupted():
+            w.cancelling = True  # one Ctrl-C ends the program: its work does not keep it alive
+            logger.warning("distaff: the program was interrupted; cancelling outstanding executions")
+        while True:
+            try:
+                engines = {id(e._capsule): e for e in list(_engines) if e._capsule is not None}
+                capsules = _core._open_engines()
+                if not capsules:
                     break
-                except KeyboardInterrupt:
-                    ctrl_c["armed"] = False
-            eng._closed = eng._joined = True
-            eng._stop_event_loop()
-        _core.stop_timer()
-        gc.collect()
-        _core._drain_unobserved()
+                for capsule in capsules:
+                    _stop_engine_at_exit(capsule, w)
+                    eng = engines.get(id(capsule))
+                    if eng is not None:
+                        eng._closed = eng._joined = True
+                        eng._stop_event_loop()
+                _core._wait_reaped()  # dropped engines: their workers joined
+            except BaseException as e:  # noqa: B036 — a signal handler raised outside the wait
+                w.armed = False
+                w.interrupted(e)
+        try:
+            _core.stop_timer()
+            gc.collect()
+            _core._drain_unobserved()
+        except BaseException as e:  # noqa: B036 — a signal handler raised: nothing runs any more
+            if w.exit_exc is None and not isinstance(e, KeyboardInterrupt):
+                w.exit_exc = e
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
+    if w.exit_exc is not None:
+        # A signal handler asked for this exit status (sys.exit(143) in a SIGTERM handler): an
+        # exception in an exit hook cannot set it, so the process exits here, the engines stopped.
+        status = w.exit_status()
+        logging.shutdown()
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except BaseException:
+                pass
+        os._exit(status)
 
 
 def _after_fork_in_child() -> None:
