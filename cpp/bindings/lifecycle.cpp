@@ -29,20 +29,20 @@ struct Reaper {
   std::condition_variable cv;       // work queued, or stop
   std::condition_variable idle_cv;  // queue empty and nothing in hand
   std::deque<EngineCore*> queue;
-  bool busy = false;
-  bool stop = false;
+  int busy = 0;                // engines being joined now
+  unsigned generation = 0;     // bumped to stop the current thread (once the queue is empty)
   std::thread* thread = nullptr;
 };
 Reaper* g_reaper = new Reaper;
 
-void reaper_main(Reaper* r) {
+void reaper_main(Reaper* r, unsigned generation) {
   std::unique_lock<std::mutex> lk(r->mu);
   for (;;) {
-    r->cv.wait(lk, [r] { return r->stop || !r->queue.empty(); });
-    if (r->queue.empty()) return;  // stop, nothing left
+    r->cv.wait(lk, [r, generation] { return r->generation != generation || !r->queue.empty(); });
+    if (r->queue.empty()) return;  // stopped, nothing left (a newer thread takes later work)
     EngineCore* eng = r->queue.front();
     r->queue.pop_front();
-    r->busy = true;
+    ++r->busy;
     lk.unlock();
     eng->scheduler->join(/*switch_hooks=*/false);  // no Python state here: nothing to release
     bool drop;
@@ -54,8 +54,8 @@ void reaper_main(Reaper* r) {
     }
     if (drop) delete eng;  // Python-free: history holds core records only
     lk.lock();
-    r->busy = false;
-    if (r->queue.empty()) r->idle_cv.notify_all();
+    --r->busy;
+    if (r->queue.empty() && r->busy == 0) r->idle_cv.notify_all();
   }
 }
 
@@ -65,10 +65,7 @@ void start_join(EngineCore* eng) {
   eng->scheduler->close(false);
   Reaper* r = g_reaper;
   std::lock_guard<std::mutex> g(r->mu);
-  if (!r->thread) {
-    r->stop = false;
-    r->thread = new std::thread(reaper_main, r);
-  }
+  if (!r->thread) r->thread = new std::thread(reaper_main, r, r->generation);
   r->queue.push_back(eng);
   r->cv.notify_one();
 }
@@ -185,8 +182,8 @@ PyObject* raw_wait_reaped(PyObject*, PyObject*) {
   Py_BEGIN_ALLOW_THREADS
   {
     std::unique_lock<std::mutex> lk(r->mu);
-    r->idle_cv.wait(lk, [r] { return r->queue.empty() && !r->busy; });
-    r->stop = true;
+    r->idle_cv.wait(lk, [r] { return r->queue.empty() && r->busy == 0; });
+    ++r->generation;
     r->cv.notify_all();
     t = std::exchange(r->thread, nullptr);
   }
