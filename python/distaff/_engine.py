@@ -197,11 +197,19 @@ class Engine:
     # -- lifecycle ----------------------------------------------------------------------------------
 
     def shutdown(self, wait: bool = True, *, cancel_pending: bool = False, cancel_running: bool = False) -> None:
-        """Stops accepting work.
+        """Stops accepting work, then (with ``wait``) waits for the outstanding work and joins
+        the workers.
+
+        From now on ``submit`` raises ShutdownError, except from this engine's own running bodies
+        (a workflow finishing its steps); children they submit now are cancelled if their parent
+        finishes first. Idempotent, safe from several threads at once and from a body of another
+        engine (the wait suspends that body's fiber); from one of this engine's own bodies it raises
+        RuntimeError.
 
         Args:
             wait: wait for every outstanding execution (queued, waiting and running) to finish, then
-                join the workers. Ctrl-C interrupts the wait and leaves the engine running.
+                join the workers. Ctrl-C interrupts the wait; the engine stays closed and its work
+                runs on (the exit waits for it). Without ``wait`` the work finishes all the same.
             cancel_pending: first cancel what has not started yet.
             cancel_running: also cancel the executions whose bodies are running now, like
                 ``Execution.cancel()``: a body parked in a wait is woken with CancelledError, one
@@ -223,7 +231,10 @@ class Engine:
             self._stop_event_loop()
 
     def wait_idle(self, timeout: float | None = None) -> bool:
-        """Waits until every execution submitted so far has finished. True if it did in time."""
+        """Waits until every execution submitted so far has finished. True if it did in time.
+
+        From one of this engine's own bodies it raises DeadlockError: that body's execution is
+        outstanding until it returns, so the engine can never become idle while it waits."""
         return _core.wait_idle(self._capsule, timeout)
 
     def __enter__(self) -> "Engine":
