@@ -9,6 +9,7 @@
 #include <memory>
 #include <string>
 #include <mutex>
+#include <thread>
 
 #include <sys/types.h>
 
@@ -28,12 +29,13 @@ struct EngineCore {
   // shutdown() began: the engine admits only children of its own running bodies, and cancels
   // those "late" children when their parent finishes (closing happens before the wait).
   std::atomic<bool> closing{false};
-  // Joining the workers (lifecycle.cpp). join_state: 0 not started, 1 under way (on the reaper
+  // Joining the workers (lifecycle.cpp). join_state: 0 not started, 1 under way (on a join
   // thread), 2 done. `dropped`: the handle is gone; whoever ends the join deletes this object.
   std::mutex join_mu;
   boost::fibers::condition_variable_any join_cv;
   int join_state = 0;
   bool dropped = false;
+  std::thread joiner;  // the join thread, until whoever waited for it (or the drop) joins it
   // Finished executions kept for engine.graph(): a bounded history, newest last.
   std::mutex history_mu;
   std::vector<ExecutionRef> history;
@@ -190,12 +192,12 @@ bool init_wait(PyObject* module);
 void register_engine(EngineCore* eng);
 void unregister_engine(EngineCore* eng);
 // join_engine: joins the engine's workers without ever blocking a worker thread: the join runs on
-// the process's reaper thread, and the caller waits on a fiber-aware condition (a fiber suspends, the
+// a join thread of its own, and the caller waits on a fiber-aware condition (a fiber suspends, the
 // main thread waits in slices and honours Ctrl-C). Idempotent; concurrent callers all wait for the
 // one join. GIL held; returns 0, or -1 with a Python error set (then the join goes on regardless).
 int join_engine(EngineCore* eng);
 // drop_engine: the engine's handle is being destroyed (GIL held): close it and join its workers, on
-// the reaper thread when called from any worker (a fiber must never join threads), or here
+// a join thread when called from any worker (a fiber must never join threads), or here
 // otherwise; the EngineCore is deleted once joined.
 void drop_engine(EngineCore* eng);
 bool init_lifecycle(PyObject* module);

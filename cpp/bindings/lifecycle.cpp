@@ -1,13 +1,12 @@
 // Engine lifecycle: the registry of live engines, and joining workers without blocking a worker.
 //
 // A fiber must never block its OS thread, and joining an engine's workers blocks: they need the GIL
-// to stop (worker_stopped), and a worker keeps the GIL while it has fibers. So joins run on one
-// process-wide *reaper* thread (no Python thread state, no GIL), and whoever asked for the join
-// waits on a Boost.Fiber condition — suspending only its fiber on a worker, parking in slices on the
-// main thread. A dropped engine (its handle destroyed) is joined the same way and deleted after.
+// to stop (worker_stopped), and a worker keeps the GIL while it has fibers. So joins run on a
+// *join thread* of their own (no Python thread state, no GIL), and whoever asked for the join waits
+// on a Boost.Fiber condition — suspending only its fiber on a worker, parking in slices on the main
+// thread. A dropped engine (its handle destroyed) is joined the same way and deleted after.
 
 #include <condition_variable>
-#include <deque>
 #include <thread>
 #include <vector>
 
@@ -23,51 +22,72 @@ namespace {
 // Every EngineCore alive in this process. Guarded by the GIL.
 std::vector<EngineCore*>* g_registry = new std::vector<EngineCore*>;
 
-// The reaper. Heap-allocated and never destroyed: no static destructor may run while it waits.
+// Joins run on threads of their own, one per join: a body may shut down (or drop) an engine while
+// its own engine is being joined — the inner join must not queue behind the outer one, whose
+// worker waits for that body. A join thread is joined in turn by whoever waited for it (it has
+// nothing left to do but return), or, for a dropped engine, parked in `finished` and joined by the
+// next drop or by _wait_reaped(): no thread outlives its use, so thread counts return to baseline.
+// Heap-allocated and never destroyed: no static destructor may run while a join thread ends.
 struct Reaper {
   std::mutex mu;
-  std::condition_variable cv;       // work queued, or stop
-  std::condition_variable idle_cv;  // queue empty and nothing in hand
-  std::deque<EngineCore*> queue;
-  int busy = 0;                // engines being joined now
-  unsigned generation = 0;     // bumped to stop the current thread (once the queue is empty)
-  std::thread* thread = nullptr;
+  std::condition_variable idle_cv;    // active dropped to 0
+  int active = 0;                     // joins under way
+  std::vector<std::thread> finished;  // join threads of dropped engines: done, or about to be
 };
 Reaper* g_reaper = new Reaper;
 
-void reaper_main(Reaper* r, unsigned generation) {
-  std::unique_lock<std::mutex> lk(r->mu);
-  for (;;) {
-    r->cv.wait(lk, [r, generation] { return r->generation != generation || !r->queue.empty(); });
-    if (r->queue.empty()) return;  // stopped, nothing left (a newer thread takes later work)
-    EngineCore* eng = r->queue.front();
-    r->queue.pop_front();
-    ++r->busy;
-    lk.unlock();
-    eng->scheduler->join(/*switch_hooks=*/false);  // no Python state here: nothing to release
-    bool drop;
-    {
-      std::lock_guard<std::mutex> g(eng->join_mu);
-      eng->join_state = 2;
-      drop = eng->dropped;
-      eng->join_cv.notify_all();  // under the mutex: see Scheduler::join on Boost.Fiber wake-ups
-    }
-    if (drop) delete eng;  // Python-free: history holds core records only
-    lk.lock();
-    --r->busy;
-    if (r->queue.empty() && r->busy == 0) r->idle_cv.notify_all();
+void reap(Reaper* r, EngineCore* eng) {
+  eng->scheduler->join(/*switch_hooks=*/false);  // no Python state here: nothing to release
+  std::thread self;
+  bool drop;
+  {
+    std::lock_guard<std::mutex> g(eng->join_mu);
+    eng->join_state = 2;
+    drop = eng->dropped;
+    if (drop) self = std::move(eng->joiner);  // nobody waits for this engine any more
+    eng->join_cv.notify_all();  // under the mutex: see Scheduler::join on Boost.Fiber wake-ups
   }
+  if (drop) delete eng;  // Python-free: history holds core records only
+  std::lock_guard<std::mutex> g(r->mu);
+  if (self.joinable()) r->finished.push_back(std::move(self));
+  if (--r->active == 0) r->idle_cv.notify_all();
 }
 
-// start_join: hands eng's join to the reaper. eng->join_mu held, join_state was 0.
-void start_join(EngineCore* eng) {
-  eng->join_state = 1;
+// join_finished: joins the join threads of dropped engines that are done (each has at most a
+// mutex release and its return left: a brief wait, with nothing held that they need).
+void join_finished() {
+  std::vector<std::thread> done;
+  {
+    std::lock_guard<std::mutex> g(g_reaper->mu);
+    done.swap(g_reaper->finished);
+  }
+  for (std::thread& t : done) t.join();
+}
+
+// start_join: hands eng's join to a new join thread. eng->join_mu held, join_state was 0.
+// False if no thread could be started (join_state stays 0).
+bool start_join(EngineCore* eng) {
   eng->scheduler->close(false);
   Reaper* r = g_reaper;
-  std::lock_guard<std::mutex> g(r->mu);
-  if (!r->thread) r->thread = new std::thread(reaper_main, r, r->generation);
-  r->queue.push_back(eng);
-  r->cv.notify_one();
+  {
+    std::lock_guard<std::mutex> g(r->mu);
+    ++r->active;
+  }
+  try {
+    eng->joiner = std::thread(reap, r, eng);  // it needs join_mu, held here, to finish
+  } catch (...) {
+    std::lock_guard<std::mutex> g(r->mu);
+    if (--r->active == 0) r->idle_cv.notify_all();
+    return false;
+  }
+  eng->join_state = 1;
+  return true;
+}
+
+// take_joiner: the finished join thread of eng, to be joined by the caller (eng is joined).
+std::thread take_joiner(EngineCore* eng) {
+  std::lock_guard<std::mutex> g(eng->join_mu);
+  return std::move(eng->joiner);
 }
 
 // wait_joined: waits (GIL held on entry and exit, released while parked) until eng is joined.
@@ -98,25 +118,35 @@ int join_engine(EngineCore* eng) {
   {
     std::lock_guard<std::mutex> g(eng->join_mu);
     if (eng->join_state == 2) return 0;
-    if (eng->join_state == 0) start_join(eng);
+    if (eng->join_state == 0 && !start_join(eng)) {
+      PyErr_SetString(PyExc_RuntimeError, "cannot start a thread to join the engine's workers");
+      return -1;
+    }
   }
-  return wait_joined(eng, /*sliced=*/true);
+  if (wait_joined(eng, /*sliced=*/true) < 0) return -1;  // the join goes on; a later call ends it
+  std::thread t = take_joiner(eng);
+  if (t.joinable()) t.join();  // it only has to return: no thread outlives shutdown()
+  return 0;
 }
 
 void drop_engine(EngineCore* eng) {
   unregister_engine(eng);
+  join_finished();
   eng->scheduler->close(false);
   bool delete_now = false;
   bool join_here = false;
+  std::thread joiner;
   {
     std::lock_guard<std::mutex> g(eng->join_mu);
     if (eng->join_state == 2) {
       delete_now = true;
+      joiner = std::move(eng->joiner);  // set if the shutdown that joined was interrupted after
     } else if (eng->join_state == 1 || on_any_worker()) {
       // A join is under way (a shutdown interrupted by Ctrl-C), or this is a worker thread —
-      // possibly one of eng's own (its last execution was freed here): the reaper joins and deletes.
+      // possibly one of eng's own (its last execution was freed here): a join thread joins and
+      // deletes. Without a thread to be had, the engine is leaked (its workers park, idle).
       eng->dropped = true;
-      if (eng->join_state == 0) start_join(eng);
+      if (eng->join_state == 0) (void)start_join(eng);
     } else {
       join_here = true;  // a plain thread: join now, as before, with the GIL released
       eng->join_state = 1;
@@ -129,6 +159,7 @@ void drop_engine(EngineCore* eng) {
     eng->join_cv.notify_all();
     delete_now = true;
   }
+  if (joiner.joinable()) joiner.join();  // done: it only has to return
   if (delete_now) delete eng;
 }
 
@@ -170,27 +201,20 @@ PyObject* raw_on_own_worker(PyObject*, PyObject* capsule) {
   return PyBool_FromLong(eng->scheduler->on_worker());
 }
 
-// _wait_reaped(): waits until the reaper has joined (and deleted) every engine handed to it, then
-// stops its thread (a later drop starts a new one). The exit hook calls it before finalisation.
+// _wait_reaped(): waits until every join handed to a join thread is done (and dropped engines
+// deleted). The exit hook calls it before finalisation.
 PyObject* raw_wait_reaped(PyObject*, PyObject*) {
   if (on_any_worker()) {
     PyErr_SetString(PyExc_RuntimeError, "_wait_reaped() cannot be called from a task body");
     return nullptr;
   }
   Reaper* r = g_reaper;
-  std::thread* t = nullptr;
   Py_BEGIN_ALLOW_THREADS
   {
     std::unique_lock<std::mutex> lk(r->mu);
-    r->idle_cv.wait(lk, [r] { return r->queue.empty() && r->busy == 0; });
-    ++r->generation;
-    r->cv.notify_all();
-    t = std::exchange(r->thread, nullptr);
+    r->idle_cv.wait(lk, [r] { return r->active == 0; });
   }
-  if (t) {
-    t->join();
-    delete t;
-  }
+  join_finished();
   Py_END_ALLOW_THREADS
   Py_RETURN_NONE;
 }
@@ -207,8 +231,8 @@ PyMethodDef lifecycle_functions[] = {
 bool init_lifecycle(PyObject* module) { return PyModule_AddFunctions(module, lifecycle_functions) == 0; }
 
 void lifecycle_after_fork() {
-  // The reaper thread does not exist in the child, and its mutex may have been held at fork:
-  // forget it (leaked) and start afresh. Inherited engines stay registered; pid filters them out.
+  // The join threads do not exist in the child, and the mutex may have been held at fork: forget
+  // the state (leaked) and start afresh. Inherited engines stay registered; pid filters them out.
   g_reaper = new Reaper;
 }
 

@@ -56,8 +56,8 @@ class EngineHandle {
   }
 
   // The handle dies when neither the Engine object nor any Execution refers to its capsule: every
-  // execution it ran is finished. Its workers are joined — here on a plain thread, on the reaper
-  // thread when this is a worker (of this engine, or of another one: a fiber never joins threads).
+  // execution it ran is finished. Its workers are joined — here on a plain thread, on a join thread
+  // when this is a worker (of this engine, or of another one: a fiber never joins threads).
   ~EngineHandle() {
     Scheduler* s = core_->scheduler.get();
     if (!s) return;

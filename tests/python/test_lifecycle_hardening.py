@@ -187,6 +187,33 @@ def test_two_engines_shutting_each_other_down_from_their_bodies():
     assert proc.stdout.startswith("succeeded True")
 
 
+def test_a_cancelled_body_shutting_down_an_inner_engine_while_its_own_engine_is_joined():
+    """shutdown(cancel_running=True) finishes the outer body at once, so the outer engine's join
+    starts while that body still unwinds — through `with Engine() as inner:`, whose shutdown needs
+    a join of its own. It must not wait behind the outer one (one shared join thread deadlocked)."""
+    proc = run_python(
+        """
+        import threading, distaff
+        outer = distaff.Engine()
+        started = threading.Event()
+
+        def body():
+            with distaff.Engine() as inner:
+                started.set()
+                inner.submit(distaff.sleep, 600).result()  # a child: cancelled with its parent
+
+        ex = outer.submit(body)
+        started.wait(30)
+        outer.shutdown(cancel_running=True)
+        print(ex.state, outer.stats()["threads"], flush=True)
+        """,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("cancelled 0"), proc.stdout
+    assert_no_crash(proc)
+
+
 # -- item 5: dropped engines with work running ------------------------------------------------------------
 
 
@@ -252,8 +279,8 @@ def test_dropped_busy_engines_release_their_threads():
         print("peak threads", threads(), flush=True)
         assert all_done.wait(60)
         # The last reference to each engine goes when its execution is freed, on its own worker:
-        # the reaper thread joins those workers. Wait until every engine is joined (a condition
-        # polled with a deadline), then for the reaper.
+        # a join thread joins those workers. Wait until every engine is joined (a condition polled
+        # with a deadline), then for the join threads.
         deadline = time.monotonic() + 60
         while _core._open_engines():
             assert time.monotonic() < deadline, len(_core._open_engines())
