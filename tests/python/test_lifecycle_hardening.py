@@ -343,7 +343,7 @@ def test_shutdown_returns_while_a_thread_keeps_submitting():
         def feeder():
             while True:
                 try:
-                    e.submit(time.sleep, 0.001)
+                    e.submit(distaff.sleep, 0.01)  # overlapping: the engine is never idle
                 except distaff.ShutdownError as exc:
                     refused.append(str(exc))
                     return
@@ -375,7 +375,7 @@ def test_a_daemon_thread_feeding_the_default_engine_does_not_keep_the_process_al
 
         @distaff.task
         def tick(i):
-            distaff.sleep(0.001)
+            distaff.sleep(0.01)  # overlapping: the engine is never idle while fed
 
         started = threading.Event()
 
