@@ -136,6 +136,10 @@ int wait_for_outcome(PyExecution* pe, PyObject* timeout) {
     PyObject* exc = fetch_exception();
     terminate(pe, State::cancelled, nullptr, CancelledError);
     if (PyErr_Occurred()) PyErr_WriteUnraisable(reinterpret_cast<PyObject*>(pe));
+    if (!exc) {  // (a signal handler's failure always carries an exception; kept safe all the same)
+      PyErr_SetString(InternalError, "a signal interrupted the wait without an exception");
+      return kError;
+    }
 #if PY_VERSION_HEX >= 0x030C0000
     PyErr_SetRaisedException(exc);
 #else

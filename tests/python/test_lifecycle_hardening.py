@@ -157,6 +157,7 @@ def test_an_engine_garbage_collected_in_a_body_of_another_one():
             v = local.submit(lambda: i + 1).result()
             local.submit(distaff.sleep, 0.02)  # still running when `local` is dropped
             del local
+            distaff.Engine(max_workers=4)  # and one dropped at once, with no work at all
             gc.collect()
             return v
 
