@@ -190,6 +190,9 @@ bool init_wait(PyObject* module);
 // register_engine/unregister_engine: every EngineCore alive in this process, so the exit hook reaches
 // engines whose Engine object was dropped while their work runs. GIL held.
 void register_engine(EngineCore* eng);
+// engines_refused: the exit hook refuses new engines here (outside bodies once it began, everywhere
+// once every engine is stopped). GIL held.
+bool engines_refused();
 void unregister_engine(EngineCore* eng);
 // join_engine: joins the engine's workers without ever blocking a worker thread: the join runs on
 // a join thread of its own, and the caller waits on a fiber-aware condition (a fiber suspends, the

@@ -6,6 +6,7 @@
 // on a Boost.Fiber condition — suspending only its fiber on a worker, parking in slices on the main
 // thread. A dropped engine (its handle destroyed) is joined the same way and deleted after.
 
+#include <algorithm>
 #include <condition_variable>
 #include <thread>
 #include <vector>
@@ -21,6 +22,10 @@ namespace {
 
 // Every EngineCore alive in this process. Guarded by the GIL.
 std::vector<EngineCore*>* g_registry = new std::vector<EngineCore*>;
+// Set by the exit hook: 1 once it begins — only bodies may still create engines (a workflow running
+// at exit may use one); 2 once no engine is left — none at all. An engine a daemon thread created
+// after that would run bodies during finalisation. Guarded by the GIL.
+int g_refuse_engines = 0;
 
 // Joins run on threads of their own, one per join: a body may shut down (or drop) an engine while
 // its own engine is being joined — the inner join must not queue behind the outer one, whose
@@ -110,6 +115,11 @@ int wait_joined(EngineCore* eng, bool sliced) {
 
 }  // namespace
 
+bool engines_refused() {
+  if (g_refuse_engines == 0) return false;
+  return g_refuse_engines == 2 || !(on_any_worker() || current_execution());
+}
+
 void register_engine(EngineCore* eng) { g_registry->push_back(eng); }
 
 void unregister_engine(EngineCore* eng) { std::erase(*g_registry, eng); }
@@ -185,6 +195,15 @@ PyObject* raw_open_engines(PyObject*, PyObject*) {
   return out;
 }
 
+// _refuse_new_engines(level): from now on Engine() raises ShutdownError — outside bodies (1), or
+// everywhere (2). The exit hook calls it.
+PyObject* raw_refuse_new_engines(PyObject*, PyObject* level) {
+  const long v = PyLong_AsLong(level);
+  if (v == -1 && PyErr_Occurred()) return nullptr;
+  g_refuse_engines = std::max(g_refuse_engines, static_cast<int>(v));
+  Py_RETURN_NONE;
+}
+
 // engine_live(capsule) -> (live, fibers): unfinished executions of that engine, and bodies still
 // on a fiber (a cancelled body stuck in C code is finished, yet still running).
 PyObject* raw_engine_live(PyObject*, PyObject* capsule) {
@@ -224,6 +243,7 @@ PyMethodDef lifecycle_functions[] = {
     {"engine_live", &raw_engine_live, METH_O, "engine_live(engine) -> unfinished executions"},
     {"on_own_worker", &raw_on_own_worker, METH_O, "on_own_worker(engine) -> running on its worker"},
     {"_wait_reaped", &raw_wait_reaped, METH_NOARGS, "wait until dropped engines are joined"},
+    {"_refuse_new_engines", &raw_refuse_new_engines, METH_O, "Engine() raises from now on (exit)"},
     {nullptr, nullptr, 0, nullptr}};
 
 }  // namespace
@@ -234,6 +254,7 @@ void lifecycle_after_fork() {
   // The join threads do not exist in the child, and the mutex may have been held at fork: forget
   // the state (leaked) and start afresh. Inherited engines stay registered; pid filters them out.
   g_reaper = new Reaper;
+  g_refuse_engines = 0;
 }
 
 }  // namespace distaff::py

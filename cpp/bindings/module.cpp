@@ -30,6 +30,10 @@ class EngineHandle {
  public:
   EngineHandle(unsigned workers, unsigned max_workers, std::size_t stack_size, std::size_t history)
       : core_(new EngineCore) {
+    if (engines_refused()) {
+      PyErr_SetString(distaff::py::ShutdownError, "the interpreter is exiting: no new engine can start");
+      throw pyb::error_already_set();
+    }
     if (workers == 0 || workers > 1024) throw pyb::value_error("workers must be between 1 and 1024");
     if (max_workers < workers || max_workers > 1024) {
       throw pyb::value_error("max_workers must be between workers and 1024");

@@ -14,6 +14,7 @@ import weakref
 from typing import Any, Callable
 
 from . import _core
+from ._errors import ShutdownError
 from ._task import _MISSING, Task, _decorator
 
 logger = logging.getLogger("distaff")
@@ -21,6 +22,7 @@ logger = logging.getLogger("distaff")
 _engines: "weakref.WeakSet[Engine]" = weakref.WeakSet()
 _default: "Engine | None" = None
 _default_lock = threading.Lock()
+_exiting = False  # the exit hook has begun
 
 
 class Engine:
@@ -333,6 +335,8 @@ def default_engine() -> Engine:
         return eng
     with _default_lock:
         if _default is None or _default._closed:
+            if _exiting:  # the exit is shutting the default engine down: no new one replaces it
+                raise ShutdownError("the interpreter is exiting: the default engine is shut down")
             _default = Engine()
         return _default
 
@@ -464,6 +468,9 @@ def _shutdown_at_exit() -> None:
     # concurrent.futures), or cancels it after an interruption (see _ExitWait).
     import signal
 
+    global _exiting
+    _exiting = True  # no new default engine from now on (default_engine)
+    _core._refuse_new_engines(1)  # nor a new engine, except in a body (a workflow running at exit)
     w = _ExitWait()
     try:
         previous = signal.signal(signal.SIGINT, w.on_sigint)
@@ -472,12 +479,19 @@ def _shutdown_at_exit() -> None:
     try:
         if _program_interrupted():
             w.cancelling = True  # one Ctrl-C ends the program: its work does not keep it alive
-            logger.warning("distaff: the program was interrupted; cancelling outstanding executions")
+            if any(max(_core.engine_live(c)) for c in _core._open_engines()):
+                logger.warning("distaff: the program was interrupted; cancelling outstanding executions")
         while True:
             try:
                 engines = {id(e._capsule): e for e in list(_engines) if e._capsule is not None}
                 capsules = _core._open_engines()
                 if not capsules:
+                    # None left: refuse new ones (a daemon thread would start bodies that run
+                    # during finalisation), then make sure none slipped in before that.
+                    _core._refuse_new_engines(2)
+                    if _core._open_engines():
+                        continue
+                    _core._wait_reaped()  # dropped engines: their workers joined
                     break
                 for capsule in capsules:
                     _stop_engine_at_exit(capsule, w)
@@ -485,7 +499,6 @@ def _shutdown_at_exit() -> None:
                     if eng is not None:
                         eng._closed = eng._joined = True
                         eng._stop_event_loop()
-                _core._wait_reaped()  # dropped engines: their workers joined
             except BaseException as e:  # noqa: B036 — a signal handler raised outside the wait
                 w.armed = False
                 w.interrupted(e)
@@ -515,8 +528,9 @@ def _shutdown_at_exit() -> None:
 def _after_fork_in_child() -> None:
     # Worker threads do not survive fork(). Engines from the parent refuse work with a clear
     # error (Engine._submit); the default engine is re-created on next use.
-    global _default
+    global _default, _exiting
     _default = None
+    _exiting = False
     _core._after_fork_in_child()
     for eng in list(_engines):
         eng._capsule = None  # _core.submit raises ShutdownError naming fork

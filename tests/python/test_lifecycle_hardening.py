@@ -439,6 +439,8 @@ def test_a_workflow_running_at_exit_can_still_submit_and_wait_for_its_steps():
             distaff.sleep(0.1)  # the exit's shutdown begins meanwhile
             parts = [step.submit(i) for i in range(3)]
             print("steps", sum(p.result() for p in parts) + step(10), flush=True)
+            with distaff.Engine() as inner:  # a body may still start an engine of its own
+                print("inner", inner.submit(lambda: 7).result(), flush=True)
 
         flow.submit()
         """,
@@ -446,6 +448,32 @@ def test_a_workflow_running_at_exit_can_still_submit_and_wait_for_its_steps():
     )
     assert proc.returncode == 0, proc.stderr
     assert "steps 13" in proc.stdout
+    assert "inner 7" in proc.stdout
+
+
+def test_a_daemon_thread_creating_engines_during_the_exit_neither_keeps_it_alive_nor_aborts():
+    proc = run_python(
+        """
+        import threading, distaff
+        started = threading.Event()
+
+        def creator():
+            while True:
+                try:
+                    e = distaff.Engine()
+                    e.submit(distaff.sleep, 0.01)  # dropped busy: runs on until it is done
+                except distaff.ShutdownError:
+                    pass  # the interpreter is exiting: refused
+                started.set()
+
+        threading.Thread(target=creator, daemon=True).start()
+        started.wait(30)
+        print("exiting", flush=True)
+        """,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert_no_crash(proc)
 
 
 def test_concurrent_shutdowns_all_return():
