@@ -574,6 +574,28 @@ def test_sigterm_handler_raising_system_exit_during_the_exit_wait(body):
     assert "body ended" in out, (out, err)
 
 
+def test_sigterm_handler_raising_system_exit_in_a_blocking_call_cancels_what_it_waited_for():
+    script = """
+    import signal, sys, distaff
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+    @distaff.task
+    def long_job():
+        print("ready", flush=True)
+        try:
+            distaff.sleep(600)
+        finally:
+            print("job ended", flush=True)
+
+    long_job()
+    """
+    rc, out, err = _signalled(script, [("out:ready", signal.SIGTERM)], timeout=30)
+    assert rc == 143, (rc, err)
+    assert "job ended" in out
+    assert EXIT_WAIT not in err  # cancelled with the call: nothing left for the exit to wait for
+    assert_no_crash(err)
+
+
 def test_a_second_sigterm_leaves_a_body_stuck_in_c_and_keeps_the_exit_status():
     script = """
     import signal, sys, time, distaff
