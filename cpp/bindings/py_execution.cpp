@@ -731,10 +731,8 @@ bool complete(PyExecution* pe, State state, PyObject* value) {
   // While the engine shuts down, children submitted late (see submit_impl) do not outlive their
   // parent: read them now, finishing releases the child records.
   std::vector<ExecutionRef> kids;
-  if (pe->engine) {
-    EngineCore* eng = engine_from_capsule(pe->engine);
-    if (eng && eng->closing.load(std::memory_order_acquire)) kids = c->children();
-  }
+  EngineCore* eng = pe->engine ? engine_from_capsule(pe->engine) : nullptr;
+  if (eng && eng->closing.load(std::memory_order_acquire)) kids = c->children();
   if (state == State::succeeded) {
     if (value && PyObject_IS_GC(value) && PyObject_GC_IsTracked(value)) track(pe);
     Py_XSETREF(pe->result, value);
@@ -752,9 +750,7 @@ bool complete(PyExecution* pe, State state, PyObject* value) {
                                                   : c->finish(state);
   if (!finished) return false;
   if (pe->timer_id) disarm_timeout(pe);
-  if (pe->engine) {
-    if (EngineCore* eng = engine_from_capsule(pe->engine)) eng->remember(ExecutionRef(c));
-  }
+  if (eng) eng->remember(ExecutionRef(c));
   if (PyObject* cbs = pe->callbacks) {
     pe->callbacks = nullptr;
     PyObject* self = reinterpret_cast<PyObject*>(pe);
