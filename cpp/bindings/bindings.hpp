@@ -9,6 +9,9 @@
 #include <memory>
 #include <string>
 #include <mutex>
+#include <thread>
+
+#include <sys/types.h>
 
 #include "distaff/execution.hpp"
 #include "distaff/scheduler.hpp"
@@ -20,7 +23,19 @@ namespace distaff::py {
 struct EngineCore {
   std::unique_ptr<Scheduler> scheduler;
   std::size_t stack_size = 0;
-  PyObject* capsule = nullptr;  // borrowed: the capsule that names this engine to raw functions
+  // Borrowed: the capsule that names this engine to raw functions; cleared by its destructor.
+  PyObject* capsule = nullptr;
+  pid_t pid = 0;  // the process whose threads these are (a forked child has none of them)
+  // shutdown() began: the engine admits only children of its own running bodies, and cancels
+  // those "late" children when their parent finishes (closing happens before the wait).
+  std::atomic<bool> closing{false};
+  // Joining the workers (lifecycle.cpp). join_state: 0 not started, 1 under way (on a join
+  // thread), 2 done. `dropped`: the handle is gone; whoever ends the join deletes this object.
+  std::mutex join_mu;
+  boost::fibers::condition_variable_any join_cv;
+  int join_state = 0;
+  bool dropped = false;
+  std::thread joiner;  // the join thread, until whoever waited for it (or the drop) joins it
   // Finished executions kept for engine.graph(): a bounded history, newest last.
   std::mutex history_mu;
   std::vector<ExecutionRef> history;
@@ -53,6 +68,7 @@ struct PyExecution {
   unsigned char observed;    // someone retrieved the exception
   unsigned char forwarding;  // `result` holds the execution this one follows
   unsigned char detached;    // not cancelled with its parent
+  unsigned char late;        // submitted by a body while its engine was shutting down
   unsigned fork_generation;  // g_fork_generation when created: waits from a forked child fail
 };
 
@@ -163,7 +179,8 @@ bool parse_timeout(PyObject* timeout, Clock::time_point& deadline);
 // wait_sliced: runs `park(deadline)` (true when the awaited condition holds) as the calling context
 // requires: a fiber or a plain thread parks once; the main thread parks in short slices and runs
 // signal handlers between them (Ctrl-C). Returns 0 when the condition holds, 1 on timeout, -1 with a
-// Python error set (KeyboardInterrupt, or a translated C++ error). GIL held on entry and exit.
+// Python error set (a translated C++ error), -2 with the exception a signal handler raised set
+// (KeyboardInterrupt, or what a user's handler raised). GIL held on entry and exit.
 template <class Park>
 int wait_sliced(Park&& park, Clock::time_point deadline);
 bool on_main_thread();
@@ -178,7 +195,7 @@ int wait_sliced(Park&& park, Clock::time_point deadline) {
       auto slice = (deadline - now > kSignalSlice) ? now + kSignalSlice : deadline;
       if (park(slice)) return 0;
       if (Clock::now() >= deadline) return 1;
-      if (PyErr_CheckSignals() < 0) return -1;
+      if (PyErr_CheckSignals() < 0) return -2;
     }
   } catch (...) {
     translate_current_exception();
@@ -187,5 +204,25 @@ int wait_sliced(Park&& park, Clock::time_point deadline) {
 }
 
 bool init_wait(PyObject* module);
+
+// ---- engine lifecycle (lifecycle.cpp) ---------------------------------------------------------------
+// register_engine/unregister_engine: every EngineCore alive in this process, so the exit hook reaches
+// engines whose Engine object was dropped while their work runs. GIL held.
+void register_engine(EngineCore* eng);
+// engines_refused: the exit hook refuses new engines here (outside bodies once it began, everywhere
+// once every engine is stopped). GIL held.
+bool engines_refused();
+void unregister_engine(EngineCore* eng);
+// join_engine: joins the engine's workers without ever blocking a worker thread: the join runs on
+// a join thread of its own, and the caller waits on a fiber-aware condition (a fiber suspends, the
+// main thread waits in slices and honours Ctrl-C). Idempotent; concurrent callers all wait for the
+// one join. GIL held; returns 0, or -1 with a Python error set (then the join goes on regardless).
+int join_engine(EngineCore* eng);
+// drop_engine: the engine's handle is being destroyed (GIL held): close it and join its workers, on
+// a join thread when called from any worker (a fiber must never join threads), or here
+// otherwise; the EngineCore is deleted once joined.
+void drop_engine(EngineCore* eng);
+bool init_lifecycle(PyObject* module);
+void lifecycle_after_fork();
 
 }  // namespace distaff::py

@@ -16,6 +16,11 @@ namespace {
 
 void capsule_destructor(PyObject* capsule) {
   // The capsule keeps the owning pybind11 object alive (its context).
+  if (auto* eng = static_cast<EngineCore*>(PyCapsule_GetPointer(capsule, "distaff.EngineCore"))) {
+    if (eng->capsule == capsule) eng->capsule = nullptr;
+  } else {
+    PyErr_Clear();
+  }
   Py_XDECREF(static_cast<PyObject*>(PyCapsule_GetContext(capsule)));
 }
 
@@ -25,6 +30,10 @@ class EngineHandle {
  public:
   EngineHandle(unsigned workers, unsigned max_workers, std::size_t stack_size, std::size_t history)
       : core_(new EngineCore) {
+    if (engines_refused()) {
+      PyErr_SetString(distaff::py::ShutdownError, "the interpreter is exiting: no new engine can start");
+      throw pyb::error_already_set();
+    }
     if (workers == 0 || workers > 1024) throw pyb::value_error("workers must be between 1 and 1024");
     if (max_workers < workers || max_workers > 1024) {
       throw pyb::value_error("max_workers must be between workers and 1024");
@@ -49,31 +58,36 @@ class EngineHandle {
     o.on_worker_idle = [](unsigned) { worker_idle(); };
     o.on_worker_block = [] { release_held_gil(); };
     core_->scheduler = std::make_unique<Scheduler>(std::move(o));
+    core_->pid = getpid();
+    register_engine(core_.get());
   }
 
+  // The handle dies when neither the Engine object nor any Execution refers to its capsule: every
+  // execution it ran is finished. Its workers are joined — here on a plain thread, on a join thread
+  // when this is a worker (of this engine, or of another one: a fiber never joins threads).
   ~EngineHandle() {
     Scheduler* s = core_->scheduler.get();
     if (!s) return;
-    if (interpreter_finalizing() || s->on_worker() || getpid() != pid_) {
-      // Rule 7: no destructor may join once finalisation began, nor from the engine's own worker;
-      // nor in a forked child, where its threads (workers, the elastic monitor) do not exist.
+    if (interpreter_finalizing() || getpid() != core_->pid) {
+      // Rule 7: no destructor may join once finalisation began; nor in a forked child, where its
+      // threads (workers, the elastic monitor) do not exist.
+      unregister_engine(core_.get());
       (void)core_->scheduler.release();
       (void)core_.release();
       return;
     }
-    s->close(false);
-    s->join();  // releases the GIL while joining (switch hooks)
+    drop_engine(core_.release());
   }
 
   pyb::object capsule(pyb::object self) {
-    if (!capsule_) {
+    if (!core_->capsule) {
       PyObject* c = PyCapsule_New(core_.get(), "distaff.EngineCore", &capsule_destructor);
       if (!c) throw pyb::error_already_set();
       PyCapsule_SetContext(c, self.inc_ref().ptr());
-      capsule_ = c;  // the handle does not own the capsule (that would be a cycle)
+      core_->capsule = c;  // the handle does not own the capsule (that would be a cycle)
       return pyb::reinterpret_steal<pyb::object>(c);
     }
-    return pyb::reinterpret_borrow<pyb::object>(capsule_);
+    return pyb::reinterpret_borrow<pyb::object>(core_->capsule);
   }
 
   pyb::dict stats() const {
@@ -86,7 +100,7 @@ class EngineHandle {
     d["workers"] = core_->scheduler->workers();
     d["threads"] = s.threads;
     d["grown"] = s.grown;
-    d["closed"] = core_->scheduler->closed();
+    d["closed"] = core_->scheduler->closed() || core_->closing.load();
     return d;
   }
 
@@ -117,8 +131,6 @@ class EngineHandle {
 
  private:
   std::unique_ptr<EngineCore> core_;
-  PyObject* capsule_ = nullptr;
-  pid_t pid_ = getpid();  // the process whose threads these are
 };
 
 }  // namespace
@@ -131,6 +143,7 @@ PYBIND11_MODULE(_core, m) {
   if (PyModule_AddFunctions(m.ptr(), raw_functions) < 0) throw pyb::error_already_set();
   if (!init_wait(m.ptr())) throw pyb::error_already_set();
   if (!init_submitter(m.ptr())) throw pyb::error_already_set();
+  if (!init_lifecycle(m.ptr())) throw pyb::error_already_set();
 
   pyb::class_<EngineHandle>(m, "EngineCore")
       .def(pyb::init<unsigned, unsigned, std::size_t, std::size_t>(), pyb::arg("workers"),

@@ -86,7 +86,7 @@ inline PyExecution* as_pe(PyObject* o) { return reinterpret_cast<PyExecution*>(o
 
 // ---- waiting ------------------------------------------------------------------------------------
 
-enum WaitOutcome { kDone = 0, kTimeout = 1, kInterrupted = 2, kError = -1 };
+enum WaitOutcome { kDone = 0, kTimeout = 1, kInterrupted = 2, kError = -1, kSignal = -2 };
 
 }  // namespace
 
@@ -199,6 +199,7 @@ int wait_core(Execution* target, Clock::time_point deadline) {
         return st != WaitStatus::timeout;
       },
       deadline);
+  if (r == -2) return kSignal;
   if (r < 0) return kError;
   if (r == 1) return kTimeout;
   // Woken because the target finished — but if the waiter itself was cancelled or timed out
@@ -218,6 +219,25 @@ int wait_for_outcome(PyExecution* pe, PyObject* timeout) {
   Clock::time_point deadline;
   if (!parse_timeout(timeout, deadline)) return kError;
   int r = wait_core(pe->core, deadline);
+  if (r == kSignal) {
+    // A signal handler raised (Ctrl-C) while the main thread waited for this execution: like
+    // asyncio.run cancelling its main task, the execution is cancelled with its tree, so the
+    // interrupted program does not leave it running (nor the exit waiting for it). Only a wait that
+    // a signal ended does this; a timeout that expired leaves the execution running.
+    PyObject* exc = fetch_exception();
+    terminate(pe, State::cancelled, nullptr, CancelledError);
+    if (PyErr_Occurred()) PyErr_WriteUnraisable(reinterpret_cast<PyObject*>(pe));
+    if (!exc) {  // (a signal handler's failure always carries an exception; kept safe all the same)
+      PyErr_SetString(InternalError, "a signal interrupted the wait without an exception");
+      return kError;
+    }
+#if PY_VERSION_HEX >= 0x030C0000
+    PyErr_SetRaisedException(exc);
+#else
+    PyErr_Restore(Py_NewRef(reinterpret_cast<PyObject*>(Py_TYPE(exc))), exc, PyException_GetTraceback(exc));
+#endif
+    return kError;
+  }
   if (r == kTimeout) {
     PyErr_Format(PyExc_TimeoutError, "execution %llu (%s) did not finish within the timeout",
                  static_cast<unsigned long long>(pe->core->id()), pe->core->name().c_str());
@@ -856,6 +876,7 @@ PyExecution* new_virtual_execution(const std::string& name, Kind kind) {
   pe->observed = 0;
   pe->forwarding = 0;
   pe->detached = 0;
+  pe->late = 0;
   pe->fork_generation = g_fork_generation;
   pe->core->set_payload(pe);
   return pe;  // untracked until it holds something cyclic (see track())
@@ -950,6 +971,11 @@ bool complete(PyExecution* pe, State state, PyObject* value) {
     Py_XDECREF(value);
     return false;
   }
+  // While the engine shuts down, children submitted late (see submit_impl) do not outlive their
+  // parent: read them now, finishing releases the child records.
+  std::vector<ExecutionRef> kids;
+  EngineCore* eng = pe->engine ? engine_from_capsule(pe->engine) : nullptr;
+  if (eng && eng->closing.load(std::memory_order_acquire)) kids = c->children();
   if (state == State::succeeded) {
     if (value && PyObject_IS_GC(value) && PyObject_GC_IsTracked(value)) track(pe);
     Py_XSETREF(pe->result, value);
@@ -967,9 +993,7 @@ bool complete(PyExecution* pe, State state, PyObject* value) {
                                                   : c->finish(state);
   if (!finished) return false;
   if (pe->timer_id) disarm_timeout(pe);
-  if (pe->engine) {
-    if (EngineCore* eng = engine_from_capsule(pe->engine)) eng->remember(ExecutionRef(c));
-  }
+  if (eng) eng->remember(ExecutionRef(c));
   if (PyObject* cbs = pe->callbacks) {
     pe->callbacks = nullptr;
     PyObject* self = reinterpret_cast<PyObject*>(pe);
@@ -977,6 +1001,10 @@ bool complete(PyExecution* pe, State state, PyObject* value) {
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(cbs); ++i) run_callback(PyList_GET_ITEM(cbs, i), self);
     Py_DECREF(self);
     Py_DECREF(cbs);
+  }
+  for (ExecutionRef& k : kids) {
+    auto* p = static_cast<PyExecution*>(k->payload());
+    if (p && p->late && !p->detached && !k->done()) terminate(p, State::cancelled, nullptr, CancelledError);
   }
   return true;
 }
@@ -1184,6 +1212,22 @@ PyObject* submit_impl(PyObject* capsule, PyObject* fn, PyObject* name, long flag
     PyErr_SetString(ShutdownError, "cannot submit to an engine that is shut down");
     return nullptr;
   }
+  // A shutting-down engine admits only children of its own running bodies (a workflow finishing
+  // its steps); they are "late", and cancelled if their parent finishes first (complete()), so
+  // work that keeps rescheduling itself cannot keep the engine — or the exit — waiting forever.
+  bool late = false;
+  if (eng->closing.load(std::memory_order_acquire)) {
+    Execution* p = current_execution();
+    if (!p) p = async_current();
+    auto* ppe = p ? static_cast<PyExecution*>(p->payload()) : nullptr;
+    if (!ppe || ppe->engine != capsule || p->done() || (flags & 2)) {
+      PyErr_SetString(ShutdownError,
+                      "cannot submit to an engine that is shutting down (only its running bodies may still "
+                      "submit children, and not detached ones)");
+      return nullptr;
+    }
+    late = true;
+  }
   Py_ssize_t name_len;
   const char* name_utf8 = PyUnicode_AsUTF8AndSize(name, &name_len);
   if (!name_utf8) return nullptr;
@@ -1236,6 +1280,7 @@ PyObject* submit_impl(PyObject* capsule, PyObject* fn, PyObject* name, long flag
   pe->observed = 0;
   pe->forwarding = 0;
   pe->detached = 0;
+  pe->late = late ? 1 : 0;
   pe->fork_generation = g_fork_generation;
   PyObject* self = reinterpret_cast<PyObject*>(pe);
   if (failed_copy) {
@@ -1298,6 +1343,15 @@ PyObject* submit_impl(PyObject* capsule, PyObject* fn, PyObject* name, long flag
 
 namespace {
 
+// own_body: the caller is a body of this engine — on one of its workers, or an async def body of it
+// running on an event loop. It cannot wait for the engine to become idle, nor shut it down.
+bool own_body(PyObject* capsule, Scheduler* s) {
+  if (s->on_worker()) return true;
+  Execution* a = async_current();
+  auto* pe = a ? static_cast<PyExecution*>(a->payload()) : nullptr;
+  return pe && pe->engine == capsule && !a->done();
+}
+
 // shutdown(capsule, wait, cancel): see distaff.Engine.shutdown. cancel: 0 nothing, 1 what has not
 // started, 2 also the bodies running now.
 PyObject* raw_shutdown(PyObject*, PyObject* const* a, Py_ssize_t n) {
@@ -1308,13 +1362,16 @@ PyObject* raw_shutdown(PyObject*, PyObject* const* a, Py_ssize_t n) {
   EngineCore* eng = engine_from_capsule(a[0]);
   if (!eng) return nullptr;
   Scheduler* s = eng->scheduler.get();
-  if (s->on_worker()) {
+  if (own_body(a[0], s)) {
     PyErr_SetString(PyExc_RuntimeError, "an engine cannot be shut down from one of its own tasks");
     return nullptr;
   }
   const bool wait = PyObject_IsTrue(a[1]);
   const long cancel = PyLong_AsLong(a[2]);
   if (cancel == -1 && PyErr_Occurred()) return nullptr;
+  // First stop accepting work (only the running bodies' own children are still admitted), then
+  // cancel and wait: a thread that keeps submitting cannot keep shutdown() waiting.
+  eng->closing.store(true, std::memory_order_release);
   try {
     if (cancel >= 1) {
       // Cancel first, so waiting only covers what is already running.
@@ -1323,18 +1380,17 @@ PyObject* raw_shutdown(PyObject*, PyObject* const* a, Py_ssize_t n) {
       }
     }
     if (cancel >= 2) cancel_running(a[0]);
-    if (wait) {
-      const bool main_thread = on_main_thread();
-      while (!s->wait_idle_until(main_thread ? Clock::now() + kSignalSlice : Clock::time_point::max())) {
-        if (PyErr_CheckSignals() < 0) return nullptr;  // the engine stays usable
-      }
+    if (!wait) Py_RETURN_NONE;  // the work goes on; the workers are joined later (or at exit)
+    const bool main_thread = on_main_thread();
+    while (!s->wait_idle_until(main_thread ? Clock::now() + kSignalSlice : Clock::time_point::max())) {
+      if (PyErr_CheckSignals() < 0) return nullptr;  // closed, its work still running
     }
     s->close(false);
-    if (wait) s->join();
   } catch (...) {
     translate_current_exception();
     return nullptr;
   }
+  if (join_engine(eng) < 0) return nullptr;
   Py_RETURN_NONE;
 }
 
@@ -1350,6 +1406,11 @@ PyObject* raw_wait_idle(PyObject*, PyObject* const* a, Py_ssize_t n) {
   }
   EngineCore* eng = engine_from_capsule(a[0]);
   if (!eng) return nullptr;
+  if (own_body(a[0], eng->scheduler.get())) {
+    // Its own execution is live until it returns: the engine can never be idle while it waits.
+    PyErr_SetString(DeadlockError, "an engine cannot wait until it is idle from one of its own tasks");
+    return nullptr;
+  }
   Clock::time_point deadline;
   if (!parse_timeout(a[1], deadline)) return nullptr;
   try {
@@ -1520,6 +1581,7 @@ PyObject* raw_after_fork(PyObject*, PyObject*) {
   g_running = nullptr;  // those bodies' fibers do not exist here
   g_forwarding = nullptr;
   ++g_fork_generation;
+  lifecycle_after_fork();
   Py_RETURN_NONE;
 }
 

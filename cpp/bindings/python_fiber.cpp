@@ -93,6 +93,8 @@ void prepare_for_reuse(PyThreadState* ts) {
 
 }  // namespace
 
+bool on_any_worker() { return tl_worker_py != nullptr; }
+
 bool interpreter_finalizing() {
 #if PY_VERSION_HEX >= 0x030D0000
   return Py_IsFinalizing();

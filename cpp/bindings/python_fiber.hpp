@@ -59,6 +59,9 @@ void release_fiber_state(FiberState& fs);
 // install_tracer: installs `trace` (a sys.settrace callable) in the current fiber. GIL held.
 void install_tracer(PyObject* trace);
 
+// on_any_worker: true on a worker thread of any engine (fibers run here: never block it).
+bool on_any_worker();
+
 // interpreter_finalizing: true once Py_Finalize has begun (workers must not take the GIL then).
 bool interpreter_finalizing();
 

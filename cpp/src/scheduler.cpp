@@ -1,6 +1,7 @@
 #include "distaff/scheduler.hpp"
 
 #include <algorithm>
+#include <optional>
 #include <unordered_set>
 
 #include <cxxabi.h>
@@ -488,10 +489,17 @@ std::vector<ExecutionRef> Scheduler::close(bool drain) {
   return out;
 }
 
-void Scheduler::join() {
+void Scheduler::join(bool switch_hooks) {
   DISTAFF_ASSERT(!on_worker());
   if (on_worker()) throw std::logic_error("Scheduler::join called from one of its own workers");
   closed_.store(true, std::memory_order_release);
+  if (joined_.load(std::memory_order_acquire)) return;
+  // The hooks run before join_mu_ is taken: a second joiner waits for the first one with the GIL
+  // released, since the workers the first one joins may need it to finish.
+  std::optional<detail::SuspendScope> suspend;
+  if (switch_hooks) suspend.emplace();
+  std::lock_guard<std::mutex> joining(join_mu_);
+  if (joined_.load(std::memory_order_acquire)) return;
   {
     std::lock_guard<std::mutex> g(monitor_mu_);
     monitor_stop_ = true;
@@ -509,10 +517,10 @@ void Scheduler::join() {
     w->parked = false;
     w->cv.notify_one();
   }
-  detail::SuspendScope suspend;
   for (auto& w : workers_) {
     if (w->thread.joinable()) w->thread.join();
   }
+  joined_.store(true, std::memory_order_release);
 }
 
 }  // namespace distaff

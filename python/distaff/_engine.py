@@ -8,11 +8,13 @@ import contextvars
 import gc
 import logging
 import os
+import sys
 import threading
 import weakref
 from typing import Any, Callable
 
 from . import _asyncio, _core, _validate
+from ._errors import ShutdownError
 from ._task import _MISSING, Task, _decorator
 
 logger = logging.getLogger("distaff")
@@ -20,6 +22,7 @@ logger = logging.getLogger("distaff")
 _engines: "weakref.WeakSet[Engine]" = weakref.WeakSet()
 _default: "Engine | None" = None
 _default_lock = threading.Lock()
+_exiting = False  # the exit hook has begun
 
 
 class Engine:
@@ -200,11 +203,19 @@ class Engine:
     # -- lifecycle ----------------------------------------------------------------------------------
 
     def shutdown(self, wait: bool = True, *, cancel_pending: bool = False, cancel_running: bool = False) -> None:
-        """Stops accepting work.
+        """Stops accepting work, then (with ``wait``) waits for the outstanding work and joins
+        the workers.
+
+        From now on ``submit`` raises ShutdownError, except from this engine's own running bodies
+        (a workflow finishing its steps); children they submit now are cancelled if their parent
+        finishes first. Idempotent, safe from several threads at once and from a body of another
+        engine (the wait suspends that body's fiber); from one of this engine's own bodies it raises
+        RuntimeError.
 
         Args:
             wait: wait for every outstanding execution (queued, waiting and running) to finish, then
-                join the workers. Ctrl-C interrupts the wait and leaves the engine running.
+                join the workers. Ctrl-C interrupts the wait; the engine stays closed and its work
+                runs on (the exit waits for it). Without ``wait`` the work finishes all the same.
             cancel_pending: first cancel what has not started yet.
             cancel_running: also cancel the executions whose bodies are running now, like
                 ``Execution.cancel()``: a body parked in a wait is woken with CancelledError, one
@@ -218,14 +229,21 @@ class Engine:
             _asyncio.cancel_stranded(self)  # bodies of a closed or stopped loop can never finish
             _asyncio.check_engine_wait(self, "Engine.shutdown(wait=True)")
         cancel = 2 if cancel_running else 1 if cancel_pending else 0
-        _core.shutdown(self._capsule, wait, cancel)
-        self._closed = True
+        try:
+            _core.shutdown(self._capsule, wait, cancel)
+        finally:
+            # Closed even when the wait was interrupted (the engine stops accepting work first);
+            # not when the call was refused (from one of its own bodies).
+            self._closed = self._closed or self._core.stats()["closed"]
         if wait:
             self._joined = True
             self._stop_event_loop()
 
     def wait_idle(self, timeout: float | None = None) -> bool:
-        """Waits until every execution submitted so far has finished. True if it did in time."""
+        """Waits until every execution submitted so far has finished. True if it did in time.
+
+        From one of this engine's own bodies it raises DeadlockError: that body's execution is
+        outstanding until it returns, so the engine can never become idle while it waits."""
         _asyncio.check_engine_wait(self, "Engine.wait_idle()")
         return _core.wait_idle(self._capsule, timeout)
 
@@ -353,6 +371,8 @@ def default_engine() -> Engine:
         return eng
     with _default_lock:
         if _default is None or _default._closed:
+            if _exiting:  # the exit is shutting the default engine down: no new one replaces it
+                raise ShutdownError("the interpreter is exiting: the default engine is shut down")
             _default = Engine()
         return _default
 
@@ -361,77 +381,194 @@ def shutdown(wait: bool = True, *, cancel_pending: bool = False, cancel_running:
     """Shuts down the default engine (a later task call starts a new one); see Engine.shutdown."""
     global _default
     with _default_lock:
-        eng, _default = _default, None
+        eng = _default
+        if eng is not None and eng._capsule is not None and _core.on_own_worker(eng._capsule):
+            raise RuntimeError("an engine cannot be shut down from one of its own tasks")
+        _default = None
     if eng is not None:
         eng.shutdown(wait, cancel_pending=cancel_pending, cancel_running=cancel_running)
 
 
-@atexit.register
-def _shutdown_at_exit() -> None:
-    # Rule 7 (ARCHITECTURE.md): every engine is stopped before interpreter finalisation, so no
-    # worker touches the GIL afterwards. Outstanding work is waited for, like concurrent.futures;
-    # a Ctrl-C during that wait cancels everything (running bodies as Execution.cancel() does) and
-    # waits only for bodies that cannot be interrupted (stuck in C code).
-    #
-    # No KeyboardInterrupt may escape this hook: finalisation would then start with bodies still
-    # running (measured: an abort). So while it runs, SIGINT only counts; it raises only inside the
-    # engine wait, which is where it can act (the wait returns to cancel and wait again).
-    import signal
+def _program_interrupted() -> bool:
+    """True when the program is ending because a KeyboardInterrupt reached the top level (the
+    interpreter stored it as sys.last_exc / sys.last_value before running the exit hooks)."""
+    exc = getattr(sys, "last_exc", None) or getattr(sys, "last_value", None)
+    return isinstance(exc, KeyboardInterrupt)
 
-    ctrl_c = {"hits": 0, "armed": False}
 
-    def on_sigint(signum: int, frame: Any) -> None:
-        ctrl_c["hits"] += 1
-        if ctrl_c["armed"]:
-            ctrl_c["armed"] = False
+class _ExitWait:
+    """The state of the exit hook's wait: Ctrl-C and exceptions raised by signal handlers.
+
+    Rule 7 (ARCHITECTURE.md): every engine is stopped before interpreter finalisation, so no worker
+    touches the GIL afterwards. So no exception may escape the hook while a body still runs
+    (measured: an abort). The first interruption — a Ctrl-C, an exception a user's signal handler
+    raises (a SIGTERM handler calling sys.exit), or a program that is ending *because* of a Ctrl-C —
+    cancels everything outstanding, running bodies as Execution.cancel() does, and waits for the
+    bodies to end. The next one gives up on bodies that cannot end (stuck in a blocking call): the
+    process exits at once, without finalising the interpreter, which is what keeps that safe.
+    """
+
+    def __init__(self) -> None:
+        self.hits = 0  # SIGINTs received while the hook runs
+        self.handled = 0  # of which acted upon
+        self.armed = False  # a SIGINT raises KeyboardInterrupt (only inside the engine wait)
+        self.cancelling = False
+        self.exit_exc: BaseException | None = None  # what a signal handler raised: the exit status
+
+    def on_sigint(self, signum: int, frame: Any) -> None:
+        self.hits += 1
+        if self.armed:
+            self.armed = False
             raise KeyboardInterrupt
 
+    def interrupted(self, exc: BaseException) -> None:
+        """An interruption arrived (exc: KeyboardInterrupt, or what a signal handler raised)."""
+        self.handled = self.hits
+        if not isinstance(exc, KeyboardInterrupt) and self.exit_exc is None:
+            self.exit_exc = exc
+        if self.cancelling:
+            self.abandon()
+        self.cancelling = True
+        try:
+            if isinstance(exc, KeyboardInterrupt):
+                logger.warning("distaff: interrupted; cancelling outstanding executions")
+            else:
+                logger.warning("distaff: %r during the exit wait; cancelling outstanding executions", exc)
+        except BaseException as again:  # noqa: B036 — a further signal while logging: that one abandons
+            self.interrupted(again)
+
+    def exit_status(self) -> int:
+        exc = self.exit_exc
+        if isinstance(exc, SystemExit):
+            if exc.code is None:
+                return 0
+            if isinstance(exc.code, int):
+                return exc.code & 0xFF
+            print(exc.code, file=sys.stderr)
+            return 1
+        import traceback
+
+        traceback.print_exception(exc)
+        return 1
+
+    def abandon(self) -> None:
+        """Exits now, leaving the bodies that did not end: without finalising the interpreter (a
+        body that returned from its blocking call would take the GIL of a finalising one)."""
+        left = 0
+        try:
+            left = sum(max(_core.engine_live(c)) for c in _core._open_engines())
+        except BaseException:  # a further signal: exit all the same
+            pass
+        try:
+            logger.warning("distaff: exiting now; %d execution(s) did not end (stuck in blocking calls)", left)
+        except BaseException:
+            pass
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except BaseException:
+                pass
+        if self.exit_exc is not None:
+            os._exit(self.exit_status())
+        import signal
+
+        try:  # die of SIGINT, as CPython does after an unhandled KeyboardInterrupt
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGINT)
+        finally:
+            os._exit(128 + signal.SIGINT)
+
+
+def _stop_engine_at_exit(capsule: Any, w: _ExitWait) -> None:
+    live = _core.engine_live(capsule)[0]
+    if live:
+        logger.warning("distaff: waiting for %d outstanding execution(s) before exit", live)
+    while True:
+        try:
+            w.armed = True
+            if w.hits > w.handled:  # a Ctrl-C arrived while the wait was not armed
+                w.armed = False
+                raise KeyboardInterrupt
+            _core.shutdown(capsule, True, 2 if w.cancelling else 0)
+            w.armed = False
+            return
+        except BaseException as e:  # noqa: B036 — Ctrl-C, or whatever a signal handler raised
+            w.armed = False
+            w.interrupted(e)
+
+
+@atexit.register
+def _shutdown_at_exit() -> None:
+    # Every engine of this process that is not joined yet — dropped ones whose work still runs,
+    # and ones shut down with wait=False, included — waits for its outstanding work (like
+    # concurrent.futures), or cancels it after an interruption (see _ExitWait).
+    import signal
+
+    global _exiting
+    _exiting = True  # no new default engine from now on (default_engine)
+    _core._refuse_new_engines(1)  # nor a new engine, except in a body (a workflow running at exit)
+    w = _ExitWait()
     try:
-        previous = signal.signal(signal.SIGINT, on_sigint)
+        previous = signal.signal(signal.SIGINT, w.on_sigint)
     except ValueError:  # not the main thread (an embedding calls exit hooks elsewhere)
         previous = None
     try:
-        logged = 0
-        for eng in list(_engines):
-            if eng._joined or eng._capsule is None:
-                continue
-            # Engines shut down with wait=False are joined here too: their running bodies must end
-            # before finalisation, or a fiber would take the GIL of a finalising interpreter.
-            _asyncio.cancel_stranded(eng)  # bodies of closed or stopped loops can never finish
-            live = eng.stats()["live"]
-            if live:
-                logger.warning("distaff: waiting for %d outstanding execution(s) before exit", live)
-            while True:
-                if ctrl_c["hits"] > logged:
-                    if logged == 0:
-                        # The issue's rule: the first Ctrl-C ended the program; one here cancels.
-                        logger.warning("distaff: interrupted; cancelling outstanding executions")
-                    else:  # bodies stuck in C code must still return before finalisation
-                        logger.warning("distaff: still waiting for running bodies to finish")
-                    logged = ctrl_c["hits"]
-                cancel = 2 if ctrl_c["hits"] else 0
-                try:
-                    ctrl_c["armed"] = True
-                    _core.shutdown(eng._capsule, True, cancel)
-                    ctrl_c["armed"] = False
+        if _program_interrupted():
+            w.cancelling = True  # one Ctrl-C ends the program: its work does not keep it alive
+            if any(max(_core.engine_live(c)) for c in _core._open_engines()):
+                logger.warning("distaff: the program was interrupted; cancelling outstanding executions")
+        while True:
+            try:
+                engines = {id(e._capsule): e for e in list(_engines) if e._capsule is not None}
+                capsules = _core._open_engines()
+                if not capsules:
+                    # None left: refuse new ones (a daemon thread would start bodies that run
+                    # during finalisation), then make sure none slipped in before that.
+                    _core._refuse_new_engines(2)
+                    if _core._open_engines():
+                        continue
+                    _core._wait_reaped()  # dropped engines: their workers joined
                     break
-                except KeyboardInterrupt:
-                    ctrl_c["armed"] = False
-            eng._closed = eng._joined = True
-            eng._stop_event_loop()
-        _core.stop_timer()
-        gc.collect()
-        _core._drain_unobserved()
+                for capsule in capsules:
+                    eng = engines.get(id(capsule))
+                    if eng is not None:
+                        _asyncio.cancel_stranded(eng)  # bodies of closed or stopped loops never finish
+                    _stop_engine_at_exit(capsule, w)
+                    if eng is not None:
+                        eng._closed = eng._joined = True
+                        eng._stop_event_loop()
+            except BaseException as e:  # noqa: B036 — a signal handler raised outside the wait
+                w.armed = False
+                w.interrupted(e)
+        try:
+            _core.stop_timer()
+            gc.collect()
+            _core._drain_unobserved()
+        except BaseException as e:  # noqa: B036 — a signal handler raised: nothing runs any more
+            if w.exit_exc is None and not isinstance(e, KeyboardInterrupt):
+                w.exit_exc = e
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
+    if w.exit_exc is not None:
+        # A signal handler asked for this exit status (sys.exit(143) in a SIGTERM handler): an
+        # exception in an exit hook cannot set it, so the process exits here, the engines stopped.
+        status = w.exit_status()
+        logging.shutdown()
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except BaseException:
+                pass
+        os._exit(status)
 
 
 def _after_fork_in_child() -> None:
     # Worker threads do not survive fork(). Engines from the parent refuse work with a clear
     # error (Engine._submit); the default engine is re-created on next use.
-    global _default
+    global _default, _exiting
     _default = None
+    _exiting = False
     _core._after_fork_in_child()
     for eng in list(_engines):
         eng._capsule = None  # _core.submit raises ShutdownError naming fork

@@ -737,6 +737,34 @@ TEST_F(SchedulerConfig, DestructorClosesAndJoins) {
   for (auto& ex : all) EXPECT_EQ(ex->state(), State::succeeded);
 }
 
+// Several threads joining at once (two Python threads calling shutdown()): one joins, the others
+// wait for it; none joins a thread another one already joined (that was a deadlock, or UB).
+TEST_F(SchedulerConfig, ConcurrentJoinsAllReturnAfterTheWork) {
+  for (int round = 0; round < 20; ++round) {
+    std::atomic<int> runs{0};
+    SchedulerOptions o;
+    o.workers = 1 + round % 3;
+    o.max_workers = o.workers + 2;
+    o.run = [&](Execution& ex) {
+      runs.fetch_add(1);
+      ex.finish(State::succeeded);
+    };
+    Scheduler s(std::move(o));
+    std::vector<ExecutionRef> all;
+    for (int i = 0; i < 200; ++i) {
+      all.push_back(Execution::create("x"));
+      s.submit(all.back());
+    }
+    s.close(false);
+    std::vector<std::thread> joiners;
+    for (int j = 0; j < 4; ++j) joiners.emplace_back([&s] { s.join(/*switch_hooks=*/false); });
+    for (auto& t : joiners) t.join();
+    EXPECT_TRUE(s.joined());
+    EXPECT_EQ(runs.load(), 200);
+    s.join();  // again: returns at once
+  }
+}
+
 // ---- elastic workers ---------------------------------------------------------------------------
 
 class SchedulerElastic : public CoreTest {};

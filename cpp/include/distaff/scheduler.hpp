@@ -115,8 +115,12 @@ class Scheduler {
   std::vector<ExecutionRef> close(bool drain);
 
   // join: after close(), waits for every started fiber to end and joins the worker threads.
-  // Blocks the calling thread (switch hooks around the wait). Must not be called from a worker.
-  void join();
+  // Blocks the calling thread; with `switch_hooks`, the switch hooks run around the wait (the
+  // bindings release the GIL there), without them the caller must hold nothing the workers need
+  // (a thread that is no Python thread). Idempotent and safe to call from several threads at once:
+  // the first joins, the others wait until it is done. Must not be called from a worker.
+  void join(bool switch_hooks = true);
+  bool joined() const noexcept { return joined_.load(std::memory_order_acquire); }
 
   bool closed() const noexcept { return closed_.load(std::memory_order_acquire); }
   // workers: the configured (base) number of workers; stats().threads counts elastic ones too.
@@ -159,6 +163,8 @@ class Scheduler {
   std::mutex parked_mu_;
   std::unordered_set<Execution*> parked_;           // waiting for dependencies (for close(drain))
 
+  std::mutex join_mu_;                 // serialises join(): one thread joins, later ones wait
+  std::atomic<bool> joined_{false};
   std::atomic<bool> closed_{false};
   std::atomic<bool> stopping_{false};
   std::atomic<bool> draining_{false};  // close(true): dequeued executions are not started

@@ -1,0 +1,777 @@
+"""Engine lifecycle under hostile use: engines shut down or dropped inside other engines' bodies,
+dropped busy engines, shutdown racing submitters, exit after shutdown(wait=False), signals during
+the exit wait, Ctrl-C in blocking calls, self-waits.
+
+Every case runs in a fresh interpreter with a deadline (conftest.run_python, or _signalled below):
+a hang fails the test instead of stalling the suite. Signals are sent once the child has said it is
+ready (a line on stdout, or the exit hook's log line on stderr), never after a guessed sleep.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from conftest import run_python
+
+CRASH_MARKERS = ("terminate called", "FATAL", "Fatal Python error", "Aborted", "Segmentation")
+EXIT_WAIT = "outstanding execution(s) before exit"
+
+
+def assert_no_crash(proc_or_err):
+    err = proc_or_err if isinstance(proc_or_err, str) else proc_or_err.stderr
+    for marker in CRASH_MARKERS:
+        assert marker not in err, err
+
+
+def _signalled(script, sends, *, timeout=60):
+    """Runs `script`; `sends` is a list of (wait_for, signal): wait until `wait_for` appears — on
+    stdout if it starts with "out:", else on stderr — then send `signal` (None: send nothing).
+    Returns (rc, out, err).
+    Everything, the waits for the ready lines included, is bounded by `timeout`."""
+    import queue
+    import threading
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines = {"out": [], "err": []}
+    arrived = queue.Queue()
+
+    def pump(name, stream):
+        for line in stream:
+            lines[name].append(line)
+            arrived.put(name)
+        arrived.put(None)
+
+    pumps = [
+        threading.Thread(target=pump, args=("out", proc.stdout), daemon=True),
+        threading.Thread(target=pump, args=("err", proc.stderr), daemon=True),
+    ]
+    for t in pumps:
+        t.start()
+    deadline = time.monotonic() + timeout
+
+    def text():
+        return "".join(lines["out"]), "".join(lines["err"])
+
+    try:
+        for wait_for, sig in sends:
+            name, needle = ("out", wait_for[4:]) if wait_for.startswith("out:") else ("err", wait_for)
+            while not any(needle in line for line in list(lines[name])):
+                try:
+                    arrived.get(timeout=max(0.01, deadline - time.monotonic()))
+                except queue.Empty:
+                    pytest.fail(f"no {needle!r} from the child in time: {text()}")
+                if proc.poll() is not None and all(not t.is_alive() for t in pumps):
+                    if not any(needle in line for line in lines[name]):
+                        pytest.fail(f"child ended before printing {needle!r}: {text()}")
+            if sig is not None:
+                os.kill(proc.pid, sig)
+        try:
+            proc.wait(timeout=max(0.01, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the child hung: {text()}")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for t in pumps:
+            t.join(10)
+        proc.stdout.close()
+        proc.stderr.close()
+    out, err = text()
+    return proc.returncode, out, err
+
+
+# -- item 4: an engine shut down or dropped inside another engine's body ----------------------------------
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_engine_used_as_a_context_manager_inside_another_engines_body(workers):
+    proc = run_python(
+        f"""
+        import distaff
+        outer = distaff.Engine(workers={workers})
+
+        def body(i):
+            with distaff.Engine() as inner:
+                return inner.submit(lambda: i * 10).result()
+
+        print(sorted(outer.submit(body, i).result(timeout=30) for i in range(5)), flush=True)
+        exs = [outer.submit(body, i) for i in range(5)]  # several at once, on the same workers
+        print(sorted(e.result(timeout=30) for e in exs), flush=True)
+        outer.shutdown()
+        """,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split("\n")[:2] == ["[0, 10, 20, 30, 40]"] * 2
+    assert_no_crash(proc)
+
+
+def test_shutting_down_an_engine_from_a_body_of_another_one_waits_for_its_work():
+    proc = run_python(
+        """
+        import distaff
+        a, b = distaff.Engine(), distaff.Engine()
+        done = []
+
+        def work(i):
+            distaff.sleep(0.05)
+            done.append(i)
+
+        for i in range(5):
+            a.submit(work, i)
+
+        def stopper():
+            a.shutdown()  # waits for a's work and joins a's workers: suspends this fiber only
+            return sorted(done)
+
+        print(b.submit(stopper).result(timeout=30), flush=True)
+        print(a.stats()["threads"], a.stats()["closed"], flush=True)
+        b.shutdown()
+        """,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split("\n")[:2] == ["[0, 1, 2, 3, 4]", "0 True"]
+    assert_no_crash(proc)
+
+
+def test_an_engine_garbage_collected_in_a_body_of_another_one():
+    proc = run_python(
+        """
+        import gc, distaff
+        outer = distaff.Engine()
+
+        def body(i):
+            local = distaff.Engine(workers=2)
+            v = local.submit(lambda: i + 1).result()
+            local.submit(distaff.sleep, 0.02)  # still running when `local` is dropped
+            del local
+            distaff.Engine(max_workers=4)  # and one dropped at once, with no work at all
+            gc.collect()
+            return v
+
+        print([outer.submit(body, i).result(timeout=30) for i in range(5)], flush=True)
+        outer.shutdown()
+        """,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("[1, 2, 3, 4, 5]")
+    assert_no_crash(proc)
+
+
+def test_two_engines_shutting_each_other_down_from_their_bodies():
+    proc = run_python(
+        """
+        import distaff
+        a, b = distaff.Engine(), distaff.Engine()
+        x = a.submit(lambda: b.shutdown())
+        y = b.submit(lambda: distaff.sleep(0.05))
+        x.result(timeout=30)
+        print(y.state, b.stats()["closed"], flush=True)
+        a.shutdown()
+        """,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("succeeded True")
+
+
+def test_a_cancelled_body_shutting_down_an_inner_engine_while_its_own_engine_is_joined():
+    """shutdown(cancel_running=True) finishes the outer body at once, so the outer engine's join
+    starts while that body still unwinds — through `with Engine() as inner:`, whose shutdown needs
+    a join of its own. It must not wait behind the outer one (one shared join thread deadlocked)."""
+    proc = run_python(
+        """
+        import threading, distaff
+        outer = distaff.Engine()
+        started = threading.Event()
+
+        def body():
+            with distaff.Engine() as inner:
+                started.set()
+                inner.submit(distaff.sleep, 600).result()  # a child: cancelled with its parent
+
+        ex = outer.submit(body)
+        started.wait(30)
+        outer.shutdown(cancel_running=True)
+        print(ex.state, outer.stats()["threads"], flush=True)
+        """,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("cancelled 0"), proc.stdout
+    assert_no_crash(proc)
+
+
+# -- item 5: dropped engines with work running ------------------------------------------------------------
+
+
+def test_dropping_an_engine_with_work_running_finishes_the_work_at_exit():
+    for _ in range(3):
+        proc = run_python(
+            """
+            import distaff
+
+            def start():
+                e = distaff.Engine()
+
+                def body(i):
+                    s = 0
+                    for k in range(300_000):  # running Python when the interpreter exits
+                        s += k
+                    distaff.sleep(0.05)
+                    print("finished", i, flush=True)
+
+                for i in range(3):
+                    e.submit(body, i)
+
+            start()  # the Engine object is gone; its executions are not
+            print("main done", flush=True)
+            """,
+            timeout=60,
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert_no_crash(proc)
+        assert sorted(proc.stdout.split("\n")[1:4]) == ["finished 0", "finished 1", "finished 2"], proc.stdout
+        assert "waiting for 3 outstanding execution(s) before exit" in proc.stderr
+
+
+def test_dropped_busy_engines_release_their_threads():
+    proc = run_python(
+        """
+        import gc, os, threading, time
+        import distaff
+        from distaff import _core
+
+        def threads():
+            return len(os.listdir("/proc/self/task"))
+
+        def fds():
+            return len(os.listdir("/proc/self/fd"))
+
+        distaff.Engine().shutdown()  # first-use allocations out of the way
+        base_threads, base_fds = threads(), fds()
+        n = 300
+        left = [n]
+        lock = threading.Lock()
+        all_done = threading.Event()
+
+        def body():
+            distaff.sleep(0.01)
+            with lock:
+                left[0] -= 1
+                if left[0] == 0:
+                    all_done.set()
+
+        for _ in range(n):
+            distaff.Engine(workers=2).submit(body)  # dropped at once, busy
+        print("peak threads", threads(), flush=True)
+        assert all_done.wait(60)
+        # The last reference to each engine goes when its execution is freed, on its own worker:
+        # a join thread joins those workers. Wait until every engine is joined (a condition polled
+        # with a deadline), then for the join threads.
+        deadline = time.monotonic() + 60
+        while _core._open_engines():
+            assert time.monotonic() < deadline, len(_core._open_engines())
+            gc.collect()
+            time.sleep(0.01)
+        _core._wait_reaped()
+        print("threads", base_threads, threads(), flush=True)
+        print("fds", base_fds, fds(), flush=True)
+        """,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = dict(line.split(" ", 1) for line in proc.stdout.splitlines())
+    base, now = map(int, lines["threads"].split())
+    assert now <= base, proc.stdout
+    base, now = map(int, lines["fds"].split())
+    assert now <= base, proc.stdout
+
+
+def test_thousand_engines_created_and_shut_down_return_to_baseline():
+    proc = run_python(
+        """
+        import os, distaff
+
+        def threads():
+            return len(os.listdir("/proc/self/task"))
+
+        def fds():
+            return len(os.listdir("/proc/self/fd"))
+
+        distaff.Engine().shutdown()
+        base = threads(), fds()
+        for i in range(1000):
+            e = distaff.Engine(workers=1 + i % 3)
+            e.submit(sum, [1, 2])
+            e.shutdown()
+        print("threads", base[0], threads(), flush=True)
+        print("fds", base[1], fds(), flush=True)
+        """,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = dict(line.split(" ", 1) for line in proc.stdout.splitlines())
+    for key in ("threads", "fds"):
+        base, now = map(int, lines[key].split())
+        assert now <= base, proc.stdout
+
+
+# -- item 6: shutdown closes first, then waits; concurrent shutdowns --------------------------------------
+
+
+def test_shutdown_returns_while_a_thread_keeps_submitting():
+    proc = run_python(
+        """
+        import threading, time, distaff
+        e = distaff.Engine()
+        started = threading.Event()
+        refused = []
+
+        def feeder():
+            while True:
+                try:
+                    e.submit(distaff.sleep, 0.01)  # overlapping: the engine is never idle
+                except distaff.ShutdownError as exc:
+                    refused.append(str(exc))
+                    return
+                started.set()
+                time.sleep(0.001)
+
+        t = threading.Thread(target=feeder)
+        t.start()
+        started.wait(30)
+        t0 = time.monotonic()
+        e.shutdown()
+        took = time.monotonic() - t0
+        t.join(30)
+        print("took %.3f" % took, flush=True)
+        print("refused", bool(refused), flush=True)
+        """,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = dict(line.split(" ", 1) for line in proc.stdout.splitlines())
+    assert float(lines["took"]) < 5, proc.stdout
+    assert lines["refused"] == "True"
+
+
+def test_a_daemon_thread_feeding_the_default_engine_does_not_keep_the_process_alive():
+    proc = run_python(
+        """
+        import threading, distaff
+
+        @distaff.task
+        def tick(i):
+            distaff.sleep(0.01)  # overlapping: the engine is never idle while fed
+
+        started = threading.Event()
+
+        def feeder():
+            i = 0
+            while True:
+                try:
+                    tick.submit(i)
+                except distaff.ShutdownError:
+                    pass  # the default engine is shutting down: refused, keep trying
+                started.set()
+                i += 1
+                distaff.sleep(0.001)
+
+        threading.Thread(target=feeder, daemon=True).start()
+        started.wait(30)
+        print("exiting", flush=True)
+        """,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "exiting" in proc.stdout
+    assert_no_crash(proc)
+
+
+@pytest.mark.parametrize("how", ["submit", "detached"])
+def test_a_self_rescheduling_task_does_not_keep_the_process_alive(how):
+    proc = run_python(
+        f"""
+        import distaff
+
+        @distaff.task
+        def again(n):
+            distaff.sleep(0.005)
+            if n == 3:
+                print("rescheduling", flush=True)
+            {"again.submit(n + 1)" if how == "submit" else "again.options(detached=True).submit(n + 1)"}
+
+        again.submit(0)
+        again.submit(0).result()  # rescheduling is under way at exit
+        """,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert_no_crash(proc)
+
+
+def test_a_workflow_running_at_exit_can_still_submit_and_wait_for_its_steps():
+    proc = run_python(
+        """
+        import distaff
+
+        @distaff.task
+        def step(i):
+            distaff.sleep(0.02)
+            return i
+
+        @distaff.workflow
+        def flow():
+            distaff.sleep(0.1)  # the exit's shutdown begins meanwhile
+            parts = [step.submit(i) for i in range(3)]
+            print("steps", sum(p.result() for p in parts) + step(10), flush=True)
+            with distaff.Engine() as inner:  # a body may still start an engine of its own
+                print("inner", inner.submit(lambda: 7).result(), flush=True)
+
+        flow.submit()
+        """,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "steps 13" in proc.stdout
+    assert "inner 7" in proc.stdout
+
+
+def test_a_daemon_thread_creating_engines_during_the_exit_neither_keeps_it_alive_nor_aborts():
+    proc = run_python(
+        """
+        import threading, distaff
+        started = threading.Event()
+
+        def creator():
+            while True:
+                try:
+                    e = distaff.Engine()
+                    e.submit(distaff.sleep, 0.01)  # dropped busy: runs on until it is done
+                except distaff.ShutdownError:
+                    pass  # the interpreter is exiting: refused
+                started.set()
+
+        threading.Thread(target=creator, daemon=True).start()
+        started.wait(30)
+        print("exiting", flush=True)
+        """,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert_no_crash(proc)
+
+
+def test_concurrent_shutdowns_all_return():
+    proc = run_python(
+        """
+        import threading, distaff
+        for round in range(50):
+            e = distaff.Engine(workers=1 + round % 3)
+            for i in range(20):
+                e.submit(distaff.sleep, 0.001)
+            barrier = threading.Barrier(6)
+            errors = []
+
+            def stop():
+                barrier.wait()
+                try:
+                    e.shutdown(wait=True)
+                except BaseException as exc:
+                    errors.append(exc)
+
+            ts = [threading.Thread(target=stop) for _ in range(6)]
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join(30)
+            assert not any(t.is_alive() for t in ts), "a shutdown hung"
+            assert not errors, errors
+            assert e.stats()["threads"] == 0 and e.stats()["live"] == 0, e.stats()
+        print("ok", flush=True)
+        """,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "ok" in proc.stdout
+
+
+# -- item 9: shutdown(wait=False) on the default engine, then exit ----------------------------------------
+
+
+@pytest.mark.parametrize("body", ["python", "sleep"])
+def test_exit_after_shutdown_without_wait_finishes_the_running_bodies_and_says_so(body):
+    work = "for k in range(2_000_000): s += k" if body == "python" else "distaff.sleep(0.3)"
+    proc = run_python(
+        f"""
+        import threading, distaff
+        started = threading.Event()
+
+        @distaff.task
+        def job():
+            started.set()
+            s = 0
+            {work}
+            print("job finished", flush=True)
+
+        job.submit()
+        started.wait(30)
+        distaff.shutdown(wait=False)
+        """,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert_no_crash(proc)
+    assert "job finished" in proc.stdout
+    assert "waiting for 1 outstanding execution(s) before exit" in proc.stderr
+
+
+# -- item 10: exceptions raised by signal handlers during the exit wait -----------------------------------
+
+
+@pytest.mark.parametrize("body", ["python", "sleep"])
+def test_sigterm_handler_raising_system_exit_during_the_exit_wait(body):
+    work = (
+        "while True:\n                n = (n + 1) % 1000"
+        if body == "python"
+        else "while True:\n                distaff.sleep(0.01)"
+    )
+    script = f"""
+    import signal, sys, threading, distaff
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    started = threading.Event()
+
+    @distaff.task
+    def forever():
+        n = 0
+        started.set()
+        try:
+            {work}
+        finally:
+            print("body ended", flush=True)
+
+    forever.submit()
+    started.wait()  # the body runs when the exit wait begins (a queued one is cancelled unseen)
+    """
+    rc, out, err = _signalled(script, [(EXIT_WAIT, signal.SIGTERM)], timeout=30)
+    assert rc == 143, (rc, err)
+    assert_no_crash(err)
+    assert "during the exit wait; cancelling outstanding executions" in err
+    assert "body ended" in out, (out, err)
+
+
+def test_sigterm_handler_raising_system_exit_in_a_blocking_call_cancels_what_it_waited_for():
+    script = """
+    import signal, sys, distaff
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+    @distaff.task
+    def long_job():
+        print("ready", flush=True)
+        try:
+            distaff.sleep(600)
+        finally:
+            print("job ended", flush=True)
+
+    long_job()
+    """
+    rc, out, err = _signalled(script, [("out:ready", signal.SIGTERM)], timeout=30)
+    assert rc == 143, (rc, err)
+    assert "job ended" in out
+    assert EXIT_WAIT not in err  # cancelled with the call: nothing left for the exit to wait for
+    assert_no_crash(err)
+
+
+def test_a_second_sigterm_leaves_a_body_stuck_in_c_and_keeps_the_exit_status():
+    script = """
+    import signal, sys, time, distaff
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+    @distaff.task
+    def stuck():
+        print("ready", flush=True)
+        time.sleep(600)  # C code: cannot be interrupted
+
+    stuck.submit()
+    """
+    rc, out, err = _signalled(
+        script,
+        [("out:ready", None), (EXIT_WAIT, signal.SIGTERM), ("cancelling outstanding executions", signal.SIGTERM)],
+        timeout=30,
+    )
+    assert rc == 143, (rc, err)
+    assert_no_crash(err)
+    assert "exiting now; 1 execution(s) did not end" in err
+
+
+# -- item 11: one Ctrl-C ends a program blocked in a call -------------------------------------------------
+
+
+def test_ctrl_c_in_a_blocking_top_level_call_cancels_the_workflow_and_ends_the_program():
+    script = """
+    import distaff
+
+    started = []
+
+    @distaff.task
+    def wait_a_lot(s):
+        started.append(1)
+        try:
+            distaff.sleep(s)
+        finally:
+            print("step ended", flush=True)
+
+    @distaff.workflow
+    def pipeline(s):
+        parts = [wait_a_lot.submit(s) for _ in range(3)]
+        while len(started) < 3:  # every step is running (a queued one is cancelled unseen)
+            distaff.sleep(0.001)
+        print("ready", flush=True)
+        return [p.result() for p in parts]
+
+    pipeline(600)
+    """
+    rc, out, err = _signalled(script, [("out:ready", signal.SIGINT)], timeout=30)
+    assert rc == -signal.SIGINT, (rc, err)
+    assert "KeyboardInterrupt" in err
+    assert out.count("step ended") == 3, out
+    assert EXIT_WAIT not in err  # nothing was left running for the exit to wait for
+    assert_no_crash(err)
+
+
+def test_ctrl_c_in_an_unrelated_blocking_call_cancels_outstanding_work_at_exit():
+    script = """
+    import threading, distaff
+
+    started = threading.Event()
+
+    @distaff.task
+    def background():
+        started.set()
+        try:
+            distaff.sleep(600)
+        finally:
+            print("background ended", flush=True)
+
+    background.submit()
+    started.wait()
+    print("ready", flush=True)
+    threading.Event().wait()  # the main thread blocks in something that is not distaff
+    """
+    rc, out, err = _signalled(script, [("out:ready", signal.SIGINT)], timeout=30)
+    assert rc == -signal.SIGINT, (rc, err)
+    assert "the program was interrupted; cancelling outstanding executions" in err
+    assert "background ended" in out
+    assert_no_crash(err)
+
+
+def test_a_result_wait_that_times_out_does_not_cancel():
+    proc = run_python(
+        """
+        import distaff
+
+        @distaff.task
+        def slow():
+            distaff.sleep(0.3)
+            return "done"
+
+        ex = slow.submit()
+        try:
+            ex.result(timeout=0.01)
+        except TimeoutError:
+            print("timed out", ex.state, flush=True)
+        print(ex.result(timeout=30), flush=True)
+        """,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split("\n")[:2] == ["timed out running", "done"]
+
+
+def test_bodies_deadlocked_on_a_lock_held_across_a_wait_end_on_ctrl_c():
+    script = """
+    import threading, distaff
+    engine = distaff.Engine(workers=1, max_workers=1)
+    lock = threading.Lock()
+
+    @engine.task
+    def critical(i):
+        if i == 1:
+            print("ready", flush=True)  # its worker blocks in lock.acquire next, for good
+        with lock:  # a threading.Lock held across a fiber wait: the hazard in docs/limits.md
+            distaff.sleep(0.05)
+
+    exs = [critical.submit(i) for i in range(2)]
+    for e in exs:
+        e.result()
+    """
+    rc, out, err = _signalled(
+        script,
+        [("out:ready", signal.SIGINT), ("cancelling outstanding executions", signal.SIGINT)],
+        timeout=30,
+    )
+    assert rc == -signal.SIGINT, (rc, err)
+    assert "exiting now; " in err and "did not end (stuck in blocking calls)" in err
+    assert_no_crash(err)
+
+
+# -- item 12: self-waits ----------------------------------------------------------------------------------
+
+
+def test_wait_idle_from_a_body_of_the_same_engine_is_a_deadlock_error():
+    proc = run_python(
+        """
+        import distaff
+        e = distaff.Engine()
+        x = e.submit(lambda: e.wait_idle())
+        try:
+            x.result(timeout=30)
+        except distaff.DeadlockError as exc:
+            print("DeadlockError:", exc, flush=True)
+        y = e.submit(lambda: e.wait_idle(timeout=0.01))
+        try:
+            y.result(timeout=30)
+        except distaff.DeadlockError:
+            print("also with a timeout", flush=True)
+        """,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "DeadlockError: an engine cannot wait until it is idle from one of its own tasks" in proc.stdout
+    assert "also with a timeout" in proc.stdout
+
+
+def test_module_shutdown_from_a_body_of_the_default_engine_is_refused_and_keeps_it():
+    proc = run_python(
+        """
+        import distaff
+
+        @distaff.task
+        def rogue():
+            distaff.shutdown()
+
+        try:
+            rogue()
+        except RuntimeError as exc:
+            print("refused:", exc, flush=True)
+        print("default kept", distaff._engine._default is not None, flush=True)
+        """,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "refused: an engine cannot be shut down from one of its own tasks" in proc.stdout
+    assert "default kept True" in proc.stdout
