@@ -588,7 +588,7 @@ def _bind_to_submitting_loop(binding: Any, loop: Any, ex: Any) -> None:
     # on the loop's thread that needs it is a deadlock, and (unless it waits for dependencies, see
     # _AsyncBody) the loop closing cancels it. Released when the execution finishes.
     binding.bind(loop, ex, not binding.gated, started=False)
-    ex.add_done_callback(binding.release)
+    ex._add_done_callback(binding.release)
 
 
 class _AsyncBody:
@@ -665,7 +665,7 @@ class _AsyncBody:
         loop = self.engine._event_loop()
         binding.bind(loop, me, True)
         if self.loop is None and me is not None:
-            me.add_done_callback(binding.release)
+            me._add_done_callback(binding.release)
         loop.call_soon_threadsafe(start)
         return promise
 
@@ -693,7 +693,7 @@ async def _cancellable(me: Any, fn: Any, args: Any, kwargs: Any) -> Any:
             except RuntimeError:  # the loop is closed: the coroutine is gone with it
                 pass
 
-        me.add_done_callback(cancel)
+        me._add_done_callback(cancel)
     return await fn(*args, **kwargs)
 
 
