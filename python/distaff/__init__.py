@@ -5,6 +5,8 @@ Decorate functions with ``@task`` / ``@workflow``; ``.submit()`` returns an :cla
 Every execution runs as a fiber: waiting suspends the fiber, never an OS thread.
 """
 
+from asyncio import _get_running_loop
+
 from . import _core
 from ._core import Execution
 from ._engine import Engine, WorkflowScope, default_engine, shutdown, workflow_scope
@@ -41,9 +43,16 @@ _imports.install()  # importlib's module locks per fiber, not per worker thread 
 def sleep(seconds: float) -> None:
     """Sleeps without holding a thread: in a task body only the fiber waits.
 
-    Outside task bodies (main thread, plain threads) it is ``time.sleep``. In ``async def`` code keep
-    using ``asyncio.sleep``. ``time.sleep`` in a body holds its worker thread (docs/limits.md).
+    Outside task bodies (main thread, plain threads) it is ``time.sleep``. In a thread running an
+    asyncio event loop (any coroutine, an ``async def`` task body) it raises RuntimeError: it would
+    block the loop; use ``await asyncio.sleep(seconds)``. ``time.sleep`` in a body holds its worker
+    thread (docs/limits.md).
     """
+    if _get_running_loop() is not None:
+        raise RuntimeError(
+            "distaff.sleep() was called in a thread running an asyncio event loop (a coroutine or an "
+            "async def task body): it would block the loop. Use `await asyncio.sleep(seconds)` there"
+        )
     _core.sleep(seconds)
 
 

@@ -248,9 +248,16 @@ def _make_cancelled_error(self):
     return CancelledError(msg if msg is not None else f"execution {self.id} ({self.name}) was cancelled")
 
 
+def _future_blocking(self):
+    return None if _get_running_loop() is None else False
+
+
 def _install_future_protocol() -> None:
     E = _Execution
-    E._asyncio_future_blocking = False  # a class attribute: asyncio.isfuture(); never yielded itself
+    # asyncio.isfuture(ex) looks at this: False (an asyncio future, never yielded itself) in a thread
+    # running a loop, where asyncio's APIs run; None (a plain awaitable) elsewhere, where there is no
+    # loop for get_loop() to name — so loop.run_until_complete(ex) wraps it in a Task, as it always did.
+    E._asyncio_future_blocking = property(_future_blocking)
     E.add_done_callback = _add_done_callback
     E._add_done_callback = _raw_add_done_callback
     E.get_loop = _get_loop

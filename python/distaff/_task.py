@@ -244,7 +244,7 @@ class Task:
         binding = None
         if self.is_async:
             bind_loop = _get_running_loop()
-            body = _AsyncBody(body, bind_loop, engine, self.name, wait is not False)
+            body = _AsyncBody(body, bind_loop, engine, self.name, wait is not False, self.kind)
             if bind_loop is not None:
                 binding = body.binding
         timeout = self.timeout
@@ -605,15 +605,16 @@ class _AsyncBody:
     ``asyncio.run`` returning) cancels it.
     """
 
-    __slots__ = ("fn", "loop", "engine", "name", "gated", "binding")
+    __slots__ = ("fn", "loop", "engine", "name", "gated", "binding", "kind")
 
-    def __init__(self, fn: Callable, loop: Any, engine: Any, name: str, gated: bool = False) -> None:
+    def __init__(self, fn: Callable, loop: Any, engine: Any, name: str, gated: bool = False, kind: str = "task") -> None:
         self.fn = fn
         # Weakly: a pending body must not keep a dropped loop alive (its collection cancels the body).
         self.loop = weakref.ref(loop) if loop is not None else None
         self.engine = engine
         self.name = name
         self.gated = gated
+        self.kind = kind  # "task" or "workflow": the word in the note on the body's error
         self.binding = _asyncio_mod._Binding(engine, gated)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -629,7 +630,7 @@ class _AsyncBody:
                     binding.bind(None, me, True)
                     _core.settle(promise, False, None)
                     return promise
-        note = f"distaff: raised in task '{self.name}' (execution {me.id if me else '?'})"
+        note = f"distaff: raised in {self.kind} '{self.name}' (execution {me.id if me else '?'})"
 
         def settle(fut: Any) -> None:
             if fut.cancelled():
