@@ -456,6 +456,16 @@ def test_distaff_sleep_in_an_async_body_is_an_error_naming_asyncio_sleep(engine)
     with pytest.raises(RuntimeError, match=r"asyncio\.sleep"):
         sleeper()  # on the engine's loop too
 
+    # Sync code that merely runs on a loop's thread (a Jupyter cell) still sleeps.
+    def sync_helper():
+        distaff.sleep(0.001)
+        return "slept"
+
+    async def calls_sync_helper():
+        return sync_helper()
+
+    assert run(calls_sync_helper) == "slept"
+
 
 def test_an_async_workflows_error_note_says_workflow(engine):
     @engine.workflow()
