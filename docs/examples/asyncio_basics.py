@@ -86,20 +86,24 @@ print("a sync body calling an async task:", sync_body_calling_async())
 out = combine(double.submit(1), (double.submit(2), "x"), {"k": double.submit(3)})
 print("resolve=True:", out)
 
-# 5. asyncio tools over Executions; cancelling an awaiter ---------------------------------------------
+# 5. asyncio APIs over Executions (an Execution is an asyncio future); cancelling ------------------
 
 
 async def asyncio_tools():
     print("asyncio.gather:", await asyncio.gather(double.submit(1), fetch.submit("a")))
+    print("asyncio.isfuture:", asyncio.isfuture(double.submit(1)))
+    done, pending = await asyncio.wait([fetch.submit("w")], return_when=asyncio.FIRST_COMPLETED)
+    print("asyncio.wait:", len(done), "done,", len(pending), "pending")
     slow = fetch.submit("slow", 0.2)
     try:
-        await asyncio.wait_for(slow, 0.01)
+        await asyncio.wait_for(slow, 0.01)  # asyncio's rule for futures: a timeout cancels it
     except asyncio.TimeoutError:
-        print("wait_for timed out; the execution is still running:", slow.running())
-    awaiter = asyncio.ensure_future(slow)
-    await asyncio.sleep(0)
-    awaiter.cancel()  # cancels this awaiter only
-    print("awaiter cancelled; execution cancelled?", slow.cancelled(), "->", await asyncio.shield(slow))
+        print("wait_for timed out; the execution was cancelled:", slow.cancelled())
+    slow = fetch.submit("slow", 0.2)
+    try:
+        await asyncio.wait_for(asyncio.shield(slow), 0.01)  # shield: the timeout cancels the await only
+    except asyncio.TimeoutError:
+        print("shielded: execution cancelled?", slow.cancelled(), "->", await slow)
     done, pending = await distaff.wait([fetch.submit("w")])  # an awaitable inside a loop
     print("await distaff.wait(...):", len(done), "done,", len(pending), "pending")
 

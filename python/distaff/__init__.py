@@ -5,6 +5,10 @@ Decorate functions with ``@task`` / ``@workflow``; ``.submit()`` returns an :cla
 Every execution runs as a fiber: waiting suspends the fiber, never an OS thread.
 """
 
+import inspect as _inspect
+import sys as _sys
+from asyncio import _get_running_loop
+
 from . import _core
 from ._core import Execution
 from ._engine import Engine, WorkflowScope, default_engine, shutdown, workflow_scope
@@ -41,10 +45,23 @@ _imports.install()  # importlib's module locks per fiber, not per worker thread 
 def sleep(seconds: float) -> None:
     """Sleeps without holding a thread: in a task body only the fiber waits.
 
-    Outside task bodies (main thread, plain threads) it is ``time.sleep``. In ``async def`` code keep
-    using ``asyncio.sleep``. ``time.sleep`` in a body holds its worker thread (docs/limits.md).
+    Outside task bodies (main thread, plain threads) it is ``time.sleep``. In ``async def`` code —
+    called from a coroutine function, or anywhere inside an ``async def`` task body — it raises
+    RuntimeError, since it would block the event loop: use ``await asyncio.sleep(seconds)``. Sync
+    code that merely runs on a loop's thread (a Jupyter cell) still sleeps. ``time.sleep`` in a body
+    holds its worker thread (docs/limits.md).
     """
+    if _get_running_loop() is not None and (
+        _core.current_execution() is not None or _sys._getframe(1).f_code.co_flags & _ASYNC_CODE
+    ):
+        raise RuntimeError(
+            "distaff.sleep() in async def code would block the asyncio event loop: use "
+            "`await asyncio.sleep(seconds)` there"
+        )
     _core.sleep(seconds)
+
+
+_ASYNC_CODE = _inspect.CO_COROUTINE | _inspect.CO_ASYNC_GENERATOR
 
 
 def current_execution():

@@ -9,6 +9,7 @@ shared work, the awaiter is one interested party (see docs/asyncio.md).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import os
 import threading
 import time
@@ -19,6 +20,9 @@ from ._errors import CancelledError, DeadlockError
 
 _inboxes: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _get_running_loop = asyncio._get_running_loop  # C-level, no exception when there is no loop
+
+
+_ONE = object()  # an inbox item with one argument
 
 
 class _Inbox:
@@ -32,12 +36,17 @@ class _Inbox:
         self.scheduled = False
 
     def post(self, fut: asyncio.Future, execution) -> None:
-        self.post_call(_deliver, (fut, execution))
+        self.post_call2(_deliver, fut, execution)
 
     def post_call(self, fn, arg) -> None:
-        # Runs on the completing thread with the GIL held. The GIL makes append and the flag
-        # check each atomic; drain() clears the flag before swapping, so nothing is stranded.
-        self.items.append((fn, arg))
+        """Delivers ``fn(arg)`` on the loop."""
+        self.post_call2(fn, arg, _ONE)
+
+    def post_call2(self, fn, a, b) -> None:
+        """Delivers ``fn(a, b)`` on the loop. Runs on the completing thread with the GIL held: the
+        GIL makes append and the flag check each atomic; drain() clears the flag before swapping,
+        so nothing is stranded."""
+        self.items.append((fn, a, b))
         if not self.scheduled:
             self.scheduled = True
             loop = self.loop_ref()
@@ -51,15 +60,17 @@ class _Inbox:
     def drain(self) -> None:
         self.scheduled = False
         items, self.items = self.items, []
-        for fn, arg in items:
+        for fn, a, b in items:
             try:
-                fn(arg)
+                if b is _ONE:
+                    fn(a)
+                else:
+                    fn(a, b)
             except BaseException as exc:  # one bad delivery must not drop the rest of the batch
                 asyncio.get_running_loop().call_exception_handler({"message": "distaff: delivery to the event loop failed", "exception": exc})
 
 
-def _deliver(pair) -> None:
-    fut, execution = pair
+def _deliver(fut, execution) -> None:
     if not fut.done():
         _copy_outcome(execution, fut)
 
@@ -100,19 +111,165 @@ def await_execution(execution):
     def deliver(ex):
         inbox.post(fut, ex)
 
-    execution.add_done_callback(deliver)
+    _raw_add_done_callback(execution, deliver)
     return _awaiting(execution, fut, deliver)
 
 
 def _awaiting(execution, fut, deliver):
-    # An awaiter that gives up (its task cancelled: task.cancel(), an asyncio.wait_for timeout, a
-    # TaskGroup sibling failing; or the coroutine closed) takes its callback back: polling
-    # `wait_for(ex, tiny)` in a loop must not pile one callback per call on a long execution.
+    # An awaiter that gives up takes its callback back: polling `wait_for(shield(ex), tiny)` in a
+    # loop must not pile one callback per call on a long execution. An awaiting task that is
+    # cancelled (task.cancel(), an asyncio.wait_for or asyncio.timeout expiring, a TaskGroup sibling
+    # failing) cancels the execution, as it cancels any asyncio future it awaits: the same on every
+    # Python version, where wait_for either cancels the task or calls ex.cancel() (docs/asyncio.md).
+    # A coroutine merely closed (never resumed) leaves the execution alone.
     try:
         return (yield from fut.__await__())
     finally:
         if not fut.done() or fut.cancelled():
             execution.remove_done_callback(deliver)
+        if fut.cancelled() and not execution.done():
+            _cancel(execution, getattr(fut, "_cancel_message", None))
+
+
+# -- the asyncio future protocol -----------------------------------------------------------------------
+#
+# An Execution is an asyncio future (asyncio.isfuture() is true), so every asyncio API that takes
+# futures takes it as it is — wait, wait_for, shield, gather, as_completed, ensure_future,
+# wrap_future — without wrapping it in a Task. Unlike an asyncio.Future it belongs to no loop:
+#   - get_loop() is the caller's running loop (asyncio only asks from the loop's thread);
+#   - add_done_callback(fn, context=) on a thread running a loop delivers fn(execution) on that loop,
+#     in that context, through the loop's inbox (one call_soon_threadsafe per batch), never before
+#     add_done_callback returns — asyncio's contract. Elsewhere (plain threads, fibers) fn runs on
+#     the completing thread, as concurrent.futures does. So one Execution serves several loops,
+#     threads and fibers at once;
+#   - cancel(msg=) cancels the execution; result()/exception() of a cancelled one raise
+#     distaff.CancelledError, which is also an asyncio.CancelledError (and a
+#     concurrent.futures.CancelledError): both protocols see a cancelled future.
+# distaff's own code registers its completion callbacks with _raw_add_done_callback (the completing
+# thread, whatever thread registers).
+
+_Execution = _core.Execution
+_raw_add_done_callback = _Execution.add_done_callback
+_raw_cancel = _Execution.cancel
+_cancel_messages: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_copy_context = contextvars.copy_context
+
+
+class _LoopCallback:
+    """``fn`` registered on a loop thread: run as ``context.run(fn, execution)`` on that loop. Equal
+    to ``fn``, so ``remove_done_callback(fn)`` finds it."""
+
+    __slots__ = ("fn", "context", "inbox")
+
+    def __init__(self, fn, context, inbox) -> None:
+        self.fn = fn
+        self.context = context
+        self.inbox = inbox
+
+    def __call__(self, execution) -> None:
+        self.inbox.post_call2(self.context.run, self.fn, execution)
+
+    def __eq__(self, other):
+        return self is other or self.fn == other
+
+    __hash__ = None
+
+
+class _ContextCallback:
+    """``fn`` registered with ``context=`` off any loop: run in that context on the completing thread."""
+
+    __slots__ = ("fn", "context")
+
+    def __init__(self, fn, context) -> None:
+        self.fn = fn
+        self.context = context
+
+    def __call__(self, execution) -> None:
+        self.context.copy().run(self.fn, execution)
+
+    def __eq__(self, other):
+        return self is other or self.fn == other
+
+    __hash__ = None
+
+
+def _add_done_callback(self, fn, *, context=None):
+    """Calls fn(execution) once it is finished. On a thread running an asyncio event loop (a coroutine,
+an async task body) fn runs on that loop, soon after the execution finishes (via the loop, even if
+it already has), in ``context`` (default: a copy of the current context) — the asyncio future
+protocol. Elsewhere fn runs on the thread that finishes the execution (now, if it already is
+finished), as with concurrent.futures."""
+    if not callable(fn):
+        raise TypeError(f"add_done_callback() needs a callable, not {type(fn).__name__}")
+    if context is not None and not isinstance(context, contextvars.Context):
+        raise TypeError(f"add_done_callback() context must be a contextvars.Context, not {type(context).__name__}")
+    loop = _get_running_loop()
+    if loop is None:
+        if context is None:
+            return _raw_add_done_callback(self, fn)
+        return _raw_add_done_callback(self, _ContextCallback(fn, context))
+    if context is None:
+        context = _copy_context()
+    if self.done():
+        loop.call_soon(fn, self, context=context)
+        return None
+    return _raw_add_done_callback(self, _LoopCallback(fn, context, _inbox_for(loop)))
+
+
+def _get_loop(self):
+    """The running event loop of the calling thread: an Execution belongs to no loop, and asyncio asks
+from the thread of the loop it is working for. RuntimeError outside a running loop."""
+    loop = _get_running_loop()
+    if loop is None:
+        raise RuntimeError(
+            f"execution {self.id} ({self.name}) belongs to no event loop: get_loop() answers only in a "
+            "thread running one (then it is that loop). To run a loop until an Execution finishes, "
+            "await it in a coroutine: loop.run_until_complete(coro) or asyncio.run(coro)"
+        )
+    return loop
+
+
+def _cancel(self, msg=None):
+    """Cancels the execution and its children (not detached ones). A running body is interrupted at its
+next wait or bytecode. True if it is (now) cancelled. ``msg`` is the message of the CancelledError
+that asyncio APIs (gather, wait_for) raise for it."""
+    if msg is not None and not self.done():
+        _cancel_messages[self] = msg
+    return _raw_cancel(self)
+
+
+def _cancel_message(self):
+    return _cancel_messages.get(self) if self.cancelled() else None
+
+
+def _make_cancelled_error(self):
+    # asyncio.gather calls this on a cancelled member.
+    msg = _cancel_messages.get(self)
+    return CancelledError(msg if msg is not None else f"execution {self.id} ({self.name}) was cancelled")
+
+
+def _future_blocking(self):
+    return None if _get_running_loop() is None else False
+
+
+def _install_future_protocol() -> None:
+    E = _Execution
+    # asyncio.isfuture(ex) looks at this: False (an asyncio future, never yielded itself) in a thread
+    # running a loop, where asyncio's APIs run; None (a plain awaitable) elsewhere, where there is no
+    # loop for get_loop() to name — so loop.run_until_complete(ex) wraps it in a Task, as it always did.
+    E._asyncio_future_blocking = property(_future_blocking)
+    E.add_done_callback = _add_done_callback
+    E._add_done_callback = _raw_add_done_callback
+    E.get_loop = _get_loop
+    E.cancel = _cancel
+    E._cancel_message = property(_cancel_message)
+    E._make_cancelled_error = _make_cancelled_error
+    _add_done_callback.__name__ = _add_done_callback.__qualname__ = "add_done_callback"
+    _get_loop.__name__ = _get_loop.__qualname__ = "get_loop"
+    _cancel.__name__ = _cancel.__qualname__ = "cancel"
+
+
+_install_future_protocol()
 
 
 # -- async bodies bound to event loops ----------------------------------------------------------------
@@ -216,11 +373,11 @@ def _live_bodies(loop) -> list:
     return []
 
 
-def _cancel(bindings) -> None:
+def _cancel_bodies(bindings) -> None:
     for b in bindings:
         ex = b.execution
         if ex is not None and not ex.done():
-            ex.cancel()  # its done-callback cancels the coroutine on the loop, if the loop still runs
+            _raw_cancel(ex)  # its done-callback cancels the coroutine on the loop, if the loop still runs
 
 
 def _after_fork_in_child() -> None:
@@ -248,7 +405,7 @@ def _watch() -> None:
                 _watcher = None
                 return
             dead = [b for e in _entries if _gone(e) for b in e.bodies.values() if b.sticky]
-        _cancel(dead)
+        _cancel_bodies(dead)
         del dead
         time.sleep(_WATCH_PERIOD)
 
@@ -263,7 +420,7 @@ def cancel_stranded(engine) -> int:
             loop = e.ref()
             if loop is None or loop.is_closed() or not loop.is_running():
                 victims.extend(b for b in e.bodies.values() if b.sticky and b.engine is engine)
-    _cancel(victims)
+    _cancel_bodies(victims)
     return len(victims)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import concurrent.futures
 import logging
@@ -24,8 +25,12 @@ class Error(Exception):
     """Base class of distaff's own errors (not of errors raised by task bodies)."""
 
 
-class CancelledError(Error, concurrent.futures.CancelledError):
-    """The execution was cancelled (raised by ``result()`` and ``exception()``)."""
+class CancelledError(Error, concurrent.futures.CancelledError, asyncio.CancelledError):
+    """The execution was cancelled (raised by ``result()`` and ``exception()``).
+
+    It is a ``concurrent.futures.CancelledError`` and an ``asyncio.CancelledError``: an Execution is
+    a future of both kinds, and each protocol's code recognises its cancellation (docs/asyncio.md).
+    """
 
 
 class TimeoutError(Error, builtins.TimeoutError):  # noqa: A001 - distaff.TimeoutError on purpose

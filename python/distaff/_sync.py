@@ -373,7 +373,7 @@ class _Limiter(_Waitable):
             else:
                 _core.settle(gate, False, None)
 
-        execution.add_done_callback(finished)
+        execution._add_done_callback(finished)
 
 
 def check_concurrency(value: Any) -> int | None:

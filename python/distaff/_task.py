@@ -244,7 +244,7 @@ class Task:
         binding = None
         if self.is_async:
             bind_loop = _get_running_loop()
-            body = _AsyncBody(body, bind_loop, engine, self.name, wait is not False)
+            body = _AsyncBody(body, bind_loop, engine, self.name, wait is not False, self.kind)
             if bind_loop is not None:
                 binding = body.binding
         timeout = self.timeout
@@ -588,7 +588,7 @@ def _bind_to_submitting_loop(binding: Any, loop: Any, ex: Any) -> None:
     # on the loop's thread that needs it is a deadlock, and (unless it waits for dependencies, see
     # _AsyncBody) the loop closing cancels it. Released when the execution finishes.
     binding.bind(loop, ex, not binding.gated, started=False)
-    ex.add_done_callback(binding.release)
+    ex._add_done_callback(binding.release)
 
 
 class _AsyncBody:
@@ -605,15 +605,16 @@ class _AsyncBody:
     ``asyncio.run`` returning) cancels it.
     """
 
-    __slots__ = ("fn", "loop", "engine", "name", "gated", "binding")
+    __slots__ = ("fn", "loop", "engine", "name", "gated", "binding", "kind")
 
-    def __init__(self, fn: Callable, loop: Any, engine: Any, name: str, gated: bool = False) -> None:
+    def __init__(self, fn: Callable, loop: Any, engine: Any, name: str, gated: bool = False, kind: str = "task") -> None:
         self.fn = fn
         # Weakly: a pending body must not keep a dropped loop alive (its collection cancels the body).
         self.loop = weakref.ref(loop) if loop is not None else None
         self.engine = engine
         self.name = name
         self.gated = gated
+        self.kind = kind  # "task" or "workflow": the word in the note on the body's error
         self.binding = _asyncio_mod._Binding(engine, gated)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -629,7 +630,7 @@ class _AsyncBody:
                     binding.bind(None, me, True)
                     _core.settle(promise, False, None)
                     return promise
-        note = f"distaff: raised in task '{self.name}' (execution {me.id if me else '?'})"
+        note = f"distaff: raised in {self.kind} '{self.name}' (execution {me.id if me else '?'})"
 
         def settle(fut: Any) -> None:
             if fut.cancelled():
@@ -665,7 +666,7 @@ class _AsyncBody:
         loop = self.engine._event_loop()
         binding.bind(loop, me, True)
         if self.loop is None and me is not None:
-            me.add_done_callback(binding.release)
+            me._add_done_callback(binding.release)
         loop.call_soon_threadsafe(start)
         return promise
 
@@ -693,7 +694,7 @@ async def _cancellable(me: Any, fn: Any, args: Any, kwargs: Any) -> Any:
             except RuntimeError:  # the loop is closed: the coroutine is gone with it
                 pass
 
-        me.add_done_callback(cancel)
+        me._add_done_callback(cancel)
     return await fn(*args, **kwargs)
 
 

@@ -198,7 +198,7 @@ def _link_cancellation(handle: Execution, members: list, member_cancels: bool) -
                 if not m.done():
                     m.cancel()
 
-    handle.add_done_callback(handle_done)
+    handle._add_done_callback(handle_done)
     if member_cancels:
 
         def member_done(m: Execution) -> None:
@@ -207,7 +207,7 @@ def _link_cancellation(handle: Execution, members: list, member_cancels: bool) -
                 handle.cancel()
 
         for m in members:
-            m.add_done_callback(member_done)
+            m._add_done_callback(member_done)
 
 
 def _outcome_or_exception(m: Execution) -> Any:

@@ -381,15 +381,20 @@ def gated(engine):
     return waits
 
 
-def test_asyncio_wait_for_times_out_without_touching_the_execution(gated):
+def test_asyncio_wait_for_timeout_cancels_the_execution_unless_shielded(gated):
+    # asyncio's semantics for futures: wait_for cancels what it timed out on; shield() protects it.
     async def main():
         ev = asyncio.Event()
         ex = gated.submit(ev)
         with pytest.raises(asyncio.TimeoutError):
             await asyncio.wait_for(ex, 0.01)
-        assert not ex.done() and not ex.cancelled()
+        assert ex.cancelled()
+        kept = gated.submit(ev)
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.shield(kept), 0.01)
+        assert not kept.done()
         ev.set()
-        return await asyncio.wait_for(ex, 30)
+        return await asyncio.wait_for(kept, 30)
 
     assert asyncio.run(main()) == "done"
 
@@ -405,7 +410,7 @@ def test_asyncio_wait_for_over_a_sync_execution(engine, new_gate):
     async def main():
         ex = slow.submit()
         with pytest.raises(asyncio.TimeoutError):
-            await asyncio.wait_for(ex, 0.01)
+            await asyncio.wait_for(asyncio.shield(ex), 0.01)
         assert not ex.done()
         gate.set()
         return await asyncio.wait_for(ex, 30)
@@ -452,7 +457,11 @@ def test_asyncio_shield_keeps_the_execution_when_the_outer_await_is_cancelled(ga
     assert asyncio.run(main()) == "done"
 
 
-def test_cancelling_the_awaiting_task_does_not_cancel_the_execution(engine, gated, new_gate):
+async def _await(ex):
+    return await ex
+
+
+def test_cancelling_the_awaiting_task_cancels_the_execution_unless_shielded(engine, gated, new_gate):
     gate = new_gate()
 
     @engine.task()
@@ -462,9 +471,20 @@ def test_cancelling_the_awaiting_task_does_not_cancel_the_execution(engine, gate
 
     async def main():
         ev = asyncio.Event()
+        # Awaited directly: cancelling the awaiting task cancels the execution (an asyncio future).
         exs = [gated.submit(ev), sync_slow.submit()]
-        awaiters = [asyncio.ensure_future(e) for e in exs]
+        awaiters = [asyncio.create_task(_await(e)) for e in exs]
         await asyncio.sleep(0)  # both awaiters are now suspended in `await ex`
+        for a in awaiters:
+            a.cancel()
+        for a in awaiters:
+            with pytest.raises(asyncio.CancelledError):
+                await a
+        assert [e.cancelled() for e in exs] == [True, True]
+        # Through shield(): only the await is cancelled, the execution runs on.
+        exs = [gated.submit(ev), sync_slow.submit()]
+        awaiters = [asyncio.create_task(_await(asyncio.shield(e))) for e in exs]
+        await asyncio.sleep(0)
         for a in awaiters:
             a.cancel()
         for a in awaiters:
@@ -491,15 +511,17 @@ def test_awaiting_a_cancelled_execution_raises_distaff_cancelled_error(engine, n
 
     async def main():
         ex = after.submit(opener.submit())
-        awaiter = asyncio.ensure_future(ex)
+        awaiter = asyncio.create_task(_await(ex))
         await asyncio.sleep(0)
         assert ex.cancel()
-        with pytest.raises(distaff.CancelledError):
+        with pytest.raises(distaff.CancelledError) as info:
             await awaiter
-        # The awaiting task failed with distaff's error; it was not itself cancelled.
+        # distaff's error is also asyncio's: the awaiting task ends cancelled, as when it awaits
+        # any cancelled future, and a plain `except asyncio.CancelledError` sees it.
+        assert isinstance(info.value, asyncio.CancelledError)
         return awaiter.cancelled()
 
-    assert asyncio.run(main()) is False
+    assert asyncio.run(main()) is True
     gate.set()
 
 
@@ -552,10 +574,13 @@ def test_completions_reach_a_loop_in_one_wake_up_per_batch(engine, new_gate):
         loop = asyncio.get_running_loop()
         g = opener.submit()
         exs = [member.submit(g, i) for i in range(n)]
-        awaiters = [asyncio.ensure_future(e) for e in exs]
+        awaiters = [asyncio.create_task(_await(e)) for e in exs]
         await asyncio.sleep(0)  # every awaiter is now suspended in `await ex`
-        for e in exs:
-            e.add_done_callback(count)  # runs after each awaiter's own completion callback
+        # Registered from a plain thread: count runs on the completing thread, after each awaiter's
+        # own completion callback (registered on the loop thread, it would wait for the loop).
+        t = threading.Thread(target=lambda: [e.add_done_callback(count) for e in exs])
+        t.start()
+        t.join()
         before = loop.wake_ups
         gate.set()
         # Block the loop on purpose until every completion has been posted to it.

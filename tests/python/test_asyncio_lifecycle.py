@@ -479,7 +479,7 @@ def slow():
 async def poll(ex, n):
     for _ in range(n):
         try:
-            await asyncio.wait_for(ex, 1e-6)
+            await asyncio.wait_for(asyncio.shield(ex), 1e-6)  # shield: a timeout cancels what it awaits
         except asyncio.TimeoutError:
             pass
 
@@ -494,7 +494,7 @@ async def main():
     before = tracemalloc.get_traced_memory()[0]
     await poll(ex, 40000)
     for _ in range(2000):  # awaiting tasks cancelled by hand
-        t = asyncio.ensure_future(awaiter(ex))
+        t = asyncio.ensure_future(awaiter(asyncio.shield(ex)))
         await asyncio.sleep(0)
         t.cancel()
         try:

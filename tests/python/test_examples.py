@@ -23,7 +23,10 @@ KEY_LINES = {
     "docs/examples/asyncio_basics.py": [
         "in a running loop: Execution -> 42",
         "submitted from a running loop, runs on it: True",
-        "awaiter cancelled; execution cancelled? False -> <slow>",
+        "asyncio.isfuture: True",
+        "asyncio.wait: 1 done, 0 pending",
+        "wait_for timed out; the execution was cancelled: True",
+        "shielded: execution cancelled? False -> <slow>",
         "async with Engine: <in>",
         "result() on the loop thread: DeadlockError; await it: <x>",
     ],

@@ -886,7 +886,9 @@ def test_a_body_cancelling_itself(engine):
     assert reached == []
 
 
-def test_cancelling_an_asyncio_awaiter_does_not_cancel_the_execution(engine, new_gate):
+def test_cancelling_an_asyncio_awaiter_cancels_the_execution_and_shield_keeps_it(engine, new_gate):
+    # An Execution is an asyncio future: cancelling the task that awaits it, or a wait_for timeout,
+    # cancels it (as for any asyncio future); asyncio.shield() cancels the await only.
     gate = new_gate()
 
     @engine.task()
@@ -894,18 +896,32 @@ def test_cancelling_an_asyncio_awaiter_does_not_cancel_the_execution(engine, new
         fiber_wait(gate, timeout=60)
         return "finished anyway"
 
+    async def awaiting(aw):
+        return await aw
+
     async def main():
         ex = slow.submit()
-        awaiter = asyncio.ensure_future(ex)
+        awaiter = asyncio.create_task(awaiting(ex))
+        await asyncio.sleep(0.01)
+        awaiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await awaiter
+        assert ex.cancelled()
+        ex = slow.submit()
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(ex, 0.01)
+        assert ex.cancelled()
+        ex = slow.submit()
+        awaiter = asyncio.create_task(awaiting(asyncio.shield(ex)))
         await asyncio.sleep(0.01)
         awaiter.cancel()
         with pytest.raises(asyncio.CancelledError):
             await awaiter
         with pytest.raises(asyncio.TimeoutError):
-            await asyncio.wait_for(ex, 0.01)  # a wait_for timeout cancels the await only, too
+            await asyncio.wait_for(asyncio.shield(ex), 0.01)
         assert not ex.done() and not ex.cancelled()
         gate.set()
-        return await ex  # the opt-in to stop it is explicit: ex.cancel()
+        return await ex
 
     assert asyncio.run(main()) == "finished anyway"
 
