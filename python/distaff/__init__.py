@@ -7,7 +7,7 @@ Every execution runs as a fiber: waiting suspends the fiber, never an OS thread.
 
 from . import _core
 from ._core import Execution
-from ._engine import Engine, WorkflowScope, default_engine, shutdown, workflow_scope
+from ._engine import Engine, ExecutionRecord, WorkflowScope, default_engine, shutdown, use_engine, workflow_scope
 from ._errors import (
     CancelledError,
     DeadlockError,
@@ -75,6 +75,7 @@ __all__ = [
     "Lock",
     "Semaphore",
     "Execution",
+    "ExecutionRecord",
     "InternalError",
     "RESERVED_KWARGS",
     "RetryPolicy",
@@ -86,5 +87,6 @@ __all__ = [
     "shutdown",
     "sleep",
     "task",
+    "use_engine",
     "workflow",
 ]
