@@ -1357,7 +1357,7 @@ def test_exit_with_work_running_waits_for_it_and_says_so():
 
         @distaff.task
         def slow(i):
-            distaff.sleep(0.3)
+            distaff.sleep(1.5)  # longer than the exit wait's quiet first second
             print("finished", i, flush=True)
 
         for i in range(3):
@@ -1370,6 +1370,28 @@ def test_exit_with_work_running_waits_for_it_and_says_so():
     assert "distaff: waiting for 3 outstanding execution(s) before exit" in proc.stderr
 
 
+def test_exit_wait_under_a_second_is_silent():
+    # Issue 10: short scripts whose last executions finish within a second of the exit print
+    # nothing; the work still finishes.
+    proc = run_python(
+        """
+        import distaff
+
+        @distaff.task
+        def short(i):
+            distaff.sleep(0.05)
+            print("finished", i, flush=True)
+
+        for i in range(3):
+            short.submit(i)
+        """,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(proc.stdout.split("\n")[:3]) == ["finished 0", "finished 1", "finished 2"]
+    assert "outstanding" not in proc.stderr, proc.stderr
+
+
 def test_exit_with_a_body_stuck_in_c_code_waits_for_it_without_crashing():
     proc = run_python(
         """
@@ -1377,7 +1399,7 @@ def test_exit_with_a_body_stuck_in_c_code_waits_for_it_without_crashing():
 
         @distaff.task
         def stuck():
-            time.sleep(0.5)
+            time.sleep(1.5)  # past the exit wait's quiet first second: the wait is announced
             print("stuck body returned", flush=True)
 
         stuck.submit()
@@ -1423,7 +1445,8 @@ def test_ctrl_c_during_the_exit_wait_cancels_queued_work_and_waits_for_a_body_in
     def running():
         started.set()
         try:
-            time.sleep(1.0)  # holds the only worker, in C code: cannot be interrupted
+            time.sleep(3.0)  # holds the only worker, in C code: cannot be interrupted (and outlasts
+                             # the exit wait's quiet first second, after which the wait is announced)
         finally:
             print("running returned", flush=True)
         print("running went on", flush=True)  # not reached: cancelled at its next bytecode
