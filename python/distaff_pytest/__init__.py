@@ -1,7 +1,9 @@
 """The pytest plugin shipped with distaff (entry point ``pytest11``): the ``distaff_engine`` fixture.
 
-distaff is imported only when a test asks for the fixture, so a test suite that does not use it
-runs exactly as without the plugin. See docs/testing.md.
+A package of its own, outside ``distaff``: pytest imports every plugin at startup, and importing
+``distaff`` installs process-wide hooks (import locks per fiber, an exit hook). distaff is imported
+only when a test asks for the fixture, so a test suite that does not use it runs exactly as without
+the plugin. See docs/testing.md.
 """
 
 from __future__ import annotations
