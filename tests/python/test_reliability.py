@@ -229,6 +229,47 @@ def test_fallback_receives_arguments_and_final_exception(engine):
     assert isinstance(exc, RuntimeError) and str(exc) == "attempt 3"  # the final one
 
 
+def test_fallback_gets_exc_as_a_keyword(engine):
+    # Issue 10: exc is passed by keyword, so a keyword-only exc works and positional order is free.
+    def kw_only(x, *, exc):
+        return ("kw", x, type(exc).__name__)
+
+    def var_kw(x, **kw):
+        return ("var", x, type(kw["exc"]).__name__)
+
+    @engine.task(fallback=kw_only)
+    def a(x):
+        raise KeyError(x)
+
+    @engine.task(fallback=var_kw)
+    def b(x):
+        raise KeyError(x)
+
+    @engine.task(fallback=lambda x, *, exc: ("async", x, type(exc).__name__))
+    async def c(x):
+        raise KeyError(x)
+
+    assert a(1) == ("kw", 1, "KeyError")
+    assert b(2) == ("var", 2, "KeyError")
+    assert c.submit(3).result(timeout=30) == ("async", 3, "KeyError")
+
+
+def test_fallback_that_cannot_take_exc_is_refused_at_decoration(engine):
+    with pytest.raises(TypeError, match="must accept the keyword argument exc="):
+        engine.task(fallback=lambda x: x)(lambda x: x)
+    with pytest.raises(TypeError, match="must accept the keyword argument exc="):
+
+        def positional_only(x, exc, /):
+            return x
+
+        engine.task(fallback=positional_only)(lambda x: x)
+    with pytest.raises(ValueError, match="clashes with the parameter 'exc'"):
+
+        @engine.task(fallback=lambda exc: None)
+        def has_exc(exc):
+            return exc
+
+
 def test_fallback_without_retries_and_not_on_success(engine):
     @engine.task(fallback=lambda x, exc: ("fb", x, type(exc).__name__))
     def once(x):
