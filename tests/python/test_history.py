@@ -287,3 +287,34 @@ def test_use_engine_body_submitting_after_the_block_still_routes(new_gate):
 def test_use_engine_rejects_non_engines():
     with pytest.raises(TypeError, match="distaff.Engine"):
         distaff.use_engine("default")
+
+
+def test_executions_after_an_asyncflow_style_run():
+    # The case: after a seed-style AsyncFlow run, executions(workflow_id="wf-3") was [].
+    eng = distaff.Engine()
+    try:
+
+        @eng.task
+        async def step():
+            await asyncio.sleep(0.01)
+            return 1
+
+        @eng.task(resolve=True)
+        async def combine(a, b):
+            return a + b
+
+        async def run_wf(i):
+            async with eng.workflow_scope(f"wf-{i}"):
+                assert await combine(step(), step()) == 2
+
+        async def main():
+            await asyncio.gather(*[run_wf(i) for i in range(5)])
+
+        asyncio.run(main())
+        collect()
+        listed = eng.executions(workflow_id="wf-3")
+        assert len(listed) == 3
+        assert {e.state for e in listed} == {"succeeded"}
+        assert sorted(e.name.rsplit(".", 1)[-1] for e in listed) == ["combine", "step", "step"]
+    finally:
+        eng.shutdown()
