@@ -52,7 +52,9 @@ class Engine(concurrent.futures.Executor):
         stack_size: size of each fiber's stack in bytes, 64 KiB to 1 GiB. Default 8 MiB, a thread's:
             a body can run what a thread runs. Only the pages a body touches cost memory, and every
             stack has a guard page below it while its fiber runs (docs/limits.md).
-        history: how many finished executions ``graph()`` remembers (0 disables).
+        history: how many finished executions the engine remembers for ``graph()`` and
+            ``executions()`` (0 disables): the newest ones, a few hundred bytes each (no results,
+            no exception objects); ``clear_history()`` forgets them.
     """
 
     def __init__(

@@ -44,10 +44,9 @@ def distaff_engine(request: Any) -> Iterator[Any]:
     options = dict(marker.kwargs) if marker is not None else {}
     if marker is not None and marker.args:
         raise TypeError("@pytest.mark.distaff_engine takes Engine options as keywords only")
-    options.setdefault("history", 100_000)
+    engine = distaff.Engine(**options)  # bad options: a clear TypeError/ValueError at setup
     unobserved: list = []
     _errors._unobserved_listeners.append(unobserved.extend)
-    engine = distaff.Engine(**options)
     problems = []
     routing = distaff.use_engine(engine)
     routing.__enter__()
