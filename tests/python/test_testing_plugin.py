@@ -120,3 +120,39 @@ def test_suites_without_the_fixture_do_not_import_distaff(pytester):
         """,
     )
     result.assert_outcomes(passed=1)
+
+
+def test_bad_marker_options_are_a_setup_error(pytester):
+    result = _run(
+        pytester,
+        """
+        import pytest
+
+        @pytest.mark.distaff_engine(workers=0)
+        def test_zero_workers(distaff_engine):
+            pass
+        """,
+    )
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*ValueError: workers must be at least 1, got 0*"])
+
+
+def test_routing_reaches_asyncio_code_in_the_test(pytester):
+    result = _run(
+        pytester,
+        """
+        import asyncio, distaff
+
+        @distaff.task
+        async def fetch(x):
+            await asyncio.sleep(0)
+            return x * 2
+
+        def test_async_code(distaff_engine):
+            async def main():
+                return await distaff.gather(*fetch.map([1, 2, 3]))
+            assert asyncio.run(main()) == [2, 4, 6]
+            assert distaff_engine.stats()["submitted"] == 3
+        """,
+    )
+    result.assert_outcomes(passed=1)
