@@ -1509,6 +1509,31 @@ def test_ctrl_c_during_the_exit_wait_cancels_queued_work_and_waits_for_a_body_in
     assert "interrupted; cancelling outstanding executions" in err
 
 
+def test_ctrl_c_during_the_exit_waits_quiet_second_cancels_as_before():
+    # Issue 10: the exit wait is announced only after a second; a Ctrl-C inside that first second
+    # ends it as one after the announcement does (cancels, waits for the bodies, exit status 0).
+    script = """
+    import atexit, distaff
+
+    @distaff.task
+    def forever():
+        while True:
+            distaff.sleep(0.01)
+
+    forever.submit()
+    # Exit hooks run last-registered first: this line is printed just before distaff's exit wait.
+    atexit.register(lambda: print("ready", flush=True))
+    """
+    try:
+        rc, out, err = _ctrl_c(script, wait=0.2, timeout=30)
+    except Exception as e:  # subprocess.TimeoutExpired: the hang
+        pytest.fail(f"exit hung after Ctrl-C: {e!r}")
+    assert rc == 0, err
+    assert "interrupted; cancelling outstanding executions" in err, err
+    assert _EXIT_WAIT not in err, err  # the Ctrl-C came within the quiet second
+    assert "Traceback" not in err, err
+
+
 def test_ctrl_c_during_the_exit_wait_ends_a_suspended_body():
     script = """
     import distaff
