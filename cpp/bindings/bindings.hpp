@@ -36,12 +36,22 @@ struct EngineCore {
   int join_state = 0;
   bool dropped = false;
   std::thread joiner;  // the join thread, until whoever waited for it (or the drop) joins it
-  // Finished executions kept for engine.graph(): a bounded history, newest last.
+  // Finished executions kept for engine.graph() and engine.executions(): a bounded history, newest
+  // last. Python-free: the workflow id and a failure's "Type: message" are copied as strings when
+  // the execution finishes (no exception object kept alive); untagged successes carry no extra.
+  struct HistoryExtra {
+    std::string workflow_id;  // empty: untagged
+    std::string error;        // empty: did not fail
+  };
+  struct HistoryEntry {
+    ExecutionRef ex;
+    std::unique_ptr<HistoryExtra> extra;
+  };
   std::mutex history_mu;
-  std::vector<ExecutionRef> history;
+  std::vector<HistoryEntry> history;
   std::size_t history_limit = 100000;
   std::size_t history_head = 0;  // ring index once full
-  void remember(const ExecutionRef& ex);
+  void remember(const ExecutionRef& ex, std::unique_ptr<HistoryExtra> extra);
 };
 
 // The Python Execution object. Field order matters little; everything is guarded by the GIL.

@@ -104,21 +104,41 @@ class EngineHandle {
     return d;
   }
 
-  // history: (id, name, kind, parent_id, dependency ids, state, submitted, started, finished) of the
-  // finished executions the engine remembers, oldest first.
-  pyb::list history() const {
-    std::vector<ExecutionRef> copy;
+  // history: (id, name, kind, parent_id, dependency ids, state, submitted, started, finished,
+  // workflow_id or None, error or None) of the finished executions the engine remembers, oldest
+  // first. With workflow_id (a str), only the executions tagged with it.
+  pyb::list history(pyb::object workflow_id) const {
+    const bool filter = !workflow_id.is_none();
+    const std::string wanted = filter ? workflow_id.cast<std::string>() : std::string();
+    struct Row {
+      ExecutionRef ex;
+      std::string workflow_id, error;
+      bool tagged, failed;
+    };
+    std::vector<Row> copy;
     {
       std::lock_guard<std::mutex> g(core_->history_mu);
-      copy.reserve(core_->history.size());
       const std::size_t n = core_->history.size();
+      if (!filter) copy.reserve(n);
       const std::size_t start = n < core_->history_limit ? 0 : core_->history_head;
-      for (std::size_t i = 0; i < n; ++i) copy.push_back(core_->history[(start + i) % n]);
+      for (std::size_t i = 0; i < n; ++i) {
+        const EngineCore::HistoryEntry& e = core_->history[(start + i) % n];
+        const EngineCore::HistoryExtra* x = e.extra.get();
+        const bool tagged = x && !x->workflow_id.empty();
+        if (filter && (!tagged || x->workflow_id != wanted)) continue;
+        if (x)
+          copy.push_back(Row{e.ex, x->workflow_id, x->error, tagged, !x->error.empty()});
+        else
+          copy.push_back(Row{e.ex, std::string(), std::string(), false, false});
+      }
     }
     pyb::list out;
-    for (const ExecutionRef& e : copy) {
+    for (const Row& r : copy) {
+      const ExecutionRef& e = r.ex;
       out.append(pyb::make_tuple(e->id(), e->name(), to_string(e->kind()), e->parent_id(), e->dependency_ids(),
-                                 to_string(e->state()), e->submitted_ns(), e->started_ns(), e->finished_ns()));
+                                 to_string(e->state()), e->submitted_ns(), e->started_ns(), e->finished_ns(),
+                                 r.tagged ? pyb::object(pyb::str(r.workflow_id)) : pyb::object(pyb::none()),
+                                 r.failed ? pyb::object(pyb::str(r.error)) : pyb::object(pyb::none())));
     }
     return out;
   }
@@ -150,7 +170,7 @@ PYBIND11_MODULE(_core, m) {
            pyb::arg("max_workers"), pyb::arg("stack_size"), pyb::arg("history"))
       .def("capsule", [](pyb::object self) { return self.cast<EngineHandle&>().capsule(self); })
       .def("stats", &EngineHandle::stats)
-      .def("history", &EngineHandle::history)
+      .def("history", &EngineHandle::history, pyb::arg("workflow_id") = pyb::none())
       .def("clear_history", &EngineHandle::clear_history);
 
   m.attr("STACK_SIZE_MIN") = kStackSizeMin;

@@ -848,13 +848,17 @@ void forward_done(Execution& target_core, void* arg) {
 
 }  // namespace
 
-void EngineCore::remember(const ExecutionRef& ex) {
+void EngineCore::remember(const ExecutionRef& ex, std::unique_ptr<HistoryExtra> extra) {
   if (history_limit == 0) return;
+  std::unique_ptr<HistoryExtra> old;  // freed after the lock is released
   std::lock_guard<std::mutex> g(history_mu);
   if (history.size() < history_limit) {
-    history.push_back(ex);
+    history.push_back(HistoryEntry{ex, std::move(extra)});
   } else {
-    history[history_head] = ex;
+    HistoryEntry& e = history[history_head];
+    e.ex = ex;
+    old = std::move(e.extra);
+    e.extra = std::move(extra);
     history_head = (history_head + 1) % history_limit;
   }
 }
@@ -965,6 +969,54 @@ bool terminate(PyExecution* pe, State state, PyObject* value, PyObject* async_ex
   return true;
 }
 
+// What the history keeps of a finished execution besides its core record: the workflow id, and
+// for a failure "Type: message" (str() of the exception, cut to kErrorTextMax bytes). Null for an
+// untagged execution that did not fail: the common case allocates nothing. GIL held.
+constexpr std::size_t kErrorTextMax = 500;
+
+static std::unique_ptr<EngineCore::HistoryExtra> history_extra(PyExecution* pe) {
+  const bool failed = pe->exc && pe->core->state() == State::failed;
+  if (!pe->workflow_id && !failed) return nullptr;
+#if PY_VERSION_HEX >= 0x030C0000
+  PyObject* saved = PyErr_GetRaisedException();
+#else
+  PyObject *t, *v, *tb;
+  PyErr_Fetch(&t, &v, &tb);
+#endif
+  auto extra = std::make_unique<EngineCore::HistoryExtra>();
+  if (pe->workflow_id && PyUnicode_Check(pe->workflow_id)) {
+    Py_ssize_t n = 0;
+    if (const char* s = PyUnicode_AsUTF8AndSize(pe->workflow_id, &n)) extra->workflow_id.assign(s, n);
+    PyErr_Clear();
+  }
+  if (failed) {
+    const char* tp = Py_TYPE(pe->exc)->tp_name;
+    if (const char* dot = std::strrchr(tp, '.')) tp = dot + 1;  // "numpy.linalg.LinAlgError": the name
+    extra->error = tp;
+    if (PyObject* text = PyObject_Str(pe->exc)) {  // the body's exception: its __str__ may run Python
+      Py_ssize_t n = 0;
+      const char* s = PyUnicode_AsUTF8AndSize(text, &n);
+      if (s && n > 0) {
+        std::size_t len = static_cast<std::size_t>(n);
+        if (len > kErrorTextMax) {
+          len = kErrorTextMax;
+          while (len > 0 && (static_cast<unsigned char>(s[len]) & 0xC0) == 0x80) --len;  // whole characters
+        }
+        extra->error.append(": ").append(s, len);
+        if (len < static_cast<std::size_t>(n)) extra->error.append("...");
+      }
+      Py_DECREF(text);
+    }
+    PyErr_Clear();  // a failing __str__ leaves the type name alone
+  }
+#if PY_VERSION_HEX >= 0x030C0000
+  PyErr_SetRaisedException(saved);
+#else
+  PyErr_Restore(t, v, tb);
+#endif
+  return extra;
+}
+
 bool complete(PyExecution* pe, State state, PyObject* value) {
   Execution* c = pe->core;
   if (c->done()) {
@@ -993,7 +1045,7 @@ bool complete(PyExecution* pe, State state, PyObject* value) {
                                                   : c->finish(state);
   if (!finished) return false;
   if (pe->timer_id) disarm_timeout(pe);
-  if (eng) eng->remember(ExecutionRef(c));
+  if (eng && eng->history_limit) eng->remember(ExecutionRef(c), history_extra(pe));
   if (PyObject* cbs = pe->callbacks) {
     pe->callbacks = nullptr;
     PyObject* self = reinterpret_cast<PyObject*>(pe);

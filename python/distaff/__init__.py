@@ -11,7 +11,7 @@ from asyncio import _get_running_loop
 
 from . import _core
 from ._core import Execution
-from ._engine import Engine, WorkflowScope, default_engine, shutdown, workflow_scope
+from ._engine import Engine, ExecutionRecord, WorkflowScope, default_engine, shutdown, use_engine, workflow_scope
 from ._errors import (
     CancelledError,
     DeadlockError,
@@ -92,6 +92,7 @@ __all__ = [
     "Lock",
     "Semaphore",
     "Execution",
+    "ExecutionRecord",
     "InternalError",
     "RESERVED_KWARGS",
     "RetryPolicy",
@@ -103,5 +104,6 @@ __all__ = [
     "shutdown",
     "sleep",
     "task",
+    "use_engine",
     "workflow",
 ]

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import concurrent.futures
 import contextvars
 import gc
+import itertools
 import logging
+import math
 import os
 import sys
 import threading
+import time
 import weakref
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator
 
 from . import _asyncio, _core, _validate
 from ._errors import ShutdownError
@@ -24,9 +28,19 @@ _default: "Engine | None" = None
 _default_lock = threading.Lock()
 _exiting = False  # the exit hook has begun
 
+# use_engine(): the engine module-level tasks submit to in this context. _routing turns true at the
+# first use_engine() and stays so (a body started from inside the block may submit after the block
+# ended: its context still routes), so programs that never route pay one global load per submit.
+_routed: contextvars.ContextVar = contextvars.ContextVar("distaff_use_engine", default=None)
+_routing = False
 
-class Engine:
+
+class Engine(concurrent.futures.Executor):
     """A workflow engine: worker threads that run every execution as a fiber.
+
+    Also a ``concurrent.futures.Executor``: ``submit``, ``map`` and ``shutdown(wait,
+    cancel_futures=)`` keep the stdlib meanings, so ``loop.run_in_executor(engine, fn, *args)`` and
+    libraries that take an Executor can use it.
 
     Args:
         workers: OS threads running fibers. Default 1: for bodies that hold the GIL a second worker
@@ -38,7 +52,9 @@ class Engine:
         stack_size: size of each fiber's stack in bytes, 64 KiB to 1 GiB. Default 8 MiB, a thread's:
             a body can run what a thread runs. Only the pages a body touches cost memory, and every
             stack has a guard page below it while its fiber runs (docs/limits.md).
-        history: how many finished executions ``graph()`` remembers (0 disables).
+        history: how many finished executions the engine remembers for ``graph()`` and
+            ``executions()`` (0 disables): the newest ones, a few hundred bytes each (no results,
+            no exception objects); ``clear_history()`` forgets them.
     """
 
     def __init__(
@@ -100,7 +116,12 @@ class Engine:
         return _decorator("workflow", fn, self, **options)
 
     def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> _core.Execution:
-        """Runs a plain callable as an execution (no decoration, no signature check)."""
+        """Runs ``fn(*args, **kwargs)`` as an execution of this engine and returns its Execution.
+
+        A plain callable runs as is (no decoration, no signature check; the ``Executor.submit``
+        contract). A decorated task (``engine.submit(my_task, x)``) runs on this engine instead of
+        its own, with its options and its argument check. Raises ShutdownError (a RuntimeError,
+        as ``Executor.submit`` after shutdown) once the engine is shut down."""
         if not callable(fn):
             raise TypeError(f"submit() needs a callable, not {type(fn).__name__}")
         if isinstance(fn, Task):
@@ -112,6 +133,44 @@ class Engine:
             return clone.submit(*args, **kwargs)
         name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
         return self._submit(fn, name, 0, False, args, kwargs, None)
+
+    def map(
+        self, fn: Callable, *iterables: Iterable, timeout: float | None = None, chunksize: int = 1
+    ) -> Iterator:
+        """``concurrent.futures.Executor.map``: ``fn`` over the items of ``iterables`` in parallel.
+
+        Every call is submitted now; the returned iterator yields the results in order, as each
+        becomes available. An exception raised by a call is raised when the iterator reaches it.
+        With ``timeout`` (seconds, counted from this call) reaching an item not done by then raises
+        TimeoutError. Closing the iterator early (or an exception from it) cancels the calls not
+        yet reached. ``chunksize`` > 1 runs that many consecutive calls in one execution (fewer
+        executions for many tiny calls).
+        """
+        if not callable(fn):
+            raise TypeError(f"map() needs a callable, not {type(fn).__name__}")
+        if timeout is not None:
+            if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or math.isnan(timeout):
+                raise TypeError(f"timeout must be a number of seconds or None, not {timeout!r}")
+        if isinstance(chunksize, bool) or not isinstance(chunksize, int):
+            raise TypeError(f"chunksize must be an int, not {type(chunksize).__name__}")
+        if chunksize < 1:
+            raise ValueError("chunksize must be >= 1.")
+        end = None if timeout is None else time.monotonic() + timeout
+        calls = zip(*iterables)
+        fs: list = []
+        try:
+            if chunksize == 1:
+                for args in calls:
+                    fs.append(self.submit(fn, *args))
+            else:
+                name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+                while chunk := list(itertools.islice(calls, chunksize)):
+                    fs.append(self._submit(_call_chunk, name, 0, False, (fn, chunk), None, None))
+        except BaseException:
+            for f in fs:
+                f.cancel()
+            raise
+        return _map_results(fs, end, chunksize > 1)
 
     def _submit(self, fn, name, kind, wait, args, kwargs, workflow_id) -> _core.Execution:
         if workflow_id is None:
@@ -149,7 +208,7 @@ class Engine:
         """
         return WorkflowScope(self, workflow_id, cancel_on_error)
 
-    def executions(self, workflow_id: str | None = None) -> list:
+    def _live_executions(self, workflow_id: str | None = None) -> list:
         """The live Execution objects tagged with ``workflow_id`` (all tagged ones if None)."""
         with self._workflows_lock:
             if workflow_id is None:
@@ -163,7 +222,7 @@ class Engine:
         n = 0
         # Newest first: dependents (always newer than their dependencies) are cancelled before a
         # running dependency is, so they end cancelled rather than failed by DependencyError.
-        for e in reversed(self.executions(workflow_id)):
+        for e in reversed(self._live_executions(workflow_id)):
             if not e.done() and e.cancel():
                 n += 1
         return n
@@ -202,7 +261,14 @@ class Engine:
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
-    def shutdown(self, wait: bool = True, *, cancel_pending: bool = False, cancel_running: bool = False) -> None:
+    def shutdown(
+        self,
+        wait: bool = True,
+        *,
+        cancel_futures: bool = False,
+        cancel_pending: bool = False,
+        cancel_running: bool = False,
+    ) -> None:
         """Stops accepting work, then (with ``wait``) waits for the outstanding work and joins
         the workers.
 
@@ -216,12 +282,14 @@ class Engine:
             wait: wait for every outstanding execution (queued, waiting and running) to finish, then
                 join the workers. Ctrl-C interrupts the wait; the engine stays closed and its work
                 runs on (the exit waits for it). Without ``wait`` the work finishes all the same.
+            cancel_futures: ``Executor.shutdown``'s name for ``cancel_pending``.
             cancel_pending: first cancel what has not started yet.
             cancel_running: also cancel the executions whose bodies are running now, like
                 ``Execution.cancel()``: a body parked in a wait is woken with CancelledError, one
                 running Python gets CancelledError at its next bytecode, one stuck in C code is
                 marked cancelled and waited for. Implies ``cancel_pending``.
         """
+        cancel_pending = _validate.flag(cancel_pending, "cancel_pending") | _validate.flag(cancel_futures, "cancel_futures")
         if self._capsule is None:  # inherited across fork(): its workers do not exist here
             self._closed = True
             return
@@ -290,37 +358,99 @@ class Engine:
         started so far), closed."""
         return self._core.stats()
 
-    def graph(self) -> dict:
-        """What ran: ``{"nodes": [...], "edges": [...]}`` over the finished executions remembered.
+    def graph(self, workflow_id: str | None = None) -> dict:
+        """What ran: ``{"nodes": [...], "edges": [...]}`` over the finished executions remembered
+        (the engine's history: the last ``history`` ones, see ``Engine(history=)``).
 
-        Each node is a description dict; edges are ``{"source", "target", "kind"}`` with kind
-        ``"parent"`` (source's body submitted target) or ``"dependency"`` (target got source as an
-        argument).
+        Each node is a description dict, with ``workflow_id`` (or None) and, for a failed
+        execution, ``error``: ``"ValueError: message"``. Edges are ``{"source", "target", "kind"}``
+        with kind ``"parent"`` (source's body submitted target) or ``"dependency"`` (target got
+        source as an argument). ``workflow_id`` keeps only the nodes tagged with it (and the edges
+        between them and to them).
         """
+        _validate.workflow_id(workflow_id)
         nodes = []
         edges = []
-        for (id_, name, kind, parent, deps, state, sub, start, fin) in self._core.history():
-            nodes.append(
-                {
-                    "id": id_,
-                    "name": name,
-                    "kind": kind,
-                    "parent_id": parent or None,
-                    "dependencies": list(deps),
-                    "state": state,
-                    "submitted": sub / 1e9 if sub else None,
-                    "started": start / 1e9 if start else None,
-                    "finished": fin / 1e9 if fin else None,
-                }
-            )
-            if parent:
-                edges.append({"source": parent, "target": id_, "kind": "parent"})
-            for d in deps:
+        for node in self._history(workflow_id):
+            nodes.append(node)
+            id_ = node["id"]
+            if node["parent_id"]:
+                edges.append({"source": node["parent_id"], "target": id_, "kind": "parent"})
+            for d in node["dependencies"]:
                 edges.append({"source": d, "target": id_, "kind": "dependency"})
         return {"nodes": nodes, "edges": edges}
 
+    def _history(self, workflow_id: str | None = None) -> list:
+        out = []
+        for (id_, name, kind, parent, deps, state, sub, start, fin, wid, error) in self._core.history(workflow_id):
+            node = {
+                "id": id_,
+                "name": name,
+                "kind": kind,
+                "parent_id": parent or None,
+                "dependencies": list(deps),
+                "state": state,
+                "workflow_id": wid,
+                "submitted": sub / 1e9 if sub else None,
+                "started": start / 1e9 if start else None,
+                "finished": fin / 1e9 if fin else None,
+            }
+            if error is not None:
+                node["error"] = error
+            out.append(node)
+        return out
+
+    def executions(self, workflow_id: str | None = None) -> list:
+        """Every execution tagged with ``workflow_id`` (every tagged one if None) that this engine
+        still knows of, sorted by id: the live Execution objects (all unfinished ones, and finished
+        ones something still references), and an :class:`ExecutionRecord` for each finished one in
+        the engine's history whose Execution object is gone. ``Engine(history=)`` bounds how many
+        finished executions are remembered."""
+        _validate.workflow_id(workflow_id)
+        live = self._live_executions(workflow_id)
+        seen = {e.id for e in live}
+        out = list(live)
+        if workflow_id is None:
+            rows = [n for n in self._history() if n["workflow_id"] is not None]
+        else:
+            rows = self._history(workflow_id)
+        out.extend(ExecutionRecord(n) for n in rows if n["id"] not in seen)
+        return sorted(out, key=lambda e: e.id)
+
     def clear_history(self) -> None:
         self._core.clear_history()
+
+
+class ExecutionRecord:
+    """A finished execution from the engine's history whose Execution object no longer exists
+    (listed by ``engine.executions()``). Read-only: its result is gone with the object; ``error``
+    keeps a failure's ``"Type: message"``."""
+
+    __slots__ = ("description",)
+
+    def __init__(self, description: dict) -> None:
+        self.description = description
+
+    id = property(lambda self: self.description["id"])
+    name = property(lambda self: self.description["name"])
+    kind = property(lambda self: self.description["kind"])
+    state = property(lambda self: self.description["state"])
+    workflow_id = property(lambda self: self.description["workflow_id"])
+    parent_id = property(lambda self: self.description["parent_id"])
+    error = property(lambda self: self.description.get("error"))
+
+    def done(self) -> bool:
+        return True
+
+    def cancelled(self) -> bool:
+        return self.state == "cancelled"
+
+    def cancel(self) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        extra = f" error={self.error!r}" if self.error else ""
+        return f"<distaff.ExecutionRecord {self.id} {self.name!r} {self.state}{extra}>"
 
 
 class WorkflowScope:
@@ -364,8 +494,13 @@ def workflow_scope(workflow_id: str | None = None, *, cancel_on_error: bool = Fa
 
 
 def default_engine() -> Engine:
-    """The engine the module-level ``@task``/``@workflow`` use, created on first use."""
+    """The engine the module-level ``@task``/``@workflow`` use: the one of the innermost
+    ``use_engine()`` block of this context if any, else the default engine, created on first use."""
     global _default
+    if _routing:
+        eng = _routed.get()
+        if eng is not None:
+            return eng
     eng = _default
     if eng is not None and not eng._closed:
         return eng
@@ -377,7 +512,64 @@ def default_engine() -> Engine:
         return _default
 
 
-def shutdown(wait: bool = True, *, cancel_pending: bool = False, cancel_running: bool = False) -> None:
+class use_engine:  # noqa: N801 - used like a function: ``with distaff.use_engine(engine):``
+    """Routes module-level ``@task``/``@workflow`` submissions to ``engine`` inside the block.
+
+    A context variable: it holds for the code of the block and for everything started from it that
+    copies the context — the bodies of the executions submitted there (so nested calls go to
+    ``engine`` too, on any worker), asyncio tasks created there, ``contextvars.copy_context().run``.
+    A plain ``threading.Thread`` starts with an empty context (Python's rule): run its function in
+    ``copy_context().run`` to carry the routing along. Tasks bound to an engine (``engine.task``)
+    keep their engine. Nests; a context manager and an async context manager; yields ``engine``.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        if not isinstance(engine, Engine):
+            raise TypeError(f"use_engine() needs a distaff.Engine, not {type(engine).__name__}")
+        self.engine = engine
+        self._tokens: list = []
+
+    def __enter__(self) -> Engine:
+        global _routing
+        _routing = True
+        self._tokens.append(_routed.set(self.engine))
+        return self.engine
+
+    def __exit__(self, *exc_info: Any) -> None:
+        _routed.reset(self._tokens.pop())
+
+    async def __aenter__(self) -> Engine:
+        return self.__enter__()
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        self.__exit__(*exc_info)
+
+
+def _call_chunk(fn: Callable, chunk: list) -> list:
+    return [fn(*args) for args in chunk]
+
+
+def _map_results(fs: list, end: float | None, chunked: bool) -> Iterator:
+    # A generator separate from map(): map() submits everything at once, as the stdlib does.
+    # Popping drops each Execution (and its result) as soon as it was yielded.
+    fs.reverse()
+    try:
+        while fs:
+            f = fs[-1]
+            r = f.result() if end is None else f.result(max(0.0, end - time.monotonic()))
+            fs.pop()
+            if chunked:
+                yield from r
+            else:
+                yield r
+    finally:
+        for f in fs:
+            f.cancel()
+
+
+def shutdown(
+    wait: bool = True, *, cancel_futures: bool = False, cancel_pending: bool = False, cancel_running: bool = False
+) -> None:
     """Shuts down the default engine (a later task call starts a new one); see Engine.shutdown."""
     global _default
     with _default_lock:
@@ -386,7 +578,7 @@ def shutdown(wait: bool = True, *, cancel_pending: bool = False, cancel_running:
             raise RuntimeError("an engine cannot be shut down from one of its own tasks")
         _default = None
     if eng is not None:
-        eng.shutdown(wait, cancel_pending=cancel_pending, cancel_running=cancel_running)
+        eng.shutdown(wait, cancel_futures=cancel_futures, cancel_pending=cancel_pending, cancel_running=cancel_running)
 
 
 def _program_interrupted() -> bool:
@@ -479,16 +671,26 @@ class _ExitWait:
             os._exit(128 + signal.SIGINT)
 
 
+_EXIT_QUIET_S = 1.0  # the exit wait is announced only once it lasted this long
+
+
 def _stop_engine_at_exit(capsule: Any, w: _ExitWait) -> None:
-    live = _core.engine_live(capsule)[0]
-    if live:
-        logger.warning("distaff: waiting for %d outstanding execution(s) before exit", live)
+    # Short work left at the end of a script (the usual case) finishes silently; a wait that lasts
+    # over a second says what the program is waiting for.
+    announce = _core.engine_live(capsule)[0] > 0
     while True:
         try:
             w.armed = True
             if w.hits > w.handled:  # a Ctrl-C arrived while the wait was not armed
                 w.armed = False
                 raise KeyboardInterrupt
+            if announce and not w.cancelling:
+                announce = False
+                _core.shutdown(capsule, False, 0)  # closes first, as the full shutdown below does
+                if not _core.wait_idle(capsule, _EXIT_QUIET_S):
+                    live = _core.engine_live(capsule)[0]
+                    if live:
+                        logger.warning("distaff: waiting for %d outstanding execution(s) before exit", live)
             _core.shutdown(capsule, True, 2 if w.cancelling else 0)
             w.armed = False
             return

@@ -146,11 +146,20 @@ def _handed_out(exc: BaseException, execution_id: int) -> None:
             del r[next(iter(r))]
 
 
+_unobserved_listeners: list = []
+
+
 def log_unobserved(batch: list) -> None:
     """Logs failed executions that were collected with nobody having retrieved their exception.
 
     Called at a safe point with a batch of ``(id, name, exception)`` (see py_execution.cpp).
+    Each listener in ``_unobserved_listeners`` (the pytest plugin's fixture) also gets the batch.
     """
+    for listener in list(_unobserved_listeners):
+        try:
+            listener(batch)
+        except Exception:  # noqa: BLE001 - a listener must not stop the logging
+            logger.exception("distaff: unobserved-failure listener %r failed", listener)
     for id_, name, exc in batch:
         logger.error(
             "distaff: execution %d (%s) failed and nobody retrieved its error",

@@ -154,6 +154,8 @@ class Task:
         )
         self.timeout = _check_timeout(timeout)
         self.policy = RetryPolicy.make(retries, retry_delay, backoff, max_delay, jitter, retry_on, fallback)
+        if fallback is not None:
+            _check_fallback(fallback, fn, self.name)
         # What the fiber calls: the function itself (the hot path), or adapters that resolve
         # Execution arguments to values, retry, arm the timeout, run a coroutine on an event loop.
         body = _resolving(fn) if resolve else fn
@@ -358,6 +360,16 @@ class Task:
             return execution  # inside a running event loop: the caller awaits it
         return execution.result()
 
+    def map(self, *iterables: Iterable) -> list:
+        """One execution per item: ``[task.submit(*args) for args in zip(*iterables)]``.
+
+        The iterables must have the same length (ValueError otherwise, before anything is
+        submitted). Returns the list of Executions at once; ``distaff.gather(*task.map(xs))``
+        combines them. Every call is checked and submitted like ``submit()`` (with this task's
+        options); if one submission fails, the ones already submitted are cancelled.
+        """
+        return _map(self.submit, self.name, iterables)
+
     def __get__(self, instance: Any, owner: type | None = None) -> Any:
         if instance is None or self._static:
             return self
@@ -379,12 +391,65 @@ class _BoundTask:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self._task(self._self, *args, **kwargs)
 
+    def map(self, *iterables: Iterable) -> list:
+        return _map(self.submit, self._task.name, iterables)
+
     @property
     def fn(self) -> Callable:
         return functools.partial(self._task.fn, self._self)
 
     def __getattr__(self, item: str) -> Any:
         return getattr(self._task, item)
+
+
+def _check_fallback(fallback: Callable, fn: Callable, name: str) -> None:
+    """fallback= is called as ``fallback(*args, **kwargs, exc=error)``: it must take ``exc`` by
+    keyword, and the task's own parameters must leave that name free."""
+    P = inspect.Parameter
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        params = {}
+    if "exc" in params and params["exc"].kind is not P.VAR_KEYWORD:
+        raise ValueError(
+            f"fallback= receives the final error as the keyword argument exc=, which clashes with the "
+            f"parameter 'exc' of {name!r}: rename that parameter"
+        )
+    try:
+        fparams = inspect.signature(fallback).parameters
+    except (TypeError, ValueError):
+        return  # a builtin without a signature: checked when called
+    p = fparams.get("exc")
+    takes = (p is not None and p.kind in (P.POSITIONAL_OR_KEYWORD, P.KEYWORD_ONLY)) or any(
+        q.kind is P.VAR_KEYWORD for q in fparams.values()
+    )
+    if not takes:
+        raise TypeError(
+            f"fallback {getattr(fallback, '__qualname__', fallback)!r} must accept the keyword argument exc= "
+            f"(the final error): fallback(*args, exc, **kwargs), e.g. def fallback(x, *, exc): ..."
+        )
+
+
+def _map(submit: Callable, name: str, iterables: tuple) -> list:
+    if not iterables:
+        raise TypeError(f"{name}.map() needs at least one iterable")
+    for it in iterables:
+        if not isinstance(it, Iterable):
+            raise TypeError(f"{name}.map() takes iterables, not {type(it).__name__}")
+    try:
+        calls = list(zip(*iterables, strict=True))
+    except ValueError:
+        lengths = ", ".join(str(len(list(it))) if hasattr(it, "__len__") else "?" for it in iterables)
+        raise ValueError(f"{name}.map(): the iterables have different lengths ({lengths})") from None
+    out: list = []
+    try:
+        for args in calls:
+            out.append(submit(*args))
+    except BaseException:
+        for ex in out:
+            ex.cancel()
+        raise
+    return out
 
 
 def _check_timeout(timeout: Any) -> float | None:
@@ -396,7 +461,8 @@ class RetryPolicy:
     """How a failed attempt is retried: ``retries`` more attempts, the n-th (from 0) after
     ``min(retry_delay * backoff**n, max_delay)`` seconds, times a random factor in [0.5, 1.5) with
     ``jitter``. Only exceptions matching ``retry_on`` are retried. When every attempt failed,
-    ``fallback(*args, exc, **kwargs)`` (if given) provides the result."""
+    ``fallback(*args, **kwargs, exc=error)`` (if given) provides the result: the call's own
+    arguments, and the final error as the keyword argument ``exc``."""
 
     __slots__ = ("retries", "retry_delay", "backoff", "max_delay", "jitter", "retry_on", "fallback")
 
@@ -463,7 +529,7 @@ def _retrying(fn: Callable, policy: RetryPolicy) -> Callable:
                 _record_attempt(me, attempt, exc)
                 if attempt > policy.retries:
                     if policy.fallback is not None:
-                        return policy.fallback(*args, exc, **kwargs)
+                        return policy.fallback(*args, **kwargs, exc=exc)
                     raise
                 _core.sleep(policy.delay(attempt - 1))  # suspends the fiber, not the thread
                 attempt += 1
@@ -487,7 +553,7 @@ def _retrying_async(fn: Callable, policy: RetryPolicy) -> Callable:
                 _record_attempt(me, attempt, exc)
                 if attempt > policy.retries:
                     if policy.fallback is not None:
-                        r = policy.fallback(*args, exc, **kwargs)
+                        r = policy.fallback(*args, **kwargs, exc=exc)
                         return (await r) if inspect.isawaitable(r) else r
                     raise
                 await asyncio.sleep(policy.delay(attempt - 1))
@@ -722,7 +788,8 @@ def task(fn: Any = _MISSING, /, **options: Any) -> Any:
             distaff.TimeoutError (per call: ``task.options(timeout=...)``).
         retries, retry_delay, backoff, max_delay, jitter, retry_on: retry failed attempts
             (see :class:`RetryPolicy`); the fiber sleeps between attempts without holding a thread.
-        fallback: ``fallback(*args, exc, **kwargs)`` gives the result when every attempt failed.
+        fallback: ``fallback(*args, **kwargs, exc=error)`` gives the result when every attempt failed:
+            the call's arguments, and the final error as the keyword argument ``exc``.
     """
     return _decorator("task", fn, None, **options)
 

@@ -59,6 +59,7 @@ KEY_LINES = {
         "runaway recursion in a body: RecursionError",
         "finally around the loop ran on cancel: True",
     ],
+    "docs/examples/testing.py": ["3 passed", "distaff_engine example tests: passed"],
     "docs/examples/scheduler.py": [
         "queued 10000, fibers 1 (records, not stacks)",
         "(waiting for its dependency)",

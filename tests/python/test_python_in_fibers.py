@@ -188,7 +188,7 @@ def test_rule7_exit_with_work_running_neither_hangs_nor_crashes():
         import distaff, threading
         @distaff.task()
         def slow(i):
-            distaff.sleep(0.2)
+            distaff.sleep(1.2)  # past the exit wait's quiet first second: the wait is announced
             print("done", i, flush=True)
         for i in range(3):
             slow.submit(i)

@@ -229,6 +229,47 @@ def test_fallback_receives_arguments_and_final_exception(engine):
     assert isinstance(exc, RuntimeError) and str(exc) == "attempt 3"  # the final one
 
 
+def test_fallback_gets_exc_as_a_keyword(engine):
+    # Issue 10: exc is passed by keyword, so a keyword-only exc works and positional order is free.
+    def kw_only(x, *, exc):
+        return ("kw", x, type(exc).__name__)
+
+    def var_kw(x, **kw):
+        return ("var", x, type(kw["exc"]).__name__)
+
+    @engine.task(fallback=kw_only)
+    def a(x):
+        raise KeyError(x)
+
+    @engine.task(fallback=var_kw)
+    def b(x):
+        raise KeyError(x)
+
+    @engine.task(fallback=lambda x, *, exc: ("async", x, type(exc).__name__))
+    async def c(x):
+        raise KeyError(x)
+
+    assert a(1) == ("kw", 1, "KeyError")
+    assert b(2) == ("var", 2, "KeyError")
+    assert c.submit(3).result(timeout=30) == ("async", 3, "KeyError")
+
+
+def test_fallback_that_cannot_take_exc_is_refused_at_decoration(engine):
+    with pytest.raises(TypeError, match="must accept the keyword argument exc="):
+        engine.task(fallback=lambda x: x)(lambda x: x)
+    with pytest.raises(TypeError, match="must accept the keyword argument exc="):
+
+        def positional_only(x, exc, /):
+            return x
+
+        engine.task(fallback=positional_only)(lambda x: x)
+    with pytest.raises(ValueError, match="clashes with the parameter 'exc'"):
+
+        @engine.task(fallback=lambda exc: None)
+        def has_exc(exc):
+            return exc
+
+
 def test_fallback_without_retries_and_not_on_success(engine):
     @engine.task(fallback=lambda x, exc: ("fb", x, type(exc).__name__))
     def once(x):
@@ -1373,7 +1414,7 @@ def test_exit_with_work_running_waits_for_it_and_says_so():
 
         @distaff.task
         def slow(i):
-            distaff.sleep(0.3)
+            distaff.sleep(1.5)  # longer than the exit wait's quiet first second
             print("finished", i, flush=True)
 
         for i in range(3):
@@ -1386,6 +1427,28 @@ def test_exit_with_work_running_waits_for_it_and_says_so():
     assert "distaff: waiting for 3 outstanding execution(s) before exit" in proc.stderr
 
 
+def test_exit_wait_under_a_second_is_silent():
+    # Issue 10: short scripts whose last executions finish within a second of the exit print
+    # nothing; the work still finishes.
+    proc = run_python(
+        """
+        import distaff
+
+        @distaff.task
+        def short(i):
+            distaff.sleep(0.05)
+            print("finished", i, flush=True)
+
+        for i in range(3):
+            short.submit(i)
+        """,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(proc.stdout.split("\n")[:3]) == ["finished 0", "finished 1", "finished 2"]
+    assert "outstanding" not in proc.stderr, proc.stderr
+
+
 def test_exit_with_a_body_stuck_in_c_code_waits_for_it_without_crashing():
     proc = run_python(
         """
@@ -1393,7 +1456,7 @@ def test_exit_with_a_body_stuck_in_c_code_waits_for_it_without_crashing():
 
         @distaff.task
         def stuck():
-            time.sleep(0.5)
+            time.sleep(1.5)  # past the exit wait's quiet first second: the wait is announced
             print("stuck body returned", flush=True)
 
         stuck.submit()
@@ -1439,7 +1502,8 @@ def test_ctrl_c_during_the_exit_wait_cancels_queued_work_and_waits_for_a_body_in
     def running():
         started.set()
         try:
-            time.sleep(1.0)  # holds the only worker, in C code: cannot be interrupted
+            time.sleep(3.0)  # holds the only worker, in C code: cannot be interrupted (and outlasts
+                             # the exit wait's quiet first second, after which the wait is announced)
         finally:
             print("running returned", flush=True)
         print("running went on", flush=True)  # not reached: cancelled at its next bytecode
@@ -1459,6 +1523,31 @@ def test_ctrl_c_during_the_exit_wait_cancels_queued_work_and_waits_for_a_body_in
     assert "running returned" in out, out
     assert "running went on" not in out and "queued ran" not in out, out
     assert "interrupted; cancelling outstanding executions" in err
+
+
+def test_ctrl_c_during_the_exit_waits_quiet_second_cancels_as_before():
+    # Issue 10: the exit wait is announced only after a second; a Ctrl-C inside that first second
+    # ends it as one after the announcement does (cancels, waits for the bodies, exit status 0).
+    script = """
+    import atexit, distaff
+
+    @distaff.task
+    def forever():
+        while True:
+            distaff.sleep(0.01)
+
+    forever.submit()
+    # Exit hooks run last-registered first: this line is printed just before distaff's exit wait.
+    atexit.register(lambda: print("ready", flush=True))
+    """
+    try:
+        rc, out, err = _ctrl_c(script, wait=0.2, timeout=30)
+    except Exception as e:  # subprocess.TimeoutExpired: the hang
+        pytest.fail(f"exit hung after Ctrl-C: {e!r}")
+    assert rc == 0, err
+    assert "interrupted; cancelling outstanding executions" in err, err
+    assert _EXIT_WAIT not in err, err  # the Ctrl-C came within the quiet second
+    assert "Traceback" not in err, err
 
 
 def test_ctrl_c_during_the_exit_wait_ends_a_suspended_body():
