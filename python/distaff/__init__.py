@@ -16,6 +16,7 @@ from ._errors import (
     InternalError,
     ShutdownError,
     TimeoutError,
+    WorkerLostError,
 )
 from ._sync import Event, Lock, Semaphore
 from ._task import RESERVED_KWARGS, RetryPolicy, Task, task, workflow
@@ -29,7 +30,7 @@ from ._wait import (
     join,
     wait,
 )
-from . import _asyncio, _engine, _errors
+from . import _asyncio, _engine, _errors, executors
 from . import _task as _task_mod
 
 _task_mod._engine_mod = _engine
@@ -79,6 +80,7 @@ __all__ = [
     "RetryPolicy",
     "ShutdownError",
     "TimeoutError",
+    "WorkerLostError",
     "Task",
     "current_execution",
     "default_engine",
@@ -86,4 +88,5 @@ __all__ = [
     "sleep",
     "task",
     "workflow",
+    "executors",
 ]

@@ -12,7 +12,7 @@ import threading
 import weakref
 from typing import Any, Callable
 
-from . import _core
+from . import _core, _elsewhere
 from ._task import _MISSING, Task, _decorator
 
 logger = logging.getLogger("distaff")
@@ -36,6 +36,10 @@ class Engine:
             a body can run what a thread runs. Only the pages a body touches cost memory, and every
             stack has a guard page below it while its fiber runs (docs/limits.md).
         history: how many finished executions ``graph()`` remembers (0 disables).
+        executors: names for ``@task(executor=...)``: ``{"gpu": dask_client, ...}`` (docs/executors.md).
+            The engine does not shut these down.
+        processes: worker processes of the engine's own ``"processes"`` pool, started on first use
+            and shut down with the engine (default: the number of usable cores).
     """
 
     def __init__(
@@ -45,6 +49,8 @@ class Engine:
         max_workers: int | None = None,
         stack_size: int | None = None,
         history: int = 100_000,
+        executors: dict | None = None,
+        processes: int | None = None,
     ) -> None:
         if workers is None:
             workers = 1
@@ -67,6 +73,7 @@ class Engine:
                              f"{_core.STACK_SIZE_MAX} bytes), got {stack_size}")
         if isinstance(history, bool) or not isinstance(history, int) or history < 0:
             raise ValueError("history must be a non-negative int")
+        self._executors = _elsewhere.Executors(executors, processes)
         self._core = _core.EngineCore(workers, max_workers, stack_size, history)
         self._capsule = self._core.capsule()
         self._pid = os.getpid()
@@ -220,6 +227,8 @@ class Engine:
         cancel = 2 if cancel_running else 1 if cancel_pending else 0
         _core.shutdown(self._capsule, wait, cancel)
         self._closed = True
+        # Owned executors stop once their work is done (at once when wait: the engine has drained).
+        self._executors.close(wait)
         if wait:
             self._joined = True
             self._stop_event_loop()
@@ -389,6 +398,7 @@ def _shutdown_at_exit() -> None:
                     ctrl_c["armed"] = False
             eng._closed = eng._joined = True
             eng._stop_event_loop()
+            eng._executors.close(True)
         _core.stop_timer()
         gc.collect()
         _core._drain_unobserved()
