@@ -1,0 +1,155 @@
+"""W8-W10: bodies in other processes (docs/executors.md). One module, params {"impl": ...}:
+
+- distaff-processes: distaff with executor="processes" (its own 2-process pool)
+- distaff-local:     distaff, bodies in-process (1 worker): the GIL serialises them
+- ppe / distaff-ppe: concurrent.futures.ProcessPoolExecutor(2), directly / as distaff's executor=
+- loky:              loky.get_reusable_executor(2), directly
+- dask / distaff-dask: a Dask LocalCluster (2 worker processes x 1 thread), directly / as executor=
+- ray / distaff-ray: ray.init(num_cpus=2), directly / through distaff.executors.Ray
+"""
+from __future__ import annotations
+
+import os
+import time
+
+from common import NotSupported, expect, perf
+from competitors import Base
+
+
+def version() -> str:
+    import distaff
+
+    return f"distaff {distaff.__version__}"
+
+
+def busy(ms):
+    """Pure Python for ~ms milliseconds (holds the GIL)."""
+    end = time.perf_counter() + ms / 1000
+    n = 0
+    while time.perf_counter() < end:
+        n += 1
+    return 1
+
+
+def tiny(i):
+    return i
+
+
+def total(*xs):
+    return sum(xs)
+
+
+class Impl(Base):
+    def setup(self, workload: str) -> None:
+        self.impl = impl = self.params["impl"]
+        self.info["impl"] = impl
+        self.eng = self.pool = self.client = self.cluster = None
+        import distaff
+
+        if impl in ("distaff-processes", "distaff-local", "distaff-ppe", "distaff-dask", "distaff-ray"):
+            self.eng = distaff.Engine(processes=2)
+        if impl in ("ppe", "distaff-ppe"):
+            from concurrent.futures import ProcessPoolExecutor
+
+            self.pool = ProcessPoolExecutor(2)
+        elif impl == "loky":
+            import loky
+
+            self.pool = loky.get_reusable_executor(max_workers=2)
+        elif impl in ("dask", "distaff-dask"):
+            from distributed import Client, LocalCluster
+
+            self.cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                        dashboard_address=None, silence_logs=40)
+            self.client = Client(self.cluster)
+        elif impl in ("ray", "distaff-ray"):
+            import ray
+
+            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+            self.ray = ray
+        ex = {"distaff-processes": "processes", "distaff-ppe": self.pool, "distaff-dask": self.client}.get(impl)
+        if impl == "distaff-ray":
+            from distaff.executors import Ray
+
+            ex = Ray()
+        if self.eng is not None:
+            self.t_busy = self.eng.task(executor=ex)(busy)
+            self.t_tiny = self.eng.task(executor=ex)(tiny)
+            self.t_total = self.eng.task(resolve=True)(total)  # local orchestration step
+
+    def teardown(self) -> None:
+        if self.eng is not None:
+            self.eng.shutdown()
+        if self.pool is not None and self.impl != "loky":
+            self.pool.shutdown()
+        if self.client is not None:
+            self.client.close()
+            self.cluster.close()
+        if self.impl in ("ray", "distaff-ray"):
+            self.ray.shutdown()
+
+    # W8: 32 bodies of 50 ms
+    def w8(self, n: int) -> float:
+        impl = self.impl
+        t0 = perf()
+        if self.eng is not None:
+            import distaff
+
+            if impl not in ("distaff-processes", "distaff-local"):
+                raise NotSupported("W8 compares the process pool, in-process distaff, ProcessPoolExecutor and loky")
+            r = distaff.gather(*[self.t_busy.submit(50) for _ in range(n)]).result()
+        elif impl in ("ppe", "loky"):
+            r = list(self.pool.map(busy, [50] * n))
+        else:
+            raise NotSupported("W8 compares the process pool, in-process distaff, ProcessPoolExecutor and loky")
+        dt = perf() - t0
+        expect(sum(r) == n, "wrong result")
+        return dt
+
+    # W9: n tiny bodies through distaff vs the executor's own submit + result
+    def w9(self, n: int) -> float:
+        impl = self.impl
+        if impl in ("distaff-local", "loky"):
+            raise NotSupported("W9 compares each executor with distaff on it")
+        t0 = perf()
+        if self.eng is not None:
+            import distaff
+
+            r = distaff.gather(*[self.t_tiny.submit(i) for i in range(n)]).result()
+        elif impl == "ppe":
+            r = [f.result() for f in [self.pool.submit(tiny, i) for i in range(n)]]
+        elif impl == "dask":
+            r = self.client.gather([self.client.submit(tiny, i, pure=False) for i in range(n)])
+        else:
+            rt = self.ray.remote(tiny)
+            r = self.ray.get([rt.remote(i) for i in range(n)])
+        dt = perf() - t0
+        expect(sum(r) == n * (n - 1) // 2, "wrong result")
+        return dt
+
+    # W10: 200 leaves of 10 ms combined in three levels (groups of 10, of 5, then all)
+    def w10(self, n: int) -> float:
+        impl = self.impl
+        if impl not in ("dask", "distaff-dask", "ray"):
+            raise NotSupported("W10 is the Dask-executed DAG: distaff on Dask vs plain Dask futures and Ray")
+        t0 = perf()
+        if impl == "distaff-dask":
+            leaves = [self.t_busy.submit(10) for _ in range(n)]
+            l1 = [self.t_total.submit(*leaves[i:i + 10]) for i in range(0, n, 10)]
+            l2 = [self.t_total.submit(*l1[i:i + 5]) for i in range(0, len(l1), 5)]
+            r = self.t_total.submit(*l2).result()
+        elif impl == "dask":
+            c = self.client
+            leaves = [c.submit(busy, 10, pure=False) for _ in range(n)]
+            l1 = [c.submit(total, *leaves[i:i + 10], pure=False) for i in range(0, n, 10)]
+            l2 = [c.submit(total, *l1[i:i + 5], pure=False) for i in range(0, len(l1), 5)]
+            r = c.submit(total, *l2, pure=False).result()
+        else:
+            rb, rt = self.ray.remote(busy), self.ray.remote(total)
+            leaves = [rb.remote(10) for _ in range(n)]
+            l1 = [rt.remote(*leaves[i:i + 10]) for i in range(0, n, 10)]
+            l2 = [rt.remote(*l1[i:i + 5]) for i in range(0, len(l1), 5)]
+            r = self.ray.get(rt.remote(*l2))
+        dt = perf() - t0
+        expect(r == n, "wrong result")
+        return dt
