@@ -70,7 +70,10 @@ SANITIZE_PYTEST ?=
 # Deselected here: test_default_engine_after_fork_in_the_child_works_or_errors_clearly (an ASan limit,
 # not a distaff bug): it forks right after Engine(), while the new workers still allocate, and GCC 12's
 # libasan does not hold its allocator's locks across fork, so the child can deadlock in ASan's malloc.
-SANITIZE_DESELECT ?= test_default_engine_after_fork_in_the_child_works_or_errors_clearly
+# Also deselected: the Dask and Ray executor tests and examples (executors_dask, executors_ray): they
+# exercise those runtimes (Ray's own C++ daemons, Dask's worker processes) under an ASan preload,
+# not distaff's C++ code, which test_executors.py covers through the process pool.
+SANITIZE_DESELECT ?= test_default_engine_after_fork_in_the_child_works_or_errors_clearly or executors_dask or executors_ray
 $(ASAN_PY):
 	$(PYTHON) -m venv .venv-asan
 	$(ASAN_PY) -m pip install -q --upgrade pip
