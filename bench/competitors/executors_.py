@@ -60,7 +60,7 @@ class Impl(Base):
             from distributed import Client, LocalCluster
 
             self.cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                        dashboard_address=None, silence_logs=40)
+                                        dashboard_address=":0", silence_logs=40)
             self.client = Client(self.cluster)
         elif impl in ("ray", "distaff-ray"):
             import ray

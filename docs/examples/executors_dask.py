@@ -8,7 +8,7 @@ if __name__ == "__main__":
     from distributed import Client, LocalCluster
 
     # Against a running cluster: client = Client("tcp://scheduler:8786")
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
                       silence_logs=40) as cluster, Client(cluster) as client:
         with distaff.Engine(executors={"dask": client}) as eng:
 

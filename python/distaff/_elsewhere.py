@@ -70,7 +70,11 @@ class Job:
                 _core.arm_timeout(me, self.timeout)
             # Registered before the work starts: a cancel from here on reaches it (or prevents it).
             me.add_done_callback(self._execution_done)
-        self.runner.submit(self)
+        try:
+            self.runner.submit(self)
+        except BaseException:
+            _core.settle(promise, False, None)  # nothing will settle it now
+            raise
         return promise
 
     # -- called by runners -----------------------------------------------------------------------
@@ -92,23 +96,30 @@ class Job:
         if promise is None or promise.done():
             return
         if self.stopped:
-            _core.settle(promise, False, None)
+            self._settle(False, None)
             return
         retryable = True
         if error is None:
             ok, value = _decode(outcome, self)
             if ok:
-                _core.settle(promise, True, value)
+                self._settle(True, value)
                 return
         else:
             value = error
             retryable = not isinstance(error, _Unshippable)
         self._failed(value, retryable)
 
+    def _settle(self, ok: bool, value: Any) -> None:
+        # The last word on this execution: let go of the body, its arguments and the cycle through
+        # the execution's done callback.
+        promise = self.promise
+        self.fn = self.args = self.kwargs = self.me = self.handle = None
+        _core.settle(promise, ok, value)
+
     # -- failure policy ---------------------------------------------------------------------------
 
     def _failed(self, exc: BaseException, retryable: bool) -> None:
-        policy, me, promise = self.policy, self.me, self.promise
+        policy, me = self.policy, self.me
         if policy is not None and retryable and isinstance(exc, policy.retry_on):
             _record_attempt(me, self.attempt, exc)
             if self.attempt <= policy.retries:
@@ -127,11 +138,11 @@ class Job:
                     fb = self.engine._submit(policy.fallback, f"{self.name} (fallback)", 0, False,
                                              (*self.args, exc), self.kwargs, None)
                 except BaseException as sub_exc:  # noqa: BLE001 - the engine is shut down
-                    _core.settle(promise, False, sub_exc)
+                    self._settle(False, sub_exc)
                     return
-                _core.settle(promise, True, fb)
+                self._settle(True, fb)
                 return
-        _core.settle(promise, False, exc)
+        self._settle(False, exc)
 
     def _resubmit(self) -> None:
         if self.stopped or self.promise.done():
@@ -140,7 +151,7 @@ class Job:
         try:
             self.runner.submit(self)
         except BaseException as exc:  # noqa: BLE001 - a closed runner: the attempt fails
-            _core.settle(self.promise, False, exc)
+            self._settle(False, exc)
 
     def _execution_done(self, _ex: Any) -> None:
         # The execution finished. Through the promise: nothing to do. Otherwise it was cancelled or
@@ -152,7 +163,7 @@ class Job:
         try:
             self.runner.cancel(self)
         finally:
-            _core.settle(promise, False, None)
+            self._settle(False, None)
 
 
 class _Unshippable(TypeError):
@@ -314,11 +325,25 @@ class Executors:
             self._runners[key] = r
             return r
 
-    def close(self, wait: bool) -> None:
-        """Shuts down the runners the engine owns; user-supplied executors keep running."""
+    def close(self, wait: bool, until_idle: Callable[[], Any] | None = None) -> None:
+        """Shuts down the runners the engine owns; user-supplied executors keep running.
+
+        ``wait=False`` with ``until_idle`` (the engine's wait_idle): the engine's outstanding
+        executions may still need the runners, so they are closed by a thread once it is idle."""
         with self._lock:
             self._closed = True
-            runners = list(self._runners.values())
-        for r in runners:
-            if getattr(r, "owned", False):
-                r.close(wait)
+            owned = [r for r in self._runners.values() if getattr(r, "owned", False)]
+        if not owned:
+            return
+        if not wait and until_idle is not None:
+            def later() -> None:
+                try:
+                    until_idle()
+                finally:
+                    for r in owned:
+                        r.close(True)
+
+            threading.Thread(target=later, name="distaff-executors-close", daemon=True).start()
+            return
+        for r in owned:
+            r.close(wait)

@@ -228,7 +228,7 @@ class Engine:
         _core.shutdown(self._capsule, wait, cancel)
         self._closed = True
         # Owned executors stop once their work is done (at once when wait: the engine has drained).
-        self._executors.close(wait)
+        self._executors.close(wait, self.wait_idle)
         if wait:
             self._joined = True
             self._stop_event_loop()

@@ -452,7 +452,11 @@ class _Futures(_Windowed):
 
 
 class _Dask(_Windowed):
-    """A distributed.Client: ``client.submit`` of the serialized body (pure=False: every call runs)."""
+    """A distributed.Client: ``client.submit`` of the serialized body (pure=False: every call runs).
+
+    Outcomes are collected by one ``distributed.as_completed(with_results=True)`` per client,
+    which fetches them concurrently on the client's event loop, and handed to the jobs by one
+    thread: a done callback per future would fetch them one synchronous round trip at a time."""
 
     def __init__(self, client: Any, name: str | None) -> None:
         if name is None:
@@ -461,31 +465,48 @@ class _Dask(_Windowed):
             except Exception:  # noqa: BLE001
                 name = "dask"
         super().__init__(client, name, 1024)
+        self._jobs: dict = {}
+        self._ac = None
+        self._cond = threading.Condition()
 
     def _start(self, job: Any) -> Any:
         key = f"{job.name}-{uuid.uuid4().hex}"
         return self.target.submit(_remote.run, job.payload(), pure=False, key=key)
 
     def _watch(self, job: Any, fut: Any) -> None:
-        def done(f: Any) -> None:  # on the client's callback thread
-            status = f.status
-            if status == "finished":
-                try:
-                    out = f.result()
-                except BaseException as exc:  # noqa: BLE001 - lost between done and fetch
-                    self._finished(job, error=exc)
-                    return
-                self._finished(job, outcome=out)
-            elif status == "cancelled":
-                self._finished(job, error=concurrent.futures.CancelledError())
-            else:
-                try:
-                    exc = f.exception()
-                except BaseException as e:  # noqa: BLE001
-                    exc = e
-                self._finished(job, error=exc if isinstance(exc, BaseException) else RuntimeError(str(status)))
+        with self._cond:
+            if self._ac is None:
+                from distributed import as_completed
 
-        fut.add_done_callback(done)
+                self._ac = as_completed([], with_results=True, raise_errors=False)
+                threading.Thread(target=self._collect, name=f"distaff-{self.name}", daemon=True).start()
+            self._jobs[fut.key] = job
+            self._ac.add(fut)
+            self._cond.notify()
+
+    def _collect(self) -> None:
+        ac = self._ac
+        while True:
+            with self._cond:
+                while not self._jobs:
+                    self._cond.wait()
+            try:
+                batch = ac.next_batch(block=True)
+            except StopIteration:  # a future was registered and not yet added: look again
+                continue
+            for fut, res in batch:
+                with self._cond:
+                    job = self._jobs.pop(fut.key, None)
+                if job is None:
+                    continue
+                status = fut.status
+                if status == "finished":
+                    self._finished(job, outcome=res)
+                elif status == "cancelled" or isinstance(res, concurrent.futures.CancelledError):
+                    self._finished(job, error=concurrent.futures.CancelledError())
+                else:  # error: res is (type, exception, traceback)
+                    exc = res[1] if isinstance(res, tuple) and len(res) == 3 else res
+                    self._finished(job, error=exc if isinstance(exc, BaseException) else RuntimeError(str(status)))
 
     def _stop(self, fut: Any) -> None:
         fut.cancel()

@@ -378,3 +378,18 @@ def test_10k_executions_in_flight_cost_under_2_kib_each():
     )
     assert r.returncode == 0, r.stdout + r.stderr
     assert "fibers 0" in r.stdout
+
+
+def test_shutdown_without_wait_lets_outstanding_remote_work_finish_then_stops_the_pool(tmp_path):
+    gate = str(tmp_path / "gate")
+    e = distaff.Engine(processes=1)
+    ex = e.task(executor="processes")(wait_for_file).submit(gate)
+    pool = e._executors.runner("processes")
+    deadline = time.monotonic() + 30
+    while not pool.pids() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    pids = pool.pids()
+    e.shutdown(wait=False)
+    open(gate, "w").close()
+    assert ex.result(timeout=60) is True  # the pool served it after shutdown(wait=False)
+    assert all(process_gone(p) for p in pids)
