@@ -454,9 +454,9 @@ class _Futures(_Windowed):
 class _Dask(_Windowed):
     """A distributed.Client: ``client.submit`` of the serialized body (pure=False: every call runs).
 
-    Outcomes are collected by one ``distributed.as_completed(with_results=True)`` per client,
-    which fetches them concurrently on the client's event loop, and handed to the jobs by one
-    thread: a done callback per future would fetch them one synchronous round trip at a time."""
+    Outcomes are collected by one thread per client over ``distributed.as_completed``: each batch
+    of finished futures is fetched with one ``client.gather`` (a done callback per future would
+    fetch them one synchronous round trip at a time)."""
 
     def __init__(self, client: Any, name: str | None) -> None:
         if name is None:
@@ -470,6 +470,8 @@ class _Dask(_Windowed):
         self._cond = threading.Condition()
 
     def _start(self, job: Any) -> Any:
+        # One bytes argument (serialized here, so an unserializable argument is named): measured
+        # no slower than letting Dask serialize the function and arguments, and for Ray faster.
         key = f"{job.name}-{uuid.uuid4().hex}"
         return self.target.submit(_remote.run, job.payload(), pure=False, key=key)
 
@@ -478,14 +480,14 @@ class _Dask(_Windowed):
             if self._ac is None:
                 from distributed import as_completed
 
-                self._ac = as_completed([], with_results=True, raise_errors=False)
+                self._ac = as_completed([])
                 threading.Thread(target=self._collect, name=f"distaff-{self.name}", daemon=True).start()
             self._jobs[fut.key] = job
             self._ac.add(fut)
             self._cond.notify()
 
     def _collect(self) -> None:
-        ac = self._ac
+        ac, client = self._ac, self.target
         while True:
             with self._cond:
                 while not self._jobs:
@@ -494,18 +496,36 @@ class _Dask(_Windowed):
                 batch = ac.next_batch(block=True)
             except StopIteration:  # a future was registered and not yet added: look again
                 continue
-            for fut, res in batch:
+            finished = [f for f in batch if f.status == "finished"]
+            outcomes: dict = {}
+            if finished:
+                try:  # one batched transfer for every result that is ready
+                    outcomes = dict(zip([f.key for f in finished], client.gather(finished)))
+                except BaseException:  # noqa: BLE001 - one was lost meanwhile: each on its own below
+                    outcomes = {}
+            for fut in batch:
                 with self._cond:
                     job = self._jobs.pop(fut.key, None)
                 if job is None:
                     continue
                 status = fut.status
                 if status == "finished":
-                    self._finished(job, outcome=res)
-                elif status == "cancelled" or isinstance(res, concurrent.futures.CancelledError):
+                    if fut.key in outcomes:
+                        self._finished(job, outcome=outcomes[fut.key])
+                        continue
+                    try:
+                        out = fut.result()
+                    except BaseException as exc:  # noqa: BLE001
+                        self._finished(job, error=exc)
+                        continue
+                    self._finished(job, outcome=out)
+                elif status == "cancelled":
                     self._finished(job, error=concurrent.futures.CancelledError())
-                else:  # error: res is (type, exception, traceback)
-                    exc = res[1] if isinstance(res, tuple) and len(res) == 3 else res
+                else:
+                    try:
+                        exc = fut.exception()
+                    except BaseException as e:  # noqa: BLE001
+                        exc = e
                     self._finished(job, error=exc if isinstance(exc, BaseException) else RuntimeError(str(status)))
 
     def _stop(self, fut: Any) -> None:
@@ -535,6 +555,9 @@ class Ray(_Windowed):
         self.num_cpus = num_cpus
         self.remote_options = remote_options
         self._remote = None
+        self._refs: dict = {}
+        self._cond = threading.Condition()
+        self._collecting = False
 
     def _start(self, job: Any) -> Any:
         fn = self._remote
@@ -542,27 +565,71 @@ class Ray(_Windowed):
             import ray
 
             fn = self._remote = ray.remote(_remote.run).options(num_cpus=self.num_cpus, **self.remote_options)
+        # One bytes argument: passing the function and arguments for Ray to serialize measured
+        # 15-35% slower for 2k tiny bodies (a function object as an argument is costly in Ray).
         return fn.remote(job.payload())
 
     def _watch(self, job: Any, ref: Any) -> None:
-        def done(f: Any) -> None:
+        with self._cond:
+            if not self._collecting:
+                self._collecting = True
+                threading.Thread(target=self._collect, name=f"distaff-{self.name}", daemon=True).start()
+            self._refs[ref] = job
+            self._cond.notify()
+
+    def _collect(self) -> None:
+        # One thread per adapter: ray.wait over what is in flight, then one ray.get per ready batch
+        # (a future per task would cost a thread hop and a fetch each).
+        import ray
+
+        while True:
+            with self._cond:
+                while not self._refs:
+                    self._cond.wait()
+                refs = list(self._refs)
+            # at least one ready; 20 ms at most, so refs submitted meanwhile join the next round
             try:
-                out = f.result()
-            except BaseException as exc:  # noqa: BLE001
-                import ray
-
-                if isinstance(exc, (ray.exceptions.TaskCancelledError, concurrent.futures.CancelledError)):
-                    exc = concurrent.futures.CancelledError()
-                self._finished(job, error=exc)
-                return
-            self._finished(job, outcome=out)
-
-        ref.future().add_done_callback(done)
+                ready, rest = ray.wait(refs, num_returns=1, timeout=0.02)
+                if not ready:
+                    continue
+                if rest:
+                    more, _ = ray.wait(rest, num_returns=len(rest), timeout=0)
+                    ready += more
+            except BaseException as exc:  # noqa: BLE001 - Ray was shut down under us (it raises SystemExit)
+                with self._cond:
+                    lost = [self._refs.pop(r) for r in refs if r in self._refs]
+                err = RuntimeError(f"Ray failed or was shut down while the body ran: {type(exc).__name__}: {exc}")
+                for job in lost:
+                    self._finished(job, error=err)
+                continue
+            try:
+                outs = ray.get(ready)
+                results = [(r, o, None) for r, o in zip(ready, outs)]
+            except BaseException:  # noqa: BLE001 - one failed or was cancelled: each on its own
+                results = []
+                for r in ready:
+                    try:
+                        results.append((r, ray.get(r), None))
+                    except BaseException as exc:  # noqa: BLE001
+                        if isinstance(exc, ray.exceptions.TaskCancelledError):
+                            exc = concurrent.futures.CancelledError()
+                        results.append((r, None, exc))
+            for r, out, exc in results:
+                with self._cond:
+                    job = self._refs.pop(r, None)
+                if job is not None:
+                    self._finished(job, outcome=out, error=exc)
 
     def _stop(self, ref: Any) -> None:
         import ray
 
-        ray.cancel(ref)
+        with self._cond:
+            job = self._refs.pop(ref, None)
+        try:
+            ray.cancel(ref)
+        finally:
+            if job is not None:  # settled now: the cancelled task's outcome is not waited for
+                self._finished(job, error=concurrent.futures.CancelledError())
 
 
 def _is_dask_client(obj: Any) -> bool:

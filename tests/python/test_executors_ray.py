@@ -2,6 +2,7 @@
 
 import os
 import sys
+import time
 
 import pytest
 
@@ -32,13 +33,27 @@ def test_bodies_run_as_ray_tasks_with_values_for_execution_arguments(ray_runtime
         assert ex.description["executor"] == "ray"
 
 
-def test_exceptions_keep_their_type_and_timeout_cancels_the_ray_task(ray_runtime):
+def test_exceptions_keep_their_type_and_timeout_cancels_the_ray_task(ray_runtime, tmp_path):
+    # defined here, so cloudpickle ships it by value: Ray workers do not import this test module
+    def slow_until_cancelled(marker):
+        import time
+
+        try:
+            for _ in range(1200):
+                time.sleep(0.05)
+        finally:
+            open(marker, "w").close()  # reached when ray.cancel interrupts the body
+
     with distaff.Engine() as eng:
         exc = eng.task(executor=Ray())(lambda: {}["missing"]).submit().exception(timeout=120)
         assert type(exc) is KeyError and "raised on executor 'ray'" in exc.__notes__[-1]
 
-        slow = eng.task(executor=Ray(), timeout=1.0)(lambda: __import__("time").sleep(60))
-        assert isinstance(slow.submit().exception(timeout=60), distaff.TimeoutError)
-        # the cancelled task frees its CPU: two more bodies run at once on the 2 CPUs
+        marker = str(tmp_path / "interrupted")
+        slow = eng.task(executor=Ray(), timeout=1.0)(slow_until_cancelled)
+        assert isinstance(slow.submit(marker).exception(timeout=60), distaff.TimeoutError)
+        deadline = time.monotonic() + 30
+        while not os.path.exists(marker):  # ray.cancel reached the running body
+            assert time.monotonic() < deadline, "the timed-out Ray task was not interrupted"
+            time.sleep(0.05)
         both = [eng.task(executor=Ray())(lambda: os.getpid()).submit() for _ in range(2)]
         assert all(b.result(timeout=60) for b in both)
