@@ -214,6 +214,8 @@ def not_run(quick: bool, workloads=None, competitors=None) -> list[tuple[str, st
         if workloads and not any(w == x or w.startswith(x) for x in workloads):
             continue
         for c in comps:
+            if (w in EXECUTOR_WORKLOADS) != (c in EXECUTOR_COMPETITORS):
+                continue  # the executor workloads and competitors are a table of their own
             if w not in RUNS_ON[c]:
                 out.append((w, c))
     return out
