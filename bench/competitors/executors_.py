@@ -22,13 +22,24 @@ def version() -> str:
     return f"distaff {distaff.__version__}"
 
 
-def busy(ms):
-    """Pure Python for ~ms milliseconds (holds the GIL)."""
-    end = time.perf_counter() + ms / 1000
-    n = 0
-    while time.perf_counter() < end:
-        n += 1
+def busy(iters):
+    """A fixed amount of pure-Python work (holds the GIL): the same work everywhere, whatever the
+    interleaving (a wall-clock deadline would let interleaved bodies end early)."""
+    x = 0
+    for i in range(iters):
+        x += i
     return 1
+
+
+ITERS_50MS = 1_000_000
+
+
+def iters_for(ms):
+    """Iterations of busy() that take about ms milliseconds here, on one thread."""
+    n = 200_000
+    t0 = time.perf_counter()
+    busy(n)
+    return max(1, int(n * ms / ((time.perf_counter() - t0) * 1000)))
 
 
 def tiny(i):
@@ -43,6 +54,11 @@ class Impl(Base):
     def setup(self, workload: str) -> None:
         self.impl = impl = self.params["impl"]
         self.info["impl"] = impl
+        # Fixed work, the same for every competitor (calibrating in each process would give each
+        # a different amount under load): about 50 and 10 ms on one core of the reference machine.
+        self.it50 = ITERS_50MS
+        self.it10 = ITERS_50MS // 5
+        self.info["iters_50ms_here"] = iters_for(50)
         self.eng = self.pool = self.client = self.cluster = None
         import distaff
 
@@ -97,9 +113,9 @@ class Impl(Base):
 
             if impl not in ("distaff-processes", "distaff-local"):
                 raise NotSupported("W8 compares the process pool, in-process distaff, ProcessPoolExecutor and loky")
-            r = distaff.gather(*[self.t_busy.submit(50) for _ in range(n)]).result()
+            r = distaff.gather(*[self.t_busy.submit(self.it50) for _ in range(n)]).result()
         elif impl in ("ppe", "loky"):
-            r = list(self.pool.map(busy, [50] * n))
+            r = list(self.pool.map(busy, [self.it50] * n))
         else:
             raise NotSupported("W8 compares the process pool, in-process distaff, ProcessPoolExecutor and loky")
         dt = perf() - t0
@@ -134,19 +150,19 @@ class Impl(Base):
             raise NotSupported("W10 is the Dask-executed DAG: distaff on Dask vs plain Dask futures and Ray")
         t0 = perf()
         if impl == "distaff-dask":
-            leaves = [self.t_busy.submit(10) for _ in range(n)]
+            leaves = [self.t_busy.submit(self.it10) for _ in range(n)]
             l1 = [self.t_total.submit(*leaves[i:i + 10]) for i in range(0, n, 10)]
             l2 = [self.t_total.submit(*l1[i:i + 5]) for i in range(0, len(l1), 5)]
             r = self.t_total.submit(*l2).result()
         elif impl == "dask":
             c = self.client
-            leaves = [c.submit(busy, 10, pure=False) for _ in range(n)]
+            leaves = [c.submit(busy, self.it10, pure=False) for _ in range(n)]
             l1 = [c.submit(total, *leaves[i:i + 10], pure=False) for i in range(0, n, 10)]
             l2 = [c.submit(total, *l1[i:i + 5], pure=False) for i in range(0, len(l1), 5)]
             r = c.submit(total, *l2, pure=False).result()
         else:
             rb, rt = self.ray.remote(busy), self.ray.remote(total)
-            leaves = [rb.remote(10) for _ in range(n)]
+            leaves = [rb.remote(self.it10) for _ in range(n)]
             l1 = [rt.remote(*leaves[i:i + 10]) for i in range(0, n, 10)]
             l2 = [rt.remote(*l1[i:i + 5]) for i in range(0, len(l1), 5)]
             r = self.ray.get(rt.remote(*l2))

@@ -6,12 +6,11 @@ import time
 import distaff
 
 
-def busy(ms):
-    """Pure Python for about `ms` milliseconds: holds the GIL the whole time."""
-    end = time.perf_counter() + ms / 1000
-    n = 0
-    while time.perf_counter() < end:
-        n += 1
+def busy(iters):
+    """Pure Python: holds the GIL the whole time (about 50 ms for the 1_500_000 used below)."""
+    x = 0
+    for i in range(iters):
+        x += i
     return os.getpid()
 
 
@@ -22,7 +21,7 @@ if __name__ == "__main__":
 
         @eng.workflow
         def fan_out(task, n):
-            return distaff.gather(*[task.submit(50) for _ in range(n)]).result()
+            return distaff.gather(*[task.submit(1_500_000) for _ in range(n)]).result()
 
         heavy(1)  # start the workers
         t0 = time.perf_counter()
@@ -31,7 +30,7 @@ if __name__ == "__main__":
         t0 = time.perf_counter()
         fan_out(local, 16)
         t_local = time.perf_counter() - t0
-        print(f"16 x 50 ms bodies: in-process {t_local:.2f} s, processes {t_proc:.2f} s, "
+        print(f"16 CPU-bound bodies: in-process {t_local:.2f} s, processes {t_proc:.2f} s, "
               f"ran in {len(set(pids))} worker processes, none of them this one: {os.getpid() not in pids}")
 
         # Execution arguments travel as values; results come back by value.
@@ -55,6 +54,6 @@ if __name__ == "__main__":
             os._exit(1)
 
         print("worker died:", type(crash.submit().exception()).__name__)
-        ex = heavy.options(timeout=0.2).submit(10_000)  # a runaway body: its worker is terminated
+        ex = heavy.options(timeout=0.2).submit(10**12)  # a runaway body: its worker is terminated
         print("timed out:", type(ex.exception()).__name__, "| next call works:", heavy(1) > 0)
         print("description:", {k: ex.description[k] for k in ("executor", "state")})
