@@ -393,3 +393,25 @@ def test_shutdown_without_wait_lets_outstanding_remote_work_finish_then_stops_th
     open(gate, "w").close()
     assert ex.result(timeout=60) is True  # the pool served it after shutdown(wait=False)
     assert all(process_gone(p) for p in pids)
+
+
+def timed_nap(s):
+    t0 = time.monotonic()  # CLOCK_MONOTONIC: one clock for every process on the machine
+    time.sleep(s)
+    return t0, time.monotonic()
+
+
+def test_concurrency_applies_to_remote_bodies_and_async_bodies_run_remotely(eng):
+    one_at_a_time = eng.task(executor="processes", concurrency=1)(timed_nap)
+    spans = sorted(distaff.gather(*[one_at_a_time.submit(0.2) for _ in range(3)]).result(timeout=60))
+    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:])), spans  # never two at once
+
+    @eng.task(executor="processes")
+    async def remote_async(x):
+        import asyncio
+
+        await asyncio.sleep(0)
+        return x * 2, os.getpid()
+
+    value, pid = remote_async(21)
+    assert value == 42 and pid != os.getpid()
