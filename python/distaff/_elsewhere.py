@@ -27,7 +27,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from . import _core
+from . import _core, _remote
 from ._errors import ShutdownError
 
 _resolve_value: Any = None  # _task._resolve_value, bound by _task (import cycle)
@@ -82,10 +82,8 @@ class Job:
     def payload(self) -> bytes:
         """The serialized body and arguments (cloudpickle). Raises TypeError naming what could not
         be serialized."""
-        import cloudpickle
-
         try:
-            return cloudpickle.dumps((self.fn, self.args, self.kwargs, self.is_async))
+            return _remote.dumps((self.fn, self.args, self.kwargs, self.is_async))
         except Exception as exc:  # noqa: BLE001 - pickling raises anything (TypeError, PicklingError, ...)
             raise _unshippable(self, exc) from None
 
@@ -199,21 +197,19 @@ def _unshippable(job: Job, exc: BaseException) -> TypeError:
 
 def _decode(outcome: Any, job: Job) -> tuple[bool, Any]:
     """(True, value) or (False, exception) from _remote's packed outcome."""
-    import cloudpickle
-
     try:
         packed = pickle.loads(outcome) if outcome.__class__ is bytes else outcome
         ok, data, type_name, message, tb, where = packed
         if job.me is not None:
             job.me._annotate("ran_on", where)
         if ok:
-            return True, cloudpickle.loads(data) if outcome.__class__ is bytes else data
+            return True, pickle.loads(data) if outcome.__class__ is bytes else data
         exc = None
         if outcome.__class__ is not bytes:
             exc = data
         elif data is not None:
             try:
-                exc = cloudpickle.loads(data)
+                exc = pickle.loads(data)
             except Exception:  # noqa: BLE001 - e.g. an exception class that does not import here
                 exc = None
         if not isinstance(exc, BaseException):

@@ -19,6 +19,25 @@ from typing import Any
 _WHERE: str | None = None
 
 
+def dumps(obj: Any) -> bytes:
+    """Serializes obj: the standard (C) pickler when that is enough, else cloudpickle.
+
+    cloudpickle costs ~3x more per call (a Python hook per object); it is needed for what the
+    standard pickler cannot send or would send by a reference the other process cannot resolve:
+    lambdas, closures, local classes (pickle raises) and anything of ``__main__`` (the name shows
+    in the stream; another process's ``__main__`` is not this one).
+    """
+    try:
+        data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+        if b"__main__" not in data:
+            return data
+    except Exception:  # noqa: BLE001 - whatever the standard pickler refuses, cloudpickle tries
+        pass
+    import cloudpickle
+
+    return cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+
+
 def where() -> str:
     """This process, as the note on a remote exception names it: ``host pid N``."""
     global _WHERE
@@ -35,10 +54,8 @@ def _format(exc: BaseException) -> str:
 
 
 def _pack_error(exc: BaseException, tb: str) -> bytes:
-    import cloudpickle
-
     try:
-        exc_bytes = cloudpickle.dumps(exc)
+        exc_bytes = dumps(exc)
     except BaseException:  # an exception that cannot travel travels as its type name and message
         exc_bytes = None
     try:
@@ -49,17 +66,15 @@ def _pack_error(exc: BaseException, tb: str) -> bytes:
 
 
 def run(payload: bytes) -> bytes:
-    """Runs ``cloudpickle.dumps((fn, args, kwargs, is_async))``; returns the packed outcome."""
-    import cloudpickle
-
+    """Runs a payload ``dumps((fn, args, kwargs, is_async))``; returns the packed outcome."""
     try:
-        fn, args, kwargs, is_async = cloudpickle.loads(payload)
+        fn, args, kwargs, is_async = pickle.loads(payload)
         del payload
         result = asyncio.run(fn(*args, **kwargs)) if is_async else fn(*args, **kwargs)
     except BaseException as exc:  # noqa: BLE001 - every outcome goes back to the caller
         return _pack_error(exc, _format(exc))
     try:
-        return pickle.dumps((True, cloudpickle.dumps(result), None, None, None, where()))
+        return pickle.dumps((True, dumps(result), None, None, None, where()))
     except BaseException as exc:  # noqa: BLE001
         err = TypeError(f"the result ({type(result).__qualname__}) cannot be serialized: {exc}")
         return _pack_error(err, traceback.format_exc())
