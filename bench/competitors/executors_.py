@@ -153,7 +153,10 @@ class Impl(Base):
             leaves = [self.t_busy.submit(self.it10) for _ in range(n)]
             l1 = [self.t_total.submit(*leaves[i:i + 10]) for i in range(0, n, 10)]
             l2 = [self.t_total.submit(*l1[i:i + 5]) for i in range(0, len(l1), 5)]
-            r = self.t_total.submit(*l2).result()
+            root = self.t_total.submit(*l2)
+            r = root.result()
+            steps = [(e.description["finished"] - e.description["started"]) * 1e6 for e in (*l1, *l2, root)]
+            self.info["local_step_us_median"] = round(sorted(steps)[len(steps) // 2], 1)
         elif impl == "dask":
             c = self.client
             leaves = [c.submit(busy, self.it10, pure=False) for _ in range(n)]
