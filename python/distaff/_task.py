@@ -674,6 +674,10 @@ def task(fn: Any = _MISSING, /, **options: Any) -> Any:
         retries, retry_delay, backoff, max_delay, jitter, retry_on: retry failed attempts
             (see :class:`RetryPolicy`); the fiber sleeps between attempts without holding a thread.
         fallback: ``fallback(*args, exc, **kwargs)`` gives the result when every attempt failed.
+        concurrency: at most this many executions of the task run at once (docs/sync.md).
+        executor: run the body elsewhere: ``"processes"``, a name registered on the engine, a
+            ``concurrent.futures`` executor, a Dask client or ``distaff.executors.Ray()``
+            (docs/executors.md). The execution waits for it without a fiber.
     """
     return _decorator("task", fn, None, **options)
 
