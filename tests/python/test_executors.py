@@ -140,17 +140,19 @@ def test_tasks_pickle_by_reference_and_a_remote_body_may_use_distaff(eng):
 
 def test_a_dying_worker_fails_only_its_execution_and_queued_work_runs(eng, tmp_path):
     gate = str(tmp_path / "gate")
-    waiters = [eng.task(executor="processes")(wait_for_file).submit(gate) for _ in range(3)]
+    waiter = eng.task(executor="processes")(wait_for_file)
 
     @eng.task(executor="processes")
     def dies(code):
         os._exit(code)
 
-    doomed = dies.submit(7)
+    waiters = [waiter.submit(gate) for _ in range(2)]  # both workers busy
+    doomed = dies.submit(7)  # queued
+    waiters += [waiter.submit(gate) for _ in range(3)]  # queued behind the one that will die
     open(gate, "w").close()
     exc = doomed.exception(timeout=60)
     assert isinstance(exc, distaff.WorkerLostError) and "exit status 7" in str(exc)
-    assert [w.result(timeout=60) for w in waiters] == [True, True, True]
+    assert [w.result(timeout=60) for w in waiters] == [True] * 5
 
     @eng.task(executor="processes")
     def segfaults():
@@ -415,3 +417,16 @@ def test_concurrency_applies_to_remote_bodies_and_async_bodies_run_remotely(eng)
 
     value, pid = remote_async(21)
     assert value == 42 and pid != os.getpid()
+
+
+def test_a_user_supplied_process_pool_is_left_running_by_the_engine():
+    with ProcessPool(1, name="mine") as pool:
+        with distaff.Engine(executors={"mine": pool}) as e:
+            ex = e.task(executor="mine")(pid_of).submit()
+            assert ex.result(timeout=60) != os.getpid()
+            assert ex.description["executor"] == "mine"
+        pids = pool.pids()
+        assert pids and not any(process_gone(p, 0.2) for p in pids)  # the engine left it running
+        with distaff.Engine() as e2:  # usable by another engine, passed directly
+            assert e2.task(executor=pool)(pid_of)() == pids[0]
+    assert all(process_gone(p) for p in pids)  # closed by its own with-block
