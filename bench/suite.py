@@ -112,7 +112,7 @@ for _c in COMPETITORS:
 # Competitors whose W4 is expected to deadlock (bounded pools): short timeout + idle detection.
 DEADLOCK_PRONE = {("threads", "W4"), ("parsl", "W4"), ("prefect", "W4")}
 
-QUICK_COMPETITORS = ["distaff", "distaff-2w", "threads", "asyncio"]
+QUICK_COMPETITORS = ["distaff", "distaff-2w", "threads", "asyncio", "x-distaff-processes"]
 QUICK_N = {"W1": 2_000, "W2": 500, "W3": 500, "W4": 12, "W5": 200, "W5b": 100,
            "W6-10k": 500, "W6-100k": 1_000, "W7a": 2_000, "W7b": 5, "W8": 4, "W9": 100, "W10": 20}
 
