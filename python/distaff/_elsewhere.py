@@ -80,10 +80,12 @@ class Job:
     # -- called by runners -----------------------------------------------------------------------
 
     def payload(self) -> bytes:
-        """The serialized body and arguments (cloudpickle). Raises TypeError naming what could not
-        be serialized."""
+        """The serialized body and arguments (pickle, or cloudpickle when needed: _remote.dumps).
+        Raises TypeError naming what could not be serialized."""
         try:
             return _remote.dumps((self.fn, self.args, self.kwargs, self.is_async))
+        except ImportError:  # cloudpickle is not installed: that message says what to do
+            raise
         except Exception as exc:  # noqa: BLE001 - pickling raises anything (TypeError, PicklingError, ...)
             raise _unshippable(self, exc) from None
 
@@ -104,7 +106,8 @@ class Job:
                 return
         else:
             value = error
-            retryable = not isinstance(error, _Unshippable)
+            # cannot serialize (or no cloudpickle to try): another attempt would fail alike
+            retryable = not isinstance(error, (_Unshippable, ImportError))
         self._failed(value, retryable)
 
     def _settle(self, ok: bool, value: Any) -> None:

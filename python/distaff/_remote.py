@@ -33,8 +33,13 @@ def dumps(obj: Any) -> bytes:
             return data
     except Exception:  # noqa: BLE001 - whatever the standard pickler refuses, cloudpickle tries
         pass
-    import cloudpickle
-
+    try:
+        import cloudpickle
+    except ImportError:
+        raise ImportError(
+            f"sending {type(obj).__qualname__} to another process needs cloudpickle (a lambda, a closure or "
+            "something defined in __main__): pip install 'distaff[processes]'"
+        ) from None
     return cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
 
 

@@ -430,3 +430,23 @@ def test_a_user_supplied_process_pool_is_left_running_by_the_engine():
         with distaff.Engine() as e2:  # usable by another engine, passed directly
             assert e2.task(executor=pool)(pid_of)() == pids[0]
     assert all(process_gone(p) for p in pids)  # closed by its own with-block
+
+
+def test_without_cloudpickle_importable_functions_still_run_and_a_lambda_says_what_to_install():
+    r = run_python(
+        """
+        import sys
+        sys.modules["cloudpickle"] = None  # as if it were not installed
+        import operator, distaff
+
+        with distaff.Engine(processes=1) as eng:
+            print("importable:", eng.task(executor="processes")(operator.add)(2, 3))
+            exc = eng.task(executor="processes", retries=3)(lambda: 1).submit().exception(timeout=60)
+            print(type(exc).__name__, "|", exc)
+        """,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "importable: 5" in r.stdout
+    assert "ImportError | sending tuple to another process needs cloudpickle" in r.stdout
+    assert "pip install 'distaff[processes]'" in r.stdout
