@@ -153,7 +153,10 @@ def test_a_dying_worker_fails_only_its_execution_and_queued_work_runs(eng, tmp_p
     exc = doomed.exception(timeout=60)
     assert isinstance(exc, distaff.WorkerLostError) and "exit status 7" in str(exc)
     assert [w.result(timeout=60) for w in waiters] == [True] * 5
+    assert eng.task(executor="processes")(pid_of)() != os.getpid()
 
+
+def test_a_segfaulting_worker_fails_only_its_execution(eng):
     @eng.task(executor="processes")
     def segfaults():
         import ctypes
