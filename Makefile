@@ -70,7 +70,13 @@ SANITIZE_PYTEST ?=
 # Deselected here: test_default_engine_after_fork_in_the_child_works_or_errors_clearly (an ASan limit,
 # not a distaff bug): it forks right after Engine(), while the new workers still allocate, and GCC 12's
 # libasan does not hold its allocator's locks across fork, so the child can deadlock in ASan's malloc.
-SANITIZE_DESELECT ?= test_default_engine_after_fork_in_the_child_works_or_errors_clearly
+# Also deselected: the Dask and Ray executor tests and examples (executors_dask, executors_ray): they
+# exercise those runtimes (Ray's own C++ daemons, Dask's worker processes) under an ASan preload,
+# not distaff's C++ code, which test_executors.py covers through the process pool; a worker that
+# segfaults on purpose (ASan reports the SEGV, by design, and exits 1 instead of dying of the
+# signal); and the memory figure of 10k executions in flight (ASan's allocator has redzones).
+SANITIZE_DESELECT ?= test_default_engine_after_fork_in_the_child_works_or_errors_clearly or executors_dask or executors_ray \
+  or test_a_segfaulting_worker_fails_only_its_execution or test_10k_executions_in_flight_cost_under_2_kib_each
 $(ASAN_PY):
 	$(PYTHON) -m venv .venv-asan
 	$(ASAN_PY) -m pip install -q --upgrade pip

@@ -35,8 +35,15 @@ WORKLOADS = {
                 short="W7a asyncio.gather", metric="us_per_task", size="tasks"),
     "W7b": dict(title="asyncio: the AsyncFlow seed, 5 concurrent workflows task3(task1(), task2())",
                 short="W7b 5 AsyncFlow workflows", metric="ms", size="workflows"),
+    "W8": dict(title="CPU-bound fan-out: 32 pure-Python bodies of ~50 ms each, on 2 cores",
+               short="W8 CPU-bound fan-out", metric="ms", size="bodies"),
+    "W9": dict(title="Remote overhead: n tiny bodies through distaff on an executor vs the executor's own submit+result",
+               short="W9 remote overhead", metric="us_per_task", size="bodies"),
+    "W10": dict(title="A DAG: 200 Dask-executed leaves of 10 ms combined in three levels",
+                short="W10 Dask DAG", metric="ms", size="leaves"),
 }
 WORKLOAD_ORDER = list(WORKLOADS)
+EXECUTOR_WORKLOADS = {"W8", "W9", "W10"}
 
 # ----------------------------------------------------------------------------------------------
 # Competitors: id -> (module in bench/competitors, params, label)
@@ -55,14 +62,25 @@ COMPETITORS = {
     "parsl": ("parsl_", {}, "Parsl ThreadPoolExecutor"),
     "asyncflow": ("asyncflow_", {}, "radical.asyncflow"),
     "pocketflow": ("pocketflow_", {}, "PocketFlow"),
+    # W8-W10 (docs/executors.md)
+    "x-distaff-processes": ("executors_", {"impl": "distaff-processes"}, "distaff executor=\"processes\" (2)"),
+    "x-distaff-local": ("executors_", {"impl": "distaff-local"}, "distaff in-process (1 worker)"),
+    "x-ppe": ("executors_", {"impl": "ppe"}, "ProcessPoolExecutor(2) directly"),
+    "x-distaff-ppe": ("executors_", {"impl": "distaff-ppe"}, "distaff executor=ProcessPoolExecutor(2)"),
+    "x-loky": ("executors_", {"impl": "loky"}, "loky reusable executor (2)"),
+    "x-dask": ("executors_", {"impl": "dask"}, "Dask LocalCluster (2 procs) directly"),
+    "x-distaff-dask": ("executors_", {"impl": "distaff-dask"}, "distaff executor=Dask client"),
+    "x-ray": ("executors_", {"impl": "ray"}, "Ray (2 CPUs) directly"),
+    "x-distaff-ray": ("executors_", {"impl": "distaff-ray"}, "distaff executor=Ray()"),
 }
+EXECUTOR_COMPETITORS = {c for c in COMPETITORS if c.startswith("x-")}
 COMPETITOR_ORDER = list(COMPETITORS)
 BASELINE = "distaff"
 SLOW = {"dask-threads", "dask-procs", "ray", "prefect", "parsl", "asyncflow"}
 
 # Full sizes (the issue's), for every competitor unless overridden below.
 FULL_N = {"W1": 100_000, "W2": 10_000, "W3": 10_000, "W4": 20, "W5": 10_000, "W5b": 200,
-          "W6-10k": 10_000, "W6-100k": 100_000, "W7a": 100_000, "W7b": 5}
+          "W6-10k": 10_000, "W6-100k": 100_000, "W7a": 100_000, "W7b": 5, "W8": 32, "W9": 2_000, "W10": 200}
 
 # Scaled-down sizes for slow competitors (and a few fast ones where the full size would take
 # minutes). None = not run (the module states why, or the table says).
@@ -79,7 +97,12 @@ SCALED_N = {
 
 # Workloads each competitor is tried on (anything else is listed as not expressible, with the
 # reason its module gives). Dask with processes only runs the task-graph workloads.
-RUNS_ON = {c: set(WORKLOAD_ORDER) for c in COMPETITORS}
+RUNS_ON = {c: set(WORKLOAD_ORDER) - EXECUTOR_WORKLOADS for c in COMPETITORS}
+RUNS_ON.update({
+    "x-distaff-processes": {"W8", "W9"}, "x-distaff-local": {"W8"}, "x-ppe": {"W8", "W9"},
+    "x-distaff-ppe": {"W9"}, "x-loky": {"W8"}, "x-dask": {"W9", "W10"}, "x-distaff-dask": {"W9", "W10"},
+    "x-ray": {"W9", "W10"}, "x-distaff-ray": {"W9"},
+})
 RUNS_ON["dask-procs"] = {"W1", "W2", "W3", "W4"}
 # W5b (time.sleep in bodies) is about distaff's blocking-call handling; threads are the reference.
 for _c in COMPETITORS:
@@ -89,9 +112,9 @@ for _c in COMPETITORS:
 # Competitors whose W4 is expected to deadlock (bounded pools): short timeout + idle detection.
 DEADLOCK_PRONE = {("threads", "W4"), ("parsl", "W4"), ("prefect", "W4")}
 
-QUICK_COMPETITORS = ["distaff", "distaff-2w", "threads", "asyncio"]
+QUICK_COMPETITORS = ["distaff", "distaff-2w", "threads", "asyncio", "x-distaff-processes"]
 QUICK_N = {"W1": 2_000, "W2": 500, "W3": 500, "W4": 12, "W5": 200, "W5b": 100,
-           "W6-10k": 500, "W6-100k": 1_000, "W7a": 2_000, "W7b": 5}
+           "W6-10k": 500, "W6-100k": 1_000, "W7a": 2_000, "W7b": 5, "W8": 4, "W9": 100, "W10": 20}
 
 
 @dataclass
@@ -143,6 +166,8 @@ def build_cases(quick: bool, workloads=None, competitors=None) -> list[Case]:
                 case.reps, case.warmup, case.timeout = 3, 0, 45
             elif w == "W7b":
                 case.reps, case.warmup = (5 if slow or c == "prefect" else 20), 1
+            elif w in EXECUTOR_WORKLOADS:
+                case.reps, case.warmup = 5, 1
             elif slow:
                 case.reps, case.warmup = 3, 1
                 case.warmup_n = max(1, n // 10) if w != "W4" else n
@@ -170,6 +195,8 @@ def build_cases(quick: bool, workloads=None, competitors=None) -> list[Case]:
 
 
 def not_run_reason(workload: str, competitor: str) -> str:
+    if workload in EXECUTOR_WORKLOADS or competitor in EXECUTOR_COMPETITORS:
+        return "not run: W8-W10 compare executors (the x- rows); see docs/executors.md"
     if competitor == "dask-procs":
         return "not run: the processes cluster runs the task-graph workloads W1-W4 only (see the threads cluster)"
     if workload == "W5b":
@@ -187,6 +214,8 @@ def not_run(quick: bool, workloads=None, competitors=None) -> list[tuple[str, st
         if workloads and not any(w == x or w.startswith(x) for x in workloads):
             continue
         for c in comps:
+            if (w in EXECUTOR_WORKLOADS) != (c in EXECUTOR_COMPETITORS):
+                continue  # the executor workloads and competitors are a table of their own
             if w not in RUNS_ON[c]:
                 out.append((w, c))
     return out

@@ -87,12 +87,12 @@ class Impl(Base):
             self.loop = asyncio.new_event_loop()
 
             async def mk():
-                cl = await LocalCluster(dashboard_address=None, asynchronous=True, **kw)
+                cl = await LocalCluster(dashboard_address=":0", asynchronous=True, **kw)
                 c = await Client(cl, asynchronous=True)
                 return cl, c
             self.cluster, self.client = self.loop.run_until_complete(mk())
         else:
-            self.cluster = LocalCluster(dashboard_address=None, **kw)
+            self.cluster = LocalCluster(dashboard_address=":0", **kw)
             self.client = Client(self.cluster)
             wait([self.client.submit(noop, pure=False) for _ in range(20)])
 

@@ -20,6 +20,7 @@ from ._errors import (
     InternalError,
     ShutdownError,
     TimeoutError,
+    WorkerLostError,
 )
 from ._sync import Event, Lock, Semaphore
 from ._task import RESERVED_KWARGS, RetryPolicy, Task, task, workflow
@@ -33,7 +34,7 @@ from ._wait import (
     join,
     wait,
 )
-from . import _asyncio, _engine, _errors, _imports
+from . import _asyncio, _engine, _errors, _imports, executors
 from . import _task as _task_mod
 
 _task_mod._engine_mod = _engine
@@ -98,6 +99,7 @@ __all__ = [
     "RetryPolicy",
     "ShutdownError",
     "TimeoutError",
+    "WorkerLostError",
     "Task",
     "current_execution",
     "default_engine",
@@ -106,4 +108,5 @@ __all__ = [
     "task",
     "use_engine",
     "workflow",
+    "executors",
 ]

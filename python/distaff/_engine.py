@@ -17,7 +17,7 @@ import time
 import weakref
 from typing import Any, Callable, Iterable, Iterator
 
-from . import _asyncio, _core, _validate
+from . import _asyncio, _core, _elsewhere, _validate
 from ._errors import ShutdownError
 from ._task import _MISSING, Task, _decorator
 
@@ -55,6 +55,10 @@ class Engine(concurrent.futures.Executor):
         history: how many finished executions the engine remembers for ``graph()`` and
             ``executions()`` (0 disables): the newest ones, a few hundred bytes each (no results,
             no exception objects); ``clear_history()`` forgets them.
+        executors: names for ``@task(executor=...)``: ``{"gpu": dask_client, ...}`` (docs/executors.md).
+            The engine does not shut these down.
+        processes: worker processes of the engine's own ``"processes"`` pool, started on first use
+            and shut down with the engine (default: the number of usable cores).
     """
 
     def __init__(
@@ -64,6 +68,8 @@ class Engine(concurrent.futures.Executor):
         max_workers: int | None = None,
         stack_size: int | None = None,
         history: int = 100_000,
+        executors: dict | None = None,
+        processes: int | None = None,
     ) -> None:
         if workers is None:
             workers = 1
@@ -83,6 +89,7 @@ class Engine(concurrent.futures.Executor):
         if stack_size > _core.STACK_SIZE_MAX:
             raise ValueError(f"stack_size must be at most 1 GiB ({_core.STACK_SIZE_MAX} bytes), not {stack_size}")
         _validate.count(history, "history")
+        self._executors = _elsewhere.Executors(executors, processes)
         self._core = _core.EngineCore(workers, max_workers, stack_size, history)
         self._capsule = self._core.capsule()
         self._pid = os.getpid()
@@ -303,6 +310,8 @@ class Engine(concurrent.futures.Executor):
             # Closed even when the wait was interrupted (the engine stops accepting work first);
             # not when the call was refused (from one of its own bodies).
             self._closed = self._closed or self._core.stats()["closed"]
+        # Owned executors stop once their work is done (at once when wait: the engine has drained).
+        self._executors.close(wait, self.wait_idle)
         if wait:
             self._joined = True
             self._stop_event_loop()
@@ -343,6 +352,8 @@ class Engine(concurrent.futures.Executor):
         if wait:
             await _asyncio.wait_idle(self)
             self.shutdown(wait=True)  # idle: joins the workers and the engine's loop thread
+        else:
+            self._executors.close(False, self.wait_idle)  # owned pools stop once the engine is idle
 
     async def __aenter__(self) -> "Engine":
         return self
@@ -739,6 +750,7 @@ def _shutdown_at_exit() -> None:
                     if eng is not None:
                         eng._closed = eng._joined = True
                         eng._stop_event_loop()
+                        eng._executors.close(True)  # the process pool it owns
             except BaseException as e:  # noqa: B036 — a signal handler raised outside the wait
                 w.armed = False
                 w.interrupted(e)

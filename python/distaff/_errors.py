@@ -18,6 +18,7 @@ __all__ = [
     "InternalError",
     "ShutdownError",
     "TimeoutError",
+    "WorkerLostError",
 ]
 
 
@@ -50,6 +51,11 @@ class DeadlockError(Error, RuntimeError):
 
 class ShutdownError(Error, RuntimeError):
     """The engine is shut down (or was inherited across ``fork``) and accepts no work."""
+
+
+class WorkerLostError(Error, RuntimeError):
+    """The worker process running this execution's body died (``os._exit``, a signal such as
+    SIGSEGV or SIGKILL, the OOM killer). Only that execution fails; ``retries=`` retry it."""
 
 
 class InternalError(Error, RuntimeError):

@@ -10,11 +10,12 @@ import math
 import os
 import random
 import secrets
+import sys
 import weakref
 from typing import Any, Callable, Iterable
 
 from . import _asyncio as _asyncio_mod
-from . import _core, _sync
+from . import _core, _elsewhere, _sync
 from . import _validate as _v
 from ._errors import _note_failure
 
@@ -126,6 +127,7 @@ class Task:
         retry_on: Any = (Exception,),
         fallback: Callable | None = None,
         concurrency: int | None = None,
+        executor: Any = None,
         engine: Any = None,
     ) -> None:
         self._static = isinstance(fn, staticmethod)
@@ -166,6 +168,7 @@ class Task:
         # concurrency=: one limiter per limit value, shared by this task and its .options() copies.
         self._limiters: dict = {}
         self.concurrency = _sync.check_concurrency(concurrency)
+        self.executor = _check_executor(executor, kind)  # docs/executors.md
         self._check = _make_checker(fn, getattr(fn, "__qualname__", None) or self.name)
         self._engine = engine
         try:
@@ -208,6 +211,7 @@ class Task:
             or self._kind_flag
             or self._wait.__class__ is tuple
             or self.concurrency is not None
+            or self.executor is not None
         ):
             return general
         min_pos, max_pos = self._positional_range
@@ -242,23 +246,31 @@ class Task:
         wait = self._wait
         if wait.__class__ is tuple:
             wait = self._gating(args, kwargs)
-        body = self._body
+        options = self._options
+        executor = options.get("executor", self.executor) if options else self.executor
         binding = None
-        if self.is_async:
-            bind_loop = _get_running_loop()
-            body = _AsyncBody(body, bind_loop, engine, self.name, wait is not False, self.kind)
-            if bind_loop is not None:
-                binding = body.binding
+        if executor is not None:  # the body runs elsewhere; its arguments travel as values
+            body = _elsewhere.Job(self.fn, self.is_async, self.policy, self.name, engine._executors.runner(executor), engine)
+            wait = True
+        else:
+            body = self._body
+            if self.is_async:
+                bind_loop = _get_running_loop()
+                body = _AsyncBody(body, bind_loop, engine, self.name, wait is not False, self.kind)
+                if bind_loop is not None:
+                    binding = body.binding
         timeout = self.timeout
         flags = self._kind_flag
-        options = self._options
         if options:
             timeout = options.get("timeout", timeout)
             flags |= 2 if options.get("detached") else 0
             if workflow_id is None:
                 workflow_id = options.get("workflow_id")
         if timeout is not None:
-            body = _Timed(body, timeout)
+            if executor is not None:
+                body.timeout = timeout
+            else:
+                body = _Timed(body, timeout)
         limit = options.get("concurrency", self.concurrency) if options else self.concurrency
         if limit is not None:
             ex = self._submit_limited(limit, engine, body, flags, wait, args, kwargs, workflow_id)
@@ -328,6 +340,7 @@ class Task:
         workflow_id: str | None = None,
         detached: bool = False,
         concurrency: int | None | Any = _MISSING,
+        executor: Any = _MISSING,
     ) -> "Task":
         """A copy of this task with per-call options: ``task.options(timeout=5).submit(x)``.
 
@@ -338,6 +351,7 @@ class Task:
             detached: the executions are not cancelled when the submitting execution is.
             concurrency: at most this many executions submitted with this limit run at once
                 (None: no limit). Shared by every copy of the task with the same value.
+            executor: where the body runs (docs/executors.md); None: in this process.
         """
         clone = object.__new__(Task)
         clone.__dict__.update(self.__dict__)
@@ -350,6 +364,8 @@ class Task:
             opts["detached"] = True
         if concurrency is not _MISSING:
             opts["concurrency"] = _sync.check_concurrency(concurrency)
+        if executor is not _MISSING:
+            opts["executor"] = _check_executor(executor, self.kind)
         clone._options = opts
         clone.submit = clone._make_submit()
         return clone
@@ -369,6 +385,19 @@ class Task:
         options); if one submission fails, the ones already submitted are cancelled.
         """
         return _map(self.submit, self.name, iterables)
+
+    def __reduce__(self) -> Any:
+        # Pickles by reference: by its module-level name when that is this task, else as its
+        # function (which cloudpickle ships by value when it is a lambda, a closure or in __main__)
+        # and its name; a rebuilt task runs on the default engine of the process that loads it.
+        module = sys.modules.get(getattr(self, "__module__", None) or "")
+        if module is not None and module.__name__ != "__main__":
+            obj: Any = module
+            for part in self.__qualname__.split("."):
+                obj = getattr(obj, part, None)
+            if obj is self:
+                return self.__qualname__
+        return (_rebuild_task, (self.fn, self.kind, self.name))
 
     def __get__(self, instance: Any, owner: type | None = None) -> Any:
         if instance is None or self._static:
@@ -450,6 +479,21 @@ def _map(submit: Callable, name: str, iterables: tuple) -> list:
             ex.cancel()
         raise
     return out
+
+
+def _rebuild_task(fn: Callable, kind: str, name: str) -> Task:
+    return Task(fn, kind=kind, name=name)
+
+
+def _check_executor(executor: Any, kind: str) -> Any:
+    if executor is None:
+        return None
+    if kind == "workflow":
+        raise TypeError("a @workflow orchestrates locally and takes no executor=; give it to the tasks it runs")
+    from . import executors
+
+    executors.check_target(executor, "executor=")
+    return executor
 
 
 def _check_timeout(timeout: Any) -> float | None:
@@ -790,6 +834,10 @@ def task(fn: Any = _MISSING, /, **options: Any) -> Any:
             (see :class:`RetryPolicy`); the fiber sleeps between attempts without holding a thread.
         fallback: ``fallback(*args, **kwargs, exc=error)`` gives the result when every attempt failed:
             the call's arguments, and the final error as the keyword argument ``exc``.
+        concurrency: at most this many executions of the task run at once (docs/sync.md).
+        executor: run the body elsewhere: ``"processes"``, a name registered on the engine, a
+            ``concurrent.futures`` executor, a Dask client or ``distaff.executors.Ray()``
+            (docs/executors.md). The execution waits for it without a fiber.
     """
     return _decorator("task", fn, None, **options)
 
@@ -801,3 +849,7 @@ def workflow(fn: Any = _MISSING, /, **options: Any) -> Any:
     Takes the same options as :func:`task`.
     """
     return _decorator("workflow", fn, None, **options)
+
+
+_elsewhere._resolve_value = _resolve_value
+_elsewhere._record_attempt = _record_attempt

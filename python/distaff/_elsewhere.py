@@ -1,0 +1,348 @@
+"""Bodies that run elsewhere and settle later.
+
+One mechanism for every execution whose body does not run on its fiber: the fiber resolves the
+arguments, hands a :class:`Job` to a *runner* (distaff's process pool, an adapter over a
+``concurrent.futures`` executor, Dask or Ray: distaff/executors.py) and returns a promise
+(``_core.promise``); the execution forwards to it and its fiber ends at once, so an execution
+waiting for remote work holds no fiber stack. The runner reports the outcome from whatever thread
+it has (``Job.report``); the job then settles the promise, or applies the task's policy first:
+
+- retries re-submit the job to the runner (after the delay, on a timer thread, not a fiber);
+- ``fallback=`` runs locally, as an execution the promise forwards to;
+- ``timeout=`` is armed on the execution; when it fires, or the execution is cancelled (``cancel()``,
+  a cancelled parent or workflow scope, shutdown with ``cancel_running``), the execution's done
+  callback stops the job: the runner drops it if it is still queued, or stops the remote work.
+
+A runner implements ``name``, ``owned`` (the engine made it and shuts it down), ``submit(job)``,
+``cancel(job)`` and ``close(wait)``; it calls ``job.payload()`` (the bytes to ship, serialized
+only when it ships them) and ``job.report(outcome=..., error=...)`` exactly once per submission.
+"""
+
+from __future__ import annotations
+
+import heapq
+import inspect
+import pickle
+import threading
+import time
+from typing import Any, Callable
+
+from . import _core, _remote
+from ._errors import ShutdownError
+
+_resolve_value: Any = None  # _task._resolve_value, bound by _task (import cycle)
+_record_attempt: Any = None  # _task._record_attempt, likewise
+
+
+class Job:
+    """One execution's body, run by a runner. It is the execution's body object itself: the
+    fiber calls it, it starts the work and returns the promise."""
+
+    __slots__ = ("fn", "is_async", "policy", "name", "runner", "engine", "timeout",
+                 "me", "promise", "args", "kwargs", "attempt", "handle", "stopped")
+
+    def __init__(self, fn: Callable, is_async: bool, policy: Any, name: str, runner: Any, engine: Any) -> None:
+        self.fn = fn
+        self.is_async = is_async
+        self.policy = policy
+        self.name = name
+        self.runner = runner
+        self.engine = engine
+        self.timeout = None
+        self.me = self.promise = self.handle = None
+        self.stopped = False
+        self.attempt = 1
+
+    # -- in the execution's fiber -----------------------------------------------------------------
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        # The arguments are done (wait=True): their values travel, never local handles.
+        rv = _resolve_value
+        self.args = tuple([rv(a) for a in args])
+        self.kwargs = {k: rv(v) for k, v in kwargs.items()} if kwargs else {}
+        self.promise = promise = _core.promise(self.name)
+        me = self.me = _core.current_execution()
+        if me is not None:
+            me._annotate("executor", self.runner.name)
+            if self.policy is not None:
+                me._annotate("attempts", 1)
+            if self.timeout is not None:
+                _core.arm_timeout(me, self.timeout)
+            # Registered before the work starts: a cancel from here on reaches it (or prevents it).
+            me.add_done_callback(self._execution_done)
+        try:
+            self.runner.submit(self)
+        except BaseException:
+            _core.settle(promise, False, None)  # nothing will settle it now
+            raise
+        return promise
+
+    # -- called by runners -----------------------------------------------------------------------
+
+    def payload(self) -> bytes:
+        """The serialized body and arguments (pickle, or cloudpickle when needed: _remote.dumps).
+        Raises TypeError naming what could not be serialized."""
+        try:
+            return _remote.dumps((self.fn, self.args, self.kwargs, self.is_async))
+        except ImportError:  # cloudpickle is not installed: that message says what to do
+            raise
+        except Exception as exc:  # noqa: BLE001 - pickling raises anything (TypeError, PicklingError, ...)
+            raise _unshippable(self, exc) from None
+
+    def report(self, outcome: Any = None, error: BaseException | None = None) -> None:
+        """The runner's report for one submission: the packed outcome from _remote, or a local error
+        (WorkerLostError, the TypeError of payload(), the executor's own error)."""
+        promise = self.promise
+        if promise is None or promise.done():
+            return
+        if self.stopped:
+            self._settle(False, None)
+            return
+        retryable = True
+        if error is None:
+            ok, value = _decode(outcome, self)
+            if ok:
+                self._settle(True, value)
+                return
+        else:
+            value = error
+            # cannot serialize (or no cloudpickle to try): another attempt would fail alike
+            retryable = not isinstance(error, (_Unshippable, ImportError))
+        self._failed(value, retryable)
+
+    def _settle(self, ok: bool, value: Any) -> None:
+        # The last word on this execution: let go of the body, its arguments and the cycle through
+        # the execution's done callback.
+        promise = self.promise
+        self.fn = self.args = self.kwargs = self.me = self.handle = None
+        _core.settle(promise, ok, value)
+
+    # -- failure policy ---------------------------------------------------------------------------
+
+    def _failed(self, exc: BaseException, retryable: bool) -> None:
+        policy, me = self.policy, self.me
+        if policy is not None and retryable and isinstance(exc, policy.retry_on):
+            _record_attempt(me, self.attempt, exc)
+            if self.attempt <= policy.retries:
+                delay = policy.delay(self.attempt - 1)
+                self.attempt += 1
+                if me is not None:
+                    me._annotate("attempts", self.attempt)
+                if delay > 0:
+                    _later(delay, self._resubmit)
+                else:
+                    self._resubmit()
+                return
+            if policy.fallback is not None:
+                # Locally, as an execution the promise forwards to (its result or error is the answer).
+                try:
+                    fb = self.engine._submit(policy.fallback, f"{self.name} (fallback)", 0, False,
+                                             self.args, {**(self.kwargs or {}), "exc": exc}, None)
+                except BaseException as sub_exc:  # noqa: BLE001 - the engine is shut down
+                    self._settle(False, sub_exc)
+                    return
+                self._settle(True, fb)
+                return
+        self._settle(False, exc)
+
+    def _resubmit(self) -> None:
+        if self.stopped or self.promise.done():
+            return
+        self.handle = None
+        try:
+            self.runner.submit(self)
+        except BaseException as exc:  # noqa: BLE001 - a closed runner: the attempt fails
+            self._settle(False, exc)
+
+    def _execution_done(self, _ex: Any) -> None:
+        # The execution finished. Through the promise: nothing to do. Otherwise it was cancelled or
+        # timed out while the work was queued or running: stop the work.
+        promise = self.promise
+        if promise.done():
+            return
+        self.stopped = True
+        try:
+            self.runner.cancel(self)
+        finally:
+            self._settle(False, None)
+
+
+class _Unshippable(TypeError):
+    """An argument (or the body) cannot be serialized: not retried, another attempt would fail alike."""
+
+
+def _unshippable(job: Job, exc: BaseException) -> TypeError:
+    import cloudpickle
+
+    what = None
+    try:
+        cloudpickle.dumps(job.fn)
+    except Exception:  # noqa: BLE001
+        what = f"the body {getattr(job.fn, '__qualname__', job.fn)!r}"
+    if what is None:
+        names: list[str] = []
+        try:
+            bound = inspect.signature(job.fn).bind(*job.args, **job.kwargs)
+            items = list(bound.arguments.items())
+        except (TypeError, ValueError):
+            items = [(f"#{i}", a) for i, a in enumerate(job.args)] + list(job.kwargs.items())
+        for n, v in items:
+            try:
+                cloudpickle.dumps(v)
+            except Exception:  # noqa: BLE001
+                names.append(f"{n!r} ({type(v).__qualname__})")
+        what = "argument " + ", ".join(names) if names else "the arguments"
+    return _Unshippable(
+        f"task {job.name!r} cannot run on executor {job.runner.name!r}: {what} cannot be serialized "
+        f"({type(exc).__name__}: {exc})"
+    )
+
+
+def _decode(outcome: Any, job: Job) -> tuple[bool, Any]:
+    """(True, value) or (False, exception) from _remote's packed outcome."""
+    try:
+        packed = pickle.loads(outcome) if outcome.__class__ is bytes else outcome
+        ok, data, type_name, message, tb, where = packed
+        if job.me is not None:
+            job.me._annotate("ran_on", where)
+        if ok:
+            return True, pickle.loads(data) if outcome.__class__ is bytes else data
+        exc = None
+        if outcome.__class__ is not bytes:
+            exc = data
+        elif data is not None:
+            try:
+                exc = pickle.loads(data)
+            except Exception:  # noqa: BLE001 - e.g. an exception class that does not import here
+                exc = None
+        if not isinstance(exc, BaseException):
+            exc = RuntimeError(f"{type_name}: {message}")
+    except Exception as err:  # noqa: BLE001 - a result that does not deserialize here
+        return False, TypeError(f"task {job.name!r}: the result from executor {job.runner.name!r} cannot be "
+                                f"deserialized here ({type(err).__name__}: {err})")
+    try:
+        exc.add_note(f"distaff: task {job.name!r} raised on executor {job.runner.name!r} ({where}); "
+                     f"remote traceback:\n{tb}".rstrip())
+    except Exception:  # noqa: BLE001
+        pass
+    return False, exc
+
+
+# -- one timer thread for retry delays -----------------------------------------------------------
+
+_timer_lock = threading.Condition()
+_timer_heap: list = []
+_timer_thread: threading.Thread | None = None
+_timer_seq = 0
+
+
+def _later(delay: float, fn: Callable[[], None]) -> None:
+    """Calls fn() after delay seconds on distaff's retry timer thread (a daemon: it never holds exit)."""
+    global _timer_thread, _timer_seq
+    with _timer_lock:
+        _timer_seq += 1
+        heapq.heappush(_timer_heap, (time.monotonic() + delay, _timer_seq, fn))
+        if _timer_thread is None or not _timer_thread.is_alive():
+            _timer_thread = threading.Thread(target=_timer_loop, name="distaff-retry-timer", daemon=True)
+            _timer_thread.start()
+        _timer_lock.notify()
+
+
+def _timer_loop() -> None:
+    while True:
+        with _timer_lock:
+            while True:
+                if _timer_heap:
+                    due = _timer_heap[0][0] - time.monotonic()
+                    if due <= 0:
+                        fn = heapq.heappop(_timer_heap)[2]
+                        break
+                    _timer_lock.wait(due)
+                else:
+                    _timer_lock.wait()
+        try:
+            fn()
+        except BaseException:  # noqa: BLE001 - never kill the timer thread
+            import logging
+
+            logging.getLogger("distaff").exception("distaff: retry timer callback failed")
+
+
+# -- the engine's executors -----------------------------------------------------------------------
+
+class Executors:
+    """An engine's registered executors and the runners made for them (created on first use)."""
+
+    def __init__(self, executors: Any, processes: Any) -> None:
+        from . import executors as ex_mod
+
+        if processes is not None:
+            if isinstance(processes, bool) or not isinstance(processes, int):
+                raise TypeError(f"processes must be an int or None, not {type(processes).__name__}")
+            if processes < 1:
+                raise ValueError(f"processes must be at least 1, got {processes}")
+        named: dict = {}
+        if executors is not None:
+            if not isinstance(executors, dict):
+                raise TypeError(f"executors= must be a dict of name -> executor, not {type(executors).__name__}")
+            for k, v in executors.items():
+                if not isinstance(k, str) or not k:
+                    raise TypeError(f"executor names must be non-empty strings, not {k!r}")
+                ex_mod.check_target(v, f"executors[{k!r}]")
+                named[k] = v
+        self._named = named
+        self._processes = processes
+        self._runners: dict = {}
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def runner(self, spec: Any) -> Any:
+        """The runner for an executor= value (a registered name or an object)."""
+        key = spec if spec.__class__ is str else id(spec)
+        r = self._runners.get(key)
+        if r is not None and (spec.__class__ is str or r.target is spec):
+            return r
+        from . import executors as ex_mod
+
+        with self._lock:
+            if self._closed:
+                raise ShutdownError("the engine is shut down: its executors accept no work")
+            r = self._runners.get(key)
+            if r is not None and (spec.__class__ is str or r.target is spec):
+                return r
+            if spec.__class__ is str:
+                if spec in self._named:
+                    r = ex_mod.adapt(self._named[spec], spec)
+                elif spec == "processes":
+                    r = ex_mod.ProcessPool(self._processes, name="processes")
+                    r.owned = True
+                else:
+                    known = ", ".join(repr(n) for n in ["processes", *self._named]) or "none"
+                    raise ValueError(f"no executor named {spec!r} on this engine (known: {known})")
+            else:
+                r = ex_mod.adapt(spec, None)
+            self._runners[key] = r
+            return r
+
+    def close(self, wait: bool, until_idle: Callable[[], Any] | None = None) -> None:
+        """Shuts down the runners the engine owns; user-supplied executors keep running.
+
+        ``wait=False`` with ``until_idle`` (the engine's wait_idle): the engine's outstanding
+        executions may still need the runners, so they are closed by a thread once it is idle."""
+        with self._lock:
+            self._closed = True
+            owned = [r for r in self._runners.values() if getattr(r, "owned", False)]
+        if not owned:
+            return
+        if not wait and until_idle is not None:
+            def later() -> None:
+                try:
+                    until_idle()
+                finally:
+                    for r in owned:
+                        r.close(True)
+
+            threading.Thread(target=later, name="distaff-executors-close", daemon=True).start()
+            return
+        for r in owned:
+            r.close(wait)

@@ -1,0 +1,94 @@
+"""What runs on the other side: unpacks a shipped body, runs it, packs the outcome.
+
+Imported in worker processes (distaff's own pool, Dask workers, Ray workers) and kept small: it
+needs only the standard library and cloudpickle. The outcome is always returned as bytes, never
+raised, so every executor carries a failure the same way and the local side rebuilds the
+exception with its own type and message (Ray, for one, would wrap a raised exception in a type
+of its own).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pickle
+import socket
+import traceback
+from typing import Any
+
+_WHERE: str | None = None
+
+
+def dumps(obj: Any) -> bytes:
+    """Serializes obj: the standard (C) pickler when that is enough, else cloudpickle.
+
+    cloudpickle costs ~3x more per call (a Python hook per object); it is needed for what the
+    standard pickler cannot send or would send by a reference the other process cannot resolve:
+    lambdas, closures, local classes (pickle raises) and anything of ``__main__`` (the name shows
+    in the stream; another process's ``__main__`` is not this one).
+    """
+    try:
+        data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+        if b"__main__" not in data:
+            return data
+    except Exception:  # noqa: BLE001 - whatever the standard pickler refuses, cloudpickle tries
+        pass
+    try:
+        import cloudpickle
+    except ImportError:
+        raise ImportError(
+            f"sending {type(obj).__qualname__} to another process needs cloudpickle (a lambda, a closure or "
+            "something defined in __main__): pip install 'distaff[processes]'"
+        ) from None
+    return cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def where() -> str:
+    """This process, as the note on a remote exception names it: ``host pid N``."""
+    global _WHERE
+    if _WHERE is None or not _WHERE.endswith(f" {os.getpid()}"):
+        _WHERE = f"{socket.gethostname()} pid {os.getpid()}"
+    return _WHERE
+
+
+def _format(exc: BaseException) -> str:
+    tb = exc.__traceback__
+    if tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next  # from the body's frame on, not this module's
+    return "".join(traceback.format_exception(type(exc), exc, tb))
+
+
+def _pack_error(exc: BaseException, tb: str) -> bytes:
+    try:
+        exc_bytes = dumps(exc)
+    except BaseException:  # an exception that cannot travel travels as its type name and message
+        exc_bytes = None
+    try:
+        message = str(exc)
+    except BaseException:
+        message = "<str() failed>"
+    return pickle.dumps((False, exc_bytes, type(exc).__qualname__, message, tb, where()))
+
+
+def run(payload: bytes) -> bytes:
+    """Runs a payload ``dumps((fn, args, kwargs, is_async))``; returns the packed outcome."""
+    try:
+        fn, args, kwargs, is_async = pickle.loads(payload)
+        del payload
+        result = asyncio.run(fn(*args, **kwargs)) if is_async else fn(*args, **kwargs)
+    except BaseException as exc:  # noqa: BLE001 - every outcome goes back to the caller
+        return _pack_error(exc, _format(exc))
+    try:
+        return pickle.dumps((True, dumps(result), None, None, None, where()))
+    except BaseException as exc:  # noqa: BLE001
+        err = TypeError(f"the result ({type(result).__qualname__}) cannot be serialized: {exc}")
+        return _pack_error(err, traceback.format_exc())
+
+
+def run_local(fn: Any, args: tuple, kwargs: dict, is_async: bool) -> tuple:
+    """The same for an in-process executor (a thread pool): nothing is serialized."""
+    try:
+        result = asyncio.run(fn(*args, **kwargs)) if is_async else fn(*args, **kwargs)
+    except BaseException as exc:  # noqa: BLE001
+        return (False, exc, None, None, _format(exc), where())
+    return (True, result, None, None, None, where())

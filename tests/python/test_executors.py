@@ -1,0 +1,455 @@
+"""executor=: bodies in distaff's process pool and in concurrent.futures executors (docs/executors.md).
+Dask and Ray have modules of their own (test_executors_dask.py, test_executors_ray.py)."""
+
+import concurrent.futures
+import os
+import pickle
+import threading
+import time
+
+import pytest
+
+import distaff
+from distaff.executors import ProcessPool
+from conftest import run_python
+
+pytest.importorskip("cloudpickle")
+
+
+@pytest.fixture(scope="module")
+def eng():
+    """One engine and its "processes" pool (2 workers) for the module: workers start once."""
+    e = distaff.Engine(processes=2)
+    yield e
+    e.shutdown(wait=True)
+
+
+def pid_of(x=None):
+    return os.getpid()
+
+
+def wait_for_file(path, timeout=30.0):
+    """In a worker process: blocks until path exists (the test's gate; a file, the only thing a
+    separate process and the test share)."""
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise RuntimeError("gate never opened")
+        time.sleep(0.01)
+    return True
+
+
+def write_pid_then_wait(path, gate):
+    with open(path + ".tmp", "w") as f:
+        f.write(str(os.getpid()))
+    os.replace(path + ".tmp", path)
+    return wait_for_file(gate, 60)
+
+
+def read_when_there(path, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.01)
+    with open(path) as f:
+        return int(f.read())
+
+
+def process_gone(pid, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":  # a zombie not reaped yet
+                    time.sleep(0.01)
+                    continue
+        except OSError:
+            return True
+        time.sleep(0.01)
+    return False
+
+
+@distaff.task
+def module_level_task(x):
+    return x + 1
+
+
+class CountsPickles:
+    """Counts how often it is serialized (in this process): the payloads made so far."""
+
+    count = 0
+    lock = threading.Lock()
+
+    def __reduce__(self):
+        with CountsPickles.lock:
+            CountsPickles.count += 1
+        return (CountsPickles, ())
+
+
+def test_body_runs_in_another_process_and_the_description_names_it(eng):
+    t = eng.task(executor="processes")(pid_of)
+    ex = t.submit()
+    assert ex.result(timeout=60) != os.getpid()
+    d = ex.description
+    assert d["executor"] == "processes"
+    assert d["ran_on"].endswith(f"pid {ex.result()}")
+
+
+def test_execution_arguments_arrive_as_values_also_inside_containers(eng):
+    local = eng.task(name="local")(lambda v: v)
+    remote = eng.task(executor="processes", name="combine")(lambda a, xs, d: (a, xs, d))
+    ex = remote.submit(local.submit(1), [local.submit(2), 3], {"k": local.submit(4)})
+    assert ex.result(timeout=60) == (1, [2, 3], {"k": 4})
+
+
+def test_an_exception_keeps_type_and_message_and_gains_the_remote_traceback(eng):
+    @eng.task(executor="processes")
+    def fails(x):
+        raise KeyError(f"no {x}")
+
+    ex = fails.submit("key")
+    exc = ex.exception(timeout=60)
+    assert type(exc) is KeyError and exc.args == ("no key",)
+    note = "\n".join(exc.__notes__)
+    assert "raised on executor 'processes'" in note and "pid" in note
+    assert "in fails" in note and "KeyError: 'no key'" in note
+
+
+def test_an_unserializable_argument_fails_that_execution_with_a_TypeError_naming_it(eng):
+    @eng.task(executor="processes", retries=2)
+    def uses(x, lock):
+        return x
+
+    ex = uses.submit(1, threading.Lock())
+    exc = ex.exception(timeout=60)
+    assert type(exc).__mro__[1] is TypeError or isinstance(exc, TypeError)
+    assert "'lock'" in str(exc) and "cannot be serialized" in str(exc)
+    assert ex.description.get("attempts", 1) == 1  # not retried: another attempt would fail alike
+    assert uses.submit(2, None).result(timeout=60) == 2  # the pool is fine
+
+
+def test_tasks_pickle_by_reference_and_a_remote_body_may_use_distaff(eng):
+    assert pickle.loads(pickle.dumps(module_level_task)) is module_level_task
+
+    @eng.task(executor="processes")
+    def calls_a_task(t, x):
+        return t(x), t.submit(x + 1).result()  # on the default engine of the worker process
+
+    assert calls_a_task(module_level_task, 1) == (2, 3)
+
+
+def test_a_dying_worker_fails_only_its_execution_and_queued_work_runs(eng, tmp_path):
+    gate = str(tmp_path / "gate")
+    waiter = eng.task(executor="processes")(wait_for_file)
+
+    @eng.task(executor="processes")
+    def dies(code):
+        os._exit(code)
+
+    waiters = [waiter.submit(gate) for _ in range(2)]  # both workers busy
+    doomed = dies.submit(7)  # queued
+    waiters += [waiter.submit(gate) for _ in range(3)]  # queued behind the one that will die
+    open(gate, "w").close()
+    exc = doomed.exception(timeout=60)
+    assert isinstance(exc, distaff.WorkerLostError) and "exit status 7" in str(exc)
+    assert [w.result(timeout=60) for w in waiters] == [True] * 5
+    assert eng.task(executor="processes")(pid_of)() != os.getpid()
+
+
+def test_a_segfaulting_worker_fails_only_its_execution(eng):
+    @eng.task(executor="processes")
+    def segfaults():
+        import ctypes
+
+        ctypes.string_at(0)
+
+    exc = segfaults.submit().exception(timeout=60)
+    assert isinstance(exc, distaff.WorkerLostError) and "SIGSEGV" in str(exc)
+    assert eng.task(executor="processes")(pid_of)() != os.getpid()
+
+
+def test_a_lost_worker_is_retried_when_retries_allow(eng, tmp_path):
+    marker = str(tmp_path / "died-once")
+
+    @eng.task(executor="processes", retries=1)
+    def dies_once(path):
+        if not os.path.exists(path):
+            open(path, "w").close()
+            os._exit(1)
+        return "second attempt"
+
+    ex = dies_once.submit(marker)
+    assert ex.result(timeout=60) == "second attempt"
+    assert ex.description["attempts"] == 2
+    assert "WorkerLostError" in ex.description["attempt_errors"][0]["type"]
+
+
+def test_retries_resubmit_and_the_fallback_runs_locally(eng):
+    @eng.task(executor="processes", retries=2, fallback=lambda x, exc: (x, type(exc).__name__, os.getpid()))
+    def always_fails(x):
+        raise ValueError(os.getpid())
+
+    ex = always_fails.submit(5)
+    assert ex.result(timeout=60) == (5, "ValueError", os.getpid())
+    assert ex.description["attempts"] == 3
+    assert len(ex.description["attempt_errors"]) == 3
+
+
+def test_timeout_terminates_the_worker_running_the_body_and_the_pool_replaces_it(eng, tmp_path):
+    pidfile, gate = str(tmp_path / "pid"), str(tmp_path / "never")
+    t = eng.task(executor="processes", timeout=1.0)(write_pid_then_wait)
+    ex = t.submit(pidfile, gate)
+    pid = read_when_there(pidfile)
+    assert isinstance(ex.exception(timeout=60), distaff.TimeoutError)
+    assert process_gone(pid), "the worker running the timed-out body is still alive"
+    assert eng.task(executor="processes")(pid_of)() != pid
+
+
+def test_cancel_and_workflow_scope_cancellation_stop_the_remote_body(eng, tmp_path):
+    t = eng.task(executor="processes")(write_pid_then_wait)
+    gate = str(tmp_path / "never")
+    ex = t.submit(str(tmp_path / "p1"), gate)
+    pid = read_when_there(str(tmp_path / "p1"))
+    assert ex.cancel()
+    assert ex.cancelled()
+    assert process_gone(pid)
+    with eng.workflow_scope() as wid:
+        ex2 = t.submit(str(tmp_path / "p2"), gate)
+    pid2 = read_when_there(str(tmp_path / "p2"))
+    assert eng.cancel_workflow(wid) == 1
+    assert ex2.cancelled() and process_gone(pid2)
+
+
+def test_waiting_executions_hold_no_fiber_and_the_pool_serializes_only_what_it_ships(tmp_path):
+    gate = str(tmp_path / "gate")
+    with distaff.Engine(processes=2) as e:
+        t = e.task(executor="processes")(lambda g, c: wait_for_file(g))
+        CountsPickles.count = 0
+        try:
+            exs = [t.submit(gate, CountsPickles()) for _ in range(500)]
+            # wait until both workers hold a body: then nothing else may have been serialized
+            pool = e._executors.runner("processes")
+            deadline = time.monotonic() + 30
+            while (sum(w.job is not None for w in pool._workers) < 2 or e.stats()["fibers"]) \
+                    and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert e.stats()["fibers"] == 0
+            assert CountsPickles.count == 2, CountsPickles.count
+        finally:
+            open(gate, "w").close()
+        assert all(x.result(timeout=120) for x in exs)
+        assert CountsPickles.count == 500
+
+
+def test_a_concurrent_futures_executor_gets_at_most_its_window_of_payloads(tmp_path):
+    gate = str(tmp_path / "gate")
+    with concurrent.futures.ProcessPoolExecutor(2) as pp, distaff.Engine() as e:
+        t = e.task(executor=pp)(lambda g, c: wait_for_file(g))
+        CountsPickles.count = 0
+        try:
+            exs = [t.submit(gate, CountsPickles()) for _ in range(1000)]
+            runner = e._executors.runner(pp)
+            deadline = time.monotonic() + 30
+            while CountsPickles.count < runner.ahead and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert CountsPickles.count == runner.ahead == 32
+        finally:
+            open(gate, "w").close()
+        assert all(x.result(timeout=120) for x in exs)
+        assert CountsPickles.count == 1000
+        ex = e.task(executor=pp)(pid_of).submit()
+        ex.result(timeout=60)
+        assert ex.description["executor"] == "ProcessPoolExecutor"
+
+
+def test_thread_pools_and_protocol_objects_work_and_engine_shutdown_leaves_them_running():
+    class Inline:
+        """The smallest executor: submit(fn, *args) returning a concurrent.futures.Future."""
+
+        def submit(self, fn, /, *args, **kwargs):
+            f = concurrent.futures.Future()
+            f.set_result(fn(*args, **kwargs))
+            return f
+
+    with concurrent.futures.ThreadPoolExecutor(2) as tp:
+        e = distaff.Engine(executors={"threads": tp, "inline": Inline()})
+        unpicklable = threading.Lock()  # in-process: nothing is serialized
+        assert e.task(executor="threads")(lambda lock: threading.current_thread().name)(unpicklable).startswith(
+            "ThreadPoolExecutor")
+        assert e.task(executor="inline")(lambda x: x * 2)(21) == 42
+        ex = e.task(executor="inline")(lambda: 1).submit()
+        ex.result()
+        assert ex.description["executor"] == "inline"
+        e.shutdown()
+        assert tp.submit(lambda: 5).result() == 5
+
+
+def test_the_engines_own_pool_is_shut_down_with_it():
+    e = distaff.Engine(processes=1)
+    assert e.task(executor="processes")(pid_of)() != os.getpid()
+    pids = e._executors.runner("processes").pids()
+    assert len(pids) == 1
+    e.shutdown(wait=True)
+    assert all(process_gone(p) for p in pids)
+    with pytest.raises(distaff.ShutdownError):
+        e.task(executor="processes")(pid_of).submit()
+
+
+def test_bad_executor_values_fail_at_decoration_or_submit():
+    with pytest.raises(TypeError, match="workflow orchestrates locally"):
+        distaff.workflow(executor="processes")(lambda: 1)
+    with pytest.raises(TypeError, match="submit"):
+        distaff.task(executor=42)(lambda: 1)
+    with pytest.raises(TypeError, match="class"):
+        distaff.task(executor=concurrent.futures.ThreadPoolExecutor)(lambda: 1)
+    with pytest.raises(ValueError, match="processes must be at least 1"):
+        distaff.Engine(processes=0)
+    with pytest.raises(TypeError, match="executors"):
+        distaff.Engine(executors={"x": object()})
+    with distaff.Engine() as e:
+        with pytest.raises(ValueError, match="no executor named 'gpu'"):
+            e.task(executor="gpu")(lambda: 1).submit()
+        with pytest.raises(TypeError, match="missing 1 required positional argument"):
+            e.task(executor="processes")(lambda x: x).submit()
+
+
+def test_main_module_functions_lambdas_and_closures_run_and_exit_does_not_hang():
+    r = run_python(
+        """
+        import os, distaff
+
+        def square(x):
+            return x * x
+
+        def make_adder(n):
+            return lambda x: x + n
+
+        eng = distaff.Engine(processes=2)
+        sq = eng.task(executor="processes")(square)
+        add = eng.task(executor="processes", name="add")(make_adder(10))
+        print("square:", sq(7), "closure:", add(5))
+        # left running at exit: the engine waits for it, then stops its pool
+        pending = sq.submit(9)
+        pids = eng._executors.runner("processes").pids()
+        print("pids", *pids)
+        """,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "square: 49 closure: 15" in r.stdout
+    pids = [int(p) for p in r.stdout.split("pids")[1].split()]
+    assert all(process_gone(p, 10) for p in pids)
+
+
+def test_10k_executions_in_flight_cost_under_2_kib_each():
+    r = run_python(
+        """
+        import concurrent.futures, gc, distaff
+
+        def rss_kib():
+            with open("/proc/self/statm") as f:
+                return int(f.read().split()[1]) * 4
+
+        class Held:
+            # an executor that completes nothing until told: everything stays in flight
+            def __init__(self):
+                self.futures = []
+            def submit(self, fn, /, *args, **kwargs):
+                f = concurrent.futures.Future()
+                self.futures.append((f, fn, args))
+                return f
+
+        held = Held()
+        eng = distaff.Engine()
+        t = eng.task(executor=held)(lambda i: i)
+        [t.submit(i) for i in range(1000)]  # warm-up: pools, first allocations
+        gc.collect()
+        before = rss_kib()
+        exs = [t.submit(i) for i in range(10_000)]
+        while eng.stats()["queued"] or eng.stats()["fibers"]:
+            pass
+        gc.collect()
+        per = (rss_kib() - before) / 10_000
+        print(f"KiB per execution in flight: {per:.2f}; fibers {eng.stats()['fibers']}")
+        i = 0
+        while i < len(held.futures):  # complete them all (the window refills as they finish)
+            f, fn, args = held.futures[i]
+            f.set_result(fn(*args))
+            i += 1
+        assert [x.result() for x in exs] == list(range(10_000))
+        assert per <= 2.0, per
+        """,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "fibers 0" in r.stdout
+
+
+def test_shutdown_without_wait_lets_outstanding_remote_work_finish_then_stops_the_pool(tmp_path):
+    gate = str(tmp_path / "gate")
+    e = distaff.Engine(processes=1)
+    ex = e.task(executor="processes")(wait_for_file).submit(gate)
+    pool = e._executors.runner("processes")
+    deadline = time.monotonic() + 30
+    while not pool.pids() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    pids = pool.pids()
+    e.shutdown(wait=False)
+    open(gate, "w").close()
+    assert ex.result(timeout=60) is True  # the pool served it after shutdown(wait=False)
+    assert all(process_gone(p) for p in pids)
+
+
+def timed_nap(s):
+    t0 = time.monotonic()  # CLOCK_MONOTONIC: one clock for every process on the machine
+    time.sleep(s)
+    return t0, time.monotonic()
+
+
+def test_concurrency_applies_to_remote_bodies_and_async_bodies_run_remotely(eng):
+    one_at_a_time = eng.task(executor="processes", concurrency=1)(timed_nap)
+    spans = sorted(distaff.gather(*[one_at_a_time.submit(0.2) for _ in range(3)]).result(timeout=60))
+    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:])), spans  # never two at once
+
+    @eng.task(executor="processes")
+    async def remote_async(x):
+        import asyncio
+
+        await asyncio.sleep(0)
+        return x * 2, os.getpid()
+
+    value, pid = remote_async(21)
+    assert value == 42 and pid != os.getpid()
+
+
+def test_a_user_supplied_process_pool_is_left_running_by_the_engine():
+    with ProcessPool(1, name="mine") as pool:
+        with distaff.Engine(executors={"mine": pool}) as e:
+            ex = e.task(executor="mine")(pid_of).submit()
+            assert ex.result(timeout=60) != os.getpid()
+            assert ex.description["executor"] == "mine"
+        pids = pool.pids()
+        assert pids and not any(process_gone(p, 0.2) for p in pids)  # the engine left it running
+        with distaff.Engine() as e2:  # usable by another engine, passed directly
+            assert e2.task(executor=pool)(pid_of)() == pids[0]
+    assert all(process_gone(p) for p in pids)  # closed by its own with-block
+
+
+def test_without_cloudpickle_importable_functions_still_run_and_a_lambda_says_what_to_install():
+    r = run_python(
+        """
+        import sys
+        sys.modules["cloudpickle"] = None  # as if it were not installed
+        import operator, distaff
+
+        with distaff.Engine(processes=1) as eng:
+            print("importable:", eng.task(executor="processes")(operator.add)(2, 3))
+            exc = eng.task(executor="processes", retries=3)(lambda: 1).submit().exception(timeout=60)
+            print(type(exc).__name__, "|", exc)
+        """,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "importable: 5" in r.stdout
+    assert "ImportError | sending tuple to another process needs cloudpickle" in r.stdout
+    assert "pip install 'distaff[processes]'" in r.stdout

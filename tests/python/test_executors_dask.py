@@ -1,0 +1,70 @@
+"""executor=<distributed.Client>: bodies on a real Dask LocalCluster (2 worker processes), one per module."""
+
+import os
+import time
+
+import pytest
+
+import distaff
+
+distributed = pytest.importorskip("distributed")
+pytest.importorskip("cloudpickle")
+
+
+@pytest.fixture(scope="module")
+def client():
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                       dashboard_address=":0", silence_logs=40)
+    c = distributed.Client(cluster)
+    yield c
+    c.close()
+    cluster.close()
+
+
+def where(x):
+    return x, os.getpid()
+
+
+def test_bodies_run_on_the_cluster_with_values_for_execution_arguments(client):
+    with distaff.Engine(executors={"dask": client}) as eng:
+        local = eng.task(name="local")(lambda v: v)
+        remote = eng.task(executor="dask")(lambda a, xs, d: (a + sum(xs) + d["k"], os.getpid()))
+        ex = remote.submit(local.submit(1), [local.submit(2), 3], {"k": local.submit(4)})
+        value, pid = ex.result(timeout=120)
+        assert value == 10 and pid != os.getpid()
+        assert pid in set(client.run(os.getpid).values())
+        assert ex.description["executor"] == "dask"
+        # a client passed directly works too, named by its scheduler
+        ex2 = eng.task(executor=client)(where).submit(5)
+        assert ex2.result(timeout=120)[0] == 5
+        assert ex2.description["executor"].startswith("dask(tcp://")
+
+
+def test_exceptions_keep_type_message_and_gain_the_remote_traceback_retries_and_fallback(client):
+    with distaff.Engine() as eng:
+        @eng.task(executor=client, retries=1, fallback=lambda exc: ("fallback", type(exc).__name__, os.getpid()))
+        def fails():
+            raise ZeroDivisionError("remote division")
+
+        ex = fails.submit()
+        assert ex.result(timeout=120) == ("fallback", "ZeroDivisionError", os.getpid())
+        assert ex.description["attempts"] == 2
+
+        exc = eng.task(executor=client)(lambda: 1 / 0).submit().exception(timeout=120)
+        assert type(exc) is ZeroDivisionError
+        assert "raised on executor 'dask(tcp://" in exc.__notes__[-1]
+
+
+def test_timeout_cancels_the_dask_future_and_engine_shutdown_leaves_the_client_running(client):
+    eng = distaff.Engine()
+    slow = eng.task(executor=client, timeout=0.5, name="slow_on_dask")(lambda: __import__("time").sleep(30))
+    ex = slow.submit()
+    assert isinstance(ex.exception(timeout=60), distaff.TimeoutError)
+    # the future was cancelled (asynchronously, by a message to the scheduler): the client lets
+    # go of its key
+    deadline = time.monotonic() + 30
+    while [k for k in client.futures if str(k).startswith("slow_on_dask-")]:
+        assert time.monotonic() < deadline, "the Dask future of the timed-out execution was not cancelled"
+        time.sleep(0.05)
+    eng.shutdown(wait=True)
+    assert client.submit(lambda: 7).result() == 7  # not ours to close

@@ -1,0 +1,59 @@
+"""executor=distaff.executors.Ray(...): bodies as Ray tasks on a real local Ray (ray.init(num_cpus=2))."""
+
+import os
+import sys
+import time
+
+import pytest
+
+import distaff
+from distaff.executors import Ray
+
+pytest.importorskip("cloudpickle")
+if sys.version_info < (3, 12):
+    ray = pytest.importorskip("ray")  # on 3.11 it must be installed (the test extra has it)
+else:
+    ray = pytest.importorskip("ray", reason="no Ray wheel for this CPython (Ray runs on 3.11 in CI)")
+
+
+@pytest.fixture(scope="module")
+def ray_runtime():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+def test_bodies_run_as_ray_tasks_with_values_for_execution_arguments(ray_runtime):
+    with distaff.Engine(executors={"ray": Ray(num_cpus=1)}) as eng:
+        local = eng.task(name="local")(lambda v: v)
+        remote = eng.task(executor="ray")(lambda a, xs: (a + sum(xs), os.getpid()))
+        ex = remote.submit(local.submit(1), [local.submit(2), 3])
+        value, pid = ex.result(timeout=120)
+        assert value == 6 and pid != os.getpid()
+        assert ex.description["executor"] == "ray"
+
+
+def test_exceptions_keep_their_type_and_timeout_cancels_the_ray_task(ray_runtime, tmp_path):
+    # defined here, so cloudpickle ships it by value: Ray workers do not import this test module
+    def slow_until_cancelled(marker):
+        import time
+
+        try:
+            for _ in range(1200):
+                time.sleep(0.05)
+        finally:
+            open(marker, "w").close()  # reached when ray.cancel interrupts the body
+
+    with distaff.Engine() as eng:
+        exc = eng.task(executor=Ray())(lambda: {}["missing"]).submit().exception(timeout=120)
+        assert type(exc) is KeyError and "raised on executor 'ray'" in exc.__notes__[-1]
+
+        marker = str(tmp_path / "interrupted")
+        slow = eng.task(executor=Ray(), timeout=1.0)(slow_until_cancelled)
+        assert isinstance(slow.submit(marker).exception(timeout=60), distaff.TimeoutError)
+        deadline = time.monotonic() + 30
+        while not os.path.exists(marker):  # ray.cancel reached the running body
+            assert time.monotonic() < deadline, "the timed-out Ray task was not interrupted"
+            time.sleep(0.05)
+        both = [eng.task(executor=Ray())(lambda: os.getpid()).submit() for _ in range(2)]
+        assert all(b.result(timeout=60) for b in both)
