@@ -75,8 +75,8 @@ class Engine(concurrent.futures.Executor):
             workers = 1
         if isinstance(workers, bool) or not isinstance(workers, int):
             raise TypeError(f"workers must be an int, not {type(workers).__name__}")
-        if workers < 1:
-            raise ValueError(f"workers must be at least 1, got {workers}")
+        if not 1 <= workers <= 1024:
+            raise ValueError(f"workers must be between 1 and 1024, got {workers}")
         if max_workers is None:
             max_workers = max(32, workers)
         if isinstance(max_workers, bool) or not isinstance(max_workers, int):
@@ -89,6 +89,8 @@ class Engine(concurrent.futures.Executor):
         if stack_size > _core.STACK_SIZE_MAX:
             raise ValueError(f"stack_size must be at most 1 GiB ({_core.STACK_SIZE_MAX} bytes), not {stack_size}")
         _validate.count(history, "history")
+        if history > 1 << 40:
+            raise ValueError(f"history must be at most 2**40 executions, got {history}")
         self._executors = _elsewhere.Executors(executors, processes)
         self._core = _core.EngineCore(workers, max_workers, stack_size, history)
         self._capsule = self._core.capsule()

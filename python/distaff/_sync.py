@@ -24,17 +24,19 @@ from ._errors import TimeoutError as _DistaffTimeout
 
 
 
-def _check_timeout(timeout: Any, what: str) -> float | None:
+def _check_timeout(timeout: Any, what: str, lock: bool = False) -> float | None:
     """A wait's timeout, through the facade's one check (_validate.wait_timeout: TypeError for
-    non-numbers and bools, ValueError for NaN, no limit for None/inf/huge), plus threading's rule
-    for acquire(): -1 means no timeout, any other negative value is a ValueError."""
+    non-numbers and bools, ValueError for NaN, no limit for None/inf/huge, a negative value is a
+    wait whose time is up — as threading.Event.wait and Semaphore.acquire treat it). ``lock``:
+    threading.Lock.acquire's rule instead: -1 means no timeout, another negative is a ValueError."""
     if timeout is None:
         return None
-    if not isinstance(timeout, bool) and isinstance(timeout, (int, float)) and timeout < 0:
+    if lock and not isinstance(timeout, bool) and isinstance(timeout, (int, float)) and timeout < 0:
         if timeout == -1:
             return None
         raise ValueError(f"{what}: timeout must be non-negative (or -1/None for no timeout), not {timeout!r}")
-    return _validate.wait_timeout(timeout)
+    t = _validate.wait_timeout(timeout)
+    return None if t is None else max(0.0, t)
 
 
 class _Waitable:
@@ -157,7 +159,7 @@ class Lock(_Waitable):
 
     def acquire(self, blocking: bool = True, timeout: float | None = -1) -> bool:
         """Takes the lock; returns False if ``blocking=False`` or ``timeout`` seconds passed first."""
-        t = _check_timeout(timeout, "Lock.acquire")
+        t = _check_timeout(timeout, "Lock.acquire", lock=True)
         if not blocking:
             with self._mu:
                 return self._try_take()
@@ -226,7 +228,7 @@ class Semaphore(_Waitable):
             raise ValueError("distaff.Semaphore released more times than acquired")
         self._value += 1
 
-    def acquire(self, blocking: bool = True, timeout: float | None = -1) -> bool:
+    def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
         t = _check_timeout(timeout, "Semaphore.acquire")
         if not blocking:
             with self._mu:

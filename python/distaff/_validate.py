@@ -48,6 +48,12 @@ def workflow_id(value: Any) -> str | None:
         raise TypeError(f"workflow_id must be a string, not {type(value).__name__}")
     if not value:
         raise ValueError("workflow_id must not be empty")
+    if "\0" in value:
+        raise ValueError(f"workflow_id must not contain NUL characters: {value!r}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"workflow_id must be encodable as UTF-8 (no lone surrogates): {value!r}") from None
     return value
 
 

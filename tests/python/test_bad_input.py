@@ -741,3 +741,16 @@ def test_engine_options_type_and_value_errors():
         distaff.Engine(history=1.5)
     with pytest.raises(ValueError, match="history"):
         distaff.Engine(history=-1)
+
+
+@pytest.mark.parametrize("bad", ["a\x00b", "\ud800"])
+def test_workflow_ids_with_nul_or_lone_surrogates_are_rejected(bad):
+    with pytest.raises(ValueError, match="workflow_id"):
+        distaff.task()(lambda: None).options(workflow_id=bad)
+
+
+def test_engine_sizes_out_of_range_name_the_right_option():
+    with pytest.raises(ValueError, match="workers must be between 1 and 1024"):
+        distaff.Engine(workers=10**6)
+    with pytest.raises(ValueError, match="history"):
+        distaff.Engine(history=10**20)

@@ -272,6 +272,20 @@ def test_event_wakes_bodies_threads_and_coroutines(one_worker):
     assert ev.is_set() and ev.wait(0)
 
 
+def test_negative_timeouts_follow_threading():
+    # Event.wait and Semaphore.acquire: a negative timeout is a wait whose time is up (False at
+    # once, as threading's do); Lock.acquire: -1 means no timeout, other negatives are an error.
+    assert distaff.Event().wait(-1) is False
+    assert distaff.Event().wait(-0.5) is False
+    assert distaff.Semaphore(0).acquire(timeout=-1) is False
+    lock = distaff.Lock()
+    assert lock.acquire(timeout=-1) is True
+    assert lock.acquire(timeout=0) is False
+    with pytest.raises(ValueError):
+        lock.acquire(timeout=-2)
+    lock.release()
+
+
 def test_event_wait_times_out_and_clear_resets(one_worker):
     ev = distaff.Event()
     assert ev.wait(0.01) is False
