@@ -78,6 +78,12 @@ class _TaskNote(str):
 
 
 _RECEIVERS_KEPT = 64  # handed to more executions than that at once: the oldest are forgotten
+_NOTES_KEPT = 16  # distaff notes on one exception object at most (fan-in: see _note_failure)
+
+
+class _MoreNote(str):
+    def __reduce__(self):
+        return (str, (str(self),))
 
 
 def _last_note(notes: list) -> "_TaskNote | None":
@@ -99,6 +105,19 @@ def _cut(tb, head):
         return tb
     new = None
     for t in reversed(prefix):
+        new = TracebackType(new, t.tb_frame, t.tb_lasti, t.tb_lineno)
+    return new
+
+
+def _join(prefix, tail):
+    """Copies of ``prefix``'s entries followed by ``tail``."""
+    entries = []
+    t = prefix
+    while t is not None:
+        entries.append(t)
+        t = t.tb_next
+    new = tail
+    for t in reversed(entries):
         new = TracebackType(new, t.tb_frame, t.tb_lasti, t.tb_lineno)
     return new
 
@@ -126,10 +145,27 @@ def _note_failure(exc: BaseException, text: str, execution_id: int) -> None:
             receivers = dict(prev.receivers)
             del receivers[execution_id]
         else:
-            notes[:] = [n for n in notes if type(n) is not _TaskNote]
+            notes[:] = [n for n in notes if type(n) not in (_TaskNote, _MoreNote)]
             cut = _cut(tb, prev.head)
             if cut is not tb:
                 exc.__traceback__ = tb = cut
+    if notes is not None and prev is not None and execution_id not in prev.receivers:
+        pass  # reset above: a fresh raise starts a new list
+    elif notes is not None and sum(1 for n in notes if type(n) is _TaskNote) >= _NOTES_KEPT:
+        # One error let through by very many executions (a failed configuration every step
+        # re-raises): the first _NOTES_KEPT name where it went, then one line says there were more.
+        if not any(type(n) is _MoreNote for n in notes):
+            notes.append(_MoreNote("distaff: ... and further executions it reached (not listed)"))
+        last = _last_note(notes)
+        last.receivers = receivers
+        # Its traceback likewise: this execution's frames, then where the error was first raised —
+        # not the frames of every execution it went through since.
+        first = next(n for n in notes if type(n) is _TaskNote)
+        mine = _cut(tb, last.head)
+        if mine is not tb:
+            exc.__traceback__ = _join(mine, first.head)
+        last.head = exc.__traceback__  # the next one cuts here
+        return
     note = _TaskNote(text)
     note.head = tb
     note.receivers = receivers
@@ -166,13 +202,29 @@ def log_unobserved(batch: list) -> None:
             listener(batch)
         except Exception:  # noqa: BLE001 - a listener must not stop the logging
             logger.exception("distaff: unobserved-failure listener %r failed", listener)
+    # One error object failing many executions (fan-in) is logged once, with a count of the rest.
+    groups: dict = {}
     for id_, name, exc in batch:
-        logger.error(
-            "distaff: execution %d (%s) failed and nobody retrieved its error",
-            id_,
-            name,
-            exc_info=(type(exc), exc, exc.__traceback__),
-        )
+        groups.setdefault(id(exc), []).append((id_, name, exc))
+    for members in groups.values():
+        id_, name, exc = members[0]
+        if len(members) == 1:
+            logger.error(
+                "distaff: execution %d (%s) failed and nobody retrieved its error",
+                id_,
+                name,
+                exc_info=(type(exc), exc, exc.__traceback__),
+            )
+        else:
+            logger.error(
+                "distaff: execution %d (%s) and %d more failed with this error and nobody retrieved it "
+                "(executions %s)",
+                id_,
+                name,
+                len(members) - 1,
+                ", ".join(str(m[0]) for m in members[1:11]) + (", ..." if len(members) > 11 else ""),
+                exc_info=(type(exc), exc, exc.__traceback__),
+            )
 
 
 def log_callback_error(callback, execution, exc: BaseException) -> None:

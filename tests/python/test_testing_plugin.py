@@ -134,7 +134,7 @@ def test_bad_marker_options_are_a_setup_error(pytester):
         """,
     )
     result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines(["*ValueError: workers must be at least 1, got 0*"])
+    result.stdout.fnmatch_lines(["*ValueError: workers must be between 1 and 1024, got 0*"])
 
 
 def test_routing_reaches_asyncio_code_in_the_test(pytester):
