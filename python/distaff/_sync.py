@@ -356,26 +356,83 @@ class _Limiter(_Waitable):
     def _give_back(self) -> None:
         self.running -= 1
 
-    def watch(self, execution: Any, gate: Any) -> None:
-        """Releases the slot when `execution` finishes (or forgets its gate if it never got one)."""
+    def watch(self, execution: Any, gate: Any, slot: "_Slot | None" = None) -> None:
+        """Releases the slot when `execution` finishes — and, with `slot` (a body running in this
+        process), not before that body has returned: a body cancelled or timed out while stuck in
+        a blocking call keeps its slot until it returns, so the limit also bounds what is really
+        running. A queued execution that never got a slot forgets its gate instead."""
 
         def finished(_ex: Any) -> None:
-            if gate is None:
-                self._handoff()
-                return
-            with self._mu:
-                got_slot = gate.done()
+            if gate is not None:
+                with self._mu:
+                    got_slot = gate.done()
+                    if not got_slot:
+                        try:
+                            self._waiters.remove(gate)
+                        except ValueError:
+                            pass
                 if not got_slot:
-                    try:
-                        self._waiters.remove(gate)
-                    except ValueError:
-                        pass
-            if got_slot:
+                    _core.settle(gate, False, None)
+                    return
+            if slot is None or slot.execution_done():
                 self._handoff()
-            else:
-                _core.settle(gate, False, None)
 
         execution._add_done_callback(finished)
+
+
+class _Slot:
+    """The body side of a concurrency slot (see _Limiter.watch): whichever of "the execution
+    finished" and "the body returned" comes last releases the slot."""
+
+    __slots__ = ("limiter", "mu", "running", "finished", "released")
+
+    def __init__(self, limiter: _Limiter) -> None:
+        self.limiter = limiter
+        self.mu = threading.Lock()
+        self.running = False
+        self.finished = False
+        self.released = False
+
+    def enter(self) -> bool:
+        with self.mu:
+            if self.finished:  # ended (cancelled, timed out) before the body started
+                return False
+            self.running = True
+            return True
+
+    def leave(self) -> None:
+        with self.mu:
+            self.running = False
+            release = self.finished and not self.released
+            self.released = self.released or release
+        if release:
+            self.limiter._handoff()
+
+    def execution_done(self) -> bool:
+        """The execution finished: True if the slot is to be released now (no body running)."""
+        with self.mu:
+            self.finished = True
+            release = not self.running and not self.released
+            self.released = self.released or release
+            return release
+
+
+class _SlotBody:
+    """Wraps a body that runs in this process so its concurrency slot is held while it runs."""
+
+    __slots__ = ("fn", "slot")
+
+    def __init__(self, fn: Any, slot: _Slot) -> None:
+        self.fn = fn
+        self.slot = slot
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if not self.slot.enter():
+            raise CancelledError("the execution ended before its body started")
+        try:
+            return self.fn(*args, **kwargs)
+        finally:
+            self.slot.leave()
 
 
 def check_concurrency(value: Any) -> int | None:

@@ -304,6 +304,13 @@ class Task:
         limiter = self._limiters.get(limit)
         if limiter is None:
             limiter = self._limiters.setdefault(limit, _sync._Limiter(limit, self.name))
+        # A body running here holds its slot until it returns (cancel and timeout cannot stop a
+        # blocking call); async and remote bodies hand over and return at once: their slot ends
+        # with the execution.
+        slot = None
+        if not self.is_async and not isinstance(body, _elsewhere.Job):
+            slot = _sync._Slot(limiter)
+            body = _sync._SlotBody(body, slot)
         gate = limiter._enqueue()
         if gate is not None:
             if wait is True:
@@ -328,7 +335,7 @@ class Task:
         finally:
             if token is not None:
                 scope.reset(token)
-        limiter.watch(ex, gate)
+        limiter.watch(ex, gate, slot)
         if workflow_id is not None:
             engine._track(workflow_id, ex)
         return ex

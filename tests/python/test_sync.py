@@ -376,3 +376,41 @@ def test_concurrency_is_validated_at_decoration(bad, error):
         distaff.task(concurrency=bad)(lambda: None)
     with pytest.raises(error, match="concurrency"):
         distaff.task()(lambda: None).options(concurrency=bad)
+
+
+def test_concurrency_counts_bodies_still_running_after_a_timeout_or_cancel():
+    # Outsider trial: with concurrency=1 and timeout=, every timed-out body stuck in a blocking
+    # call (an API client) ran at once — six inside call_api together. A body that runs in this
+    # process now holds its slot until it really returns, whatever happened to its execution.
+    engine = distaff.Engine()  # elastic: a blocked worker gets company, so only the limit can hold
+    release = threading.Event()
+    mu = threading.Lock()
+    state = {"inside": 0, "most": 0, "entered": 0}
+
+    @engine.task(concurrency=1, timeout=0.05)
+    def call_api(i):
+        with mu:
+            state["inside"] += 1
+            state["entered"] += 1
+            state["most"] = max(state["most"], state["inside"])
+        try:
+            release.wait(30)  # a blocking C call: the timeout cannot interrupt it
+        finally:
+            with mu:
+                state["inside"] -= 1
+
+    first = call_api.submit(0)
+    with pytest.raises(TimeoutError):
+        first.result(timeout=30)
+    second = call_api.submit(1)
+    cancelled = call_api.submit(2)
+    cancelled.cancel()
+    # The first body is still inside: the second must not start. (Without the fix it starts at
+    # once, on a worker the elastic monitor adds within a few ms.)
+    assert not release.wait(0.3)
+    assert state["entered"] == 1
+    release.set()
+    assert second.result(timeout=30) is None  # started once the first body returned
+    assert engine.wait_idle(timeout=30)
+    assert state["most"] == 1 and state["entered"] == 2
+    engine.shutdown()
