@@ -1,0 +1,76 @@
+"""Guarantees known to be broken (docs/reliability.md, "Known gaps"): strict xfails, so the suite
+says XPASS — and fails — the day one is fixed. Each case runs in a fresh interpreter with a short
+deadline: today they hang until it."""
+
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from conftest import run_python
+
+GAP = pytest.mark.xfail(strict=True, raises=(AssertionError, subprocess.TimeoutExpired))
+
+
+@GAP
+def test_cancel_wakes_a_body_parked_in_another_engines_shutdown():
+    # Outsider trial finding 4: two engines whose bodies shut each other down deadlock, and
+    # cancel() returns True but does not wake a body parked in another engine's shutdown().
+    proc = run_python(
+        """
+        import distaff, time
+        a, b = distaff.Engine(), distaff.Engine()
+        x = a.submit(lambda: (distaff.sleep(0.05), b.shutdown()))
+        y = b.submit(lambda: (distaff.sleep(0.05), a.shutdown()))
+        time.sleep(0.5)
+        x.cancel(); y.cancel()
+        print(a.wait_idle(timeout=3), b.wait_idle(timeout=3))
+        """,
+        timeout=10,
+    )
+    assert proc.stdout.split() == ["True", "True"], proc.stdout
+
+
+@GAP
+def test_one_ctrl_c_ends_a_program_whose_non_daemon_thread_waits_in_distaff():
+    # Outsider trial finding 6: Python joins non-daemon threads before atexit hooks run, so the
+    # exit hook that cancels outstanding work after a Ctrl-C runs only once the thread is done.
+    code = textwrap.dedent(
+        """
+        import threading, time, distaff
+        @distaff.task()
+        def job():
+            distaff.sleep(30)
+        threading.Thread(target=job).start()
+        print("ready", flush=True)
+        time.sleep(60)
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=8)
+    finally:
+        proc.kill()
+        proc.communicate()
+
+
+@GAP
+def test_a_task_that_reschedules_itself_by_returning_its_next_run_ends_at_exit():
+    # Outsider trial finding 7: the tail-call form (`return poll.submit(n + 1)`) forwards to a new
+    # child forever; shutdown's "late children" rule stops fire-and-forget rescheduling only.
+    proc = run_python(
+        """
+        import distaff
+        @distaff.task()
+        def poll(n):
+            distaff.sleep(0.01)
+            return poll.submit(n + 1)
+        poll.submit(0)
+        """,
+        timeout=8,
+    )
+    assert proc.returncode == 0
