@@ -1,14 +1,13 @@
 #pragma once
 // Interpreter state at fiber switches: the one place where CPython meets Boost.Fiber.
 //
-// The rules (ARCHITECTURE.md, "Python inside fibers"), each of which was a crash or a hang in the
+// The rules (docs/internals/scheduler.md, "The rules, the code, the proof"), each of which was a crash or a hang in the
 // prototype when broken:
 //  1. One PyThreadState per fiber, current only while that fiber runs. So exception state, recursion
 //     depth, threading.local, contextvars and asyncio's running loop are per fiber, as per thread.
 //     A fiber that parks hands the interpreter back to its worker's own state; the worker keeps the
 //     GIL across switches while it has ready fibers and releases it before its OS thread blocks
-//     (on_worker_block). Design change from ARCHITECTURE.md, which released the GIL at every
-//     suspension: that made a busy worker and a waiting main thread trade the GIL once per task.
+//     (on_worker_block). The prototype released the GIL at every suspension instead: that made a busy worker and a waiting main thread trade the GIL once per task.
 //     What the rule protects is unchanged: no OS thread ever blocks holding the GIL, and no fiber
 //     runs Python with another fiber's state. Never use PyGILState_* or gil_scoped_acquire in a fiber.
 //  2. Fibers are pinned to their worker; thread states are created on the worker that uses them

@@ -604,7 +604,7 @@ def _program_interrupted() -> bool:
 class _ExitWait:
     """The state of the exit hook's wait: Ctrl-C and exceptions raised by signal handlers.
 
-    Rule 7 (ARCHITECTURE.md): every engine is stopped before interpreter finalisation, so no worker
+    Rule 7 (docs/internals/scheduler.md, "The rules"): every engine is stopped before interpreter finalisation, so no worker
     touches the GIL afterwards. So no exception may escape the hook while a body still runs
     (measured: an abort). The first interruption — a Ctrl-C, an exception a user's signal handler
     raises (a SIGTERM handler calling sys.exit), or a program that is ending *because* of a Ctrl-C —

@@ -1,4 +1,4 @@
-"""Every example in examples/ and docs/examples/ runs (STYLE.md): exit code 0 and a key line."""
+"""Every example in examples/ and docs/examples/ runs: exit code 0 and a key line."""
 
 import glob
 import os

@@ -1,4 +1,4 @@
-"""The rules for running Python inside fibers (ARCHITECTURE.md): one test per rule."""
+"""The rules for running Python inside fibers (docs/internals/scheduler.md, "The rules, the code, the proof"): one test per rule."""
 
 import asyncio
 import contextvars

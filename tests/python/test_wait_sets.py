@@ -1,6 +1,6 @@
 """Wait-sets: wait, as_completed, gather, join.
 
-The wait/as_completed semantics tests run twice (STYLE.md): against distaff and against
+The wait/as_completed semantics tests run twice: against distaff and against
 ``concurrent.futures`` as the reference, through a small adapter, so the behaviour provably matches.
 Ordering is by gates (threading.Event), never by sleeping.
 """

@@ -33,7 +33,8 @@ void set_stack_guard_limit(std::size_t limit) noexcept;
 std::size_t stack_guard_limit() noexcept;
 
 struct SchedulerOptions {
-  // workers: OS threads. 1 is the measured best default for GIL-bound bodies (ARCHITECTURE.md).
+  // workers: OS threads. 1 is the measured best default for GIL-bound bodies
+  // (docs/internals/scheduler.md, "Worker count").
   unsigned workers = 1;
   // max_workers: elastic growth (Go's hand-off). When every worker is stuck in one fiber — no fiber
   // switch and no idle wait for two ticks, i.e. a body in a blocking call — while work is queued and
