@@ -765,24 +765,28 @@ void forward(PyExecution* pe, PyExecution* target);
 // held. It reuses run_prev/run_next: a body is unlinked from the running list before it forwards.
 PyExecution* g_forwarding = nullptr;
 
-void link_forwarding(PyExecution* pe) {
+// An intrusive list over run_prev/run_next (the running and the forwarding lists), GIL held.
+void list_link(PyExecution*& head, PyExecution* pe) {
   pe->run_prev = nullptr;
-  pe->run_next = g_forwarding;
-  if (g_forwarding) g_forwarding->run_prev = pe;
-  g_forwarding = pe;
+  pe->run_next = head;
+  if (head) head->run_prev = pe;
+  head = pe;
 }
 
-void unlink_forwarding(PyExecution* pe) {
+void list_unlink(PyExecution*& head, PyExecution* pe) {
   if (pe->run_prev) {
     pe->run_prev->run_next = pe->run_next;
-  } else if (g_forwarding == pe) {
-    g_forwarding = pe->run_next;
+  } else if (head == pe) {
+    head = pe->run_next;
   } else {
-    return;  // not linked (forwarded before a fork: the list was reset)
+    return;  // not linked (linked before a fork: the lists were reset)
   }
   if (pe->run_next) pe->run_next->run_prev = pe->run_prev;
   pe->run_prev = pe->run_next = nullptr;
 }
+
+void link_forwarding(PyExecution* pe) { list_link(g_forwarding, pe); }
+void unlink_forwarding(PyExecution* pe) { list_unlink(g_forwarding, pe); }
 
 }  // namespace
 
@@ -1066,22 +1070,8 @@ namespace {
 // Linked and unlinked by the body's own fiber with the GIL held; read with the GIL held, so no lock.
 PyExecution* g_running = nullptr;
 
-void link_running(PyExecution* pe) {
-  pe->run_prev = nullptr;
-  pe->run_next = g_running;
-  if (g_running) g_running->run_prev = pe;
-  g_running = pe;
-}
-
-void unlink_running(PyExecution* pe) {
-  if (pe->run_prev) {
-    pe->run_prev->run_next = pe->run_next;
-  } else {
-    g_running = pe->run_next;
-  }
-  if (pe->run_next) pe->run_next->run_prev = pe->run_prev;
-  pe->run_prev = pe->run_next = nullptr;
-}
+void link_running(PyExecution* pe) { list_link(g_running, pe); }
+void unlink_running(PyExecution* pe) { list_unlink(g_running, pe); }
 }  // namespace
 
 Py_ssize_t cancel_running(PyObject* engine) {

@@ -133,7 +133,47 @@ async def _await(p: Any) -> Any:
     return await p
 
 
-class Lock(_Waitable):
+class _Acquirable(_Waitable):
+    """What Lock and Semaphore share: acquire (sync and async) and the context managers."""
+
+    __slots__ = ()
+    _kind = ""
+    _lock_timeouts = False  # threading.Lock's rule for acquire(timeout=): -1 means no timeout
+
+    def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
+        """Takes a unit; returns False if ``blocking=False`` or ``timeout`` seconds passed first."""
+        t = _check_timeout(timeout, f"{self._kind}.acquire", lock=self._lock_timeouts)
+        if not blocking:
+            with self._mu:
+                return self._try_take()
+        p = self._enqueue()
+        return True if p is None else self._wait_sync(p, t)
+
+    async def acquire_async(self, timeout: float | None = None) -> bool:
+        """``await x.acquire_async()``: takes a unit without blocking the event loop."""
+        t = _check_timeout(timeout, f"{self._kind}.acquire_async")
+        p = self._enqueue()
+        return True if p is None else await self._wait_async(p, t)
+
+    def release(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+    async def __aenter__(self):
+        await self.acquire_async()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        self.release()
+
+
+class Lock(_Acquirable):
     """A mutual-exclusion lock for task bodies, threads and asyncio alike (not reentrant).
 
     ``with lock:`` in a body or a thread, ``async with lock:`` in a coroutine. A body may hold it
@@ -143,6 +183,8 @@ class Lock(_Waitable):
     """
 
     __slots__ = ("_locked",)
+    _kind = "Lock"
+    _lock_timeouts = True
 
     def __init__(self) -> None:
         super().__init__("Lock.acquire")
@@ -157,21 +199,6 @@ class Lock(_Waitable):
     def _give_back(self) -> None:
         self._locked = False
 
-    def acquire(self, blocking: bool = True, timeout: float | None = -1) -> bool:
-        """Takes the lock; returns False if ``blocking=False`` or ``timeout`` seconds passed first."""
-        t = _check_timeout(timeout, "Lock.acquire", lock=True)
-        if not blocking:
-            with self._mu:
-                return self._try_take()
-        p = self._enqueue()
-        return True if p is None else self._wait_sync(p, t)
-
-    async def acquire_async(self, timeout: float | None = None) -> bool:
-        """``await lock.acquire_async()``: takes the lock without blocking the event loop."""
-        t = _check_timeout(timeout, "Lock.acquire_async")
-        p = self._enqueue()
-        return True if p is None else await self._wait_async(p, t)
-
     def release(self) -> None:
         with self._mu:
             if not self._locked:
@@ -181,25 +208,11 @@ class Lock(_Waitable):
     def locked(self) -> bool:
         return self._locked
 
-    def __enter__(self) -> "Lock":
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.release()
-
-    async def __aenter__(self) -> "Lock":
-        await self.acquire_async()
-        return self
-
-    async def __aexit__(self, *exc: Any) -> None:
-        self.release()
-
     def __repr__(self) -> str:
         return f"<distaff.Lock {'locked' if self._locked else 'unlocked'}, {len(self._waiters)} waiting>"
 
 
-class Semaphore(_Waitable):
+class Semaphore(_Acquirable):
     """A counting semaphore for task bodies, threads and asyncio alike: at most ``value`` holders.
 
     ``with sem:`` / ``async with sem:``; waiters are served in arrival order and suspend only their
@@ -207,6 +220,7 @@ class Semaphore(_Waitable):
     """
 
     __slots__ = ("_value", "_initial")
+    _kind = "Semaphore"
 
     def __init__(self, value: int = 1) -> None:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -228,19 +242,6 @@ class Semaphore(_Waitable):
             raise ValueError("distaff.Semaphore released more times than acquired")
         self._value += 1
 
-    def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
-        t = _check_timeout(timeout, "Semaphore.acquire")
-        if not blocking:
-            with self._mu:
-                return self._try_take()
-        p = self._enqueue()
-        return True if p is None else self._wait_sync(p, t)
-
-    async def acquire_async(self, timeout: float | None = None) -> bool:
-        t = _check_timeout(timeout, "Semaphore.acquire_async")
-        p = self._enqueue()
-        return True if p is None else await self._wait_async(p, t)
-
     def release(self) -> None:
         self._handoff()
 
@@ -248,20 +249,6 @@ class Semaphore(_Waitable):
     def value(self) -> int:
         """Units free now."""
         return self._value
-
-    def __enter__(self) -> "Semaphore":
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.release()
-
-    async def __aenter__(self) -> "Semaphore":
-        await self.acquire_async()
-        return self
-
-    async def __aexit__(self, *exc: Any) -> None:
-        self.release()
 
     def __repr__(self) -> str:
         return f"<distaff.Semaphore value={self._value}/{self._initial}, {len(self._waiters)} waiting>"

@@ -25,8 +25,8 @@ def wait_timeout(timeout: Any) -> float | None:
     return None if t is None or t >= _NO_LIMIT else t
 
 
-def name(value: Any, what: str = "name") -> str:
-    """A task's name: a non-empty str that C code can carry whole (no NUL, encodable)."""
+def _text(value: Any, what: str) -> str:
+    """A non-empty str that C code can carry whole (no NUL, encodable as UTF-8)."""
     if not isinstance(value, str):
         raise TypeError(f"{what} must be a string, not {type(value).__name__}")
     if not value:
@@ -40,21 +40,14 @@ def name(value: Any, what: str = "name") -> str:
     return value
 
 
+def name(value: Any, what: str = "name") -> str:
+    """A task's name."""
+    return _text(value, what)
+
+
 def workflow_id(value: Any) -> str | None:
     """A workflow id: None (none given) or a non-empty str — at submit, in scopes and in .options."""
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise TypeError(f"workflow_id must be a string, not {type(value).__name__}")
-    if not value:
-        raise ValueError("workflow_id must not be empty")
-    if "\0" in value:
-        raise ValueError(f"workflow_id must not contain NUL characters: {value!r}")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError(f"workflow_id must be encodable as UTF-8 (no lone surrogates): {value!r}") from None
-    return value
+    return None if value is None else _text(value, "workflow_id")
 
 
 def flag(value: Any, what: str) -> bool:
