@@ -196,9 +196,14 @@ void Scheduler::enqueue_ready(Execution* ex) {
   if (tl_scheduler == this && idle_.load(std::memory_order_seq_cst) == 0) {
     // A child stays on its parent's worker: no cross-thread wake-up, no GIL hand-off.
     auto* w = static_cast<Worker*>(tl_worker);
-    std::lock_guard<std::mutex> g(w->mu);
-    w->local.push_back(ex);
-    if (std::exchange(w->parked, false)) w->cv.notify_one();  // under w->mu: see join()
+    {
+      std::lock_guard<std::mutex> g(w->mu);
+      w->local.push_back(ex);
+      if (std::exchange(w->parked, false)) w->cv.notify_one();  // under w->mu: see join()
+    }
+    // A worker that announced itself idle after the check above re-checks the local queues, and one
+    // that announced it before this push is woken here: see others_hold_work.
+    if (idle_.load(std::memory_order_seq_cst) > 0) wake_one_idle();
     return;
   }
   {
@@ -268,10 +273,34 @@ Execution* Scheduler::take_work(Worker& w, std::vector<Execution*>& buf) {
   }
   if (buf.empty()) return nullptr;
   if (buf.size() > 1) {
-    std::lock_guard<std::mutex> g(w.mu);
-    w.local.insert(w.local.end(), buf.begin() + 1, buf.end());
+    {
+      std::lock_guard<std::mutex> g(w.mu);
+      w.local.insert(w.local.end(), buf.begin() + 1, buf.end());
+    }
+    if (idle_.load(std::memory_order_seq_cst) > 0) wake_one_idle();  // see others_hold_work
   }
   return buf.front();
+}
+
+// others_hold_work: whether another worker's local queue holds executions, checked by a worker that has
+// set `parked` and counted itself in idle_ (so `own`, its w.mu, is held on entry and on return). Every
+// push into a local queue is followed by a read of idle_ (enqueue_ready, take_work), and this check
+// takes each queue's lock after idle_ was raised, so of a push and a park that race, one sees the
+// other: either this finds the execution, or the pusher sees idle_ > 0 and wakes a parked worker.
+// Without it a worker that looked at the queues just before a batch or a child was pushed parked for
+// good while the pusher's thread then blocked in a body, stranding the work behind it.
+// Locks are taken one at a time with `own` released: two parking workers never wait on each other.
+bool Scheduler::others_hold_work(Worker& w, std::unique_lock<std::mutex>& own) {
+  own.unlock();
+  bool found = false;
+  for (unsigned i = 0, n = active_.load(std::memory_order_acquire); i < n && !found; ++i) {
+    Worker* other = workers_[i].get();
+    if (other == &w) continue;
+    std::lock_guard<std::mutex> g(other->mu);
+    found = !other->local.empty();
+  }
+  own.lock();
+  return found;
 }
 
 void Scheduler::worker_main(Worker& w) {
@@ -335,13 +364,14 @@ void Scheduler::worker_main(Worker& w) {
       continue;
     }
     if (stopping_.load(std::memory_order_acquire) && w.fibers == 0) break;
+    if (opts_.before_park) opts_.before_park(w.index);
     std::unique_lock<std::mutex> lk(w.mu);
     if (!w.local.empty()) continue;
     w.parked = true;
     idle_.fetch_add(1, std::memory_order_seq_cst);
     // Re-check after announcing idleness: a submitter that missed idle_ > 0 pushed before this.
     bool stop_now = stopping_.load(std::memory_order_acquire) && w.fibers == 0;
-    if (inject_size_.load(std::memory_order_seq_cst) > 0 || stop_now) {
+    if (inject_size_.load(std::memory_order_seq_cst) > 0 || stop_now || others_hold_work(w, lk)) {
       w.parked = false;
     }
     bool retire = false;

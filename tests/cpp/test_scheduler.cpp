@@ -704,6 +704,83 @@ TEST_P(SchedulerTest, FibersNeverMigrate) {
   EXPECT_EQ(lost_current.load(), 0);
 }
 
+// A body that blocks its OS thread must never strand work on its worker while another worker idles:
+// whatever a worker holds in its local queue (a batch it took from the inject queue, children it
+// submitted) stays reachable by the idle ones, also when they looked before it was pushed or found its
+// lock busy. Regression: a batch taken just before the other worker parked sat behind the blocker, and
+// the blocker, waiting for it, hung (seen as a 30 s timeout in the Python suite under ASan).
+TEST_P(SchedulerTest, IdleWorkersTakeWorkQueuedBehindABodyThatBlocksItsThread) {
+  if (workers() < 2) GTEST_SKIP() << "needs a second worker";
+  start();
+  constexpr int kRounds = 2000;
+  for (int round = 0; round < kRounds; ++round) {
+    const int quick_count = (round % 2 == 0) ? 1 : 63;
+    std::atomic<int> left{quick_count};
+    Event all_quick_done;
+    Fn quick = [&](Execution& ex) {
+      if (left.fetch_sub(1) == 1) all_quick_done.set();
+      ex.finish(State::succeeded);
+    };
+    std::atomic<bool> stranded{false};
+    Fn blocker = [&](Execution& ex) {
+      // Blocks the OS thread (not the fiber) until every quick one ran: only other workers can.
+      if (!all_quick_done.wait(std::chrono::seconds(20))) stranded.store(true);
+      ex.finish(State::succeeded);
+    };
+    std::vector<ExecutionRef> exs;
+    exs.push_back(submit(&blocker, {}, "blocker"));
+    for (int i = 0; i < quick_count; ++i) exs.push_back(submit(&quick, {}, "quick"));
+    for (auto& ex : exs) wait_done(ex);
+    ASSERT_FALSE(stranded.load()) << "round " << round << ": work stayed queued behind a blocked worker";
+  }
+  shutdown();
+}
+
+// The staged form of the race above: the parent's worker pushes a child into its local queue (no
+// worker is idle yet) while the other worker, having found nothing, is between its last look at the
+// queues and announcing itself idle; then the parent blocks its thread until the child ran. The other
+// worker must see the child when it re-checks after announcing itself. Without that re-check this
+// test fails on the 10 s guard.
+TEST_P(SchedulerTest, AChildPushedWhileAnotherWorkerParksIsNotStrandedBehindItsBlockedParent) {
+  if (workers() != 2) GTEST_SKIP() << "the interleaving is staged between exactly two workers";
+  Event parent_started, other_parking, child_pushed, child_done;
+  std::atomic<std::thread::id> parent_thread{};
+  std::atomic<bool> armed{false}, fired{false}, stranded{false};
+  SchedulerOptions o = options();
+  o.before_park = [&](unsigned) {
+    if (!armed.load() || std::this_thread::get_id() == parent_thread.load() || fired.exchange(true)) return;
+    other_parking.set();
+    EXPECT_TRUE(child_pushed.wait());  // the parent pushes its child inside this window
+  };
+  start(std::move(o));
+  Fn child = [&](Execution& ex) {
+    child_done.set();
+    ex.finish(State::succeeded);
+  };
+  ExecutionRef child_ex;
+  Fn parent = [&](Execution& ex) {
+    parent_thread.store(std::this_thread::get_id());
+    armed.store(true);
+    parent_started.set();
+    EXPECT_TRUE(other_parking.wait());  // blocks this worker's thread, so only the other one runs
+    child_ex = submit(&child, {}, "child");
+    child_pushed.set();
+    if (!child_done.wait(std::chrono::seconds(10))) stranded.store(true);
+    ex.finish(State::succeeded);
+  };
+  Fn kick = [](Execution& ex) { ex.finish(State::succeeded); };
+  ExecutionRef parent_ex = submit(&parent, {}, "parent");
+  ASSERT_TRUE(parent_started.wait());
+  ExecutionRef kick_ex = submit(&kick, {}, "kick");  // brings the other worker to before_park
+  wait_done(parent_ex);
+  wait_done(kick_ex);
+  ASSERT_TRUE(child_ex);
+  wait_done(child_ex);
+  EXPECT_TRUE(fired.load());
+  EXPECT_FALSE(stranded.load()) << "the child stayed queued behind its blocked parent while a worker parked";
+  shutdown();
+}
+
 // ---- construction and destruction ------------------------------------------------------------------
 
 class SchedulerConfig : public CoreTest {};

@@ -74,6 +74,10 @@ struct SchedulerOptions {
   // from the fiber algorithm's suspend_until). Release anything other threads may need — the
   // bindings release the GIL here, which they otherwise keep across fiber switches on a busy worker.
   std::function<void()> on_worker_block;
+  // before_park (testing seam): the worker found no work and is about to announce itself idle and
+  // re-check the queues. Called on the worker thread, outside any fiber, holding no lock. Lets a test
+  // run another worker's step inside that window; leave unset otherwise.
+  std::function<void(unsigned index)> before_park;
 };
 
 struct SchedulerStats {
@@ -141,6 +145,7 @@ class Scheduler {
   void enqueue_ready(Execution* ex);  // takes over one reference
   Execution* take_work(Worker& w, std::vector<Execution*>& buf);
   void wake_one_idle();
+  bool others_hold_work(Worker& w, std::unique_lock<std::mutex>& own);
   void on_finished(Execution& ex) noexcept;
   static void on_dependency_done(Execution& dep, void* arg);
 
