@@ -1,6 +1,7 @@
 #include "distaff/scheduler.hpp"
 
 #include <algorithm>
+#include <cstdio>
 #include <optional>
 #include <unordered_set>
 
@@ -330,8 +331,15 @@ void Scheduler::worker_main(Worker& w) {
             opts_.run(*ex);
           } catch (abi::__forced_unwind&) {
             throw;  // thread cancellation (pthread_exit) must unwind, never be swallowed
+          } catch (const std::exception& e) {
+            // The embedder's run must not throw (an exception escaping a fiber would terminate): a
+            // bug in the embedder, said on stderr rather than dropped, and the execution fails.
+            std::fprintf(stderr, "distaff: internal error: run() of execution %llu '%s' threw: %s\n",
+                         static_cast<unsigned long long>(ex->id()), ex->name().c_str(), e.what());
+            ex->finish(State::failed);
           } catch (...) {
-            // The embedder's run must not throw; an exception escaping a fiber would terminate.
+            std::fprintf(stderr, "distaff: internal error: run() of execution %llu '%s' threw\n",
+                         static_cast<unsigned long long>(ex->id()), ex->name().c_str());
             ex->finish(State::failed);
           }
           detail::fiber_local() = detail::FiberLocal{};

@@ -206,10 +206,16 @@ TEST_P(SchedulerTest, StateTransitionsThroughTheScheduler) {
 TEST_P(SchedulerTest, RunThatThrowsFinishesTheExecutionFailed) {
   start();
   Fn body = [](Execution&) { throw std::runtime_error("the embedder broke its promise"); };
-  ExecutionRef ex = submit(&body);
+  ::testing::internal::CaptureStderr();
+  ExecutionRef ex = submit(&body, {}, "breaks");
   wait_done(ex);
   shutdown();
+  const std::string err = ::testing::internal::GetCapturedStderr();
   EXPECT_EQ(ex->state(), State::failed);
+  // Said, not dropped: an embedder bug names the execution and the exception.
+  EXPECT_NE(err.find("internal error: run() of execution " + std::to_string(ex->id()) + " 'breaks' threw: the embedder broke its promise"),
+            std::string::npos)
+      << err;
 }
 
 // ---- nested synchronous waits ----------------------------------------------------------------------

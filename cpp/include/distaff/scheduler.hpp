@@ -87,8 +87,6 @@ struct SchedulerStats {
   std::int64_t threads = 0;      // worker threads running now (workers plus elastic extras)
   std::int64_t grown = 0;        // elastic workers started so far
   std::int64_t submitted = 0;    // total ever submitted
-  std::int64_t stacks_cached = 0;
-  std::int64_t stacks_mapped = 0;
 };
 
 class Scheduler {
