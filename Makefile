@@ -63,7 +63,7 @@ sanitize: deps
 # libubsan) ignores log_path and writes to stderr, hence --capture=sys: what C code writes to fd 2
 # (UBSan, the core's assertions) stays visible when the pytest process dies of it. Stack variables are
 # not instrumented (DISTAFF_ASAN_STACK=OFF: see CMakeLists.txt); `make sanitize` covers them. Extra
-# pytest arguments: `make sanitize-python SANITIZE_PYTEST='tests/python/test_waiting.py'`.
+# pytest arguments: `make sanitize-python SANITIZE_PYTEST='tests/python/test_nested_waits.py'`.
 ASAN_PY   := .venv-asan/bin/python
 ASAN_LOGS := $(CURDIR)/build/asan-py/logs
 SANITIZE_PYTEST ?=

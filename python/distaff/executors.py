@@ -231,6 +231,9 @@ class ProcessPool:
                 if job is not None:
                     job.handle = None
                     job.report(outcome=msg)
+                # This frame lives as long as the pool: drop the last job and its outcome now, or
+                # they (and the execution) stay alive until the next message.
+                job = msg = w = None
 
     def _dispatch(self) -> None:
         while True:
@@ -496,37 +499,43 @@ class _Dask(_Windowed):
                 batch = ac.next_batch(block=True)
             except StopIteration:  # a future was registered and not yet added: look again
                 continue
-            finished = [f for f in batch if f.status == "finished"]
-            outcomes: dict = {}
-            if finished:
-                try:  # one batched transfer for every result that is ready
-                    outcomes = dict(zip([f.key for f in finished], client.gather(finished)))
-                except BaseException:  # noqa: BLE001 - one was lost meanwhile: each on its own below
-                    outcomes = {}
-            for fut in batch:
-                with self._cond:
-                    job = self._jobs.pop(fut.key, None)
-                if job is None:
+            # One batch per call: its jobs, futures and outcomes die with the call's frame, not
+            # with the next batch (a finished execution must not stay alive in this thread).
+            self._settle_batch(client, batch)
+            batch = None
+
+    def _settle_batch(self, client: Any, batch: list) -> None:
+        finished = [f for f in batch if f.status == "finished"]
+        outcomes: dict = {}
+        if finished:
+            try:  # one batched transfer for every result that is ready
+                outcomes = dict(zip([f.key for f in finished], client.gather(finished)))
+            except BaseException:  # noqa: BLE001 - one was lost meanwhile: each on its own below
+                outcomes = {}
+        for fut in batch:
+            with self._cond:
+                job = self._jobs.pop(fut.key, None)
+            if job is None:
+                continue
+            status = fut.status
+            if status == "finished":
+                if fut.key in outcomes:
+                    self._finished(job, outcome=outcomes[fut.key])
                     continue
-                status = fut.status
-                if status == "finished":
-                    if fut.key in outcomes:
-                        self._finished(job, outcome=outcomes[fut.key])
-                        continue
-                    try:
-                        out = fut.result()
-                    except BaseException as exc:  # noqa: BLE001
-                        self._finished(job, error=exc)
-                        continue
-                    self._finished(job, outcome=out)
-                elif status == "cancelled":
-                    self._finished(job, error=concurrent.futures.CancelledError())
-                else:
-                    try:
-                        exc = fut.exception()
-                    except BaseException as e:  # noqa: BLE001
-                        exc = e
-                    self._finished(job, error=exc if isinstance(exc, BaseException) else RuntimeError(str(status)))
+                try:
+                    out = fut.result()
+                except BaseException as exc:  # noqa: BLE001
+                    self._finished(job, error=exc)
+                    continue
+                self._finished(job, outcome=out)
+            elif status == "cancelled":
+                self._finished(job, error=concurrent.futures.CancelledError())
+            else:
+                try:
+                    exc = fut.exception()
+                except BaseException as e:  # noqa: BLE001
+                    exc = e
+                self._finished(job, error=exc if isinstance(exc, BaseException) else RuntimeError(str(status)))
 
     def _stop(self, fut: Any) -> None:
         fut.cancel()
@@ -601,6 +610,7 @@ class Ray(_Windowed):
                 err = RuntimeError(f"Ray failed or was shut down while the body ran: {type(exc).__name__}: {exc}")
                 for job in lost:
                     self._finished(job, error=err)
+                lost = job = err = None
                 continue
             try:
                 outs = ray.get(ready)
@@ -619,6 +629,9 @@ class Ray(_Windowed):
                     job = self._refs.pop(r, None)
                 if job is not None:
                     self._finished(job, outcome=out, error=exc)
+            # This frame lives as long as the adapter: drop the last round's jobs and outcomes now,
+            # or they (and their executions) stay alive until the next round.
+            refs = ready = rest = outs = results = job = out = exc = r = None
 
     def _stop(self, ref: Any) -> None:
         import ray

@@ -4,6 +4,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 
 import pytest
 
@@ -30,6 +31,51 @@ def _default_engine_settles():
     eng = distaff._engine._default
     if eng is not None and not eng._closed:
         assert eng.wait_idle(timeout=60), f"default engine still busy: {eng.stats()}"
+
+
+# -- no execution leaks ----------------------------------------------------------------------------
+# After each test, once pytest has dropped the test's fixture values and arguments, the core's count of
+# live execution records must be back where it was before the test: a reference cycle or a missed
+# release in the bindings would keep it higher. The check runs around the whole test protocol
+# (fixtures hold engines and Executions until their teardown is over); a leak fails the session with
+# the tests named. Tests that keep executions alive on purpose (a module-level exception instance
+# whose traceback holds frames) say so with @pytest.mark.holds_executions.
+_leaks: list[str] = []
+
+
+def _live_after_settling(before: int) -> int:
+    for e in list(distaff._engine._engines):
+        e.clear_history()  # histories keep finished records on purpose (Engine(history=))
+    deadline = time.monotonic() + float(os.environ.get("DISTAFF_TEST_LEAK_WAIT", "10"))
+    while True:
+        gc.collect()
+        distaff._core._drain_unobserved()
+        now = distaff._core.live_executions()
+        # Fibers unwind, callbacks run and failure logs drain just after executions finish.
+        if now <= before or time.monotonic() > deadline:
+            return now
+        time.sleep(0.005)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    before = distaff._core.live_executions()
+    yield
+    if item.get_closest_marker("holds_executions"):
+        return
+    now = _live_after_settling(before)
+    if now > before:
+        _leaks.append(f"{item.nodeid}: {now - before} execution record(s) still alive after the test")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _leaks:
+        tr = session.config.pluginmanager.get_plugin("terminalreporter")
+        if tr is not None:
+            tr.write_sep("=", "execution leaks", red=True)
+            for line in _leaks:
+                tr.write_line(line)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def run_python(code: str, *, timeout: float = 120, env: dict | None = None, args=()) -> subprocess.CompletedProcess:
@@ -94,3 +140,52 @@ def wait_for_log(caplog, text: str, timeout: float = 30.0) -> bool:
         distaff._core._drain_unobserved()
         time.sleep(0.001)
     return True
+
+
+@pytest.fixture
+def engine1():
+    """One worker: the cases that prove a waiting fiber does not hold its thread."""
+    eng = distaff.Engine(workers=1)
+    yield eng
+    assert eng.wait_idle(timeout=60), eng.stats()
+    eng.shutdown(wait=True)
+    stats = eng.stats()
+    assert stats["live"] == 0 and stats["fibers"] == 0, stats
+
+
+def settle(engine, timeout=30.0):
+    """Waits until every execution finished *and* every fiber unwound (a cancelled or timed-out
+    execution finishes at once; its body unwinds afterwards, so `fibers` lags `live`)."""
+    assert engine.wait_idle(timeout=timeout), engine.stats()
+    deadline = time.monotonic() + timeout
+    while engine.stats()["fibers"]:
+        assert time.monotonic() < deadline, engine.stats()
+        time.sleep(0.002)
+
+
+class CallbackLog:
+    """add_done_callback target that counts calls per execution and records the state it saw."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.calls = {}
+
+    def __call__(self, ex):
+        with self.lock:
+            self.calls.setdefault(ex.id, []).append(ex.state)
+
+    def watch(self, ex):
+        ex.add_done_callback(self)
+        return ex
+
+    def wait_for(self, n, timeout=30.0):
+        """Callbacks run right after the terminal transition, so wait_idle() (which sees the
+        transition) can return while the last ones are still being called, as with
+        concurrent.futures.wait. Waits until n executions reported."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self.lock:
+                if len(self.calls) >= n:
+                    return
+            assert time.monotonic() < deadline, f"{len(self.calls)} of {n} callbacks"
+            time.sleep(0.001)

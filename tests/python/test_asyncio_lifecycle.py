@@ -387,7 +387,7 @@ print(ex.state, f"{time.monotonic() - t0:.2f}")
 
 def test_a_gated_async_body_whose_loop_closed_before_it_started_still_runs_on_the_engines_loop(engine, new_gate):
     # The documented exception: a body waiting for dependencies when its loop closes runs later, on
-    # the engine's loop (test_asyncio.py has the thread-name check).
+    # the engine's loop (test_async_bodies.py has the thread-name check).
     gate = new_gate()
 
     @engine.task()

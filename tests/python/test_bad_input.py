@@ -292,6 +292,7 @@ def test_c_level_recursion_in_a_body(engine):
     [SystemExit(3), KeyboardInterrupt(), GeneratorExit(), type("CustomBase", (BaseException,), {})("x")],
     ids=["SystemExit", "KeyboardInterrupt", "GeneratorExit", "custom-BaseException"],
 )
+@pytest.mark.holds_executions  # the parametrized instances outlive the test, with their tracebacks
 def test_base_exception_from_a_body_is_stored_and_reraised(engine, exc):
     """BaseException subclasses are an ordinary outcome of the execution: stored (state 'failed'),
     re-raised by result() with their type (and SystemExit's code), returned by exception(); they

@@ -281,6 +281,7 @@ def _tb_len(exc):
     return n
 
 
+@pytest.mark.holds_executions  # SHARED is module-level: its traceback keeps the last raise
 def test_a_shared_exception_instance_does_not_grow_with_each_execution(engine):
     """A module-level exception raised by 10k executions: after each, exactly one distaff note
     (naming that execution) and a traceback of that raise only; memory stays flat (it used to
@@ -358,6 +359,7 @@ def test_a_fresh_exception_keeps_a_note_per_execution_it_crossed_and_its_whole_t
         assert "raise KeyError" in text and "return inner()" in text and "middle.submit().result()" in text
 
 
+@pytest.mark.holds_executions  # SHARED is module-level: its traceback keeps the last raise
 def test_a_shared_instance_reraised_through_await_keeps_its_path(engine):
     """An async body awaiting a failing child lets the error through: note per crossing."""
 

@@ -2,6 +2,8 @@
 
 Each case runs a small test file in a fresh pytest subprocess (pytester), with a deadline."""
 
+import os
+import sys
 import textwrap
 
 pytest_plugins = ["pytester"]
@@ -156,3 +158,37 @@ def test_routing_reaches_asyncio_code_in_the_test(pytester):
         """,
     )
     result.assert_outcomes(passed=1)
+
+
+def test_the_suites_leak_check_fails_a_session_whose_test_keeps_an_execution(tmp_path):
+    """tests/python/conftest.py's execution-leak check can fail: a test that parks an Execution in a
+    module global fails the session, named; one marked holds_executions does not."""
+    import shutil
+    import subprocess
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    shutil.copy(os.path.join(here, "conftest.py"), tmp_path / "conftest.py")
+    (tmp_path / "pytest.ini").write_text(
+        "[pytest]\nmarkers =\n    holds_executions: kept on purpose\n    stress: s\n"
+    )
+    (tmp_path / "test_leaky.py").write_text(
+        "import distaff, pytest\n"
+        "KEPT = []\n"
+        "def test_keeps(engine):\n"
+        "    KEPT.append(engine.task(lambda: 1).submit())\n"
+        "    assert KEPT[-1].result(timeout=30) == 1\n"
+        "@pytest.mark.holds_executions\n"
+        "def test_keeps_on_purpose():\n"
+        "    KEPT.append(distaff.task()(lambda: 2).submit())\n"
+        "    assert KEPT[-1].result(timeout=30) == 2\n"
+    )
+    env = dict(os.environ, DISTAFF_TEST_LEAK_WAIT="0.5")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out
+    assert "execution leaks" in out and "test_keeps[workers1]" in out and "test_keeps[workers2]" in out, out
+    assert "test_keeps_on_purpose" not in out.split("execution leaks", 1)[1], out
+    assert "3 passed" in out, out

@@ -1,0 +1,334 @@
+"""Ctrl-C in waits on the main thread, and the wait for outstanding work at interpreter exit (issue 4):
+each case runs in a fresh interpreter with a deadline.
+
+Ordering is by events and gates; where a test must involve time (a delay, a deadline) its bounds
+are generous and only one side is tight. docs/reliability.md names these tests.
+"""
+
+import signal
+import sys
+import time
+
+import pytest
+
+
+from conftest import run_python
+
+
+# -- Ctrl-C, shutdown and exit ----------------------------------------------------------------------------------
+
+_CTRL_C_SCRIPT = """
+import os, signal, sys, threading, time
+import distaff
+
+# The C-level signal handler writes to this pipe the moment SIGINT arrives; a thread stamps the time.
+r, w = os.pipe()
+os.set_blocking(w, False)
+signal.set_wakeup_fd(w)
+arrived = []
+threading.Thread(target=lambda: (os.read(r, 1), arrived.append(time.monotonic())), daemon=True).start()
+
+gate = threading.Event()
+
+@distaff.task
+def blocked():
+    while not gate.is_set():
+        distaff.sleep(0.005)
+    return "released"
+
+@distaff.task
+def double(x):
+    return 2 * x
+
+ex = blocked.submit()
+print("ready", flush=True)
+try:
+    ex.result()  # the main thread waits here: SIGINT must interrupt it
+    print("not interrupted", flush=True)
+except KeyboardInterrupt:
+    caught = time.monotonic()
+    while not arrived:
+        time.sleep(0.001)
+    print(f"latency {caught - arrived[0]:.6f}", flush=True)
+# The engine is still usable. A result() that Ctrl-C interrupted cancelled its execution (as
+# asyncio.run cancels its main task); the other waits leave what they waited for running.
+print("state", ex.state, flush=True)
+print("double", double(21), flush=True)
+gate.set()
+try:
+    print("result", ex.result(timeout=30), flush=True)
+except distaff.CancelledError:
+    print("result cancelled", flush=True)
+"""
+
+
+def _ctrl_c(script, *, ready_line="ready", wait=0.0, signals=1, timeout=60, stderr_ready=None):
+    import os
+    import signal
+    import subprocess
+    import textwrap
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout.readline().strip() == ready_line
+        if stderr_ready is not None:  # e.g. the exit wait's log line: the wait has begun
+            seen = []
+            while not any(stderr_ready in line for line in seen):
+                line = proc.stderr.readline()
+                assert line, f"no {stderr_ready!r} on stderr: {seen}"
+                seen.append(line)
+        time.sleep(wait)
+        for _ in range(signals):
+            os.kill(proc.pid, signal.SIGINT)
+            time.sleep(0.3)
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    return proc.returncode, out, err
+
+
+def test_ctrl_c_in_result_on_the_main_thread_is_prompt_cancels_it_and_leaves_the_engine_usable():
+    rc, out, err = _ctrl_c(_CTRL_C_SCRIPT, wait=0.1)
+    assert rc == 0, err
+    lines = dict(line.split(" ", 1) for line in out.splitlines())
+    latency = float(lines["latency"])
+    print(f"Ctrl-C latency in result(): {latency * 1000:.2f} ms")
+    assert latency < 0.2
+    assert lines["state"] == "cancelled"  # the interrupt cancels what the main thread waited for
+    assert lines["double"] == "42"
+    assert lines["result"] == "cancelled"
+
+
+@pytest.mark.parametrize("waiter", ["wait_idle", "wait", "gather", "shutdown"])
+def test_ctrl_c_in_other_main_thread_waits_is_prompt(waiter):
+    call = {
+        "wait_idle": "distaff.default_engine().wait_idle()",
+        "wait": "distaff.wait([ex])",
+        "gather": "distaff.gather(ex).result()",
+        "shutdown": "distaff.default_engine().shutdown(wait=True)",
+    }[waiter]
+    script = _CTRL_C_SCRIPT.replace("ex.result()  # the main thread", f"{call}  # the main thread")
+    rc, out, err = _ctrl_c(script, wait=0.1)
+    assert rc == 0, err
+    lines = dict(line.split(" ", 1) for line in out.splitlines())
+    assert float(lines["latency"]) < 0.2
+    if waiter != "shutdown":
+        assert lines["double"] == "42"
+
+
+def test_exit_with_work_running_waits_for_it_and_says_so():
+    proc = run_python(
+        """
+        import distaff, threading
+
+        @distaff.task
+        def slow(i):
+            distaff.sleep(1.5)  # longer than the exit wait's quiet first second
+            print("finished", i, flush=True)
+
+        for i in range(3):
+            slow.submit(i)  # nobody waits: the interpreter exits with the work running
+        """,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(proc.stdout.split("\n")[:3]) == ["finished 0", "finished 1", "finished 2"]
+    assert "distaff: waiting for 3 outstanding execution(s) before exit" in proc.stderr
+
+
+def test_exit_wait_under_a_second_is_silent():
+    # Issue 10: short scripts whose last executions finish within a second of the exit print
+    # nothing; the work still finishes.
+    proc = run_python(
+        """
+        import distaff
+
+        @distaff.task
+        def short(i):
+            distaff.sleep(0.05)
+            print("finished", i, flush=True)
+
+        for i in range(3):
+            short.submit(i)
+        """,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(proc.stdout.split("\n")[:3]) == ["finished 0", "finished 1", "finished 2"]
+    assert "outstanding" not in proc.stderr, proc.stderr
+
+
+def test_exit_with_a_body_stuck_in_c_code_waits_for_it_without_crashing():
+    proc = run_python(
+        """
+        import distaff, time
+
+        @distaff.task
+        def stuck():
+            time.sleep(1.5)  # past the exit wait's quiet first second: the wait is announced
+            print("stuck body returned", flush=True)
+
+        stuck.submit()
+        """,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "stuck body returned" in proc.stdout
+    assert "outstanding execution" in proc.stderr
+
+
+def test_exit_after_a_timeout_left_a_body_stuck_in_c_code_does_not_crash():
+    proc = run_python(
+        """
+        import distaff, time
+
+        @distaff.task(timeout=0.05)
+        def stuck():
+            time.sleep(0.5)
+
+        try:
+            stuck()
+        except distaff.TimeoutError:
+            print("timed out", flush=True)
+        """,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "timed out" in proc.stdout
+
+
+_EXIT_WAIT = "outstanding execution(s) before exit"
+
+
+def test_ctrl_c_during_the_exit_wait_cancels_queued_work_and_waits_for_a_body_in_c():
+    script = """
+    import distaff, threading, time
+
+    started = threading.Event()
+    engine = distaff.Engine(workers=1, max_workers=1)  # no elastic thread takes the queued work
+
+    @engine.task
+    def running():
+        started.set()
+        try:
+            time.sleep(3.0)  # holds the only worker, in C code: cannot be interrupted (and outlasts
+                             # the exit wait's quiet first second, after which the wait is announced)
+        finally:
+            print("running returned", flush=True)
+        print("running went on", flush=True)  # not reached: cancelled at its next bytecode
+
+    @engine.task
+    def queued(i):
+        print("queued ran", i, flush=True)
+
+    running.submit()
+    started.wait()  # the worker is stuck in C code: what follows stays in the engine's queue
+    for i in range(5):
+        queued.submit(i)
+    print("ready", flush=True)
+    """
+    rc, out, err = _ctrl_c(script, stderr_ready=_EXIT_WAIT)
+    assert rc == 0, err
+    assert "running returned" in out, out
+    assert "running went on" not in out and "queued ran" not in out, out
+    assert "interrupted; cancelling outstanding executions" in err
+
+
+def test_ctrl_c_during_the_exit_waits_quiet_second_cancels_as_before():
+    # Issue 10: the exit wait is announced only after a second; a Ctrl-C inside that first second
+    # ends it as one after the announcement does (cancels, waits for the bodies, exit status 0).
+    script = """
+    import atexit, distaff
+
+    @distaff.task
+    def forever():
+        while True:
+            distaff.sleep(0.01)
+
+    forever.submit()
+    # Exit hooks run last-registered first: this line is printed just before distaff's exit wait.
+    atexit.register(lambda: print("ready", flush=True))
+    """
+    try:
+        rc, out, err = _ctrl_c(script, wait=0.2, timeout=30)
+    except Exception as e:  # subprocess.TimeoutExpired: the hang
+        pytest.fail(f"exit hung after Ctrl-C: {e!r}")
+    assert rc == 0, err
+    assert "interrupted; cancelling outstanding executions" in err, err
+    assert _EXIT_WAIT not in err, err  # the Ctrl-C came within the quiet second
+    assert "Traceback" not in err, err
+
+
+def test_ctrl_c_during_the_exit_wait_ends_a_suspended_body():
+    script = """
+    import distaff
+
+    @distaff.task
+    def forever():
+        while True:
+            distaff.sleep(0.01)  # suspended most of the time: woken by the cancel
+
+    forever.submit()
+    print("ready", flush=True)
+    """
+    try:
+        rc, out, err = _ctrl_c(script, stderr_ready=_EXIT_WAIT, timeout=30)
+    except Exception as e:  # subprocess.TimeoutExpired: the hang
+        pytest.fail(f"exit hung after Ctrl-C: {e!r}")
+    assert rc == 0, err
+    assert "interrupted; cancelling outstanding executions" in err
+    assert "Traceback" not in err, err  # a cancelled body is not an unobserved failure
+
+
+def test_ctrl_c_during_the_exit_wait_ends_a_body_running_python():
+    script = """
+    import distaff
+
+    @distaff.task
+    def spin():
+        print("ready", flush=True)
+        n = 0
+        while True:  # pure Python, never waits: interrupted at a bytecode boundary
+            n = (n + 1) % 1000
+
+    spin.submit()
+    """
+    try:
+        rc, out, err = _ctrl_c(script, stderr_ready=_EXIT_WAIT, timeout=30)
+    except Exception as e:
+        pytest.fail(f"exit hung after Ctrl-C: {e!r}")
+    assert rc == 0, err
+
+
+def test_a_second_ctrl_c_during_the_exit_wait_leaves_a_body_stuck_in_c_and_exits():
+    """The first Ctrl-C cancels; a body stuck in C code cannot end. The second one exits at once,
+    leaving it: without finalising the interpreter (a body returning from its C call would take the
+    GIL of a finalising interpreter: SIGABRT), dying of SIGINT as an interrupted program does. It
+    used to wait for the C call to return, i.e. forever for one that never does."""
+    script = """
+    import time
+    import distaff
+
+    @distaff.task
+    def in_c():
+        print("ready", flush=True)
+        try:
+            time.sleep(600)
+        finally:
+            print("body returned", flush=True)
+
+    in_c.submit()
+    """
+    rc, out, err = _ctrl_c(script, stderr_ready=_EXIT_WAIT, signals=2, timeout=30)
+    assert rc == -signal.SIGINT, (rc, err)
+    assert "FATAL" not in err and "terminate called" not in err, err
+    assert "body returned" not in out
+    assert "interrupted; cancelling outstanding executions" in err
+    assert "exiting now; 1 execution(s) did not end (stuck in blocking calls)" in err

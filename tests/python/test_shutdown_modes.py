@@ -1,0 +1,158 @@
+"""Engine.shutdown(cancel_running=..., cancel_pending=..., wait=...) (issue 4).
+
+Ordering is by events and gates; where a test must involve time (a delay, a deadline) its bounds
+are generous and only one side is tight. docs/reliability.md names these tests.
+"""
+
+import threading
+import time
+
+import pytest
+
+import distaff
+
+from conftest import CallbackLog, fiber_wait
+
+
+def test_shutdown_cancel_running_cancels_parked_bodies_and_their_children():
+    eng = distaff.Engine(workers=2)
+    log = CallbackLog()
+    seen = []
+    parked_started, parent_started = threading.Event(), threading.Event()
+
+    @eng.task()
+    def parked():
+        try:
+            parked_started.set()  # (a threading wait here would block the worker's OS thread)
+            distaff.sleep(60)  # parked here, or about to be: woken or interrupted either way
+        except distaff.CancelledError:
+            seen.append("body saw CancelledError")
+            raise
+
+    @eng.task()
+    def child():
+        distaff.sleep(60)
+
+    @eng.task()
+    def parent():
+        c = child.submit()
+        seen.append(c)
+        parent_started.set()
+        c.result()
+
+    p = log.watch(parked.submit())
+    w = log.watch(parent.submit())
+    assert parked_started.wait(30) and parent_started.wait(30)
+    eng.shutdown(wait=True, cancel_running=True)
+    for ex in (p, w, seen[0]):
+        assert ex.cancelled(), ex
+    assert "body saw CancelledError" in seen
+    log.wait_for(2)
+    assert all(len(v) == 1 for v in log.calls.values())
+    assert eng.stats()["fibers"] == 0
+
+
+def test_shutdown_cancel_running_interrupts_a_body_running_python():
+    eng = distaff.Engine(workers=1)
+    started = threading.Event()
+
+    @eng.task()
+    def spin():
+        started.set()
+        n = 0
+        while True:
+            n = (n + 1) % 1000
+
+    ex = spin.submit()
+    assert started.wait(30)
+    eng.shutdown(wait=True, cancel_running=True)  # returns: the loop was interrupted
+    assert ex.cancelled()
+
+
+def test_shutdown_cancel_pending_cancels_queued_and_waiting_and_waits_for_running(new_gate):
+    gate = new_gate()
+    eng = distaff.Engine(workers=1)
+    started = threading.Event()
+    log = CallbackLog()
+
+    @eng.task()
+    def running():
+        started.set()
+        gate.wait(60)
+        return "ran to completion"
+
+    @eng.task()
+    def queued():
+        return "never"
+
+    @eng.task(wait=True)
+    def waiting(dep):
+        return "never"
+
+    r = log.watch(running.submit())
+    assert started.wait(30)
+    q = [log.watch(queued.submit()) for _ in range(5)]
+    w = log.watch(waiting.submit(r))
+    done = threading.Event()
+    t = threading.Thread(target=lambda: (eng.shutdown(wait=True, cancel_pending=True), done.set()))
+    t.start()
+    for ex in q:
+        with pytest.raises(distaff.CancelledError):
+            ex.result(timeout=30)
+    distaff.wait([w], timeout=30)
+    assert w.cancelled()  # waiting for its dependency: not started, so cancelled too
+    assert not done.is_set()  # still waiting for the running body
+    gate.set()
+    t.join(30)
+    assert done.is_set()
+    assert r.result() == "ran to completion"
+    log.wait_for(7)
+    assert all(len(v) == 1 for v in log.calls.values()) and len(log.calls) == 7
+    with pytest.raises(distaff.ShutdownError):
+        queued.submit()
+    stats = eng.stats()
+    assert stats["live"] == 0 and stats["fibers"] == 0, stats
+
+
+def test_shutdown_cancel_pending_cancels_pending_children_of_a_body():
+    """Pending executions a worker already took (children of a body) are cancelled too."""
+    eng = distaff.Engine(workers=1)
+    started = threading.Event()
+    ran = []
+
+    @eng.task()
+    def running():
+        started.set()
+        time.sleep(0.3)  # holds the only worker: nothing else can start meanwhile
+
+    @eng.task()
+    def queued(i):
+        ran.append(i)
+
+    @eng.task()
+    def parent():
+        return [running.submit()] + [queued.submit(i) for i in range(5)]
+
+    exs = parent()
+    assert started.wait(30)
+    assert [e.state for e in exs[1:]] == ["pending"] * 5
+    eng.shutdown(wait=True, cancel_pending=True)
+    assert ran == [] and all(e.cancelled() for e in exs[1:])
+
+
+def test_shutdown_without_wait_returns_at_once_and_work_finishes(new_gate):
+    gate = new_gate()
+    eng = distaff.Engine(workers=1)
+
+    @eng.task()
+    def slow():
+        fiber_wait(gate, timeout=60)
+        return "done"
+
+    ex = slow.submit()
+    eng.shutdown(wait=False)
+    assert not ex.done()
+    gate.set()
+    assert ex.result(timeout=30) == "done"
+    eng.shutdown(wait=True)  # a second call joins the workers
+    assert eng.stats()["fibers"] == 0
