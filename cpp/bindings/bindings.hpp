@@ -233,6 +233,20 @@ int join_engine(EngineCore* eng);
 // otherwise; the EngineCore is deleted once joined.
 void drop_engine(EngineCore* eng);
 bool init_lifecycle(PyObject* module);
+
+// ---- the Python<->C boundary's numbers, named (boundary.cpp) --------------------------------------
+// Each enum below is also a Python enum in _core with the same member names (upper case) and values,
+// so neither side writes a bare integer: SubmitFlag (IntFlag), ShutdownCancel, WaitFor (the core's
+// WaitCondition), SecondsKind (Seconds above), the Submitter's NO_BOUND and completion_next's
+// COMPLETION_EXHAUSTED (WaitSet::kExhausted). _core.pyi declares them;
+// tests/python/test_boundary.py checks both sides agree.
+enum SubmitFlag : long { kSubmitWorkflow = 1, kSubmitDetached = 2 };
+// shutdown(engine, wait, cancel): what to cancel besides closing.
+enum class ShutdownCancel : long { none = 0, pending = 1, running = 2 };
+// The Submitter's min_pos/max_pos sentinel: "always check the signature" / "no upper bound (*args)".
+inline constexpr long kNoBound = -1;
+constexpr long value_of(ShutdownCancel c) { return static_cast<long>(c); }
+bool init_boundary(PyObject* module);
 void lifecycle_after_fork();
 
 }  // namespace distaff::py

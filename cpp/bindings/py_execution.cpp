@@ -1262,7 +1262,7 @@ PyObject* submit_impl(PyObject* capsule, PyObject* fn, PyObject* name, long flag
     Execution* p = current_execution();
     if (!p) p = async_current();
     auto* ppe = p ? static_cast<PyExecution*>(p->payload()) : nullptr;
-    if (!ppe || ppe->engine != capsule || p->done() || (flags & 2)) {
+    if (!ppe || ppe->engine != capsule || p->done() || (flags & kSubmitDetached)) {
       PyErr_SetString(ShutdownError,
                       "cannot submit to an engine that is shutting down (only its running bodies may still "
                       "submit children, and not detached ones)");
@@ -1277,7 +1277,7 @@ PyObject* submit_impl(PyObject* capsule, PyObject* fn, PyObject* name, long flag
     PyErr_SetString(PyExc_ValueError, "a task name must not contain NUL characters");
     return nullptr;
   }
-  Kind kind = (flags & 1) ? Kind::workflow : Kind::task;
+  Kind kind = (flags & kSubmitWorkflow) ? Kind::workflow : Kind::task;
 
   std::vector<PyObject*> found;
   for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(args); ++i) collect_from(PyTuple_GET_ITEM(args, i), found, 1);
@@ -1332,7 +1332,7 @@ PyObject* submit_impl(PyObject* capsule, PyObject* fn, PyObject* name, long flag
   // A tracer in the submitting thread (coverage, pdb) follows the work into the fiber (rule 8).
   if (ts->c_tracefunc && ts->c_traceobj) pe->trace = Py_NewRef(ts->c_traceobj);
 
-  pe->detached = (flags & 2) ? 1 : 0;
+  pe->detached = (flags & kSubmitDetached) ? 1 : 0;
   bool born_cancelled = false;
   Execution* parent = submit_parent();
   if (parent) {
@@ -1409,19 +1409,24 @@ PyObject* raw_shutdown(PyObject*, PyObject* const* a, Py_ssize_t n) {
     return nullptr;
   }
   const bool wait = PyObject_IsTrue(a[1]);
-  const long cancel = PyLong_AsLong(a[2]);
-  if (cancel == -1 && PyErr_Occurred()) return nullptr;
+  const long cancel_arg = PyLong_AsLong(a[2]);
+  if (cancel_arg == -1 && PyErr_Occurred()) return nullptr;
+  if (cancel_arg < value_of(ShutdownCancel::none) || cancel_arg > value_of(ShutdownCancel::running)) {
+    PyErr_SetString(PyExc_ValueError, "shutdown: cancel must be a ShutdownCancel");
+    return nullptr;
+  }
+  const auto cancel = static_cast<ShutdownCancel>(cancel_arg);
   // First stop accepting work (only the running bodies' own children are still admitted), then
   // cancel and wait: a thread that keeps submitting cannot keep shutdown() waiting.
   eng->closing.store(true, std::memory_order_release);
   try {
-    if (cancel >= 1) {
+    if (cancel != ShutdownCancel::none) {
       // Cancel first, so waiting only covers what is already running.
       for (ExecutionRef& ex : s->close(true)) {
         if (auto* pe = static_cast<PyExecution*>(ex->payload())) complete(pe, State::cancelled, nullptr);
       }
     }
-    if (cancel >= 2) cancel_running(a[0]);
+    if (cancel == ShutdownCancel::running) cancel_running(a[0]);
     if (!wait) Py_RETURN_NONE;  // the work goes on; the workers are joined later (or at exit)
     const bool main_thread = on_main_thread();
     while (!s->wait_idle_until(main_thread ? Clock::now() + kSignalSlice : Clock::time_point::max())) {

@@ -40,8 +40,8 @@ bool members_of(PyObject* list, std::vector<ExecutionRef>& out) {
 bool parse_mode(PyObject* o, WaitCondition& mode) {
   long m = PyLong_AsLong(o);
   if (m == -1 && PyErr_Occurred()) return false;
-  if (m < 0 || m > 2) {
-    PyErr_SetString(PyExc_ValueError, "bad wait mode");
+  if (m < static_cast<long>(WaitCondition::all) || m > static_cast<long>(WaitCondition::first_exception)) {
+    PyErr_SetString(PyExc_ValueError, "bad wait mode (a WaitFor)");
     return false;
   }
   mode = static_cast<WaitCondition>(m);
@@ -83,7 +83,7 @@ PyObject* raw_wait_set(PyObject*, PyObject* const* a, Py_ssize_t n) {
   return Py_BuildValue("(NL)", PyBool_FromLong(r == 0), static_cast<long long>(ws.first_failed()));
 }
 
-// completion(execs) -> handle; completion_next(handle, timeout) -> index | -2 (exhausted)
+// completion(execs) -> handle; completion_next(handle, timeout) -> index | COMPLETION_EXHAUSTED
 void completion_destructor(PyObject* capsule) {
   delete static_cast<WaitSet*>(PyCapsule_GetPointer(capsule, "distaff.Completion"));
 }
@@ -122,11 +122,11 @@ PyObject* raw_completion_next(PyObject*, PyObject* const* a, Py_ssize_t n) {
   auto* ws = static_cast<WaitSet*>(PyCapsule_GetPointer(a[0], "distaff.Completion"));
   Clock::time_point deadline;
   if (!ws || !parse_timeout(a[1], deadline)) return nullptr;
-  std::int64_t idx = -1;
+  std::int64_t idx = WaitSet::kTimedOut;
   int r = wait_sliced(
       [&](Clock::time_point d) {
         idx = ws->next_completed(d);
-        return idx != -1;
+        return idx != WaitSet::kTimedOut;
       },
       deadline);
   if (r < 0) return nullptr;
@@ -227,7 +227,7 @@ PyMethodDef wait_functions[] = {
     {"completion", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&raw_completion)), METH_FASTCALL,
      "completion(execs, notify=None) -> handle for completion_next; notify() after each completion"},
     {"completion_next", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&raw_completion_next)),
-     METH_FASTCALL, "completion_next(handle, timeout) -> index, or -2 when every member was returned"},
+     METH_FASTCALL, "completion_next(handle, timeout) -> index, or COMPLETION_EXHAUSTED when every member was returned"},
     {"combine", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&raw_combine)), METH_FASTCALL,
      "combine(execs, mode, finalizer, name) -> Execution"},
     {"promise", &raw_promise, METH_O, "promise(name) -> Execution finished by settle()"},

@@ -28,8 +28,8 @@ struct Submitter {
   PyObject* wait;            // False or True
   PyObject* engine;          // the Engine, or None for the default engine
   PyObject* default_engine;  // distaff._engine.default_engine
-  Py_ssize_t min_pos;        // positional calls with min_pos <= n <= max_pos need no check; -1: always check
-  Py_ssize_t max_pos;        // -1: no upper bound (*args)
+  Py_ssize_t min_pos;        // positional calls with min_pos <= n <= max_pos need no check; kNoBound: always check
+  Py_ssize_t max_pos;        // kNoBound: no upper bound (*args)
   int strip;                 // a workflow_id= keyword is distaff's, not the function's
 };
 
@@ -49,7 +49,7 @@ PyObject* submitter_call(PyObject* self_, PyObject* const* args, size_t nargsf, 
     }
   }
   if (self->check != Py_None &&
-      (nkw || self->min_pos < 0 || nargs < self->min_pos || (self->max_pos >= 0 && nargs > self->max_pos))) {
+      (nkw || self->min_pos == kNoBound || nargs < self->min_pos || (self->max_pos != kNoBound && nargs > self->max_pos))) {
     PyObject* ok = PyObject_Vectorcall(self->check, args, nargsf, kwnames);
     if (!ok) return nullptr;
     Py_DECREF(ok);

@@ -162,19 +162,19 @@ std::int64_t WaitSet::next_completed(Clock::time_point deadline) {
   {
     std::lock_guard<std::mutex> lk(s.mu);
     if (s.returned < s.order.size()) return s.order[s.returned++];
-    if (s.returned == s.n) return -2;
+    if (s.returned == s.n) return kExhausted;
   }
   InterruptWaker waker(&Shared::wake, &s);
-  if (waker.interrupted()) return -1;
+  if (waker.interrupted()) return kTimedOut;
   detail::SuspendScope suspend;
   std::unique_lock<std::mutex> lk(s.mu);
   while (s.returned == s.order.size()) {
-    if (waker.interrupted()) return -1;
+    if (waker.interrupted()) return kTimedOut;
     if (deadline == Clock::time_point::max()) {
       s.cv.wait(lk);
     } else if (s.cv.wait_until(lk, deadline) == boost::fibers::cv_status::timeout &&
                s.returned == s.order.size()) {
-      return -1;
+      return kTimedOut;
     }
   }
   return s.order[s.returned++];

@@ -473,7 +473,7 @@ def wait_on_loop_thread(execution, timeout):
     if loop is None:
         return None
     if timeout is not None:
-        _core.wait_set([], timeout, 0)  # validates the timeout exactly as the plain wait does
+        _core.wait_set([], timeout, _core.WaitFor.ALL_COMPLETED)  # validates the timeout exactly as the plain wait does
         deadline = time.monotonic() + timeout
     else:
         deadline = None
@@ -488,7 +488,8 @@ def wait_on_loop_thread(execution, timeout):
         left = None if deadline is None else deadline - time.monotonic()
         if left is not None and left <= 0:
             raise TimeoutError(f"execution {execution.id} ({execution.name}) did not finish within the timeout")
-        done, _ = _core.wait_set([execution], _WATCH_PERIOD if left is None else min(left, _WATCH_PERIOD), 0)
+        period = _WATCH_PERIOD if left is None else min(left, _WATCH_PERIOD)
+        done, _ = _core.wait_set([execution], period, _core.WaitFor.ALL_COMPLETED)
         if done:
             return True
 

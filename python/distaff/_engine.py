@@ -35,6 +35,12 @@ _routed: contextvars.ContextVar = contextvars.ContextVar("distaff_use_engine", d
 _routing = False
 
 
+
+def _cancel_level(cancel_pending: bool, cancel_running: bool) -> "_core.ShutdownCancel":
+    if cancel_running:
+        return _core.ShutdownCancel.RUNNING
+    return _core.ShutdownCancel.PENDING if cancel_pending else _core.ShutdownCancel.NONE
+
 class Engine(concurrent.futures.Executor):
     """A workflow engine: worker threads that run every execution as a fiber.
 
@@ -305,7 +311,7 @@ class Engine(concurrent.futures.Executor):
         if wait:
             _asyncio.cancel_stranded(self)  # bodies of a closed or stopped loop can never finish
             _asyncio.check_engine_wait(self, "Engine.shutdown(wait=True)")
-        cancel = 2 if cancel_running else 1 if cancel_pending else 0
+        cancel = _cancel_level(cancel_pending, cancel_running)
         try:
             _core.shutdown(self._capsule, wait, cancel)
         finally:
@@ -348,7 +354,7 @@ class Engine(concurrent.futures.Executor):
         if wait:
             _asyncio.check_self_wait(self, "await Engine.ashutdown()")
         _asyncio.cancel_stranded(self)
-        cancel = 2 if cancel_running else 1 if cancel_pending else 0
+        cancel = _cancel_level(cancel_pending, cancel_running)
         _core.shutdown(self._capsule, False, cancel)  # closes and cancels; does not wait
         self._closed = True
         if wait:
@@ -699,12 +705,13 @@ def _stop_engine_at_exit(capsule: Any, w: _ExitWait) -> None:
                 raise KeyboardInterrupt
             if announce and not w.cancelling:
                 announce = False
-                _core.shutdown(capsule, False, 0)  # closes first, as the full shutdown below does
+                _core.shutdown(capsule, False, _core.ShutdownCancel.NONE)  # closes first, as the full shutdown below does
                 if not _core.wait_idle(capsule, _EXIT_QUIET_S):
                     live = _core.engine_live(capsule)[0]
                     if live:
                         logger.warning("distaff: waiting for %d outstanding execution(s) before exit", live)
-            _core.shutdown(capsule, True, 2 if w.cancelling else 0)
+            cancel = _cancel_level(False, w.cancelling)
+            _core.shutdown(capsule, True, cancel)
             w.armed = False
             return
         except BaseException as e:  # noqa: B036 — Ctrl-C, or whatever a signal handler raised

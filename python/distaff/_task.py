@@ -20,6 +20,9 @@ from . import _validate as _v
 from ._errors import _note_failure
 
 _submit = _core.submit
+# Submit flags as plain ints: the submit path ORs them per call (an IntFlag operation costs more).
+_WORKFLOW = int(_core.SubmitFlag.WORKFLOW)
+_DETACHED = int(_core.SubmitFlag.DETACHED)
 _MISSING: Any = object()  # "called as @task()", distinct from an explicit (bad) None
 _engine_mod: Any = None  # distaff._engine, bound by distaff/__init__.py (import cycle)
 
@@ -60,8 +63,9 @@ def _make_checker(fn: Callable, name: str) -> Callable | None:
 
 def _positional_range(params: Any) -> tuple[int, int]:
     """(least, most) positional arguments a call may pass with no keywords and be certainly valid,
-    most -1 for *args; (-1, -1) when such a call still needs the full check (a required keyword-only
-    parameter). Calls of that shape skip the checker in the C submit (submitter.cpp)."""
+    most ``_core.NO_BOUND`` for *args; (NO_BOUND, NO_BOUND) when such a call still needs the full check
+    (a required keyword-only parameter). Calls of that shape skip the checker in the C submit
+    (submitter.cpp)."""
     P = inspect.Parameter
     least = most = 0
     unbounded = False
@@ -73,8 +77,8 @@ def _positional_range(params: Any) -> tuple[int, int]:
         elif p.kind is P.VAR_POSITIONAL:
             unbounded = True
         elif p.kind is P.KEYWORD_ONLY and p.default is P.empty:
-            return -1, -1
-    return least, -1 if unbounded else most
+            return _core.NO_BOUND, _core.NO_BOUND
+    return least, _core.NO_BOUND if unbounded else most
 
 
 def _parse_wait(wait: Any, fn: Callable) -> bool | tuple[str, ...]:
@@ -148,7 +152,7 @@ class Task:
         # A derived name is checked too: C code carries it (a NUL would cut it short there).
         self.name = _v.name(name or getattr(fn, "__qualname__", None) or type(fn).__qualname__, "name=")
         self.kind = kind
-        self._kind_flag = kind == "workflow"
+        self._kind_flag = _WORKFLOW if kind == "workflow" else 0
         self.resolve = _v.flag(resolve, "resolve=")
         self._wait = True if resolve else _parse_wait(wait, fn)
         self.is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
@@ -177,7 +181,7 @@ class Task:
             accepts = {}
         # A function with its own `workflow_id` parameter receives it (docs/concepts.md).
         self._strip_workflow_id = "workflow_id" not in accepts
-        self._positional_range = _positional_range(accepts) if self._check is not None else (-1, -1)
+        self._positional_range = _positional_range(accepts) if self._check is not None else (_core.NO_BOUND, _core.NO_BOUND)
         functools.update_wrapper(self, fn)
         self.submit = self._make_submit()
 
@@ -263,7 +267,7 @@ class Task:
         flags = self._kind_flag
         if options:
             timeout = options.get("timeout", timeout)
-            flags |= 2 if options.get("detached") else 0
+            flags |= _DETACHED if options.get("detached") else 0
             if workflow_id is None:
                 workflow_id = options.get("workflow_id")
         if timeout is not None:

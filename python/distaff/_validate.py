@@ -11,8 +11,8 @@ from typing import Any
 
 from . import _core
 
-# The kinds of parse_seconds (cpp/bindings/bindings.hpp, enum Seconds).
-WAIT, OPTION, LENGTH, CAP, DELAY, FACTOR = range(6)
+# The kinds of parse_seconds (cpp/bindings/bindings.hpp, enum Seconds), as plain ints: hot paths pass them.
+WAIT, OPTION, LENGTH, CAP, DELAY, FACTOR = (int(k) for k in _core.SecondsKind)
 _NO_LIMIT = 1e9  # seconds; from there on a wait has no deadline (kNoLimitSeconds)
 
 seconds = _core._seconds

@@ -16,7 +16,13 @@ Execution = _core.Execution
 FIRST_COMPLETED = "FIRST_COMPLETED"
 FIRST_EXCEPTION = "FIRST_EXCEPTION"
 ALL_COMPLETED = "ALL_COMPLETED"
-_MODES = {ALL_COMPLETED: 0, FIRST_COMPLETED: 1, FIRST_EXCEPTION: 2}
+_ALL = int(_core.WaitFor.ALL_COMPLETED)
+_EXHAUSTED = _core.COMPLETION_EXHAUSTED  # completion_next: every member was returned
+_MODES = {
+    ALL_COMPLETED: _ALL,
+    FIRST_COMPLETED: int(_core.WaitFor.FIRST_COMPLETED),
+    FIRST_EXCEPTION: int(_core.WaitFor.FIRST_EXCEPTION),
+}
 
 DoneAndNotDone = namedtuple("DoneAndNotDone", "done not_done")
 
@@ -67,7 +73,7 @@ def wait(execs: Iterable, timeout: float | None = None, return_when: str = ALL_C
     if _running_loop() is not None:
         return _wait_async(execs, timeout, mode)
     satisfied, _ = _core.wait_set(execs, timeout, mode)
-    if satisfied and mode == 0:  # ALL_COMPLETED reached: no per-member done() calls (bench/ W1)
+    if satisfied and mode == _ALL:  # ALL_COMPLETED reached: no per-member done() calls (bench/ W1)
         return DoneAndNotDone(set(execs), set())
     return _split(execs)
 
@@ -118,7 +124,7 @@ class _AsCompleted:
                 idx = _core.completion_next(handle, self._remaining())
             except TimeoutError:
                 raise TimeoutError(f"{len(self._execs) - returned} (of {len(self._execs)}) executions unfinished") from None
-            if idx == -2:
+            if idx == _EXHAUSTED:
                 return
             returned += 1
             yield self._execs[idx]

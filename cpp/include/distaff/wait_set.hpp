@@ -41,7 +41,10 @@ class WaitSet {
   bool wait_until(Clock::time_point deadline);
 
   // next_completed: the index of the next member in completion order not yet returned, waiting up
-  // to `deadline` for one. Returns -1 on timeout (or interrupt), -2 when every member was returned.
+  // to `deadline` for one. Returns kTimedOut on timeout (or interrupt), kExhausted when every member
+  // was returned.
+  static constexpr std::int64_t kTimedOut = -1;
+  static constexpr std::int64_t kExhausted = -2;
   std::int64_t next_completed(Clock::time_point deadline);
 
   // first_failed: the index of the first member, in completion order, that failed; -1 if none.
