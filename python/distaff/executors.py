@@ -432,7 +432,7 @@ class _Futures(_Windowed):
 
     def __init__(self, target: Any, name: str, local: bool) -> None:
         workers = getattr(target, "_max_workers", None)
-        super().__init__(target, name, max(32, 4 * workers) if isinstance(workers, int) else 64)
+        super().__init__(target, name, int(__import__("os").environ.get("DA_AHEAD", "0")) or (max(32, 4 * workers) if isinstance(workers, int) else 64))
         self.local = local
 
     def _start(self, job: Any) -> Any:

@@ -63,6 +63,12 @@ def pytest_runtest_protocol(item, nextitem):
     yield
     if item.get_closest_marker("holds_executions"):
         return
+    # pytest's log capture keeps the last phase's records (an unobserved failure logged with its
+    # exception, whose traceback holds frames) until the next test starts: the reports are made.
+    logging_plugin = item.config.pluginmanager.get_plugin("logging-plugin")
+    for handler in (getattr(logging_plugin, "caplog_handler", None), getattr(logging_plugin, "report_handler", None)):
+        if handler is not None:
+            handler.reset()
     now = _live_after_settling(before)
     if now > before:
         _leaks.append(f"{item.nodeid}: {now - before} execution record(s) still alive after the test")
