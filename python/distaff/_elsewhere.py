@@ -205,8 +205,10 @@ def _decode(outcome: Any, job: Job) -> tuple[bool, Any]:
         ok, data, type_name, message, tb, where = packed
         if job.me is not None:
             job.me._annotate("ran_on", where)
-        if ok:
-            return True, pickle.loads(data) if outcome.__class__ is bytes else data
+        if ok is True:
+            return True, data
+        if ok == _remote._NESTED:
+            return True, pickle.loads(data)
         exc = None
         if outcome.__class__ is not bytes:
             exc = data

@@ -17,6 +17,9 @@ import traceback
 from typing import Any
 
 _WHERE: str | None = None
+# A packed outcome is (ok, data, type_name, message, traceback, where): ok True with data the value
+# itself, _NESTED with data the value's own pickle (it needed cloudpickle), False for a failure.
+_NESTED = 2
 
 
 def dumps(obj: Any) -> bytes:
@@ -79,7 +82,15 @@ def run(payload: bytes) -> bytes:
     except BaseException as exc:  # noqa: BLE001 - every outcome goes back to the caller
         return _pack_error(exc, _format(exc))
     try:
-        return pickle.dumps((True, dumps(result), None, None, None, where()))
+        # One pickle for the common case (a value the standard pickler sends by value); the value
+        # pickled on its own (with cloudpickle's help, _NESTED) otherwise.
+        try:
+            out = pickle.dumps((True, result, None, None, None, where()), protocol=pickle.HIGHEST_PROTOCOL)
+            if b"__main__" not in out:
+                return out
+        except Exception:  # noqa: BLE001 - the standard pickler refused: cloudpickle below
+            pass
+        return pickle.dumps((_NESTED, dumps(result), None, None, None, where()), protocol=pickle.HIGHEST_PROTOCOL)
     except BaseException as exc:  # noqa: BLE001
         err = TypeError(f"the result ({type(result).__qualname__}) cannot be serialized: {exc}")
         return _pack_error(err, traceback.format_exc())

@@ -414,7 +414,8 @@ class _Windowed:
         try:
             job.report(outcome=outcome, error=error)
         finally:
-            self._pump()
+            if self._queue:  # a job waits for the window (a racing submit pumps by itself)
+                self._pump()
 
     # backend hooks
     def _start(self, job: Any) -> Any:
@@ -442,14 +443,15 @@ class _Futures(_Windowed):
 
     def _watch(self, job: Any, fut: Any) -> None:
         def done(f: Any) -> None:
-            if f.cancelled():
+            # One look at the finished future (each of cancelled/exception/result takes its lock).
+            try:
+                outcome = f.result(0)
+            except concurrent.futures.CancelledError:
                 self._finished(job, error=concurrent.futures.CancelledError())
-                return
-            exc = f.exception()
-            if exc is not None:
+            except BaseException as exc:  # noqa: BLE001 - the executor's own error (BrokenProcessPool...)
                 self._finished(job, error=exc)
             else:
-                self._finished(job, outcome=f.result())
+                self._finished(job, outcome=outcome)
 
         fut.add_done_callback(done)
 
