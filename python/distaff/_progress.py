@@ -526,8 +526,16 @@ class _Board:
             self.remove(e, "interpreter exiting")
 
 
+    def after_fork_in_child(self) -> None:
+        """The refresh thread is not in the child: the parent's displays are not the child's."""
+        self.lock = threading.RLock()
+        self.wake = threading.Event()
+        self.entries, self.renderer, self.file, self.thread = [], None, None, None
+
+
 _board = _Board()
 atexit.register(_board.shutdown)
+os.register_at_fork(after_in_child=_board.after_fork_in_child)
 
 
 def start(desc: str, source: Callable) -> Entry | None:
