@@ -434,22 +434,34 @@ class _Board:
             file = sys.stderr
             if file is None:
                 return None
-            if self.renderer is None or self.file is not file:
-                if self.renderer is not None:
-                    self._close_renderer()
+            if self.renderer is None:  # else displays are on: join them where they draw
                 self.renderer = _renderer(file)
                 self.file = file
             snap = entry.last = source()
             try:
                 self.renderer.add(entry, snap)
+                self.entries.append(entry)
                 self.renderer.flush()
-            except Exception:
-                self._broken()
-                return None
-            self.entries.append(entry)
-            if self.thread is None:
-                self.thread = threading.Thread(target=self._run, name="distaff-progress", daemon=True)
-                self.thread.start()
+                if self.thread is None:
+                    self.thread = threading.Thread(target=self._run, name="distaff-progress", daemon=True)
+                    self.thread.start()
+            except BaseException as exc:
+                # A renderer error drops the displays; Ctrl-C (or any BaseException) arriving here,
+                # before the caller's `with` took the entry, ends this display and goes on.
+                entry.closed = True
+                if isinstance(exc, Exception):
+                    self._broken()
+                    return None
+                if entry in self.entries:
+                    self.entries.remove(entry)
+                try:  # its first line may be out already
+                    self.renderer.finish(entry, snap, outcome_of(exc))
+                    self.renderer.flush()
+                    if not self.entries:
+                        self._close_renderer()
+                except Exception:
+                    self._broken()
+                raise
         return entry
 
     def remove(self, entry: Entry, outcome: str) -> None:

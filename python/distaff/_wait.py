@@ -126,9 +126,6 @@ class _AsCompleted:
         self._timeout = timeout
         self._deadline = None if timeout is None else time.monotonic() + timeout
 
-    def _remaining(self) -> float | None:
-        return None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
-
     def __iter__(self):
         return self
 
@@ -141,61 +138,71 @@ class _AsCompleted:
         return next(it)
 
     def _sync_iter(self):
+        # The generators take what they need, not self: an iterator dropped mid-way (a `break`)
+        # is then freed at once, and its `finally` (the progress display's end) runs at once too.
         if self._progress:
-            with _progress.track(self._execs, "as_completed"):
-                yield from self._sync_iter_impl()
-        else:
-            yield from self._sync_iter_impl()
-
-    def _sync_iter_impl(self):
-        if _running_loop() is not None:  # a blocking iteration on a loop thread: refused if it needs the loop
-            from ._asyncio import check_members_wait
-
-            check_members_wait(self._execs, "iterating as_completed(...) with a plain for", "use `async for`")
-        handle = _core.completion(self._execs)
-        returned = 0
-        while True:
-            try:
-                idx = _core.completion_next(handle, self._remaining())
-            except TimeoutError:
-                raise TimeoutError(f"{len(self._execs) - returned} (of {len(self._execs)}) executions unfinished") from None
-            if idx == -2:
-                return
-            returned += 1
-            yield self._execs[idx]
-
-    async def __aiter_progress(self):
-        with _progress.track(self._execs, "as_completed"):
-            async for e in self.__aiter_impl():
-                yield e
-
-    async def __aiter_impl(self):
-        # One C++ wait-set, one notify callable: each completion wakes the loop through the batched
-        # inbox (no per-member Python callbacks); the iterator drains in completion order.
-        from ._asyncio import _inbox_for
-
-        loop = asyncio.get_running_loop()
-        inbox = _inbox_for(loop)
-        wakeup = asyncio.Event()
-        handle = _core.completion(self._execs, lambda: inbox.post_call(_set_event, wakeup))
-        for n in range(len(self._execs)):
-            while True:
-                wakeup.clear()
-                try:
-                    idx = _core.completion_next(handle, 0)
-                    break
-                except TimeoutError:
-                    pass
-                try:
-                    await asyncio.wait_for(wakeup.wait(), self._remaining())
-                except asyncio.TimeoutError:
-                    raise TimeoutError(f"{len(self._execs) - n} (of {len(self._execs)}) executions unfinished") from None
-            yield self._execs[idx]
+            return _sync_iter_progress(self._execs, self._deadline)
+        return _sync_iter(self._execs, self._deadline)
 
     def __aiter__(self):
         if self._progress:
-            return self.__aiter_progress()
-        return self.__aiter_impl()
+            return _aiter_progress(self._execs, self._deadline)
+        return _aiter(self._execs, self._deadline)
+
+
+async def _aiter_progress(execs: list, deadline: float | None):
+    with _progress.track(execs, "as_completed"):
+        async for e in _aiter(execs, deadline):
+            yield e
+
+
+async def _aiter(execs: list, deadline: float | None):
+    # One C++ wait-set, one notify callable: each completion wakes the loop through the batched
+    # inbox (no per-member Python callbacks); the iterator drains in completion order.
+    from ._asyncio import _inbox_for
+
+    loop = asyncio.get_running_loop()
+    inbox = _inbox_for(loop)
+    wakeup = asyncio.Event()
+    handle = _core.completion(execs, lambda: inbox.post_call(_set_event, wakeup))
+    for n in range(len(execs)):
+        while True:
+            wakeup.clear()
+            try:
+                idx = _core.completion_next(handle, 0)
+                break
+            except TimeoutError:
+                pass
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                await asyncio.wait_for(wakeup.wait(), remaining)
+            except asyncio.TimeoutError:
+                raise TimeoutError(f"{len(execs) - n} (of {len(execs)}) executions unfinished") from None
+        yield execs[idx]
+
+
+def _sync_iter_progress(execs: list, deadline: float | None):
+    with _progress.track(execs, "as_completed"):
+        yield from _sync_iter(execs, deadline)
+
+
+def _sync_iter(execs: list, deadline: float | None):
+    if _running_loop() is not None:  # a blocking iteration on a loop thread: refused if it needs the loop
+        from ._asyncio import check_members_wait
+
+        check_members_wait(execs, "iterating as_completed(...) with a plain for", "use `async for`")
+    handle = _core.completion(execs)
+    returned = 0
+    while True:
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            idx = _core.completion_next(handle, remaining)
+        except TimeoutError:
+            raise TimeoutError(f"{len(execs) - returned} (of {len(execs)}) executions unfinished") from None
+        if idx == -2:
+            return
+        returned += 1
+        yield execs[idx]
 
 
 def _set_event(event: asyncio.Event) -> None:
