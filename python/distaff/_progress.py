@@ -244,7 +244,7 @@ class PlainBar:
     def _bar(self, entry: "Entry", snap: Snapshot, outcome: str | None) -> str:
         width = shutil.get_terminal_size((80, 24)).columns
         text = _text(entry, snap, outcome)
-        bar_width = max(10, min(40, width - len(text) - 4))
+        bar_width = max(10, min(30, width // 4))  # one width for every row: the bars line up
         filled = bar_width if snap.total and snap.done >= snap.total else (bar_width * snap.done // snap.total if snap.total else 0)
         line = f"[{'#' * filled}{'.' * (bar_width - filled)}] {text}"
         return line[: width - 1]
