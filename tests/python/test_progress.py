@@ -395,6 +395,19 @@ def test_tty_tqdm_bar_when_asked_for_and_when_rich_is_missing():
         assert "━" not in out and "after True" in out
 
 
+def test_tty_naming_a_renderer_that_is_not_installed_fails_at_the_call():
+    code = """
+        try:
+            distaff.wait([distaff.task(int).submit()], progress=True)
+        except RuntimeError as e:
+            print("refused:", e)
+    """
+    for name in ("rich", "tqdm"):
+        rc, out = run_in_pty(code, {"DISTAFF_PROGRESS": name}, prefix=BLOCK_RICH_TQDM)
+        assert rc == 0, out
+        assert f"refused: DISTAFF_PROGRESS={name} but {name} is not installed (pip install {name})" in out
+
+
 def test_tty_two_displays_at_once_share_the_terminal():
     """distaff.progress() around a wait(progress=True): two rows, both finished in the end."""
     code = """
