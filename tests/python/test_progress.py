@@ -251,6 +251,27 @@ def test_a_display_still_open_at_exit_does_not_hold_the_program():
     assert finals in (["interpreter exiting"], ["done"])
 
 
+def test_progress_in_a_task_body_and_a_stderr_that_cannot_be_written():
+    res = _ok(_run("""
+        @distaff.workflow
+        def parent(n):
+            kids = [distaff.task(abs).submit(-i) for i in range(n)]
+            done, _ = distaff.wait(kids, progress=True)
+            return distaff.gather(*kids, progress=True).result()
+        print(parent(5), progress_threads_end())
+        closed = open(os.devnull, "w")
+        closed.close()
+        sys.stderr = closed   # every write raises ValueError: the display goes quiet
+        print(distaff.wait([distaff.task(abs).submit(-3)], progress=True)[0].pop().result())
+        with distaff.progress() as p:
+            pass
+        print(parent(3), progress_threads_end())
+    """))
+    assert res.stdout.splitlines() == ["[0, 1, 2, 3, 4] True", "3", "[0, 1, 2] True"]
+    finals = [(m["desc"], m["done"], m["outcome"]) for m in _lines(res.stderr) if m["outcome"]]
+    assert finals == [("wait", "5", "done"), ("gather", "5", "done")]
+
+
 def test_asyncio_wait_and_async_for_with_progress():
     res = _ok(_run("""
         import asyncio
