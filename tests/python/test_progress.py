@@ -470,6 +470,22 @@ def test_progress_off_touches_nothing(engine, monkeypatch):
     assert "distaff-progress" not in {t.name for t in threading.enumerate()} - before
 
 
+def test_progress_off_imports_and_starts_nothing_in_a_fresh_interpreter():
+    res = _ok(run_python("""
+        import sys, threading
+        import distaff
+        xs = [distaff.task(abs).submit(-i) for i in range(100)]
+        distaff.wait(xs)
+        list(distaff.as_completed(xs))
+        distaff.gather(*xs).result()
+        distaff.join(a=xs[0], progress=False).result()
+        print(sorted(m for m in ("rich", "tqdm") if m in sys.modules),
+              [t.name for t in threading.enumerate() if t.name == "distaff-progress"],
+              distaff._progress._board.entries, distaff._progress._board.renderer)
+    """))
+    assert res.stdout.split() == ["[]", "[]", "[]", "None"], res.stdout
+
+
 def test_progress_false_or_none_is_off_and_anything_else_is_refused(engine, monkeypatch):
     noop = engine.task()(lambda: 1)
     x = noop.submit()
