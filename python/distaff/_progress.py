@@ -5,9 +5,10 @@ Off (the default) nothing here runs: the wait functions test one ``is not False`
 On, every display is an entry of one board: one daemon thread refreshes every active entry
 (counting is a poll of the members' ``done()``, incremental: only unfinished ones are looked at
 again), and the entry's own code path ends it — the wait returning or raising (timeout, Ctrl-C,
-any exception), an ``as_completed`` iteration ending or its iterator dropped, a ``gather``/``join``
-handle finishing, all members done — so a display never outlives what it shows, and never holds
-up the program: the thread is a daemon and the board is closed at interpreter exit.
+any exception), an ``as_completed`` iteration ending or its iterator dropped (or, kept unconsumed,
+all its members done), a ``gather``/``join`` handle finishing — so a display never outlives what
+it shows, and never holds up the program: the thread is a daemon and the board is closed at
+interpreter exit.
 
 Where it draws: stderr. On a terminal a live bar — rich's when rich is installed, else tqdm's,
 else a plain one of distaff's own (``DISTAFF_PROGRESS=rich|tqdm|plain|auto|off`` picks; ``off``
@@ -91,6 +92,9 @@ class Snapshot:
             parts.append(f"{self.pending} pending")
         return ", ".join(parts)
 
+    def key(self) -> tuple:
+        return (self.done, self.total, self.failed, self.cancelled, self.running, self.pending)
+
     def as_dict(self) -> dict:
         d = {"done": self.done, "total": self.total, "failed": self.failed, "cancelled": self.cancelled}
         if self.running is not None:
@@ -101,9 +105,13 @@ class Snapshot:
 
 
 class Members:
-    """Counts a fixed list of executions; each finished one is looked at once."""
+    """Counts a fixed list of executions; each finished one is looked at once. ``end_when_done``:
+    the display ends by itself once every member finished (an ``as_completed`` iterator someone
+    keeps unconsumed); otherwise its owner ends it, with its own word for how (a gather that
+    failed, a wait that timed out)."""
 
-    def __init__(self, execs: list) -> None:
+    def __init__(self, execs: list, end_when_done: bool = False) -> None:
+        self.end_when_done = end_when_done
         self.total = len(execs)
         self.pending = list(execs)
         self.failed = 0
@@ -124,7 +132,7 @@ class Members:
         return Snapshot(self.total - len(still), self.total, self.failed, self.cancelled)
 
     def all_done(self, snap: Snapshot) -> bool:
-        return snap.done == snap.total
+        return self.end_when_done and snap.done == snap.total
 
 
 class EngineCounts:
@@ -206,12 +214,12 @@ class LinesRenderer:
         self.interval = _lines_interval()
 
     def add(self, entry: "Entry", snap: Snapshot) -> None:
-        entry.last_line = (snap.done, snap.total, snap.failed, snap.cancelled)
+        entry.last_line = snap.key()
         entry.last_time = time.monotonic()
         self._write(entry, snap, None)
 
     def update(self, entry: "Entry", snap: Snapshot) -> None:
-        key = (snap.done, snap.total, snap.failed, snap.cancelled)
+        key = snap.key()
         now = time.monotonic()
         if key != entry.last_line and now - entry.last_time >= self.interval:
             entry.last_line, entry.last_time = key, now
@@ -573,15 +581,15 @@ def outcome_of(exc: BaseException | None) -> str:
 class track:  # noqa: N801 - a context manager used like a function
     """``with track(execs, "wait"):`` — a display over ``execs`` for the block."""
 
-    __slots__ = ("entry", "desc", "execs", "outcome")
+    __slots__ = ("entry", "desc", "execs", "outcome", "end_when_done")
 
-    def __init__(self, execs: list, desc: str) -> None:
-        self.execs, self.desc = execs, desc
+    def __init__(self, execs: list, desc: str, end_when_done: bool = False) -> None:
+        self.execs, self.desc, self.end_when_done = execs, desc, end_when_done
         self.entry = None
         self.outcome = "done"  # the block's own word for a normal end ("timed out", "first completed")
 
     def __enter__(self) -> "track":
-        self.entry = start(self.desc, Members(self.execs))
+        self.entry = start(self.desc, Members(self.execs, self.end_when_done))
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:

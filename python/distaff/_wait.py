@@ -151,7 +151,7 @@ class _AsCompleted:
 
 
 async def _aiter_progress(execs: list, deadline: float | None):
-    with _progress.track(execs, "as_completed"):
+    with _progress.track(execs, "as_completed", end_when_done=True):
         async for e in _aiter(execs, deadline):
             yield e
 
@@ -182,7 +182,7 @@ async def _aiter(execs: list, deadline: float | None):
 
 
 def _sync_iter_progress(execs: list, deadline: float | None):
-    with _progress.track(execs, "as_completed"):
+    with _progress.track(execs, "as_completed", end_when_done=True):
         yield from _sync_iter(execs, deadline)
 
 

@@ -283,12 +283,15 @@ def test_asyncio_wait_and_async_for_with_progress():
             n = 0
             async for _ in distaff.as_completed(xs, progress=True):
                 n += 1
-            return len(done), n
+            async with distaff.progress() as p:
+                await distaff.gather(gated.submit(0, gates[0]), progress=True)
+            return len(done), n, p.snapshot()["done"]
         print(asyncio.run(main()), progress_threads_end())
     """))
-    assert res.stdout.split() == ["(2,", "2)", "True"]
+    assert res.stdout.split() == ["(2,", "2,", "1)", "True"]
     finals = [(m["desc"], m["done"], m["outcome"]) for m in _lines(res.stderr) if m["outcome"]]
-    assert finals == [("wait", "2", "done"), ("as_completed", "2", "done")]
+    assert finals == [("wait", "2", "done"), ("as_completed", "2", "done"), ("gather", "1", "done"),
+                      ("engine", "1", "done")]
 
 
 def test_progress_context_manager_lines_for_a_workflow_and_the_engine():
