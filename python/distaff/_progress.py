@@ -44,7 +44,7 @@ def wanted(progress: Any, what: str) -> bool:
     if progress is None or progress is False:
         return False
     hint = ""
-    if isinstance(progress, _core.Execution):
+    if what == "join" and isinstance(progress, _core.Execution):
         hint = " (progress= is join()'s own option: give that member another name)"
     raise TypeError(f"{what}(progress=) must be True or False, not {type(progress).__name__}{hint}")
 
