@@ -4,10 +4,10 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
 BUILD  ?= build/core
-SYSTEM_PACKAGES = libboost-fiber-dev libboost-context-dev libgtest-dev cmake ninja-build g++
+SYSTEM_PACKAGES = libboost-fiber-dev libboost-context-dev libgtest-dev cmake ninja-build g++ graphviz
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test test-cpp test-python test-versions sanitize sanitize-python bench bench-quick deps install clean
+.PHONY: demo test test-cpp test-python test-versions sanitize sanitize-python bench bench-quick bench-progress deps install clean
 
 deps:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -109,6 +109,12 @@ bench: deps $(BENCH_PY)
 # A smoke subset (must finish, not meet a number): run by CI after `make test`.
 bench-quick: install
 	$(PY) bench/run.py --quick
+	$(PY) bench/progress_overhead.py --quick --json build/progress-quick.json
+
+# progress=False costs nothing: W1 over 100k executions, with and without the argument, in one run
+# (writes bench/results/progress.json; docs/observability.md quotes it).
+bench-progress: install
+	$(PY) bench/progress_overhead.py
 
 clean:
 	rm -rf build $(VENV) .venv-3.* .venv-asan

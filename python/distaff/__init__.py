@@ -22,7 +22,9 @@ from ._errors import (
     TimeoutError,
     WorkerLostError,
 )
+from ._progress import progress
 from ._sync import Event, Lock, Semaphore
+from ._viz import to_dot, to_mermaid
 from ._task import RESERVED_KWARGS, RetryPolicy, Task, task, workflow
 from ._wait import (
     ALL_COMPLETED,
@@ -105,7 +107,10 @@ __all__ = [
     "default_engine",
     "shutdown",
     "sleep",
+    "progress",
     "task",
+    "to_dot",
+    "to_mermaid",
     "use_engine",
     "workflow",
     "executors",

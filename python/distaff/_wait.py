@@ -8,7 +8,7 @@ import time
 from collections import namedtuple
 from typing import Any, Iterable
 
-from . import _core, _validate
+from . import _core, _progress, _validate
 from ._errors import CancelledError, DependencyError
 
 Execution = _core.Execution
@@ -17,11 +17,12 @@ FIRST_COMPLETED = "FIRST_COMPLETED"
 FIRST_EXCEPTION = "FIRST_EXCEPTION"
 ALL_COMPLETED = "ALL_COMPLETED"
 _ALL = int(_core.WaitFor.ALL_COMPLETED)
+_FIRST_EXCEPTION = int(_core.WaitFor.FIRST_EXCEPTION)
 _EXHAUSTED = _core.COMPLETION_EXHAUSTED  # completion_next: every member was returned
 _MODES = {
     ALL_COMPLETED: _ALL,
     FIRST_COMPLETED: int(_core.WaitFor.FIRST_COMPLETED),
-    FIRST_EXCEPTION: int(_core.WaitFor.FIRST_EXCEPTION),
+    FIRST_EXCEPTION: _FIRST_EXCEPTION,
 }
 
 DoneAndNotDone = namedtuple("DoneAndNotDone", "done not_done")
@@ -61,21 +62,54 @@ def _split(execs: list) -> DoneAndNotDone:
     return DoneAndNotDone(done, {e for e in execs if e not in done})
 
 
-def wait(execs: Iterable, timeout: float | None = None, return_when: str = ALL_COMPLETED):
+def wait(execs: Iterable, timeout: float | None = None, return_when: str = ALL_COMPLETED, *, progress: bool = False):
     """Waits for executions like ``concurrent.futures.wait``; returns ``(done, not_done)`` sets.
 
     Suspends a fiber, blocks a thread; inside a running asyncio loop it returns an awaitable
     instead (``done, pending = await distaff.wait(execs)``), never blocking the loop.
+    ``progress=True``: a live display of how many are done on stderr while it waits
+    (docs/observability.md, "Progress").
     """
     execs = _executions(execs, "wait")
     mode = _mode(return_when)
     timeout = _wait_timeout(timeout)
+    if progress is not False and _progress.wanted(progress, "wait"):
+        if _running_loop() is not None:
+            return _wait_async_progress(execs, timeout, mode)
+        with _progress.track(execs, "wait") as shown:
+            out = _wait_sync(execs, timeout, mode)
+            shown.outcome = _wait_outcome(out, mode)
+            return out
     if _running_loop() is not None:
         return _wait_async(execs, timeout, mode)
     satisfied, _ = _core.wait_set(execs, timeout, mode)
     if satisfied and mode == _ALL:  # ALL_COMPLETED reached: no per-member done() calls (bench/ W1)
         return DoneAndNotDone(set(execs), set())
     return _split(execs)
+
+
+def _wait_sync(execs: list, timeout: float | None, mode: int) -> DoneAndNotDone:
+    satisfied, _ = _core.wait_set(execs, timeout, mode)
+    if satisfied and mode == _ALL:
+        return DoneAndNotDone(set(execs), set())
+    return _split(execs)
+
+
+async def _wait_async_progress(execs: list, timeout: float | None, mode: int):
+    with _progress.track(execs, "wait") as shown:
+        out = await _wait_async(execs, timeout, mode)
+        shown.outcome = _wait_outcome(out, mode)
+        return out
+
+
+def _wait_outcome(out: DoneAndNotDone, mode: int) -> str:
+    if not out.not_done:
+        return "done"
+    if mode == 1 and out.done:
+        return "first completed"
+    if mode == 2 and any(not e.cancelled() and e.exception() is not None for e in out.done):
+        return "first exception"
+    return "timed out"
 
 
 async def _wait_async(execs: list, timeout: float | None, mode: int):
@@ -92,14 +126,12 @@ def _noop(members: list) -> None:
 class _AsCompleted:
     """Iterates executions in completion order: ``for`` in sync code, ``async for`` in a loop."""
 
-    def __init__(self, execs: list, timeout: float | None) -> None:
+    def __init__(self, execs: list, timeout: float | None, progress: bool = False) -> None:
         self._execs = execs
+        self._progress = progress
         timeout = _wait_timeout(timeout)
         self._timeout = timeout
         self._deadline = None if timeout is None else time.monotonic() + timeout
-
-    def _remaining(self) -> float | None:
-        return None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
 
     def __iter__(self):
         return self
@@ -113,66 +145,94 @@ class _AsCompleted:
         return next(it)
 
     def _sync_iter(self):
-        if _running_loop() is not None:  # a blocking iteration on a loop thread: refused if it needs the loop
-            from ._asyncio import check_members_wait
-
-            check_members_wait(self._execs, "iterating as_completed(...) with a plain for", "use `async for`")
-        handle = _core.completion(self._execs)
-        returned = 0
-        while True:
-            try:
-                idx = _core.completion_next(handle, self._remaining())
-            except TimeoutError:
-                raise TimeoutError(f"{len(self._execs) - returned} (of {len(self._execs)}) executions unfinished") from None
-            if idx == _EXHAUSTED:
-                return
-            returned += 1
-            yield self._execs[idx]
-
-    async def __aiter_impl(self):
-        # One C++ wait-set, one notify callable: each completion wakes the loop through the batched
-        # inbox (no per-member Python callbacks); the iterator drains in completion order.
-        from ._asyncio import _inbox_for
-
-        loop = asyncio.get_running_loop()
-        inbox = _inbox_for(loop)
-        wakeup = asyncio.Event()
-        handle = _core.completion(self._execs, lambda: inbox.post_call(_set_event, wakeup))
-        for n in range(len(self._execs)):
-            while True:
-                wakeup.clear()
-                try:
-                    idx = _core.completion_next(handle, 0)
-                    break
-                except TimeoutError:
-                    pass
-                try:
-                    await asyncio.wait_for(wakeup.wait(), self._remaining())
-                except asyncio.TimeoutError:
-                    raise TimeoutError(f"{len(self._execs) - n} (of {len(self._execs)}) executions unfinished") from None
-            yield self._execs[idx]
+        # The generators take what they need, not self: an iterator dropped mid-way (a `break`)
+        # is then freed at once, and its `finally` (the progress display's end) runs at once too.
+        if self._progress:
+            return _sync_iter_progress(self._execs, self._deadline)
+        return _sync_iter(self._execs, self._deadline)
 
     def __aiter__(self):
-        return self.__aiter_impl()
+        if self._progress:
+            return _aiter_progress(self._execs, self._deadline)
+        return _aiter(self._execs, self._deadline)
+
+
+async def _aiter_progress(execs: list, deadline: float | None):
+    with _progress.track(execs, "as_completed", end_when_done=True):
+        async for e in _aiter(execs, deadline):
+            yield e
+
+
+async def _aiter(execs: list, deadline: float | None):
+    # One C++ wait-set, one notify callable: each completion wakes the loop through the batched
+    # inbox (no per-member Python callbacks); the iterator drains in completion order.
+    from ._asyncio import _inbox_for
+
+    loop = asyncio.get_running_loop()
+    inbox = _inbox_for(loop)
+    wakeup = asyncio.Event()
+    handle = _core.completion(execs, lambda: inbox.post_call(_set_event, wakeup))
+    for n in range(len(execs)):
+        while True:
+            wakeup.clear()
+            try:
+                idx = _core.completion_next(handle, 0)
+                break
+            except TimeoutError:
+                pass
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                await asyncio.wait_for(wakeup.wait(), remaining)
+            except asyncio.TimeoutError:
+                raise TimeoutError(f"{len(execs) - n} (of {len(execs)}) executions unfinished") from None
+        yield execs[idx]
+
+
+def _sync_iter_progress(execs: list, deadline: float | None):
+    with _progress.track(execs, "as_completed", end_when_done=True):
+        yield from _sync_iter(execs, deadline)
+
+
+def _sync_iter(execs: list, deadline: float | None):
+    if _running_loop() is not None:  # a blocking iteration on a loop thread: refused if it needs the loop
+        from ._asyncio import check_members_wait
+
+        check_members_wait(execs, "iterating as_completed(...) with a plain for", "use `async for`")
+    handle = _core.completion(execs)
+    returned = 0
+    while True:
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            idx = _core.completion_next(handle, remaining)
+        except TimeoutError:
+            raise TimeoutError(f"{len(execs) - returned} (of {len(execs)}) executions unfinished") from None
+        if idx == _EXHAUSTED:
+            return
+        returned += 1
+        yield execs[idx]
 
 
 def _set_event(event: asyncio.Event) -> None:
     event.set()
 
 
-def as_completed(execs: Iterable, timeout: float | None = None) -> _AsCompleted:
+def as_completed(execs: Iterable, timeout: float | None = None, *, progress: bool = False) -> _AsCompleted:
     """Yields executions as they finish (``for`` or ``async for``). TimeoutError when ``timeout``
-    seconds after the call some are still unfinished."""
-    return _AsCompleted(_executions(execs, "as_completed"), timeout)
+    seconds after the call some are still unfinished. ``progress=True``: a live display of how
+    many have finished while the iteration runs (docs/observability.md, "Progress")."""
+    execs = _executions(execs, "as_completed")
+    return _AsCompleted(execs, timeout, progress is not False and _progress.wanted(progress, "as_completed"))
 
 
-def gather(*execs: Execution, return_exceptions: bool = False) -> Execution:
+def gather(*execs: Execution, return_exceptions: bool = False, progress: bool = False) -> Execution:
     """An Execution whose result is the list of the members' results, in argument order.
 
     Awaitable and with ``.result()`` like any Execution (and usable as a dependency). Without
     ``return_exceptions`` it fails as soon as a member fails, with that member's exception;
-    with it, failed members contribute their exception instead of a value.
+    with it, failed members contribute their exception instead of a value. ``progress=True``: a
+    live display of how many members are done until the handle finishes (docs/observability.md).
     """
+    show = progress is not False and _progress.wanted(progress, "gather")
     members = list(execs)
     for e in members:
         if not isinstance(e, Execution):
@@ -186,8 +246,10 @@ def gather(*execs: Execution, return_exceptions: bool = False) -> Execution:
                 raise m.exception()
         return [m.result() for m in ms]
 
-    handle = _core.combine(members, 0 if return_exceptions else 2, finish, "gather")
+    handle = _core.combine(members, _ALL if return_exceptions else _FIRST_EXCEPTION, finish, "gather")
     _link_cancellation(handle, members, member_cancels=not return_exceptions)
+    if show:
+        _progress.track_handle(handle, members, "gather")
     return handle
 
 
@@ -223,13 +285,16 @@ def _outcome_or_exception(m: Execution) -> Any:
     return exc if exc is not None else m.result()
 
 
-def join(*, missing: Any = _RAISE, **named: Execution) -> Execution:
+def join(*, missing: Any = _RAISE, progress: bool = False, **named: Execution) -> Execution:
     """An Execution whose result is a dict of the named members' results (WebPipe's ``join``).
 
     ``join(users=e1, posts=e2).result() == {"users": ..., "posts": ...}``. A failed member makes
     the join fail with :class:`JoinError` naming it. A cancelled or skipped member (one whose
     ``wait=`` dependency failed) raises too, unless ``missing=`` is given: then it maps to that value.
+    ``progress=True``: a live display of how many members are done until the join finishes
+    (``missing`` and ``progress`` are join's own options, not member names).
     """
+    show = progress is not False and _progress.wanted(progress, "join")
     if not named:
         raise TypeError("join() needs at least one named Execution: join(users=ex1, posts=ex2)")
     for name, e in named.items():
@@ -263,6 +328,8 @@ def join(*, missing: Any = _RAISE, **named: Execution) -> Execution:
 
     # With missing=..., a skipped member must not end the join early: wait for every member.
     members = list(named.values())
-    handle = _core.combine(members, 0 if missing is not _RAISE else 2, finish, "join")
+    handle = _core.combine(members, _ALL if missing is not _RAISE else _FIRST_EXCEPTION, finish, "join")
     _link_cancellation(handle, members, member_cancels=False)
+    if show:
+        _progress.track_handle(handle, members, "join")
     return handle

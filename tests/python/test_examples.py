@@ -81,6 +81,20 @@ KEY_LINES = {
         "description executor: dask",
         "client still running after the engine's shutdown: True",
     ],
+    "docs/examples/graph_pictures.py": [
+        "merged: ['rows from a', 'rows from c']",
+        "digraph distaff {",
+        'n3 [label="fetch  #3\\nfailed\\nConnectionError: source \'b\' is down"',
+        "flowchart TD",
+        "    n2 --> n5",
+        "dot drew a PNG: True",
+    ],
+    "docs/examples/progress.py": [
+        "wait: 40 done, 0 not done",
+        "as_completed: 40 in completion order",
+        "join: {'first': 0, 'last': 1521}",
+        "progress(): {'done': 10, 'total': 10, 'failed': 0, 'cancelled': 0, 'running': 0, 'pending': 0}",
+    ],
     "docs/examples/executors_ray.py": [
         "ray results: [1, 2, 3, 4, 5]",
         "IndexError from Ray keeps its type: True",
