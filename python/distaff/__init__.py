@@ -25,7 +25,8 @@ from ._errors import (
 from ._progress import progress
 from ._sync import Event, Lock, Semaphore
 from ._viz import to_dot, to_mermaid
-from ._task import RESERVED_KWARGS, RetryPolicy, Task, task, workflow
+from ._retry import RetryPolicy
+from ._task import RESERVED_KWARGS, Task, task, workflow
 from ._wait import (
     ALL_COMPLETED,
     FIRST_COMPLETED,
@@ -36,10 +37,7 @@ from ._wait import (
     join,
     wait,
 )
-from . import _asyncio, _engine, _errors, _imports, executors
-from . import _task as _task_mod
-
-_task_mod._engine_mod = _engine
+from . import _asyncio, _errors, _imports, executors
 
 _core._set_hooks(_asyncio.await_execution, _errors.log_callback_error, _asyncio.wait_on_loop_thread)
 _imports.install()  # importlib's module locks per fiber, not per worker thread (docs/limits.md)

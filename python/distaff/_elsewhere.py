@@ -28,10 +28,9 @@ import time
 from typing import Any, Callable
 
 from . import _core, _remote
+from ._arguments import _resolve_value
 from ._errors import ShutdownError
-
-_resolve_value: Any = None  # _task._resolve_value, bound by _task (import cycle)
-_record_attempt: Any = None  # _task._record_attempt, likewise
+from ._retry import _record_attempt
 
 
 class Job:

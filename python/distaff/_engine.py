@@ -477,7 +477,7 @@ class WorkflowScope:
 
     def __init__(self, engine: Engine, workflow_id: str | None, cancel_on_error: bool) -> None:
         _validate.workflow_id(workflow_id)
-        from ._task import _new_workflow_id
+        from ._scopes import _new_workflow_id
 
         self.engine = engine
         self.workflow_id = workflow_id or _new_workflow_id()

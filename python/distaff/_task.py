@@ -5,106 +5,31 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
-import itertools
-import math
-import os
-import random
-import secrets
 import sys
-import weakref
 from typing import Any, Callable, Iterable
 
-from . import _asyncio as _asyncio_mod
 from . import _core, _elsewhere, _sync
+from . import _engine as _engine_mod  # a cycle (_engine imports this module): used at call time only
 from . import _validate as _v
-from ._errors import _note_failure
+from ._arguments import _resolving, _scan_executions
+from ._async_body import _AsyncBody, _bind_to_submitting_loop
+from ._retry import RetryPolicy, _retrying, _retrying_async
+from ._scopes import _new_workflow_id
+from ._signature import _check_fallback, _make_checker, _parse_wait, _positional_range
 
 _submit = _core.submit
 # Submit flags as plain ints: the submit path ORs them per call (an IntFlag operation costs more).
 _WORKFLOW = int(_core.SubmitFlag.WORKFLOW)
 _DETACHED = int(_core.SubmitFlag.DETACHED)
 _MISSING: Any = object()  # "called as @task()", distinct from an explicit (bad) None
-_engine_mod: Any = None  # distaff._engine, bound by distaff/__init__.py (import cycle)
 
 # Keyword names distaff reserves in a call: stripped before the body sees its kwargs.
 # A function with a parameter of one of these names still receives it; see docs/concepts.md.
-RESERVED_KWARGS = ("workflow_id",)
+# (One so far: the C submit strips it too, submitter.cpp.)
+_WORKFLOW_ID = "workflow_id"
+RESERVED_KWARGS = (_WORKFLOW_ID,)
 
 _get_running_loop = asyncio._get_running_loop  # C-level, no exception when there is no loop
-
-
-def _make_checker(fn: Callable, name: str) -> Callable | None:
-    """A function with ``fn``'s parameters and an empty body: calling it checks arguments exactly.
-
-    Built once at decoration, so a bad call fails in the caller at submit time with Python's own
-    TypeError ("load_user() missing 1 required positional argument: 'uid'") at ~60 ns a call,
-    instead of inspect.Signature.bind's ~2 µs.
-    """
-    try:
-        sig = inspect.signature(fn)
-    except (TypeError, ValueError):
-        return None  # builtins and C callables without a signature are checked when called
-    params = []
-    for p in sig.parameters.values():
-        p = p.replace(annotation=inspect.Parameter.empty)
-        if p.default is not inspect.Parameter.empty:
-            p = p.replace(default=None)
-        params.append(p)
-    src_sig = str(sig.replace(parameters=params, return_annotation=inspect.Signature.empty))
-    ns: dict[str, Any] = {}
-    exec(f"def _check{src_sig}: pass", ns)  # noqa: S102 - parameters come from a real signature
-    check = ns["_check"]
-    # Python names the function in argument errors by its __qualname__: make it the task's.
-    check.__code__ = check.__code__.replace(co_name=name.rpartition(".")[2], co_qualname=name)
-    check.__name__ = name.rpartition(".")[2]
-    check.__qualname__ = name
-    return check
-
-
-def _positional_range(params: Any) -> tuple[int, int]:
-    """(least, most) positional arguments a call may pass with no keywords and be certainly valid,
-    most ``_core.NO_BOUND`` for *args; (NO_BOUND, NO_BOUND) when such a call still needs the full check
-    (a required keyword-only parameter). Calls of that shape skip the checker in the C submit
-    (submitter.cpp)."""
-    P = inspect.Parameter
-    least = most = 0
-    unbounded = False
-    for p in params.values():
-        if p.kind in (P.POSITIONAL_ONLY, P.POSITIONAL_OR_KEYWORD):
-            most += 1
-            if p.default is P.empty:
-                least = most
-        elif p.kind is P.VAR_POSITIONAL:
-            unbounded = True
-        elif p.kind is P.KEYWORD_ONLY and p.default is P.empty:
-            return _core.NO_BOUND, _core.NO_BOUND
-    return least, _core.NO_BOUND if unbounded else most
-
-
-def _parse_wait(wait: Any, fn: Callable) -> bool | tuple[str, ...]:
-    if wait is None or wait is False:
-        return False
-    if wait is True:
-        return True
-    if isinstance(wait, str):
-        names = tuple(n.strip() for n in wait.split(",") if n.strip())
-    elif isinstance(wait, Iterable):
-        names = tuple(wait)
-        for n in names:
-            if not isinstance(n, str):
-                raise TypeError(f"wait= names must be strings, got {n!r}")
-    else:
-        raise TypeError(f"wait= must be True, an iterable of parameter names or a comma-separated string, not {wait!r}")
-    if not names:
-        return False
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        raise ValueError(f"wait={wait!r} names parameters, but {fn!r} has no inspectable signature") from None
-    for n in names:
-        if n not in params:
-            raise ValueError(f"wait= names {n!r}, which is not a parameter of {getattr(fn, '__qualname__', fn)!r}")
-    return names
 
 
 class Task:
@@ -180,7 +105,7 @@ class Task:
         except (TypeError, ValueError):
             accepts = {}
         # A function with its own `workflow_id` parameter receives it (docs/concepts.md).
-        self._strip_workflow_id = "workflow_id" not in accepts
+        self._strip_workflow_id = _WORKFLOW_ID not in accepts
         self._positional_range = _positional_range(accepts) if self._check is not None else (_core.NO_BOUND, _core.NO_BOUND)
         functools.update_wrapper(self, fn)
         self.submit = self._make_submit()
@@ -241,8 +166,8 @@ class Task:
         """
         # The hot path: every line here shows in bench/ W1 (~1 µs per task end to end).
         workflow_id = None
-        if kwargs and "workflow_id" in kwargs and self._strip_workflow_id:
-            workflow_id = _v.workflow_id(kwargs.pop("workflow_id"))
+        if kwargs and _WORKFLOW_ID in kwargs and self._strip_workflow_id:
+            workflow_id = _v.workflow_id(kwargs.pop(_WORKFLOW_ID))
         check = self._check
         if check is not None:
             check(*args, **kwargs)
@@ -442,34 +367,6 @@ class _BoundTask:
         return getattr(self._task, item)
 
 
-def _check_fallback(fallback: Callable, fn: Callable, name: str) -> None:
-    """fallback= is called as ``fallback(*args, **kwargs, exc=error)``: it must take ``exc`` by
-    keyword, and the task's own parameters must leave that name free."""
-    P = inspect.Parameter
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        params = {}
-    if "exc" in params and params["exc"].kind is not P.VAR_KEYWORD:
-        raise ValueError(
-            f"fallback= receives the final error as the keyword argument exc=, which clashes with the "
-            f"parameter 'exc' of {name!r}: rename that parameter"
-        )
-    try:
-        fparams = inspect.signature(fallback).parameters
-    except (TypeError, ValueError):
-        return  # a builtin without a signature: checked when called
-    p = fparams.get("exc")
-    takes = (p is not None and p.kind in (P.POSITIONAL_OR_KEYWORD, P.KEYWORD_ONLY)) or any(
-        q.kind is P.VAR_KEYWORD for q in fparams.values()
-    )
-    if not takes:
-        raise TypeError(
-            f"fallback {getattr(fallback, '__qualname__', fallback)!r} must accept the keyword argument exc= "
-            f"(the final error): fallback(*args, exc, **kwargs), e.g. def fallback(x, *, exc): ..."
-        )
-
-
 def _map(submit: Callable, name: str, iterables: tuple) -> list:
     if not iterables:
         raise TypeError(f"{name}.map() needs at least one iterable")
@@ -512,111 +409,6 @@ def _check_timeout(timeout: Any) -> float | None:
     return _v.seconds(timeout, "timeout", _v.OPTION)
 
 
-class RetryPolicy:
-    """How a failed attempt is retried: ``retries`` more attempts, the n-th (from 0) after
-    ``min(retry_delay * backoff**n, max_delay)`` seconds, times a random factor in [0.5, 1.5) with
-    ``jitter``. Only exceptions matching ``retry_on`` are retried. When every attempt failed,
-    ``fallback(*args, **kwargs, exc=error)`` (if given) provides the result: the call's own
-    arguments, and the final error as the keyword argument ``exc``."""
-
-    __slots__ = ("retries", "retry_delay", "backoff", "max_delay", "jitter", "retry_on", "fallback")
-
-    @classmethod
-    def make(cls, retries, retry_delay, backoff, max_delay, jitter, retry_on, fallback) -> "RetryPolicy | None":
-        _v.count(retries, "retries")
-        retry_delay = _v.seconds(retry_delay, "retry_delay", _v.DELAY)
-        backoff = _v.seconds(backoff, "backoff", _v.FACTOR)
-        max_delay = _v.seconds(max_delay, "max_delay", _v.CAP)
-        if isinstance(retry_on, type):
-            retry_on = (retry_on,)
-        if not isinstance(retry_on, tuple) or not all(
-            isinstance(t, type) and issubclass(t, BaseException) for t in retry_on
-        ):
-            raise TypeError("retry_on must be an exception class or a tuple of them")
-        if fallback is not None and not callable(fallback):
-            raise TypeError("fallback must be callable")
-        if retries == 0 and fallback is None:
-            return None
-        p = cls()
-        p.retries, p.retry_delay, p.backoff, p.max_delay = retries, float(retry_delay), float(backoff), max_delay
-        p.jitter, p.retry_on, p.fallback = bool(jitter), retry_on, fallback
-        return p
-
-    def delay(self, n: int) -> float:
-        d = self.retry_delay
-        if d and self.backoff != 1.0:
-            try:
-                d *= self.backoff**n
-            except OverflowError:  # backoff=1e308: the delay is as long as a float gets
-                d = math.inf
-        if self.max_delay is not None:
-            d = min(d, self.max_delay)
-        if self.jitter:
-            d *= 0.5 + random.random()
-        return d
-
-
-def _record_attempt(me: Any, attempt: int, exc: BaseException) -> None:
-    if me is None:
-        return
-    errors = me.description.get("attempt_errors", [])
-    try:
-        text = repr(exc)
-    except Exception:  # an exception whose repr fails must not replace the body's error
-        text = f"<{type(exc).__qualname__} (repr failed)>"
-    errors = errors + [{"attempt": attempt, "error": text, "type": type(exc).__qualname__}]
-    me._annotate("attempt_errors", errors)
-
-
-def _retrying(fn: Callable, policy: RetryPolicy) -> Callable:
-    @functools.wraps(fn)
-    def call(*args: Any, **kwargs: Any) -> Any:
-        me = _core.current_execution()
-        attempt = 1
-        while True:
-            if me is not None:
-                me._annotate("attempts", attempt)
-            try:
-                return fn(*args, **kwargs)
-            except policy.retry_on as exc:
-                if me is not None and me.done():  # cancelled or timed out: no more attempts
-                    raise
-                _record_attempt(me, attempt, exc)
-                if attempt > policy.retries:
-                    if policy.fallback is not None:
-                        return policy.fallback(*args, **kwargs, exc=exc)
-                    raise
-                _core.sleep(policy.delay(attempt - 1))  # suspends the fiber, not the thread
-                attempt += 1
-
-    return call
-
-
-def _retrying_async(fn: Callable, policy: RetryPolicy) -> Callable:
-    @functools.wraps(fn)
-    async def call(*args: Any, **kwargs: Any) -> Any:
-        me = _core.current_execution()  # set for this asyncio task by _cancellable
-        attempt = 1
-        while True:
-            if me is not None:
-                me._annotate("attempts", attempt)
-            try:
-                return await fn(*args, **kwargs)
-            except policy.retry_on as exc:
-                if me is not None and me.done():  # cancelled or timed out: no more attempts
-                    raise
-                _record_attempt(me, attempt, exc)
-                if attempt > policy.retries:
-                    if policy.fallback is not None:
-                        r = policy.fallback(*args, **kwargs, exc=exc)
-                        return (await r) if inspect.isawaitable(r) else r
-                    raise
-                await asyncio.sleep(policy.delay(attempt - 1))
-                attempt += 1
-
-    return call
-
-
 class _Timed:
     """Arms the execution's timeout when its body starts."""
 
@@ -629,194 +421,6 @@ class _Timed:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         _core.arm_timeout(_core.current_execution(), self.timeout)
         return self.fn(*args, **kwargs)
-
-
-def _scan_executions(args: tuple, kwargs: dict) -> tuple:
-    """What wait=True waits for: Executions among the arguments, also inside lists, tuples and
-    dicts (exact types, as the C++ scan does)."""
-    out = []
-    for v in (*args, *(kwargs.values() if kwargs else ())):
-        vals = v if v.__class__ in (list, tuple) else v.values() if v.__class__ is dict else (v,)
-        out.extend(x for x in vals if isinstance(x, _core.Execution))
-    return tuple(out)
-
-
-class _WorkflowIds:
-    """Automatic workflow ids: ``wf-`` + 8 hex digits, unique in the process.
-
-    The n-th id is a keyed bijection of n on 32 bits, so the first 2**32 ids of a process never repeat
-    (random ids did: 150k of them held 1-5 duplicates, and cancel_workflow(id) then cancelled
-    unrelated runs). They still look random, and the key is drawn per process: a forked child
-    re-draws it, so it does not hand out the ids its parent goes on using. Past 2**32 ids the counter
-    no longer fits in 8 hex digits and the ids grow longer (``wf-`` + 16 hex digits), still unique.
-    """
-
-    def __init__(self) -> None:
-        self._count = itertools.count()  # next() is atomic under the GIL
-        self._rekey()
-
-    def _rekey(self) -> None:
-        k = secrets.randbits(64)
-        self._k1, self._k2 = k & 0xFFFFFFFF, k >> 32
-
-    def __call__(self) -> str:
-        n = next(self._count)
-        if n >> 32:
-            return f"wf-{n:016x}"
-        # Each step is a bijection on 32-bit integers: add, multiply by an odd number, xor-shift, xor.
-        x = (n + self._k1) & 0xFFFFFFFF
-        x = (x * 0x9E3779B1) & 0xFFFFFFFF
-        x ^= x >> 16
-        x = (x * 0x85EBCA6B) & 0xFFFFFFFF
-        x ^= x >> 13
-        x ^= self._k2
-        return f"wf-{x:08x}"
-
-
-_new_workflow_id = _WorkflowIds()
-os.register_at_fork(after_in_child=_new_workflow_id._rekey)
-
-
-def _resolve_value(v: Any) -> Any:
-    # Containers are rebuilt only when they hold Executions: a shared dict or list without any
-    # reaches the body as the same object (PocketFlow's shared store is mutated in place).
-    E = _core.Execution
-    if v.__class__ is E:
-        return v.result()
-    if v.__class__ is list:
-        return [x.result() if x.__class__ is E else x for x in v] if any(x.__class__ is E for x in v) else v
-    if v.__class__ is tuple:
-        return tuple(x.result() if x.__class__ is E else x for x in v) if any(x.__class__ is E for x in v) else v
-    if v.__class__ is dict:
-        if any(x.__class__ is E for x in v.values()):
-            return {k: (x.result() if x.__class__ is E else x) for k, x in v.items()}
-    return v
-
-
-def _resolving(fn: Callable) -> Callable:
-    """resolve=True: Execution arguments (top level, and inside lists, tuples and dict values one
-    level down) arrive as their values. They are all done by then (resolve implies wait=True)."""
-
-    @functools.wraps(fn)
-    def call(*args: Any, **kwargs: Any) -> Any:
-        return fn(*[_resolve_value(a) for a in args], **{k: _resolve_value(v) for k, v in kwargs.items()})
-
-    return call
-
-
-def _bind_to_submitting_loop(binding: Any, loop: Any, ex: Any) -> None:
-    # An async body submitted from a running loop is bound to that loop from now on: a blocking wait
-    # on the loop's thread that needs it is a deadlock, and (unless it waits for dependencies, see
-    # _AsyncBody) the loop closing cancels it. Released when the execution finishes.
-    binding.bind(loop, ex, not binding.gated, started=False)
-    ex._add_done_callback(binding.release)
-
-
-class _AsyncBody:
-    """Runs an ``async def`` body on an event loop and completes the execution from it.
-
-    The loop is the submitter's running loop (so loop-bound clients work), else the engine's own
-    loop thread. The fiber only starts the coroutine and returns a promise (a forwarded Execution),
-    so no fiber stack is held while the coroutine runs.
-
-    Which loop, exactly (docs/asyncio.md): a body submitted from a running loop belongs to that loop.
-    If the loop is closed before the body starts, the body is cancelled — except a body that waited
-    for dependencies (``wait=``/``resolve=``), which runs on the engine's loop instead; so does a gated
-    body whose loop is not running when it starts. Once handed to a loop, the loop closing (or
-    ``asyncio.run`` returning) cancels it.
-    """
-
-    __slots__ = ("fn", "loop", "engine", "name", "gated", "binding", "kind")
-
-    def __init__(self, fn: Callable, loop: Any, engine: Any, name: str, gated: bool = False, kind: str = "task") -> None:
-        self.fn = fn
-        # Weakly: a pending body must not keep a dropped loop alive (its collection cancels the body).
-        self.loop = weakref.ref(loop) if loop is not None else None
-        self.engine = engine
-        self.name = name
-        self.gated = gated
-        self.kind = kind  # "task" or "workflow": the word in the note on the body's error
-        self.binding = _asyncio_mod._Binding(engine, gated)
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        me = _core.current_execution()
-        binding = self.binding
-        promise = _core.promise(self.name)
-        loop = None
-        if self.loop is not None:
-            loop = self.loop()
-            if loop is None or loop.is_closed() or (self.gated and not loop.is_running()):
-                loop = None
-                if not self.gated:  # its loop is gone: the body ends as the loop's own tasks did
-                    binding.bind(None, me, True)
-                    _core.settle(promise, False, None)
-                    return promise
-        note = f"distaff: raised in {self.kind} '{self.name}' (execution {me.id if me else '?'})"
-
-        def settle(fut: Any) -> None:
-            if fut.cancelled():
-                _core.settle(promise, False, None)
-                return
-            exc = fut.exception()
-            if exc is None:
-                # A returned Execution is followed, like a sync body's (a cycle: DeadlockError).
-                _core.settle(promise, True, fut.result())
-            else:
-                _note_failure(exc, note, me.id if me else 0)
-                _core.settle(promise, False, exc)
-
-        def start() -> None:
-            # On the loop. The coroutine is created here, not in the fiber: if the loop never runs
-            # this callback (stopped, then closed), no coroutine is left un-awaited.
-            if me is not None and me.done():  # cancelled or timed out before the loop got to it
-                _core.settle(promise, False, None)
-                return
-            task = asyncio.get_running_loop().create_task(_cancellable(me, self.fn, args, kwargs))
-            task.add_done_callback(settle)
-
-        if loop is not None:
-            binding.bind(loop, me, True)
-            try:
-                loop.call_soon_threadsafe(start)
-                return promise
-            except RuntimeError:  # closed just now
-                if not self.gated:
-                    binding.bind(None, me, True)
-                    _core.settle(promise, False, None)
-                    return promise
-        loop = self.engine._event_loop()
-        binding.bind(loop, me, True)
-        if self.loop is None and me is not None:
-            me._add_done_callback(binding.release)
-        loop.call_soon_threadsafe(start)
-        return promise
-
-
-async def _cancellable(me: Any, fn: Any, args: Any, kwargs: Any) -> Any:
-    """Runs an async body so that cancelling (or timing out) its execution cancels the coroutine.
-
-    The link is made here, on the loop, not in the fiber that starts the coroutine: a cancel can
-    raise an asynchronous exception in that fiber at any bytecode, which could otherwise leave the
-    coroutine running unlinked."""
-    if me is not None:
-        # This task's context only: distaff.current_execution() in the body, and the parent (for
-        # the graph and for cancellation of the tree) of what the body submits.
-        _core._async_current.set(me)
-        # Weakly: the execution must not keep the task, hence its loop, alive (a dropped loop is
-        # collected and its bodies cancelled).
-        task_ref = weakref.ref(asyncio.current_task())
-
-        def cancel(_ex: Any) -> None:
-            task = task_ref()
-            if task is None or task.done():  # finished normally: nothing to cancel, no wake-up needed
-                return
-            try:
-                task.get_loop().call_soon_threadsafe(task.cancel)
-            except RuntimeError:  # the loop is closed: the coroutine is gone with it
-                pass
-
-        me._add_done_callback(cancel)
-    return await fn(*args, **kwargs)
 
 
 def _decorator(kind: str, fn: Any, engine: Any, **options: Any):
@@ -861,6 +465,3 @@ def workflow(fn: Any = _MISSING, /, **options: Any) -> Any:
     """
     return _decorator("workflow", fn, None, **options)
 
-
-_elsewhere._resolve_value = _resolve_value
-_elsewhere._record_attempt = _record_attempt

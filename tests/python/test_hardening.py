@@ -13,7 +13,7 @@ import tracemalloc
 import pytest
 
 import distaff
-from distaff._task import _new_workflow_id
+from distaff._scopes import _new_workflow_id
 
 from conftest import run_python
 
@@ -58,7 +58,7 @@ def test_a_forked_child_does_not_repeat_its_parents_workflow_ids():
         """
         import os, warnings
         warnings.simplefilter("ignore", DeprecationWarning)
-        from distaff._task import _new_workflow_id
+        from distaff._scopes import _new_workflow_id
         _new_workflow_id()
         rd, wr = os.pipe()
         pid = os.fork()

@@ -1,0 +1,143 @@
+"""Retries and fallbacks (docs/reliability.md): the policy a task is decorated with and the one
+retry driver that applies it around a body — on its fiber (sync bodies) or on its event loop (async
+bodies). Bodies that run elsewhere apply the same policy as their outcomes arrive (_elsewhere.Job)."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import math
+import random
+from typing import Any, Callable
+
+from . import _core
+from . import _validate as _v
+
+
+class RetryPolicy:
+    """How a failed attempt is retried: ``retries`` more attempts, the n-th (from 0) after
+    ``min(retry_delay * backoff**n, max_delay)`` seconds, times a random factor in [0.5, 1.5) with
+    ``jitter``. Only exceptions matching ``retry_on`` are retried. When every attempt failed,
+    ``fallback(*args, **kwargs, exc=error)`` (if given) provides the result: the call's own
+    arguments, and the final error as the keyword argument ``exc``."""
+
+    __slots__ = ("retries", "retry_delay", "backoff", "max_delay", "jitter", "retry_on", "fallback")
+
+    @classmethod
+    def make(cls, retries, retry_delay, backoff, max_delay, jitter, retry_on, fallback) -> "RetryPolicy | None":
+        _v.count(retries, "retries")
+        retry_delay = _v.seconds(retry_delay, "retry_delay", _v.DELAY)
+        backoff = _v.seconds(backoff, "backoff", _v.FACTOR)
+        max_delay = _v.seconds(max_delay, "max_delay", _v.CAP)
+        if isinstance(retry_on, type):
+            retry_on = (retry_on,)
+        if not isinstance(retry_on, tuple) or not all(
+            isinstance(t, type) and issubclass(t, BaseException) for t in retry_on
+        ):
+            raise TypeError("retry_on must be an exception class or a tuple of them")
+        if fallback is not None and not callable(fallback):
+            raise TypeError("fallback must be callable")
+        if retries == 0 and fallback is None:
+            return None
+        p = cls()
+        p.retries, p.retry_delay, p.backoff, p.max_delay = retries, float(retry_delay), float(backoff), max_delay
+        p.jitter, p.retry_on, p.fallback = bool(jitter), retry_on, fallback
+        return p
+
+    def delay(self, n: int) -> float:
+        d = self.retry_delay
+        if d and self.backoff != 1.0:
+            try:
+                d *= self.backoff**n
+            except OverflowError:  # backoff=1e308: the delay is as long as a float gets
+                d = math.inf
+        if self.max_delay is not None:
+            d = min(d, self.max_delay)
+        if self.jitter:
+            d *= 0.5 + random.random()
+        return d
+
+
+def _record_attempt(me: Any, attempt: int, exc: BaseException) -> None:
+    if me is None:
+        return
+    errors = me.description.get("attempt_errors", [])
+    try:
+        text = repr(exc)
+    except Exception:  # an exception whose repr fails must not replace the body's error
+        text = f"<{type(exc).__qualname__} (repr failed)>"
+    errors = errors + [{"attempt": attempt, "error": text, "type": type(exc).__qualname__}]
+    me._annotate("attempt_errors", errors)
+
+
+# The retry driver: the decisions between attempts, written once; _retrying (a body on a fiber) and
+# _retrying_async (a coroutine on a loop) differ only in how they call the body and how they sleep.
+_RAISE = object()  # no more attempts: the caller re-raises (inside its except block: the traceback stays)
+_FALLBACK = object()  # no more attempts: fallback(*args, **kwargs, exc=error) gives the result
+
+
+class _Attempts:
+    """One call's attempts: numbers them on the execution (``description["attempts"]``), records
+    each failure (``attempt_errors``) and says what follows a failure: a delay before the next
+    attempt, _FALLBACK or _RAISE."""
+
+    __slots__ = ("policy", "me", "n")
+
+    def __init__(self, policy: RetryPolicy) -> None:
+        self.policy = policy
+        self.me = _core.current_execution()  # in an async body: set for its asyncio task (_cancellable)
+        self.n = 0
+
+    def begin(self) -> None:
+        self.n += 1
+        if self.me is not None:
+            self.me._annotate("attempts", self.n)
+
+    def failed(self, exc: BaseException) -> Any:
+        me, policy = self.me, self.policy
+        if me is not None and me.done():  # cancelled or timed out: no more attempts
+            return _RAISE
+        _record_attempt(me, self.n, exc)
+        if self.n > policy.retries:
+            return _FALLBACK if policy.fallback is not None else _RAISE
+        return policy.delay(self.n - 1)
+
+
+def _retrying(fn: Callable, policy: RetryPolicy) -> Callable:
+    @functools.wraps(fn)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        attempts = _Attempts(policy)
+        while True:
+            attempts.begin()
+            try:
+                return fn(*args, **kwargs)
+            except policy.retry_on as exc:
+                step = attempts.failed(exc)
+                if step is _RAISE:
+                    raise
+                if step is _FALLBACK:
+                    return policy.fallback(*args, **kwargs, exc=exc)
+            _core.sleep(step)  # suspends the fiber, not the thread
+
+    return call
+
+
+def _retrying_async(fn: Callable, policy: RetryPolicy) -> Callable:
+    @functools.wraps(fn)
+    async def call(*args: Any, **kwargs: Any) -> Any:
+        attempts = _Attempts(policy)
+        while True:
+            attempts.begin()
+            try:
+                return await fn(*args, **kwargs)
+            except policy.retry_on as exc:
+                step = attempts.failed(exc)
+                if step is _RAISE:
+                    raise
+                if step is _FALLBACK:
+                    r = policy.fallback(*args, **kwargs, exc=exc)
+                    return (await r) if inspect.isawaitable(r) else r
+            await asyncio.sleep(step)
+
+    return call
