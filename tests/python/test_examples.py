@@ -18,6 +18,12 @@ KEY_LINES = {
         "call-time id wins over the scope: run-007",
         "another engine's task inside experiment-44: None",
     ],
+    "examples/asyncflow_layer_workflows.py": ["Workflow 4 completed at", "Total time running asynchronously is:"],
+    "examples/asyncflow_layer_scopes.py": [
+        "scope experiment-42: preprocess -> experiment-42, train -> experiment-42",
+        "call-time id: run-007; its neighbour in the scope: experiment-43",
+        "another engine's task inside experiment-44 -> None",
+    ],
     "examples/pocketflow_async.py": ["Stored recipes for chicken.", "Suggestion: Pizza", "Async recipe flow finished"],
     "examples/webpipe_join.py": ["parallel:", "basic user:   {'basic': 13, 'premium': None}", "'member': 'api1'"],
     "docs/examples/asyncio_basics.py": [
