@@ -40,6 +40,8 @@ def flow_program(body: str, timeout: float = 60, expect_ok: bool = True) -> str:
     if expect_ok:
         assert r.returncode == 0, r.stdout + r.stderr
         assert "EXIT-OK" in r.stdout, r.stdout + r.stderr
+        assert "Traceback" not in r.stderr and "Exception ignored" not in r.stderr, r.stderr
+        assert "never retrieved" not in r.stderr, r.stderr
     return r.stdout
 
 

@@ -17,9 +17,11 @@ it again, or not at all, is harmless.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import logging
 import os
 import threading
+import weakref
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Any
 
@@ -171,6 +173,16 @@ class DaskExecutionBackend(_Backend):
 # -- what runs on the executor ------------------------------------------------------------------
 
 _local = threading.local()
+# The executor threads' loops, closed at exit: one left to the garbage collector during interpreter
+# finalization fails to unregister its self-pipe ("Invalid file descriptor: -1").
+_loops: "weakref.WeakSet[asyncio.AbstractEventLoop]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_loops() -> None:
+    for loop in list(_loops):
+        if not loop.is_running() and not loop.is_closed():
+            loop.close()
 
 
 class _Run:
@@ -198,6 +210,7 @@ def _thread_loop() -> asyncio.AbstractEventLoop:
     loop = getattr(_local, "loop", None)
     if loop is None or loop.is_closed():
         loop = _local.loop = asyncio.new_event_loop()
+        _loops.add(loop)
         created: list = []
         _local.created = created
 
