@@ -944,3 +944,45 @@ def test_the_asyncflow_seed_programs_run_with_only_the_import_changed(example):
         assert sum(l.startswith(f"Starting workflow {i} at ") for l in lines) == 1
         assert sum(l.startswith(f"Workflow {i} completed at ") for l in lines) == 1
     assert any(l.startswith("Total time running asynchronously is: ") for l in lines)
+
+
+def test_dask_backend_runs_bodies_on_the_cluster_and_leaves_the_client_running():
+    pytest.importorskip("distributed")
+    r = run_python(PRELUDE + """
+from distributed import Client, LocalCluster
+from distaff.asyncflow.backends import DaskExecutionBackend
+
+async def main(client):
+    flow = await WorkflowEngine.create(backend=await DaskExecutionBackend(client))
+
+    @flow.function_task
+    async def where(x):
+        await asyncio.sleep(0)
+        return x, os.getpid()
+
+    @flow.function_task
+    async def boom(x):
+        raise ValueError("remote")
+
+    v, pid = await where(where(1))
+    print("dask:", v[0], pid != os.getpid())
+    try:
+        await boom(1)
+    except ValueError as e:
+        print("error kept:", type(e).__name__, e)
+    await flow.shutdown()
+    print("client after shutdown:", client.status)
+
+if __name__ == "__main__":
+    cluster = LocalCluster(n_workers=1, processes=True, threads_per_worker=1, dashboard_address=None)
+    client = Client(cluster)
+    asyncio.run(main(client))
+    client.close()
+    cluster.close()
+    print("EXIT-OK")
+""", timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "dask: 1 True" in r.stdout
+    assert "error kept: ValueError remote" in r.stdout
+    assert "client after shutdown: running" in r.stdout
+    assert "EXIT-OK" in r.stdout
