@@ -154,7 +154,7 @@ class _Spec:
 
     __slots__ = (
         "fn", "name", "comp_type", "task_type", "backend", "target_backend", "service",
-        "capture_stdio", "td_def", "signature", "check", "dtask", "threaded", "error_map", "shell",
+        "capture_stdio", "td_def", "signature", "check", "dtask", "threaded", "error_map",
     )
 
 
@@ -378,7 +378,6 @@ class WorkflowEngine:
             spec.check = signature
         spec.threaded = False
         spec.error_map = None
-        spec.shell = True
         eng = self._engine
         bkind = spec.backend.kind
         if comp_type == BLOCK:
