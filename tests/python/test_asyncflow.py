@@ -406,6 +406,36 @@ def test_cancel_before_and_while_running_stops_the_body():
     assert "cancel took < 10 s: True ran: [] second cancel: False" in out
 
 
+def test_calling_a_component_off_the_engines_loop_raises_runtime_error():
+    out = flow_program("""
+        flow = await WorkflowEngine.create()
+
+        @flow.function_task
+        async def leaf():
+            return 1
+
+        @flow.function_task
+        async def nested():          # runs on a pool thread, on that thread's own loop
+            return leaf()
+
+        try:
+            await nested()
+        except RuntimeError as e:
+            print("from a pool thread:", e)
+
+        def elsewhere():
+            try:
+                leaf()
+            except RuntimeError as e:
+                return str(e)
+
+        print("from a plain thread:", await in_thread(elsewhere))
+        await flow.shutdown()
+    """)
+    assert "from a pool thread: leaf() must be called from a coroutine running on the WorkflowEngine's event loop" in out
+    assert "from a plain thread: leaf() must be called from a coroutine running on the WorkflowEngine's event loop" in out
+
+
 # -- backends -------------------------------------------------------------------------------------------
 
 
