@@ -3,8 +3,8 @@
 The command runs under the body's asyncio task (an executable task is an ``async`` task whatever
 its body is), so while the process runs the execution holds no worker thread and no fiber: the
 loop waits on the pipes. Cancelling the execution (``cancel()``, ``timeout=``, a cancelled parent
-or scope, a shutdown that cancels running work) cancels that asyncio task, and the process is
-killed and reaped before the execution finishes.
+or scope, a shutdown that cancels running work) finishes it at once, as always, and cancels that
+asyncio task, which kills the process (SIGKILL) and reaps it.
 """
 
 from __future__ import annotations
