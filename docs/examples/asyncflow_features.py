@@ -4,6 +4,7 @@
 """
 
 import asyncio
+import multiprocessing
 import os
 import tempfile
 import time
@@ -161,7 +162,8 @@ async def scopes_and_descriptions():
 
 async def backends():
     threads = await LocalExecutionBackend(ThreadPoolExecutor(), name="threads")
-    procs = await LocalExecutionBackend(ProcessPoolExecutor(2), name="procs")
+    spawn = multiprocessing.get_context("spawn")  # not fork: this process runs threads
+    procs = await LocalExecutionBackend(ProcessPoolExecutor(2, mp_context=spawn), name="procs")
     flow = await WorkflowEngine.create(backend=[threads, procs])   # the first is the default
 
     @flow.function_task

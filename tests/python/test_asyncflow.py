@@ -442,7 +442,11 @@ def test_calling_a_component_off_the_engines_loop_raises_runtime_error():
 def test_bodies_run_on_the_backends_executor_threads_and_processes():
     out = flow_program("""
         threads = await LocalExecutionBackend(ThreadPoolExecutor(thread_name_prefix="pool-a"), name="threads")
-        procs = await LocalExecutionBackend(ProcessPoolExecutor(1), name="procs")
+        # spawn, not fork: forking a process that runs threads (distaff's, the thread pool's) is
+        # unsafe in CPython, whatever the library
+        import multiprocessing
+        procs = await LocalExecutionBackend(ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")),
+                                            name="procs")
         flow = await WorkflowEngine.create(backend=[threads, procs])
 
         @flow.function_task
