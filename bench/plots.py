@@ -25,6 +25,7 @@ def _short(comp: str) -> str:
         "asyncio": "asyncio", "uvloop": "asyncio+uvloop", "gevent": "gevent",
         "dask-threads": "Dask (threads)", "dask-procs": "Dask (processes)", "ray": "Ray",
         "prefect": "Prefect 3", "parsl": "Parsl (threads)", "asyncflow": "radical.asyncflow",
+        "asyncflow-distaff": "distaff.asyncflow",
         "pocketflow": "PocketFlow",
     }.get(comp, comp)
 

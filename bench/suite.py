@@ -61,6 +61,7 @@ COMPETITORS = {
     "prefect": ("prefect_", {}, "Prefect 3 (local temporary server)"),
     "parsl": ("parsl_", {}, "Parsl ThreadPoolExecutor"),
     "asyncflow": ("asyncflow_", {}, "radical.asyncflow"),
+    "asyncflow-distaff": ("asyncflow_distaff_", {}, "distaff.asyncflow (AsyncFlow's API, same program)"),
     "pocketflow": ("pocketflow_", {}, "PocketFlow"),
     # W8-W10 (docs/executors.md)
     "x-distaff-processes": ("executors_", {"impl": "distaff-processes"}, "distaff executor=\"processes\" (2)"),
@@ -76,7 +77,7 @@ COMPETITORS = {
 EXECUTOR_COMPETITORS = {c for c in COMPETITORS if c.startswith("x-")}
 COMPETITOR_ORDER = list(COMPETITORS)
 BASELINE = "distaff"
-SLOW = {"dask-threads", "dask-procs", "ray", "prefect", "parsl", "asyncflow"}
+SLOW = {"dask-threads", "dask-procs", "ray", "prefect", "parsl", "asyncflow", "asyncflow-distaff"}
 
 # Full sizes (the issue's), for every competitor unless overridden below.
 FULL_N = {"W1": 100_000, "W2": 10_000, "W3": 10_000, "W4": 20, "W5": 10_000, "W5b": 200,
@@ -92,6 +93,8 @@ SCALED_N = {
     "prefect": {"W1": 300, "W2": 100, "W3": 100, "W4": 7, "W5": 50},
     "parsl": {"W1": 2_000, "W2": 1_000, "W3": 1_000, "W4": 15, "W5": 2_000},
     "asyncflow": {"W1": 2_000, "W2": 100, "W3": 2_000, "W4": 15, "W5": 2_000, "W7a": 2_000},
+    # the same sizes as radical.asyncflow, so that the two rows compare the same program
+    "asyncflow-distaff": {"W1": 2_000, "W2": 100, "W3": 2_000, "W4": 15, "W5": 2_000, "W7a": 2_000},
     "threads": {"W7a": 20_000},
 }
 

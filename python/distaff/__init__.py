@@ -14,6 +14,7 @@ from ._core import Execution
 from ._engine import Engine, ExecutionRecord, WorkflowScope, default_engine, shutdown, use_engine, workflow_scope
 from ._errors import (
     CancelledError,
+    CommandError,
     DeadlockError,
     DependencyError,
     Error,
@@ -85,6 +86,7 @@ __all__ = [
     "WorkflowScope",
     "workflow_scope",
     "CancelledError",
+    "CommandError",
     "DeadlockError",
     "DependencyError",
     "Engine",

@@ -58,6 +58,32 @@ class WorkerLostError(Error, RuntimeError):
     SIGSEGV or SIGKILL, the OOM killer). Only that execution fails; ``retries=`` retry it."""
 
 
+class CommandError(Error):
+    """The command of an executable task (``@task(executable=True)``) exited with a non-zero
+    status. ``returncode`` is that status (negative: killed by that signal), ``stdout`` and
+    ``stderr`` what it wrote (text), ``cmd`` its argument vector."""
+
+    def __init__(self, cmd: list, returncode: int, stdout: str, stderr: str, name: str | None = None) -> None:
+        tail = stderr.strip()
+        if len(tail) > 500:
+            tail = "..." + tail[-500:]
+        who = f"task {name!r}: " if name else ""
+        super().__init__(f"{who}command {cmd[0]!r} exited with status {returncode}" + (f": {tail}" if tail else ""))
+        self.cmd = list(cmd)
+        self.returncode = returncode
+        self.stdout = stdout
+        self.stderr = stderr
+
+    def __reduce__(self):
+        return (_rebuild_command_error, (self.cmd, self.returncode, self.stdout, self.stderr, str(self)))
+
+
+def _rebuild_command_error(cmd, returncode, stdout, stderr, message):
+    err = CommandError(cmd, returncode, stdout, stderr)
+    err.args = (message,)
+    return err
+
+
 class InternalError(Error, RuntimeError):
     """A bug in distaff: an internal invariant broke. Please report it."""
 

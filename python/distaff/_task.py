@@ -8,7 +8,7 @@ import inspect
 import sys
 from typing import Any, Callable, Iterable
 
-from . import _core, _elsewhere, _sync
+from . import _command, _core, _elsewhere, _sync
 from . import _engine as _engine_mod  # a cycle (_engine imports this module): used at call time only
 from . import _validate as _v
 from ._arguments import _resolving, _scan_executions
@@ -57,6 +57,7 @@ class Task:
         fallback: Callable | None = None,
         concurrency: int | None = None,
         executor: Any = None,
+        executable: bool = False,
         engine: Any = None,
     ) -> None:
         self._static = isinstance(fn, staticmethod)
@@ -90,6 +91,14 @@ class Task:
         # What the fiber calls: the function itself (the hot path), or adapters that resolve
         # Execution arguments to values, retry, arm the timeout, run a coroutine on an event loop.
         body = _resolving(fn) if resolve else fn
+        self.executable = _v.flag(executable, "executable=")
+        if self.executable:  # the body returns a command; it runs as a subprocess (_command.py)
+            if kind == "workflow":
+                raise TypeError("a @workflow cannot be executable=True; make the step that runs the command a @task")
+            if executor is not None:
+                raise TypeError("executable=True runs the command here as a subprocess; it takes no executor=")
+            body = _command.commanding(body, self.name)
+            self.is_async = True
         if self.policy is not None:
             body = (_retrying_async if self.is_async else _retrying)(body, self.policy)
         self._body = body
@@ -302,6 +311,8 @@ class Task:
             opts["concurrency"] = _sync.check_concurrency(concurrency)
         if executor is not _MISSING:
             opts["executor"] = _check_executor(executor, self.kind)
+            if opts["executor"] is not None and self.executable:
+                raise TypeError("executable=True runs the command here as a subprocess; it takes no executor=")
         clone._options = opts
         clone.submit = clone._make_submit()
         return clone
@@ -453,6 +464,10 @@ def task(fn: Any = _MISSING, /, **options: Any) -> Any:
         executor: run the body elsewhere: ``"processes"``, a name registered on the engine, a
             ``concurrent.futures`` executor, a Dask client or ``distaff.executors.Ray()``
             (docs/executors.md). The execution waits for it without a fiber.
+        executable: the body returns a command (a str, split shell-style, or a list of str);
+            distaff runs it as a subprocess without holding a thread and the result is its
+            standard output (text). A non-zero exit raises distaff.CommandError; cancel() and
+            timeout= kill the process.
     """
     return _decorator("task", fn, None, **options)
 
