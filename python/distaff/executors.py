@@ -543,6 +543,12 @@ class _Dask(_Windowed):
         fut.cancel()
 
 
+# The Ray collector waits for an eighth of what is in flight (or 20 ms) per round: one round per
+# result made W9 (2k tiny bodies) 1.25-1.37x raw ray.get, each round scanning every ref in flight;
+# this makes it 1.04-1.07x. A lone result waits at most the 20 ms (one in flight: no wait at all).
+_RAY_BATCH = 8
+
+
 class Ray(_Windowed):
     """Runs bodies as Ray tasks: ``ray.remote(...).options(num_cpus=..., **remote_options)``.
 
@@ -598,9 +604,9 @@ class Ray(_Windowed):
                 while not self._refs:
                     self._cond.wait()
                 refs = list(self._refs)
-            # at least one ready; 20 ms at most, so refs submitted meanwhile join the next round
+            # an eighth of them ready (at least one); 20 ms at most, so refs submitted meanwhile join the next round
             try:
-                ready, rest = ray.wait(refs, num_returns=1, timeout=0.02)
+                ready, rest = ray.wait(refs, num_returns=max(1, len(refs) // _RAY_BATCH), timeout=0.02)
                 if not ready:
                     continue
                 if rest:
