@@ -96,6 +96,12 @@ def run(payload: bytes) -> bytes:
         return _pack_error(err, traceback.format_exc())
 
 
+def run_chunk(payloads: list) -> list:
+    """Runs several payloads in order (a chunk of tiny bodies, executors._Futures); one packed
+    outcome each: a failure is one body's outcome, never the chunk's."""
+    return [run(p) for p in payloads]
+
+
 def run_local(fn: Any, args: tuple, kwargs: dict, is_async: bool) -> tuple:
     """The same for an in-process executor (a thread pool): nothing is serialized."""
     try:

@@ -24,6 +24,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from multiprocessing import connection as _mpc
 from typing import Any
@@ -428,21 +429,51 @@ class _Windowed:
         handle.cancel()
 
 
+class _Chunk:
+    """Several jobs shipped as one call of the executor (tiny bodies with a backlog, _Futures)."""
+
+    __slots__ = ("jobs", "fut")
+
+    def __init__(self, jobs: list) -> None:
+        self.jobs = jobs
+        self.fut: Any = None
+
+
 class _Futures(_Windowed):
-    """A concurrent.futures.Executor, or anything with its submit()/Future protocol."""
+    """A concurrent.futures.Executor, or anything with its submit()/Future protocol.
+
+    Tiny bodies in another process cost the executor's own per-call overhead (pickling, pipes, its
+    management thread: ~80 µs with ProcessPoolExecutor) several times over. So once bodies are seen
+    to be tiny (under _TINY_S in flight per body, on average) and a backlog waits for the window,
+    queued jobs travel in chunks (up to _CHUNK_MAX, sized so every worker still gets several), as
+    ``Executor.map(chunksize=)`` does, and come back together. A chunk is one call: a job cancelled
+    in it is dropped when its outcome comes back (the call is cancelled only when all of its jobs
+    are). Bodies that take longer than that, and in-process executors, go one call per body."""
+
+    _CHUNK_MAX = 64
+    _TINY_S = 0.005
 
     def __init__(self, target: Any, name: str, local: bool) -> None:
         workers = getattr(target, "_max_workers", None)
-        super().__init__(target, name, int(__import__("os").environ.get("DA_AHEAD", "0")) or (max(32, 4 * workers) if isinstance(workers, int) else 64))
+        self._workers = workers if isinstance(workers, int) and workers > 0 else 4
+        super().__init__(target, name, max(32, 4 * workers) if isinstance(workers, int) else 64)
         self.local = local
+        self._per_job: float | None = None  # moving average of seconds in flight per body
 
     def _start(self, job: Any) -> Any:
         if self.local:  # threads of this process: nothing to serialize
             return self.target.submit(_remote.run_local, job.fn, job.args, job.kwargs, job.is_async)
         return self.target.submit(_remote.run, job.payload())
 
+    def _observe(self, seconds_per_job: float) -> None:
+        p = self._per_job
+        self._per_job = seconds_per_job if p is None else 0.8 * p + 0.2 * seconds_per_job
+
     def _watch(self, job: Any, fut: Any) -> None:
+        t0 = time.monotonic()
+
         def done(f: Any) -> None:
+            self._observe(time.monotonic() - t0)
             # One look at the finished future (each of cancelled/exception/result takes its lock).
             try:
                 outcome = f.result(0)
@@ -454,6 +485,98 @@ class _Futures(_Windowed):
                 self._finished(job, outcome=outcome)
 
         fut.add_done_callback(done)
+
+    def _chunk_size(self) -> int:
+        # Called under self._lock.
+        if self.local or self._per_job is None or self._per_job > self._TINY_S:
+            return 1
+        return max(1, min(self._CHUNK_MAX, len(self._queue) // (4 * self._workers)))
+
+    def _pump(self) -> None:
+        local = self._local
+        if getattr(local, "active", False):  # re-entered from a done callback: the outer loop goes on
+            return
+        local.active = True
+        try:
+            while True:
+                with self._lock:
+                    if self._inflight >= self.ahead or not self._queue:
+                        return
+                    n = self._chunk_size()
+                    jobs = []
+                    while self._queue and len(jobs) < n:
+                        job = self._queue.popleft()
+                        if not job.stopped:
+                            jobs.append(job)
+                    if not jobs:
+                        continue
+                    self._inflight += 1
+                if len(jobs) == 1:
+                    self._ship(jobs[0])
+                else:
+                    self._ship_chunk(jobs)
+        finally:
+            local.active = False
+
+    def _ship_chunk(self, jobs: list) -> None:
+        payloads, kept = [], []
+        for job in jobs:
+            try:
+                payloads.append(job.payload())
+            except BaseException as exc:  # noqa: BLE001 - unserializable: that execution fails alone
+                job.report(error=exc)
+                continue
+            kept.append(job)
+        if not kept:
+            self._release()
+            return
+        chunk = _Chunk(kept)
+        try:
+            fut = self.target.submit(_remote.run_chunk, payloads)
+        except BaseException as exc:  # noqa: BLE001 - executor shut down or broken
+            self._release()
+            for job in kept:
+                job.report(error=exc)
+            return
+        del payloads
+        chunk.fut = fut
+        for job in kept:
+            job.handle = chunk
+        t0 = time.monotonic()
+
+        def done(f: Any) -> None:
+            self._observe((time.monotonic() - t0) / len(kept))
+            try:
+                outcomes = f.result(0)
+                error = None
+            except concurrent.futures.CancelledError:
+                outcomes, error = None, concurrent.futures.CancelledError()
+            except BaseException as exc:  # noqa: BLE001 - BrokenProcessPool...
+                outcomes, error = None, exc
+            self._release()
+            try:
+                for i, job in enumerate(kept):
+                    job.handle = None
+                    if error is None:
+                        job.report(outcome=outcomes[i])
+                    else:
+                        job.report(error=error)
+            finally:
+                if self._queue:
+                    self._pump()
+
+        fut.add_done_callback(done)
+        for job in kept:
+            if job.stopped:
+                self.cancel(job)
+
+    def _stop(self, handle: Any) -> None:
+        if handle.__class__ is _Chunk:
+            # The others in the chunk still want their outcomes: cancel the call only for all.
+            if handle.fut is not None and all(j.stopped for j in handle.jobs):
+                handle.fut.cancel()
+            return
+        handle.cancel()
 
 
 class _Dask(_Windowed):

@@ -262,6 +262,75 @@ def test_a_concurrent_futures_executor_gets_at_most_its_window_of_payloads(tmp_p
         assert ex.description["executor"] == "ProcessPoolExecutor"
 
 
+class CountingPool(concurrent.futures.ProcessPoolExecutor):
+    """A real ProcessPoolExecutor that counts the calls made to it."""
+
+    calls = 0
+
+    def submit(self, fn, /, *args, **kwargs):
+        type(self).calls += 1
+        return super().submit(fn, *args, **kwargs)
+
+
+def tiny_or_fail(i):
+    if i % 97 == 0:
+        raise ValueError(f"body {i} fails")
+    return i * 2
+
+
+def sleep_ms(ms):
+    time.sleep(ms / 1000)
+    return ms
+
+
+def test_tiny_bodies_with_a_backlog_travel_in_chunks_and_each_keeps_its_own_outcome():
+    """2,000 tiny bodies through a user's ProcessPoolExecutor: once they are seen to be tiny, the
+    backlog ships in chunks (far fewer executor calls than bodies; bench W9), and a body that
+    raises fails only its own execution, with its type, message and remote traceback."""
+    CountingPool.calls = 0
+    with CountingPool(2) as pp, distaff.Engine() as e:
+        t = e.task(executor=pp)(tiny_or_fail)
+        exs = [t.submit(i) for i in range(2000)]
+        out = distaff.gather(*exs, return_exceptions=True).result(timeout=120)
+        for i, r in enumerate(out):
+            if i % 97 == 0:
+                assert isinstance(r, ValueError) and str(r) == f"body {i} fails", r
+                assert any("remote traceback" in n for n in r.__notes__)
+                assert exs[i].state == "failed"
+            else:
+                assert r == i * 2
+        assert CountingPool.calls < 1000, CountingPool.calls
+
+
+def test_bodies_that_take_time_are_not_chunked():
+    """Bodies of 20 ms each: one executor call per body, so the work spreads over the workers."""
+    CountingPool.calls = 0
+    with CountingPool(2) as pp, distaff.Engine() as e:
+        t = e.task(executor=pp)(sleep_ms)
+        assert distaff.gather(*[t.submit(20) for _ in range(100)]).result(timeout=120) == [20] * 100
+        assert CountingPool.calls == 100
+
+
+def test_cancelling_queued_executions_while_chunks_are_in_flight_settles_each_once():
+    """Tiny bodies with a backlog (chunks in flight) and half of the executions cancelled at once:
+    each ends cancelled or succeeded exactly once, and the engine settles."""
+    with CountingPool(2) as pp, distaff.Engine() as e:
+        t = e.task(executor=pp)(tiny_or_fail)
+        distaff.gather(*[t.submit(i + 1) for i in range(500)], return_exceptions=True).result(timeout=120)  # learn: tiny
+        exs = [t.submit(i + 1) for i in range(3000)]
+        cancelled = [x for x in exs[::2] if x.cancel()]
+        for x in exs:
+            distaff.wait([x], timeout=120)
+        for i, x in enumerate(exs):
+            if x in cancelled:
+                assert x.cancelled()
+            elif (i + 1) % 97 == 0:
+                assert isinstance(x.exception(), ValueError)
+            else:
+                assert x.result() == (i + 1) * 2
+        assert e.wait_idle(timeout=60)
+
+
 def test_thread_pools_and_protocol_objects_work_and_engine_shutdown_leaves_them_running():
     class Inline:
         """The smallest executor: submit(fn, *args) returning a concurrent.futures.Future."""
