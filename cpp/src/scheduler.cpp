@@ -199,12 +199,18 @@ void Scheduler::on_dependency_done(Execution& dep, void* arg) {
 }
 
 void Scheduler::enqueue_ready(Execution* ex) {
-  if (tl_scheduler == this && idle_.load(std::memory_order_seq_cst) == 0) {
-    // A child stays on its parent's worker: no cross-thread wake-up, no GIL hand-off.
+  if (tl_scheduler == this) {
+    // A child stays on its parent's worker, in its local queue (taken newest group first: depth
+    // first, see take_work). A worker that idles is woken to steal from it (the oldest records):
+    // bodies that block still spread over the workers, and a recursion of waits still unfolds
+    // depth first on each worker instead of breadth first through the shared queue.
     auto* w = static_cast<Worker*>(tl_worker);
-    std::lock_guard<std::mutex> g(w->mu);
-    w->local.push_back(ex);
-    if (std::exchange(w->parked, false)) w->cv.notify_one();  // under w->mu: see join()
+    {
+      std::lock_guard<std::mutex> g(w->mu);
+      w->local.push_back(ex);
+      if (std::exchange(w->parked, false)) w->cv.notify_one();  // under w->mu: see join()
+    }
+    if (idle_.load(std::memory_order_seq_cst) > 0) wake_one_idle();
     return;
   }
   {
@@ -213,6 +219,21 @@ void Scheduler::enqueue_ready(Execution* ex) {
     inject_size_.fetch_add(1, std::memory_order_seq_cst);
   }
   if (idle_.load(std::memory_order_seq_cst) > 0) wake_one_idle();
+}
+
+// others_have_local_work: some other worker's local queue holds records (which `w` could steal).
+// Called by a parking worker after idle_ += 1: a body's child pushed to its worker's local queue
+// is either seen here, or its submitter sees idle_ > 0 and wakes a parked worker (enqueue_ready) —
+// each side checks under the queue's mutex or after it, so a child of a body that then blocks its
+// thread is never stranded while a worker sleeps.
+bool Scheduler::others_have_local_work(Worker& w) {
+  for (unsigned i = 0, n = active_.load(std::memory_order_acquire); i < n; ++i) {
+    Worker* other = workers_[i].get();
+    if (other == &w) continue;
+    std::lock_guard<std::mutex> g(other->mu);
+    if (!other->local.empty()) return true;
+  }
+  return false;
 }
 
 void Scheduler::wake_one_idle() {
@@ -370,9 +391,16 @@ void Scheduler::worker_main(Worker& w) {
     idle_.fetch_add(1, std::memory_order_seq_cst);
     // Re-check after announcing idleness: a submitter that missed idle_ > 0 pushed before this.
     bool stop_now = stopping_.load(std::memory_order_acquire) && w.fibers == 0;
-    if (inject_size_.load(std::memory_order_seq_cst) > 0 || stop_now) {
-      w.parked = false;
+    bool work = inject_size_.load(std::memory_order_seq_cst) > 0 || stop_now;
+    if (!work) {
+      // Not under our own mutex: others_have_local_work locks the other workers' (two parking
+      // workers would otherwise lock each other's in opposite orders). Only this thread pushes
+      // to w.local, and a waker meanwhile clears `parked`, which the loop below honours.
+      lk.unlock();
+      work = others_have_local_work(w);
+      lk.lock();
     }
+    if (work) w.parked = false;
     bool retire = false;
     while (w.parked) {
       if (w.fibers == 0 && w.stacks.used_since_release()) {
