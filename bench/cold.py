@@ -105,7 +105,10 @@ def main() -> int:
     ap.add_argument("--only", nargs="*", help="workload prefixes (W1 W4 W5 W6 S1)")
     ap.add_argument("--competitors", nargs="*", help="labels' first word (distaff asyncio uvloop ...)")
     ap.add_argument("--timeout", type=float, default=300)
-    ap.add_argument("--out")
+    ap.add_argument("--out", help="raw per-process results (JSON)")
+    ap.add_argument("--save", action="store_true",
+                    help="also write the table to bench/results/cold.md, which bench/report.py puts in "
+                         "docs/performance.md's summary")
     a = ap.parse_args()
 
     cases = [c for c in CASES if c[5] is not None and (not a.only or any(c[1].startswith(o) for o in a.only))]
@@ -154,12 +157,21 @@ def main() -> int:
             ratio = f" ({m / base:.2g}x)" if base and name != D1[0] else ""
             cells.append(f"{fmt(m)}{ratio}")
         rows.append(f"| {label} ({unit}) | " + " | ".join(cells) + " |")
-    print(f"cold: fresh interpreter per measurement, medians of {a.procs} processes; "
-          "(Nx) = that engine's median / distaff 1 worker's")
+    import platform
+    import time as _time
+    load = os.getloadavg()
+    head = (f"Cold run {_time.strftime('%Y-%m-%d %H:%M', _time.gmtime())} UTC, "
+            f"{os.path.basename(a.python)} (Python {platform.python_version()} here), medians of "
+            f"{a.procs} fresh processes per case, load average {load[0]:.1f}; (Nx) = that engine's "
+            "median / distaff 1 worker's in the same run.")
+    table = ["| workload | " + " | ".join(comps_all) + " |", "|---|" + "---:|" * len(comps_all)] + rows
+    print(head)
     print()
-    print("| workload | " + " | ".join(comps_all) + " |")
-    print("|---|" + "---:|" * len(comps_all))
-    print("\n".join(rows))
+    print("\n".join(table))
+    if a.save:
+        os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
+        with open(os.path.join(HERE, "results", "cold.md"), "w") as f:
+            f.write(head + "\n\n" + "\n".join(table) + "\n")
     return 0
 
 
