@@ -79,3 +79,22 @@ class Measurement(dict):
 
 
 perf = time.perf_counter
+
+
+def sync_calls(call, n: int, gap: float = 0.001) -> "Measurement":
+    """S1: n synchronous calls from the main thread, each after `gap` seconds of idleness (the
+    engine's threads park in between, as they do between a script's calls). Returns the total of
+    the timed calls and, as extras, the median and 90th percentile latency in µs."""
+    import statistics
+
+    lat = []
+    for i in range(n):
+        time.sleep(gap)
+        t0 = perf()
+        v = call(i)
+        lat.append(perf() - t0)
+        if v != i:
+            raise AssertionError(f"wrong result: call({i}) gave {v!r}")
+    lat.sort()
+    return Measurement(sum(lat), median_us=statistics.median(lat) * 1e6,
+                       p90_us=lat[int(len(lat) * 0.9)] * 1e6)

@@ -278,6 +278,19 @@ def generate(doc: dict, doc_path: str = DOC, img_dir: str = IMG) -> None:
     L.append("")
     L.append("## Summary")
     L.append("")
+    cold = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "cold.md")
+    if os.path.exists(cold):
+        L.append("### Cold: a fresh interpreter per measurement, the first run after import and "
+                 "engine creation")
+        L.append("")
+        L.append("What a script, a CLI or a test sees (`python bench/cold.py --save`; method and "
+                 "before/after in the Notes). Where cold and warm differ, read this one.")
+        L.append("")
+        with open(cold) as f:
+            L.append(f.read().rstrip("\n"))
+        L.append("")
+        L.append("### Warm: after a warm-up repetition in the same process")
+        L.append("")
     L.append("The distaff row gives its own median (units as in each workload's table: µs per task, "
              "ms for W7b, KiB per suspended execution for W6); the other rows give × distaff. "
              "`·` = not run (see the tables), `n/a` = the library cannot express it (reason in the "

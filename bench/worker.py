@@ -25,7 +25,7 @@ from common import NotSupported, NotYetImplemented, maxrss_kib, rss_kib  # noqa:
 METHODS = {
     "W1": "w1", "W2": "w2", "W3": "w3", "W4": "w4", "W5": "w5", "W5b": "w5b",
     "W6-10k": "w6", "W6-100k": "w6", "W7a": "w7a", "W7b": "w7b",
-    "W8": "w8", "W9": "w9", "W10": "w10",
+    "W8": "w8", "W9": "w9", "W10": "w10", "S1": "s1",
 }
 
 

@@ -196,6 +196,12 @@ class Impl(Base):
         expect(not b.done() and not any(e.done() for e in exs[:100]), "waiters finished?")
         return Measurement(dt, kib_per_exec=(rss1 - rss0) / n, rss_delta_kib=rss1 - rss0)
 
+    def s1(self, n: int) -> Measurement:
+        from common import sync_calls
+        child = self.t["child"]
+        self.info["call"] = "task(x) from the main thread (submit + result)"
+        return sync_calls(child, n)
+
     def w7a(self, n: int) -> float:
         if not _has_await():
             raise NotYetImplemented("await Execution")

@@ -52,6 +52,13 @@ class Impl(Base):
         if getattr(self, "loop", None) is not None:
             self.loop.close()
 
+    def s1(self, n: int) -> Measurement:
+        from common import sync_calls
+        pool = self.pool
+        pool.submit(noop).result()  # a pool thread exists (as distaff's setup starts its worker)
+        self.info["call"] = "pool.submit(f, x).result()"
+        return sync_calls(lambda i: pool.submit(child, i).result(), n)
+
     def w1(self, n: int) -> float:
         pool = self.pool
         t0 = perf()

@@ -38,6 +38,13 @@
 
 namespace distaff::test {
 
+// kSlowBuild: an unoptimised or sanitizer build, where timing-dependent bounds are looser.
+#if defined(__SANITIZE_ADDRESS__) || !defined(__OPTIMIZE__) || DISTAFF_TEST_UNDER_TSAN
+inline constexpr bool kSlowBuild = true;
+#else
+inline constexpr bool kSlowBuild = false;
+#endif
+
 // kSafety: a generous safety net for waits that should end long before it. Never used for ordering.
 inline constexpr std::chrono::seconds kSafety{60};
 

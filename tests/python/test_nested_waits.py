@@ -23,6 +23,36 @@ def test_recursive_fib20_with_synchronous_calls_completes_on_two_workers():
         assert eng.stats()["submitted"] == 21891
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_nested_waits_run_depth_first_with_few_bodies_alive_at_once(workers):
+    # Workers take the newest group of queued executions first (a body's children before older
+    # siblings), so a recursion of synchronous waits is depth first: fib(18) (8,361 tasks) keeps a
+    # few dozen bodies alive, not thousands (oldest-first order: ~4,000, each a fiber stack and a
+    # thread state that a first run has to create). The bound is loose: the 20 ms fairness check
+    # and stealing by a second worker widen it somewhat on a slow machine.
+    lock = threading.Lock()
+    alive = [0, 0]  # now, peak
+
+    with distaff.Engine(workers=workers) as eng:
+
+        @eng.task()
+        def fib(n):
+            with lock:
+                alive[0] += 1
+                alive[1] = max(alive[1], alive[0])
+            try:
+                if n < 2:
+                    return n
+                a, b = fib.submit(n - 1), fib.submit(n - 2)
+                return a.result() + b.result()
+            finally:
+                with lock:
+                    alive[0] -= 1
+
+        assert fib(18) == 2584
+    assert alive[1] < 1000, f"{alive[1]} bodies alive at once: not depth first"
+
+
 def test_thread_pool_deadlocks_on_the_same_code():
     pool = concurrent.futures.ThreadPoolExecutor(8)
     stuck = threading.Event()

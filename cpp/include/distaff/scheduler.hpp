@@ -143,7 +143,7 @@ class Scheduler {
   void enqueue_ready(Execution* ex);  // takes over one reference
   Execution* take_work(Worker& w, std::vector<Execution*>& buf);
   void wake_one_idle();
-  bool others_hold_work(Worker& w, std::unique_lock<std::mutex>& own);
+  bool others_have_local_work(Worker& w);
   void on_finished(Execution& ex) noexcept;
   static void on_dependency_done(Execution& dep, void* arg);
 
