@@ -719,6 +719,35 @@ def _stop_engine_at_exit(capsule: Any, w: _ExitWait) -> None:
             w.interrupted(e)
 
 
+_interrupt_announced = False  # _cancel_before_thread_joins said it already
+
+
+def _cancel_before_thread_joins() -> None:
+    """Runs when the main thread is done, before Python joins the non-daemon threads (and so before
+    the atexit hooks). After a Ctrl-C that ended the program, outstanding work is cancelled here
+    already: a non-daemon thread waiting for an execution would otherwise be joined — forever —
+    before _shutdown_at_exit could cancel it. Without an interruption it does nothing: the threads
+    finish their waits as usual."""
+    global _interrupt_announced
+    if not _program_interrupted():
+        return
+    try:
+        capsules = _core._open_engines()
+        if any(max(_core.engine_live(c)) for c in capsules):
+            logger.warning("distaff: the program was interrupted; cancelling outstanding executions")
+            _interrupt_announced = True
+        for capsule in capsules:
+            _core.shutdown(capsule, False, _core.ShutdownCancel.RUNNING)  # closes and cancels; no wait
+    except BaseException:  # noqa: BLE001 - a second Ctrl-C: the exit hook below still runs
+        pass
+
+
+try:  # the hook concurrent.futures uses for the same reason (private, in CPython 3.9+)
+    threading._register_atexit(_cancel_before_thread_joins)  # type: ignore[attr-defined]
+except (AttributeError, RuntimeError):  # another interpreter, or imported during shutdown
+    pass
+
+
 @atexit.register
 def _shutdown_at_exit() -> None:
     # Every engine of this process that is not joined yet — dropped ones whose work still runs,
@@ -737,7 +766,7 @@ def _shutdown_at_exit() -> None:
     try:
         if _program_interrupted():
             w.cancelling = True  # one Ctrl-C ends the program: its work does not keep it alive
-            if any(max(_core.engine_live(c)) for c in _core._open_engines()):
+            if not _interrupt_announced and any(max(_core.engine_live(c)) for c in _core._open_engines()):
                 logger.warning("distaff: the program was interrupted; cancelling outstanding executions")
         while True:
             try:

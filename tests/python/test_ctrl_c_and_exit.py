@@ -6,6 +6,7 @@ are generous and only one side is tight. docs/reliability.md names these tests.
 """
 
 import signal
+import subprocess
 import sys
 import time
 
@@ -332,3 +333,44 @@ def test_a_second_ctrl_c_during_the_exit_wait_leaves_a_body_stuck_in_c_and_exits
     assert "body returned" not in out
     assert "interrupted; cancelling outstanding executions" in err
     assert "exiting now; 1 execution(s) did not end (stuck in blocking calls)" in err
+
+
+_NON_DAEMON_WAITER = """
+import threading, time, distaff
+@distaff.task()
+def job(seconds):
+    distaff.sleep(seconds)
+    return "job done"
+def waiter():
+    print(job({seconds}), flush=True)
+threading.Thread(target=waiter).start()
+print("ready", flush=True)
+{main}
+"""
+
+
+def test_one_ctrl_c_ends_a_program_whose_non_daemon_thread_waits_in_distaff():
+    """Python joins non-daemon threads before it runs atexit hooks: after a Ctrl-C, distaff cancels
+    outstanding work at that earlier point (threading._register_atexit), so the waiting thread's
+    call raises CancelledError, the thread ends and the program exits on the one Ctrl-C."""
+    code = _NON_DAEMON_WAITER.format(seconds=30, main="time.sleep(60)")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert proc.returncode in (-signal.SIGINT, 130), (proc.returncode, err)
+    assert err.count("the program was interrupted; cancelling outstanding executions") == 1, err
+    assert "CancelledError" in err and "job done" not in out, (out, err)
+
+
+def test_without_ctrl_c_a_non_daemon_thread_waiting_in_distaff_finishes_its_wait_at_exit():
+    """The early exit hook does nothing unless the program was interrupted: the thread's call
+    completes and the program exits normally."""
+    proc = run_python(_NON_DAEMON_WAITER.format(seconds=0.2, main="pass"), timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["ready", "job", "done"], proc.stdout
+    assert "cancelling" not in proc.stderr, proc.stderr

@@ -2,10 +2,7 @@
 says XPASS — and fails — the day one is fixed. Each case runs in a fresh interpreter with a short
 deadline: today they hang until it."""
 
-import signal
 import subprocess
-import sys
-import textwrap
 
 import pytest
 
@@ -31,31 +28,6 @@ def test_cancel_wakes_a_body_parked_in_another_engines_shutdown():
         timeout=10,
     )
     assert proc.stdout.split() == ["True", "True"], proc.stdout
-
-
-@GAP
-def test_one_ctrl_c_ends_a_program_whose_non_daemon_thread_waits_in_distaff():
-    # Outsider trial finding 6: Python joins non-daemon threads before atexit hooks run, so the
-    # exit hook that cancels outstanding work after a Ctrl-C runs only once the thread is done.
-    code = textwrap.dedent(
-        """
-        import threading, time, distaff
-        @distaff.task()
-        def job():
-            distaff.sleep(30)
-        threading.Thread(target=job).start()
-        print("ready", flush=True)
-        time.sleep(60)
-        """
-    )
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout.readline().strip() == "ready"
-        proc.send_signal(signal.SIGINT)
-        proc.communicate(timeout=8)
-    finally:
-        proc.kill()
-        proc.communicate()
 
 
 @GAP
