@@ -123,6 +123,29 @@ std::size_t stack_guard_limit() noexcept { return detail::StackPool::guard_limit
 
 bool Scheduler::on_worker() const noexcept { return tl_scheduler == this; }
 
+int Scheduler::worker_index() const noexcept {
+  return tl_scheduler == this ? static_cast<int>(static_cast<Worker*>(tl_worker)->index) : -1;
+}
+
+std::shared_ptr<Observer> Scheduler::set_observer(std::shared_ptr<Observer> obs) {
+  std::lock_guard<std::mutex> g(observer_mu_);
+  observer_.store(obs.get(), std::memory_order_seq_cst);
+  // Every notifier that read the old pointer incremented observer_users_ before re-reading it
+  // (notify_slow); once the count is zero, none is inside the old observer any more.
+  while (observer_users_.load(std::memory_order_seq_cst) != 0) std::this_thread::yield();
+  std::swap(observer_owner_, obs);
+  return obs;
+}
+
+void Scheduler::notify_slow(EventKind kind, Execution& ex, std::uint64_t blocked_on) noexcept {
+  observer_users_.fetch_add(1, std::memory_order_seq_cst);
+  if (Observer* o = observer_.load(std::memory_order_seq_cst)) {
+    const Event e{kind, ex.state(), worker_index(), monotonic_ns(), &ex, blocked_on};
+    o->on_event(e);
+  }
+  observer_users_.fetch_sub(1, std::memory_order_release);
+}
+
 SchedulerStats Scheduler::stats() const {
   SchedulerStats s;
   s.live = live_.load();
@@ -142,11 +165,13 @@ void Scheduler::submit(const ExecutionRef& ex, const std::vector<ExecutionRef>& 
   live_.fetch_add(1, std::memory_order_relaxed);
   submitted_.fetch_add(1, std::memory_order_relaxed);
   if (deps.empty()) {
+    notify(EventKind::submit, *ex);  // before the queue: a worker may start it at once
     ex->retain();  // the queue's reference, handed to the fiber
     enqueue_ready(ex.get());
     return;
   }
   ex->state_.store(State::waiting, std::memory_order_release);
+  notify(EventKind::submit, *ex);  // before the dependencies are linked: they may release it at once
   ex->deps_left_.store(static_cast<std::uint32_t>(deps.size() + 1), std::memory_order_relaxed);
   ex->link_dependencies(deps);
   ex->retain();  // the parked reference: released (or handed to the queue) when the count hits 0
@@ -188,6 +213,7 @@ void Scheduler::on_dependency_done(Execution& dep, void* arg) {
     failed->release();
     ex->release();  // the parked reference
   } else {
+    self->notify(EventKind::ready, *ex);
     self->enqueue_ready(ex);  // hands the parked reference to the queue
   }
 }
@@ -292,8 +318,11 @@ void Scheduler::worker_main(Worker& w) {
           ExecutionRef ref(ex, /*add_ref=*/false);  // the queue's reference
           // While draining (close(true)), nothing more starts: run() sees the execution still
           // pending and cancels it (so its completion callbacks fire like any other's).
+          bool started = false;
           if (!draining_.load(std::memory_order_acquire) && ex->start()) {
             detail::fiber_local() = detail::FiberLocal{ex, nullptr};
+            started = true;
+            notify(EventKind::start, *ex);
           }
           // run() is called for every dequeued execution, also one cancelled while queued (its state
           // is then terminal), so the embedder can release what it attached to the payload.
@@ -305,6 +334,7 @@ void Scheduler::worker_main(Worker& w) {
             // The embedder's run must not throw; an exception escaping a fiber would terminate.
             ex->finish(State::failed);
           }
+          if (started) notify(EventKind::end, *ex);
           detail::fiber_local() = detail::FiberLocal{};
           ref = ExecutionRef();
           --w.fibers;
