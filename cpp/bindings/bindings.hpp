@@ -52,7 +52,18 @@ struct EngineCore {
   std::size_t history_limit = 100000;
   std::size_t history_head = 0;  // ring index once full
   void remember(const ExecutionRef& ex, std::unique_ptr<HistoryExtra> extra);
+  // While a recorder (_core.Recorder, observe.cpp) observes this engine: a list the finished
+  // executions' outcomes that the core's events do not carry are appended to — (id, exception or
+  // None, attempts or None) for failures and for executions that retried. NULL otherwise. GIL.
+  PyObject* outcomes = nullptr;
 };
+
+// record_outcome: appends pe's outcome to eng->outcomes (see there), if it has one worth keeping.
+// GIL held; never raises.
+struct PyExecution;
+void record_outcome(EngineCore* eng, PyExecution* pe, State state);
+// init_observe: adds the Recorder type to the module.
+bool init_observe(PyObject* module);
 
 // The Python Execution object. Field order matters little; everything is guarded by the GIL.
 struct PyExecution {

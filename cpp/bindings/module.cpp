@@ -164,6 +164,7 @@ PYBIND11_MODULE(_core, m) {
   if (!init_wait(m.ptr())) throw pyb::error_already_set();
   if (!init_submitter(m.ptr())) throw pyb::error_already_set();
   if (!init_lifecycle(m.ptr())) throw pyb::error_already_set();
+  if (!init_observe(m.ptr())) throw pyb::error_already_set();
 
   pyb::class_<EngineHandle>(m, "EngineCore")
       .def(pyb::init<unsigned, unsigned, std::size_t, std::size_t>(), pyb::arg("workers"),

@@ -1050,6 +1050,7 @@ bool complete(PyExecution* pe, State state, PyObject* value) {
   if (!finished) return false;
   if (pe->timer_id) disarm_timeout(pe);
   if (eng && eng->history_limit) eng->remember(ExecutionRef(c), history_extra(pe));
+  if (eng && eng->outcomes) record_outcome(eng, pe, state);
   if (PyObject* cbs = pe->callbacks) {
     pe->callbacks = nullptr;
     PyObject* self = reinterpret_cast<PyObject*>(pe);
@@ -1313,6 +1314,14 @@ PyObject* submit_impl(PyObject* capsule, PyObject* fn, PyObject* name, long flag
   pe->exc = nullptr;
   pe->callbacks = nullptr;
   pe->workflow_id = wf == Py_None ? nullptr : Py_NewRef(wf);
+  if (wf != Py_None && PyUnicode_Check(wf)) {  // the core's record, for observers (observe.cpp)
+    Py_ssize_t n = 0;
+    if (const char* w = PyUnicode_AsUTF8AndSize(wf, &n)) {
+      core->set_workflow_id(std::string(w, static_cast<std::size_t>(n)));
+    } else {
+      PyErr_Clear();
+    }
+  }
   pe->deps = nullptr;
   pe->weakrefs = nullptr;
   pe->extra = nullptr;

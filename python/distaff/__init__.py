@@ -65,6 +65,17 @@ def sleep(seconds: float) -> None:
 _ASYNC_CODE = _inspect.CO_COROUTINE | _inspect.CO_ASYNC_GENERATOR
 
 
+def trace(path, engine=None):
+    """Records what ``engine`` (default: the engine module-level tasks use here) does inside the
+    block and writes ``path`` when it exits; see :meth:`Engine.trace`. ``.json``: Chrome trace
+    (Perfetto), ``.jsonl``: event log, ``.html``: self-contained report."""
+    if engine is None:
+        engine = default_engine()
+    elif not isinstance(engine, Engine):
+        raise TypeError(f"trace() engine must be a distaff.Engine, not {type(engine).__name__}")
+    return engine.trace(path)
+
+
 def current_execution():
     """The Execution whose body is running here (on this fiber, or in this asyncio task for an
     ``async def`` task), or None outside task bodies."""
@@ -106,6 +117,7 @@ __all__ = [
     "shutdown",
     "sleep",
     "task",
+    "trace",
     "use_engine",
     "workflow",
     "executors",

@@ -430,6 +430,16 @@ class Engine(concurrent.futures.Executor):
         out.extend(ExecutionRecord(n) for n in rows if n["id"] not in seen)
         return sorted(out, key=lambda e: e.id)
 
+    def trace(self, path: "str | os.PathLike[str]") -> "Any":
+        """Records everything this engine does inside the block and writes ``path`` when it exits,
+        also by an exception or Ctrl-C. The suffix picks the format: ``.json`` (Chrome Trace Event
+        Format, for Perfetto and chrome://tracing), ``.jsonl`` (one event per line) or ``.html`` (a
+        self-contained report). A context manager and an async context manager; yields the trace,
+        whose ``events`` hold the event dicts after the block (docs/observability.md)."""
+        from . import _trace
+
+        return _trace.Trace(path, self)
+
     def clear_history(self) -> None:
         self._core.clear_history()
 
