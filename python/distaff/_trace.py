@@ -16,6 +16,7 @@ import datetime as _dt
 import json
 import os
 import threading
+import time
 import traceback
 from typing import Any, Iterable
 
@@ -37,6 +38,8 @@ _FINISH = {"succeeded": "TaskCompleted", "failed": "TaskFailed", "cancelled": "T
 EVENT_NAMES = ("TaskCreated", "TaskQueued", "TaskStarted", "TaskSuspended", "TaskResumed", "TaskBodyEnded",
                "TaskCompleted", "TaskFailed", "TaskCanceled")
 _TRACEBACK_MAX = 20_000  # characters of a failure's traceback kept in the log
+_START, _END, _FINISH_K = (_core.EVENT_KINDS.index(k) for k in ("start", "end", "finish"))
+_SETTLE_S = 0.1
 
 
 # -- the per-engine recorder ---------------------------------------------------------------------------
@@ -232,10 +235,32 @@ class Trace:
         self._outcomes: list = []
         self._hub: _Hub | None = None
         self._active = False
+        self._running: set = set()
+        self._finished: set = set()
 
     def deliver(self, events: list, outcomes: list) -> None:
         self._raw.extend(events)
         self._outcomes.extend(outcomes)
+        # Bodies that finished their execution but whose fiber has not ended yet (the `end` comes
+        # right after the body returns, on its worker): see _settle.
+        for kind, _t, _w, id_, _d in events:
+            if kind == _START:
+                self._running.add(id_)
+            elif kind == _END:
+                self._running.discard(id_)
+                self._finished.discard(id_)
+            elif kind == _FINISH_K and id_ in self._running:
+                self._finished.add(id_)
+
+    def _settle(self) -> None:
+        """Waits a little (at most _SETTLE_S) for the bodies whose execution finished to return, so
+        the block that waited for a result records the end of the body that produced it too."""
+        deadline = time.monotonic() + _SETTLE_S
+        while True:
+            flush(self.engine)
+            if not self._finished or time.monotonic() >= deadline:
+                return
+            time.sleep(0.0005)
 
     def __enter__(self) -> "Trace":
         if self._active:
@@ -248,7 +273,10 @@ class Trace:
         if not self._active:
             return
         self._active = False
-        unsubscribe(self.engine, self)
+        try:
+            self._settle()
+        finally:
+            unsubscribe(self.engine, self)
         conv = Converter(self._hub.anchor, _history_lookup(self.engine))
         self.events = conv.convert(self._raw, self._outcomes)
         self._raw, self._outcomes = [], []
