@@ -1,6 +1,8 @@
 #include "distaff/observer.hpp"
 
 #include <algorithm>
+#include <mutex>
+#include <thread>
 
 namespace distaff {
 
@@ -17,6 +19,14 @@ const char* to_string(EventKind k) noexcept {
   return "?";
 }
 
+void EventBuffer::Slot::lock() noexcept {
+  for (int spins = 0; busy.exchange(true, std::memory_order_acquire); ++spins) {
+    while (busy.load(std::memory_order_relaxed)) {
+      if (spins++ > 100) std::this_thread::yield();  // the holder was preempted: let it run
+    }
+  }
+}
+
 EventBuffer::EventBuffer(unsigned workers) {
   slots_.reserve(workers + 1);
   for (unsigned i = 0; i <= workers; ++i) slots_.push_back(std::make_unique<Slot>());
@@ -27,8 +37,11 @@ void EventBuffer::on_event(const Event& e) noexcept {
   DISTAFF_ASSERT(i < slots_.size());
   Slot& slot = *slots_[i];
   try {
-    std::lock_guard<std::mutex> g(slot.mu);
-    slot.records.push_back(Record{e.time_ns, e.execution->id(), e.blocked_on,
+    std::lock_guard<Slot> g(slot);
+    if (slot.chunks.empty() || slot.chunks.back().size() == kChunk) {
+      slot.chunks.emplace_back().reserve(kChunk);
+    }
+    slot.chunks.back().push_back(Record{e.time_ns, e.execution->id(), e.blocked_on,
                                   e.kind == EventKind::submit ? ExecutionRef(e.execution) : ExecutionRef(),
                                   e.worker, e.kind, e.state});
   } catch (...) {
@@ -39,14 +52,16 @@ void EventBuffer::on_event(const Event& e) noexcept {
 
 void EventBuffer::drain(std::vector<Record>& out) {
   const std::size_t first = out.size();
-  std::vector<Record> taken;
+  std::vector<std::vector<Record>> taken;
   for (auto& slot : slots_) {
     {
-      std::lock_guard<std::mutex> g(slot->mu);
-      taken.swap(slot->records);
+      std::lock_guard<Slot> g(*slot);
+      taken.swap(slot->chunks);
     }
-    out.insert(out.end(), std::make_move_iterator(taken.begin()), std::make_move_iterator(taken.end()));
-    taken.clear();  // releases the moved-from records outside the lock
+    for (auto& chunk : taken) {
+      out.insert(out.end(), std::make_move_iterator(chunk.begin()), std::make_move_iterator(chunk.end()));
+    }
+    taken.clear();  // frees the chunks outside the lock
   }
   // Each buffer is in time order already; a stable sort keeps the order of equal timestamps (the
   // buffer of other threads, where submits from outside happen, comes first).

@@ -44,6 +44,9 @@ struct Scheduler::Worker {
   boost::fibers::condition_variable_any cv;
   std::int64_t fibers = 0;             // started, not ended (worker thread only)
   detail::StackPool stacks;            // worker thread only
+  // Calls into the observer in flight on this worker (Scheduler::notify_slow): a counter per
+  // worker, on a line of its own, so that recording does not bounce one cache line between threads.
+  alignas(64) std::atomic<int> observing{0};
 };
 
 namespace {
@@ -130,18 +133,32 @@ int Scheduler::worker_index() const noexcept {
 std::shared_ptr<Observer> Scheduler::set_observer(std::shared_ptr<Observer> obs) {
   std::lock_guard<std::mutex> g(observer_mu_);
   observer_.store(obs.get(), std::memory_order_seq_cst);
-  // Every notifier that read the old pointer incremented observer_users_ before re-reading it
-  // (notify_slow); once the count is zero, none is inside the old observer any more.
+  // Every notifier that read the old pointer incremented its counter before re-reading it
+  // (notify_slow); once every counter is zero, none is inside the old observer any more. (Dekker:
+  // the store and the notifier's increment are both seq_cst, so one of the two sees the other.)
+  for (const auto& w : workers_) {
+    while (w->observing.load(std::memory_order_seq_cst) != 0) std::this_thread::yield();
+  }
   while (observer_users_.load(std::memory_order_seq_cst) != 0) std::this_thread::yield();
   std::swap(observer_owner_, obs);
   return obs;
 }
 
 void Scheduler::notify_slow(EventKind kind, Execution& ex, std::uint64_t blocked_on) noexcept {
+  if (tl_scheduler == this) {
+    // A worker's counter is written by that worker only, and never nests (on_event does not call
+    // back): a seq_cst store (one fence) announces the call, a release store ends it.
+    Worker* w = static_cast<Worker*>(tl_worker);
+    w->observing.store(1, std::memory_order_seq_cst);
+    if (Observer* o = observer_.load(std::memory_order_seq_cst)) {
+      o->on_event(Event{kind, ex.state(), static_cast<std::int32_t>(w->index), monotonic_ns(), &ex, blocked_on});
+    }
+    w->observing.store(0, std::memory_order_release);
+    return;
+  }
   observer_users_.fetch_add(1, std::memory_order_seq_cst);
   if (Observer* o = observer_.load(std::memory_order_seq_cst)) {
-    const Event e{kind, ex.state(), worker_index(), monotonic_ns(), &ex, blocked_on};
-    o->on_event(e);
+    o->on_event(Event{kind, ex.state(), -1, monotonic_ns(), &ex, blocked_on});
   }
   observer_users_.fetch_sub(1, std::memory_order_release);
 }

@@ -107,9 +107,18 @@ def flush(engine: Any) -> None:
 
 # -- raw events to JSONL event dicts ------------------------------------------------------------------
 
+_iso_cache: dict = {}
+
+
 def _iso(wall_ns: int) -> str:
-    dt = _dt.datetime.fromtimestamp(wall_ns // 1_000_000_000, tz=_dt.timezone.utc)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S") + f".{(wall_ns // 1000) % 1_000_000:06d}Z"
+    """ISO 8601 UTC with microseconds; the seconds part is cached (events come in bursts)."""
+    sec = wall_ns // 1_000_000_000
+    head = _iso_cache.get(sec)
+    if head is None:
+        if len(_iso_cache) > 4096:
+            _iso_cache.clear()
+        head = _iso_cache[sec] = _dt.datetime.fromtimestamp(sec, tz=_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{head}.{(wall_ns // 1000) % 1_000_000:06d}Z"
 
 
 def _error_text(exc: BaseException) -> str:

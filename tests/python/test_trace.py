@@ -207,16 +207,19 @@ def test_the_trace_is_written_when_a_workflow_fails_or_is_cancelled(eng, tmp_pat
 def test_ctrl_c_during_a_wait_still_writes_the_trace(tmp_path):
     path = tmp_path / "int.jsonl"
     code = textwrap.dedent(f"""
-        import sys, distaff
+        import sys, threading, distaff
         eng = distaff.Engine()
+        started = threading.Event()
 
         @eng.task()
         def slow():
+            started.set()
             distaff.sleep(60)
 
         with eng.trace({str(path)!r}):
             done = [eng.submit(lambda i=i: i).result() for i in range(3)]
             e = slow.submit()
+            started.wait()
             print("ready", flush=True)
             e.result()
     """)
@@ -234,7 +237,7 @@ def test_ctrl_c_during_a_wait_still_writes_the_trace(tmp_path):
     events = read_jsonl(path)
     kinds = collections.Counter(e["event"] for e in events)
     assert kinds["TaskCompleted"] == 3 and kinds["TaskCreated"] == 4
-    assert any(e["event"] == "TaskSuspended" and short(e["name"]) == "slow" for e in events)
+    assert any(e["event"] == "TaskStarted" and short(e["name"]) == "slow" for e in events)
 
 
 def test_recording_is_per_engine_and_traces_nest(tmp_path):

@@ -10,7 +10,6 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
-#include <mutex>
 #include <vector>
 
 #include "distaff/execution.hpp"
@@ -80,9 +79,18 @@ class EventBuffer final : public Observer {
   std::uint64_t lost() const noexcept { return lost_.load(std::memory_order_relaxed); }
 
  private:
+  // Records go into chunks of kChunk, never moved once written (a growing vector would copy
+  // everything recorded so far on each doubling, on the worker).
+  // 1024 records (40 KiB) stay below malloc's mmap threshold, so freed chunks are reused rather
+  // than mapped and faulted in afresh.
+  static constexpr std::size_t kChunk = 1024;
+  // A slot's lock is a spinlock: its holder never blocks (an append, or a drain's swap), and a
+  // worker's slot is contended only by a drain. Measured: a pthread mutex cost ~7% of W1 recording.
   struct alignas(64) Slot {
-    std::mutex mu;
-    std::vector<Record> records;  // guarded by mu
+    std::atomic<bool> busy{false};
+    std::vector<std::vector<Record>> chunks;  // guarded by busy; each reserved to kChunk
+    void lock() noexcept;
+    void unlock() noexcept { busy.store(false, std::memory_order_release); }
   };
   std::vector<std::unique_ptr<Slot>> slots_;  // [0]: other threads; [i + 1]: worker i
   std::atomic<std::uint64_t> lost_{0};

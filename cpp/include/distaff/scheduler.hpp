@@ -192,10 +192,11 @@ class Scheduler {
   boost::fibers::condition_variable_any idle_cv_;
 
   // The observer: a raw pointer read on every notification point, the owning pointer beside it.
-  // observer_users_ counts threads inside notify_slow, so set_observer can wait them out (a notifier
-  // increments, then re-reads the pointer; set_observer swaps, then waits for zero: seq_cst both).
+  // Each worker counts its calls inside notify_slow (Worker::observing), observer_users_ those of
+  // other threads, so set_observer can wait them out (a notifier increments, then re-reads the
+  // pointer; set_observer swaps, then waits for zero: seq_cst both).
   std::atomic<Observer*> observer_{nullptr};
-  std::atomic<int> observer_users_{0};
+  alignas(64) std::atomic<int> observer_users_{0};
   std::mutex observer_mu_;                       // serialises set_observer
   std::shared_ptr<Observer> observer_owner_;     // guarded by observer_mu_
 };
