@@ -17,7 +17,7 @@ import time
 import weakref
 from typing import Any, Callable, Iterable, Iterator
 
-from . import _asyncio, _core, _elsewhere, _validate
+from . import _asyncio, _core, _elsewhere, _execlog, _validate
 from ._errors import ShutdownError
 from ._task import _MISSING, Task, _decorator
 
@@ -109,6 +109,7 @@ class Engine(concurrent.futures.Executor):
         self._loop_thread: threading.Thread | None = None
         self._loop_lock = threading.Lock()
         _engines.add(self)
+        _execlog.engine_started(self)  # DEBUG records on "distaff.executions" when that logger is on
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "running"
@@ -317,6 +318,7 @@ class Engine(concurrent.futures.Executor):
         if wait:
             self._joined = True
             self._stop_event_loop()
+            _execlog.unwatch(self)
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Waits until every execution submitted so far has finished. True if it did in time.
@@ -762,6 +764,7 @@ def _shutdown_at_exit() -> None:
                     if eng is not None:
                         eng._closed = eng._joined = True
                         eng._stop_event_loop()
+                        _execlog.unwatch(eng)
                         eng._executors.close(True)  # the process pool it owns
             except BaseException as e:  # noqa: B036 — a signal handler raised outside the wait
                 w.armed = False

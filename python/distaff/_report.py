@@ -207,6 +207,7 @@ pre { margin: 4px 0 0; white-space: pre-wrap; font-size: 12px; background: #f6f8
   document.getElementById("zoom-in").addEventListener("click", () => zoom(0.5));
   document.getElementById("zoom-out").addEventListener("click", () => zoom(2));
   document.getElementById("zoom-reset").addEventListener("click", () => { v0 = 0; v1 = span * 1.02; draw(); });
+  report.setView = (a, b) => { if (b > a) { v0 = a; v1 = b; draw(); } };  // ns since the first event
   canvas.addEventListener("wheel", ev => {
     ev.preventDefault();
     const r = canvas.getBoundingClientRect();

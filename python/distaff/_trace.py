@@ -18,6 +18,7 @@ import os
 import threading
 import time
 import traceback
+import weakref
 from typing import Any, Iterable
 
 from . import _core
@@ -48,7 +49,7 @@ class _Hub:
     """The one ``_core.Recorder`` of an engine and the subscribers it delivers batches to."""
 
     def __init__(self, engine: Any) -> None:
-        self.engine = engine
+        # No reference to the Engine object: a logged engine that is dropped can still go.
         self.anchor = (_core.monotonic_ns(), _core.wall_time_ns())
         self.recorder = _core.Recorder(engine._capsule)
         self.subscribers: list = []
@@ -84,14 +85,19 @@ def subscribe(engine: Any, subscriber: Any) -> _Hub:
 
 def unsubscribe(engine: Any, subscriber: Any) -> None:
     """Delivers everything recorded so far, then stops delivering to ``subscriber``."""
+    unsubscribe_key(id(engine), subscriber)
+
+
+def unsubscribe_key(key: int, subscriber: Any) -> None:
+    """unsubscribe() for an engine known by id() only (its Engine object may be gone)."""
     with _hubs_lock:
-        hub = _hubs.get(id(engine))
+        hub = _hubs.get(key)
         if hub is None or subscriber not in hub.subscribers:
             return
         if len(hub.subscribers) == 1:
             hub.recorder.close()  # stop first (waits out events in flight), then the last drain
             hub.flush()
-            del _hubs[id(engine)]
+            del _hubs[key]
         else:
             hub.flush()
         hub.subscribers.remove(subscriber)
@@ -196,13 +202,15 @@ class Converter:
 def _history_lookup(engine: Any) -> Any:
     """id -> identity from the engine's history, for executions submitted before recording began."""
     table: dict | None = None
+    ref = weakref.ref(engine)
 
     def lookup(id_: int) -> tuple | None:
         nonlocal table
         if table is None:
             table = {}
+            eng = ref()
             try:
-                for (i, name, kind, parent, _deps, _st, _s, _b, _f, wid, _err) in engine._core.history():
+                for (i, name, kind, parent, _deps, _st, _s, _b, _f, wid, _err) in eng._core.history():
                     table[i] = (name, kind, wid, parent or None)
             except Exception:
                 pass
