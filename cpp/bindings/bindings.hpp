@@ -56,6 +56,8 @@ struct EngineCore {
   // executions' outcomes that the core's events do not carry are appended to — (id, exception or
   // None, attempts or None) for failures and for executions that retried. NULL otherwise. GIL.
   PyObject* outcomes = nullptr;
+  // Likewise: (id, contextvars.Context) of the root executions submitted from a non-empty context.
+  PyObject* contexts = nullptr;
 };
 
 // record_outcome: appends pe's outcome to eng->outcomes (see there), if it has one worth keeping.

@@ -49,6 +49,8 @@ class Recorder {
     }
     pending_outcomes_ = pyb::reinterpret_steal<pyb::object>(eng_->outcomes);
     eng_->outcomes = nullptr;
+    if (eng_->contexts) pending_contexts_ = pyb::reinterpret_steal<pyb::object>(eng_->contexts);
+    eng_->contexts = nullptr;
     eng_ = nullptr;
   }
   bool closed() const { return eng_ == nullptr; }
@@ -109,13 +111,40 @@ class Recorder {
     return out;
   }
 
+  // contexts: (id, contextvars.Context) of the roots submitted since the last call from a
+  // non-empty context (the OpenTelemetry span active there parents the root's span).
+  pyb::list contexts() {
+    pyb::list out;
+    if (pending_contexts_) {
+      out = pyb::reinterpret_borrow<pyb::list>(pending_contexts_);
+      pending_contexts_ = pyb::object();
+      return out;
+    }
+    if (eng_ && eng_->contexts) {
+      out = pyb::reinterpret_steal<pyb::list>(eng_->contexts);
+      eng_->contexts = PyList_New(0);
+      if (!eng_->contexts) throw pyb::error_already_set();
+    }
+    return out;
+  }
+
+  // capture_contexts: from now on, keep the submitting context of root executions (contexts()).
+  // Off by default: only OpenTelemetry needs them.
+  void capture_contexts() {
+    if (eng_ && !eng_->contexts) {
+      eng_->contexts = PyList_New(0);
+      if (!eng_->contexts) throw pyb::error_already_set();
+    }
+  }
+
   std::uint64_t lost() const { return buf_->lost(); }
 
  private:
   pyb::object capsule_;  // keeps the engine alive while recording
   EngineCore* eng_ = nullptr;
   std::shared_ptr<EventBuffer> buf_;
-  pyb::object pending_outcomes_;  // the list detached by close(), until taken
+  pyb::object pending_outcomes_;  // the lists detached by close(), until taken
+  pyb::object pending_contexts_;
 };
 
 }  // namespace
@@ -127,6 +156,8 @@ bool init_observe(PyObject* module) {
         .def(pyb::init<pyb::object>(), pyb::arg("capsule"))
         .def("drain", &Recorder::drain)
         .def("outcomes", &Recorder::outcomes)
+        .def("contexts", &Recorder::contexts)
+        .def("capture_contexts", &Recorder::capture_contexts)
         .def("close", &Recorder::close)
         .def_property_readonly("closed", &Recorder::closed)
         .def_property_readonly("lost", &Recorder::lost);

@@ -1375,6 +1375,13 @@ PyObject* submit_impl(PyObject* capsule, PyObject* fn, PyObject* name, long flag
       gating.emplace_back(as_pe(d)->core);
     }
   }
+  // While a recorder observes the engine (observe.cpp): a root's submitting context, where the
+  // OpenTelemetry span active at the call lives (distaff.otel parents the root's span on it).
+  if (!parent && pe->context && eng->contexts) {
+    PyObject* row = Py_BuildValue("(KO)", static_cast<unsigned long long>(core->id()), pe->context);
+    if (!row || PyList_Append(eng->contexts, row) < 0) PyErr_Clear();
+    Py_XDECREF(row);
+  }
   core->set_payload(pe);
   Py_INCREF(self);  // the queue's reference, released by run_execution or abandon_execution
   try {

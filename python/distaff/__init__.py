@@ -34,7 +34,7 @@ from ._wait import (
     join,
     wait,
 )
-from . import _asyncio, _engine, _errors, _imports, executors
+from . import _asyncio, _engine, _errors, _imports, executors, otel
 from . import _task as _task_mod
 
 _task_mod._engine_mod = _engine

@@ -17,7 +17,7 @@ import time
 import weakref
 from typing import Any, Callable, Iterable, Iterator
 
-from . import _asyncio, _core, _elsewhere, _execlog, _validate
+from . import _asyncio, _core, _elsewhere, _execlog, _trace, _validate
 from ._errors import ShutdownError
 from ._task import _MISSING, Task, _decorator
 
@@ -318,7 +318,7 @@ class Engine(concurrent.futures.Executor):
         if wait:
             self._joined = True
             self._stop_event_loop()
-            _execlog.unwatch(self)
+            _trace.engine_stopped(self)  # execution logging, OpenTelemetry: what is left
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Waits until every execution submitted so far has finished. True if it did in time.
@@ -764,7 +764,7 @@ def _shutdown_at_exit() -> None:
                     if eng is not None:
                         eng._closed = eng._joined = True
                         eng._stop_event_loop()
-                        _execlog.unwatch(eng)
+                        _trace.engine_stopped(eng)
                         eng._executors.close(True)  # the process pool it owns
             except BaseException as e:  # noqa: B036 — a signal handler raised outside the wait
                 w.armed = False

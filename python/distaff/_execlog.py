@@ -2,8 +2,8 @@
 
 Built on the observer seam like the traces (``_trace._Hub``): when an engine starts while that
 logger is enabled for DEBUG, the engine is observed, and one drainer thread per process turns the
-recorded events into log records every ``_PERIOD_S`` (never one Python call per event on the
-workers). Each record has, besides the message, ``execution_id``, ``task_name``, ``workflow_id``,
+recorded events into log records every 50 ms (``_trace.live_subscribe``; never one Python call per
+event on the workers). Each record has, besides the message, ``execution_id``, ``task_name``, ``workflow_id``,
 ``parent_id``, ``state``, ``event`` and ``worker`` attributes (``extra``), and the time of the
 state change as its ``created`` time.
 """
@@ -11,23 +11,16 @@ state change as its ``created`` time.
 from __future__ import annotations
 
 import logging
-import threading
 import weakref
 from typing import Any
 
 from . import _core, _trace
 
 logger = logging.getLogger("distaff.executions")
-_PERIOD_S = 0.05
 # The state changes: TaskCreated is pending (or waiting for dependencies), TaskQueued ready,
 # TaskStarted running, then the terminal event. Suspensions leave the state `running`.
 _LOGGED = {"TaskCreated", "TaskQueued", "TaskStarted", "TaskCompleted", "TaskFailed", "TaskCanceled"}
 _STATE = {"TaskCreated": "pending", "TaskQueued": "queued", "TaskStarted": "running"}
-
-_lock = threading.Lock()
-_watched: dict = {}  # id(engine) -> _Subscriber
-_thread: threading.Thread | None = None
-_wake = threading.Event()
 
 
 class _Subscriber:
@@ -82,50 +75,5 @@ def _mono_to_wall(mono_ns: int) -> float:
 
 def engine_started(engine: Any) -> None:
     """Called by Engine(): observes it when ``distaff.executions`` is enabled for DEBUG now."""
-    if not logger.isEnabledFor(logging.DEBUG):
-        return
-    watch(engine)
-
-
-def watch(engine: Any) -> None:
-    global _thread
-    with _lock:
-        if id(engine) in _watched:
-            return
-        sub = _Subscriber(engine)
-        _trace.subscribe(engine, sub)
-        _watched[id(engine)] = sub
-        if _thread is None or not _thread.is_alive():
-            _thread = threading.Thread(target=_drain_loop, name="distaff-executions-log", daemon=True)
-            _thread.start()
-
-
-def unwatch(engine: Any) -> None:
-    """The engine is shut down: log what is left and stop observing it."""
-    with _lock:
-        sub = _watched.pop(id(engine), None)
-    if sub is not None:
-        _trace.unsubscribe(engine, sub)
-
-
-def _drain_loop() -> None:
-    global _thread
-    while True:
-        _wake.wait(_PERIOD_S)
-        _wake.clear()
-        with _lock:
-            subs = list(_watched.values())
-            if not subs:
-                _thread = None
-                return
-        for sub in subs:
-            eng = sub.engine()
-            try:
-                if eng is None or eng._joined:  # dropped, or shut down: what is left, then stop
-                    with _lock:
-                        _watched.pop(sub.key, None)
-                    _trace.unsubscribe_key(sub.key, sub)
-                    continue
-                _trace.flush(eng)
-            except Exception:  # a handler that raises must not stop the logging of other engines
-                logging.getLogger("distaff").exception("distaff: logging executions failed")
+    if logger.isEnabledFor(logging.DEBUG):
+        _trace.live_subscribe(engine, _Subscriber(engine))

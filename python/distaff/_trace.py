@@ -58,6 +58,11 @@ class _Hub:
         """Drains what was recorded and hands it to every subscriber. Caller holds _hubs_lock."""
         events = self.recorder.drain()
         outcomes = self.recorder.outcomes()
+        contexts = self.recorder.contexts()
+        if contexts:  # first: a root's context comes with or before its submit event
+            for s in list(self.subscribers):
+                if hasattr(s, "contexts"):
+                    s.contexts(contexts)
         if events or outcomes:
             for s in list(self.subscribers):
                 s.deliver(events, outcomes)
@@ -79,6 +84,8 @@ def subscribe(engine: Any, subscriber: Any) -> _Hub:
             hub = _hubs[id(engine)] = _Hub(engine)
         else:
             hub.flush()  # what happened before this subscriber came is not its business
+        if hasattr(subscriber, "contexts"):
+            hub.recorder.capture_contexts()  # roots' submitting contexts (OpenTelemetry parents)
         hub.subscribers.append(subscriber)
         return hub
 
@@ -109,6 +116,68 @@ def flush(engine: Any) -> None:
         hub = _hubs.get(id(engine))
         if hub is not None:
             hub.flush()
+
+
+# -- live subscribers: delivered every _LIVE_PERIOD_S by one drainer thread -----------------------------
+
+_LIVE_PERIOD_S = 0.05
+_live: dict = {}  # (id(engine), id(subscriber)) -> (weakref to the engine, subscriber)
+_live_lock = threading.Lock()
+_live_thread: threading.Thread | None = None
+
+
+def live_subscribe(engine: Any, subscriber: Any) -> None:
+    """subscribe(), plus a delivery every _LIVE_PERIOD_S while the engine runs (execution logging,
+    OpenTelemetry), until live_unsubscribe() or the engine's shutdown (engine_stopped)."""
+    global _live_thread
+    with _live_lock:
+        key = (id(engine), id(subscriber))
+        if key in _live:
+            return
+        subscribe(engine, subscriber)
+        _live[key] = (weakref.ref(engine), subscriber)
+        if _live_thread is None or not _live_thread.is_alive():
+            _live_thread = threading.Thread(target=_live_loop, name="distaff-observe", daemon=True)
+            _live_thread.start()
+
+
+def live_unsubscribe(engine_key: int, subscriber: Any) -> None:
+    with _live_lock:
+        found = _live.pop((engine_key, id(subscriber)), None)
+    if found is not None:
+        unsubscribe_key(engine_key, subscriber)
+
+
+def engine_stopped(engine: Any) -> None:
+    """The engine is shut down (joined): deliver what is left to its live subscribers, drop them."""
+    with _live_lock:
+        subs = [sub for (ekey, _s), (_r, sub) in _live.items() if ekey == id(engine)]
+    for sub in subs:
+        live_unsubscribe(id(engine), sub)
+
+
+def _live_loop() -> None:
+    global _live_thread
+    while True:
+        time.sleep(_LIVE_PERIOD_S)
+        with _live_lock:
+            if not _live:
+                _live_thread = None
+                return
+            entries = list(_live.items())
+        flushed = set()
+        for (ekey, _skey), (ref, sub) in entries:
+            eng = ref()
+            try:
+                if eng is None or eng._joined:  # dropped, or shut down: what is left, then stop
+                    live_unsubscribe(ekey, sub)
+                elif ekey not in flushed:
+                    flushed.add(ekey)
+                    flush(eng)
+            except Exception:  # a failing subscriber must not stop the others
+                import logging
+
+                logging.getLogger("distaff").exception("distaff: delivering recorded events failed")
 
 
 # -- raw events to JSONL event dicts ------------------------------------------------------------------
@@ -151,6 +220,14 @@ class Converter:
         self.mono0, self.wall0 = anchor
         self.info: dict = {}  # id -> (name, kind, workflow_id, parent_id)
         self.lookup = lookup  # id -> (name, kind, workflow_id, parent_id) | None, for executions submitted earlier
+        # Outcomes by id, kept across batches: a drain can take an outcome (appended by complete()
+        # with the GIL) one batch before the finish event it belongs to (recorded by a worker while
+        # the drain ran without the GIL); never the other way round.
+        self.extra: dict = {}
+        # The exception of each failure converted, for a consumer that wants the object (OTel);
+        # only kept when keep_exceptions is set, and the consumer pops them.
+        self.keep_exceptions = False
+        self.exceptions: dict = {}
 
     def _who(self, id_: int) -> tuple:
         who = self.info.get(id_)
@@ -160,7 +237,9 @@ class Converter:
         return who
 
     def convert(self, events: Iterable, outcomes: Iterable) -> list:
-        extra = {o[0]: o for o in outcomes}  # id -> (id, exc, attempts)
+        extra = self.extra  # id -> (id, exc, attempts)
+        for o in outcomes:
+            extra[o[0]] = o
         kinds = _core.EVENT_KINDS
         out = []
         append = out.append
@@ -185,12 +264,14 @@ class Converter:
             if k == "finish":
                 base["event"] = _FINISH[detail]
                 base["state"] = detail
-                row = extra.get(id_)
+                row = extra.pop(id_, None)
                 attempts = row[2] if row else None
                 base["attempts"] = attempts
                 if row is not None and row[1] is not None:
                     base["error"] = _error_text(row[1])
                     base["traceback"] = _traceback_text(row[1])
+                    if self.keep_exceptions:
+                        self.exceptions[id_] = row[1]
             else:
                 base["event"] = _NAMES[k]
                 if k == "suspend":
@@ -314,9 +395,8 @@ def write(events: list, path: str) -> None:
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as f:
         if suffix == ".jsonl":
-            for e in events:
-                f.write(json.dumps(e, ensure_ascii=False, default=str))
-                f.write("\n")
+            dumps = json.JSONEncoder(ensure_ascii=False, default=str, separators=(",", ":")).encode
+            f.writelines(dumps(e) + "\n" for e in events)
         elif suffix == ".json":
             json.dump(chrome_trace(events), f, ensure_ascii=False, default=str)
         elif suffix == ".html":
