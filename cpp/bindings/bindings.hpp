@@ -54,7 +54,7 @@ struct EngineCore {
   void remember(const ExecutionRef& ex, std::unique_ptr<HistoryExtra> extra);
   // While a recorder (_core.Recorder, observe.cpp) observes this engine: a list the finished
   // executions' outcomes that the core's events do not carry are appended to — (id, exception or
-  // None, attempts or None) for failures and for executions that retried. NULL otherwise. GIL.
+  // None, attempts or None, traceback or None) for failures and for executions that retried. NULL otherwise. GIL.
   PyObject* outcomes = nullptr;
   // Likewise: (id, contextvars.Context) of the root executions submitted from a non-empty context.
   PyObject* contexts = nullptr;

@@ -18,8 +18,12 @@ void record_outcome(EngineCore* eng, PyExecution* pe, State state) {
   PyObject* attempts = pe->extra ? PyDict_GetItemString(pe->extra, "attempts") : nullptr;  // borrowed
   const bool failed = state == State::failed && pe->exc;
   if (!failed && !attempts) return;
-  PyObject* row = Py_BuildValue("(KOO)", static_cast<unsigned long long>(pe->core->id()), failed ? pe->exc : Py_None,
-                                attempts ? attempts : Py_None);
+  // The traceback as it is now: a later re-raise of the same exception object (result() in the
+  // caller) puts new frames in front of __traceback__, not into this chain.
+  PyObject* tb = failed ? PyException_GetTraceback(pe->exc) : nullptr;  // new reference or NULL
+  PyObject* row = Py_BuildValue("(KOOO)", static_cast<unsigned long long>(pe->core->id()), failed ? pe->exc : Py_None,
+                                attempts ? attempts : Py_None, tb ? tb : Py_None);
+  Py_XDECREF(tb);
   if (!row || PyList_Append(eng->outcomes, row) < 0) PyErr_Clear();  // no memory: the outcome is not kept
   Py_XDECREF(row);
 }
@@ -94,8 +98,8 @@ class Recorder {
     return out;
   }
 
-  // outcomes: (id, exception or None, attempts or None) of the executions finished since the last
-  // call that failed or retried.
+  // outcomes: (id, exception or None, attempts or None, traceback at completion or None) of the
+  // executions finished since the last call that failed or retried.
   pyb::list outcomes() {
     pyb::list out;
     if (pending_outcomes_) {

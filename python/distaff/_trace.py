@@ -204,9 +204,9 @@ def _error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _traceback_text(exc: BaseException) -> str:
+def _traceback_text(exc: BaseException, tb: Any = None) -> str:
     try:
-        text = "".join(traceback.format_exception(exc))
+        text = "".join(traceback.format_exception(type(exc), exc, tb if tb is not None else exc.__traceback__))
     except Exception:
         text = _error_text(exc)
     return text if len(text) <= _TRACEBACK_MAX else text[:_TRACEBACK_MAX] + "\n... (cut)\n"
@@ -269,7 +269,7 @@ class Converter:
                 base["attempts"] = attempts
                 if row is not None and row[1] is not None:
                     base["error"] = _error_text(row[1])
-                    base["traceback"] = _traceback_text(row[1])
+                    base["traceback"] = _traceback_text(row[1], row[3])
                     if self.keep_exceptions:
                         self.exceptions[id_] = row[1]
             else:
