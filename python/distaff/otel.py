@@ -53,8 +53,10 @@ class Instrumentation:
     def __init__(self, engine: Any, tracer: Any) -> None:
         from opentelemetry import context as ot_context
         from opentelemetry import trace as ot_trace
+        from opentelemetry.trace import Status, StatusCode
 
         self._ot_trace, self._ot_context = ot_trace, ot_context
+        self._error = lambda text: Status(StatusCode.ERROR, text)
         self._engine_key = id(engine)
         self._tracer = tracer
         # The anchor (monotonic and wall time at the same instant) is the hub's, known once
@@ -71,16 +73,12 @@ class Instrumentation:
     def contexts(self, rows: list) -> None:
         get = self._ot_context.get_current
         for id_, ctx in rows:
-            try:
-                self._parents[id_] = ctx.run(get)
-            except Exception:
-                pass
+            self._parents[id_] = ctx.run(get)
 
     def deliver(self, events: list, outcomes: list) -> None:
         if not self._anchor_set:
             self._conv.mono0, self._conv.wall0 = _trace._hubs[self._engine_key].anchor
             self._anchor_set = True
-        status_ok = None
         for e in self._conv.convert(events, outcomes):
             ev, id_ = e["event"], e["id"]
             wall_ns = e["mono_ns"] + self._conv.wall0 - self._conv.mono0
@@ -90,16 +88,11 @@ class Instrumentation:
                 span = self._spans.pop(id_, None)
                 if span is None:  # submitted before instrument(): a span from its first event seen
                     span = self._open(e, wall_ns, register=False)
-                if status_ok is None:
-                    from opentelemetry.trace import Status, StatusCode
-
-                    status_ok = (Status, StatusCode)
-                Status, StatusCode = status_ok
                 if e.get("attempts") is not None:
                     span.set_attribute("distaff.attempts", e["attempts"])
                 span.set_attribute("distaff.state", e["state"])
                 if ev == "TaskFailed":
-                    span.set_status(Status(StatusCode.ERROR, e.get("error") or "failed"))
+                    span.set_status(self._error(e.get("error") or "failed"))
                     exc = self._conv.exceptions.pop(id_, None)
                     if exc is not None:
                         span.record_exception(exc, timestamp=wall_ns)
