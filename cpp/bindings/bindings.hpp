@@ -37,11 +37,11 @@ struct EngineCore {
   bool dropped = false;
   std::thread joiner;  // the join thread, until whoever waited for it (or the drop) joins it
   // Finished executions kept for engine.graph() and engine.executions(): a bounded history, newest
-  // last. Python-free: the workflow id and a failure's "Type: message" are copied as strings when
-  // the execution finishes (no exception object kept alive); untagged successes carry no extra.
+  // last. Python-free: a failure's "Type: message" is copied as a string when the execution
+  // finishes (no exception object kept alive); successes carry no extra. The workflow id is the
+  // core record's (Execution::workflow_id).
   struct HistoryExtra {
-    std::string workflow_id;  // empty: untagged
-    std::string error;        // empty: did not fail
+    std::string error;  // empty: did not fail
   };
   struct HistoryEntry {
     ExecutionRef ex;

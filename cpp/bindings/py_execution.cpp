@@ -973,14 +973,14 @@ bool terminate(PyExecution* pe, State state, PyObject* value, PyObject* async_ex
   return true;
 }
 
-// What the history keeps of a finished execution besides its core record: the workflow id, and
-// for a failure "Type: message" (str() of the exception, cut to kErrorTextMax bytes). Null for an
-// untagged execution that did not fail: the common case allocates nothing. GIL held.
+// What the history keeps of a finished execution besides its core record (which has the workflow
+// id): for a failure "Type: message" (str() of the exception, cut to kErrorTextMax bytes). Null for
+// an execution that did not fail: the common case allocates nothing. GIL held.
 constexpr std::size_t kErrorTextMax = 500;
 
 static std::unique_ptr<EngineCore::HistoryExtra> history_extra(PyExecution* pe) {
   const bool failed = pe->exc && pe->core->state() == State::failed;
-  if (!pe->workflow_id && !failed) return nullptr;
+  if (!failed) return nullptr;
 #if PY_VERSION_HEX >= 0x030C0000
   PyObject* saved = PyErr_GetRaisedException();
 #else
@@ -988,11 +988,6 @@ static std::unique_ptr<EngineCore::HistoryExtra> history_extra(PyExecution* pe) 
   PyErr_Fetch(&t, &v, &tb);
 #endif
   auto extra = std::make_unique<EngineCore::HistoryExtra>();
-  if (pe->workflow_id && PyUnicode_Check(pe->workflow_id)) {
-    Py_ssize_t n = 0;
-    if (const char* s = PyUnicode_AsUTF8AndSize(pe->workflow_id, &n)) extra->workflow_id.assign(s, n);
-    PyErr_Clear();
-  }
   if (failed) {
     const char* tp = Py_TYPE(pe->exc)->tp_name;
     if (const char* dot = std::strrchr(tp, '.')) tp = dot + 1;  // "numpy.linalg.LinAlgError": the name

@@ -84,6 +84,11 @@ const char* to_string(State s) noexcept {
   return "?";
 }
 
+const std::string& Execution::no_workflow_id() noexcept {
+  static const std::string empty;
+  return empty;
+}
+
 const char* to_string(Kind k) noexcept { return k == Kind::workflow ? "workflow" : "task"; }
 
 std::int64_t wall_time_ns() noexcept {
