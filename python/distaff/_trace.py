@@ -358,7 +358,7 @@ class Trace:
             flush(self.engine)
             if not self._finished or time.monotonic() >= deadline:
                 return
-            time.sleep(0.0005)
+            _core.sleep(0.0005)  # in a body, suspends only its fiber: the others can end meanwhile
 
     def __enter__(self) -> "Trace":
         if self._active:
