@@ -7,6 +7,7 @@ HTML report from disk in Debian's headless chromium through Selenium and chromiu
 chromium chromium-driver; `make deps` installs them), and writes docs/img/observability_*.png.
 """
 
+import base64
 import os
 import shutil
 import subprocess
@@ -29,6 +30,18 @@ def browser(width: int, height: int) -> webdriver.Chrome:
         opts.add_argument(a)
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     return webdriver.Chrome(service=Service(shutil.which("chromedriver") or "/usr/bin/chromedriver"), options=opts)
+
+
+def shot(d: webdriver.Chrome, element_id: str, path: str, below: int = 0) -> None:
+    """A PNG of one element, whole even where it is taller than the window (DevTools' clip)."""
+    r = d.execute_script(
+        "const r = document.getElementById(arguments[0]).getBoundingClientRect();"
+        "return [r.left + window.scrollX, r.top + window.scrollY, r.width, r.height];", element_id)
+    png = d.execute_cdp_cmd("Page.captureScreenshot", {
+        "format": "png", "captureBeyondViewport": True,
+        "clip": {"x": r[0], "y": r[1], "width": r[2], "height": r[3] + below, "scale": 1}})
+    with open(path, "wb") as f:
+        f.write(base64.b64decode(png["data"]))
 
 
 def main() -> int:
@@ -58,7 +71,6 @@ def main() -> int:
             const first = data[0];
             window.distaffReport.setView(first.sub, first.fin + (first.fin - first.sub) * 0.05);
             document.getElementById('timeline-section').scrollIntoView();""")
-        section = d.find_element("id", "timeline-section")
         # Hover the first slice drawn on worker 0, so the tooltip shows.
         d.execute_script("""
             const c = document.getElementById('timeline'), r = c.getBoundingClientRect();
@@ -67,10 +79,10 @@ def main() -> int:
             let x = -1;
             for (let i = 90 * dpr; i < c.width; i++) { if (row[4*i+1] === 157 && row[4*i] === 46) { x = i / dpr + 3; break; } }
             if (x > 0) c.dispatchEvent(new MouseEvent('mousemove', {clientX: r.left + x, clientY: r.top + y, bubbles: true}));""")
-        section.screenshot(os.path.join(IMG, "observability_timeline.png"))
-        d.execute_script("document.getElementById('failures-section').scrollIntoView()")
-        d.find_element("id", "failures-section").screenshot(os.path.join(IMG, "observability_failures.png"))
-        d.find_element("id", "dag-section").screenshot(os.path.join(IMG, "observability_graph.png"))
+        shot(d, "timeline-section", os.path.join(IMG, "observability_timeline.png"), below=40)  # with the tooltip
+        d.execute_script("document.getElementById('tooltip').style.display = 'none'")
+        shot(d, "failures-section", os.path.join(IMG, "observability_failures.png"))
+        shot(d, "dag-section", os.path.join(IMG, "observability_graph.png"))
         print("wrote", ", ".join(sorted(f for f in os.listdir(IMG) if f.startswith("observability_"))))
     finally:
         d.quit()
