@@ -4,7 +4,9 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
 BUILD  ?= build/core
-SYSTEM_PACKAGES = libboost-fiber-dev libboost-context-dev libgtest-dev cmake ninja-build g++ graphviz
+# graphviz: tests/python/test_graph_pictures.py; chromium and chromium-driver: the HTML report's
+# browser test (tests/python/test_report_browser.py).
+SYSTEM_PACKAGES = libboost-fiber-dev libboost-context-dev libgtest-dev cmake ninja-build g++ graphviz chromium chromium-driver
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo test test-cpp test-python test-versions sanitize sanitize-python bench bench-quick bench-progress deps install clean
@@ -75,7 +77,9 @@ SANITIZE_PYTEST ?=
 # not distaff's C++ code, which test_executors.py covers through the process pool; a worker that
 # segfaults on purpose (ASan reports the SEGV, by design, and exits 1 instead of dying of the
 # signal); and the memory figure of 10k executions in flight (ASan's allocator has redzones).
-SANITIZE_DESELECT ?= test_default_engine_after_fork_in_the_child_works_or_errors_clearly or executors_dask or executors_ray \
+# And the HTML report's browser test (report_browser): the ASan preload would be inherited by
+# chromedriver and Chromium, which are not distaff code; `make test` runs it.
+SANITIZE_DESELECT ?= test_default_engine_after_fork_in_the_child_works_or_errors_clearly or executors_dask or executors_ray or report_browser \
   or test_a_segfaulting_worker_fails_only_its_execution or test_10k_executions_in_flight_cost_under_2_kib_each
 $(ASAN_PY):
 	$(PYTHON) -m venv .venv-asan

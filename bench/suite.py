@@ -50,6 +50,9 @@ EXECUTOR_WORKLOADS = {"W8", "W9", "W10"}
 COMPETITORS = {
     "distaff": ("distaff_", {"workers": 1}, "distaff (1 worker, default)"),
     "distaff-2w": ("distaff_", {"workers": 2}, "distaff (2 workers)"),
+    # The same with engine.trace("....jsonl") recording around the measured part (the file is
+    # written after it; its time is in the case's info): docs/observability.md, "Cost".
+    "distaff-traced": ("distaff_", {"workers": 1, "trace": "jsonl"}, "distaff (1 worker) recording a trace"),
     "threads": ("threads", {}, "concurrent.futures ThreadPoolExecutor"),
     "processes": ("processes", {}, "concurrent.futures ProcessPoolExecutor(2)"),
     "asyncio": ("asyncio_", {"loop": "asyncio"}, "asyncio create_task + gather"),
@@ -107,6 +110,7 @@ RUNS_ON.update({
     "x-ray": {"W9", "W10"}, "x-distaff-ray": {"W9"},
 })
 RUNS_ON["dask-procs"] = {"W1", "W2", "W3", "W4"}
+RUNS_ON["distaff-traced"] = {"W1", "W4"}
 # W5b (time.sleep in bodies) is about distaff's blocking-call handling; threads are the reference.
 for _c in COMPETITORS:
     if _c not in ("distaff", "distaff-2w", "threads"):

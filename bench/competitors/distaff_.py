@@ -9,6 +9,8 @@ the case's info.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import threading
 import time
 
@@ -107,15 +109,43 @@ class Impl(Base):
             for e in exs:
                 e.result()
 
+    def _recording(self):
+        """engine.trace() around the measured part when params say so (competitor distaff-traced):
+        the block's work is measured, the file written at its exit is timed apart (info)."""
+        fmt = self.params.get("trace")
+        if not fmt:
+            return contextlib.nullcontext()
+        import tempfile
+
+        self._trace_dir = getattr(self, "_trace_dir", None) or tempfile.mkdtemp(prefix="distaff-trace-")
+        return self.eng.trace(os.path.join(self._trace_dir, "run." + fmt))
+
+    def _measure(self, body) -> float:
+        rec = self._recording()
+        rec.__enter__()
+        try:
+            dt = body()
+        finally:
+            t1 = perf()
+            rec.__exit__(None, None, None)
+            if self.params.get("trace"):
+                self.info["trace_written_s"] = round(perf() - t1, 3)
+                self.info["trace_events"] = len(rec.events)
+        return dt
+
     # -- workloads -----------------------------------------------------------------------
     def w1(self, n: int) -> float:
         noop = self.t["noop"]
-        t0 = perf()
-        exs = [noop.submit() for _ in range(n)]
-        self._wait_all(exs)
-        dt = perf() - t0
-        expect(all(e.done() for e in exs), "not all done")
-        return dt
+
+        def body():
+            t0 = perf()
+            exs = [noop.submit() for _ in range(n)]
+            self._wait_all(exs)
+            dt = perf() - t0
+            expect(all(e.done() for e in exs), "not all done")
+            return dt
+
+        return self._measure(body)
 
     def w2(self, n: int) -> float:
         start, add_one = self.t["start"], self.t["add_one"]
@@ -138,11 +168,15 @@ class Impl(Base):
 
     def w4(self, n: int) -> float:
         from common import fib_value
-        t0 = perf()
-        v = self.t["fib"].submit(n).result()
-        dt = perf() - t0
-        expect(v == fib_value(n), f"fib {v}")
-        return dt
+
+        def body():
+            t0 = perf()
+            v = self.t["fib"].submit(n).result()
+            dt = perf() - t0
+            expect(v == fib_value(n), f"fib {v}")
+            return dt
+
+        return self._measure(body)
 
     def _sleepers(self, n: int, fn) -> Measurement:
         t0 = perf()

@@ -37,11 +37,11 @@ struct EngineCore {
   bool dropped = false;
   std::thread joiner;  // the join thread, until whoever waited for it (or the drop) joins it
   // Finished executions kept for engine.graph() and engine.executions(): a bounded history, newest
-  // last. Python-free: the workflow id and a failure's "Type: message" are copied as strings when
-  // the execution finishes (no exception object kept alive); untagged successes carry no extra.
+  // last. Python-free: a failure's "Type: message" is copied as a string when the execution
+  // finishes (no exception object kept alive); successes carry no extra. The workflow id is the
+  // core record's (Execution::workflow_id).
   struct HistoryExtra {
-    std::string workflow_id;  // empty: untagged
-    std::string error;        // empty: did not fail
+    std::string error;  // empty: did not fail
   };
   struct HistoryEntry {
     ExecutionRef ex;
@@ -52,7 +52,20 @@ struct EngineCore {
   std::size_t history_limit = 100000;
   std::size_t history_head = 0;  // ring index once full
   void remember(const ExecutionRef& ex, std::unique_ptr<HistoryExtra> extra);
+  // While a recorder (_core.Recorder, observe.cpp) observes this engine: a list the finished
+  // executions' outcomes that the core's events do not carry are appended to — (id, exception or
+  // None, attempts or None, traceback or None) for failures and for executions that retried. NULL otherwise. GIL.
+  PyObject* outcomes = nullptr;
+  // Likewise: (id, contextvars.Context) of the root executions submitted from a non-empty context.
+  PyObject* contexts = nullptr;
 };
+
+// record_outcome: appends pe's outcome to eng->outcomes (see there), if it has one worth keeping.
+// GIL held; never raises.
+struct PyExecution;
+void record_outcome(EngineCore* eng, PyExecution* pe, State state);
+// init_observe: adds the Recorder type to the module.
+bool init_observe(PyObject* module);
 
 // The Python Execution object. Field order matters little; everything is guarded by the GIL.
 struct PyExecution {

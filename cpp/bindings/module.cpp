@@ -124,12 +124,10 @@ class EngineHandle {
       for (std::size_t i = 0; i < n; ++i) {
         const EngineCore::HistoryEntry& e = core_->history[(start + i) % n];
         const EngineCore::HistoryExtra* x = e.extra.get();
-        const bool tagged = x && !x->workflow_id.empty();
-        if (filter && (!tagged || x->workflow_id != wanted)) continue;
-        if (x)
-          copy.push_back(Row{e.ex, x->workflow_id, x->error, tagged, !x->error.empty()});
-        else
-          copy.push_back(Row{e.ex, std::string(), std::string(), false, false});
+        const std::string& wf = e.ex->workflow_id();  // the core's record (set at submit)
+        const bool tagged = !wf.empty();
+        if (filter && (!tagged || wf != wanted)) continue;
+        copy.push_back(Row{e.ex, wf, x ? x->error : std::string(), tagged, x && !x->error.empty()});
       }
     }
     pyb::list out;
@@ -165,6 +163,7 @@ PYBIND11_MODULE(_core, m) {
   if (!init_submitter(m.ptr())) throw pyb::error_already_set();
   if (!init_lifecycle(m.ptr())) throw pyb::error_already_set();
   if (!init_boundary(m.ptr())) throw pyb::error_already_set();
+  if (!init_observe(m.ptr())) throw pyb::error_already_set();
 
   pyb::class_<EngineHandle>(m, "EngineCore")
       .def(pyb::init<unsigned, unsigned, std::size_t, std::size_t>(), pyb::arg("workers"),

@@ -973,14 +973,14 @@ bool terminate(PyExecution* pe, State state, PyObject* value, PyObject* async_ex
   return true;
 }
 
-// What the history keeps of a finished execution besides its core record: the workflow id, and
-// for a failure "Type: message" (str() of the exception, cut to kErrorTextMax bytes). Null for an
-// untagged execution that did not fail: the common case allocates nothing. GIL held.
+// What the history keeps of a finished execution besides its core record (which has the workflow
+// id): for a failure "Type: message" (str() of the exception, cut to kErrorTextMax bytes). Null for
+// an execution that did not fail: the common case allocates nothing. GIL held.
 constexpr std::size_t kErrorTextMax = 500;
 
 static std::unique_ptr<EngineCore::HistoryExtra> history_extra(PyExecution* pe) {
   const bool failed = pe->exc && pe->core->state() == State::failed;
-  if (!pe->workflow_id && !failed) return nullptr;
+  if (!failed) return nullptr;
 #if PY_VERSION_HEX >= 0x030C0000
   PyObject* saved = PyErr_GetRaisedException();
 #else
@@ -988,11 +988,6 @@ static std::unique_ptr<EngineCore::HistoryExtra> history_extra(PyExecution* pe) 
   PyErr_Fetch(&t, &v, &tb);
 #endif
   auto extra = std::make_unique<EngineCore::HistoryExtra>();
-  if (pe->workflow_id && PyUnicode_Check(pe->workflow_id)) {
-    Py_ssize_t n = 0;
-    if (const char* s = PyUnicode_AsUTF8AndSize(pe->workflow_id, &n)) extra->workflow_id.assign(s, n);
-    PyErr_Clear();
-  }
   if (failed) {
     const char* tp = Py_TYPE(pe->exc)->tp_name;
     if (const char* dot = std::strrchr(tp, '.')) tp = dot + 1;  // "numpy.linalg.LinAlgError": the name
@@ -1050,6 +1045,7 @@ bool complete(PyExecution* pe, State state, PyObject* value) {
   if (!finished) return false;
   if (pe->timer_id) disarm_timeout(pe);
   if (eng && eng->history_limit) eng->remember(ExecutionRef(c), history_extra(pe));
+  if (eng && eng->outcomes) record_outcome(eng, pe, state);
   if (PyObject* cbs = pe->callbacks) {
     pe->callbacks = nullptr;
     PyObject* self = reinterpret_cast<PyObject*>(pe);
@@ -1313,6 +1309,14 @@ PyObject* submit_impl(PyObject* capsule, PyObject* fn, PyObject* name, long flag
   pe->exc = nullptr;
   pe->callbacks = nullptr;
   pe->workflow_id = wf == Py_None ? nullptr : Py_NewRef(wf);
+  if (wf != Py_None && PyUnicode_Check(wf)) {  // the core's record, for observers (observe.cpp)
+    Py_ssize_t n = 0;
+    if (const char* w = PyUnicode_AsUTF8AndSize(wf, &n)) {
+      core->set_workflow_id(std::string(w, static_cast<std::size_t>(n)));
+    } else {
+      PyErr_Clear();
+    }
+  }
   pe->deps = nullptr;
   pe->weakrefs = nullptr;
   pe->extra = nullptr;
@@ -1365,6 +1369,13 @@ PyObject* submit_impl(PyObject* capsule, PyObject* fn, PyObject* name, long flag
       if (!is_execution(d)) continue;
       gating.emplace_back(as_pe(d)->core);
     }
+  }
+  // While a recorder observes the engine (observe.cpp): a root's submitting context, where the
+  // OpenTelemetry span active at the call lives (distaff.otel parents the root's span on it).
+  if (!parent && pe->context && eng->contexts) {
+    PyObject* row = Py_BuildValue("(KO)", static_cast<unsigned long long>(core->id()), pe->context);
+    if (!row || PyList_Append(eng->contexts, row) < 0) PyErr_Clear();
+    Py_XDECREF(row);
   }
   core->set_payload(pe);
   Py_INCREF(self);  // the queue's reference, released by run_execution or abandon_execution

@@ -54,14 +54,20 @@ void assertion_failed(const char* expr, const char* file, int line) {
 
 FiberLocal& fiber_local() noexcept { return tl_fiber_local; }
 
-SuspendScope::SuspendScope() noexcept
-    : saved_(tl_fiber_local), token_(g_hooks.on_suspend ? g_hooks.on_suspend() : nullptr) {
+SuspendScope::SuspendScope(const Execution* on) noexcept : saved_(tl_fiber_local), token_(nullptr) {
+  if (Execution* self = saved_.current) {
+    if (Scheduler* s = self->owner()) s->notify(EventKind::suspend, *self, on ? on->id() : 0);
+  }
+  token_ = g_hooks.on_suspend ? g_hooks.on_suspend() : nullptr;
   tl_fiber_local = FiberLocal{};
 }
 
 SuspendScope::~SuspendScope() {
   // Another fiber may have run on this thread meanwhile and changed the slots: put ours back.
   tl_fiber_local = saved_;
+  if (Execution* self = saved_.current) {
+    if (Scheduler* s = self->owner()) s->notify(EventKind::resume, *self);
+  }
   if (g_hooks.on_resume) g_hooks.on_resume(token_);
 }
 }  // namespace detail
@@ -76,6 +82,11 @@ const char* to_string(State s) noexcept {
     case State::cancelled: return "cancelled";
   }
   return "?";
+}
+
+const std::string& Execution::no_workflow_id() noexcept {
+  static const std::string empty;
+  return empty;
 }
 
 const char* to_string(Kind k) noexcept { return k == Kind::workflow ? "workflow" : "task"; }
@@ -187,7 +198,7 @@ WaitStatus Execution::wait_until(Clock::time_point deadline) {
   }
   WaitStatus status = WaitStatus::done;
   {
-    detail::SuspendScope suspend;
+    detail::SuspendScope suspend(this);
     std::unique_lock<std::mutex> lk(mu_);
     while (!is_terminal(state_.load(std::memory_order_acquire))) {
       if (self && self->interrupted()) {
@@ -325,6 +336,7 @@ bool Execution::finish_impl(State terminal, bool only_if_not_started) noexcept {
       if (only_if_not_started && s != State::pending && s != State::waiting) return false;
     } while (!state_.compare_exchange_weak(s, terminal, std::memory_order_acq_rel));
     finished_ns_.store(wall_time_ns(), std::memory_order_relaxed);
+    if (owner_) owner_->notify(EventKind::finish, *this);
     list = std::exchange(callbacks_, nullptr);
     dropped_children.swap(children_);
     // Notify under mu_, which every waiter re-acquires before its wait returns. Boost.Fiber 1.74

@@ -51,6 +51,9 @@ struct Scheduler::Worker {
   boost::fibers::condition_variable_any cv;
   std::int64_t fibers = 0;             // started, not ended (worker thread only)
   detail::StackPool stacks;            // worker thread only
+  // Calls into the observer in flight on this worker (Scheduler::notify_slow): a counter per
+  // worker, on a line of its own, so that recording does not bounce one cache line between threads.
+  alignas(64) std::atomic<int> observing{0};
 };
 
 namespace {
@@ -130,6 +133,43 @@ std::size_t stack_guard_limit() noexcept { return detail::StackPool::guard_limit
 
 bool Scheduler::on_worker() const noexcept { return tl_scheduler == this; }
 
+int Scheduler::worker_index() const noexcept {
+  return tl_scheduler == this ? static_cast<int>(static_cast<Worker*>(tl_worker)->index) : -1;
+}
+
+std::shared_ptr<Observer> Scheduler::set_observer(std::shared_ptr<Observer> obs) {
+  std::lock_guard<std::mutex> g(observer_mu_);
+  observer_.store(obs.get(), std::memory_order_seq_cst);
+  // Every notifier that read the old pointer incremented its counter before re-reading it
+  // (notify_slow); once every counter is zero, none is inside the old observer any more. (Dekker:
+  // the store and the notifier's increment are both seq_cst, so one of the two sees the other.)
+  for (const auto& w : workers_) {
+    while (w->observing.load(std::memory_order_seq_cst) != 0) std::this_thread::yield();
+  }
+  while (observer_users_.load(std::memory_order_seq_cst) != 0) std::this_thread::yield();
+  std::swap(observer_owner_, obs);
+  return obs;
+}
+
+void Scheduler::notify_slow(EventKind kind, Execution& ex, std::uint64_t blocked_on) noexcept {
+  if (tl_scheduler == this) {
+    // A worker's counter is written by that worker only, and never nests (on_event does not call
+    // back): a seq_cst store (one fence) announces the call, a release store ends it.
+    Worker* w = static_cast<Worker*>(tl_worker);
+    w->observing.store(1, std::memory_order_seq_cst);
+    if (Observer* o = observer_.load(std::memory_order_seq_cst)) {
+      o->on_event(Event{kind, ex.state(), static_cast<std::int32_t>(w->index), monotonic_ns(), &ex, blocked_on});
+    }
+    w->observing.store(0, std::memory_order_release);
+    return;
+  }
+  observer_users_.fetch_add(1, std::memory_order_seq_cst);
+  if (Observer* o = observer_.load(std::memory_order_seq_cst)) {
+    o->on_event(Event{kind, ex.state(), -1, monotonic_ns(), &ex, blocked_on});
+  }
+  observer_users_.fetch_sub(1, std::memory_order_release);
+}
+
 SchedulerStats Scheduler::stats() const {
   SchedulerStats s;
   s.live = live_.load();
@@ -149,11 +189,13 @@ void Scheduler::submit(const ExecutionRef& ex, const std::vector<ExecutionRef>& 
   live_.fetch_add(1, std::memory_order_relaxed);
   submitted_.fetch_add(1, std::memory_order_relaxed);
   if (deps.empty()) {
+    notify(EventKind::submit, *ex);  // before the queue: a worker may start it at once
     ex->retain();  // the queue's reference, handed to the fiber
     enqueue_ready(ex.get());
     return;
   }
   ex->state_.store(State::waiting, std::memory_order_release);
+  notify(EventKind::submit, *ex);  // before the dependencies are linked: they may release it at once
   ex->deps_left_.store(static_cast<std::uint32_t>(deps.size() + 1), std::memory_order_relaxed);
   ex->link_dependencies(deps);
   ex->retain();  // the parked reference: released (or handed to the queue) when the count hits 0
@@ -195,6 +237,7 @@ void Scheduler::on_dependency_done(Execution& dep, void* arg) {
     failed->release();
     ex->release();  // the parked reference
   } else {
+    self->notify(EventKind::ready, *ex);
     self->enqueue_ready(ex);  // hands the parked reference to the queue
   }
 }
@@ -348,8 +391,11 @@ void Scheduler::worker_main(Worker& w) {
           ExecutionRef ref(ex, /*add_ref=*/false);  // the queue's reference
           // While draining (close(true)), nothing more starts: run() sees the execution still
           // pending and cancels it (so its completion callbacks fire like any other's).
+          bool started = false;
           if (!draining_.load(std::memory_order_acquire) && ex->start()) {
             detail::fiber_local() = detail::FiberLocal{ex, nullptr};
+            started = true;
+            notify(EventKind::start, *ex);
           }
           // run() is called for every dequeued execution, also one cancelled while queued (its state
           // is then terminal), so the embedder can release what it attached to the payload.
@@ -368,6 +414,7 @@ void Scheduler::worker_main(Worker& w) {
                          static_cast<unsigned long long>(ex->id()), ex->name().c_str());
             ex->finish(State::failed);
           }
+          if (started) notify(EventKind::end, *ex);
           detail::fiber_local() = detail::FiberLocal{};
           ref = ExecutionRef();
           --w.fibers;

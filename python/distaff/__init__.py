@@ -38,7 +38,7 @@ from ._wait import (
     join,
     wait,
 )
-from . import _asyncio, _errors, _imports, executors
+from . import _asyncio, _errors, _imports, executors, otel
 
 _core._set_hooks(_asyncio.await_execution, _errors.log_callback_error, _asyncio.wait_on_loop_thread)
 _imports.install()  # importlib's module locks per fiber, not per worker thread (docs/limits.md)
@@ -64,6 +64,17 @@ def sleep(seconds: float) -> None:
 
 
 _ASYNC_CODE = _inspect.CO_COROUTINE | _inspect.CO_ASYNC_GENERATOR
+
+
+def trace(path, engine=None):
+    """Records what ``engine`` (default: the engine module-level tasks use here) does inside the
+    block and writes ``path`` when it exits; see :meth:`Engine.trace`. ``.json``: Chrome trace
+    (Perfetto), ``.jsonl``: event log, ``.html``: self-contained report."""
+    if engine is None:
+        engine = default_engine()
+    elif not isinstance(engine, Engine):
+        raise TypeError(f"trace() engine must be a distaff.Engine, not {type(engine).__name__}")
+    return engine.trace(path)
 
 
 def current_execution():
@@ -111,6 +122,7 @@ __all__ = [
     "task",
     "to_dot",
     "to_mermaid",
+    "trace",
     "use_engine",
     "workflow",
     "executors",

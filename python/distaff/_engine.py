@@ -17,7 +17,7 @@ import time
 import weakref
 from typing import Any, Callable, Iterable, Iterator
 
-from . import _asyncio, _core, _elsewhere, _validate
+from . import _asyncio, _core, _elsewhere, _execlog, _trace, _validate
 from ._errors import ShutdownError
 from ._task import _MISSING, Task, _decorator
 
@@ -115,6 +115,7 @@ class Engine(concurrent.futures.Executor):
         self._loop_thread: threading.Thread | None = None
         self._loop_lock = threading.Lock()
         _engines.add(self)
+        _execlog.engine_started(self)  # DEBUG records on "distaff.executions" when that logger is on
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "running"
@@ -323,6 +324,7 @@ class Engine(concurrent.futures.Executor):
         if wait:
             self._joined = True
             self._stop_event_loop()
+            _trace.engine_stopped(self)  # execution logging, OpenTelemetry: what is left
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Waits until every execution submitted so far has finished. True if it did in time.
@@ -435,6 +437,16 @@ class Engine(concurrent.futures.Executor):
             rows = self._history(workflow_id)
         out.extend(ExecutionRecord(n) for n in rows if n["id"] not in seen)
         return sorted(out, key=lambda e: e.id)
+
+    def trace(self, path: "str | os.PathLike[str]") -> "Any":
+        """Records everything this engine does inside the block and writes ``path`` when it exits,
+        also by an exception or Ctrl-C. The suffix picks the format: ``.json`` (Chrome Trace Event
+        Format, for Perfetto and chrome://tracing), ``.jsonl`` (one event per line) or ``.html`` (a
+        self-contained report). A context manager and an async context manager; yields the trace,
+        whose ``events`` hold the event dicts after the block (docs/observability.md)."""
+        from . import _trace
+
+        return _trace.Trace(path, self)
 
     def clear_history(self) -> None:
         self._core.clear_history()
@@ -788,6 +800,7 @@ def _shutdown_at_exit() -> None:
                     if eng is not None:
                         eng._closed = eng._joined = True
                         eng._stop_event_loop()
+                        _trace.engine_stopped(eng)
                         eng._executors.close(True)  # the process pool it owns
             except BaseException as e:  # noqa: B036 — a signal handler raised outside the wait
                 w.armed = False

@@ -39,7 +39,7 @@ def test_the_stub_and_the_module_name_the_same_things():
     assert actual - declared == set(), "in _core but not declared in _core.pyi"
 
 
-@pytest.mark.parametrize("cls", ["Execution", "EngineCore", "Submitter"])
+@pytest.mark.parametrize("cls", ["Execution", "EngineCore", "Submitter", "Recorder"])
 def test_the_stub_declares_each_method_and_attribute_of_the_types(cls):
     node = _top_level_names(_stub())[cls]
     declared = set()

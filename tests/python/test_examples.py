@@ -80,6 +80,15 @@ KEY_LINES = {
         "runaway recursion in a body: RecursionError",
         "finally around the loop ran on cancel: True",
     ],
+    "docs/examples/observability.py": [
+        "results: {1: 15.0, 2: 15.0, 3: 'failed: order 3: address missing', 4: 15.0}",
+        "events: TaskCreated 24, TaskStarted 24, TaskCompleted 22, TaskFailed 2",
+        "first failure: validate in order-3, ValueError: order 3: address missing, attempts=2",
+        "chrome trace: tracks ['other threads', 'worker 0'",
+        "flow arrows: parent->child 20, dependency->dependent 12",
+        "report written: True",
+        "python -m distaff report: True",
+    ],
     "docs/examples/testing.py": ["3 passed", "distaff_engine example tests: passed"],
     "docs/examples/scheduler.py": [
         "queued 10000, fibers 1 (records, not stacks)",

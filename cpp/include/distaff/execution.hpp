@@ -4,6 +4,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <utility>
@@ -96,6 +97,14 @@ class Execution {
   std::int64_t submitted_ns() const noexcept { return submitted_ns_.load(std::memory_order_relaxed); }
   std::int64_t started_ns() const noexcept { return started_ns_.load(std::memory_order_relaxed); }
   std::int64_t finished_ns() const noexcept { return finished_ns_.load(std::memory_order_relaxed); }
+  // workflow_id: the workflow this execution is tagged with, empty if none. Kept behind a pointer:
+  // an untagged execution (the common case) pays 8 bytes, not a string's 32.
+  const std::string& workflow_id() const noexcept { return workflow_id_ ? *workflow_id_ : no_workflow_id(); }
+  void set_workflow_id(std::string id) {
+    workflow_id_ = id.empty() ? nullptr : std::make_unique<const std::string>(std::move(id));
+  }
+  // owner: the scheduler it was submitted to, or nullptr (not submitted, or a promise).
+  Scheduler* owner() const noexcept { return owner_; }
 
   // payload: an opaque pointer owned by the embedder (the bindings store their Python object here).
   void* payload() const noexcept { return payload_; }
@@ -181,6 +190,8 @@ class Execution {
   std::uint64_t id_;
   std::uint64_t parent_id_ = 0;
   std::string name_;
+  std::unique_ptr<const std::string> workflow_id_;
+  static const std::string& no_workflow_id() noexcept;
   void* payload_ = nullptr;
   Scheduler* owner_ = nullptr;
   std::atomic<std::int64_t> submitted_ns_{0}, started_ns_{0}, finished_ns_{0};
@@ -228,10 +239,12 @@ struct FiberLocal {
   void* trampoline = nullptr;
 };
 FiberLocal& fiber_local() noexcept;
-// SuspendScope: saves fiber-local slots and calls the switch hooks around one park.
+// SuspendScope: saves fiber-local slots and calls the switch hooks around one park. On a fiber
+// running an execution it also reports suspend (waiting on `on`, if an execution) and resume to
+// the execution's scheduler's observer.
 class SuspendScope {
  public:
-  SuspendScope() noexcept;
+  explicit SuspendScope(const Execution* on = nullptr) noexcept;
   ~SuspendScope();
   SuspendScope(const SuspendScope&) = delete;
   SuspendScope& operator=(const SuspendScope&) = delete;

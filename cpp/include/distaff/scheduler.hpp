@@ -17,6 +17,7 @@
 #include <boost/fiber/condition_variable.hpp>
 
 #include "distaff/execution.hpp"
+#include "distaff/observer.hpp"
 
 namespace distaff {
 
@@ -132,6 +133,20 @@ class Scheduler {
 
   // on_worker: true if the calling thread is one of this scheduler's workers.
   bool on_worker() const noexcept;
+  // worker_index: the calling thread's index among this scheduler's workers, or -1.
+  int worker_index() const noexcept;
+  // capacity: how many worker indices may ever occur (workers plus elastic ones).
+  unsigned capacity() const noexcept { return static_cast<unsigned>(workers_.size()); }
+
+  // set_observer: installs `obs` (nullptr removes it) and returns the previous one, after every
+  // call into the previous one has returned: the caller may destroy it. Events happen only while
+  // an observer is installed. Any thread, except from inside Observer::on_event.
+  std::shared_ptr<Observer> set_observer(std::shared_ptr<Observer> obs);
+  bool observed() const noexcept { return observer_.load(std::memory_order_acquire) != nullptr; }
+  // notify: reports `kind` for `ex` to the observer, if one is installed (one load otherwise).
+  void notify(EventKind kind, Execution& ex, std::uint64_t blocked_on = 0) noexcept {
+    if (observer_.load(std::memory_order_acquire) != nullptr) notify_slow(kind, ex, blocked_on);
+  }
 
  private:
   friend class Execution;
@@ -146,6 +161,7 @@ class Scheduler {
   bool others_have_local_work(Worker& w);
   void on_finished(Execution& ex) noexcept;
   static void on_dependency_done(Execution& dep, void* arg);
+  void notify_slow(EventKind kind, Execution& ex, std::uint64_t blocked_on) noexcept;
 
   SchedulerOptions opts_;
   // Every slot a worker may ever use is allocated up front (max_workers), so other threads can
@@ -177,6 +193,15 @@ class Scheduler {
   std::atomic<std::int64_t> fibers_{0};
   std::mutex idle_mu_;
   boost::fibers::condition_variable_any idle_cv_;
+
+  // The observer: a raw pointer read on every notification point, the owning pointer beside it.
+  // Each worker counts its calls inside notify_slow (Worker::observing), observer_users_ those of
+  // other threads, so set_observer can wait them out (a notifier increments, then re-reads the
+  // pointer; set_observer swaps, then waits for zero: seq_cst both).
+  std::atomic<Observer*> observer_{nullptr};
+  alignas(64) std::atomic<int> observer_users_{0};
+  std::mutex observer_mu_;                       // serialises set_observer
+  std::shared_ptr<Observer> observer_owner_;     // guarded by observer_mu_
 };
 
 }  // namespace distaff

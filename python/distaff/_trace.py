@@ -1,0 +1,530 @@
+"""Recording what an engine does: ``engine.trace(path)`` / ``distaff.trace(path)`` and the formats.
+
+Built on the core's observer seam (cpp/include/distaff/observer.hpp): while something observes an
+engine, its workers record every lifecycle event into per-worker buffers in C++; Python drains them
+in batches (``_core.Recorder.drain``), never one Python call per event. One recorder per engine
+(``_Hub``) is shared by everything that observes it at the same time (nested traces, logging).
+
+The canonical form is the JSONL event log (one dict per event, AsyncFlow's event names); the Chrome
+Trace Event Format (``.json``) and the HTML report (``.html``) are built from it, so a recorded
+``.jsonl`` converts to both later (``python -m distaff trace|report``).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import threading
+import time
+import traceback
+import weakref
+from typing import Any, Iterable
+
+from . import _core
+
+FORMATS = (".json", ".jsonl", ".html")
+
+# Core event kind -> JSONL event name. A submit of an execution with no gating dependency is also
+# its TaskQueued; a finish is TaskCompleted, TaskFailed or TaskCanceled by its state.
+_NAMES = {
+    "submit": "TaskCreated",
+    "ready": "TaskQueued",
+    "start": "TaskStarted",
+    "suspend": "TaskSuspended",
+    "resume": "TaskResumed",
+    "end": "TaskBodyEnded",
+}
+_FINISH = {"succeeded": "TaskCompleted", "failed": "TaskFailed", "cancelled": "TaskCanceled"}
+EVENT_NAMES = ("TaskCreated", "TaskQueued", "TaskStarted", "TaskSuspended", "TaskResumed", "TaskBodyEnded",
+               "TaskCompleted", "TaskFailed", "TaskCanceled")
+_TRACEBACK_MAX = 20_000  # characters of a failure's traceback kept in the log
+_START, _END, _FINISH_K = (_core.EVENT_KINDS.index(k) for k in ("start", "end", "finish"))
+_SETTLE_S = 0.1
+
+
+# -- the per-engine recorder ---------------------------------------------------------------------------
+
+class _Hub:
+    """The one ``_core.Recorder`` of an engine and the subscribers it delivers batches to."""
+
+    def __init__(self, engine: Any) -> None:
+        # No reference to the Engine object: a logged engine that is dropped can still go.
+        self.anchor = (_core.monotonic_ns(), _core.wall_time_ns())
+        self.recorder = _core.Recorder(engine._capsule)
+        self.subscribers: list = []
+
+    def flush(self) -> None:
+        """Drains what was recorded and hands it to every subscriber. Caller holds _hubs_lock."""
+        events = self.recorder.drain()
+        outcomes = self.recorder.outcomes()
+        contexts = self.recorder.contexts()
+        if contexts:  # first: a root's context comes with or before its submit event
+            for s in list(self.subscribers):
+                if hasattr(s, "contexts"):
+                    s.contexts(contexts)
+        if events or outcomes:
+            for s in list(self.subscribers):
+                s.deliver(events, outcomes)
+
+
+_hubs: dict = {}  # id(engine) -> _Hub
+_hubs_lock = threading.RLock()
+
+
+def subscribe(engine: Any, subscriber: Any) -> _Hub:
+    """Starts delivering ``engine``'s events to ``subscriber.deliver(events, outcomes)``."""
+    if engine._capsule is None:
+        from ._errors import ShutdownError
+
+        raise ShutdownError("this engine was created before fork() in the parent process: nothing to record")
+    with _hubs_lock:
+        hub = _hubs.get(id(engine))
+        if hub is None:
+            hub = _hubs[id(engine)] = _Hub(engine)
+        else:
+            hub.flush()  # what happened before this subscriber came is not its business
+        if hasattr(subscriber, "contexts"):
+            hub.recorder.capture_contexts()  # roots' submitting contexts (OpenTelemetry parents)
+        hub.subscribers.append(subscriber)
+        return hub
+
+
+def unsubscribe(engine: Any, subscriber: Any) -> None:
+    """Delivers everything recorded so far, then stops delivering to ``subscriber``."""
+    unsubscribe_key(id(engine), subscriber)
+
+
+def unsubscribe_key(key: int, subscriber: Any) -> None:
+    """unsubscribe() for an engine known by id() only (its Engine object may be gone)."""
+    with _hubs_lock:
+        hub = _hubs.get(key)
+        if hub is None or subscriber not in hub.subscribers:
+            return
+        if len(hub.subscribers) == 1:
+            hub.recorder.close()  # stop first (waits out events in flight), then the last drain
+            hub.flush()
+            del _hubs[key]
+        else:
+            hub.flush()
+        hub.subscribers.remove(subscriber)
+
+
+def flush(engine: Any) -> None:
+    """Delivers what ``engine`` recorded so far to its subscribers (a periodic drainer calls it)."""
+    with _hubs_lock:
+        hub = _hubs.get(id(engine))
+        if hub is not None:
+            hub.flush()
+
+
+# -- live subscribers: delivered every _LIVE_PERIOD_S by one drainer thread -----------------------------
+
+_LIVE_PERIOD_S = 0.05
+_live: dict = {}  # (id(engine), id(subscriber)) -> (weakref to the engine, subscriber)
+_live_lock = threading.Lock()
+_live_thread: threading.Thread | None = None
+
+
+def live_subscribe(engine: Any, subscriber: Any) -> None:
+    """subscribe(), plus a delivery every _LIVE_PERIOD_S while the engine runs (execution logging,
+    OpenTelemetry), until live_unsubscribe() or the engine's shutdown (engine_stopped)."""
+    global _live_thread
+    with _live_lock:
+        key = (id(engine), id(subscriber))
+        if key in _live:
+            return
+        subscribe(engine, subscriber)
+        _live[key] = (weakref.ref(engine), subscriber)
+        if _live_thread is None or not _live_thread.is_alive():
+            _live_thread = threading.Thread(target=_live_loop, name="distaff-observe", daemon=True)
+            _live_thread.start()
+
+
+def live_unsubscribe(engine_key: int, subscriber: Any) -> None:
+    with _live_lock:
+        found = _live.pop((engine_key, id(subscriber)), None)
+    if found is not None:
+        unsubscribe_key(engine_key, subscriber)
+
+
+def engine_stopped(engine: Any) -> None:
+    """The engine is shut down (joined): deliver what is left to its live subscribers, drop them."""
+    with _live_lock:
+        subs = [sub for (ekey, _s), (_r, sub) in _live.items() if ekey == id(engine)]
+    for sub in subs:
+        live_unsubscribe(id(engine), sub)
+
+
+def _live_loop() -> None:
+    global _live_thread
+    while True:
+        time.sleep(_LIVE_PERIOD_S)
+        with _live_lock:
+            if not _live:
+                _live_thread = None
+                return
+            entries = list(_live.items())
+        flushed = set()
+        for (ekey, _skey), (ref, sub) in entries:
+            eng = ref()
+            try:
+                if eng is None or eng._joined:  # dropped, or shut down: what is left, then stop
+                    live_unsubscribe(ekey, sub)
+                elif ekey not in flushed:
+                    flushed.add(ekey)
+                    flush(eng)
+            except Exception:  # a failing subscriber must not stop the others
+                import logging
+
+                logging.getLogger("distaff").exception("distaff: delivering recorded events failed")
+
+
+# -- raw events to JSONL event dicts ------------------------------------------------------------------
+
+_iso_cache: dict = {}
+
+
+def _iso(wall_ns: int) -> str:
+    """ISO 8601 UTC with microseconds; the seconds part is cached (events come in bursts)."""
+    sec = wall_ns // 1_000_000_000
+    head = _iso_cache.get(sec)
+    if head is None:
+        if len(_iso_cache) > 4096:
+            _iso_cache.clear()
+        head = _iso_cache[sec] = _dt.datetime.fromtimestamp(sec, tz=_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{head}.{(wall_ns // 1000) % 1_000_000:06d}Z"
+
+
+def _error_text(exc: BaseException) -> str:
+    try:
+        text = str(exc)
+    except Exception:
+        text = "(str() failed)"
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _traceback_text(exc: BaseException, tb: Any = None) -> str:
+    try:
+        text = "".join(traceback.format_exception(type(exc), exc, tb if tb is not None else exc.__traceback__))
+    except Exception:
+        text = _error_text(exc)
+    return text if len(text) <= _TRACEBACK_MAX else text[:_TRACEBACK_MAX] + "\n... (cut)\n"
+
+
+class Converter:
+    """Turns drained batches into JSONL event dicts, remembering each execution's identity (name,
+    workflow, parent) from its submit so every later event carries it."""
+
+    def __init__(self, anchor: tuple, lookup: Any = None) -> None:
+        self.mono0, self.wall0 = anchor
+        self.info: dict = {}  # id -> (name, kind, workflow_id, parent_id)
+        self.lookup = lookup  # id -> (name, kind, workflow_id, parent_id) | None, for executions submitted earlier
+        # Outcomes by id, kept across batches: a drain can take an outcome (appended by complete()
+        # with the GIL) one batch before the finish event it belongs to (recorded by a worker while
+        # the drain ran without the GIL); never the other way round.
+        self.extra: dict = {}
+        # The exception of each failure converted, for a consumer that wants the object (OTel);
+        # only kept when keep_exceptions is set, and the consumer pops them.
+        self.keep_exceptions = False
+        self.exceptions: dict = {}
+
+    def _who(self, id_: int) -> tuple:
+        who = self.info.get(id_)
+        if who is None:
+            who = (self.lookup(id_) if self.lookup else None) or (None, None, None, None)
+            self.info[id_] = who
+        return who
+
+    def convert(self, events: Iterable, outcomes: Iterable) -> list:
+        extra = self.extra  # id -> (id, exc, attempts)
+        for o in outcomes:
+            extra[o[0]] = o
+        kinds = _core.EVENT_KINDS
+        out = []
+        append = out.append
+        wall_off = self.wall0 - self.mono0
+        for kind, t, worker, id_, detail in events:
+            k = kinds[kind]
+            base = {"event": None, "id": id_, "name": None, "kind": None, "workflow_id": None, "parent_id": None,
+                    "worker": worker if worker >= 0 else None, "timestamp": _iso(t + wall_off), "mono_ns": t}
+            if k == "submit":
+                name, ekind, parent, deps, wf, state = detail
+                self.info[id_] = (name, ekind, wf, parent or None)
+                base.update(event="TaskCreated", name=name, kind=ekind, workflow_id=wf, parent_id=parent or None,
+                            dependencies=list(deps))
+                append(base)
+                if state == "pending":  # nothing gates it: queued as it is created
+                    q = dict(base, event="TaskQueued")
+                    del q["dependencies"]
+                    append(q)
+                continue
+            name, ekind, wf, parent = self._who(id_)
+            base.update(name=name, kind=ekind, workflow_id=wf, parent_id=parent)
+            if k == "finish":
+                base["event"] = _FINISH[detail]
+                base["state"] = detail
+                row = extra.pop(id_, None)
+                attempts = row[2] if row else None
+                base["attempts"] = attempts
+                if row is not None and row[1] is not None:
+                    base["error"] = _error_text(row[1])
+                    base["traceback"] = _traceback_text(row[1], row[3])
+                    if self.keep_exceptions:
+                        self.exceptions[id_] = row[1]
+            else:
+                base["event"] = _NAMES[k]
+                if k == "suspend":
+                    base["blocked_on"] = detail or None
+            append(base)
+        return out
+
+
+def _history_lookup(engine: Any) -> Any:
+    """id -> identity from the engine's history, for executions submitted before recording began."""
+    table: dict | None = None
+    ref = weakref.ref(engine)
+
+    def lookup(id_: int) -> tuple | None:
+        nonlocal table
+        if table is None:
+            table = {}
+            eng = ref()
+            try:
+                for (i, name, kind, parent, _deps, _st, _s, _b, _f, wid, _err) in eng._core.history():
+                    table[i] = (name, kind, wid, parent or None)
+            except Exception:
+                pass
+        return table.get(id_)
+
+    return lookup
+
+
+# -- the trace context manager ------------------------------------------------------------------------
+
+def _check_path(path: Any) -> str:
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"trace() needs a file path (str or os.PathLike), not {type(path).__name__}")
+    path = os.fspath(path)
+    if isinstance(path, bytes):
+        path = os.fsdecode(path)
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix not in FORMATS:
+        raise ValueError(f"trace() writes .json (Chrome trace / Perfetto), .jsonl (event log) or .html (report); "
+                         f"got {path!r}")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise FileNotFoundError(f"trace(): the directory {parent!r} does not exist")
+    return path
+
+
+class Trace:
+    """Records everything an engine does inside the block and writes ``path`` when the block exits
+    (also when it exits by an exception, a failed workflow or Ctrl-C). The suffix picks the format:
+    ``.json`` (Chrome Trace Event Format: Perfetto, chrome://tracing), ``.jsonl`` (one event per
+    line) or ``.html`` (a self-contained report). After the block, ``events`` holds the event dicts.
+    Not reentrant; nesting traces (on one engine or several) is fine."""
+
+    def __init__(self, path: Any, engine: Any) -> None:
+        self.path = _check_path(path)
+        self.engine = engine
+        self.events: list = []
+        self._raw: list = []
+        self._outcomes: list = []
+        self._hub: _Hub | None = None
+        self._active = False
+        self._running: set = set()
+        self._finished: set = set()
+
+    def deliver(self, events: list, outcomes: list) -> None:
+        self._raw.extend(events)
+        self._outcomes.extend(outcomes)
+        # Bodies that finished their execution but whose fiber has not ended yet (the `end` comes
+        # right after the body returns, on its worker): see _settle.
+        for kind, _t, _w, id_, _d in events:
+            if kind == _START:
+                self._running.add(id_)
+            elif kind == _END:
+                self._running.discard(id_)
+                self._finished.discard(id_)
+            elif kind == _FINISH_K and id_ in self._running:
+                self._finished.add(id_)
+
+    def _settle(self) -> None:
+        """Waits a little (at most _SETTLE_S) for the bodies whose execution finished to return, so
+        the block that waited for a result records the end of the body that produced it too."""
+        deadline = time.monotonic() + _SETTLE_S
+        while True:
+            flush(self.engine)
+            if not self._finished or time.monotonic() >= deadline:
+                return
+            _core.sleep(0.0005)  # in a body, suspends only its fiber: the others can end meanwhile
+
+    def __enter__(self) -> "Trace":
+        if self._active:
+            raise RuntimeError("this trace is already recording")
+        self._hub = subscribe(self.engine, self)
+        self._active = True
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        if not self._active:
+            return
+        self._active = False
+        try:
+            self._settle()
+        finally:
+            unsubscribe(self.engine, self)
+        conv = Converter(self._hub.anchor, _history_lookup(self.engine))
+        self.events = conv.convert(self._raw, self._outcomes)
+        self._raw, self._outcomes = [], []
+        write(self.events, self.path)
+
+    async def __aenter__(self) -> "Trace":
+        return self.__enter__()
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        self.__exit__(*exc_info)
+
+
+# -- writers ------------------------------------------------------------------------------------------
+
+def write(events: list, path: str) -> None:
+    """Writes ``events`` (JSONL event dicts) to ``path`` in the format its suffix names."""
+    suffix = os.path.splitext(path)[1].lower()
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        if suffix == ".jsonl":
+            dumps = json.JSONEncoder(ensure_ascii=False, default=str, separators=(",", ":")).encode
+            f.writelines(dumps(e) + "\n" for e in events)
+        elif suffix == ".json":
+            json.dump(chrome_trace(events), f, ensure_ascii=False, default=str)
+        elif suffix == ".html":
+            from . import _report
+
+            f.write(_report.render(events))
+        else:
+            raise ValueError(f"unknown trace format {suffix!r}: use one of {', '.join(FORMATS)}")
+    os.replace(tmp, path)  # a reader never sees half a file
+
+
+def read_jsonl(path: str) -> list:
+    """The event dicts of a ``.jsonl`` event log (a last line cut short by a crash is skipped)."""
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                e = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{n}: not a JSON event line ({exc.msg})") from None
+            if not isinstance(e, dict) or "event" not in e or "id" not in e or "mono_ns" not in e:
+                raise ValueError(f"{path}:{n}: not a distaff event (needs 'event', 'id' and 'mono_ns')")
+            out.append(e)
+    return out
+
+
+# -- the execution model both the Chrome trace and the report are built from --------------------------
+
+def executions(events: list) -> tuple[list, int]:
+    """Folds events into one dict per execution: identity, state, error, times (ns, monotonic), the
+    intervals it ran ``[(worker, start, end)]``, the time it was submitted and on which worker.
+    Returns (executions in id order, the earliest timestamp)."""
+    exs: dict = {}
+    t0 = min((e["mono_ns"] for e in events), default=0)
+    for e in events:
+        id_ = e["id"]
+        x = exs.get(id_)
+        if x is None:
+            x = exs[id_] = {"id": id_, "name": e.get("name"), "kind": e.get("kind"), "workflow_id": e.get("workflow_id"),
+                            "parent_id": e.get("parent_id"), "dependencies": [], "state": "running",
+                            "attempts": None, "error": None, "traceback": None, "submitted": None,
+                            "submit_worker": None, "started": None, "finished": None, "slices": [],
+                            "_open": None}
+        ev, t, w = e["event"], e["mono_ns"], e.get("worker")
+        if ev == "TaskCreated":
+            x["submitted"] = t
+            x["submit_worker"] = w
+            x["dependencies"] = e.get("dependencies") or []
+            x["state"] = "pending"
+        elif ev in ("TaskStarted", "TaskResumed"):
+            if ev == "TaskStarted":
+                x["started"] = t
+                x["state"] = "running"
+            x["_open"] = (w, t)
+        elif ev in ("TaskSuspended", "TaskBodyEnded"):
+            if x["_open"] is not None:
+                ow, ot = x["_open"]
+                x["slices"].append((ow, ot, t))
+                x["_open"] = None
+        elif ev in ("TaskCompleted", "TaskFailed", "TaskCanceled"):
+            x["finished"] = t
+            x["state"] = e.get("state") or {"TaskCompleted": "succeeded", "TaskFailed": "failed"}.get(ev, "cancelled")
+            x["attempts"] = e.get("attempts")
+            x["error"] = e.get("error")
+            x["traceback"] = e.get("traceback")
+    end = max((e["mono_ns"] for e in events), default=0)
+    for x in exs.values():
+        if x["_open"] is not None:  # still running when the recording stopped
+            ow, ot = x["_open"]
+            x["slices"].append((ow, ot, max(end, ot)))
+        del x["_open"]
+    return [exs[k] for k in sorted(exs)], t0
+
+
+def chrome_trace(events: list) -> dict:
+    """The Chrome Trace Event Format (JSON object form): one track per worker (and one for the
+    other threads), a slice per interval an execution ran, flow arrows parent→child and
+    dependency→dependent, an instant for executions that never ran."""
+    exs, t0 = executions(events)
+    by_id = {x["id"]: x for x in exs}
+
+    def us(t: int) -> float:
+        return (t - t0) / 1000.0
+
+    def tid(w: Any) -> int:
+        return 0 if w is None else int(w) + 1
+
+    out: list = [{"ph": "M", "name": "process_name", "pid": 1, "tid": 0, "args": {"name": "distaff engine"}},
+                 {"ph": "M", "name": "thread_name", "pid": 1, "tid": 0, "args": {"name": "other threads"}},
+                 {"ph": "M", "name": "thread_sort_index", "pid": 1, "tid": 0, "args": {"sort_index": -1}}]
+    workers = sorted({s[0] for x in exs for s in x["slices"] if s[0] is not None})
+    for w in workers:
+        out.append({"ph": "M", "name": "thread_name", "pid": 1, "tid": tid(w), "args": {"name": f"worker {w}"}})
+        out.append({"ph": "M", "name": "thread_sort_index", "pid": 1, "tid": tid(w), "args": {"sort_index": w}})
+    for x in exs:
+        args = {"id": x["id"], "name": x["name"], "kind": x["kind"], "workflow_id": x["workflow_id"],
+                "parent_id": x["parent_id"], "state": x["state"], "attempts": x["attempts"], "error": x["error"]}
+        label = x["name"] or f"execution {x['id']}"
+        n = len(x["slices"])
+        for i, (w, a, b) in enumerate(x["slices"]):
+            sl_args = args if n == 1 else dict(args, interval=f"{i + 1}/{n}")
+            out.append({"ph": "X", "name": label, "cat": x["kind"] or "execution", "pid": 1, "tid": tid(w),
+                        "ts": us(a), "dur": max(us(b) - us(a), 0.001), "args": sl_args})
+        if not x["slices"] and x["finished"] is not None:
+            out.append({"ph": "i", "s": "t", "name": f"{label} ({x['state']}, never ran)", "cat": x["kind"] or "execution",
+                        "pid": 1, "tid": 0, "ts": us(x["finished"]), "args": args})
+    flow = 0
+
+    def arrow(kind: str, src_tid: int, src_ts: float, dst: dict) -> None:
+        nonlocal flow
+        w, a, _ = dst["slices"][0]
+        flow += 1
+        out.append({"ph": "s", "id": flow, "name": kind, "cat": kind, "pid": 1, "tid": src_tid, "ts": src_ts})
+        out.append({"ph": "f", "bp": "e", "id": flow, "name": kind, "cat": kind, "pid": 1, "tid": tid(w), "ts": us(a)})
+
+    for x in exs:
+        if not x["slices"]:
+            continue
+        parent = by_id.get(x["parent_id"])
+        if parent is not None and x["submitted"] is not None and x["submit_worker"] is not None:
+            arrow("parent", tid(x["submit_worker"]), us(x["submitted"]), x)
+        for d in x["dependencies"]:
+            dep = by_id.get(d)
+            if dep is not None and dep["slices"]:
+                w, a, b = dep["slices"][-1]
+                arrow("dependency", tid(w), max(us(a), us(b) - 0.001), x)
+    return {"traceEvents": out, "displayTimeUnit": "ms",
+            "otherData": {"producer": "distaff", "executions": len(exs)}}

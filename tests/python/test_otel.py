@@ -1,0 +1,98 @@
+"""distaff.otel.instrument(): a span per execution, tested with the SDK's in-memory exporter."""
+
+import pytest
+
+import distaff
+
+otel_sdk = pytest.importorskip("opentelemetry.sdk.trace", reason="the test extra installs opentelemetry-sdk")
+from opentelemetry.sdk.trace import TracerProvider  # noqa: E402
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: E402
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter  # noqa: E402
+from opentelemetry.trace import StatusCode  # noqa: E402
+
+from distaff import otel  # noqa: E402
+
+
+@pytest.fixture
+def provider():
+    exporter = InMemorySpanExporter()
+    tp = TracerProvider()
+    tp.add_span_processor(SimpleSpanProcessor(exporter))
+    return tp, exporter
+
+
+def short(name):
+    return name.rsplit(".", 1)[-1]
+
+
+def test_spans_nest_like_the_calls_and_carry_the_attributes(provider):
+    tp, exporter = provider
+    eng = distaff.Engine()
+
+    @eng.task()
+    def leaf(i):
+        return i
+
+    @eng.task(retries=1)
+    def bad():
+        raise ValueError("nope")
+
+    @eng.workflow()
+    def flow():
+        total = sum(leaf.submit(i).result() for i in range(3))
+        try:
+            bad.submit().result()
+        except ValueError:
+            pass
+        return total
+
+    handle = otel.instrument(tracer_provider=tp, engine=eng)
+    caller = tp.get_tracer("test")
+    with caller.start_as_current_span("request") as request:
+        with eng.workflow_scope("wf-otel"):
+            assert flow.submit().result() == 3
+    eng.shutdown()  # delivers what is left
+    handle.uninstrument()
+    spans = {short(s.name): s for s in exporter.get_finished_spans() if s.name != "request"}
+    by_id = {s.attributes["distaff.execution.id"]: s for s in exporter.get_finished_spans() if s.name != "request"}
+    assert len(by_id) == 5 and set(spans) == {"flow", "leaf", "bad"}
+    root = spans["flow"]
+    # The caller's active span is the root's parent; the children's parent is the root's span.
+    assert root.parent is not None and root.parent.span_id == request.get_span_context().span_id
+    assert root.context.trace_id == request.get_span_context().trace_id
+    for s in by_id.values():
+        assert s.attributes["distaff.workflow_id"] == "wf-otel"
+        assert s.context.trace_id == request.get_span_context().trace_id
+        if s is not root:
+            assert s.parent.span_id == root.context.span_id
+        assert s.start_time <= s.end_time
+        assert root.start_time <= s.start_time and s.end_time <= root.end_time
+    failed = spans["bad"]
+    assert failed.status.status_code == StatusCode.ERROR and "ValueError: nope" in failed.status.description
+    assert failed.attributes["distaff.attempts"] == 2 and failed.attributes["distaff.state"] == "failed"
+    (exc_event,) = [e for e in failed.events if e.name == "exception"]
+    assert exc_event.attributes["exception.type"] == "ValueError"
+    assert spans["leaf"].status.status_code == StatusCode.UNSET
+    assert spans["leaf"].attributes["distaff.task.name"].endswith("leaf")
+
+
+def test_uninstrument_stops_the_spans(provider):
+    tp, exporter = provider
+    eng = distaff.Engine()
+    try:
+        handle = otel.instrument(tracer_provider=tp, engine=eng)
+        eng.submit(lambda: 1).result()
+        handle.uninstrument()
+        n = len(exporter.get_finished_spans())
+        assert n == 1
+        eng.submit(lambda: 2).result()
+        eng.wait_idle()
+        assert len(exporter.get_finished_spans()) == n
+        handle.uninstrument()  # idempotent
+    finally:
+        eng.shutdown()
+
+
+def test_bad_engine_argument():
+    with pytest.raises(TypeError, match="distaff.Engine"):
+        otel.instrument(engine=object())
