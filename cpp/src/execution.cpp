@@ -164,8 +164,9 @@ void Execution::unlink_dependencies() { ExecutionGraphAccess::clear_deps(this); 
 namespace {
 const std::vector<ExecutionRef>* deps_of(Execution* e) { return ExecutionGraphAccess::deps(e); }
 Execution* blocked_of(Execution* e) { return ExecutionGraphAccess::blocked(e); }
+}  // namespace
 
-std::string cycle_message(const Execution& waiter, const Execution& target) {
+std::string Execution::deadlock_message(const Execution& waiter, const Execution& target) {
   if (&waiter == &target) {
     return "execution " + std::to_string(waiter.id()) + " (" + waiter.name() + ") waits on itself";
   }
@@ -173,7 +174,6 @@ std::string cycle_message(const Execution& waiter, const Execution& target) {
          ") would wait on execution " + std::to_string(target.id()) + " (" + target.name() +
          "), which waits on it";
 }
-}  // namespace
 
 WaitStatus Execution::wait_until(Clock::time_point deadline) {
   if (done()) return WaitStatus::done;
@@ -181,7 +181,7 @@ WaitStatus Execution::wait_until(Clock::time_point deadline) {
   if (self) {
     if (self->interrupted()) return WaitStatus::interrupted;
     std::lock_guard<std::mutex> g(g_graph_mu);
-    if (reaches(this, self, deps_of, blocked_of)) throw DeadlockError(cycle_message(*self, *this));
+    if (reaches(this, self, deps_of, blocked_of)) throw DeadlockError(deadlock_message(*self, *this));
     self->blocked_on_ = this;
     self->in_graph_.store(true, std::memory_order_release);
   }
@@ -242,7 +242,7 @@ WaitStatus sleep_until(Clock::time_point deadline) {
 
 void Execution::forward_to(Execution& target) {
   std::lock_guard<std::mutex> g(g_graph_mu);
-  if (reaches(&target, this, deps_of, blocked_of)) throw DeadlockError(cycle_message(*this, target));
+  if (reaches(&target, this, deps_of, blocked_of)) throw DeadlockError(deadlock_message(*this, target));
   blocked_on_ = &target;
   in_graph_.store(true, std::memory_order_release);
 }

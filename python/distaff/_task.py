@@ -65,7 +65,7 @@ def _positional_range(params: Any) -> tuple[int, int]:
     """(least, most) positional arguments a call may pass with no keywords and be certainly valid,
     most ``_core.NO_BOUND`` for *args; (NO_BOUND, NO_BOUND) when such a call still needs the full check
     (a required keyword-only parameter). Calls of that shape skip the checker in the C submit
-    (submitter.cpp)."""
+    (cpp/bindings/submit.cpp)."""
     P = inspect.Parameter
     least = most = 0
     unbounded = False
@@ -206,7 +206,7 @@ class Task:
     def _make_submit(self) -> Callable:
         """The submit function for this task: the general one, or for the common case (a plain
         task with no timeout, async body or per-call options) a C callable with everything bound
-        (cpp/bindings/submitter.cpp): the W1 hot path runs no Python code of ours."""
+        (cpp/bindings/submit.cpp): the W1 hot path runs no Python code of ours."""
         general = self._submit_general
         if (
             self.is_async

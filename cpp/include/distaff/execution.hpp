@@ -135,6 +135,9 @@ class Execution {
 
   // would_deadlock: true if this execution waiting on `target` would close a cycle of waits.
   bool would_deadlock(Execution& target) const;
+  // deadlock_message: the one wording of a DeadlockError, for `waiter` (this one or another)
+  // waiting on `target` ("... waits on itself" when they are the same). The bindings use it too.
+  static std::string deadlock_message(const Execution& waiter, const Execution& target);
 
   // add_child: records `child` (submitted by this execution's body) for cancellation of the tree.
   // Ignored once this execution is finished. Children are released when it finishes.
