@@ -57,35 +57,44 @@ void disarm_timeout(PyExecution* pe) {
   if (g_timer && id && g_timer->cancel(id)) Py_DECREF(pe);  // the timer's reference
 }
 
+namespace {
+
+// What terminate() asks of each execution of the tree (Execution::terminate_tree walks it).
+struct Termination {
+  PyExecution* root;
+  State state;          // the root's outcome; its descendants are cancelled
+  PyObject* value;      // the root's value (owned until complete() steals it)
+  PyObject* async_exc;  // raised in the root's body; CancelledError in the descendants'
+};
+
+bool finish_terminated(Execution& ex, bool was_parked, void* arg) {
+  auto* t = static_cast<Termination*>(arg);
+  const bool root = &ex == t->root->core;
+  auto* p = root ? t->root : static_cast<PyExecution*>(ex.payload());
+  if (!root && (!p || p->detached)) return false;  // (detached work is never a recorded child)
+  bool finished;
+  PyObject* exc;
+  if (root) {
+    finished = complete(p, t->state, t->value);
+    t->value = nullptr;
+    exc = t->async_exc;
+  } else {
+    finished = complete(p, State::cancelled, nullptr);
+    exc = CancelledError;
+  }
+  // A parked body was woken by interrupt() and raises itself (raise_interrupted); one running
+  // Python gets the exception at its next bytecode.
+  if (finished && p->tstate && !was_parked) raise_in_fiber(p->tstate, exc);
+  return finished;
+}
+
+}  // namespace
+
 bool terminate(PyExecution* pe, State state, PyObject* value, PyObject* async_exc) {
-  // Children are collected before completing: finishing an execution releases its child records.
-  // Children and the parked status are read before completing: finishing an execution releases its
-  // child records and its wait-graph edges.
-  // The interrupt comes first too: a fiber woken by the completion must already see it.
-  if (pe->core->done()) {
-    Py_XDECREF(value);
-    return false;
-  }
-  std::vector<ExecutionRef> kids = pe->core->children();
-  bool parked = pe->core->parked();
-  pe->core->interrupt();
-  if (!complete(pe, state, value)) return false;
-  if (pe->tstate && !parked) raise_in_fiber(pe->tstate, async_exc);
-  // Then the same for the children, transitively and iteratively (trees can be deep).
-  while (!kids.empty()) {
-    ExecutionRef e = std::move(kids.back());
-    kids.pop_back();
-    auto* p = static_cast<PyExecution*>(e->payload());
-    if (!p || p->detached) continue;
-    if (e->done()) continue;
-    std::vector<ExecutionRef> grandkids = e->children();
-    parked = e->parked();
-    e->interrupt();
-    if (!complete(p, State::cancelled, nullptr)) continue;
-    if (p->tstate && !parked) raise_in_fiber(p->tstate, CancelledError);
-    for (ExecutionRef& c : grandkids) kids.push_back(std::move(c));
-  }
-  return true;
+  Termination t{pe, state, value, async_exc};
+  const bool finished = pe->core->terminate_tree(&finish_terminated, &t);
+  Py_XDECREF(t.value);  // not consumed: it was finished already
+  return finished;
 }
 
 Py_ssize_t cancel_running(PyObject* engine) {

@@ -295,6 +295,29 @@ std::vector<ExecutionRef> Execution::children() const {
   return out;
 }
 
+bool Execution::terminate_tree(TreeFinisher finisher, void* arg) {
+  // One step: children and parked status first, then the interrupt, then the embedder's finish.
+  auto stop = [&](Execution& e, std::vector<ExecutionRef>& kids) {
+    kids = e.children();
+    const bool was_parked = e.parked();
+    e.interrupt();
+    const bool finished = finisher(e, was_parked, arg);
+    DISTAFF_ASSERT(!finished || e.done());
+    return finished;
+  };
+  if (done()) return false;
+  std::vector<ExecutionRef> pending;
+  if (!stop(*this, pending)) return false;
+  std::vector<ExecutionRef> kids;
+  while (!pending.empty()) {
+    ExecutionRef e = std::move(pending.back());
+    pending.pop_back();
+    if (e->done() || !stop(*e, kids)) continue;
+    for (ExecutionRef& c : kids) pending.push_back(std::move(c));
+  }
+  return true;
+}
+
 void Execution::add_callback(Callback cb, void* arg) {
   // Terminal is final and published with release by finish(): no lock needed to see it (a wait-set
   // over 100k mostly finished executions registers on each).

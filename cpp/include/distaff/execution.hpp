@@ -145,6 +145,21 @@ class Execution {
   // children: the unfinished children recorded so far.
   std::vector<ExecutionRef> children() const;
 
+  // TreeFinisher: finishes `ex` for terminate_tree — the embedder stores its outcome and calls
+  // finish() or cancel_if_not_started() — and interrupts whatever it runs that interrupt() cannot
+  // reach: `was_parked` is true when its fiber was parked in a wait, which interrupt() has already
+  // woken, false when it may be running code. Returns whether it finished `ex` (false when it
+  // declines, or someone else finished it first). Called without distaff locks held; must not throw.
+  using TreeFinisher = bool (*)(Execution& ex, bool was_parked, void* arg);
+  // terminate_tree: stops this execution and, transitively, its unfinished children (those recorded
+  // with add_child; detached work is never recorded), this one first, iteratively (trees can be
+  // deep). For each: reads its children and whether it is parked *before* finishing it (finishing
+  // releases the child records), interrupt()s it (so a fiber woken by the finish already sees the
+  // interrupt), then calls `finisher`. The children of an execution that `finisher` did not finish
+  // are left alone. Returns what `finisher` returned for this execution, or false at once if it
+  // was already finished. Any thread; never suspends.
+  bool terminate_tree(TreeFinisher finisher, void* arg);
+
   // parked: the execution's fiber is parked in a wait, a wait-set or a sleep (interrupt() wakes it).
   bool parked() const noexcept;
 
