@@ -103,8 +103,8 @@ inline PyExecution* as_pe(PyObject* o) { return reinterpret_cast<PyExecution*>(o
 // execution may be reached through its core. Untracked (see track()). GIL held; NULL on MemoryError.
 PyExecution* new_execution(const ExecutionRef& core, PyObject* engine);
 
-// new_virtual_execution: an Execution that runs no body on the scheduler (a promise): it starts in
-// `running` and is finished by complete() — used by gather/join and async bodies. GIL held.
+// new_virtual_execution: the Python Execution of a core promise (Execution::promise): it runs no
+// body, starts `running` and is finished by complete() — gather/join and async bodies. GIL held.
 PyExecution* new_virtual_execution(const std::string& name, Kind kind);
 
 // complete: stores the outcome and finishes `pe` (state must be terminal). Steals `value`.

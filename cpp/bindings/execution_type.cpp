@@ -41,9 +41,8 @@ PyExecution* new_execution(const ExecutionRef& core, PyObject* engine) {
 }
 
 PyExecution* new_virtual_execution(const std::string& name, Kind kind) {
-  ExecutionRef core = Execution::create(name, kind);
-  core->start();
-  if (Execution* parent = submit_parent()) core->set_parent_id(parent->id());
+  Execution* parent = submit_parent();
+  ExecutionRef core = Execution::promise(name, kind, parent ? parent->id() : 0);
   PyExecution* pe = new_execution(core, nullptr);
   if (pe) core->set_payload(pe);
   return pe;

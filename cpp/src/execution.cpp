@@ -96,6 +96,15 @@ ExecutionRef Execution::create(std::string name, Kind kind) {
   return ExecutionRef(new Execution(std::move(name), kind), /*add_ref=*/false);
 }
 
+ExecutionRef Execution::promise(std::string name, Kind kind, std::uint64_t parent_id) {
+  ExecutionRef p = create(std::move(name), kind);
+  p->parent_id_ = parent_id;
+  const bool started = p->start();
+  DISTAFF_ASSERT(started && p->state() == State::running);
+  (void)started;
+  return p;
+}
+
 Execution::Execution(std::string name, Kind kind)
     : kind_(kind), id_(g_next_id.fetch_add(1, std::memory_order_relaxed)), name_(std::move(name)) {
   g_live.fetch_add(1, std::memory_order_relaxed);

@@ -529,6 +529,72 @@ TEST_F(ExecutionThreads, SleepUntilOnAPlainThreadBlocksUntilTheDeadline) {
   EXPECT_EQ(CountingHooks::mismatches.load(), 0);
 }
 
+// ---- promises: executions completed from outside ------------------------------------------------
+
+TEST_F(ExecutionThreads, APromiseIsRunningFromTheStartAndNeverSubmitted) {
+  ExecutionRef parent = Execution::create("parent");
+  ExecutionRef p = Execution::promise("p", Kind::workflow, parent->id());
+  EXPECT_EQ(p->state(), State::running);
+  EXPECT_EQ(p->kind(), Kind::workflow);
+  EXPECT_EQ(p->parent_id(), parent->id());
+  EXPECT_GT(p->started_ns(), 0);
+  EXPECT_EQ(p->submitted_ns(), 0);
+  EXPECT_FALSE(p->cancel_if_not_started()) << "a promise is never 'not started'";
+  EXPECT_EQ(Execution::promise("q")->parent_id(), 0u);
+  EXPECT_TRUE(p->finish(State::cancelled));
+}
+
+TEST_F(ExecutionThreads, APromiseSettledOnAnotherThreadWakesItsWaitersAndRunsItsCallbacks) {
+  ExecutionRef p = Execution::promise("p");
+  std::atomic<int> calls{0};
+  p->add_callback([](Execution& ex, void* a) {
+    if (ex.state() == State::failed) static_cast<std::atomic<int>*>(a)->fetch_add(1);
+  }, &calls);
+  Event waiting;
+  std::atomic<int> status{-1};
+  std::thread waiter([&] {
+    waiting.set();
+    status = static_cast<int>(p->wait_until(safety_deadline()));
+  });
+  ASSERT_TRUE(waiting.wait());
+  std::thread settler([&] { EXPECT_TRUE(p->finish(State::failed)); });
+  settler.join();
+  waiter.join();
+  EXPECT_EQ(status.load(), static_cast<int>(WaitStatus::done));
+  EXPECT_EQ(calls.load(), 1);
+  EXPECT_GT(p->finished_ns(), 0);
+}
+
+TEST_F(ExecutionThreads, ConcurrentSettlesOfAPromiseExactlyOneWins) {
+  for (int round = 0; round < 200; ++round) {
+    ExecutionRef p = Execution::promise("p");
+    Event go;
+    std::atomic<int> wins{0};
+    std::vector<std::thread> threads;
+    const State outcomes[] = {State::succeeded, State::failed, State::cancelled, State::succeeded};
+    for (State s : outcomes) {
+      threads.emplace_back([&, s] {
+        go.wait();
+        if (p->finish(s)) wins.fetch_add(1);
+      });
+    }
+    go.set();
+    for (std::thread& t : threads) t.join();
+    ASSERT_EQ(wins.load(), 1);
+    ASSERT_TRUE(p->done());
+  }
+}
+
+TEST_F(ExecutionThreads, PromisesTakePartInTheWaitGraph) {
+  // An execution that follows a promise (an async body's execution) is in the wait graph like any.
+  ExecutionRef a = Execution::promise("a"), b = Execution::promise("b");
+  a->forward_to(*b);
+  EXPECT_TRUE(b->would_deadlock(*a));
+  EXPECT_THROW(b->forward_to(*a), DeadlockError);
+  b->finish(State::succeeded);
+  a->finish(State::succeeded);
+}
+
 // ---- terminating a tree ----------------------------------------------------------------------------
 
 // TreeLog: what a TreeFinisher saw. The root fails, its descendants are cancelled; `decline` is

@@ -79,6 +79,11 @@ class Execution {
  public:
   // create: a new pending execution with a process-unique id (ids start at 1 and increase).
   static ExecutionRef create(std::string name, Kind kind = Kind::task);
+  // promise: an execution that runs no body, completed from outside. No scheduler ever starts it:
+  // it is created `running` (started_ns set, never submitted) and is finished by whoever settles it,
+  // with finish() — the bindings' gather/join results and async bodies. Waits, callbacks, wait-sets,
+  // forward_to and the wait graph work on it as on any execution. `parent_id`: 0 for none.
+  static ExecutionRef promise(std::string name, Kind kind = Kind::task, std::uint64_t parent_id = 0);
 
   Execution(const Execution&) = delete;
   Execution& operator=(const Execution&) = delete;
