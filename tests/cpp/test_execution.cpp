@@ -760,60 +760,7 @@ TEST_F(ExecutionThreads, ConcurrentTerminateTreeFinishesEachExecutionOnce) {
 
 // ---- waits made by executions on fibers ----------------------------------------------------------
 
-class ExecutionFibers : public CoreTest {
- protected:
-  using Fn = std::function<void(Execution&)>;
-  virtual unsigned workers() const { return 2; }
-
-  void SetUp() override {
-    CoreTest::SetUp();
-    if (IsSkipped()) return;
-    SchedulerOptions o;
-    o.workers = workers();
-    o.stack_size = 256 * 1024;
-    // Each execution's payload is the test's body for it (a Fn owned by the test body).
-    o.run = [](Execution& ex) {
-      if (ex.done()) return;
-      if (auto* fn = static_cast<Fn*>(ex.payload())) {
-        (*fn)(ex);
-      } else {
-        ex.finish(State::succeeded);
-      }
-    };
-    sched_ = std::make_unique<Scheduler>(std::move(o));
-  }
-  void TearDown() override {
-    if (sched_) {
-      shutdown();
-      const SchedulerStats st = sched_->stats();
-      EXPECT_EQ(st.live, 0);
-      EXPECT_EQ(st.fibers, 0);
-      sched_.reset();
-    }
-    CoreTest::TearDown();
-  }
-  // shutdown: joins the workers. Bodies capture test-body locals, so every test calls this before
-  // its locals go out of scope.
-  void shutdown() {
-    if (joined_) return;
-    joined_ = true;
-    sched_->close(false);
-    sched_->join();
-  }
-  ExecutionRef submit(const char* name, Fn* body, const std::vector<ExecutionRef>& deps = {}) {
-    ExecutionRef ex = Execution::create(name);
-    ex->set_payload(body);
-    sched_->submit(ex, deps);
-    return ex;
-  }
-  // wait_done: waits from the test's thread (a plain thread) with the safety net.
-  static void wait_done(const ExecutionRef& ex) {
-    ASSERT_EQ(ex->wait_until(safety_deadline()), WaitStatus::done) << ex->name() << " never finished";
-  }
-
-  std::unique_ptr<Scheduler> sched_;
-  bool joined_ = false;
-};
+class ExecutionFibers : public FiberTest {};
 
 // yield_until: a fiber-side poll (lets other fibers of the worker run) with the safety net.
 bool yield_until(const std::function<bool()>& pred) {

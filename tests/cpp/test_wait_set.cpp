@@ -285,41 +285,7 @@ TEST_F(WaitSetThreads, ConcurrentCompletionsFromManyThreadsAreEachCountedOnce) {
 
 // ---- on fibers ------------------------------------------------------------------------------------
 
-class WaitSetFibers : public CoreTest {
- protected:
-  using Fn = std::function<void(Execution&)>;
-
-  void SetUp() override {
-    CoreTest::SetUp();
-    if (IsSkipped()) return;
-    SchedulerOptions o;
-    o.workers = 2;
-    o.stack_size = 256 * 1024;
-    o.run = [](Execution& ex) {
-      if (ex.done()) return;
-      if (auto* fn = static_cast<Fn*>(ex.payload())) (*fn)(ex);
-    };
-    sched_ = std::make_unique<Scheduler>(std::move(o));
-  }
-  void TearDown() override {
-    if (sched_) {
-      shutdown();
-      EXPECT_EQ(sched_->stats().live, 0);
-      sched_.reset();
-    }
-    CoreTest::TearDown();
-  }
-  // shutdown: joins the workers; bodies capture test-body locals, so a test calls it before they go.
-  void shutdown() {
-    if (joined_) return;
-    joined_ = true;
-    sched_->close(false);
-    sched_->join();
-  }
-
-  std::unique_ptr<Scheduler> sched_;
-  bool joined_ = false;
-};
+class WaitSetFibers : public FiberTest {};
 
 TEST_F(WaitSetFibers, InterruptWakesAFiberParkedOnAWaitSet) {
   auto m = make_members(2);
@@ -333,12 +299,10 @@ TEST_F(WaitSetFibers, InterruptWakesAFiberParkedOnAWaitSet) {
     next = ws.next_completed(safety_deadline());  // an interrupted execution does not park again
     self.finish(State::cancelled);
   };
-  ExecutionRef a = Execution::create("a");
-  a->set_payload(&body);
-  sched_->submit(a, {});
+  ExecutionRef a = submit("a", &body);
   ASSERT_TRUE(parking.wait());
   a->interrupt();  // before or after it parks: either way the wait ends, interrupted
-  ASSERT_EQ(a->wait_until(safety_deadline()), WaitStatus::done);
+  wait_done(a);
   EXPECT_EQ(waited.load(), 0);
   EXPECT_EQ(next.load(), WaitSet::kTimedOut);
   EXPECT_FALSE(m[0]->done());
