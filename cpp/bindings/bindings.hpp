@@ -1,5 +1,6 @@
 #pragma once
-// Shared declarations of the bindings (the only C++ that knows Python).
+// Shared declarations of the bindings (the only C++ that knows Python). One file per concept;
+// each section below names its file (docs/internals/bindings.md has the table).
 
 #include <Python.h>
 
@@ -10,6 +11,7 @@
 #include <string>
 #include <mutex>
 #include <thread>
+#include <vector>
 
 #include <sys/types.h>
 
@@ -51,6 +53,13 @@ struct EngineCore {
   std::vector<HistoryEntry> history;
   std::size_t history_limit = 100000;
   std::size_t history_head = 0;  // ring index once full
+  // (history.cpp) remember: appends, overwriting the oldest once full. history_rows: a copy, oldest
+  // first, of every entry or (workflow_id not null) of those tagged with it. Any thread.
+  struct HistoryRow {
+    ExecutionRef ex;
+    std::string workflow_id, error;
+    bool tagged, failed;
+  };
   void remember(const ExecutionRef& ex, std::unique_ptr<HistoryExtra> extra);
   // While a recorder (_core.Recorder, observe.cpp) observes this engine: a list the finished
   // executions' outcomes that the core's events do not carry are appended to — (id, exception or
@@ -58,6 +67,8 @@ struct EngineCore {
   PyObject* outcomes = nullptr;
   // Likewise: (id, contextvars.Context) of the root executions submitted from a non-empty context.
   PyObject* contexts = nullptr;
+  std::vector<HistoryRow> history_rows(const std::string* workflow_id);
+  void clear_history();
 };
 
 // record_outcome: appends pe's outcome to eng->outcomes (see there), if it has one worth keeping.
@@ -95,21 +106,25 @@ struct PyExecution {
   unsigned fork_generation;  // g_fork_generation when created: waits from a forked child fail
 };
 
-// Incremented in a forked child: executions created before the fork can never finish there.
-extern unsigned g_fork_generation;
-
-// terminate: finishes a started or unstarted execution from outside its body (cancel, timeout):
-// completes it with `state`/`value` (stolen), wakes its fiber if parked, raises `async_exc` (an
-// exception class) in its body if it is running Python, and cancels its children transitively.
-// GIL held. Returns false if it was already finished.
-void disarm_timeout(PyExecution* pe);
-bool terminate(PyExecution* pe, State state, PyObject* value, PyObject* async_exc);
-
-// cancel_running: terminates (as cancelled) every execution of `engine` (a capsule) whose body is
-// running on a fiber now — parked in a wait or running Python. Returns how many. GIL held.
-Py_ssize_t cancel_running(PyObject* engine);
-
+// ---- the Execution type (execution_type.cpp) --------------------------------------------------------
 extern PyTypeObject* ExecutionType;
+inline PyExecution* as_pe(PyObject* o) { return reinterpret_cast<PyExecution*>(o); }
+
+// new_execution: the one constructor of a Python Execution. Wraps `core` (taking a reference) for
+// `engine` (a capsule, a new reference taken; NULL for a promise); every other field empty, of the
+// current fork generation. It does not link core's payload to itself: the caller does, once the
+// execution may be reached through its core. Untracked (see track()). GIL held; NULL on MemoryError.
+PyExecution* new_execution(const ExecutionRef& core, PyObject* engine);
+
+// new_virtual_execution: the Python Execution of a core promise (Execution::promise): it runs no
+// body, starts `running` and is finished by complete() — gather/join and async bodies. GIL held.
+PyExecution* new_virtual_execution(const std::string& name, Kind kind);
+
+// complete: stores the outcome and finishes `pe` (state must be terminal). Steals `value`.
+// Runs the Python done-callbacks. GIL held. Returns false if it was already finished.
+bool complete(PyExecution* pe, State state, PyObject* value);
+
+bool init_execution_type(PyObject* module);
 
 // track: puts an Execution under the cyclic GC. Executions start untracked: a new one cannot be in
 // a reference cycle (nothing refers to it yet), and the body's arguments, the only references it
@@ -133,10 +148,34 @@ extern PyObject* ShutdownError;    // distaff.ShutdownError (RuntimeError subcla
 extern PyObject* TimeoutErrorType; // distaff.TimeoutError (builtin TimeoutError subclass)
 extern PyObject* UnobservedHook;   // distaff._errors.log_unobserved
 extern PyObject* AsyncAwaitHook;   // distaff._asyncio.await_execution
+// Set by _core._set_hooks (module.cpp), with AsyncAwaitHook:
+extern PyObject* CallbackErrorHook;  // distaff._errors.log_callback_error (execution_type.cpp)
+extern PyObject* LoopWaitHook;       // distaff._asyncio.wait_on_loop_thread, or NULL (waiting.cpp)
 // translate_current_exception: sets the Python error for the C++ exception being handled.
 void translate_current_exception();
 // fetch_exception: takes the raised exception (normalised, traceback attached). New reference.
 PyObject* fetch_exception();
+// SavedError: sets the raised exception (if any) aside for its scope and restores it after, for code
+// that may run Python (and fail) where an error is pending (finalizers, history).
+class SavedError {
+ public:
+#if PY_VERSION_HEX >= 0x030C0000
+  SavedError() : exc_(PyErr_GetRaisedException()) {}
+  ~SavedError() { PyErr_SetRaisedException(exc_); }
+#else
+  SavedError() { PyErr_Fetch(&type_, &exc_, &tb_); }
+  ~SavedError() { PyErr_Restore(type_, exc_, tb_); }
+#endif
+  SavedError(const SavedError&) = delete;
+  SavedError& operator=(const SavedError&) = delete;
+
+ private:
+#if PY_VERSION_HEX < 0x030C0000
+  PyObject* type_ = nullptr;
+  PyObject* tb_ = nullptr;
+#endif
+  PyObject* exc_ = nullptr;
+};
 // raise_stored: raises a stored exception object keeping its traceback. Returns NULL.
 PyObject* raise_stored(PyObject* exc);
 // add_task_note: adds "distaff: raised in task 'name' (execution N)" to a body's exception.
@@ -146,41 +185,92 @@ void add_task_note(PyObject* exc, const Execution& ex);
 // instance raised afresh.
 void note_handout(PyObject* exc, std::uint64_t receiver);
 
-// raise_interrupted: sets CancelledError (or distaff.TimeoutError after a timeout) for a wait that
-// was interrupted, dropping any asynchronous exception terminate() queued for this fiber.
-void raise_interrupted();
+// raise_deadlock: sets DeadlockError for `waiter` waiting on `target` (Execution::deadlock_message,
+// the wording the core throws with too).
+void raise_deadlock(const Execution& waiter, const Execution& target);
 
-// Execution type and raw functions (py_execution.cpp).
-bool init_execution_type(PyObject* module);
-extern PyMethodDef raw_functions[];
+// ---- which execution runs here (current.cpp) --------------------------------------------------------
+// async_current: the execution whose async def body runs in the current asyncio task, or null.
+Execution* async_current();
+// running_here: the execution whose code runs here: the fiber's, else the async body's, else null.
+Execution* running_here();
+// submit_parent: the parent of an execution submitted here (a done-callback's registering
+// execution while it runs, else running_here()). GIL held.
+Execution* submit_parent();
+// push/pop_callback_parent: around a done-callback run on thread state `ts` (execution_type.cpp).
+void push_callback_parent(PyThreadState* ts, Execution* parent);
+void pop_callback_parent(PyThreadState* ts);
+bool init_current(PyObject* module);
 
-// Scheduler hooks implemented by the bindings.
-void run_execution(Execution& ex);
-void start_failed_execution(Execution& ex);
-void abandon_execution(Execution& ex, Execution& failed);
-
-// complete: stores the outcome and finishes `pe` (state must be terminal). Steals `value`.
-// Runs the Python done-callbacks. GIL held. Returns false if it was already finished.
-bool complete(PyExecution* pe, State state, PyObject* value);
-
-EngineCore* engine_from_capsule(PyObject* capsule);
-
-// submit_impl: what _core.submit does (see raw_submit in py_execution.cpp). New reference or NULL.
-// flags: bit 0 workflow, bit 1 detached. wait: False, True or a tuple of gating Executions.
+// ---- submitting (submit.cpp) ------------------------------------------------------------------------
+// submit_impl: what _core.submit and the Submitter do. New reference or NULL.
+// flags: SubmitFlag bits. wait: False, True or a tuple of gating Executions.
 // kwargs: dict or Py_None; wf: str or Py_None.
 PyObject* submit_impl(PyObject* capsule, PyObject* fn, PyObject* name, long flags, PyObject* wait, PyObject* args,
                       PyObject* kwargs, PyObject* wf);
+// init_submit: _core.submit and the Submitter type (a task's fast submit).
+bool init_submit(PyObject* module);
 
-// init_submitter: adds the Submitter type (a task's fast submit, submitter.cpp) to the module.
-bool init_submitter(PyObject* module);
-
+// ---- running bodies and forwarding (run.cpp) --------------------------------------------------------
+// The scheduler's hooks implemented by the bindings.
+void run_execution(Execution& ex);
+void start_failed_execution(Execution& ex);
+void abandon_execution(Execution& ex, Execution& failed);
 // forward_execution: `pe` (running, or a promise) completes when `target` does, with its outcome.
 // Fails `pe` with DeadlockError if `target` waits on it. GIL held.
 void forward_execution(PyExecution* pe, PyExecution* target);
+// running_bodies: new references to the unfinished executions of `engine` whose body is on a fiber
+// now or which follow another execution (async bodies, returned Executions). GIL held.
+std::vector<PyObject*> running_bodies(PyObject* engine);
+void running_after_fork();
 
-// new_virtual_execution: an Execution that runs no body on the scheduler (a promise): it starts in
-// `running` and is finished by complete() — used by gather/join and async bodies. GIL held.
-PyExecution* new_virtual_execution(const std::string& name, Kind kind);
+// ---- cancellation and deadlines (cancel.cpp) --------------------------------------------------------
+// terminate: finishes a started or unstarted execution from outside its body (cancel, timeout):
+// completes it with `state`/`value` (stolen), wakes its fiber if parked, raises `async_exc` (an
+// exception class) in its body if it is running Python, and cancels its children transitively.
+// GIL held. Returns false if it was already finished.
+bool terminate(PyExecution* pe, State state, PyObject* value, PyObject* async_exc);
+// disarm_timeout: cancels pe's armed timeout, if any. GIL held.
+void disarm_timeout(PyExecution* pe);
+// cancel_running: terminates (as cancelled) every execution of `engine` (a capsule) whose body is
+// running on a fiber now — parked in a wait or running Python. Returns how many. GIL held.
+Py_ssize_t cancel_running(PyObject* engine);
+void timer_after_fork();
+bool init_cancel(PyObject* module);
+
+// ---- unobserved failures (unobserved.cpp) -----------------------------------------------------------
+// report_unobserved: pe is being finalized; if it failed and nobody retrieved the error, queue it
+// for logging at the next safe point (or write it to stderr once the interpreter finalizes).
+void report_unobserved(PyExecution* pe);
+// drain_unobserved_now: logs what is queued (a safe point: the end of a body). GIL held.
+void drain_unobserved_now();
+bool init_unobserved(PyObject* module);
+
+// ---- fork (fork.cpp) --------------------------------------------------------------------------------
+// Incremented in a forked child: executions created before the fork can never finish there.
+extern unsigned g_fork_generation;
+inline bool forked_away(const PyExecution* pe) {
+  return pe->fork_generation != g_fork_generation && !pe->core->done();
+}
+// The two ShutdownErrors of a forked child (the one wording of each). Return NULL.
+PyObject* raise_forked_engine();                        // an engine capsule inherited across fork()
+PyObject* raise_forked_execution(const Execution& ex);  // an execution unfinished at the fork
+bool init_fork(PyObject* module);
+
+// ---- the engine handle, shutdown and wait_idle (engine.cpp; history.cpp) ----------------------------
+EngineCore* engine_from_capsule(PyObject* capsule);
+// remember_finished: records finished `pe` in its engine's history (history.cpp). GIL held.
+void remember_finished(EngineCore* eng, PyExecution* pe);
+bool init_engine(PyObject* module);
+
+// ---- waiting (waiting.cpp) --------------------------------------------------------------------------
+// raise_interrupted: sets CancelledError (or distaff.TimeoutError after a timeout) for a wait that
+// was interrupted, dropping any asynchronous exception terminate() queued for this fiber.
+void raise_interrupted();
+// wait_blocking: result()/exception() waiting for unfinished `pe` (timeout: a Python number of
+// seconds or None). True once it is finished; false with a Python error set.
+bool wait_blocking(PyExecution* pe, PyObject* timeout);
+bool init_waiting(PyObject* module);
 
 // parse_seconds: the one check of every number of seconds distaff takes, from Python or C
 // (docs/concepts.md, "Numbers of seconds"; Python calls it as _core._seconds). A number is an int,
@@ -226,6 +316,7 @@ int wait_sliced(Park&& park, Clock::time_point deadline) {
   }
 }
 
+// ---- wait-sets, gather/join, promises (py_wait.cpp) -------------------------------------------------
 bool init_wait(PyObject* module);
 
 // ---- engine lifecycle (lifecycle.cpp) ---------------------------------------------------------------

@@ -43,10 +43,14 @@ bool init_errors(PyObject* module) {
   return true;
 }
 
+void raise_deadlock(const Execution& waiter, const Execution& target) {
+  PyErr_SetString(DeadlockError, Execution::deadlock_message(waiter, target).c_str());
+}
+
 void translate_current_exception() {
   try {
     throw;
-  } catch (const distaff::DeadlockError& e) {
+  } catch (const distaff::DeadlockError& e) {  // its text is Execution::deadlock_message
     PyErr_SetString(DeadlockError, e.what());
   } catch (const distaff::ShutdownError& e) {
     PyErr_SetString(ShutdownError, e.what());
@@ -61,6 +65,20 @@ void translate_current_exception() {
   } catch (...) {
     PyErr_SetString(InternalError, "distaff internal error: unknown C++ exception");
   }
+}
+
+PyObject* fetch_exception() {
+#if PY_VERSION_HEX >= 0x030C0000
+  return PyErr_GetRaisedException();
+#else
+  PyObject *t, *v, *tb;
+  PyErr_Fetch(&t, &v, &tb);
+  PyErr_NormalizeException(&t, &v, &tb);
+  if (tb) PyException_SetTraceback(v, tb);
+  Py_XDECREF(t);
+  Py_XDECREF(tb);
+  return v;
+#endif
 }
 
 PyObject* raise_stored(PyObject* exc) {

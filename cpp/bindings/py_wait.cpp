@@ -11,8 +11,6 @@ namespace distaff::py {
 
 namespace {
 
-inline PyExecution* as_pe(PyObject* o) { return reinterpret_cast<PyExecution*>(o); }
-
 // members_of: the core executions of a list of Execution objects. Sets TypeError on anything else.
 bool members_of(PyObject* list, std::vector<ExecutionRef>& out) {
   if (!PyList_Check(list)) {
@@ -27,9 +25,8 @@ bool members_of(PyObject* list, std::vector<ExecutionRef>& out) {
       PyErr_Format(PyExc_TypeError, "expected Executions, got %.100s at position %zd", Py_TYPE(o)->tp_name, i);
       return false;
     }
-    if (as_pe(o)->fork_generation != g_fork_generation && !as_pe(o)->core->done()) {
-      PyErr_Format(ShutdownError, "execution %llu was unfinished when this process was forked; it can never finish here",
-                   static_cast<unsigned long long>(as_pe(o)->core->id()));
+    if (forked_away(as_pe(o))) {
+      raise_forked_execution(*as_pe(o)->core);
       return false;
     }
     out.emplace_back(as_pe(o)->core);
@@ -53,9 +50,7 @@ bool check_deadlock(const std::vector<ExecutionRef>& members, WaitCondition mode
   if (!self || mode == WaitCondition::any) return true;
   for (const ExecutionRef& m : members) {
     if (m.get() == self || (!m->done() && self->would_deadlock(*m))) {
-      PyErr_Format(DeadlockError, "deadlock: execution %llu (%s) would wait on execution %llu (%s), which waits on it",
-                   static_cast<unsigned long long>(self->id()), self->name().c_str(),
-                   static_cast<unsigned long long>(m->id()), m->name().c_str());
+      raise_deadlock(*self, *m);
       return false;
     }
   }

@@ -17,7 +17,7 @@
 //     in a resumed fiber sees another fiber's state and deadlocks. gilstate_compat.c rebinds it.
 //  4. pybind11 keeps a per-OS-thread stack of in-flight calls; a fiber that suspends inside a
 //     pybind11-bound call corrupts it. Every entry point that can suspend is a raw METH_FASTCALL
-//     function (py_execution.cpp), never a pybind11 def.
+//     function (execution_type.cpp, waiting.cpp, py_wait.cpp, engine.cpp), never a pybind11 def.
 //  5. Thread states are pooled per worker (new+delete costs 20–27 µs, reuse ~70 ns). On reuse the
 //     state is cleared, gets a fresh id (asyncio caches a borrowed running-loop pointer keyed by the
 //     id: SIGSEGV on 3.12.1 otherwise), and on 3.12+ its cleared/finalizing bits are reset.

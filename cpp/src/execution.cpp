@@ -107,6 +107,15 @@ ExecutionRef Execution::create(std::string name, Kind kind) {
   return ExecutionRef(new Execution(std::move(name), kind), /*add_ref=*/false);
 }
 
+ExecutionRef Execution::promise(std::string name, Kind kind, std::uint64_t parent_id) {
+  ExecutionRef p = create(std::move(name), kind);
+  p->parent_id_ = parent_id;
+  const bool started = p->start();
+  DISTAFF_ASSERT(started && p->state() == State::running);
+  (void)started;
+  return p;
+}
+
 Execution::Execution(std::string name, Kind kind)
     : kind_(kind), id_(g_next_id.fetch_add(1, std::memory_order_relaxed)), name_(std::move(name)) {
   g_live.fetch_add(1, std::memory_order_relaxed);
@@ -175,8 +184,9 @@ void Execution::unlink_dependencies() { ExecutionGraphAccess::clear_deps(this); 
 namespace {
 const std::vector<ExecutionRef>* deps_of(Execution* e) { return ExecutionGraphAccess::deps(e); }
 Execution* blocked_of(Execution* e) { return ExecutionGraphAccess::blocked(e); }
+}  // namespace
 
-std::string cycle_message(const Execution& waiter, const Execution& target) {
+std::string Execution::deadlock_message(const Execution& waiter, const Execution& target) {
   if (&waiter == &target) {
     return "execution " + std::to_string(waiter.id()) + " (" + waiter.name() + ") waits on itself";
   }
@@ -184,7 +194,6 @@ std::string cycle_message(const Execution& waiter, const Execution& target) {
          ") would wait on execution " + std::to_string(target.id()) + " (" + target.name() +
          "), which waits on it";
 }
-}  // namespace
 
 WaitStatus Execution::wait_until(Clock::time_point deadline) {
   if (done()) return WaitStatus::done;
@@ -192,7 +201,7 @@ WaitStatus Execution::wait_until(Clock::time_point deadline) {
   if (self) {
     if (self->interrupted()) return WaitStatus::interrupted;
     std::lock_guard<std::mutex> g(g_graph_mu);
-    if (reaches(this, self, deps_of, blocked_of)) throw DeadlockError(cycle_message(*self, *this));
+    if (reaches(this, self, deps_of, blocked_of)) throw DeadlockError(deadlock_message(*self, *this));
     self->blocked_on_ = this;
     self->in_graph_.store(true, std::memory_order_release);
   }
@@ -253,7 +262,7 @@ WaitStatus sleep_until(Clock::time_point deadline) {
 
 void Execution::forward_to(Execution& target) {
   std::lock_guard<std::mutex> g(g_graph_mu);
-  if (reaches(&target, this, deps_of, blocked_of)) throw DeadlockError(cycle_message(*this, target));
+  if (reaches(&target, this, deps_of, blocked_of)) throw DeadlockError(deadlock_message(*this, target));
   blocked_on_ = &target;
   in_graph_.store(true, std::memory_order_release);
 }
@@ -304,6 +313,29 @@ std::vector<ExecutionRef> Execution::children() const {
     if (!c->done()) out.push_back(c);
   }
   return out;
+}
+
+bool Execution::terminate_tree(TreeFinisher finisher, void* arg) {
+  // One step: children and parked status first, then the interrupt, then the embedder's finish.
+  auto stop = [&](Execution& e, std::vector<ExecutionRef>& kids) {
+    kids = e.children();
+    const bool was_parked = e.parked();
+    e.interrupt();
+    const bool finished = finisher(e, was_parked, arg);
+    DISTAFF_ASSERT(!finished || e.done());
+    return finished;
+  };
+  if (done()) return false;
+  std::vector<ExecutionRef> pending;
+  if (!stop(*this, pending)) return false;
+  std::vector<ExecutionRef> kids;
+  while (!pending.empty()) {
+    ExecutionRef e = std::move(pending.back());
+    pending.pop_back();
+    if (e->done() || !stop(*e, kids)) continue;
+    for (ExecutionRef& c : kids) pending.push_back(std::move(c));
+  }
+  return true;
 }
 
 void Execution::add_callback(Callback cb, void* arg) {

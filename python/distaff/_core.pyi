@@ -75,7 +75,7 @@ class Execution:
 
 @final
 class Submitter:
-    """task.submit as C: checks the call's shape, then submits (cpp/bindings/submitter.cpp)."""
+    """task.submit as C: checks the call's shape, then submits (cpp/bindings/submit.cpp)."""
 
     def __new__(
         cls,

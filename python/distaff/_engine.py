@@ -637,6 +637,8 @@ class _ExitWait:
         self.armed = False  # a SIGINT raises KeyboardInterrupt (only inside the engine wait)
         self.cancelling = False
         self.exit_exc: BaseException | None = None  # what a signal handler raised: the exit status
+        self.early = False  # counting from _cancel_before_thread_joins, before the exit hook runs
+        self.announced = False  # "cancelling outstanding executions" was said
 
     def on_sigint(self, signum: int, frame: Any) -> None:
         self.hits += 1
@@ -731,7 +733,9 @@ def _stop_engine_at_exit(capsule: Any, w: _ExitWait) -> None:
             w.interrupted(e)
 
 
-_interrupt_announced = False  # _cancel_before_thread_joins said it already
+# Set by _cancel_before_thread_joins after a Ctrl-C: the exit wait's state (it has counted the
+# Ctrl-Cs since) and the SIGINT handler to restore; _shutdown_at_exit carries on with both.
+_early_exit: "tuple[_ExitWait, Any] | None" = None
 
 
 def _cancel_before_thread_joins() -> None:
@@ -739,15 +743,40 @@ def _cancel_before_thread_joins() -> None:
     the atexit hooks). After a Ctrl-C that ended the program, outstanding work is cancelled here
     already: a non-daemon thread waiting for an execution would otherwise be joined — forever —
     before _shutdown_at_exit could cancel it. Without an interruption it does nothing: the threads
-    finish their waits as usual."""
-    global _interrupt_announced
+    finish their waits as usual.
+
+    From here on the exit wait counts Ctrl-Cs: a second one still interrupts Python's join of the
+    threads (as it would without distaff), and the exit hook then treats it as the second Ctrl-C of
+    its wait (it gives up on bodies stuck in blocking calls and exits)."""
+    global _early_exit, _exiting
     if not _program_interrupted():
         return
+    import signal
+
+    # Work a thread submits from now on is refused (ShutdownError): the default engine is not
+    # re-created, a new Engine() fails outside a body, and the engines below are closed.
+    _exiting = True
+    _core._refuse_new_engines(1)
+
+    w = _ExitWait()
+    w.cancelling = True
+    w.early = True
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        w.hits += 1
+        if w.early:  # still joining threads: Python's own behaviour
+            raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGINT, on_sigint)
+    except ValueError:  # not the main thread
+        return
+    _early_exit = (w, previous)
     try:
         capsules = _core._open_engines()
         if any(max(_core.engine_live(c)) for c in capsules):
             logger.warning("distaff: the program was interrupted; cancelling outstanding executions")
-            _interrupt_announced = True
+            w.announced = True
         for capsule in capsules:
             _core.shutdown(capsule, False, _core.ShutdownCancel.RUNNING)  # closes and cancels; no wait
     except BaseException:  # noqa: BLE001 - a second Ctrl-C: the exit hook below still runs
@@ -770,15 +799,18 @@ def _shutdown_at_exit() -> None:
     global _exiting
     _exiting = True  # no new default engine from now on (default_engine)
     _core._refuse_new_engines(1)  # nor a new engine, except in a body (a workflow running at exit)
-    w = _ExitWait()
+    w, early_previous = _early_exit if _early_exit is not None else (_ExitWait(), None)
+    w.early = False
     try:
         previous = signal.signal(signal.SIGINT, w.on_sigint)
     except ValueError:  # not the main thread (an embedding calls exit hooks elsewhere)
         previous = None
+    if early_previous is not None:
+        previous = early_previous  # the handler from before _cancel_before_thread_joins
     try:
         if _program_interrupted():
             w.cancelling = True  # one Ctrl-C ends the program: its work does not keep it alive
-            if not _interrupt_announced and any(max(_core.engine_live(c)) for c in _core._open_engines()):
+            if not w.announced and any(max(_core.engine_live(c)) for c in _core._open_engines()):
                 logger.warning("distaff: the program was interrupted; cancelling outstanding executions")
         while True:
             try:

@@ -220,7 +220,7 @@ _unobserved_listeners: list = []
 def log_unobserved(batch: list) -> None:
     """Logs failed executions that were collected with nobody having retrieved their exception.
 
-    Called at a safe point with a batch of ``(id, name, exception)`` (see py_execution.cpp).
+    Called at a safe point with a batch of ``(id, name, exception)`` (see cpp/bindings/unobserved.cpp).
     Each listener in ``_unobserved_listeners`` (the pytest plugin's fixture) also gets the batch.
     """
     for listener in list(_unobserved_listeners):

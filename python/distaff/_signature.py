@@ -42,7 +42,7 @@ def _positional_range(params: Any) -> tuple[int, int]:
     """(least, most) positional arguments a call may pass with no keywords and be certainly valid,
     most ``_core.NO_BOUND`` for *args; (NO_BOUND, NO_BOUND) when such a call still needs the full check
     (a required keyword-only parameter). Calls of that shape skip the checker in the C submit
-    (submitter.cpp)."""
+    (cpp/bindings/submit.cpp)."""
     P = inspect.Parameter
     least = most = 0
     unbounded = False

@@ -25,7 +25,7 @@ _MISSING: Any = object()  # "called as @task()", distinct from an explicit (bad)
 
 # Keyword names distaff reserves in a call: stripped before the body sees its kwargs.
 # A function with a parameter of one of these names still receives it; see docs/concepts.md.
-# (One so far: the C submit strips it too, submitter.cpp.)
+# (One so far: the C submit strips it too, cpp/bindings/submit.cpp.)
 _WORKFLOW_ID = "workflow_id"
 RESERVED_KWARGS = (_WORKFLOW_ID,)
 
@@ -140,7 +140,7 @@ class Task:
     def _make_submit(self) -> Callable:
         """The submit function for this task: the general one, or for the common case (a plain
         task with no timeout, async body or per-call options) a C callable with everything bound
-        (cpp/bindings/submitter.cpp): the W1 hot path runs no Python code of ours."""
+        (cpp/bindings/submit.cpp): the W1 hot path runs no Python code of ours."""
         general = self._submit_general
         if (
             self.is_async

@@ -444,8 +444,9 @@ class _Futures(_Windowed):
 
     Tiny bodies in another process cost the executor's own per-call overhead (pickling, pipes, its
     management thread: ~80 µs with ProcessPoolExecutor) several times over. So once bodies are seen
-    to be tiny (under _TINY_S in flight per body, on average) and a backlog waits for the window,
-    queued jobs travel in chunks (up to _CHUNK_MAX, sized so every worker still gets several), as
+    to be tiny (under _TINY_S of run time per body, estimated from the calls' latency) and a
+    backlog waits for the window, queued jobs travel in chunks (up to _CHUNK_MAX, sized so every
+    worker still gets several), as
     ``Executor.map(chunksize=)`` does, and come back together. A chunk is one call: a job cancelled
     in it is dropped when its outcome comes back (the call is cancelled only when all of its jobs
     are). Bodies that take longer than that, and in-process executors, go one call per body."""
@@ -465,15 +466,19 @@ class _Futures(_Windowed):
             return self.target.submit(_remote.run_local, job.fn, job.args, job.kwargs, job.is_async)
         return self.target.submit(_remote.run, job.payload())
 
-    def _observe(self, seconds_per_job: float) -> None:
+    def _observe(self, latency: float, ahead_of_it: int, jobs: int = 1) -> None:
+        # A call's latency is its queueing behind the `ahead_of_it` calls in flight when it was made
+        # (they share the workers) plus its own run: per body, about latency * workers / (calls in
+        # flight) / jobs — a measure of the body, not of the window or of the machine's load.
+        seconds_per_job = latency * self._workers / max(1, ahead_of_it) / jobs
         p = self._per_job
         self._per_job = seconds_per_job if p is None else 0.8 * p + 0.2 * seconds_per_job
 
     def _watch(self, job: Any, fut: Any) -> None:
-        t0 = time.monotonic()
+        t0, ahead_of_it = time.monotonic(), self._inflight
 
         def done(f: Any) -> None:
-            self._observe(time.monotonic() - t0)
+            self._observe(time.monotonic() - t0, ahead_of_it)
             # One look at the finished future (each of cancelled/exception/result takes its lock).
             try:
                 outcome = f.result(0)
@@ -542,10 +547,10 @@ class _Futures(_Windowed):
         chunk.fut = fut
         for job in kept:
             job.handle = chunk
-        t0 = time.monotonic()
+        t0, ahead_of_it = time.monotonic(), self._inflight
 
         def done(f: Any) -> None:
-            self._observe((time.monotonic() - t0) / len(kept))
+            self._observe(time.monotonic() - t0, ahead_of_it, len(kept))
             try:
                 outcomes = f.result(0)
                 error = None

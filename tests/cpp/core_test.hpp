@@ -19,11 +19,14 @@
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "distaff/execution.hpp"
+#include "distaff/scheduler.hpp"
 
 #if defined(__SANITIZE_THREAD__)
 #define DISTAFF_TEST_UNDER_TSAN 1
@@ -171,6 +174,65 @@ class CoreTest : public ::testing::Test {
   }
 
   std::int64_t baseline_ = 0;
+};
+
+// FiberTest: CoreTest plus a Scheduler (workers() workers, 256 KiB stacks) whose run hook calls the
+// execution's payload, a Fn* owned by the test body (none: the execution just succeeds). Bodies
+// capture test-body locals, so every test calls shutdown() before its locals go out of scope;
+// teardown checks that nothing is left live or on a fiber.
+class FiberTest : public CoreTest {
+ protected:
+  using Fn = std::function<void(Execution&)>;
+  virtual unsigned workers() const { return 2; }
+
+  void SetUp() override {
+    CoreTest::SetUp();
+    if (IsSkipped()) return;
+    SchedulerOptions o;
+    o.workers = workers();
+    o.stack_size = 256 * 1024;
+    // Each execution's payload is the test's body for it (a Fn owned by the test body).
+    o.run = [](Execution& ex) {
+      if (ex.done()) return;
+      if (auto* fn = static_cast<Fn*>(ex.payload())) {
+        (*fn)(ex);
+      } else {
+        ex.finish(State::succeeded);
+      }
+    };
+    sched_ = std::make_unique<Scheduler>(std::move(o));
+  }
+  void TearDown() override {
+    if (sched_) {
+      shutdown();
+      const SchedulerStats st = sched_->stats();
+      EXPECT_EQ(st.live, 0);
+      EXPECT_EQ(st.fibers, 0);
+      sched_.reset();
+    }
+    CoreTest::TearDown();
+  }
+  // shutdown: joins the workers. Bodies capture test-body locals, so every test calls this before
+  // its locals go out of scope.
+  void shutdown() {
+    if (joined_) return;
+    joined_ = true;
+    sched_->close(false);
+    sched_->join();
+  }
+  ExecutionRef submit(const char* name, Fn* body, const std::vector<ExecutionRef>& deps = {}) {
+    ExecutionRef ex = Execution::create(name);
+    ex->set_payload(body);
+    sched_->submit(ex, deps);
+    return ex;
+  }
+  // wait_done: waits from the test's thread (a plain thread) with the safety net.
+  static void wait_done(const ExecutionRef& ex) {
+    ASSERT_EQ(ex->wait_until(safety_deadline()), WaitStatus::done) << ex->name() << " never finished";
+  }
+
+  std::unique_ptr<Scheduler> sched_;
+  bool joined_ = false;
 };
 
 }  // namespace distaff::test

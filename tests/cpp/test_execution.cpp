@@ -529,62 +529,238 @@ TEST_F(ExecutionThreads, SleepUntilOnAPlainThreadBlocksUntilTheDeadline) {
   EXPECT_EQ(CountingHooks::mismatches.load(), 0);
 }
 
+// ---- promises: executions completed from outside ------------------------------------------------
+
+TEST_F(ExecutionThreads, APromiseIsRunningFromTheStartAndNeverSubmitted) {
+  ExecutionRef parent = Execution::create("parent");
+  ExecutionRef p = Execution::promise("p", Kind::workflow, parent->id());
+  EXPECT_EQ(p->state(), State::running);
+  EXPECT_EQ(p->kind(), Kind::workflow);
+  EXPECT_EQ(p->parent_id(), parent->id());
+  EXPECT_GT(p->started_ns(), 0);
+  EXPECT_EQ(p->submitted_ns(), 0);
+  EXPECT_FALSE(p->cancel_if_not_started()) << "a promise is never 'not started'";
+  EXPECT_EQ(Execution::promise("q")->parent_id(), 0u);
+  EXPECT_TRUE(p->finish(State::cancelled));
+}
+
+TEST_F(ExecutionThreads, APromiseSettledOnAnotherThreadWakesItsWaitersAndRunsItsCallbacks) {
+  ExecutionRef p = Execution::promise("p");
+  std::atomic<int> calls{0};
+  p->add_callback([](Execution& ex, void* a) {
+    if (ex.state() == State::failed) static_cast<std::atomic<int>*>(a)->fetch_add(1);
+  }, &calls);
+  Event waiting;
+  std::atomic<int> status{-1};
+  std::thread waiter([&] {
+    waiting.set();
+    status = static_cast<int>(p->wait_until(safety_deadline()));
+  });
+  ASSERT_TRUE(waiting.wait());
+  std::thread settler([&] { EXPECT_TRUE(p->finish(State::failed)); });
+  settler.join();
+  waiter.join();
+  EXPECT_EQ(status.load(), static_cast<int>(WaitStatus::done));
+  EXPECT_EQ(calls.load(), 1);
+  EXPECT_GT(p->finished_ns(), 0);
+}
+
+TEST_F(ExecutionThreads, ConcurrentSettlesOfAPromiseExactlyOneWins) {
+  for (int round = 0; round < 200; ++round) {
+    ExecutionRef p = Execution::promise("p");
+    Event go;
+    std::atomic<int> wins{0};
+    std::vector<std::thread> threads;
+    const State outcomes[] = {State::succeeded, State::failed, State::cancelled, State::succeeded};
+    for (State s : outcomes) {
+      threads.emplace_back([&, s] {
+        go.wait();
+        if (p->finish(s)) wins.fetch_add(1);
+      });
+    }
+    go.set();
+    for (std::thread& t : threads) t.join();
+    ASSERT_EQ(wins.load(), 1);
+    ASSERT_TRUE(p->done());
+  }
+}
+
+TEST_F(ExecutionThreads, PromisesTakePartInTheWaitGraph) {
+  // An execution that follows a promise (an async body's execution) is in the wait graph like any.
+  ExecutionRef a = Execution::promise("a"), b = Execution::promise("b");
+  a->forward_to(*b);
+  EXPECT_TRUE(b->would_deadlock(*a));
+  EXPECT_THROW(b->forward_to(*a), DeadlockError);
+  b->finish(State::succeeded);
+  a->finish(State::succeeded);
+}
+
+// ---- terminating a tree ----------------------------------------------------------------------------
+
+// TreeLog: what a TreeFinisher saw. The root fails, its descendants are cancelled; `decline` is
+// left unfinished (finish returns false).
+struct TreeLog {
+  Execution* root = nullptr;
+  Execution* decline = nullptr;
+  std::mutex mu;
+  std::vector<std::string> order;
+  std::vector<bool> parked;
+  std::vector<bool> interrupted_before_finish;
+  std::atomic<int> finished{0};
+};
+
+bool log_and_finish(Execution& ex, bool was_parked, void* arg) {
+  auto* log = static_cast<TreeLog*>(arg);
+  {
+    std::lock_guard<std::mutex> g(log->mu);
+    log->order.push_back(ex.name());
+    log->parked.push_back(was_parked);
+    log->interrupted_before_finish.push_back(ex.interrupted());
+  }
+  if (&ex == log->decline) return false;
+  const bool ok = ex.finish(&ex == log->root ? State::failed : State::cancelled);
+  if (ok) log->finished.fetch_add(1);
+  return ok;
+}
+
+TEST_F(ExecutionThreads, TerminateTreeFinishesTheRootThenEveryRecordedDescendant) {
+  ExecutionRef root = Execution::create("root"), a = Execution::create("a"), b = Execution::create("b");
+  ExecutionRef c = Execution::create("c"), detached = Execution::create("detached");
+  root->start();
+  a->start();
+  root->add_child(a);
+  root->add_child(b);  // pending: never started
+  a->add_child(c);
+  detached->set_parent_id(root->id());  // a parent, but not a recorded child: not in the tree
+  TreeLog log;
+  log.root = root.get();
+  EXPECT_TRUE(root->terminate_tree(&log_and_finish, &log));
+  EXPECT_EQ(root->state(), State::failed);
+  EXPECT_EQ(a->state(), State::cancelled);
+  EXPECT_EQ(b->state(), State::cancelled);
+  EXPECT_EQ(c->state(), State::cancelled);
+  EXPECT_EQ(detached->state(), State::pending);
+  EXPECT_FALSE(detached->interrupted());
+  ASSERT_EQ(log.order.size(), 4u);
+  EXPECT_EQ(log.order.front(), "root");
+  for (bool i : log.interrupted_before_finish) EXPECT_TRUE(i) << "interrupt() comes before finish";
+  for (bool p : log.parked) EXPECT_FALSE(p);
+  EXPECT_EQ(log.finished.load(), 4);
+  detached->finish(State::cancelled);
+}
+
+TEST_F(ExecutionThreads, TerminateTreeOnAFinishedExecutionDoesNothing) {
+  ExecutionRef root = Execution::create("root"), a = Execution::create("a");
+  root->add_child(a);
+  root->finish(State::succeeded);
+  TreeLog log;
+  EXPECT_FALSE(root->terminate_tree(&log_and_finish, &log));
+  EXPECT_TRUE(log.order.empty());
+  EXPECT_FALSE(a->interrupted());
+  EXPECT_FALSE(a->done());
+  a->finish(State::cancelled);
+}
+
+TEST_F(ExecutionThreads, TerminateTreeSkipsFinishedChildrenAndLeavesADeclinedOnesChildren) {
+  ExecutionRef root = Execution::create("root"), done = Execution::create("done");
+  ExecutionRef declined = Execution::create("declined"), grandchild = Execution::create("grandchild");
+  root->add_child(done);
+  root->add_child(declined);
+  declined->add_child(grandchild);
+  done->finish(State::succeeded);
+  TreeLog log;
+  log.root = root.get();
+  log.decline = declined.get();
+  EXPECT_TRUE(root->terminate_tree(&log_and_finish, &log));
+  EXPECT_EQ(log.order, (std::vector<std::string>{"root", "declined"}));
+  EXPECT_TRUE(declined->interrupted()) << "interrupted, then its finisher declined";
+  EXPECT_FALSE(declined->done());
+  EXPECT_FALSE(grandchild->interrupted());
+  EXPECT_FALSE(grandchild->done());
+  declined->finish(State::cancelled);
+  grandchild->finish(State::cancelled);
+}
+
+TEST_F(ExecutionThreads, TerminateTreeDeclinedRootReturnsFalseAndLeavesItsChildren) {
+  ExecutionRef root = Execution::create("root"), a = Execution::create("a");
+  root->add_child(a);
+  TreeLog log;
+  log.root = root.get();
+  log.decline = root.get();
+  EXPECT_FALSE(root->terminate_tree(&log_and_finish, &log));
+  EXPECT_FALSE(a->interrupted());
+  root->finish(State::cancelled);
+  a->finish(State::cancelled);
+}
+
+void count_wake(void* arg) { static_cast<std::atomic<int>*>(arg)->fetch_add(1); }
+
+TEST_F(ExecutionThreads, TerminateTreeReportsAParkedExecutionAndWakesItBeforeFinishing) {
+  // A waker stands for a fiber parked on something interrupt() can wake (a wait-set, a sleep).
+  ExecutionRef root = Execution::create("root"), a = Execution::create("a");
+  root->add_child(a);
+  std::atomic<int> wakes{0};
+  a->set_waker(&count_wake, &wakes);
+  TreeLog log;
+  log.root = root.get();
+  EXPECT_TRUE(root->terminate_tree(&log_and_finish, &log));
+  ASSERT_EQ(log.parked.size(), 2u);
+  EXPECT_FALSE(log.parked[0]);
+  EXPECT_TRUE(log.parked[1]);
+  EXPECT_EQ(wakes.load(), 1);
+  a->set_waker(nullptr, nullptr);
+}
+
+TEST_F(ExecutionThreads, TerminateTreeWalksADeepTreeWithoutRecursion) {
+  constexpr int kDepth = 100000;
+  std::vector<ExecutionRef> chain;
+  chain.reserve(kDepth);
+  for (int i = 0; i < kDepth; ++i) {
+    chain.push_back(Execution::create("link"));
+    if (i) chain[i - 1]->add_child(chain[i]);
+  }
+  TreeLog log;
+  log.root = chain[0].get();
+  run_on_small_stack([&] { EXPECT_TRUE(chain[0]->terminate_tree(&log_and_finish, &log)); });
+  EXPECT_EQ(log.finished.load(), kDepth);
+  EXPECT_EQ(chain.back()->state(), State::cancelled);
+}
+
+TEST_F(ExecutionThreads, ConcurrentTerminateTreeFinishesEachExecutionOnce) {
+  ExecutionRef root = Execution::create("root");
+  std::vector<ExecutionRef> kids;
+  for (int i = 0; i < 64; ++i) {
+    kids.push_back(Execution::create("k"));
+    root->add_child(kids.back());
+    for (int j = 0; j < 4; ++j) {
+      ExecutionRef g = Execution::create("g");
+      kids.back()->add_child(g);
+      kids.push_back(g);
+    }
+  }
+  TreeLog log;
+  log.root = root.get();
+  Event go;
+  std::atomic<int> roots_won{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&] {
+      go.wait();
+      if (root->terminate_tree(&log_and_finish, &log)) roots_won.fetch_add(1);
+    });
+  }
+  go.set();
+  for (std::thread& t : threads) t.join();
+  EXPECT_EQ(roots_won.load(), 1);
+  EXPECT_EQ(root->state(), State::failed);
+  for (const ExecutionRef& k : kids) EXPECT_EQ(k->state(), State::cancelled);
+  // Only the thread that finished the root walks its children; the others stop at the root.
+  EXPECT_EQ(log.finished.load(), 1 + static_cast<int>(kids.size()));
+}
+
 // ---- waits made by executions on fibers ----------------------------------------------------------
 
-class ExecutionFibers : public CoreTest {
- protected:
-  using Fn = std::function<void(Execution&)>;
-  virtual unsigned workers() const { return 2; }
-
-  void SetUp() override {
-    CoreTest::SetUp();
-    if (IsSkipped()) return;
-    SchedulerOptions o;
-    o.workers = workers();
-    o.stack_size = 256 * 1024;
-    // Each execution's payload is the test's body for it (a Fn owned by the test body).
-    o.run = [](Execution& ex) {
-      if (ex.done()) return;
-      if (auto* fn = static_cast<Fn*>(ex.payload())) {
-        (*fn)(ex);
-      } else {
-        ex.finish(State::succeeded);
-      }
-    };
-    sched_ = std::make_unique<Scheduler>(std::move(o));
-  }
-  void TearDown() override {
-    if (sched_) {
-      shutdown();
-      const SchedulerStats st = sched_->stats();
-      EXPECT_EQ(st.live, 0);
-      EXPECT_EQ(st.fibers, 0);
-      sched_.reset();
-    }
-    CoreTest::TearDown();
-  }
-  // shutdown: joins the workers. Bodies capture test-body locals, so every test calls this before
-  // its locals go out of scope.
-  void shutdown() {
-    if (joined_) return;
-    joined_ = true;
-    sched_->close(false);
-    sched_->join();
-  }
-  ExecutionRef submit(const char* name, Fn* body, const std::vector<ExecutionRef>& deps = {}) {
-    ExecutionRef ex = Execution::create(name);
-    ex->set_payload(body);
-    sched_->submit(ex, deps);
-    return ex;
-  }
-  // wait_done: waits from the test's thread (a plain thread) with the safety net.
-  static void wait_done(const ExecutionRef& ex) {
-    ASSERT_EQ(ex->wait_until(safety_deadline()), WaitStatus::done) << ex->name() << " never finished";
-  }
-
-  std::unique_ptr<Scheduler> sched_;
-  bool joined_ = false;
-};
+class ExecutionFibers : public FiberTest {};
 
 // yield_until: a fiber-side poll (lets other fibers of the worker run) with the safety net.
 bool yield_until(const std::function<bool()>& pred) {

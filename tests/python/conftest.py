@@ -43,13 +43,27 @@ def _default_engine_settles():
 _leaks: list[str] = []
 
 
-def _live_after_settling(before: int) -> int:
+def _forget_log_records_of_no_test(config) -> None:
+    """A failure logged once the test's phases are over (an unobserved failure whose execution was
+    freed late, drained by the check below) lands in pytest's capture handlers, which keep the
+    LogRecord until the next test starts: its exception's __cause__ and traceback frames then keep
+    executions alive (seen: a DependencyError caused by a DeadlockError whose traceback holds the
+    frame of Task.__call__, and with it the failed execution). Those records belong to no test."""
+    plugin = config.pluginmanager.get_plugin("logging-plugin")
+    for handler in (getattr(plugin, "caplog_handler", None), getattr(plugin, "report_handler", None)):
+        if handler is not None:
+            handler.reset()
+
+
+def _live_after_settling(before: int, config) -> int:
     for e in list(distaff._engine._engines):
         e.clear_history()  # histories keep finished records on purpose (Engine(history=))
     deadline = time.monotonic() + float(os.environ.get("DISTAFF_TEST_LEAK_WAIT", "10"))
     while True:
         gc.collect()
         distaff._core._drain_unobserved()
+        _forget_log_records_of_no_test(config)
+        gc.collect()
         now = distaff._core.live_executions()
         # Fibers unwind, callbacks run and failure logs drain just after executions finish.
         if now <= before or time.monotonic() > deadline:
@@ -63,13 +77,7 @@ def pytest_runtest_protocol(item, nextitem):
     yield
     if item.get_closest_marker("holds_executions"):
         return
-    # pytest's log capture keeps the last phase's records (an unobserved failure logged with its
-    # exception, whose traceback holds frames) until the next test starts: the reports are made.
-    logging_plugin = item.config.pluginmanager.get_plugin("logging-plugin")
-    for handler in (getattr(logging_plugin, "caplog_handler", None), getattr(logging_plugin, "report_handler", None)):
-        if handler is not None:
-            handler.reset()
-    now = _live_after_settling(before)
+    now = _live_after_settling(before, item.config)
     if now > before:
         _leaks.append(f"{item.nodeid}: {now - before} execution record(s) still alive after the test")
 

@@ -182,7 +182,7 @@ def test_engine_arguments_are_validated():
         distaff.Engine(stack_size=1024)
 
 
-# -- the C fast path of submit (cpp/bindings/submitter.cpp) -------------------------------------------
+# -- the C fast path of submit (cpp/bindings/submit.cpp) -------------------------------------------
 
 
 @pytest.mark.parametrize(

@@ -80,6 +80,11 @@ class Execution {
  public:
   // create: a new pending execution with a process-unique id (ids start at 1 and increase).
   static ExecutionRef create(std::string name, Kind kind = Kind::task);
+  // promise: an execution that runs no body, completed from outside. No scheduler ever starts it:
+  // it is created `running` (started_ns set, never submitted) and is finished by whoever settles it,
+  // with finish() — the bindings' gather/join results and async bodies. Waits, callbacks, wait-sets,
+  // forward_to and the wait graph work on it as on any execution. `parent_id`: 0 for none.
+  static ExecutionRef promise(std::string name, Kind kind = Kind::task, std::uint64_t parent_id = 0);
 
   Execution(const Execution&) = delete;
   Execution& operator=(const Execution&) = delete;
@@ -144,12 +149,30 @@ class Execution {
 
   // would_deadlock: true if this execution waiting on `target` would close a cycle of waits.
   bool would_deadlock(Execution& target) const;
+  // deadlock_message: the one wording of a DeadlockError, for `waiter` (this one or another)
+  // waiting on `target` ("... waits on itself" when they are the same). The bindings use it too.
+  static std::string deadlock_message(const Execution& waiter, const Execution& target);
 
   // add_child: records `child` (submitted by this execution's body) for cancellation of the tree.
   // Ignored once this execution is finished. Children are released when it finishes.
   void add_child(const ExecutionRef& child);
   // children: the unfinished children recorded so far.
   std::vector<ExecutionRef> children() const;
+
+  // TreeFinisher: finishes `ex` for terminate_tree — the embedder stores its outcome and calls
+  // finish() or cancel_if_not_started() — and interrupts whatever it runs that interrupt() cannot
+  // reach: `was_parked` is true when its fiber was parked in a wait, which interrupt() has already
+  // woken, false when it may be running code. Returns whether it finished `ex` (false when it
+  // declines, or someone else finished it first). Called without distaff locks held; must not throw.
+  using TreeFinisher = bool (*)(Execution& ex, bool was_parked, void* arg);
+  // terminate_tree: stops this execution and, transitively, its unfinished children (those recorded
+  // with add_child; detached work is never recorded), this one first, iteratively (trees can be
+  // deep). For each: reads its children and whether it is parked *before* finishing it (finishing
+  // releases the child records), interrupt()s it (so a fiber woken by the finish already sees the
+  // interrupt), then calls `finisher`. The children of an execution that `finisher` did not finish
+  // are left alone. Returns what `finisher` returned for this execution, or false at once if it
+  // was already finished. Any thread; never suspends.
+  bool terminate_tree(TreeFinisher finisher, void* arg);
 
   // parked: the execution's fiber is parked in a wait, a wait-set or a sleep (interrupt() wakes it).
   bool parked() const noexcept;

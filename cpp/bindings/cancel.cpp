@@ -1,0 +1,163 @@
+// Cancellation and deadlines: terminating an execution and its tree from outside its body (cancel(),
+// a timeout, shutdown), raising in the fiber that runs it, and the per-execution timeouts on the
+// core's Timer.
+
+#include <string>
+#include <vector>
+
+#include "bindings.hpp"
+#include "distaff/timer.hpp"
+#include "python_fiber.hpp"
+
+namespace distaff::py {
+
+namespace {
+
+Timer* g_timer = nullptr;  // one timer thread per process, started on the first timeout
+
+// raise_in_fiber: queues `exc_type` to be raised in `ts` at its next bytecode boundary.
+// PyThreadState_SetAsyncExc addresses thread states by OS thread id, which every fiber on a worker
+// shares with its worker; for the duration of the call the target gets an id no real thread has.
+// The GIL is held throughout, so nothing else reads the id meanwhile.
+bool raise_in_fiber(PyThreadState* ts, PyObject* exc_type) {
+  const unsigned long saved = ts->thread_id;
+  const unsigned long unique = ~0UL - 1;
+  ts->thread_id = unique;
+  const int n = PyThreadState_SetAsyncExc(unique, exc_type);
+  ts->thread_id = saved;
+  return n == 1;
+}
+
+void timeout_fired(void* arg) {
+  // On the timer thread: a plain OS thread, never a fiber, so PyGILState is the right API here.
+  if (interpreter_finalizing()) return;
+  PyGILState_STATE g = PyGILState_Ensure();
+  auto* pe = static_cast<PyExecution*>(arg);
+  pe->timer_id = 0;
+  if (!pe->core->done()) {
+    double secs = 0;
+    if (pe->extra) {
+      if (PyObject* t = PyDict_GetItemString(pe->extra, "timeout")) secs = PyFloat_AsDouble(t);
+    }
+    PyObject* exc = PyObject_CallFunction(TimeoutErrorType, "s",
+        (std::string("execution ") + std::to_string(pe->core->id()) + " (" + pe->core->name() +
+         ") was still running at its deadline (timeout=" + std::to_string(secs) + " s)").c_str());
+    if (!exc) exc = fetch_exception();
+    terminate(pe, State::failed, exc, TimeoutErrorType);
+  }
+  Py_DECREF(pe);  // the timer's reference
+  PyGILState_Release(g);
+}
+
+}  // namespace
+
+void disarm_timeout(PyExecution* pe) {
+  std::uint64_t id = pe->timer_id;
+  pe->timer_id = 0;
+  if (g_timer && id && g_timer->cancel(id)) Py_DECREF(pe);  // the timer's reference
+}
+
+namespace {
+
+// What terminate() asks of each execution of the tree (Execution::terminate_tree walks it).
+struct Termination {
+  PyExecution* root;
+  State state;          // the root's outcome; its descendants are cancelled
+  PyObject* value;      // the root's value (owned until complete() steals it)
+  PyObject* async_exc;  // raised in the root's body; CancelledError in the descendants'
+};
+
+bool finish_terminated(Execution& ex, bool was_parked, void* arg) {
+  auto* t = static_cast<Termination*>(arg);
+  const bool root = &ex == t->root->core;
+  auto* p = root ? t->root : static_cast<PyExecution*>(ex.payload());
+  if (!root && (!p || p->detached)) return false;  // (detached work is never a recorded child)
+  bool finished;
+  PyObject* exc;
+  if (root) {
+    finished = complete(p, t->state, t->value);
+    t->value = nullptr;
+    exc = t->async_exc;
+  } else {
+    finished = complete(p, State::cancelled, nullptr);
+    exc = CancelledError;
+  }
+  // A parked body was woken by interrupt() and raises itself (raise_interrupted); one running
+  // Python gets the exception at its next bytecode.
+  if (finished && p->tstate && !was_parked) raise_in_fiber(p->tstate, exc);
+  return finished;
+}
+
+}  // namespace
+
+bool terminate(PyExecution* pe, State state, PyObject* value, PyObject* async_exc) {
+  Termination t{pe, state, value, async_exc};
+  const bool finished = pe->core->terminate_tree(&finish_terminated, &t);
+  Py_XDECREF(t.value);  // not consumed: it was finished already
+  return finished;
+}
+
+Py_ssize_t cancel_running(PyObject* engine) {
+  // Snapshot first: terminating runs done-callbacks (Python code) that may start or end bodies.
+  Py_ssize_t n = 0;
+  for (PyObject* o : running_bodies(engine)) {
+    if (terminate(as_pe(o), State::cancelled, nullptr, CancelledError)) ++n;
+    Py_DECREF(o);
+  }
+  return n;
+}
+
+void timer_after_fork() {
+  // The timer thread does not exist in a forked child; forget it (leaked, not destroyed: its mutex
+  // may have been held at fork) so the next timeout starts a new one.
+  g_timer = nullptr;
+}
+
+namespace {
+
+// arm_timeout(execution, seconds): the execution fails with distaff.TimeoutError if still running
+// `seconds` from now. Called by the facade at the start of a body.
+PyObject* raw_arm_timeout(PyObject*, PyObject* const* a, Py_ssize_t n) {
+  if (n != 2 || !is_execution(a[0])) {
+    PyErr_SetString(PyExc_TypeError, "arm_timeout(execution, seconds)");
+    return nullptr;
+  }
+  PyExecution* pe = as_pe(a[0]);
+  Clock::time_point deadline;
+  if (!parse_timeout(a[1], deadline)) return nullptr;
+  if (pe->core->done() || deadline == Clock::time_point::max()) Py_RETURN_NONE;
+  if (pe->timer_id) disarm_timeout(pe);
+  track(pe);
+  if (!pe->extra && !(pe->extra = PyDict_New())) return nullptr;
+  if (PyDict_SetItemString(pe->extra, "timeout", a[1]) < 0) return nullptr;
+  if (!g_timer) g_timer = new Timer();
+  Py_INCREF(pe);  // the timer's reference
+  try {
+    pe->timer_id = g_timer->schedule(deadline, &timeout_fired, pe);
+  } catch (...) {
+    Py_DECREF(pe);
+    translate_current_exception();
+    return nullptr;
+  }
+  Py_RETURN_NONE;
+}
+
+// stop_timer(): joins the timer thread (at exit, before finalisation).
+PyObject* raw_stop_timer(PyObject*, PyObject*) {
+  if (g_timer) {
+    for (void* arg : g_timer->stop()) Py_DECREF(static_cast<PyObject*>(arg));
+  }
+  Py_RETURN_NONE;
+}
+
+PyMethodDef cancel_functions[] = {
+    {"arm_timeout", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&raw_arm_timeout)), METH_FASTCALL,
+     "arm_timeout(execution, seconds)"},
+    {"stop_timer", &raw_stop_timer, METH_NOARGS, "stop_timer(): join the timeout thread"},
+    {nullptr, nullptr, 0, nullptr}};
+
+}  // namespace
+
+bool init_cancel(PyObject* module) { return PyModule_AddFunctions(module, cancel_functions) == 0; }
+
+}  // namespace distaff::py

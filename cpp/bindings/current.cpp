@@ -1,0 +1,114 @@
+// Which execution is running here: the current execution of a fiber, of an async def body on an
+// event loop, and of a done-callback (the parent of what each of them submits).
+
+#include <utility>
+#include <vector>
+
+#include "bindings.hpp"
+
+namespace distaff::py {
+
+namespace {
+// The execution whose async def body runs in the current asyncio task (set by the facade's
+// _cancellable on the loop): current_execution() and the parent of what that body submits.
+PyObject* g_async_current = nullptr;
+
+// The parent a done-callback's submissions get: the execution whose code registered the callback
+// (or none), not whichever fiber happened to finish the execution. One entry per callback running
+// now, keyed by the thread state it runs on (a callback may suspend its fiber, and other fibers of
+// the worker must not inherit its override). GIL held; almost always empty.
+std::vector<std::pair<PyThreadState*, Execution*>> g_callback_parents;
+
+unsigned long g_main_thread_ident = 0;
+}  // namespace
+
+Execution* async_current() {
+  PyObject* v = nullptr;
+  if (!g_async_current || PyContextVar_Get(g_async_current, nullptr, &v) < 0) {
+    PyErr_Clear();
+    return nullptr;
+  }
+  if (!v) return nullptr;
+  Execution* e = Py_TYPE(v) == ExecutionType ? reinterpret_cast<PyExecution*>(v)->core : nullptr;
+  Py_DECREF(v);  // the context keeps it alive while it is the value
+  return e;
+}
+
+Execution* running_here() {
+  Execution* e = current_execution();
+  return e ? e : async_current();
+}
+
+Execution* submit_parent() {
+  if (!g_callback_parents.empty()) {
+    PyThreadState* ts = PyThreadState_Get();
+    for (std::size_t i = g_callback_parents.size(); i-- > 0;) {
+      if (g_callback_parents[i].first == ts) return g_callback_parents[i].second;
+    }
+  }
+  return running_here();
+}
+
+void push_callback_parent(PyThreadState* ts, Execution* parent) { g_callback_parents.emplace_back(ts, parent); }
+
+void pop_callback_parent(PyThreadState* ts) {
+  // Not pop_back: a callback that suspended its fiber may finish after one that started later on
+  // another fiber. Per thread state the entries nest, so the last one of this state is ours.
+  for (std::size_t i = g_callback_parents.size(); i-- > 0;) {
+    if (g_callback_parents[i].first == ts) {
+      g_callback_parents.erase(g_callback_parents.begin() + static_cast<std::ptrdiff_t>(i));
+      break;
+    }
+  }
+}
+
+bool on_main_thread() {
+  return current_execution() == nullptr && PyThread_get_thread_ident() == g_main_thread_ident;
+}
+
+namespace {
+
+PyObject* raw_current(PyObject*, PyObject*) {
+  Execution* cur = running_here();
+  if (!cur || !cur->payload()) Py_RETURN_NONE;
+  return Py_NewRef(static_cast<PyObject*>(cur->payload()));
+}
+
+// _import_ident(): the "thread" identity importlib's module locks see (distaff/_imports.py). Every
+// fiber of a worker shares the worker's OS thread id, so a module lock keyed by it lets a second
+// fiber into a module another fiber is still executing. On a fiber: minus its thread state's id
+// (unique among live states, renewed on reuse; negative, so never an OS thread id). Elsewhere: the
+// OS thread id, as _thread.get_ident() returns it.
+PyObject* raw_import_ident(PyObject*, PyObject*) {
+  if (current_execution()) {
+    return PyLong_FromLongLong(-static_cast<long long>(PyThreadState_GetID(PyThreadState_Get())));
+  }
+  return PyLong_FromUnsignedLong(PyThread_get_thread_ident());
+}
+
+PyMethodDef current_functions[] = {
+    {"current_execution", &raw_current, METH_NOARGS,
+     "current_execution() -> Execution | None: the execution whose body is running here."},
+    {"_import_ident", &raw_import_ident, METH_NOARGS,
+     "_import_ident() -> int: the thread identity importlib's module locks use (per fiber on a worker)"},
+    {nullptr, nullptr, 0, nullptr}};
+
+}  // namespace
+
+bool init_current(PyObject* module) {
+  g_async_current = PyContextVar_New("distaff_async_current", nullptr);
+  if (!g_async_current || PyModule_AddObjectRef(module, "_async_current", g_async_current) < 0) return false;
+  PyObject* threading = PyImport_ImportModule("threading");
+  if (!threading) return false;
+  PyObject* main = PyObject_CallMethod(threading, "main_thread", nullptr);
+  Py_DECREF(threading);
+  if (!main) return false;
+  PyObject* ident = PyObject_GetAttrString(main, "ident");
+  Py_DECREF(main);
+  if (!ident) return false;
+  g_main_thread_ident = PyLong_AsUnsignedLong(ident);
+  Py_DECREF(ident);
+  return PyModule_AddFunctions(module, current_functions) == 0;
+}
+
+}  // namespace distaff::py

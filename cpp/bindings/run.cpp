@@ -1,0 +1,212 @@
+// Running a body: the scheduler's hooks (run, start_failed, abandon), the running list, and
+// forwarding (a body that returned an Execution, or a promise, follows it to its outcome).
+
+#include <string>
+#include <vector>
+
+#include "bindings.hpp"
+#include "python_fiber.hpp"
+
+namespace distaff::py {
+
+namespace {
+
+void forward_done(Execution& target_core, void* arg);
+
+// The forwarding list: every execution of an engine whose body returned and which now follows
+// another execution (an async body's execution follows its promise until the coroutine ends).
+// Linked by forward(), unlinked by forward_done() (the forward holds a reference meanwhile), GIL
+// held. It reuses run_prev/run_next: a body is unlinked from the running list before it forwards.
+PyExecution* g_forwarding = nullptr;
+
+// An intrusive list over run_prev/run_next (the running and the forwarding lists), GIL held.
+void list_link(PyExecution*& head, PyExecution* pe) {
+  pe->run_prev = nullptr;
+  pe->run_next = head;
+  if (head) head->run_prev = pe;
+  head = pe;
+}
+
+void list_unlink(PyExecution*& head, PyExecution* pe) {
+  if (pe->run_prev) {
+    pe->run_prev->run_next = pe->run_next;
+  } else if (head == pe) {
+    head = pe->run_next;
+  } else {
+    return;  // not linked (linked before a fork: the lists were reset)
+  }
+  if (pe->run_next) pe->run_next->run_prev = pe->run_prev;
+  pe->run_prev = pe->run_next = nullptr;
+}
+
+void link_forwarding(PyExecution* pe) { list_link(g_forwarding, pe); }
+void unlink_forwarding(PyExecution* pe) { list_unlink(g_forwarding, pe); }
+
+// The running list: every execution whose body is on a fiber now (cancel_running, Ctrl-C at exit).
+// Linked and unlinked by the body's own fiber with the GIL held; read with the GIL held, so no lock.
+PyExecution* g_running = nullptr;
+
+void link_running(PyExecution* pe) { list_link(g_running, pe); }
+void unlink_running(PyExecution* pe) { list_unlink(g_running, pe); }
+
+// release_body: drops what only running the body needed (the queue's references go separately).
+void release_body(PyExecution* pe) {
+  Py_CLEAR(pe->fn);
+  Py_CLEAR(pe->args);
+  Py_CLEAR(pe->kwargs);
+  Py_CLEAR(pe->context);
+  Py_CLEAR(pe->trace);
+}
+
+void forward_done(Execution& target_core, void* arg) {
+  auto* pe = static_cast<PyExecution*>(arg);
+  PyObject* t = pe->result;
+  pe->result = nullptr;
+  pe->forwarding = 0;
+  if (pe->engine) unlink_forwarding(pe);
+  PyExecution* target = as_pe(t);
+  switch (target_core.state()) {
+    case State::succeeded:
+      complete(pe, State::succeeded, Py_NewRef(target->result ? target->result : Py_None));
+      break;
+    case State::failed:
+      target->observed = 1;
+      complete(pe, State::failed, target->exc ? Py_NewRef(target->exc) : nullptr);
+      break;
+    default:
+      complete(pe, State::cancelled, nullptr);
+  }
+  Py_DECREF(t);
+  Py_DECREF(pe);
+}
+
+}  // namespace
+
+// forward_execution: `pe` completes when `target` does (takes its own reference to pe).
+void forward_execution(PyExecution* pe, PyExecution* target) {
+  try {
+    pe->core->forward_to(*target->core);
+  } catch (...) {
+    translate_current_exception();
+    complete(pe, State::failed, fetch_exception());
+    return;
+  }
+  Py_INCREF(pe);  // the forward's reference, released by forward_done
+  pe->forwarding = 1;
+  track(pe);
+  Py_XSETREF(pe->result, Py_NewRef(reinterpret_cast<PyObject*>(target)));
+  if (pe->engine) link_forwarding(pe);  // cancel_running reaches it (an async body's execution)
+  target->core->add_callback(&forward_done, pe);
+}
+
+std::vector<PyObject*> running_bodies(PyObject* engine) {
+  std::vector<PyObject*> out;
+  for (PyExecution* p = g_running; p; p = p->run_next) {
+    if (p->engine == engine && !p->core->done()) out.push_back(Py_NewRef(reinterpret_cast<PyObject*>(p)));
+  }
+  // Executions following another one are running too: async bodies (their coroutine is cancelled
+  // by the execution's done-callback, on its loop) and bodies that returned an Execution.
+  for (PyExecution* p = g_forwarding; p; p = p->run_next) {
+    if (p->engine == engine && !p->core->done()) out.push_back(Py_NewRef(reinterpret_cast<PyObject*>(p)));
+  }
+  return out;
+}
+
+void running_after_fork() {
+  g_running = nullptr;  // those bodies' fibers do not exist here
+  g_forwarding = nullptr;
+}
+
+void run_execution(Execution& ex) {
+  auto* pe = static_cast<PyExecution*>(ex.payload());
+  FiberState fs = acquire_fiber_state();
+  if (ex.state() == State::pending) complete(pe, State::cancelled, nullptr);  // draining
+  if (ex.state() == State::running) {
+    if (pe->trace) install_tracer(pe->trace);
+    PyObject* ctx = pe->context;
+    if (ctx && PyContext_Enter(ctx) < 0) {
+      complete(pe, State::failed, fetch_exception());
+      ctx = nullptr;
+    } else {
+      pe->tstate = fs.tstate;
+      link_running(pe);
+      PyObject* r = PyObject_Call(pe->fn, pe->args, pe->kwargs);
+      unlink_running(pe);
+      pe->tstate = nullptr;
+      PyObject* exc = r ? nullptr : fetch_exception();
+      if (ctx && PyContext_Exit(ctx) < 0) PyErr_Clear();
+      if (exc) {
+        add_task_note(exc, ex);
+        complete(pe, State::failed, exc);
+      } else if (is_execution(r)) {
+        forward_execution(pe, as_pe(r));
+        Py_DECREF(r);
+      } else {
+        complete(pe, State::succeeded, r);
+      }
+    }
+    if (pe->trace) install_tracer(Py_None);
+  }
+  release_body(pe);
+  Py_DECREF(pe);  // the queue's reference
+  // The end of a body is a safe point too: log unobserved failures here rather than wait for the
+  // main thread's next bytecode (it may be blocked for long, e.g. in threading.Event.wait).
+  drain_unobserved_now();
+  release_fiber_state(fs);
+}
+
+void start_failed_execution(Execution& ex) {
+  // No stack could be mapped for this execution's fiber (the scheduler's start_failed hook, on the
+  // worker's dispatcher): it fails with MemoryError, like any allocation that fails in a body.
+  auto* pe = static_cast<PyExecution*>(ex.payload());
+  FiberState fs = acquire_fiber_state();
+  PyObject* msg = PyUnicode_FromFormat(
+      "no fiber stack could be mapped for execution %llu '%s' (memory or vm.max_map_count exhausted)",
+      static_cast<unsigned long long>(ex.id()), ex.name().c_str());
+  PyObject* exc = msg ? PyObject_CallOneArg(PyExc_MemoryError, msg) : nullptr;
+  Py_XDECREF(msg);
+  if (!exc) exc = fetch_exception();
+  complete(pe, State::failed, exc);
+  release_body(pe);
+  Py_DECREF(pe);  // the queue's reference
+  release_fiber_state(fs);
+}
+
+void abandon_execution(Execution& ex, Execution& failed) {
+  // Called inside the failed dependency's finish(), i.e. from complete() with the GIL held.
+  auto* pe = static_cast<PyExecution*>(ex.payload());
+  PyExecution* dep = nullptr;
+  if (pe->deps) {
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(pe->deps); ++i) {
+      PyExecution* d = as_pe(PyTuple_GET_ITEM(pe->deps, i));
+      if (d->core == &failed) dep = d;
+    }
+  }
+  PyObject* err;
+  if (failed.state() == State::cancelled) {
+    err = PyObject_CallFunction(DependencyError, "s", 
+        (std::string("dependency '") + failed.name() + "' (execution " + std::to_string(failed.id()) +
+         ") was cancelled").c_str());
+  } else {
+    PyObject* cause = dep && dep->exc ? dep->exc : Py_None;
+    if (dep) dep->observed = 1;
+    PyObject* msg = PyUnicode_FromFormat("dependency '%s' (execution %llu) failed: %R", failed.name().c_str(),
+                                         static_cast<unsigned long long>(failed.id()), cause);
+    if (!msg) {  // the error's repr itself raised: name its type instead
+      PyErr_Clear();
+      msg = PyUnicode_FromFormat("dependency '%s' (execution %llu) failed: %s", failed.name().c_str(),
+                                 static_cast<unsigned long long>(failed.id()), Py_TYPE(cause)->tp_name);
+    }
+    err = msg ? PyObject_CallOneArg(DependencyError, msg) : nullptr;
+    Py_XDECREF(msg);
+    if (err && cause != Py_None) PyException_SetCause(err, Py_NewRef(cause));
+  }
+  if (!err) err = fetch_exception();
+  add_task_note(err, ex);
+  complete(pe, State::failed, err);
+  // Abandoned executions never reach run_execution: release the queue's reference here.
+  release_body(pe);
+  Py_DECREF(pe);
+}
+
+}  // namespace distaff::py

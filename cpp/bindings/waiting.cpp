@@ -1,0 +1,285 @@
+// Waiting: numbers of seconds and deadlines, waiting for one execution (result(), exception()) on a
+// fiber, the main thread or another thread, fiber-aware sleep, and the loop-thread deadlock check.
+// Raw functions only: every wait here can suspend a fiber (python_fiber.hpp, rule 4).
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <limits>
+
+#include "bindings.hpp"
+
+namespace distaff::py {
+
+PyObject* LoopWaitHook = nullptr;  // distaff._asyncio.wait_on_loop_thread
+
+bool parse_seconds(PyObject* v, const char* what, Seconds kind, double& out) {
+  const bool none_ok = kind == Seconds::wait || kind == Seconds::option || kind == Seconds::cap;
+  if (v == Py_None && none_ok) {
+    out = std::numeric_limits<double>::infinity();
+    return true;
+  }
+  const char* expected = kind == Seconds::factor ? "a number" : "a number of seconds";
+  PyNumberMethods* nb = Py_TYPE(v)->tp_as_number;
+  if (PyBool_Check(v) || !(PyFloat_Check(v) || PyLong_Check(v) || (nb && (nb->nb_float || nb->nb_index)))) {
+    PyErr_Format(PyExc_TypeError, "%s must be %s%s, not %.100s", what, expected, none_ok ? " or None" : "",
+                 Py_TYPE(v)->tp_name);
+    return false;
+  }
+  double t = PyFloat_AsDouble(v);
+  if (t == -1.0 && PyErr_Occurred()) {
+    if (!PyErr_ExceptionMatches(PyExc_OverflowError)) return false;  // __float__ itself raised
+    // An integer too large for a float (10**400): as large as a float gets, with its sign.
+    PyErr_Clear();
+    PyObject* zero = PyLong_FromLong(0);
+    const int negative = zero ? PyObject_RichCompareBool(v, zero, Py_LT) : -1;
+    Py_XDECREF(zero);
+    if (negative < 0) return false;
+    t = negative ? -std::numeric_limits<double>::infinity() : std::numeric_limits<double>::infinity();
+  }
+  if (std::isnan(t)) {
+    PyErr_Format(PyExc_ValueError, "%s must not be NaN", what);
+    return false;
+  }
+  switch (kind) {
+    case Seconds::wait:  // like concurrent.futures: a wait whose timeout already passed
+      if (t < 0) t = 0;
+      break;
+    case Seconds::option:
+      if (!(t > 0)) {
+        PyErr_Format(PyExc_ValueError, "%s must be a positive number of seconds or None, not %R", what, v);
+        return false;
+      }
+      break;
+    case Seconds::length:
+    case Seconds::cap:
+      if (t < 0) {
+        PyErr_Format(PyExc_ValueError, "%s must be a non-negative number of seconds, not %R", what, v);
+        return false;
+      }
+      break;
+    case Seconds::delay:
+    case Seconds::factor:
+      if (t < 0 || std::isinf(t)) {
+        PyErr_Format(PyExc_ValueError, "%s must be a finite non-negative number, not %R", what, v);
+        return false;
+      }
+      break;
+  }
+  out = t;
+  return true;
+}
+
+Clock::time_point deadline_after(double seconds) {
+  // 1e9 s (~31 years) and beyond — inf included — is no deadline; it also keeps the sum in range.
+  if (!(seconds < kNoLimitSeconds)) return Clock::time_point::max();
+  return Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds));
+}
+
+bool parse_timeout(PyObject* timeout, Clock::time_point& deadline) {
+  deadline = Clock::time_point::max();
+  if (!timeout || timeout == Py_None) return true;
+  double t;
+  if (!parse_seconds(timeout, "timeout", Seconds::wait, t)) return false;
+  deadline = deadline_after(t);
+  return true;
+}
+
+void raise_interrupted() {
+  // The execution was cancelled or timed out while parked. terminate() may also have queued an
+  // asynchronous exception for it; it is moot now, and would fire again in the handler: drop it.
+  PyThreadState* ts = PyThreadState_Get();
+  Py_CLEAR(ts->async_exc);
+  Execution* self = current_execution();
+  PyExecution* pe = self ? static_cast<PyExecution*>(self->payload()) : nullptr;
+  if (pe && pe->core->state() == State::failed && pe->exc && PyErr_GivenExceptionMatches(pe->exc, TimeoutErrorType)) {
+    PyErr_SetString(TimeoutErrorType, "the execution timed out");
+  } else {
+    PyErr_SetString(CancelledError, "the execution was cancelled");
+  }
+}
+
+namespace {
+
+enum WaitOutcome { kDone = 0, kTimeout = 1, kInterrupted = 2, kError = -1, kSignal = -2 };
+
+// wait_core: waits for `target` as the calling context requires. A worker fiber suspends; the main
+// thread parks in short slices so Ctrl-C (PyErr_CheckSignals) is honoured; other threads just park.
+// The GIL is released while parked (switch hooks).
+int wait_core(Execution* target, Clock::time_point deadline) {
+  if (target->done()) return kDone;
+  bool interrupted = false;
+  int r = wait_sliced(
+      [&](Clock::time_point d) {
+        WaitStatus st = target->wait_until(d);
+        interrupted = st == WaitStatus::interrupted;
+        return st != WaitStatus::timeout;
+      },
+      deadline);
+  if (r == -2) return kSignal;
+  if (r < 0) return kError;
+  if (r == 1) return kTimeout;
+  // Woken because the target finished — but if the waiter itself was cancelled or timed out
+  // meanwhile (terminate() also cancels the target when it is a child), that is what it must see.
+  Execution* self = current_execution();
+  if (interrupted || (self && self->interrupted())) return kInterrupted;
+  return kDone;
+}
+
+int wait_for_outcome(PyExecution* pe, PyObject* timeout) {
+  if (forked_away(pe)) {
+    raise_forked_execution(*pe->core);
+    return kError;
+  }
+  Clock::time_point deadline;
+  if (!parse_timeout(timeout, deadline)) return kError;
+  int r = wait_core(pe->core, deadline);
+  if (r == kSignal) {
+    // A signal handler raised (Ctrl-C) while the main thread waited for this execution: like
+    // asyncio.run cancelling its main task, the execution is cancelled with its tree, so the
+    // interrupted program does not leave it running (nor the exit waiting for it). Only a wait that
+    // a signal ended does this; a timeout that expired leaves the execution running.
+    PyObject* exc = fetch_exception();
+    terminate(pe, State::cancelled, nullptr, CancelledError);
+    if (PyErr_Occurred()) PyErr_WriteUnraisable(reinterpret_cast<PyObject*>(pe));
+    if (!exc) {  // (a signal handler's failure always carries an exception; kept safe all the same)
+      PyErr_SetString(InternalError, "a signal interrupted the wait without an exception");
+      return kError;
+    }
+#if PY_VERSION_HEX >= 0x030C0000
+    PyErr_SetRaisedException(exc);
+#else
+    PyErr_Restore(Py_NewRef(reinterpret_cast<PyObject*>(Py_TYPE(exc))), exc, PyException_GetTraceback(exc));
+#endif
+    return kError;
+  }
+  if (r == kTimeout) {
+    PyErr_Format(PyExc_TimeoutError, "execution %llu (%s) did not finish within the timeout",
+                 static_cast<unsigned long long>(pe->core->id()), pe->core->name().c_str());
+  } else if (r == kInterrupted) {
+    raise_interrupted();
+  }
+  return r;
+}
+
+}  // namespace
+
+// wait_blocking: result()/exception() waiting for an unfinished execution. On a thread (not a fiber)
+// the loop-wait hook runs first: on a thread running an asyncio event loop it refuses a wait only that
+// loop could satisfy (DeadlockError) and otherwise waits itself, re-checking (returns True); it
+// returns None when no loop runs in this thread (the plain wait below).
+bool wait_blocking(PyExecution* pe, PyObject* timeout) {
+  // (An execution inherited across fork() skips the hook: wait_for_outcome raises ShutdownError.)
+  if (LoopWaitHook && !current_execution() && pe->fork_generation == g_fork_generation) {
+    PyObject* r = PyObject_CallFunctionObjArgs(LoopWaitHook, reinterpret_cast<PyObject*>(pe), timeout, nullptr);
+    if (!r) return false;
+    const bool handled = r != Py_None;
+    Py_DECREF(r);
+    if (handled) return true;
+  }
+  return wait_for_outcome(pe, timeout) == kDone;
+}
+
+namespace {
+
+// _seconds(value, what, kind) -> float | None: parse_seconds for the facade (one check for both
+// sides). None stays None where allowed; "no limit" is inf.
+PyObject* raw_seconds(PyObject*, PyObject* const* a, Py_ssize_t n) {
+  if (n != 3 || !PyUnicode_Check(a[1])) {
+    PyErr_SetString(PyExc_TypeError, "_seconds(value, what, kind)");
+    return nullptr;
+  }
+  const long kind = PyLong_AsLong(a[2]);
+  if (kind == -1 && PyErr_Occurred()) return nullptr;
+  if (kind < 0 || kind > static_cast<long>(Seconds::factor)) {
+    PyErr_SetString(PyExc_ValueError, "_seconds: bad kind");
+    return nullptr;
+  }
+  const char* what = PyUnicode_AsUTF8(a[1]);
+  if (!what) return nullptr;
+  double t;
+  if (!parse_seconds(a[0], what, static_cast<Seconds>(kind), t)) return nullptr;
+  if (a[0] == Py_None) Py_RETURN_NONE;
+  return PyFloat_FromDouble(t);
+}
+
+// _import_ident(): the "thread" identity importlib's module locks see (distaff/_imports.py). Every
+// fiber of a worker shares the worker's OS thread id, so a module lock keyed by it lets a second
+// fiber into a module another fiber is still executing. On a fiber: minus its thread state's id
+
+// _reaches_any(execution, execs) -> bool: would waiting on `execution` wait (through dependencies,
+// forwards and parked waits) on one of `execs` (or is it one of them)? The loop-thread deadlock check.
+PyObject* raw_reaches_any(PyObject*, PyObject* const* a, Py_ssize_t n) {
+  if (n != 2 || !is_execution(a[0])) {
+    PyErr_SetString(PyExc_TypeError, "_reaches_any(execution, execs)");
+    return nullptr;
+  }
+  PyObject* seq = PySequence_Fast(a[1], "_reaches_any: execs must be a sequence");
+  if (!seq) return nullptr;
+  Execution* from = as_pe(a[0])->core;
+  bool hit = false;
+  for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(seq) && !hit; ++i) {
+    PyObject* o = PySequence_Fast_GET_ITEM(seq, i);
+    if (!is_execution(o)) continue;
+    Execution* m = as_pe(o)->core;
+    hit = m == from || (!m->done() && m->would_deadlock(*from));
+  }
+  Py_DECREF(seq);
+  return PyBool_FromLong(hit);
+}
+
+// sleep(seconds): fiber-aware sleep. In a task body it suspends the fiber (the worker runs others);
+// elsewhere it is time.sleep.
+PyObject* g_time_sleep = nullptr;
+PyObject* raw_sleep(PyObject*, PyObject* seconds) {
+  double t;
+  if (!parse_seconds(seconds, "sleep length", Seconds::length, t)) return nullptr;
+  if (!current_execution()) {
+    if (!g_time_sleep) {
+      PyObject* time = PyImport_ImportModule("time");
+      if (!time) return nullptr;
+      g_time_sleep = PyObject_GetAttrString(time, "sleep");
+      Py_DECREF(time);
+      if (!g_time_sleep) return nullptr;
+    }
+    // time.sleep refuses lengths past ~292 years: sleep in day-long pieces (inf: until interrupted).
+    for (;;) {
+      const double piece = std::min(t, 86400.0);
+      PyObject* arg = PyFloat_FromDouble(piece);
+      PyObject* r = arg ? PyObject_CallOneArg(g_time_sleep, arg) : nullptr;
+      Py_XDECREF(arg);
+      if (!r) return nullptr;
+      Py_DECREF(r);
+      t -= piece;
+      if (!(t > 0)) Py_RETURN_NONE;
+    }
+  }
+  auto deadline = deadline_after(t);
+  WaitStatus st;
+  try {
+    st = sleep_until(deadline);
+  } catch (...) {
+    translate_current_exception();
+    return nullptr;
+  }
+  if (st == WaitStatus::interrupted) {
+    raise_interrupted();
+    return nullptr;
+  }
+  Py_RETURN_NONE;
+}
+
+PyMethodDef waiting_functions[] = {
+    {"_seconds", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&raw_seconds)), METH_FASTCALL,
+     "_seconds(value, what, kind) -> float | None: validates a number of seconds (bindings.hpp, Seconds)"},
+    {"sleep", &raw_sleep, METH_O,
+     "sleep(seconds)\n--\n\nIn a task body: suspends the fiber, not the thread. Elsewhere: time.sleep."},
+    {"_reaches_any", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&raw_reaches_any)), METH_FASTCALL,
+     "_reaches_any(execution, execs) -> bool: does waiting on execution wait on one of execs?"},
+    {nullptr, nullptr, 0, nullptr}};
+
+}  // namespace
+
+bool init_waiting(PyObject* module) { return PyModule_AddFunctions(module, waiting_functions) == 0; }
+
+}  // namespace distaff::py

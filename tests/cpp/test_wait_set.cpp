@@ -1,0 +1,314 @@
+// WaitSet: the conditions (all, any, first_exception), completion order, on_ready/on_each, waits
+// from plain threads and from fibers, and a wait-set outliving neither its members nor its owner.
+//
+// Suites:
+//   WaitSetThreads  plain std::threads only: safe under TSan (see core_test.hpp).
+//   WaitSetFibers   a wait made by an execution on a Scheduler's fiber (interrupt): skipped under TSan.
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <set>
+#include <thread>
+#include <vector>
+
+#include "core_test.hpp"
+#include "distaff/execution.hpp"
+#include "distaff/scheduler.hpp"
+#include "distaff/wait_set.hpp"
+
+namespace distaff::test {
+namespace {
+
+class WaitSetThreads : public CoreTest {};
+
+std::vector<ExecutionRef> make_members(std::size_t n) {
+  std::vector<ExecutionRef> out;
+  for (std::size_t i = 0; i < n; ++i) out.push_back(Execution::create("m" + std::to_string(i)));
+  return out;
+}
+
+void finish_all(const std::vector<ExecutionRef>& members, State s = State::succeeded) {
+  for (const ExecutionRef& m : members) m->finish(s);
+}
+
+// An already expired deadline: a wait that must not park (the condition is decided now).
+Clock::time_point expired() { return Clock::now() - std::chrono::seconds(1); }
+
+TEST_F(WaitSetThreads, AllHoldsOnlyOnceEveryMemberFinished) {
+  auto m = make_members(3);
+  WaitSet ws(m, WaitCondition::all);
+  EXPECT_EQ(ws.size(), 3u);
+  EXPECT_FALSE(ws.satisfied());
+  m[0]->finish(State::succeeded);
+  m[2]->finish(State::failed);
+  EXPECT_FALSE(ws.satisfied());
+  EXPECT_FALSE(ws.wait_until(expired()));
+  EXPECT_EQ(ws.finished_count(), 2u);
+  m[1]->finish(State::cancelled);
+  EXPECT_TRUE(ws.satisfied());
+  EXPECT_TRUE(ws.wait_until(expired()));
+  EXPECT_EQ(ws.finished_count(), 3u);
+  EXPECT_EQ(ws.first_failed(), 2) << "the member's index, not its place in completion order";
+}
+
+TEST_F(WaitSetThreads, FirstFailedIsTheMemberIndexOfTheFirstFailureInCompletionOrder) {
+  auto m = make_members(4);
+  WaitSet ws(m, WaitCondition::all);
+  m[3]->finish(State::succeeded);
+  m[2]->finish(State::failed);
+  m[0]->finish(State::failed);
+  m[1]->finish(State::cancelled);  // a cancellation is not a failure
+  EXPECT_EQ(ws.first_failed(), 2);
+}
+
+TEST_F(WaitSetThreads, AnyHoldsOnceOneMemberFinished) {
+  auto m = make_members(3);
+  WaitSet ws(m, WaitCondition::any);
+  EXPECT_FALSE(ws.satisfied());
+  m[1]->finish(State::cancelled);
+  EXPECT_TRUE(ws.satisfied());
+  EXPECT_EQ(ws.first_failed(), -1);
+  finish_all(m);
+}
+
+TEST_F(WaitSetThreads, FirstExceptionHoldsOnAFailureOrOnceAllFinished) {
+  auto m = make_members(3);
+  {
+    WaitSet ws(m, WaitCondition::first_exception);
+    m[0]->finish(State::succeeded);
+    m[1]->finish(State::cancelled);
+    EXPECT_FALSE(ws.satisfied()) << "neither a success nor a cancellation is an exception";
+    m[2]->finish(State::failed);
+    EXPECT_TRUE(ws.satisfied());
+    EXPECT_EQ(ws.first_failed(), 2);
+  }
+  auto n = make_members(2);
+  WaitSet ws(n, WaitCondition::first_exception);
+  finish_all(n);
+  EXPECT_TRUE(ws.satisfied()) << "all finished without a failure";
+  EXPECT_EQ(ws.first_failed(), -1);
+}
+
+TEST_F(WaitSetThreads, AnEmptySetHoldsForEveryCondition) {
+  for (WaitCondition c : {WaitCondition::all, WaitCondition::any, WaitCondition::first_exception}) {
+    WaitSet ws({}, c);
+    EXPECT_TRUE(ws.satisfied());
+    EXPECT_TRUE(ws.wait_until(expired()));
+    EXPECT_EQ(ws.next_completed(expired()), WaitSet::kExhausted);
+    bool fired = false;
+    ws.on_ready([](void* a) { *static_cast<bool*>(a) = true; }, &fired);
+    EXPECT_TRUE(fired) << "on_ready runs at once when the condition already holds";
+  }
+}
+
+TEST_F(WaitSetThreads, MembersFinishedBeforeConstructionCountAtOnce) {
+  auto m = make_members(2);
+  m[1]->finish(State::failed);
+  WaitSet ws(m, WaitCondition::first_exception);
+  EXPECT_TRUE(ws.satisfied());
+  EXPECT_EQ(ws.first_failed(), 1);
+  EXPECT_EQ(ws.next_completed(expired()), 1);
+  EXPECT_EQ(ws.next_completed(expired()), WaitSet::kTimedOut);
+  m[0]->finish(State::succeeded);
+  EXPECT_EQ(ws.next_completed(expired()), 0);
+  EXPECT_EQ(ws.next_completed(expired()), WaitSet::kExhausted);
+}
+
+TEST_F(WaitSetThreads, DuplicateMembersCountOnceEach) {
+  auto m = make_members(1);
+  WaitSet ws({m[0], m[0]}, WaitCondition::all);
+  EXPECT_EQ(ws.size(), 2u);
+  m[0]->finish(State::succeeded);
+  EXPECT_TRUE(ws.satisfied());
+  EXPECT_EQ(ws.finished_count(), 2u);
+  std::set<std::int64_t> got{ws.next_completed(expired()), ws.next_completed(expired())};
+  EXPECT_EQ(got, (std::set<std::int64_t>{0, 1}));
+  EXPECT_EQ(ws.next_completed(expired()), WaitSet::kExhausted);
+}
+
+TEST_F(WaitSetThreads, NextCompletedReturnsCompletionOrderThenExhausted) {
+  auto m = make_members(3);
+  WaitSet ws(m, WaitCondition::all);
+  EXPECT_EQ(ws.next_completed(expired()), WaitSet::kTimedOut);
+  m[2]->finish(State::succeeded);
+  m[0]->finish(State::failed);
+  m[1]->finish(State::cancelled);
+  EXPECT_EQ(ws.next_completed(expired()), 2);
+  EXPECT_EQ(ws.next_completed(expired()), 0);
+  EXPECT_EQ(ws.next_completed(expired()), 1);
+  EXPECT_EQ(ws.next_completed(expired()), WaitSet::kExhausted);
+}
+
+TEST_F(WaitSetThreads, AWaitingThreadIsWokenByTheThreadThatFinishesTheLastMember) {
+  auto m = make_members(2);
+  WaitSet ws(m, WaitCondition::all);
+  Event waiting;
+  std::atomic<int> result{-1};
+  std::thread waiter([&] {
+    waiting.set();
+    result = ws.wait_until(safety_deadline()) ? 1 : 0;
+  });
+  ASSERT_TRUE(waiting.wait());
+  std::thread finisher([&] { finish_all(m); });
+  finisher.join();
+  waiter.join();
+  EXPECT_EQ(result.load(), 1);
+}
+
+TEST_F(WaitSetThreads, NextCompletedWaitsForTheNextCompletionOnAnotherThread) {
+  auto m = make_members(1);
+  WaitSet ws(m, WaitCondition::all);
+  Event waiting;
+  std::atomic<std::int64_t> got{-100};
+  std::thread consumer([&] {
+    waiting.set();
+    got = ws.next_completed(safety_deadline());
+  });
+  ASSERT_TRUE(waiting.wait());
+  m[0]->finish(State::succeeded);
+  consumer.join();
+  EXPECT_EQ(got.load(), 0);
+}
+
+TEST_F(WaitSetThreads, OnReadyFiresOnceOnTheThreadThatSatisfiesTheCondition) {
+  auto m = make_members(3);
+  WaitSet ws(m, WaitCondition::any);
+  struct Probe {
+    std::atomic<int> calls{0};
+    std::thread::id where;
+  } probe;
+  ws.on_ready(
+      [](void* a) {
+        auto* p = static_cast<Probe*>(a);
+        p->where = std::this_thread::get_id();
+        p->calls.fetch_add(1);
+      },
+      &probe);
+  EXPECT_EQ(probe.calls.load(), 0);
+  std::thread::id finisher_id;
+  std::thread t([&] {
+    finisher_id = std::this_thread::get_id();
+    m[1]->finish(State::succeeded);
+  });
+  t.join();
+  finish_all(m);
+  EXPECT_EQ(probe.calls.load(), 1);
+  EXPECT_EQ(probe.where, finisher_id);
+}
+
+struct EachProbe {
+  std::atomic<int> each{0};
+  std::atomic<int> released{0};
+  std::atomic<int> each_after_release{0};
+  static void on_each(void* a) {
+    auto* p = static_cast<EachProbe*>(a);
+    if (p->released.load()) p->each_after_release.fetch_add(1);
+    p->each.fetch_add(1);
+  }
+  static void on_release(void* a) { static_cast<EachProbe*>(a)->released.fetch_add(1); }
+};
+
+TEST_F(WaitSetThreads, OnEachRunsAfterEveryLaterCompletionThenReleasesOnce) {
+  auto m = make_members(3);
+  m[0]->finish(State::succeeded);  // before on_each: not reported
+  WaitSet ws(m, WaitCondition::all);
+  EachProbe p;
+  ws.on_each(&EachProbe::on_each, &p, &EachProbe::on_release);
+  m[1]->finish(State::failed);
+  EXPECT_EQ(p.each.load(), 1);
+  EXPECT_EQ(p.released.load(), 0);
+  m[2]->finish(State::succeeded);
+  EXPECT_EQ(p.each.load(), 2);
+  EXPECT_EQ(p.released.load(), 1);
+  EXPECT_EQ(p.each_after_release.load(), 0);
+}
+
+TEST_F(WaitSetThreads, OnEachAfterEveryMemberFinishedReleasesAtOnce) {
+  auto m = make_members(2);
+  finish_all(m);
+  WaitSet ws(m, WaitCondition::all);
+  EachProbe p;
+  ws.on_each(&EachProbe::on_each, &p, &EachProbe::on_release);
+  EXPECT_EQ(p.each.load(), 0);
+  EXPECT_EQ(p.released.load(), 1);
+}
+
+TEST_F(WaitSetThreads, AWaitSetDestroyedWithPendingMembersIsSafeAndStillReleases) {
+  auto m = make_members(2);
+  EachProbe p;
+  {
+    WaitSet ws(m, WaitCondition::all);
+    ws.on_each(&EachProbe::on_each, &p, &EachProbe::on_release);
+  }
+  // The shared state lives until the last member callback ran (ASan checks the accesses).
+  std::thread t([&] { m[0]->finish(State::succeeded); });
+  t.join();
+  m[1]->finish(State::cancelled);
+  EXPECT_EQ(p.each.load(), 2);
+  EXPECT_EQ(p.released.load(), 1);
+}
+
+TEST_F(WaitSetThreads, ConcurrentCompletionsFromManyThreadsAreEachCountedOnce) {
+  constexpr std::size_t kMembers = 256;
+  constexpr unsigned kThreads = 8;
+  auto m = make_members(kMembers);
+  WaitSet ws(m, WaitCondition::all);
+  EachProbe p;
+  ws.on_each(&EachProbe::on_each, &p, &EachProbe::on_release);
+  std::atomic<int> ready_calls{0};
+  ws.on_ready([](void* a) { static_cast<std::atomic<int>*>(a)->fetch_add(1); }, &ready_calls);
+  std::atomic<bool> waited{false};
+  std::thread waiter([&] { waited = ws.wait_until(safety_deadline()); });
+  std::vector<std::thread> finishers;
+  for (unsigned t = 0; t < kThreads; ++t) {
+    finishers.emplace_back([&, t] {
+      for (std::size_t i = t; i < kMembers; i += kThreads) m[i]->finish(i % 7 == 3 ? State::failed : State::succeeded);
+    });
+  }
+  for (std::thread& t : finishers) t.join();
+  waiter.join();
+  EXPECT_TRUE(waited.load());
+  EXPECT_EQ(ready_calls.load(), 1);
+  EXPECT_EQ(p.each.load(), static_cast<int>(kMembers));
+  EXPECT_EQ(p.released.load(), 1);
+  EXPECT_EQ(ws.finished_count(), kMembers);
+  EXPECT_EQ(ws.first_failed() % 7, 3);
+  std::set<std::int64_t> seen;
+  for (std::size_t i = 0; i < kMembers; ++i) seen.insert(ws.next_completed(expired()));
+  EXPECT_EQ(seen.size(), kMembers);
+  EXPECT_EQ(*seen.begin(), 0);
+  EXPECT_EQ(*seen.rbegin(), static_cast<std::int64_t>(kMembers - 1));
+  EXPECT_EQ(ws.next_completed(expired()), WaitSet::kExhausted);
+}
+
+// ---- on fibers ------------------------------------------------------------------------------------
+
+class WaitSetFibers : public FiberTest {};
+
+TEST_F(WaitSetFibers, InterruptWakesAFiberParkedOnAWaitSet) {
+  auto m = make_members(2);
+  Event parking;
+  std::atomic<int> waited{-1};
+  std::atomic<std::int64_t> next{-100};
+  Fn body = [&](Execution& self) {
+    WaitSet ws(m, WaitCondition::all);
+    parking.set();
+    waited = ws.wait_until(safety_deadline()) ? 1 : 0;
+    next = ws.next_completed(safety_deadline());  // an interrupted execution does not park again
+    self.finish(State::cancelled);
+  };
+  ExecutionRef a = submit("a", &body);
+  ASSERT_TRUE(parking.wait());
+  a->interrupt();  // before or after it parks: either way the wait ends, interrupted
+  wait_done(a);
+  EXPECT_EQ(waited.load(), 0);
+  EXPECT_EQ(next.load(), WaitSet::kTimedOut);
+  EXPECT_FALSE(m[0]->done());
+  shutdown();
+  finish_all(m);
+}
+
+}  // namespace
+}  // namespace distaff::test
