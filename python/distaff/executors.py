@@ -385,13 +385,29 @@ class _Windowed:
                 with self._lock:
                     if self._inflight >= self.ahead or not self._queue:
                         return
-                    job = self._queue.popleft()
-                    if job.stopped:
+                    n = self._chunk_size()
+                    jobs = []
+                    while self._queue and len(jobs) < n:
+                        job = self._queue.popleft()
+                        if not job.stopped:
+                            jobs.append(job)
+                    if not jobs:
                         continue
                     self._inflight += 1
-                self._ship(job)
+                if len(jobs) == 1:
+                    self._ship(jobs[0])
+                else:
+                    self._ship_chunk(jobs)
         finally:
             local.active = False
+
+    def _chunk_size(self) -> int:
+        """How many queued jobs the next call takes (called under self._lock): one, unless a
+        backend ships several per call (_Futures)."""
+        return 1
+
+    def _ship_chunk(self, jobs: list) -> None:
+        raise NotImplementedError
 
     def _ship(self, job: Any) -> None:
         try:
@@ -496,32 +512,6 @@ class _Futures(_Windowed):
         if self.local or self._per_job is None or self._per_job > self._TINY_S:
             return 1
         return max(1, min(self._CHUNK_MAX, len(self._queue) // (4 * self._workers)))
-
-    def _pump(self) -> None:
-        local = self._local
-        if getattr(local, "active", False):  # re-entered from a done callback: the outer loop goes on
-            return
-        local.active = True
-        try:
-            while True:
-                with self._lock:
-                    if self._inflight >= self.ahead or not self._queue:
-                        return
-                    n = self._chunk_size()
-                    jobs = []
-                    while self._queue and len(jobs) < n:
-                        job = self._queue.popleft()
-                        if not job.stopped:
-                            jobs.append(job)
-                    if not jobs:
-                        continue
-                    self._inflight += 1
-                if len(jobs) == 1:
-                    self._ship(jobs[0])
-                else:
-                    self._ship_chunk(jobs)
-        finally:
-            local.active = False
 
     def _ship_chunk(self, jobs: list) -> None:
         payloads, kept = [], []
