@@ -77,10 +77,15 @@ SANITIZE_PYTEST ?=
 # not distaff's C++ code, which test_executors.py covers through the process pool; a worker that
 # segfaults on purpose (ASan reports the SEGV, by design, and exits 1 instead of dying of the
 # signal); and the memory figure of 10k executions in flight (ASan's allocator has redzones).
+# And the AsyncFlow layer's ProcessPoolExecutor cases (a spawn-context pool: its fresh children
+# inherit the ASan preload without the build's options and die of SIGSEGV at start-up or hang;
+# `make test` runs them): test_bodies_run_on_the_backends_executor_threads_and_processes and
+# docs/examples/asyncflow_features.py.
 # And the HTML report's browser test (report_browser): the ASan preload would be inherited by
 # chromedriver and Chromium, which are not distaff code; `make test` runs it.
 SANITIZE_DESELECT ?= test_default_engine_after_fork_in_the_child_works_or_errors_clearly or executors_dask or executors_ray or report_browser \
-  or test_a_segfaulting_worker_fails_only_its_execution or test_10k_executions_in_flight_cost_under_2_kib_each
+  or test_a_segfaulting_worker_fails_only_its_execution or test_10k_executions_in_flight_cost_under_2_kib_each \
+  or test_bodies_run_on_the_backends_executor_threads_and_processes or asyncflow_features
 $(ASAN_PY):
 	$(PYTHON) -m venv .venv-asan
 	$(ASAN_PY) -m pip install -q --upgrade pip
