@@ -69,9 +69,10 @@ sanitize: deps
 ASAN_PY   := .venv-asan/bin/python
 ASAN_LOGS := $(CURDIR)/build/asan-py/logs
 SANITIZE_PYTEST ?=
-# Deselected here: test_default_engine_after_fork_in_the_child_works_or_errors_clearly (an ASan limit,
-# not a distaff bug): it forks right after Engine(), while the new workers still allocate, and GCC 12's
-# libasan does not hold its allocator's locks across fork, so the child can deadlock in ASan's malloc.
+# Deselected here: test_default_engine_after_fork_in_the_child_works_or_errors_clearly and
+# stress/test_what_held.py::test_fork_storm_while_busy (an ASan limit, not a distaff bug): they fork
+# while workers allocate, and GCC 12's libasan does not hold its allocator's locks across fork, so the
+# child can deadlock in ASan's malloc (the storm hung one CI run in session 4).
 # Also deselected: the Dask and Ray executor tests and examples (executors_dask, executors_ray): they
 # exercise those runtimes (Ray's own C++ daemons, Dask's worker processes) under an ASan preload,
 # not distaff's C++ code, which test_executors.py covers through the process pool; a worker that
@@ -85,7 +86,8 @@ SANITIZE_PYTEST ?=
 # chromedriver and Chromium, which are not distaff code; `make test` runs it.
 SANITIZE_DESELECT ?= test_default_engine_after_fork_in_the_child_works_or_errors_clearly or executors_dask or executors_ray or report_browser \
   or test_a_segfaulting_worker_fails_only_its_execution or test_10k_executions_in_flight_cost_under_2_kib_each \
-  or test_bodies_run_on_the_backends_executor_threads_and_processes or asyncflow_features
+  or test_bodies_run_on_the_backends_executor_threads_and_processes or asyncflow_features \
+  or test_fork_storm_while_busy
 $(ASAN_PY):
 	$(PYTHON) -m venv .venv-asan
 	$(ASAN_PY) -m pip install -q --upgrade pip
