@@ -637,13 +637,26 @@ class _ExitWait:
         self.armed = False  # a SIGINT raises KeyboardInterrupt (only inside the engine wait)
         self.cancelling = False
         self.exit_exc: BaseException | None = None  # what a signal handler raised: the exit status
-        self.early = False  # counting from _cancel_before_thread_joins, before the exit hook runs
+        self.early = False  # a Ctrl-C may interrupt the join of the threads at exit (see on_early_sigint)
         self.announced = False  # "cancelling outstanding executions" was said
 
     def on_sigint(self, signum: int, frame: Any) -> None:
         self.hits += 1
         if self.armed:
             self.armed = False
+            raise KeyboardInterrupt
+
+    def on_early_sigint(self, signum: int, frame: Any) -> None:
+        """The SIGINT handler from _cancel_before_thread_joins until the exit hook takes over.
+
+        A Ctrl-C interrupts Python's join of the non-daemon threads (threading._shutdown), as it
+        would without distaff. Anywhere else — another exit hook, or the first lines of
+        _shutdown_at_exit before it installs its own handler — it is only counted: an exception
+        there would escape the exit hook before it stops the engines (a second Ctrl-C landing at
+        its first line did that once in CI, and the process died without giving up on the stuck
+        bodies). The exit hook's wait treats a counted one as the second Ctrl-C."""
+        self.hits += 1
+        if self.early and _in_thread_joins(frame):
             raise KeyboardInterrupt
 
     def interrupted(self, exc: BaseException) -> None:
@@ -704,6 +717,17 @@ class _ExitWait:
             os._exit(128 + signal.SIGINT)
 
 
+def _in_thread_joins(frame: Any) -> bool:
+    """True when `frame` runs in threading._shutdown (the join of the non-daemon threads at exit),
+    directly or through a call it makes."""
+    code = getattr(getattr(threading, "_shutdown", None), "__code__", None)
+    while frame is not None:
+        if frame.f_code is code:
+            return True
+        frame = frame.f_back
+    return False
+
+
 _EXIT_QUIET_S = 1.0  # the exit wait is announced only once it lasted this long
 
 
@@ -760,15 +784,9 @@ def _cancel_before_thread_joins() -> None:
 
     w = _ExitWait()
     w.cancelling = True
-    w.early = True
-
-    def on_sigint(signum: int, frame: Any) -> None:
-        w.hits += 1
-        if w.early:  # still joining threads: Python's own behaviour
-            raise KeyboardInterrupt
 
     try:
-        previous = signal.signal(signal.SIGINT, on_sigint)
+        previous = signal.signal(signal.SIGINT, w.on_early_sigint)
     except ValueError:  # not the main thread
         return
     _early_exit = (w, previous)
@@ -779,8 +797,13 @@ def _cancel_before_thread_joins() -> None:
             w.announced = True
         for capsule in capsules:
             _core.shutdown(capsule, False, _core.ShutdownCancel.RUNNING)  # closes and cancels; no wait
-    except BaseException:  # noqa: BLE001 - a second Ctrl-C: the exit hook below still runs
+    except BaseException:  # noqa: BLE001 - what a signal handler raised: the exit hook below still runs
         pass
+    # From here a Ctrl-C interrupts the join of the threads that follows. One that arrived while
+    # the engines were being cancelled above was only counted: it interrupts the join now.
+    w.early = True
+    if w.hits:
+        raise KeyboardInterrupt
 
 
 try:  # the hook concurrent.futures uses for the same reason (private, in CPython 3.9+)

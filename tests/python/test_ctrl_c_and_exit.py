@@ -382,3 +382,77 @@ def test_without_ctrl_c_a_non_daemon_thread_waiting_in_distaff_finishes_its_wait
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["ready", "job", "done"], proc.stdout
     assert "cancelling" not in proc.stderr, proc.stderr
+
+
+def test_a_second_ctrl_c_landing_in_another_exit_hook_still_gives_up_on_a_stuck_body():
+    """A second Ctrl-C that arrives between Python's join of the threads and distaff's exit hook
+    (here: inside a user's atexit hook, which runs just before distaff's) is counted, not raised
+    there: an exception at that point once escaped distaff's hook before it stopped the engines
+    (CI, the lock-held-across-a-wait case). The exit hook treats it as the second Ctrl-C: it gives
+    up on the body stuck in a blocking call and the process dies of SIGINT."""
+    script = """
+    import atexit, os, signal, threading, distaff
+    entered = threading.Event()
+    never = threading.Event()
+
+    @distaff.task
+    def stuck():
+        entered.set()
+        never.wait()  # a blocking call: cancel cannot end it
+
+    ex = stuck.submit()
+    entered.wait()
+
+    @atexit.register  # registered after distaff's: runs before it
+    def second_ctrl_c():
+        os.kill(os.getpid(), signal.SIGINT)
+        print("second sent", flush=True)
+
+    print("ready", flush=True)
+    ex.result()
+    """
+    rc, out, err = _ctrl_c(script, signals=1, timeout=30)
+    assert rc == -signal.SIGINT, (rc, out, err)
+    assert "second sent" in out, out
+    assert "Exception ignored" not in err, err
+    assert "exiting now; 1 execution(s) did not end (stuck in blocking calls)" in err, err
+
+
+def test_a_second_ctrl_c_interrupts_the_join_of_a_thread_stuck_outside_distaff():
+    """After the first Ctrl-C, distaff cancels its work before Python joins the non-daemon threads;
+    a thread stuck in something else (a plain Event) keeps the join waiting, and a second Ctrl-C
+    interrupts that join, as it does without distaff. The program then exits."""
+    import textwrap
+
+    script = """
+    import threading, distaff
+    never = threading.Event()
+    threading.Thread(target=never.wait).start()  # non-daemon, never ends
+
+    @distaff.task
+    def long():
+        distaff.sleep(60)
+
+    ex = long.submit()
+    print("ready", flush=True)
+    ex.result()
+    """
+    proc = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        proc.send_signal(signal.SIGINT)
+        seen = []
+        while not any("cancelling outstanding executions" in line for line in seen):
+            line = proc.stderr.readline()
+            assert line, seen
+            seen.append(line)
+        proc.send_signal(signal.SIGINT)  # the join of `never`'s thread: now or in a moment
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == -signal.SIGINT, (proc.returncode, err)
+    assert "FATAL" not in err and "Fatal Python error" not in err, err
