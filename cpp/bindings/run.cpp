@@ -121,6 +121,9 @@ void run_execution(Execution& ex) {
   auto* pe = static_cast<PyExecution*>(ex.payload());
   FiberState fs = acquire_fiber_state();
   if (ex.state() == State::pending) complete(pe, State::cancelled, nullptr);  // draining
+  if (g_engines_bodies_cancelled && ex.state() == State::running && cancelled_at_start(pe)) {
+    complete(pe, State::cancelled, nullptr);  // shut down with cancel=running while it waited
+  }
   if (ex.state() == State::running) {
     if (pe->trace) install_tracer(pe->trace);
     PyObject* ctx = pe->context;

@@ -69,6 +69,44 @@ def test_shutdown_cancel_running_interrupts_a_body_running_python():
     assert ex.cancelled()
 
 
+def test_shutdown_cancel_running_cancels_a_body_its_worker_took_but_had_not_started():
+    """A worker that took an execution (state running) waits for the GIL before the body starts,
+    so the body is not in the running list yet. shutdown(cancel_running=True) cancels it all the
+    same: it never runs. Staged: this thread keeps the GIL (a huge switch interval) until the
+    worker has taken the execution. Before the fix the body ran its 30 s sleep in full; a program
+    whose thread had just submitted work ignored a Ctrl-C at exit that way (about 1 run in 2)."""
+    from conftest import run_python
+
+    proc = run_python(
+        """
+        import sys, time, distaff
+        engine = distaff.Engine(workers=1, max_workers=1)
+        ran = []
+
+        @engine.task
+        def job():
+            ran.append(1)
+            distaff.sleep(30)
+
+        sys.setswitchinterval(1000)  # this thread keeps the GIL until it blocks
+        ex = job.submit()
+        while ex.state != "running":  # the worker took it; its body waits for the GIL held here
+            pass
+        engine.shutdown(wait=False, cancel_running=True)
+        sys.setswitchinterval(0.005)
+        try:
+            ex.result(timeout=20)
+            print("finished")
+        except distaff.CancelledError:
+            print("cancelled", ran)
+        engine.shutdown()
+        """,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "cancelled []", (proc.stdout, proc.stderr)
+
+
 def test_shutdown_cancel_pending_cancels_queued_and_waiting_and_waits_for_running(new_gate):
     gate = new_gate()
     eng = distaff.Engine(workers=1)
