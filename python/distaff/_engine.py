@@ -271,7 +271,24 @@ class Engine(concurrent.futures.Executor):
             loop, t = self._loop, self._loop_thread
             self._loop = self._loop_thread = None
         if loop is not None and t is not None:
-            loop.call_soon_threadsafe(loop.stop)
+            # The engine's executions are finished, but a cancelled body's coroutine may still be
+            # unwinding (its cancel is a callback on this loop), and a body may have left tasks of
+            # its own. As asyncio.run does, cancel what is left and let it end before the loop
+            # stops: a task still pending when the loop closes is never collected, and its frame
+            # keeps the executions it refers to alive (seen under load: 1 shutdown in 20).
+            async def finish_tasks() -> None:
+                tasks = [x for x in asyncio.all_tasks() if x is not asyncio.current_task()]
+                for x in tasks:
+                    if not x.cancelling():  # one being cancelled already is left to unwind
+                        x.cancel()
+                if tasks:  # bounded: a task that ignores its cancellation does not hang shutdown
+                    await asyncio.wait(tasks, timeout=_LOOP_FINISH_S)
+
+            try:
+                done = asyncio.run_coroutine_threadsafe(finish_tasks(), loop)
+                done.add_done_callback(lambda _: loop.call_soon_threadsafe(loop.stop))
+            except RuntimeError:  # the loop is closed already: its thread has ended
+                pass
             t.join()
             loop.close()
 
@@ -728,7 +745,8 @@ def _in_thread_joins(frame: Any) -> bool:
     return False
 
 
-_EXIT_QUIET_S = 1.0  # the exit wait is announced only once it lasted this long
+_EXIT_QUIET_S = 1.0
+_LOOP_FINISH_S = 5.0  # how long an engine's event loop waits for its cancelled tasks when it stops  # the exit wait is announced only once it lasted this long
 
 
 def _stop_engine_at_exit(capsule: Any, w: _ExitWait) -> None:

@@ -6,6 +6,7 @@ running loop. Ordering by events and barriers, never by sleeping.
 """
 
 import asyncio
+import gc
 import threading
 import time
 import traceback
@@ -911,3 +912,34 @@ def test_detached_children_of_an_async_body_survive_its_cancellation(engine):
     assert submitted.wait(30)
     ex.cancel()
     assert kids[0].result(timeout=30) == 42
+
+
+def test_shutdown_lets_a_cancelled_async_bodys_coroutine_finish_unwinding():
+    """cancel() finishes the execution at once; its coroutine is cancelled on the engine's loop
+    and may take a few loop turns to unwind. shutdown() lets it end before stopping the loop (as
+    asyncio.run does): a task left pending in a closed loop was never collected, and kept its
+    executions alive (the suite's leak check caught it under load in CI). Staged: the body's
+    `finally` sleeps, so the unwinding outlasts the engine's wait for idle."""
+    eng = distaff.Engine(workers=1)
+    started = threading.Event()
+    unwound = []
+
+    @eng.task()
+    async def body():
+        started.set()
+        try:
+            await asyncio.sleep(60)
+        finally:
+            await asyncio.sleep(0.5)  # unwinding outlasts the engine's wait (it can only pass early)
+            unwound.append("done")
+
+    before = distaff._core.live_executions()
+    ex = body.submit()
+    assert started.wait(30)
+    ex.cancel()
+    eng.shutdown(wait=True)
+    assert unwound == ["done"]
+    del ex
+    eng.clear_history()  # the history keeps finished records on purpose
+    gc.collect()
+    assert distaff._core.live_executions() <= before
