@@ -28,6 +28,7 @@ struct EngineCore {
   // Borrowed: the capsule that names this engine to raw functions; cleared by its destructor.
   PyObject* capsule = nullptr;
   pid_t pid = 0;  // the process whose threads these are (a forked child has none of them)
+  unsigned fork_generation = 0;  // g_fork_generation when created: in a forked child it refuses work
   // shutdown() began: the engine admits only children of its own running bodies, and cancels
   // those "late" children when their parent finishes (closing happens before the wait).
   std::atomic<bool> closing{false};
@@ -227,6 +228,8 @@ void forward_execution(PyExecution* pe, PyExecution* target);
 // now or which follow another execution (async bodies, returned Executions). GIL held.
 std::vector<PyObject*> running_bodies(PyObject* engine);
 void running_after_fork();
+// submit_after_fork: forgets the published default engine (its workers are the parent's). submit.cpp
+void submit_after_fork();
 
 // ---- cancellation and deadlines (cancel.cpp) --------------------------------------------------------
 // terminate: finishes a started or unstarted execution from outside its body (cancel, timeout):

@@ -66,6 +66,7 @@ class EngineHandle {
     o.on_worker_block = [] { release_held_gil(); };
     core_->scheduler = std::make_unique<Scheduler>(std::move(o));
     core_->pid = getpid();
+    core_->fork_generation = g_fork_generation;
     register_engine(core_.get());
   }
 

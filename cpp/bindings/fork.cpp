@@ -29,6 +29,7 @@ namespace {
 PyObject* raw_after_fork(PyObject*, PyObject*) {
   timer_after_fork();
   running_after_fork();
+  submit_after_fork();
   ++g_fork_generation;
   lifecycle_after_fork();
   Py_RETURN_NONE;

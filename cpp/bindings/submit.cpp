@@ -64,6 +64,7 @@ PyObject* submit_impl(PyObject* capsule, PyObject* fn, PyObject* name, long flag
   if (capsule == Py_None) return raise_forked_engine();
   EngineCore* eng = engine_from_capsule(capsule);
   if (!eng) return nullptr;
+  if (eng->fork_generation != g_fork_generation) return raise_forked_engine();  // a Submitter's bound one
   if (!PyTuple_Check(args) || (kwargs != Py_None && !PyDict_Check(kwargs)) || !PyUnicode_Check(name)) {
     PyErr_SetString(PyExc_TypeError, "submit(): bad internal arguments");
     return nullptr;
@@ -193,6 +194,10 @@ PyObject* submit_impl(PyObject* capsule, PyObject* fn, PyObject* name, long flag
 
 namespace {
 
+// A task's submit(), built once per task with what every call needs bound: the engine's capsule
+// and its workflow-scope variable for a task bound to an engine (engine.task), or — for the
+// module-level @task — the default engine as published by distaff._engine (below), so a call
+// reads no attribute and calls no Python to find its engine.
 struct Submitter {
   PyObject_HEAD
   vectorcallfunc vectorcall;
@@ -201,16 +206,60 @@ struct Submitter {
   PyObject* body;            // what the fiber calls
   PyObject* name;            // the task's name (str)
   PyObject* wait;            // False or True
-  PyObject* engine;          // the Engine, or None for the default engine
-  PyObject* default_engine;  // distaff._engine.default_engine
+  PyObject* capsule;         // the bound engine's capsule (None: forked), or None for the default engine
+  PyObject* scope;           // the bound engine's workflow-scope ContextVar, or None for the default engine
+  PyObject* default_engine;  // distaff._engine.default_engine: the slow path of the default engine
   Py_ssize_t min_pos;        // positional calls with min_pos <= n <= max_pos need no check; kNoBound: always check
   Py_ssize_t max_pos;        // kNoBound: no upper bound (*args)
   int strip;                 // a workflow_id= keyword is distaff's, not the function's
+  int bound;                 // bound to an engine (capsule, scope); else the default engine
 };
 
 PyObject* str_workflow_id = nullptr;
 PyObject* str_scope = nullptr;
 PyObject* str_capsule = nullptr;
+
+// The default engine as distaff._engine publishes it (_publish_default) each time it creates one;
+// GIL-guarded. Used while it is open and of this process; otherwise, and once use_engine() was
+// ever entered (routing is per context: _default_routed), the default engine is asked for.
+PyObject* g_default_capsule = nullptr;
+PyObject* g_default_scope = nullptr;
+EngineCore* g_default_core = nullptr;
+bool g_default_routed = false;
+
+// published_default: the published default engine's capsule and scope (new references), if it can
+// take work now; false to ask distaff._engine.default_engine().
+bool published_default(PyObject** capsule, PyObject** scope) {
+  EngineCore* e = g_default_core;
+  if (!e || g_default_routed || e->fork_generation != g_fork_generation ||
+      e->closing.load(std::memory_order_acquire)) {
+    return false;
+  }
+  *capsule = Py_NewRef(g_default_capsule);
+  *scope = Py_NewRef(g_default_scope);
+  return true;
+}
+
+void forget_default() {
+  g_default_core = nullptr;
+  Py_CLEAR(g_default_capsule);
+  Py_CLEAR(g_default_scope);
+}
+
+// The engine a default-engine call goes to: its capsule and scope (new references), or false with
+// a Python error (default_engine() raised: the interpreter is exiting).
+bool ask_default(PyObject* default_engine, PyObject** capsule, PyObject** scope) {
+  PyObject* engine = PyObject_CallNoArgs(default_engine);
+  if (!engine) return false;
+  *scope = PyObject_GetAttr(engine, str_scope);
+  *capsule = *scope ? PyObject_GetAttr(engine, str_capsule) : nullptr;
+  Py_DECREF(engine);
+  if (!*capsule) {
+    Py_CLEAR(*scope);
+    return false;
+  }
+  return true;
+}
 
 PyObject* submitter_call(PyObject* self_, PyObject* const* args, size_t nargsf, PyObject* kwnames) {
   auto* self = reinterpret_cast<Submitter*>(self_);
@@ -229,30 +278,27 @@ PyObject* submitter_call(PyObject* self_, PyObject* const* args, size_t nargsf, 
     if (!ok) return nullptr;
     Py_DECREF(ok);
   }
-  PyObject* engine = self->engine != Py_None ? Py_NewRef(self->engine) : PyObject_CallNoArgs(self->default_engine);
-  if (!engine) return nullptr;
-  // An active workflow scope tags what is submitted: the general path does that.
-  PyObject* scope = PyObject_GetAttr(engine, str_scope);
-  if (!scope) {
-    Py_DECREF(engine);
+  PyObject *capsule, *scope;
+  if (self->bound) {
+    capsule = Py_NewRef(self->capsule);
+    scope = Py_NewRef(self->scope);
+  } else if (!published_default(&capsule, &scope) && !ask_default(self->default_engine, &capsule, &scope)) {
     return nullptr;
   }
+  // An active workflow scope tags what is submitted: the general path does that.
   PyObject* scoped = nullptr;
   const int got = PyContextVar_Get(scope, nullptr, &scoped);
   Py_DECREF(scope);
   if (got < 0) {
-    Py_DECREF(engine);
+    Py_DECREF(capsule);
     return nullptr;
   }
   const bool in_scope = scoped && scoped != Py_None;
   Py_XDECREF(scoped);
   if (in_scope) {
-    Py_DECREF(engine);
+    Py_DECREF(capsule);
     return PyObject_Vectorcall(self->general, args, nargsf, kwnames);
   }
-  PyObject* capsule = PyObject_GetAttr(engine, str_capsule);
-  Py_DECREF(engine);
-  if (!capsule) return nullptr;
   PyObject* tuple = PyTuple_New(nargs);
   PyObject* kwargs = nkw ? PyDict_New() : Py_NewRef(Py_None);
   PyObject* result = nullptr;
@@ -271,18 +317,22 @@ PyObject* submitter_call(PyObject* self_, PyObject* const* args, size_t nargsf, 
 }
 
 PyObject* submitter_new(PyTypeObject* type, PyObject* args, PyObject* kwargs) {
-  PyObject *general, *check, *body, *name, *wait, *engine, *default_engine;
+  PyObject *general, *check, *body, *name, *wait, *capsule, *scope, *default_engine;
   Py_ssize_t min_pos, max_pos;
-  int strip;
+  int strip, bound;
   static const char* kwlist[] = {"general", "check", "min_pos", "max_pos", "body", "name", "wait",
-                                 "engine", "default_engine", "strip", nullptr};
-  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOnnOUOOOp:Submitter", const_cast<char**>(kwlist), &general,
-                                   &check, &min_pos, &max_pos, &body, &name, &wait, &engine, &default_engine,
-                                   &strip)) {
+                                 "bound", "capsule", "scope", "default_engine", "strip", nullptr};
+  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOnnOUOpOOOp:Submitter", const_cast<char**>(kwlist), &general,
+                                   &check, &min_pos, &max_pos, &body, &name, &wait, &bound, &capsule, &scope,
+                                   &default_engine, &strip)) {
     return nullptr;
   }
   if (wait != Py_True && wait != Py_False) {
     PyErr_SetString(PyExc_TypeError, "Submitter: wait must be True or False");
+    return nullptr;
+  }
+  if (bound && !PyContextVar_CheckExact(scope)) {
+    PyErr_SetString(PyExc_TypeError, "Submitter: a bound engine's scope must be a ContextVar");
     return nullptr;
   }
   auto* self = reinterpret_cast<Submitter*>(type->tp_alloc(type, 0));
@@ -293,7 +343,9 @@ PyObject* submitter_new(PyTypeObject* type, PyObject* args, PyObject* kwargs) {
   self->body = Py_NewRef(body);
   self->name = Py_NewRef(name);
   self->wait = Py_NewRef(wait);
-  self->engine = Py_NewRef(engine);
+  self->bound = bound;
+  self->capsule = Py_NewRef(capsule);
+  self->scope = Py_NewRef(scope);
   self->default_engine = Py_NewRef(default_engine);
   self->min_pos = min_pos;
   self->max_pos = max_pos;
@@ -309,7 +361,8 @@ int submitter_traverse(PyObject* self_, visitproc visit, void* arg) {
   Py_VISIT(self->body);
   Py_VISIT(self->name);
   Py_VISIT(self->wait);
-  Py_VISIT(self->engine);
+  Py_VISIT(self->capsule);
+  Py_VISIT(self->scope);
   Py_VISIT(self->default_engine);
   return 0;
 }
@@ -321,7 +374,8 @@ int submitter_clear(PyObject* self_) {
   Py_CLEAR(self->body);
   Py_CLEAR(self->name);
   Py_CLEAR(self->wait);
-  Py_CLEAR(self->engine);
+  Py_CLEAR(self->capsule);
+  Py_CLEAR(self->scope);
   Py_CLEAR(self->default_engine);
   return 0;
 }
@@ -367,12 +421,56 @@ PyType_Slot submitter_slots[] = {
 PyType_Spec submitter_spec = {"distaff._core.Submitter", sizeof(Submitter), 0,
                               Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL, submitter_slots};
 
+// _publish_default(capsule, scope): the default engine distaff._engine just created (None, None:
+// there is none now).
+PyObject* raw_publish_default(PyObject*, PyObject* const* a, Py_ssize_t n) {
+  if (n != 2) {
+    PyErr_SetString(PyExc_TypeError, "_publish_default(capsule, scope) takes 2 arguments");
+    return nullptr;
+  }
+  if (a[0] == Py_None) {
+    forget_default();
+    Py_RETURN_NONE;
+  }
+  EngineCore* e = engine_from_capsule(a[0]);
+  if (!e) return nullptr;
+  if (!PyContextVar_CheckExact(a[1])) {
+    PyErr_SetString(PyExc_TypeError, "_publish_default: scope must be a ContextVar");
+    return nullptr;
+  }
+  forget_default();
+  if (!g_default_routed) {
+    g_default_capsule = Py_NewRef(a[0]);
+    g_default_scope = Py_NewRef(a[1]);
+    g_default_core = e;
+  }
+  Py_RETURN_NONE;
+}
+
+// _default_routed(): use_engine() was entered: which engine the default is now depends on the
+// context, so every default-engine call asks distaff._engine.default_engine() from now on.
+PyObject* raw_default_routed(PyObject*, PyObject*) {
+  g_default_routed = true;
+  forget_default();
+  Py_RETURN_NONE;
+}
+
 PyMethodDef submit_functions[] = {
     {"submit", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&raw_submit)), METH_FASTCALL,
      "submit(engine, fn, name, flags, wait, args, kwargs, workflow_id) -> Execution"},
+    {"_publish_default", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&raw_publish_default)),
+     METH_FASTCALL, "_publish_default(capsule, scope): the default engine, for Submitter"},
+    {"_default_routed", &raw_default_routed, METH_NOARGS, "use_engine() is in use: Submitter asks default_engine()"},
     {nullptr, nullptr, 0, nullptr}};
 
 }  // namespace
+
+void submit_after_fork() {
+  // The parent's engine: leaked, not released (its handle would join threads that do not exist).
+  g_default_core = nullptr;
+  g_default_capsule = nullptr;
+  g_default_scope = nullptr;
+}
 
 bool init_submit(PyObject* module) {
   if (PyModule_AddFunctions(module, submit_functions) < 0) return false;

@@ -557,6 +557,8 @@ def default_engine() -> Engine:
             if _exiting:  # the exit is shutting the default engine down: no new one replaces it
                 raise ShutdownError("the interpreter is exiting: the default engine is shut down")
             _default = Engine()
+            if not _routing:  # tasks' C submit (Submitter) goes straight to it from now on
+                _core._publish_default(_default._capsule, _default._scope)
         return _default
 
 
@@ -579,7 +581,9 @@ class use_engine:  # noqa: N801 - used like a function: ``with distaff.use_engin
 
     def __enter__(self) -> Engine:
         global _routing
-        _routing = True
+        if not _routing:
+            _routing = True
+            _core._default_routed()  # the default engine now depends on the context
         self._tokens.append(_routed.set(self.engine))
         return self.engine
 
@@ -625,6 +629,7 @@ def shutdown(
         if eng is not None and eng._capsule is not None and _core.on_own_worker(eng._capsule):
             raise RuntimeError("an engine cannot be shut down from one of its own tasks")
         _default = None
+        _core._publish_default(None, None)
     if eng is not None:
         eng.shutdown(wait, cancel_futures=cancel_futures, cancel_pending=cancel_pending, cancel_running=cancel_running)
 

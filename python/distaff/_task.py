@@ -153,6 +153,7 @@ class Task:
         ):
             return general
         min_pos, max_pos = self._positional_range
+        engine = self._engine
         return _core.Submitter(
             general=general,
             check=self._check,
@@ -161,7 +162,9 @@ class Task:
             body=self._body,
             name=self.name,
             wait=self._wait,
-            engine=self._engine,
+            bound=engine is not None,
+            capsule=engine._capsule if engine is not None else None,
+            scope=engine._scope if engine is not None else None,
             default_engine=_engine_mod.default_engine,
             strip=self._strip_workflow_id,
         )

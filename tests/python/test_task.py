@@ -7,6 +7,7 @@ import pytest
 
 import distaff
 from distaff import task, workflow
+from conftest import run_python
 
 
 def test_bare_and_called_decorators_keep_name_doc_and_signature(engine):
@@ -251,3 +252,44 @@ def test_a_task_with_its_fast_submit_is_garbage_collected(engine):
     del f
     gc.collect()
     assert ref() is None
+
+
+def test_module_level_tasks_follow_the_default_engine_through_shutdowns_and_use_engine():
+    """A module-level task's C submit goes straight to the default engine distaff._engine published
+    (no Python call per submit); it follows each new default engine — after distaff.shutdown(),
+    after the default engine's own shutdown() — and use_engine() routing."""
+    proc = run_python(
+        """
+        import distaff
+
+        @distaff.task
+        def double(x):
+            return 2 * x
+
+        def submitted(e):
+            return e.stats()["submitted"]
+
+        assert double(1) == 2
+        e1 = distaff.default_engine()
+        assert submitted(e1) == 1
+        distaff.shutdown()
+        assert double(2) == 4
+        e2 = distaff.default_engine()
+        assert e2 is not e1 and submitted(e2) == 1
+        e2.shutdown()  # the engine itself, not distaff.shutdown()
+        assert double(3) == 6
+        e3 = distaff.default_engine()
+        assert e3 is not e2 and submitted(e3) == 1 and submitted(e2) == 1
+        other = distaff.Engine()
+        with distaff.use_engine(other):
+            assert double(4) == 8
+        assert submitted(other) == 1 and submitted(e3) == 1
+        assert double(5) == 10
+        assert submitted(e3) == 2 and submitted(other) == 1
+        other.shutdown()
+        print("ok")
+        """,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok"
