@@ -105,6 +105,7 @@ class EngineHandle {
     d["queued"] = s.queued;
     d["fibers"] = s.fibers;
     d["submitted"] = s.submitted;
+    d["finished"] = s.finished;
     d["workers"] = core_->scheduler->workers();
     d["threads"] = s.threads;
     d["grown"] = s.grown;

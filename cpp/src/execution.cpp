@@ -368,7 +368,10 @@ bool Execution::finish_impl(State terminal, bool only_if_not_started) noexcept {
       if (only_if_not_started && s != State::pending && s != State::waiting) return false;
     } while (!state_.compare_exchange_weak(s, terminal, std::memory_order_acq_rel));
     finished_ns_.store(wall_time_ns(), std::memory_order_relaxed);
-    if (owner_) owner_->notify(EventKind::finish, *this);
+    if (owner_) {
+      owner_->finished_.fetch_add(1, std::memory_order_relaxed);
+      owner_->notify(EventKind::finish, *this);
+    }
     list = std::exchange(callbacks_, nullptr);
     dropped_children.swap(children_);
     // Notify under mu_, which every waiter re-acquires before its wait returns. Boost.Fiber 1.74

@@ -176,6 +176,7 @@ SchedulerStats Scheduler::stats() const {
   s.fibers = fibers_.load();
   s.threads = threads_.load();
   s.grown = grown_.load();
+  s.finished = finished_.load();  // first: every execution it counts was submitted before this read
   s.submitted = submitted_.load();
   s.queued = inject_size_.load();
   return s;

@@ -391,9 +391,10 @@ class Engine(concurrent.futures.Executor):
     # -- introspection ------------------------------------------------------------------------------
 
     def stats(self) -> dict:
-        """Counters: live (unfinished), queued, fibers (started, unfinished), submitted, workers
-        (configured), threads (worker threads now, elastic ones included), grown (elastic threads
-        started so far), closed."""
+        """Counters: live (unfinished), queued, fibers (started, unfinished), submitted, finished
+        (ever; counted as the state turns final, before done-callbacks run — live drops only after
+        them), workers (configured), threads (worker threads now, elastic ones included), grown
+        (elastic threads started so far), closed."""
         return self._core.stats()
 
     def graph(self, workflow_id: str | None = None) -> dict:

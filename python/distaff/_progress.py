@@ -142,13 +142,17 @@ class EngineCounts:
     def __init__(self, engine: Any) -> None:
         self.engine = engine
         s = engine.stats()
-        self.live0, self.submitted0 = s["live"], s["submitted"]
+        # "finished" counts an execution as its state turns terminal (before its done-callbacks,
+        # so before an awaiting coroutine resumes); "live" only drops after the callbacks, so an
+        # execution the caller saw finish could still count as live here.
+        self.finished0, self.submitted0 = s["finished"], s["submitted"]
 
     def __call__(self) -> Snapshot:
         s = self.engine.stats()
-        total = self.live0 + s["submitted"] - self.submitted0
-        running = s.get("fibers", 0)
-        return Snapshot(max(0, total - s["live"]), total, running=running, pending=max(0, s["live"] - running))
+        total = self.submitted0 - self.finished0 + s["submitted"] - self.submitted0
+        done = min(total, s["finished"] - self.finished0)
+        running = min(s.get("fibers", 0), total - done)  # a finished body's fiber may still unwind
+        return Snapshot(done, total, running=running, pending=total - done - running)
 
     def all_done(self, snap: Snapshot) -> bool:
         return False

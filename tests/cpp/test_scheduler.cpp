@@ -173,12 +173,41 @@ TEST_P(SchedulerTest, HundredThousandExecutionsAllRunAndFinish) {
   ASSERT_TRUE(s.wait_idle_until(safety_deadline()));
   EXPECT_EQ(s.stats().live, 0);
   EXPECT_EQ(s.stats().submitted, static_cast<std::int64_t>(kN));
+  EXPECT_EQ(s.stats().finished, static_cast<std::int64_t>(kN));
   for (std::size_t i = 0; i < kN; ++i) {
     ASSERT_EQ(all[i]->state(), State::succeeded) << i;
     ASSERT_LE(all[i]->started_ns(), all[i]->finished_ns()) << i;
   }
   shutdown();
   EXPECT_EQ(runs_.load(), static_cast<std::int64_t>(kN)) << "each execution runs exactly once";
+}
+
+// stats().finished counts an execution as its state turns terminal, before its callbacks run;
+// live drops after them. A done-callback (where an awaiting caller resumes) sees it counted.
+TEST_P(SchedulerTest, FinishedIsCountedBeforeTheCallbacksAndLiveAfterThem) {
+  Scheduler& s = start();
+  Fn body = [&](Execution& ex) { ex.finish(State::succeeded); };
+  struct Seen {
+    Scheduler* s;
+    std::int64_t finished = -1, live = -1;
+  } seen{&s};
+  ExecutionRef dep = Execution::create("dep");  // holds the body back until the callback is in place
+  ExecutionRef ex = submit(&body, {dep});
+  ex->add_callback(
+      [](Execution&, void* arg) {
+        auto* p = static_cast<Seen*>(arg);
+        const SchedulerStats st = p->s->stats();
+        p->finished = st.finished;
+        p->live = st.live;
+      },
+      &seen);
+  const std::int64_t before = s.stats().finished;
+  dep->finish(State::succeeded);
+  ASSERT_TRUE(s.wait_idle_until(safety_deadline()));
+  EXPECT_EQ(seen.finished, before + 1);
+  EXPECT_EQ(seen.live, 1);  // still counted live inside its own callback
+  EXPECT_EQ(s.stats().live, 0);
+  EXPECT_EQ(s.stats().finished, before + 1);
 }
 
 TEST_P(SchedulerTest, StateTransitionsThroughTheScheduler) {

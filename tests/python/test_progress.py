@@ -549,3 +549,38 @@ def test_progress_off_switch_draws_nothing_but_counts(engine, monkeypatch, capfd
     xs[1].exception()
     assert "[distaff]" not in capfd.readouterr().err
     assert not ev.is_set()
+
+
+def test_engine_counts_agree_with_what_an_awaiting_coroutine_saw():
+    """After `await ex` the execution is done, but the engine counted it live until its
+    done-callbacks (where the coroutine was resumed) had all run. progress()'s engine counts use
+    the "finished" counter, taken as the state turns final, so a block that awaited one execution
+    reads exactly 1 of 1 done, and the next block starts from 0 — not "1 running" of 1 done, or
+    2 total for one submission (an outsider found 12 of 200 blocks wrong)."""
+    proc = run_python(
+        """
+        import asyncio, distaff
+
+        @distaff.task()
+        def crunch(i):
+            return i
+
+        async def main():
+            bad = []
+            for k in range(300):
+                async with distaff.progress() as sh:
+                    first = sh.snapshot()
+                    await crunch.submit(1)
+                s = sh.snapshot()
+                want = {"done": 1, "total": 1, "failed": 0, "cancelled": 0, "running": 0, "pending": 0}
+                if first["total"] != 0 or s != want:
+                    bad.append((k, first, s))
+            print("bad", len(bad), bad[:3])
+
+        asyncio.run(main())
+        """,
+        env={"DISTAFF_PROGRESS": "off"},
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("bad 0 "), proc.stdout

@@ -88,6 +88,9 @@ struct SchedulerStats {
   std::int64_t threads = 0;      // worker threads running now (workers plus elastic extras)
   std::int64_t grown = 0;        // elastic workers started so far
   std::int64_t submitted = 0;    // total ever submitted
+  std::int64_t finished = 0;     // total ever finished: counted as the state turns terminal, before
+                                 // its callbacks run (`live` drops after them), so an observer that
+                                 // saw an execution done() also sees it counted here
 };
 
 class Scheduler {
@@ -190,6 +193,7 @@ class Scheduler {
   std::atomic<bool> draining_{false};  // close(true): dequeued executions are not started
   std::atomic<std::int64_t> live_{0};
   std::atomic<std::int64_t> submitted_{0};
+  std::atomic<std::int64_t> finished_{0};  // Execution::finish_impl, as the state turns terminal
   std::atomic<std::int64_t> fibers_{0};
   std::mutex idle_mu_;
   boost::fibers::condition_variable_any idle_cv_;
