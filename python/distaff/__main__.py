@@ -45,12 +45,31 @@ def main(argv: list | None = None) -> int:
         parser.error(f"{args.command} writes a {suffix} file, not {out!r}")
     try:
         events = _trace.read_jsonl(args.log)
+    except UnicodeDecodeError as e:
+        print(f"python -m distaff {args.command}: {args.log}:{_line_of_bad_bytes(args.log)}: not UTF-8 text "
+              f"({e.reason}): is it an event log written by engine.trace('....jsonl')?", file=sys.stderr)
+        return 1
     except (OSError, ValueError) as e:
         print(f"python -m distaff {args.command}: {e}", file=sys.stderr)
         return 1
-    _trace.write(events, out)
+    try:
+        _trace.write(events, out)
+    except OSError as e:
+        print(f"python -m distaff {args.command}: cannot write {out}: {e.strerror or e}", file=sys.stderr)
+        return 1
     print(f"wrote {out} ({len(events)} events)")
     return 0
+
+
+def _line_of_bad_bytes(path: str) -> int:
+    """The 1-based line of the first bytes that are not UTF-8 (an error message's line number)."""
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError:
+                return n
+    return 1
 
 
 if __name__ == "__main__":

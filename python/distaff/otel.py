@@ -17,6 +17,7 @@ One span per execution, from its submission to its terminal state, named after t
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from . import _trace
@@ -41,10 +42,27 @@ def instrument(tracer_provider: Any = None, engine: Any = None) -> "Instrumentat
 
         if not isinstance(engine, Engine):
             raise TypeError(f"instrument() engine must be a distaff.Engine, not {type(engine).__name__}")
-    tracer = (tracer_provider or ot_trace.get_tracer_provider()).get_tracer("distaff")
-    inst = Instrumentation(engine, tracer)
+    if tracer_provider is not None and not callable(getattr(tracer_provider, "get_tracer", None)):
+        raise TypeError(
+            f"instrument() tracer_provider must be an OpenTelemetry TracerProvider (or None: the global one), "
+            f"not {type(tracer_provider).__name__}"
+        )
+    with _instrumented_lock:
+        current = _instrumented.get(id(engine))
+        if current is not None and current.active:
+            raise RuntimeError(
+                "this engine is instrumented already (each execution would get two spans): "
+                "call uninstrument() on the first handle before instrumenting it again"
+            )
+        tracer = (tracer_provider or ot_trace.get_tracer_provider()).get_tracer("distaff")
+        inst = Instrumentation(engine, tracer)
+        _instrumented[id(engine)] = inst
     _trace.live_subscribe(engine, inst)
     return inst
+
+
+_instrumented: dict = {}  # id(engine) -> its Instrumentation (the active one, or the last one)
+_instrumented_lock = threading.Lock()
 
 
 class Instrumentation:
@@ -67,6 +85,7 @@ class Instrumentation:
         self._spans: dict = {}     # id -> open span
         self._parents: dict = {}   # id -> Context the root's span is parented on
         self._ended: dict = {}     # id -> span context of an ended span (children submitted late)
+        self._ran: set = set()     # ids whose body started (their span is open)
         self.active = True
 
     # -- from the hub -------------------------------------------------------------------------
@@ -84,12 +103,20 @@ class Instrumentation:
             wall_ns = e["mono_ns"] + self._conv.wall0 - self._conv.mono0
             if ev == "TaskCreated":
                 self._open(e, wall_ns)
+            elif ev == "TaskStarted":
+                self._ran.add(id_)
             elif ev in ("TaskCompleted", "TaskFailed", "TaskCanceled"):
                 span = self._spans.pop(id_, None)
                 if span is None:  # submitted before instrument(): a span from its first event seen
                     span = self._open(e, wall_ns, register=False)
-                if e.get("attempts") is not None:
-                    span.set_attribute("distaff.attempts", e["attempts"])
+                # Events carry attempts only for tasks with retries=; every other body ran once
+                # (or never: cancelled or abandoned before it started, then 0).
+                attempts = e.get("attempts")
+                if attempts is None:
+                    ran = id_ in self._ran or e["state"] == "succeeded"
+                    attempts = 1 if ran else 0
+                self._ran.discard(id_)
+                span.set_attribute("distaff.attempts", attempts)
                 span.set_attribute("distaff.state", e["state"])
                 if ev == "TaskFailed":
                     span.set_status(self._error(e.get("error") or "failed"))

@@ -74,6 +74,7 @@ def test_spans_nest_like_the_calls_and_carry_the_attributes(provider):
     assert exc_event.attributes["exception.type"] == "ValueError"
     assert spans["leaf"].status.status_code == StatusCode.UNSET
     assert spans["leaf"].attributes["distaff.task.name"].endswith("leaf")
+    assert spans["leaf"].attributes["distaff.attempts"] == 1  # no retries=: it ran once
 
 
 def test_uninstrument_stops_the_spans(provider):
@@ -96,3 +97,47 @@ def test_uninstrument_stops_the_spans(provider):
 def test_bad_engine_argument():
     with pytest.raises(TypeError, match="distaff.Engine"):
         otel.instrument(engine=object())
+
+
+def test_bad_tracer_provider_is_a_type_error():
+    with pytest.raises(TypeError, match="TracerProvider"):
+        otel.instrument(tracer_provider="x", engine=distaff.Engine())
+
+
+def test_instrumenting_an_engine_twice_is_refused_until_uninstrumented(provider):
+    """Two active instrumentations would give every execution two spans."""
+    tp, exporter = provider
+    eng = distaff.Engine()
+    try:
+        first = otel.instrument(tracer_provider=tp, engine=eng)
+        with pytest.raises(RuntimeError, match="instrumented already"):
+            otel.instrument(tracer_provider=tp, engine=eng)
+        first.uninstrument()
+        second = otel.instrument(tracer_provider=tp, engine=eng)
+        eng.submit(lambda: 1).result()
+        eng.shutdown()
+        second.uninstrument()
+        assert len(exporter.get_finished_spans()) == 1
+    finally:
+        eng.shutdown()
+
+
+def test_a_cancelled_execution_that_never_ran_has_zero_attempts(provider):
+    tp, exporter = provider
+    eng = distaff.Engine(workers=1)
+    gate = __import__("threading").Event()
+    try:
+        handle = otel.instrument(tracer_provider=tp, engine=eng)
+        blocker = eng.submit(gate.wait)
+        queued = eng.submit(lambda: 1)
+        assert queued.cancel()
+        gate.set()
+        blocker.result(timeout=30)
+        eng.shutdown()
+        handle.uninstrument()
+        by_id = {s.attributes["distaff.execution.id"]: s for s in exporter.get_finished_spans()}
+        assert by_id[queued.id].attributes["distaff.attempts"] == 0
+        assert by_id[blocker.id].attributes["distaff.attempts"] == 1
+    finally:
+        gate.set()
+        eng.shutdown()

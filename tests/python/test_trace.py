@@ -351,3 +351,11 @@ def test_cli_converts_a_recorded_log(eng, tmp_path):
     assert r.returncode == 1 and "bad.jsonl:1: not a distaff event" in r.stderr
     r = run("trace", str(log), "-o", str(tmp_path / "x.html"))
     assert r.returncode == 2 and "writes a .json file" in r.stderr
+    # Bytes that are not UTF-8: one line naming the file and the line; a missing output directory:
+    # one line naming the output — no traceback either way.
+    (tmp_path / "binary.jsonl").write_bytes(b'{"a": 1}\n\xff\xfe\n')
+    r = run("report", str(tmp_path / "binary.jsonl"))
+    assert r.returncode == 1 and "binary.jsonl:2: not UTF-8 text" in r.stderr and "Traceback" not in r.stderr
+    r = run("report", str(log), "-o", str(tmp_path / "no-such-dir" / "x.html"))
+    assert r.returncode == 1 and "cannot write" in r.stderr and "x.html" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
