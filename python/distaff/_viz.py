@@ -141,8 +141,12 @@ def to_dot(graph: dict, *, rankdir: str = "TB", title: str | None = None) -> str
     ``"LR"``, ``"BT"`` or ``"RL"``. ``title``: a label for the whole graph.
     """
     nodes, edges = _check_graph(graph, "to_dot")
+    if not isinstance(rankdir, str):
+        raise TypeError(f"rankdir must be a str ('TB', 'LR', 'BT' or 'RL'), not {type(rankdir).__name__}")
     if rankdir not in ("TB", "LR", "BT", "RL"):
         raise ValueError(f"rankdir must be 'TB', 'LR', 'BT' or 'RL', not {rankdir!r}")
+    if title is not None and not isinstance(title, str):
+        raise TypeError(f"title must be a str or None, not {type(title).__name__}")
     out = [
         "digraph distaff {",
         f'  graph [rankdir={rankdir}, fontname="Helvetica", fontsize=11, nodesep=0.3, ranksep=0.45'
@@ -210,6 +214,8 @@ def to_mermaid(graph: dict, *, direction: str = "TD") -> str:
     workflow (``engine.graph(workflow_id=...)``) or use :func:`to_dot` for big runs.
     """
     nodes, edges = _check_graph(graph, "to_mermaid")
+    if not isinstance(direction, str):
+        raise TypeError(f"direction must be a str ('TD', 'LR', 'BT' or 'RL'), not {type(direction).__name__}")
     if direction not in ("TD", "TB", "LR", "BT", "RL"):
         raise ValueError(f"direction must be 'TD', 'LR', 'BT' or 'RL', not {direction!r}")
     out = [f"flowchart {direction}"]

@@ -226,6 +226,13 @@ def test_bad_input_is_refused_early():
         distaff.to_dot({"nodes": [], "edges": []}, rankdir="sideways")
     with pytest.raises(ValueError, match="direction"):
         distaff.to_mermaid({"nodes": [], "edges": []}, direction="up")
+    # Wrong types are TypeErrors (docs/concepts.md), wrong values ValueErrors.
+    with pytest.raises(TypeError, match="rankdir must be a str"):
+        distaff.to_dot({"nodes": [], "edges": []}, rankdir=None)
+    with pytest.raises(TypeError, match="title must be a str"):
+        distaff.to_dot({"nodes": [], "edges": []}, title=5)
+    with pytest.raises(TypeError, match="direction must be a str"):
+        distaff.to_mermaid({"nodes": [], "edges": []}, direction=1)
 
 
 # ---------------------------------------------------------------------------------------------
