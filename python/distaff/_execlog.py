@@ -11,6 +11,7 @@ state change as its ``created`` time.
 from __future__ import annotations
 
 import logging
+import sys
 import weakref
 from typing import Any
 
@@ -33,11 +34,21 @@ class _Subscriber:
     def deliver(self, events: list, outcomes: list) -> None:
         if self.conv is None:
             self.conv = _trace.Converter(_trace._hubs[self.key].anchor, self.lookup)
+        failed = False
         for e in self.conv.convert(events, outcomes):
             ev = e["event"]
             if ev not in _LOGGED:
                 continue
-            _emit(e, _STATE.get(ev) or e.get("state"))
+            try:
+                _emit(e, _STATE.get(ev) or e.get("state"))
+            except Exception:  # noqa: BLE001 - a user's filter or handler raised: the next records still go out
+                if not failed:  # said once per batch, as logging's handleError says a handler's error
+                    failed = True
+                    import traceback
+
+                    sys.stderr.write("distaff: a filter or handler of the distaff.executions logger raised "
+                                     "(the other records are still logged):\n")
+                    traceback.print_exc(file=sys.stderr)
 
 
 def _emit(e: dict, state: str) -> None:

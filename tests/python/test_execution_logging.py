@@ -86,3 +86,39 @@ def test_a_logged_program_that_never_shuts_down_logs_everything_and_exits():
     lines = [line for line in r.stderr.splitlines() if line.startswith("distaff.executions|")]
     final = [line for line in lines if line.endswith(("|succeeded|w-exit", "|failed|w-exit"))]
     assert len(final) == 6, r.stderr  # the workflow and its five leaves, all logged before the exit
+
+
+def test_a_filter_that_raises_once_loses_only_its_own_record():
+    """A user's filter that raises on one record: that record is lost (said once on stderr), the
+    rest of the batch is still logged (before, the whole batch after it was dropped)."""
+    proc = run_python(
+        """
+        import logging, sys, distaff
+
+        seen = []
+
+        class Once(logging.Filter):
+            raised = False
+
+            def filter(self, record):
+                if not Once.raised:
+                    Once.raised = True
+                    raise RuntimeError("filter broke")
+                seen.append((record.execution_id, record.state))
+                return False
+
+        log = logging.getLogger("distaff.executions")
+        log.setLevel(logging.DEBUG)
+        log.addFilter(Once())
+        eng = distaff.Engine()
+        ex = eng.submit(lambda: 1)
+        ex.result()
+        eng.shutdown()
+        print(sorted(s for i, s in seen if i == ex.id))
+        """,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    # the first record ("pending") was the one the filter raised on
+    assert proc.stdout.strip() == "['queued', 'running', 'succeeded']", (proc.stdout, proc.stderr)
+    assert "filter broke" in proc.stderr and proc.stderr.count("distaff: a filter or handler") == 1
