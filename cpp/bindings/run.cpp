@@ -136,6 +136,11 @@ void run_execution(Execution& ex) {
       PyObject* r = PyObject_Call(pe->fn, pe->args, pe->kwargs);
       unlink_running(pe);
       pe->tstate = nullptr;
+      // terminate() (cancel, timeout, shutdown) may have queued an asynchronous exception for the
+      // body while it was in C code that then returned without another bytecode: the execution
+      // is finished already, and the exception would fire in whatever Python runs next on this
+      // thread state — a finalizer of the body's arguments, a done-callback. Drop it.
+      Py_CLEAR(fs.tstate->async_exc);
       PyObject* exc = r ? nullptr : fetch_exception();
       if (ctx && PyContext_Exit(ctx) < 0) PyErr_Clear();
       if (exc) {
