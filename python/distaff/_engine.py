@@ -98,6 +98,9 @@ class Engine(concurrent.futures.Executor):
         if history > 1 << 40:
             raise ValueError(f"history must be at most 2**40 executions, got {history}")
         self._executors = _elsewhere.Executors(executors, processes)
+        # A dropped engine (never shut down) lets go of the pools it owns: its jobs hold it while
+        # they are queued or running (Job.engine), so once it is collected none is outstanding.
+        weakref.finalize(self, self._executors.dropped, os.getpid()).atexit = False
         self._core = _core.EngineCore(workers, max_workers, stack_size, history)
         self._capsule = self._core.capsule()
         self._pid = os.getpid()

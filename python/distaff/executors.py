@@ -83,6 +83,10 @@ class ProcessPool:
     """
 
     owned = False  # True for the engine's own "processes" pool: the engine shuts it down
+    # How a worker notices that this process died while its body runs: "pdeathsig" (Linux: the
+    # kernel SIGKILLs it, with the watchdog where prctl is unavailable) or "watchdog" (a thread in
+    # the worker polls getppid(); the only way elsewhere, and what the tests force to check it).
+    _parent_death = "pdeathsig"
 
     def __init__(self, processes: int | None = None, *, name: str | None = None) -> None:
         if processes is None:
@@ -163,7 +167,9 @@ class ProcessPool:
         from_child_r, from_child_w = os.pipe()
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-c", f"from distaff.executors import _worker_main; _worker_main({to_child_r}, {from_child_w})"],
+                [sys.executable, "-c",
+                 f"from distaff.executors import _worker_main; "
+                 f"_worker_main({to_child_r}, {from_child_w}, {os.getpid()}, {self._parent_death!r})"],
                 pass_fds=(to_child_r, from_child_w),
                 stdin=subprocess.DEVNULL,
             )
@@ -317,9 +323,49 @@ class ProcessPool:
                 pass
 
 
-def _worker_main(rfd: int, wfd: int) -> None:
+_PR_SET_PDEATHSIG = 1
+_WATCHDOG_INTERVAL = 0.1  # seconds between the watchdog's looks at getppid()
+
+
+def _die_with_parent(ppid: int, how: str) -> None:
+    """Makes this worker die when its parent (``ppid``) does, even while a body runs: an idle
+    worker sees its pipe close, a busy one reads nothing until its body ends (forever for a
+    ``while True: pass``), re-parented to init and spinning.
+
+    On Linux the kernel sends SIGKILL when the parent dies (``prctl(PR_SET_PDEATHSIG)``; "parent"
+    is the thread that started the worker: the pool's manager thread, which outlives its workers).
+    A parent that died before the prctl is caught by comparing getppid() with ``ppid`` after it.
+    Elsewhere, or if prctl fails, a daemon thread polls getppid() and calls os._exit: it gets the
+    GIL at the switch interval even from a body spinning in Python (not from one stuck in C code
+    that holds the GIL; the pipe's EOF or the parent's kill covers what it can)."""
+    if how == "pdeathsig" and sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0:
+                if os.getppid() != ppid:  # the parent died before the prctl: no signal will come
+                    os._exit(1)
+                return
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != ppid:
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            time.sleep(_WATCHDOG_INTERVAL)
+            if os.getppid() != ppid:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="distaff-parent-watchdog", daemon=True).start()
+
+
+def _worker_main(rfd: int, wfd: int, ppid: int | None = None, parent_death: str = "pdeathsig") -> None:
     """A ProcessPool worker: reads payloads, runs them (_remote.run), writes outcomes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if ppid is not None:
+        _die_with_parent(ppid, parent_death)
     recv = _mpc.Connection(rfd, writable=False)
     send = _mpc.Connection(wfd, readable=False)
     try:
