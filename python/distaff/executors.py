@@ -623,6 +623,11 @@ class _Futures(_Windowed):
 class _Dask(_Windowed):
     """A distributed.Client: ``client.submit`` of the serialized body (pure=False: every call runs).
 
+    Cancelling an execution (``cancel()``, ``timeout=``, a cancelled scope) ends it here at once
+    and cancels its Dask future: a body still queued on the cluster never runs; a running one
+    cannot be interrupted (Dask runs it in a worker thread), so it runs to its end, keeping that
+    worker thread busy, and its result is discarded.
+
     Outcomes are collected by one thread per client over ``distributed.as_completed``: each batch
     of finished futures is fetched with one ``client.gather`` (a done callback per future would
     fetch them one synchronous round trip at a time)."""
@@ -717,7 +722,9 @@ class Ray(_Windowed):
     """Runs bodies as Ray tasks: ``ray.remote(...).options(num_cpus=..., **remote_options)``.
 
     Uses the Ray runtime of this process (``ray.init(...)``; Ray starts a local one on first use
-    otherwise) and never shuts it down. Cancelling an execution calls ``ray.cancel`` on its task.
+    otherwise) and never shuts it down. Cancelling an execution (``cancel()``, ``timeout=``, a
+    cancelled scope) calls ``ray.cancel(ref, force=True)`` on its task: a queued task never runs, a
+    running one's worker process is killed and Ray replaces it.
 
     Args:
         num_cpus: CPUs each body reserves (Ray's scheduling unit; default 1).
@@ -811,7 +818,11 @@ class Ray(_Windowed):
         with self._cond:
             job = self._refs.pop(ref, None)
         try:
-            ray.cancel(ref)
+            # force=True: a queued task is dropped, a running one's worker process is killed (Ray
+            # starts another), as "processes" does. Without force Ray raises KeyboardInterrupt in
+            # the body, which a body blocked in C (time.sleep, a lock, a socket) never sees
+            # (ray-project/ray#32954) and a body may catch.
+            ray.cancel(ref, force=True)
         finally:
             if job is not None:  # settled now: the cancelled task's outcome is not waited for
                 self._finished(job, error=concurrent.futures.CancelledError())
