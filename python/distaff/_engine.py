@@ -62,9 +62,10 @@ class Engine(concurrent.futures.Executor):
             ``executions()`` (0 disables): the newest ones, a few hundred bytes each (no results,
             no exception objects); ``clear_history()`` forgets them.
         executors: names for ``@task(executor=...)``: ``{"gpu": dask_client, ...}`` (docs/executors.md).
-            The engine does not shut these down.
+            The engine does not shut these down. ``"processes"`` is reserved (ValueError).
         processes: worker processes of the engine's own ``"processes"`` pool, started on first use
-            and shut down with the engine (default: the number of usable cores).
+            and shut down with the engine, or once the engine is dropped and collected with none
+            of its executions outstanding (default: the number of usable cores).
     """
 
     def __init__(

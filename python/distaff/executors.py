@@ -75,7 +75,8 @@ class ProcessPool:
 
     Workers are fresh interpreters (``python -c``, not fork: the engine's threads do not survive a
     fork), started on first use, with the parent's ``sys.path``; they ignore SIGINT (the parent
-    decides what to cancel) and exit when the parent closes their pipe or dies.
+    decides what to cancel) and exit when the parent closes their pipe or dies, also while running
+    a body (``_die_with_parent``).
 
     Args:
         processes: worker processes (default: the number of usable cores).
