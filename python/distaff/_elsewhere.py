@@ -289,6 +289,10 @@ class Executors:
             for k, v in executors.items():
                 if not isinstance(k, str) or not k:
                     raise TypeError(f"executor names must be non-empty strings, not {k!r}")
+                if k == "processes":  # would hide the built-in pool while descriptions say "processes"
+                    raise ValueError(
+                        "executors={'processes': ...}: 'processes' is the name of the engine's own process "
+                        "pool (size it with Engine(processes=N)); register your executor under another name")
                 ex_mod.check_target(v, f"executors[{k!r}]")
                 named[k] = v
         self._named = named
@@ -324,6 +328,15 @@ class Executors:
                 r = ex_mod.adapt(spec, None)
             self._runners[key] = r
             return r
+
+    def dropped(self, pid: int) -> None:
+        """The engine was collected without a shutdown (weakref.finalize): no job of it is queued
+        or running (each holds the engine), so the pools it owns stop now, without waiting. Not in
+        a child forked from its process: the pools' threads are the parent's."""
+        import os
+
+        if os.getpid() == pid:
+            self.close(False)
 
     def close(self, wait: bool, until_idle: Callable[[], Any] | None = None) -> None:
         """Shuts down the runners the engine owns; user-supplied executors keep running.

@@ -62,9 +62,10 @@ class Engine(concurrent.futures.Executor):
             ``executions()`` (0 disables): the newest ones, a few hundred bytes each (no results,
             no exception objects); ``clear_history()`` forgets them.
         executors: names for ``@task(executor=...)``: ``{"gpu": dask_client, ...}`` (docs/executors.md).
-            The engine does not shut these down.
+            The engine does not shut these down. ``"processes"`` is reserved (ValueError).
         processes: worker processes of the engine's own ``"processes"`` pool, started on first use
-            and shut down with the engine (default: the number of usable cores).
+            and shut down with the engine, or once the engine is dropped and collected with none
+            of its executions outstanding (default: the number of usable cores).
     """
 
     def __init__(
@@ -98,6 +99,9 @@ class Engine(concurrent.futures.Executor):
         if history > 1 << 40:
             raise ValueError(f"history must be at most 2**40 executions, got {history}")
         self._executors = _elsewhere.Executors(executors, processes)
+        # A dropped engine (never shut down) lets go of the pools it owns: its jobs hold it while
+        # they are queued or running (Job.engine), so once it is collected none is outstanding.
+        weakref.finalize(self, self._executors.dropped, os.getpid()).atexit = False
         self._core = _core.EngineCore(workers, max_workers, stack_size, history)
         self._capsule = self._core.capsule()
         self._pid = os.getpid()

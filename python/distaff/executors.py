@@ -75,7 +75,8 @@ class ProcessPool:
 
     Workers are fresh interpreters (``python -c``, not fork: the engine's threads do not survive a
     fork), started on first use, with the parent's ``sys.path``; they ignore SIGINT (the parent
-    decides what to cancel) and exit when the parent closes their pipe or dies.
+    decides what to cancel) and exit when the parent closes their pipe or dies, also while running
+    a body (``_die_with_parent``).
 
     Args:
         processes: worker processes (default: the number of usable cores).
@@ -83,6 +84,10 @@ class ProcessPool:
     """
 
     owned = False  # True for the engine's own "processes" pool: the engine shuts it down
+    # How a worker notices that this process died while its body runs: "pdeathsig" (Linux: the
+    # kernel SIGKILLs it, with the watchdog where prctl is unavailable) or "watchdog" (a thread in
+    # the worker polls getppid(); the only way elsewhere, and what the tests force to check it).
+    _parent_death = "pdeathsig"
 
     def __init__(self, processes: int | None = None, *, name: str | None = None) -> None:
         if processes is None:
@@ -163,7 +168,9 @@ class ProcessPool:
         from_child_r, from_child_w = os.pipe()
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-c", f"from distaff.executors import _worker_main; _worker_main({to_child_r}, {from_child_w})"],
+                [sys.executable, "-c",
+                 f"from distaff.executors import _worker_main; "
+                 f"_worker_main({to_child_r}, {from_child_w}, {os.getpid()}, {self._parent_death!r})"],
                 pass_fds=(to_child_r, from_child_w),
                 stdin=subprocess.DEVNULL,
             )
@@ -317,9 +324,49 @@ class ProcessPool:
                 pass
 
 
-def _worker_main(rfd: int, wfd: int) -> None:
+_PR_SET_PDEATHSIG = 1
+_WATCHDOG_INTERVAL = 0.1  # seconds between the watchdog's looks at getppid()
+
+
+def _die_with_parent(ppid: int, how: str) -> None:
+    """Makes this worker die when its parent (``ppid``) does, even while a body runs: an idle
+    worker sees its pipe close, a busy one reads nothing until its body ends (forever for a
+    ``while True: pass``), re-parented to init and spinning.
+
+    On Linux the kernel sends SIGKILL when the parent dies (``prctl(PR_SET_PDEATHSIG)``; "parent"
+    is the thread that started the worker: the pool's manager thread, which outlives its workers).
+    A parent that died before the prctl is caught by comparing getppid() with ``ppid`` after it.
+    Elsewhere, or if prctl fails, a daemon thread polls getppid() and calls os._exit: it gets the
+    GIL at the switch interval even from a body spinning in Python (not from one stuck in C code
+    that holds the GIL; the pipe's EOF or the parent's kill covers what it can)."""
+    if how == "pdeathsig" and sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0:
+                if os.getppid() != ppid:  # the parent died before the prctl: no signal will come
+                    os._exit(1)
+                return
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != ppid:
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            time.sleep(_WATCHDOG_INTERVAL)
+            if os.getppid() != ppid:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="distaff-parent-watchdog", daemon=True).start()
+
+
+def _worker_main(rfd: int, wfd: int, ppid: int | None = None, parent_death: str = "pdeathsig") -> None:
     """A ProcessPool worker: reads payloads, runs them (_remote.run), writes outcomes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if ppid is not None:
+        _die_with_parent(ppid, parent_death)
     recv = _mpc.Connection(rfd, writable=False)
     send = _mpc.Connection(wfd, readable=False)
     try:
@@ -577,6 +624,11 @@ class _Futures(_Windowed):
 class _Dask(_Windowed):
     """A distributed.Client: ``client.submit`` of the serialized body (pure=False: every call runs).
 
+    Cancelling an execution (``cancel()``, ``timeout=``, a cancelled scope) ends it here at once
+    and cancels its Dask future: a body still queued on the cluster never runs; a running one
+    cannot be interrupted (Dask runs it in a worker thread), so it runs to its end, keeping that
+    worker thread busy, and its result is discarded.
+
     Outcomes are collected by one thread per client over ``distributed.as_completed``: each batch
     of finished futures is fetched with one ``client.gather`` (a done callback per future would
     fetch them one synchronous round trip at a time)."""
@@ -671,7 +723,9 @@ class Ray(_Windowed):
     """Runs bodies as Ray tasks: ``ray.remote(...).options(num_cpus=..., **remote_options)``.
 
     Uses the Ray runtime of this process (``ray.init(...)``; Ray starts a local one on first use
-    otherwise) and never shuts it down. Cancelling an execution calls ``ray.cancel`` on its task.
+    otherwise) and never shuts it down. Cancelling an execution (``cancel()``, ``timeout=``, a
+    cancelled scope) calls ``ray.cancel(ref, force=True)`` on its task: a queued task never runs, a
+    running one's worker process is killed and Ray replaces it.
 
     Args:
         num_cpus: CPUs each body reserves (Ray's scheduling unit; default 1).
@@ -765,7 +819,11 @@ class Ray(_Windowed):
         with self._cond:
             job = self._refs.pop(ref, None)
         try:
-            ray.cancel(ref)
+            # force=True: a queued task is dropped, a running one's worker process is killed (Ray
+            # starts another), as "processes" does. Without force Ray raises KeyboardInterrupt in
+            # the body, which a body blocked in C (time.sleep, a lock, a socket) never sees
+            # (ray-project/ray#32954) and a body may catch.
+            ray.cancel(ref, force=True)
         finally:
             if job is not None:  # settled now: the cancelled task's outcome is not waited for
                 self._finished(job, error=concurrent.futures.CancelledError())

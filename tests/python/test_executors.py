@@ -522,3 +522,145 @@ def test_without_cloudpickle_importable_functions_still_run_and_a_lambda_says_wh
     assert "importable: 5" in r.stdout
     assert "ImportError | sending tuple to another process needs cloudpickle" in r.stdout
     assert "pip install 'distaff[processes]'" in r.stdout
+
+
+# -- a busy worker dies with its parent (docs/reliability.md "Executors") ------------------------------
+
+_SPIN_PARENT = """
+import atexit, os, sys, distaff
+import distaff.executors
+pidfile, how, where = sys.argv[1:4]
+distaff.executors.ProcessPool._parent_death = how
+
+def spin(path):
+    with open(path + ".tmp", "w") as f:
+        f.write(str(os.getpid()))
+    os.replace(path + ".tmp", path)
+    while True:  # holds the GIL in a Python loop: never reads its pipe again
+        pass
+
+eng = distaff.Engine(processes=1)
+ex = eng.task(executor="processes")(spin).submit(pidfile)
+if where == "result":
+    ex.result()
+else:  # the main thread ends; distaff's exit hook (registered before this one) then waits for ex
+    atexit.register(lambda: open(pidfile + ".exiting", "w").close())
+"""
+
+
+@pytest.mark.parametrize("how", ["pdeathsig", "watchdog"])
+@pytest.mark.parametrize("sig,where", [("SIGKILL", "result"), ("SIGTERM", "result"), ("SIGTERM", "exit")])
+def test_a_busy_worker_dies_when_its_parent_is_killed(tmp_path, how, sig, where):
+    import signal
+    import subprocess
+    import sys
+
+    pidfile = str(tmp_path / "pid")
+    with open(tmp_path / "stderr", "w") as err:
+        parent = subprocess.Popen([sys.executable, "-c", _SPIN_PARENT, pidfile, how, where],
+                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+    worker = None
+    try:
+        worker = read_when_there(pidfile, 60)
+        if where == "exit":
+            deadline = time.monotonic() + 30
+            while not os.path.exists(pidfile + ".exiting"):
+                assert time.monotonic() < deadline, (tmp_path / "stderr").read_text()
+                time.sleep(0.01)
+        assert parent.poll() is None, (tmp_path / "stderr").read_text()
+        signum = getattr(signal, sig)
+        parent.send_signal(signum)
+        assert parent.wait(timeout=30) == -signum, (tmp_path / "stderr").read_text()
+        assert process_gone(worker, 10), f"worker {worker} outlived its parent ({how}, {sig}, {where})"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+        if worker is not None and not process_gone(worker, 0):
+            try:
+                os.kill(worker, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def test_a_dropped_engine_lets_go_of_its_pool_once_no_execution_on_it_is_outstanding(tmp_path):
+    r = run_python(
+        """
+        import gc, os, sys, threading, time, distaff
+
+        def children():
+            try:
+                import psutil
+                return [p.pid for p in psutil.Process().children()]
+            except ImportError:
+                me, kids = os.getpid(), []
+                for d in os.listdir("/proc"):
+                    if d.isdigit():
+                        try:
+                            with open(f"/proc/{d}/stat") as f:
+                                fields = f.read().rsplit(")", 1)[1].split()
+                        except OSError:
+                            continue
+                        if int(fields[1]) == me and fields[0] != "Z":
+                            kids.append(int(d))
+                return kids
+
+        def managers():
+            return [t for t in threading.enumerate() if t.name == "distaff-processes"]
+
+        def settled(what):
+            deadline = time.monotonic() + 30
+            while children() or managers():
+                if time.monotonic() > deadline:
+                    print(what, "LEFT children", children(), "threads", len(managers()))
+                    return
+                gc.collect()
+                time.sleep(0.01)
+            print(what, "all gone")
+
+        def once():
+            e = distaff.Engine(processes=1)
+            return e.task(executor="processes")(os.getpid)()
+
+        pids = [once() for _ in range(4)]
+        assert len(set(pids)) == 4 and os.getpid() not in pids, pids
+        gc.collect()
+        settled("dropped")
+
+        # in flight: the execution holds its engine, whose pool finishes the body
+        gate = GATE
+        def wait_for(path):
+            while not os.path.exists(path):
+                time.sleep(0.01)
+            return True
+
+        def pending():
+            e = distaff.Engine(processes=1)
+            return e.task(executor="processes")(wait_for).submit(gate)
+        ex = pending()
+        gc.collect()
+        deadline = time.monotonic() + 30
+        while not (len(children()) == 1 and len(managers()) == 1) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        print("in flight", len(children()), "worker", len(managers()), "manager")
+        open(gate, "w").close()
+        print("in flight result", ex.result(timeout=60))
+        del ex
+        gc.collect()
+        settled("after the result")
+        """.replace("GATE", repr(str(tmp_path / "gate"))),
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "dropped all gone" in r.stdout, r.stdout
+    assert "in flight 1 worker 1 manager" in r.stdout, r.stdout
+    assert "in flight result True" in r.stdout and "after the result all gone" in r.stdout, r.stdout
+
+
+def test_the_name_processes_is_reserved_for_the_engines_own_pool():
+    with concurrent.futures.ThreadPoolExecutor(1) as tp:
+        with pytest.raises(ValueError, match="'processes' is the name of the engine's own process pool"):
+            distaff.Engine(executors={"processes": tp})
+        with distaff.Engine(executors={"threads": tp}) as e:  # under another name it is fine
+            ex = e.task(executor="threads")(pid_of).submit()
+            assert ex.result(timeout=60) == os.getpid() and ex.description["executor"] == "threads"

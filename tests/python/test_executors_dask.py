@@ -68,3 +68,39 @@ def test_timeout_cancels_the_dask_future_and_engine_shutdown_leaves_the_client_r
         time.sleep(0.05)
     eng.shutdown(wait=True)
     assert client.submit(lambda: 7).result() == 7  # not ours to close
+
+
+def test_cancel_of_a_running_body_ends_the_execution_at_once_the_worker_finishes_it_and_its_result_is_discarded(client, tmp_path):
+    # What Dask can do (docs/executors.md): it runs a body in a worker thread, which nothing can
+    # interrupt; the future is cancelled and the key released, the body runs on, its result is dropped.
+    def gated(started, gate, finished):
+        import os
+        import time
+
+        open(started, "w").close()
+        deadline = time.monotonic() + 60
+        while not os.path.exists(gate) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        open(finished, "w").close()
+        return "late"
+
+    started, gate, finished = (str(tmp_path / n) for n in ("started", "gate", "finished"))
+    with distaff.Engine() as eng:
+        ex = eng.task(executor=client, name="gated_on_dask")(gated).submit(started, gate, finished)
+        deadline = time.monotonic() + 60
+        while not os.path.exists(started):
+            assert time.monotonic() < deadline, "the body never started"
+            time.sleep(0.01)
+        assert ex.cancel() and ex.cancelled()  # the execution ends at once
+        deadline = time.monotonic() + 30
+        while [k for k in client.futures if str(k).startswith("gated_on_dask-")]:
+            assert time.monotonic() < deadline, "the Dask future was not cancelled"
+            time.sleep(0.01)
+        assert not os.path.exists(finished)  # still running on its worker: not interrupted
+        open(gate, "w").close()
+        deadline = time.monotonic() + 30
+        while not os.path.exists(finished):  # the worker ran the body to its end
+            assert time.monotonic() < deadline, "the body did not finish"
+            time.sleep(0.01)
+        assert ex.cancelled()  # its result was discarded
+        assert eng.task(executor=client)(where).submit(1).result(timeout=60)[0] == 1

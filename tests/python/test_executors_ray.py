@@ -33,27 +33,53 @@ def test_bodies_run_as_ray_tasks_with_values_for_execution_arguments(ray_runtime
         assert ex.description["executor"] == "ray"
 
 
-def test_exceptions_keep_their_type_and_timeout_cancels_the_ray_task(ray_runtime, tmp_path):
+def pid_gone(pid, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":  # a zombie not reaped yet
+                    time.sleep(0.01)
+                    continue
+        except OSError:
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_exceptions_keep_their_type_and_timeout_and_cancel_kill_the_running_ray_task(ray_runtime, tmp_path):
     # defined here, so cloudpickle ships it by value: Ray workers do not import this test module
-    def slow_until_cancelled(marker):
+    def sleeps(pidfile):
+        import os
         import time
 
-        try:
-            for _ in range(1200):
-                time.sleep(0.05)
-        finally:
-            open(marker, "w").close()  # reached when ray.cancel interrupts the body
+        with open(pidfile + ".tmp", "w") as f:
+            f.write(str(os.getpid()))
+        os.replace(pidfile + ".tmp", pidfile)
+        time.sleep(600)  # blocked in C: ray.cancel without force=True never interrupts it
+
+    def pid_in(path):
+        deadline = time.monotonic() + 60
+        while not os.path.exists(path):
+            assert time.monotonic() < deadline, f"{path} never appeared"
+            time.sleep(0.01)
+        with open(path) as f:
+            return int(f.read())
 
     with distaff.Engine() as eng:
         exc = eng.task(executor=Ray())(lambda: {}["missing"]).submit().exception(timeout=120)
         assert type(exc) is KeyError and "raised on executor 'ray'" in exc.__notes__[-1]
 
-        marker = str(tmp_path / "interrupted")
-        slow = eng.task(executor=Ray(), timeout=1.0)(slow_until_cancelled)
-        assert isinstance(slow.submit(marker).exception(timeout=60), distaff.TimeoutError)
-        deadline = time.monotonic() + 30
-        while not os.path.exists(marker):  # ray.cancel reached the running body
-            assert time.monotonic() < deadline, "the timed-out Ray task was not interrupted"
-            time.sleep(0.05)
+        slow = eng.task(executor=Ray(), timeout=1.0)(sleeps)
+        ex = slow.submit(str(tmp_path / "p1"))
+        pid = pid_in(str(tmp_path / "p1"))
+        assert isinstance(ex.exception(timeout=60), distaff.TimeoutError)
+        assert pid_gone(pid), "the timed-out Ray task's worker process still runs"
+
+        ex2 = eng.task(executor=Ray())(sleeps).submit(str(tmp_path / "p2"))
+        pid2 = pid_in(str(tmp_path / "p2"))
+        assert ex2.cancel() and ex2.cancelled()
+        assert pid_gone(pid2), "the cancelled Ray task's worker process still runs"
+
         both = [eng.task(executor=Ray())(lambda: os.getpid()).submit() for _ in range(2)]
-        assert all(b.result(timeout=60) for b in both)
+        assert all(b.result(timeout=60) for b in both)  # Ray replaced the killed workers
