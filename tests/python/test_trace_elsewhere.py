@@ -236,3 +236,48 @@ def test_a_body_still_away_or_stopped_when_the_trace_ends(tmp_path):
         assert abs(away["slow"]["ts"] + away["slow"]["dur"] - last) < 1.0  # to the end of the recording
     finally:
         eng.shutdown(wait=True)
+
+
+def test_an_async_body_submitted_from_a_running_loop_is_on_that_loops_track(tmp_path):
+    """An async def body submitted from a running loop runs there: its track is named after the
+    loop's thread, and what it submits has its parent arrow from that track."""
+    eng = distaff.Engine(workers=1)
+    try:
+        @eng.task()
+        def leaf(i):
+            return i
+
+        state = {"in": 0, "all_in": None}
+
+        @eng.task()
+        async def step(i):
+            state["in"] += 1  # on the one loop: no race
+            if state["in"] == 3:
+                state["all_in"].set()
+            await state["all_in"].wait()  # all three are on the loop at once
+            return await leaf.submit(i)
+
+        async def main():
+            state["all_in"] = asyncio.Event()
+            with eng.trace(tmp_path / "run.json"), eng.trace(tmp_path / "run.jsonl") as t:
+                assert await asyncio.gather(*(step.submit(i) for i in range(3))) == [0, 1, 2]
+            return t
+
+        t = asyncio.run(main())
+        here = "asyncio loop (MainThread)"
+        back = [e for e in t.events if e["event"] == "TaskReturned"]
+        assert len(back) == 3 and all(e["executor"] == here and e["outcome"] == "succeeded" for e in back)
+        doc = json.loads((tmp_path / "run.json").read_text())
+        validate_chrome_trace(doc)
+        evs = doc["traceEvents"]
+        names = {e["tid"]: e["args"]["name"] for e in evs if e["ph"] == "M" and e["name"] == "thread_name"}
+        steps = [e for e in evs if e["ph"] == "X" and e["cat"] == "elsewhere"]
+        assert len(steps) == 3 and {place(names[e["tid"]]) for e in steps} == {here}
+        # Three bodies on the loop at once: three tracks of it, none of whose slices overlap.
+        assert len({e["tid"] for e in steps}) == 3
+        starts = {e["id"]: e for e in evs if e["ph"] == "s"}
+        from_loop = [e for e in evs if e["ph"] == "f" and e["cat"] == "parent"
+                     and place(names[starts[e["id"]]["tid"]]) == here]
+        assert len(from_loop) == 3  # step -> leaf, each from its slice on the loop's track
+    finally:
+        eng.shutdown()
