@@ -27,10 +27,10 @@ def _data(events: list) -> dict:
             "start": None if x["started"] is None else x["started"] - t0,
             "fin": None if x["finished"] is None else x["finished"] - t0,
             "sl": [[-1 if w is None else w, a - t0, b - t0] for (w, a, b) in x["slices"]],
-            # elsewhere: [track, shipped, returned, attempt, outcome of that attempt or None]
-            "rm": [[track_of[(x["id"], i)], a - t0, b - t0, att, outcome]
-                   for i, (_where, a, b, att, outcome) in enumerate(x["remote"])],
         })
+        if x["remote"]:  # elsewhere: [track, shipped, returned, attempt, outcome of that attempt or None]
+            rows[-1]["rm"] = [[track_of[(x["id"], i)], a - t0, b - t0, att, outcome]
+                              for i, (_where, a, b, att, outcome) in enumerate(x["remote"])]
     first = min((e["timestamp"] for e in events), default=None)
     return {"executions": rows, "tracks": tracks, "started": first, "dagLimit": DAG_LIMIT}
 
@@ -122,7 +122,7 @@ pre { margin: 4px 0 0; white-space: pre-wrap; font-size: 12px; background: #f6f8
   for (const x of EXS) {
     counts[x.state] = (counts[x.state] || 0) + 1;
     for (const s of x.sl) tEnd = Math.max(tEnd, s[2]);
-    for (const s of x.rm) tEnd = Math.max(tEnd, s[2]);
+    for (const s of (x.rm || [])) tEnd = Math.max(tEnd, s[2]);
     if (x.fin !== null) tEnd = Math.max(tEnd, x.fin);
   }
   const summary = document.getElementById("summary");

@@ -196,7 +196,7 @@ def test_the_report_has_a_row_per_executor_and_event_loop(browser, tmp_path):
     # Zoomed on the executor's slice, its row has the success colour on it.
     found = browser.execute_script("""
         const data = JSON.parse(document.getElementById('distaff-data').textContent);
-        const x = data.executions.find(x => x.rm.length && data.tracks[x.rm[0][0]] === 'executor processes');
+        const x = data.executions.find(x => x.rm && data.tracks[x.rm[0][0]] === 'executor processes');
         const [, a, b] = x.rm[0];
         window.distaffReport.setView(a - (b - a), b + (b - a));
         const r = window.distaffReport.rows.indexOf('executor processes');

@@ -195,7 +195,7 @@ def test_executor_and_event_loop_tracks_in_the_chrome_trace_the_log_and_the_repo
         # -- the report carries the same rows ---------------------------------------------------------
         data = _report._data(events)
         assert set(data["tracks"]) == {n for n in names.values() if not n.startswith(("worker ", "other"))}
-        rm = {short(x["name"]): x["rm"] for x in data["executions"] if x["rm"]}
+        rm = {short(x["name"]): x["rm"] for x in data["executions"] if "rm" in x}
         assert sorted(rm) == ["fetch", "flaky", "remote", "threaded"]
         assert [a[3:] for a in rm["flaky"]] == [[1, "failed"], [2, "failed"]]
         html = html_path.read_text()
