@@ -1,9 +1,11 @@
-"""docs/observability.md: one run recorded three ways (event log, Chrome trace, HTML report), and
-the event log converted afterwards with `python -m distaff`.
+"""docs/observability.md: one run recorded three ways (event log, Chrome trace, HTML report), the
+event log converted afterwards with `python -m distaff`, and a run whose bodies run elsewhere (a
+process pool, an event loop) recorded with their executors' tracks.
 
     python docs/examples/observability.py [OUTPUT_DIR]     # default: a temporary directory
 """
 
+import asyncio
 import collections
 import json
 import os
@@ -96,5 +98,35 @@ print("report written:", os.path.getsize(report) > 10_000)
 r = subprocess.run([sys.executable, "-m", "distaff", "report", log, "-o", os.path.join(out, "from-log.html")],
                    capture_output=True, text=True, check=True)
 print("python -m distaff report:", r.stdout.strip().split(" (")[0].endswith("from-log.html"))
+# 5. Bodies that run elsewhere: an executor="processes" body and an async def body show on tracks
+#    of their own, from when the body was shipped to when its outcome came back.
+@engine.task(executor="processes")
+def render(order_id):  # CPU-heavy: in another process
+    return work(400_000) % 97
+
+
+@engine.task()
+async def notify(order_id):  # an async def body: runs on the engine's event loop
+    await asyncio.sleep(0.01)
+    return f"mailed {order_id}"
+
+
+@engine.workflow()
+def ship_order(order_id):
+    invoice = render.submit(order_id)
+    mail = notify.submit(order_id)
+    return invoice.result(), mail.result()
+
+
+render.submit(0).result()  # the pool's processes start before the recording
+elsewhere = os.path.join(out, "elsewhere.json")
+with engine.trace(elsewhere), engine.trace(os.path.join(out, "elsewhere.html")):
+    shipped = [ship_order.submit(i) for i in range(1, 4)]
+    print("shipped:", [ex.result()[1] for ex in shipped])
+with open(elsewhere) as f:
+    doc = json.load(f)
+names = {e["tid"]: e["args"]["name"] for e in doc["traceEvents"] if e["ph"] == "M" and e["name"] == "thread_name"}
+away = sorted({names[e["tid"]].split(" \u00b7 ")[0] for e in doc["traceEvents"] if e["ph"] == "X" and e["cat"] == "elsewhere"})
+print("elsewhere: tracks", away)
 engine.shutdown()
 print("output in", out)

@@ -4,7 +4,8 @@
 
 Runs docs/examples/observability.py (which records run.html, run.json and run.jsonl), loads the
 HTML report from disk in Debian's headless chromium through Selenium and chromium-driver (apt:
-chromium chromium-driver; `make deps` installs them), and writes docs/img/observability_*.png.
+chromium chromium-driver; `make deps` installs them), and writes docs/img/observability_*.png —
+observability_elsewhere.png from the example's run with bodies on a process pool and an event loop.
 """
 
 import base64
@@ -83,6 +84,23 @@ def main() -> int:
         d.execute_script("document.getElementById('tooltip').style.display = 'none'")
         shot(d, "failures-section", os.path.join(IMG, "observability_failures.png"))
         shot(d, "dag-section", os.path.join(IMG, "observability_graph.png"))
+        # The run whose bodies went elsewhere: rows per executor and event loop, below the workers;
+        # the tooltip of the process pool's first slice.
+        d.get("file://" + os.path.join(out, "elsewhere.html"))
+        errors = [e for e in d.get_log("browser") if e["level"] == "SEVERE"]
+        if errors:
+            print("console errors:", errors, file=sys.stderr)
+            return 1
+        d.execute_script("""
+            document.getElementById('timeline-section').scrollIntoView();
+            const c = document.getElementById('timeline'), r = c.getBoundingClientRect();
+            const ctx = c.getContext('2d'), dpr = window.devicePixelRatio || 1;
+            const y = 22 + window.distaffReport.rows.indexOf('executor processes') * 28 + 14;
+            const row = ctx.getImageData(0, y * dpr, c.width, 1).data;
+            let x = -1;
+            for (let i = 90 * dpr; i < c.width; i++) { if (row[4*i+1] === 157 && row[4*i] === 46) { x = i / dpr + 3; break; } }
+            if (x > 0) c.dispatchEvent(new MouseEvent('mousemove', {clientX: r.left + x, clientY: r.top + y, bubbles: true}));""")
+        shot(d, "timeline-section", os.path.join(IMG, "observability_elsewhere.png"), below=60)
         print("wrote", ", ".join(sorted(f for f in os.listdir(IMG) if f.startswith("observability_"))))
     finally:
         d.quit()

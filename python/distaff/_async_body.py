@@ -6,11 +6,12 @@ _asyncio.py."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import weakref
 from typing import Any, Callable
 
 from . import _asyncio as _asyncio_mod
-from . import _core
+from . import _core, _trace
 from ._errors import _note_failure
 
 
@@ -62,12 +63,29 @@ class _AsyncBody:
                     _core.settle(promise, False, None)
                     return promise
         note = f"distaff: raised in {self.kind} '{self.name}' (execution {me.id if me else '?'})"
+        engine = self.engine
+        shipped = _core.monotonic_ns()  # handed to the loop: a trace's interval on the loop starts here
+
+        def traced(outcome: Any) -> None:
+            # On the loop's thread, while something records the engine: the interval the body spent
+            # on this loop (docs/observability.md), on a track named after the loop's thread.
+            log = _trace.elsewhere_log(engine)
+            if log is not None and me is not None:
+                where = f"asyncio loop ({threading.current_thread().name})"
+                if outcome is None:
+                    log.append(("ship", shipped, me.id, where, 1))
+                else:
+                    log.append(("return", _core.monotonic_ns(), me.id, where, 1, outcome, shipped))
 
         def settle(fut: Any) -> None:
             if fut.cancelled():
+                if _trace._hubs:
+                    traced("cancelled")
                 _core.settle(promise, False, None)
                 return
             exc = fut.exception()
+            if _trace._hubs:
+                traced("succeeded" if exc is None else "failed")
             if exc is None:
                 # A returned Execution is followed, like a sync body's (a cycle: DeadlockError).
                 _core.settle(promise, True, fut.result())
@@ -81,6 +99,8 @@ class _AsyncBody:
             if me is not None and me.done():  # cancelled or timed out before the loop got to it
                 _core.settle(promise, False, None)
                 return
+            if _trace._hubs:
+                traced(None)
             task = asyncio.get_running_loop().create_task(_cancellable(me, self.fn, args, kwargs))
             task.add_done_callback(settle)
 

@@ -14,12 +14,15 @@ it has (``Job.report``); the job then settles the promise, or applies the task's
   callback stops the job: the runner drops it if it is still queued, or stops the remote work.
 
 A runner implements ``name``, ``owned`` (the engine made it and shuts it down), ``submit(job)``,
-``cancel(job)`` and ``close(wait)``; it calls ``job.payload()`` (the bytes to ship, serialized
-only when it ships them) and ``job.report(outcome=..., error=...)`` exactly once per submission.
+``cancel(job)`` and ``close(wait)``; it calls ``job.shipped()`` as it hands the body to the
+executor (a trace's interval "on the executor" starts there), ``job.payload()`` (the bytes to ship,
+serialized only when it ships them) and ``job.report(outcome=..., error=...)`` exactly once per
+submission.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import heapq
 import inspect
 import pickle
@@ -27,7 +30,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from . import _core, _remote
+from . import _core, _remote, _trace
 from ._arguments import _resolve_value
 from ._errors import ShutdownError
 from ._retry import _record_attempt
@@ -38,7 +41,7 @@ class Job:
     fiber calls it, it starts the work and returns the promise."""
 
     __slots__ = ("fn", "is_async", "policy", "name", "runner", "engine", "timeout",
-                 "me", "promise", "args", "kwargs", "attempt", "handle", "stopped")
+                 "me", "promise", "args", "kwargs", "attempt", "handle", "stopped", "shipped_ns")
 
     def __init__(self, fn: Callable, is_async: bool, policy: Any, name: str, runner: Any, engine: Any) -> None:
         self.fn = fn
@@ -51,6 +54,7 @@ class Job:
         self.me = self.promise = self.handle = None
         self.stopped = False
         self.attempt = 1
+        self.shipped_ns = 0
 
     # -- in the execution's fiber -----------------------------------------------------------------
 
@@ -78,6 +82,27 @@ class Job:
 
     # -- called by runners -----------------------------------------------------------------------
 
+    def shipped(self) -> None:
+        """The runner hands the body to its executor now. Traces show the interval from here to
+        the outcome's return on the executor's track (docs/observability.md): a record per
+        submission, only while something records the engine."""
+        t = self.shipped_ns = _core.monotonic_ns()
+        if _trace._hubs:
+            log = _trace.elsewhere_log(self.engine)
+            me = self.me
+            if log is not None and me is not None:
+                log.append(("ship", t, me.id, "executor " + self.runner.name, self.attempt))
+
+    def _returned(self, outcome: str) -> None:
+        """The shipped submission's outcome is back (or it was stopped): its trace record."""
+        shipped, self.shipped_ns = self.shipped_ns, 0
+        if shipped and _trace._hubs:
+            log = _trace.elsewhere_log(self.engine)
+            me = self.me
+            if log is not None and me is not None:
+                log.append(("return", _core.monotonic_ns(), me.id, "executor " + self.runner.name, self.attempt,
+                            outcome, shipped))
+
     def payload(self) -> bytes:
         """The serialized body and arguments (pickle, or cloudpickle when needed: _remote.dumps).
         Raises TypeError naming what could not be serialized."""
@@ -95,15 +120,19 @@ class Job:
         if promise is None or promise.done():
             return
         if self.stopped:
+            self._returned("cancelled")
             self._settle(False, None)
             return
         retryable = True
         if error is None:
             ok, value = _decode(outcome, self)
             if ok:
+                self._returned("succeeded")
                 self._settle(True, value)
                 return
+            self._returned("failed")
         else:
+            self._returned("cancelled" if isinstance(error, concurrent.futures.CancelledError) else "failed")
             value = error
             # cannot serialize (or no cloudpickle to try): another attempt would fail alike
             retryable = not isinstance(error, (_Unshippable, ImportError))
@@ -160,6 +189,7 @@ class Job:
         if promise.done():
             return
         self.stopped = True
+        self._returned("cancelled")
         try:
             self.runner.cancel(self)
         finally:

@@ -1,5 +1,6 @@
 """The self-contained HTML report of a recorded run: a zoomable timeline (one row per worker, a
-slice per interval an execution ran), the DAG (parent and dependency edges), a per-workflow summary
+slice per interval an execution ran; rows per executor and event loop, a slice per interval a body
+spent there), the DAG (parent and dependency edges), a per-workflow summary
 and the failures with their tracebacks. Everything — data, CSS, JavaScript — is inline: the file
 opens from disk, offline, in any current browser. ``window.distaffReport`` tells what was drawn
 (the browser test in tests/python/test_report_browser.py reads it)."""
@@ -15,6 +16,7 @@ DAG_LIMIT = 300  # nodes drawn in the graph; a bigger run shows its first ones a
 
 def _data(events: list) -> dict:
     exs, t0 = _trace.executions(events)
+    tracks, track_of = _trace.remote_tracks(exs)
     rows = []
     for x in exs:
         rows.append({
@@ -26,8 +28,11 @@ def _data(events: list) -> dict:
             "fin": None if x["finished"] is None else x["finished"] - t0,
             "sl": [[-1 if w is None else w, a - t0, b - t0] for (w, a, b) in x["slices"]],
         })
+        if x["remote"]:  # elsewhere: [track, shipped, returned, attempt, outcome of that attempt or None]
+            rows[-1]["rm"] = [[track_of[(x["id"], i)], a - t0, b - t0, att, outcome]
+                              for i, (_where, a, b, att, outcome) in enumerate(x["remote"])]
     first = min((e["timestamp"] for e in events), default=None)
-    return {"executions": rows, "started": first, "dagLimit": DAG_LIMIT}
+    return {"executions": rows, "tracks": tracks, "started": first, "dagLimit": DAG_LIMIT}
 
 
 def render(events: list, title: str = "distaff run report") -> str:
@@ -117,6 +122,7 @@ pre { margin: 4px 0 0; white-space: pre-wrap; font-size: 12px; background: #f6f8
   for (const x of EXS) {
     counts[x.state] = (counts[x.state] || 0) + 1;
     for (const s of x.sl) tEnd = Math.max(tEnd, s[2]);
+    for (const s of (x.rm || [])) tEnd = Math.max(tEnd, s[2]);
     if (x.fin !== null) tEnd = Math.max(tEnd, x.fin);
   }
   const summary = document.getElementById("summary");
@@ -128,22 +134,36 @@ pre { margin: 4px 0 0; white-space: pre-wrap; font-size: 12px; background: #f6f8
   if (DATA.started) summary.appendChild(el("span", null, "from " + DATA.started));
 
   // ---- timeline ----
-  const rowsMap = new Map();  // worker -> slices [a, b, x]
+  // Rows: -1 other threads, 0.. workers, REMOTE + i the executors' and event loops' tracks
+  // (DATA.tracks[i]), after the workers.
+  const REMOTE = 1e6, TRACKS = DATA.tracks || [];
+  const rowsMap = new Map();  // row -> slices [a, b, x, elsewhere: [attempt, outcome, track name] or undefined]
   for (const x of EXS) for (const s of x.sl) {
     if (!rowsMap.has(s[0])) rowsMap.set(s[0], []);
     rowsMap.get(s[0]).push([s[1], s[2], x]);
     report.slices++;
   }
+  report.remoteSlices = 0;
+  for (const x of EXS) for (const s of (x.rm || [])) {
+    const k = REMOTE + s[0];
+    if (!rowsMap.has(k)) rowsMap.set(k, []);
+    rowsMap.get(k).push([s[1], s[2], x, [s[3], s[4], TRACKS[s[0]]]]);
+    report.remoteSlices++;
+  }
+  function rowName(k) { return k < 0 ? "other threads" : k >= REMOTE ? TRACKS[k - REMOTE] : "worker " + k; }
   const never = EXS.filter(x => x.sl.length === 0 && x.fin !== null);
   if (never.length) { if (!rowsMap.has(-1)) rowsMap.set(-1, []); }
   const rowKeys = Array.from(rowsMap.keys()).sort((a, b) => a - b);
   for (const k of rowKeys) rowsMap.get(k).sort((p, q) => p[0] - q[0]);
   const canvas = document.getElementById("timeline");
   const ctx = canvas.getContext("2d");
-  const ROW = 28, TOP = 22, LEFT = 90;
+  const ROW = 28, TOP = 22;
+  ctx.font = "11px system-ui, sans-serif";
+  const LEFT = Math.min(260, Math.max(90, ...rowKeys.map(k => ctx.measureText(rowName(k)).width + 14)));
   const span = Math.max(tEnd, 1);
   let v0 = 0, v1 = span * 1.02;
-  report.rows = rowKeys.map(k => (k < 0 ? "other threads" : "worker " + k));
+  report.rows = rowKeys.map(rowName);
+  report.rowSlices = rowKeys.map(k => rowsMap.get(k).length);
 
   function resize() {
     const dpr = window.devicePixelRatio || 1;
@@ -173,12 +193,14 @@ pre { margin: 4px 0 0; white-space: pre-wrap; font-size: 12px; background: #f6f8
     rowKeys.forEach((k, r) => {
       const y = TOP + r * ROW;
       ctx.fillStyle = r % 2 ? "#f6f8fa" : "#fff"; ctx.fillRect(LEFT, y, W - LEFT, ROW);
-      ctx.fillStyle = "#1f2328"; ctx.fillText(k < 0 ? "other threads" : "worker " + k, 6, y + ROW / 2 + 4);
-      for (const [a, b, x] of rowsMap.get(k)) {
+      ctx.fillStyle = "#1f2328"; ctx.fillText(rowName(k), 6, y + ROW / 2 + 4);
+      for (const [a, b, x, away] of rowsMap.get(k)) {
         if (b < v0 || a > v1) continue;
         const xa = Math.max(xOf(a), LEFT), xb = Math.min(xOf(b), W);
         const w = Math.max(xb - xa, 1);
-        ctx.fillStyle = COLORS[x.state] || "#3b7dd8";
+        // elsewhere: coloured by that attempt's outcome (a failed attempt that was retried is red);
+        // not back when the recording stopped: running
+        ctx.fillStyle = (away ? COLORS[away[1] || "running"] : COLORS[x.state]) || "#3b7dd8";
         ctx.fillRect(xa, y + 4, w, ROW - 8);
         drawn++;
         if (w > 40) {
@@ -239,8 +261,10 @@ pre { margin: 4px 0 0; white-space: pre-wrap; font-size: 12px; background: #f6f8
     const h = hit(px, py);
     if (!h) { tip.style.display = "none"; return; }
     const x = h[2];
+    const away = h[3];
     tip.textContent = label(x) + "  [" + (x.kind || "?") + ", " + x.state + "]\n" +
-      "ran " + fmt(h[1] - h[0]) + " from " + fmt(h[0]) +
+      (away ? "on " + away[2] + " (attempt " + away[0] + ": " + (away[1] || "not back") + ") " : "ran ") +
+      fmt(h[1] - h[0]) + " from " + fmt(h[0]) +
       (x.wf ? "\nworkflow " + x.wf : "") + (x.parent ? "\nparent #" + x.parent : "") +
       (x.error ? "\n" + x.error : "");
     tip.style.display = "block";

@@ -12,6 +12,7 @@ Trace Event Format (``.json``) and the HTML report (``.html``) are built from it
 
 from __future__ import annotations
 
+import collections
 import datetime as _dt
 import json
 import os
@@ -37,7 +38,7 @@ _NAMES = {
 }
 _FINISH = {"succeeded": "TaskCompleted", "failed": "TaskFailed", "cancelled": "TaskCanceled"}
 EVENT_NAMES = ("TaskCreated", "TaskQueued", "TaskStarted", "TaskSuspended", "TaskResumed", "TaskBodyEnded",
-               "TaskCompleted", "TaskFailed", "TaskCanceled")
+               "TaskShipped", "TaskReturned", "TaskCompleted", "TaskFailed", "TaskCanceled")
 _TRACEBACK_MAX = 20_000  # characters of a failure's traceback kept in the log
 _START, _END, _FINISH_K = (_core.EVENT_KINDS.index(k) for k in ("start", "end", "finish"))
 _SETTLE_S = 0.1
@@ -53,16 +54,27 @@ class _Hub:
         self.anchor = (_core.monotonic_ns(), _core.wall_time_ns())
         self.recorder = _core.Recorder(engine._capsule)
         self.subscribers: list = []
+        # Bodies that run elsewhere (an executor=, an async def body on an event loop): the runner
+        # appends ("ship", t, id, where, attempt) as it hands a body over and ("return", t, id,
+        # where, attempt, outcome, shipped_t) as its outcome comes back (elsewhere_log()). A deque:
+        # appends from any thread while a flush pops.
+        self.elsewhere: collections.deque = collections.deque()
 
     def flush(self) -> None:
         """Drains what was recorded and hands it to every subscriber. Caller holds _hubs_lock."""
         events = self.recorder.drain()
         outcomes = self.recorder.outcomes()
         contexts = self.recorder.contexts()
+        pop = self.elsewhere.popleft
+        elsewhere = [pop() for _ in range(len(self.elsewhere))]
         if contexts:  # first: a root's context comes with or before its submit event
             for s in list(self.subscribers):
                 if hasattr(s, "contexts"):
                     s.contexts(contexts)
+        if elsewhere:
+            for s in list(self.subscribers):
+                if hasattr(s, "elsewhere"):
+                    s.elsewhere(elsewhere)
         if events or outcomes:
             for s in list(self.subscribers):
                 s.deliver(events, outcomes)
@@ -70,6 +82,13 @@ class _Hub:
 
 _hubs: dict = {}  # id(engine) -> _Hub
 _hubs_lock = threading.RLock()
+
+
+def elsewhere_log(engine: Any) -> collections.deque | None:
+    """Where a runner appends its ship and return records for ``engine`` (see _Hub.elsewhere), or
+    None when nothing records the engine. Callers test ``_hubs`` first: empty, nothing records."""
+    hub = _hubs.get(id(engine))
+    return hub.elsewhere if hub is not None else None
 
 
 def subscribe(engine: Any, subscriber: Any) -> _Hub:
@@ -236,7 +255,7 @@ class Converter:
             self.info[id_] = who
         return who
 
-    def convert(self, events: Iterable, outcomes: Iterable) -> list:
+    def convert(self, events: Iterable, outcomes: Iterable, elsewhere: Iterable = ()) -> list:
         extra = self.extra  # id -> (id, exc, attempts)
         for o in outcomes:
             extra[o[0]] = o
@@ -277,7 +296,28 @@ class Converter:
                 if k == "suspend":
                     base["blocked_on"] = detail or None
             append(base)
+        if elsewhere:
+            n = len(out)
+            for rec in elsewhere:
+                k, t, id_, where, attempt = rec[:5]
+                name, ekind, wf, parent = self._who(id_)
+                e = {"event": "TaskShipped" if k == "ship" else "TaskReturned", "id": id_, "name": name,
+                     "kind": ekind, "workflow_id": wf, "parent_id": parent, "worker": None,
+                     "timestamp": _iso(t + wall_off), "mono_ns": t, "executor": where, "attempt": attempt}
+                if k == "return":
+                    e["outcome"] = rec[5]
+                    e["shipped_mono_ns"] = rec[6]
+                append(e)
+            if len(out) > n:
+                # Two runs, each in time order (the runner's records come from several threads:
+                # sorted first): the sort merges them.
+                out[n:] = sorted(out[n:], key=_mono)
+                out.sort(key=_mono)
         return out
+
+
+def _mono(e: dict) -> int:
+    return e["mono_ns"]
 
 
 def _history_lookup(engine: Any) -> Any:
@@ -331,6 +371,7 @@ class Trace:
         self.events: list = []
         self._raw: list = []
         self._outcomes: list = []
+        self._elsewhere: list = []
         self._hub: _Hub | None = None
         self._active = False
         self._running: set = set()
@@ -349,6 +390,9 @@ class Trace:
                 self._finished.discard(id_)
             elif kind == _FINISH_K and id_ in self._running:
                 self._finished.add(id_)
+
+    def elsewhere(self, records: list) -> None:
+        self._elsewhere.extend(records)
 
     def _settle(self) -> None:
         """Waits a little (at most _SETTLE_S) for the bodies whose execution finished to return, so
@@ -376,8 +420,8 @@ class Trace:
         finally:
             unsubscribe(self.engine, self)
         conv = Converter(self._hub.anchor, _history_lookup(self.engine))
-        self.events = conv.convert(self._raw, self._outcomes)
-        self._raw, self._outcomes = [], []
+        self.events = conv.convert(self._raw, self._outcomes, self._elsewhere)
+        self._raw, self._outcomes, self._elsewhere = [], [], []
         write(self.events, self.path)
 
     async def __aenter__(self) -> "Trace":
@@ -430,10 +474,12 @@ def read_jsonl(path: str) -> list:
 
 def executions(events: list) -> tuple[list, int]:
     """Folds events into one dict per execution: identity, state, error, times (ns, monotonic), the
-    intervals it ran ``[(worker, start, end)]``, the time it was submitted and on which worker.
+    intervals it ran ``[(worker, start, end)]``, the intervals its body spent elsewhere
+    ``remote: [(where, shipped, returned, attempt, outcome)]`` (an executor, an event loop; outcome
+    None: not back when the recording stopped), the time it was submitted and on which worker.
     Returns (executions in id order, the earliest timestamp)."""
     exs: dict = {}
-    t0 = min((e["mono_ns"] for e in events), default=0)
+    t0 = min((e.get("shipped_mono_ns") or e["mono_ns"] for e in events), default=0)
     for e in events:
         id_ = e["id"]
         x = exs.get(id_)
@@ -442,7 +488,7 @@ def executions(events: list) -> tuple[list, int]:
                             "parent_id": e.get("parent_id"), "dependencies": [], "state": "running",
                             "attempts": None, "error": None, "traceback": None, "submitted": None,
                             "submit_worker": None, "started": None, "finished": None, "slices": [],
-                            "_open": None}
+                            "remote": [], "_open": None, "_away": None}
         ev, t, w = e["event"], e["mono_ns"], e.get("worker")
         if ev == "TaskCreated":
             x["submitted"] = t
@@ -459,6 +505,16 @@ def executions(events: list) -> tuple[list, int]:
                 ow, ot = x["_open"]
                 x["slices"].append((ow, ot, t))
                 x["_open"] = None
+        elif ev == "TaskShipped":
+            if x["_away"] is None:
+                x["_away"] = {}
+            x["_away"][e.get("attempt")] = (e.get("executor"), t)
+        elif ev == "TaskReturned":
+            away = x["_away"].pop(e.get("attempt"), None) if x["_away"] else None
+            shipped = e.get("shipped_mono_ns")
+            if shipped is None:
+                shipped = away[1] if away else t
+            x["remote"].append((e.get("executor"), shipped, t, e.get("attempt"), e.get("outcome")))
         elif ev in ("TaskCompleted", "TaskFailed", "TaskCanceled"):
             x["finished"] = t
             x["state"] = e.get("state") or {"TaskCompleted": "succeeded", "TaskFailed": "failed"}.get(ev, "cancelled")
@@ -470,14 +526,49 @@ def executions(events: list) -> tuple[list, int]:
         if x["_open"] is not None:  # still running when the recording stopped
             ow, ot = x["_open"]
             x["slices"].append((ow, ot, max(end, ot)))
-        del x["_open"]
+        if x["_away"]:  # still elsewhere when the recording stopped
+            for attempt, (where, ts) in x["_away"].items():
+                x["remote"].append((where, ts, max(end, ts), attempt, None))
+        if x["remote"]:
+            x["remote"].sort(key=lambda r: r[1])
+        del x["_open"], x["_away"]
     return [exs[k] for k in sorted(exs)], t0
+
+
+def remote_tracks(exs: list) -> tuple[list, dict]:
+    """Lays the intervals bodies spent elsewhere out on tracks: per place (``executor processes``,
+    ``asyncio loop (MainThread)``...), as many tracks as it had bodies away at once, none of whose
+    intervals overlap (a track is a thread in the Chrome trace, whose slices must nest). Returns
+    (track names, {(execution id, index in its ``remote``): track index})."""
+    by_place: dict = {}
+    for x in exs:
+        for i, r in enumerate(x["remote"]):
+            by_place.setdefault(r[0] or "elsewhere", []).append((r[1], r[2], x["id"], i))
+    names: list = []
+    where: dict = {}
+    for place in sorted(by_place):
+        lanes: list = []  # [end of the last interval, track index]
+        for a, b, id_, i in sorted(by_place[place]):
+            for lane in lanes:
+                if lane[0] <= a:
+                    break
+            else:
+                lane = [0, len(names)]
+                lanes.append(lane)
+                names.append(place if len(lanes) == 1 else f"{place} \u00b7 {len(lanes)}")
+            lane[0] = b
+            where[(id_, i)] = lane[1]
+    return names, where
+
+
+_REMOTE_TID = 1_000_000  # the first executor track's tid (workers are 1.., other threads 0)
 
 
 def chrome_trace(events: list) -> dict:
     """The Chrome Trace Event Format (JSON object form): one track per worker (and one for the
-    other threads), a slice per interval an execution ran, flow arrows parent→child and
-    dependency→dependent, an instant for executions that never ran."""
+    other threads), a slice per interval an execution ran, tracks per executor (and event loop) with
+    a slice per interval a body spent there, flow arrows parent→child, dependency→dependent and
+    worker→executor, an instant for executions that never ran."""
     exs, t0 = executions(events)
     by_id = {x["id"]: x for x in exs}
 
@@ -494,37 +585,69 @@ def chrome_trace(events: list) -> dict:
     for w in workers:
         out.append({"ph": "M", "name": "thread_name", "pid": 1, "tid": tid(w), "args": {"name": f"worker {w}"}})
         out.append({"ph": "M", "name": "thread_sort_index", "pid": 1, "tid": tid(w), "args": {"sort_index": w}})
+    tracks, track_of = remote_tracks(exs)
+    for k, name in enumerate(tracks):
+        out.append({"ph": "M", "name": "thread_name", "pid": 1, "tid": _REMOTE_TID + k, "args": {"name": name}})
+        out.append({"ph": "M", "name": "thread_sort_index", "pid": 1, "tid": _REMOTE_TID + k,
+                    "args": {"sort_index": _REMOTE_TID + k}})
+    # Every slice of an execution, local or elsewhere, as (tid, start, end): for the arrows.
+    spans: dict = {}
     for x in exs:
         args = {"id": x["id"], "name": x["name"], "kind": x["kind"], "workflow_id": x["workflow_id"],
                 "parent_id": x["parent_id"], "state": x["state"], "attempts": x["attempts"], "error": x["error"]}
         label = x["name"] or f"execution {x['id']}"
         n = len(x["slices"])
+        sp = spans[x["id"]] = []
         for i, (w, a, b) in enumerate(x["slices"]):
             sl_args = args if n == 1 else dict(args, interval=f"{i + 1}/{n}")
             out.append({"ph": "X", "name": label, "cat": x["kind"] or "execution", "pid": 1, "tid": tid(w),
                         "ts": us(a), "dur": max(us(b) - us(a), 0.001), "args": sl_args})
-        if not x["slices"] and x["finished"] is not None:
+            sp.append((tid(w), a, b))
+        for i, (where, a, b, attempt, outcome) in enumerate(x["remote"]):
+            t = _REMOTE_TID + track_of[(x["id"], i)]
+            out.append({"ph": "X", "name": label, "cat": "elsewhere", "pid": 1, "tid": t, "ts": us(a),
+                        "dur": max(us(b) - us(a), 0.001),
+                        "args": dict(args, executor=where, attempt=attempt, outcome=outcome or "not back")})
+            sp.append((t, a, b))
+        sp.sort(key=lambda s: s[1])
+        if not x["slices"] and not x["remote"] and x["finished"] is not None:
             out.append({"ph": "i", "s": "t", "name": f"{label} ({x['state']}, never ran)", "cat": x["kind"] or "execution",
                         "pid": 1, "tid": 0, "ts": us(x["finished"]), "args": args})
     flow = 0
 
-    def arrow(kind: str, src_tid: int, src_ts: float, dst: dict) -> None:
+    def arrow(kind: str, src_tid: int, src_ts: float, dst_tid: int, dst_ts: float) -> None:
         nonlocal flow
-        w, a, _ = dst["slices"][0]
         flow += 1
         out.append({"ph": "s", "id": flow, "name": kind, "cat": kind, "pid": 1, "tid": src_tid, "ts": src_ts})
-        out.append({"ph": "f", "bp": "e", "id": flow, "name": kind, "cat": kind, "pid": 1, "tid": tid(w), "ts": us(a)})
+        out.append({"ph": "f", "bp": "e", "id": flow, "name": kind, "cat": kind, "pid": 1, "tid": dst_tid, "ts": dst_ts})
 
     for x in exs:
-        if not x["slices"]:
+        sp = spans[x["id"]]
+        if not sp:
             continue
+        first_tid, first_a, _ = sp[0]
         parent = by_id.get(x["parent_id"])
-        if parent is not None and x["submitted"] is not None and x["submit_worker"] is not None:
-            arrow("parent", tid(x["submit_worker"]), us(x["submitted"]), x)
+        if parent is not None and x["submitted"] is not None:
+            if x["submit_worker"] is not None:
+                arrow("parent", tid(x["submit_worker"]), us(x["submitted"]), first_tid, us(first_a))
+            else:  # submitted by a body elsewhere (an async def body on a loop): from that slice
+                t = x["submitted"]
+                src = next((s for s in spans[parent["id"]] if s[0] >= _REMOTE_TID and s[1] <= t <= s[2]), None)
+                if src is not None:
+                    arrow("parent", src[0], us(t), first_tid, us(first_a))
         for d in x["dependencies"]:
             dep = by_id.get(d)
-            if dep is not None and dep["slices"]:
-                w, a, b = dep["slices"][-1]
-                arrow("dependency", tid(w), max(us(a), us(b) - 0.001), x)
+            if dep is not None and spans[dep["id"]]:
+                t, a, b = max(spans[dep["id"]], key=lambda s: s[2])
+                arrow("dependency", t, max(us(a), us(b) - 0.001), first_tid, us(first_a))
+        if x["remote"] and x["slices"]:
+            # worker -> executor: from the slice that handed the body over (or the last one before
+            # it was shipped) to its first interval elsewhere
+            w, a, b = x["slices"][0]
+            for s in x["slices"]:
+                if s[1] <= x["remote"][0][1]:
+                    w, a, b = s
+            ship = x["remote"][0][1]  # remote is in time order
+            arrow("ship", tid(w), us(min(max(ship, a), b)), _REMOTE_TID + track_of[(x["id"], 0)], us(ship))
     return {"traceEvents": out, "displayTimeUnit": "ms",
             "otherData": {"producer": "distaff", "executions": len(exs)}}

@@ -256,6 +256,7 @@ class ProcessPool:
                     continue
                 w.job = job
                 job.handle = w
+            job.shipped()
             try:
                 data = job.payload()  # serialized now, when a worker is free: bounded ahead
             except BaseException as exc:  # noqa: BLE001 - TypeError naming the argument
@@ -457,6 +458,7 @@ class _Windowed:
         raise NotImplementedError
 
     def _ship(self, job: Any) -> None:
+        job.shipped()
         try:
             handle = self._start(job)
         except BaseException as exc:  # noqa: BLE001 - unserializable argument, executor shut down...
@@ -563,6 +565,7 @@ class _Futures(_Windowed):
     def _ship_chunk(self, jobs: list) -> None:
         payloads, kept = [], []
         for job in jobs:
+            job.shipped()
             try:
                 payloads.append(job.payload())
             except BaseException as exc:  # noqa: BLE001 - unserializable: that execution fails alone

@@ -88,6 +88,8 @@ KEY_LINES = {
         "flow arrows: parent->child 20, dependency->dependent 12",
         "report written: True",
         "python -m distaff report: True",
+        "shipped: ['mailed 1', 'mailed 2', 'mailed 3']",
+        "elsewhere: tracks ['asyncio loop (distaff-event-loop)', 'executor processes']",
     ],
     "docs/examples/testing.py": ["3 passed", "distaff_engine example tests: passed"],
     "docs/examples/scheduler.py": [

@@ -117,8 +117,11 @@ def alive(pid):
     except ProcessLookupError:
         return False
     # a zombie still answers kill(0): it is dead once reaped, and asyncio reaps it
-    with open(f"/proc/{{pid}}/stat") as f:
-        return f.read().split()[2] != "Z"
+    try:
+        with open(f"/proc/{{pid}}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except FileNotFoundError:  # reaped between the two looks
+        return False
 
 def wait_pid(path):
     for _ in range(3000):

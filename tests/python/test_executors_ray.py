@@ -83,3 +83,21 @@ def test_exceptions_keep_their_type_and_timeout_and_cancel_kill_the_running_ray_
 
         both = [eng.task(executor=Ray())(lambda: os.getpid()).submit() for _ in range(2)]
         assert all(b.result(timeout=60) for b in both)  # Ray replaced the killed workers
+
+
+def test_a_trace_shows_the_bodies_on_the_ray_track(ray_runtime, tmp_path):
+    """engine.trace(): each Ray task's time away is a slice on the `executor ray` tracks, retried
+    attempts apart (docs/observability.md, "Bodies that run elsewhere")."""
+    import json
+
+    with distaff.Engine(executors={"ray": Ray(num_cpus=1)}) as eng:
+        sq = eng.task(executor="ray", name="sq")(lambda x: x * x)
+        sq.submit(1).result(timeout=120)
+        with eng.trace(tmp_path / "run.json"), eng.trace(tmp_path / "run.jsonl") as t:
+            assert sum(e.result(timeout=120) for e in [sq.submit(i) for i in range(3)]) == 5
+    back = [e for e in t.events if e["event"] == "TaskReturned"]
+    assert len(back) == 3 and all(e["executor"] == "executor ray" and e["outcome"] == "succeeded" for e in back)
+    doc = json.loads((tmp_path / "run.json").read_text())
+    names = {e["tid"]: e["args"]["name"] for e in doc["traceEvents"] if e["ph"] == "M" and e["name"] == "thread_name"}
+    away = [e for e in doc["traceEvents"] if e["ph"] == "X" and e["cat"] == "elsewhere"]
+    assert len(away) == 3 and all(names[e["tid"]].split(" \u00b7 ")[0] == "executor ray" for e in away)

@@ -150,3 +150,61 @@ def test_a_console_error_would_fail_the_test(browser, tmp_path):
     browser.get(page.as_uri())
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert errors and "boom" in errors[0]["message"]
+
+
+def test_the_report_has_a_row_per_executor_and_event_loop(browser, tmp_path):
+    """Bodies that ran elsewhere — an executor="processes" body, an async def body on the engine's
+    loop — get timeline rows of their own below the workers, with their slices drawn there."""
+    pytest.importorskip("cloudpickle")
+    import asyncio
+    import time
+
+    eng = distaff.Engine(workers=2, processes=1)
+
+    @eng.task(executor="processes")
+    def crunch(n):
+        time.sleep(0.03)
+        return n * n
+
+    @eng.task()
+    async def poll(n):
+        await asyncio.sleep(0.02)
+        return n
+
+    @eng.workflow()
+    def job():
+        return crunch.submit(3).result() + poll.submit(1).result()
+
+    html = tmp_path / "run.html"
+    try:
+        crunch.submit(0).result(timeout=120)  # the pool's process is up
+        with eng.trace(html) as t:
+            assert job.submit().result(timeout=120) == 10
+    finally:
+        eng.shutdown()
+    browser.get(html.as_uri())
+    report = browser.execute_script("return window.distaffReport")
+    errors = [e for e in browser.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
+    assert not errors, errors
+    assert report and report["ready"], report
+    rows = report["rows"]
+    assert "executor processes" in rows and "asyncio loop (distaff-event-loop)" in rows, rows
+    assert rows.index("executor processes") > max(i for i, r in enumerate(rows) if r.startswith("worker "))
+    returned = [e for e in t.events if e["event"] == "TaskReturned"]
+    assert report["remoteSlices"] == len(returned) == 2
+    assert report["rowSlices"][rows.index("executor processes")] == 1
+    # Zoomed on the executor's slice, its row has the success colour on it.
+    found = browser.execute_script("""
+        const data = JSON.parse(document.getElementById('distaff-data').textContent);
+        const x = data.executions.find(x => x.rm && data.tracks[x.rm[0][0]] === 'executor processes');
+        const [, a, b] = x.rm[0];
+        window.distaffReport.setView(a - (b - a), b + (b - a));
+        const r = window.distaffReport.rows.indexOf('executor processes');
+        const c = document.getElementById('timeline'), dpr = window.devicePixelRatio || 1;
+        const y = Math.round((22 + r * 28 + 14) * dpr);
+        const d = c.getContext('2d').getImageData(0, y, c.width, 1).data;
+        for (let i = 0; i < d.length; i += 4) if (d[i] === 46 && d[i + 1] === 157 && d[i + 2] === 87) return true;
+        return false;""")
+    assert found, "no slice drawn on the executor's row"
+    errors = [e for e in browser.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
+    assert not errors, errors
