@@ -70,7 +70,6 @@ def test_timeout_cancels_the_dask_future_and_engine_shutdown_leaves_the_client_r
     assert client.submit(lambda: 7).result() == 7  # not ours to close
 
 
-<<<<<<< HEAD
 def test_cancel_of_a_running_body_ends_the_execution_at_once_the_worker_finishes_it_and_its_result_is_discarded(client, tmp_path):
     # What Dask can do (docs/executors.md): it runs a body in a worker thread, which nothing can
     # interrupt; the future is cancelled and the key released, the body runs on, its result is dropped.
@@ -105,7 +104,8 @@ def test_cancel_of_a_running_body_ends_the_execution_at_once_the_worker_finishes
             time.sleep(0.01)
         assert ex.cancelled()  # its result was discarded
         assert eng.task(executor=client)(where).submit(1).result(timeout=60)[0] == 1
-=======
+
+
 def test_a_trace_shows_the_bodies_on_the_dask_track(client, tmp_path):
     """engine.trace(): each body's time on the cluster is a slice on the `executor dask` tracks
     (docs/observability.md, "Bodies that run elsewhere")."""
@@ -123,4 +123,3 @@ def test_a_trace_shows_the_bodies_on_the_dask_track(client, tmp_path):
     away = [e for e in doc["traceEvents"] if e["ph"] == "X" and e["cat"] == "elsewhere"]
     assert len(away) == 4 and all(names[e["tid"]].split(" \u00b7 ")[0] == "executor dask" for e in away)
     assert all(e["args"]["executor"] == "executor dask" and e["args"]["attempt"] == 1 for e in away)
->>>>>>> i13c
