@@ -203,3 +203,18 @@ class CallbackLog:
                     return
             assert time.monotonic() < deadline, f"{len(self.calls)} of {n} callbacks"
             time.sleep(0.001)
+
+
+def process_gone(pid: int, timeout: float = 30.0) -> bool:
+    """True once process `pid` has ended and been reaped (polls /proc up to `timeout` seconds)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":  # a zombie not reaped yet
+                    time.sleep(0.01)
+                    continue
+        except OSError:
+            return True
+        time.sleep(0.01)
+    return False

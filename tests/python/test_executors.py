@@ -11,7 +11,7 @@ import pytest
 
 import distaff
 from distaff.executors import ProcessPool
-from conftest import run_python
+from conftest import process_gone, run_python
 
 pytest.importorskip("cloudpickle")
 
@@ -54,19 +54,6 @@ def read_when_there(path, timeout=30.0):
     with open(path) as f:
         return int(f.read())
 
-
-def process_gone(pid, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                if f.read().rsplit(")", 1)[1].split()[0] == "Z":  # a zombie not reaped yet
-                    time.sleep(0.01)
-                    continue
-        except OSError:
-            return True
-        time.sleep(0.01)
-    return False
 
 
 @distaff.task

@@ -9,6 +9,8 @@ import pytest
 import distaff
 from distaff.executors import Ray
 
+from conftest import process_gone
+
 pytest.importorskip("cloudpickle")
 if sys.version_info < (3, 12):
     ray = pytest.importorskip("ray")  # on 3.11 it must be installed (the test extra has it)
@@ -33,18 +35,6 @@ def test_bodies_run_as_ray_tasks_with_values_for_execution_arguments(ray_runtime
         assert ex.description["executor"] == "ray"
 
 
-def pid_gone(pid, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                if f.read().rsplit(")", 1)[1].split()[0] == "Z":  # a zombie not reaped yet
-                    time.sleep(0.01)
-                    continue
-        except OSError:
-            return True
-        time.sleep(0.01)
-    return False
 
 
 def test_exceptions_keep_their_type_and_timeout_and_cancel_kill_the_running_ray_task(ray_runtime, tmp_path):
@@ -74,12 +64,12 @@ def test_exceptions_keep_their_type_and_timeout_and_cancel_kill_the_running_ray_
         ex = slow.submit(str(tmp_path / "p1"))
         pid = pid_in(str(tmp_path / "p1"))
         assert isinstance(ex.exception(timeout=60), distaff.TimeoutError)
-        assert pid_gone(pid), "the timed-out Ray task's worker process still runs"
+        assert process_gone(pid), "the timed-out Ray task's worker process still runs"
 
         ex2 = eng.task(executor=Ray())(sleeps).submit(str(tmp_path / "p2"))
         pid2 = pid_in(str(tmp_path / "p2"))
         assert ex2.cancel() and ex2.cancelled()
-        assert pid_gone(pid2), "the cancelled Ray task's worker process still runs"
+        assert process_gone(pid2), "the cancelled Ray task's worker process still runs"
 
         both = [eng.task(executor=Ray())(lambda: os.getpid()).submit() for _ in range(2)]
         assert all(b.result(timeout=60) for b in both)  # Ray replaced the killed workers
