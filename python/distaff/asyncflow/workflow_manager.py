@@ -154,7 +154,7 @@ class _Spec:
 
     __slots__ = (
         "fn", "name", "comp_type", "task_type", "backend", "target_backend", "service",
-        "capture_stdio", "td_def", "signature", "check", "dtask", "threaded", "error_map",
+        "capture_stdio", "td_def", "signature", "check", "dtask", "threaded", "error_map", "commands",
     )
 
 
@@ -232,6 +232,9 @@ class WorkflowEngine:
         self._engine = distaff.Engine()
         self._closing = False
         self._shutdown_task: asyncio.Task | None = None
+        # The asyncio tasks of executable-task bodies running their command: shutdown waits for
+        # them (a cancelled one kills its command and reaps it), so none outlives shutdown().
+        self._commands: set = set()
         self.task_states_map = self.backend.get_task_states_map()
 
         self.block = self._register_decorator(BLOCK)
@@ -378,6 +381,7 @@ class WorkflowEngine:
             spec.check = signature
         spec.threaded = False
         spec.error_map = None
+        spec.commands = self._commands
         eng = self._engine
         bkind = spec.backend.kind
         if comp_type == BLOCK:
@@ -568,10 +572,15 @@ class WorkflowEngine:
             fut = comp["future"]
             if not fut.done():
                 fut.cancel()
+        deadline = self.loop.time() + 5.0
         try:
             await asyncio.wait_for(self._engine.ashutdown(cancel_pending=True, cancel_running=True), 5.0)
         except asyncio.TimeoutError:
             logger.warning("distaff.asyncflow: some bodies did not stop within 5 s of shutdown; not waiting for them")
+        # The executions are over; their commands are being killed and reaped on this loop.
+        commands = [t for t in self._commands if not t.done() and t.get_loop() is self.loop]
+        if commands:
+            await asyncio.wait(commands, timeout=max(0.1, deadline - self.loop.time()))
         if not skip_execution_backend:
             for b in self._backends.values():
                 try:
@@ -605,6 +614,10 @@ async def _command_of(spec: _Spec, desc: dict, args: tuple, kwargs: dict) -> lis
 
 
 async def _command_body(spec: _Spec, desc: dict, args: tuple, kwargs: dict) -> list:
+    task = asyncio.current_task()  # the body's task: it goes on to run the command (_command.run)
+    if task is not None:
+        spec.commands.add(task)
+        task.add_done_callback(spec.commands.discard)
     parts = await _command_of(spec, desc, args, kwargs)
     if desc["task_backend_specific_kwargs"].get("shell", True):
         # AsyncFlow's shell mode: the split words joined by spaces, run by the shell.
