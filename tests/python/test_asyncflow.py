@@ -1000,6 +1000,87 @@ def test_shutdown_cancels_unfinished_work_is_idempotent_concurrent_and_prompt():
     assert "is shut down" in out
 
 
+@needs_pidfd
+def test_components_never_awaited_are_cancelled_when_asyncio_run_returns(tmp_path):
+    # As the loop's own tasks and distaff's async bodies are (docs/asyncio.md): asyncio.run()
+    # returning shuts the engine down. Before, the exit waited 30 s for `slow`, silently.
+    code = PRELUDE + GRANDCHILD + f"""
+started = threading.Semaphore(0)
+stopped = []
+futures = {{}}
+
+async def main():
+    flow = await WorkflowEngine.create()
+
+    @flow.function_task
+    async def slow(tag):
+        started.release()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            stopped.append(tag)
+            raise
+
+    @flow.executable_task
+    async def ex(path):
+        return command(path)
+
+    @flow.block
+    async def blk():
+        return await slow("member")
+
+    futures["slow"], futures["block"] = slow("task"), blk()
+    futures["ex"] = ex(fifo({str(tmp_path / "fifo")!r}))
+    for _ in range(2):
+        assert await in_thread(started.acquire, True, 10)
+    futures["pid"] = await in_thread(read_pid, {str(tmp_path / "fifo")!r})
+    futures["t0"] = time.monotonic()
+
+asyncio.run(main())
+print("asyncio.run ended within 3 s:", time.monotonic() - futures["t0"] < 3)
+print("states:", futures["slow"].state, futures["block"].state, futures["ex"].state)
+print("bodies cancelled:", sorted(stopped))
+print("command killed:", gone(futures["pid"]))
+print("EXIT-OK", flush=True)
+"""
+    r = run_python(code, timeout=25)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "asyncio.run ended within 3 s: True" in r.stdout
+    assert "states: CANCELLED CANCELLED CANCELLED" in r.stdout
+    assert "bodies cancelled: ['member', 'task']" in r.stdout
+    assert "command killed: True" in r.stdout
+    assert "EXIT-OK" in r.stdout
+    assert "Traceback" not in r.stderr and "Exception ignored" not in r.stderr, r.stderr
+
+
+def test_a_component_started_right_before_asyncio_run_returns_ends_with_it_every_time():
+    # The outsider's repro: the body had not reached the backend's executor when main returned. At
+    # random (4 in 8) the exit hung 30 s without a word, or the executor refused the body at
+    # interpreter exit and distaff printed its RuntimeError as an unretrieved failure.
+    code = PRELUDE + """
+async def main():
+    flow = await WorkflowEngine.create()
+
+    @flow.function_task
+    async def slow():
+        await asyncio.sleep(30)
+
+    f = slow()
+    print("main returns", flush=True)
+
+asyncio.run(main())
+print("EXIT-OK", flush=True)
+"""
+    for _ in range(6):
+        t0 = time.monotonic()
+        r = run_python(code, timeout=20)
+        took = time.monotonic() - t0
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "EXIT-OK" in r.stdout
+        assert "Traceback" not in r.stderr and "nobody retrieved" not in r.stderr, r.stderr
+        assert took < 10, took
+
+
 def test_shutdown_with_skip_execution_backend_leaves_the_executor_running():
     out = flow_program("""
         pool = ThreadPoolExecutor(2)

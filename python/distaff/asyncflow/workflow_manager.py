@@ -242,6 +242,7 @@ class WorkflowEngine:
         self.executable_task = self._register_decorator(TASK, EXECUTABLE)
         self.prompt_task = self._register_decorator(TASK, PROMPT)
         self._setup_signal_handlers()
+        self._watch_loop_end()
 
     @classmethod
     async def create(
@@ -543,6 +544,32 @@ class WorkflowEngine:
                 except (NotImplementedError, RuntimeError, ValueError):
                     pass
 
+    def _watch_loop_end(self) -> None:
+        # The engine ends with its loop, as the loop's own tasks and distaff's async bodies do
+        # (docs/asyncio.md): a task of its own that only waits is cancelled when asyncio.run()
+        # ends (asyncio.run cancels the loop's tasks and runs the loop until they are done), and
+        # shuts the engine down then, as `await flow.shutdown()` would. Without it a component
+        # started and never awaited outlived the loop: the exit waited for its body, silently, or
+        # its executor refused it at interpreter exit (an internal traceback), at random.
+        self._loop_ended: asyncio.Future = self.loop.create_future()
+        task = self.loop.create_task(self._shut_down_at_loop_end(), context=contextvars.Context())
+        # A loop closed without cancelling its tasks (run_until_complete, close) drops it: no
+        # "Task was destroyed but it is pending" for it.
+        task._log_destroy_pending = False  # type: ignore[attr-defined]
+        self._loop_end_task = task
+
+    async def _shut_down_at_loop_end(self) -> None:
+        try:
+            await self._loop_ended  # set by shutdown(): nothing to do any more
+        except asyncio.CancelledError:
+            if self._shutdown_task is None:
+                logger.info("the event loop is ending (asyncio.run returned): shutting the WorkflowEngine down")
+            task = self._start_shutdown(False)
+            await _to_the_end(task)
+            if not task.cancelled() and task.exception() is not None:
+                raise task.exception()  # asyncio.run reports it
+            raise
+
     def _start_shutdown(self, skip_execution_backend: bool) -> asyncio.Task:
         if self._shutdown_task is None:
             # A fresh context: called from one of this engine's blocks, the shutdown must not run
@@ -589,10 +616,23 @@ class WorkflowEngine:
                     logger.exception("shutting down backend %r failed", b.name)
         else:
             logger.info("Skipping execution backend shutdown as requested")
+        if not self._loop_ended.done():
+            self._loop_ended.set_result(None)
 
 
 async def _wait_task(task: asyncio.Task) -> None:
     await asyncio.shield(task)
+
+
+async def _to_the_end(task: asyncio.Task) -> None:
+    """Waits for ``task`` to finish even if the waiter is cancelled again meanwhile."""
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            continue
+        except BaseException:  # noqa: BLE001 - the task failed: it logged what went wrong
+            break
 
 
 # -- bodies (module level: they pickle by reference) -----------------------------------------------------
