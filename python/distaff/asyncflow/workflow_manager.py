@@ -177,7 +177,8 @@ class WorkflowEngine:
     Decorators ``function_task``, ``executable_task``, ``prompt_task`` and ``block`` turn
     ``async def`` functions into components; calling one returns a :class:`ComponentFuture` at
     once. ``await flow.shutdown()`` cancels what has not finished and releases the backends; the
-    engine also shuts down on SIGINT, SIGTERM and SIGHUP (when its loop runs in the main thread).
+    engine also shuts down on SIGINT, SIGTERM and SIGHUP (when its loop runs in the main thread),
+    and when its loop ends (``asyncio.run()`` returning): components never awaited are cancelled.
     """
 
     def __init__(
