@@ -600,20 +600,29 @@ class WorkflowEngine:
             fut = comp["future"]
             if not fut.done():
                 fut.cancel()
+        # Each step runs to its end even if this task is cancelled meanwhile: asyncio.run() ending
+        # (main returned while a signal's shutdown was under way) cancels every task of the loop,
+        # this one included, and must not leave the backends running.
         deadline = self.loop.time() + 5.0
         try:
             await asyncio.wait_for(self._engine.ashutdown(cancel_pending=True, cancel_running=True), 5.0)
         except asyncio.TimeoutError:
             logger.warning("distaff.asyncflow: some bodies did not stop within 5 s of shutdown; not waiting for them")
+        except asyncio.CancelledError:
+            pass  # the executions were cancelled when the shutdown began; it carries on
         # The executions are over; their commands are being killed and reaped on this loop.
-        commands = [t for t in self._commands if not t.done() and t.get_loop() is self.loop]
+        # (list(): a body on the engine's own loop thread may add or remove one meanwhile)
+        commands = [t for t in list(self._commands) if not t.done() and t.get_loop() is self.loop]
         if commands:
-            await asyncio.wait(commands, timeout=max(0.1, deadline - self.loop.time()))
+            try:
+                await asyncio.wait(commands, timeout=max(0.1, deadline - self.loop.time()))
+            except asyncio.CancelledError:
+                pass
         if not skip_execution_backend:
             for b in self._backends.values():
                 try:
                     await b.shutdown()
-                except Exception:  # noqa: BLE001 - one backend failing to stop must not keep the others
+                except (Exception, asyncio.CancelledError):  # noqa: BLE001 - one backend failing must not keep the others
                     logger.exception("shutting down backend %r failed", b.name)
         else:
             logger.info("Skipping execution backend shutdown as requested")
