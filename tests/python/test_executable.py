@@ -160,6 +160,51 @@ print("killed on cancel:", not alive(pid), ex.state)
     assert "killed on cancel: True cancelled" in out
 
 
+@pytest.mark.skipif(not hasattr(__import__("os"), "pidfd_open"), reason="waits on a pidfd (Linux)")
+def test_cancel_and_timeout_kill_the_processes_the_command_started(tmp_path):
+    # `sh -c "sleep 60 & ...; wait"`: sleep is the shell's child. Killing the shell alone (before)
+    # left it running, holding the pipes, and the cancelled body waited for it.
+    out = program(f"""
+import select
+
+def read_pid(path):
+    os.mkfifo(path)
+    with open(path) as f:  # opened for writing by the command: it runs
+        return int(f.read())
+
+def gone(pid, timeout=10.0):
+    fd = os.pidfd_open(pid)
+    try:
+        return bool(select.select([fd], [], [], timeout)[0])
+    finally:
+        os.close(fd)
+
+@task(executable=True)
+def spawner(path):
+    return ["sh", "-c", f"sleep 60 & echo $! > {{path}}; wait"]
+
+ex = spawner.submit({str(tmp_path / 'a')!r})
+pid = read_pid({str(tmp_path / 'a')!r})
+ex.cancel()
+print("child killed on cancel:", gone(pid), ex.state)
+
+ex = spawner.options(timeout=1).submit({str(tmp_path / 'b')!r})
+pid = read_pid({str(tmp_path / 'b')!r})
+print("child killed on timeout:", gone(pid), type(ex.exception(timeout=10)).__name__)
+
+async def main():
+    ex = spawner.submit({str(tmp_path / 'c')!r})
+    pid = await asyncio.to_thread(read_pid, {str(tmp_path / 'c')!r})
+    ex.cancel()
+    print("child killed on cancel in asyncio.run:", await asyncio.to_thread(gone, pid), ex.state)
+
+asyncio.run(main())
+""")
+    assert "child killed on cancel: True cancelled" in out
+    assert "child killed on timeout: True TimeoutError" in out
+    assert "child killed on cancel in asyncio.run: True cancelled" in out
+
+
 def test_a_running_command_holds_no_worker_thread():
     out = program("""
 eng = distaff.Engine(workers=1, max_workers=1)

@@ -154,7 +154,7 @@ class _Spec:
 
     __slots__ = (
         "fn", "name", "comp_type", "task_type", "backend", "target_backend", "service",
-        "capture_stdio", "td_def", "signature", "check", "dtask", "threaded", "error_map",
+        "capture_stdio", "td_def", "signature", "check", "dtask", "threaded", "error_map", "commands",
     )
 
 
@@ -177,7 +177,8 @@ class WorkflowEngine:
     Decorators ``function_task``, ``executable_task``, ``prompt_task`` and ``block`` turn
     ``async def`` functions into components; calling one returns a :class:`ComponentFuture` at
     once. ``await flow.shutdown()`` cancels what has not finished and releases the backends; the
-    engine also shuts down on SIGINT, SIGTERM and SIGHUP (when its loop runs in the main thread).
+    engine also shuts down on SIGINT, SIGTERM and SIGHUP (when its loop runs in the main thread),
+    and when its loop ends (``asyncio.run()`` returning): components never awaited are cancelled.
     """
 
     def __init__(
@@ -232,6 +233,9 @@ class WorkflowEngine:
         self._engine = distaff.Engine()
         self._closing = False
         self._shutdown_task: asyncio.Task | None = None
+        # The asyncio tasks of executable-task bodies running their command: shutdown waits for
+        # them (a cancelled one kills its command and reaps it), so none outlives shutdown().
+        self._commands: set = set()
         self.task_states_map = self.backend.get_task_states_map()
 
         self.block = self._register_decorator(BLOCK)
@@ -239,6 +243,7 @@ class WorkflowEngine:
         self.executable_task = self._register_decorator(TASK, EXECUTABLE)
         self.prompt_task = self._register_decorator(TASK, PROMPT)
         self._setup_signal_handlers()
+        self._watch_loop_end()
 
     @classmethod
     async def create(
@@ -378,6 +383,7 @@ class WorkflowEngine:
             spec.check = signature
         spec.threaded = False
         spec.error_map = None
+        spec.commands = self._commands
         eng = self._engine
         bkind = spec.backend.kind
         if comp_type == BLOCK:
@@ -539,6 +545,32 @@ class WorkflowEngine:
                 except (NotImplementedError, RuntimeError, ValueError):
                     pass
 
+    def _watch_loop_end(self) -> None:
+        # The engine ends with its loop, as the loop's own tasks and distaff's async bodies do
+        # (docs/asyncio.md): a task of its own that only waits is cancelled when asyncio.run()
+        # ends (asyncio.run cancels the loop's tasks and runs the loop until they are done), and
+        # shuts the engine down then, as `await flow.shutdown()` would. Without it a component
+        # started and never awaited outlived the loop: the exit waited for its body, silently, or
+        # its executor refused it at interpreter exit (an internal traceback), at random.
+        self._loop_ended: asyncio.Future = self.loop.create_future()
+        task = self.loop.create_task(self._shut_down_at_loop_end(), context=contextvars.Context())
+        # A loop closed without cancelling its tasks (run_until_complete, close) drops it: no
+        # "Task was destroyed but it is pending" for it.
+        task._log_destroy_pending = False  # type: ignore[attr-defined]
+        self._loop_end_task = task
+
+    async def _shut_down_at_loop_end(self) -> None:
+        try:
+            await self._loop_ended  # set by shutdown(): nothing to do any more
+        except asyncio.CancelledError:
+            if self._shutdown_task is None:
+                logger.info("the event loop is ending (asyncio.run returned): shutting the WorkflowEngine down")
+            task = self._start_shutdown(False)
+            await _to_the_end(task)
+            if not task.cancelled() and task.exception() is not None:
+                raise task.exception()  # asyncio.run reports it
+            raise
+
     def _start_shutdown(self, skip_execution_backend: bool) -> asyncio.Task:
         if self._shutdown_task is None:
             # A fresh context: called from one of this engine's blocks, the shutdown must not run
@@ -568,22 +600,49 @@ class WorkflowEngine:
             fut = comp["future"]
             if not fut.done():
                 fut.cancel()
+        # Each step runs to its end even if this task is cancelled meanwhile: asyncio.run() ending
+        # (main returned while a signal's shutdown was under way) cancels every task of the loop,
+        # this one included, and must not leave the backends running.
+        deadline = self.loop.time() + 5.0
         try:
             await asyncio.wait_for(self._engine.ashutdown(cancel_pending=True, cancel_running=True), 5.0)
         except asyncio.TimeoutError:
             logger.warning("distaff.asyncflow: some bodies did not stop within 5 s of shutdown; not waiting for them")
+        except asyncio.CancelledError:
+            pass  # the executions were cancelled when the shutdown began; it carries on
+        # The executions are over; their commands are being killed and reaped on this loop.
+        # (list(): a body on the engine's own loop thread may add or remove one meanwhile)
+        commands = [t for t in list(self._commands) if not t.done() and t.get_loop() is self.loop]
+        if commands:
+            try:
+                await asyncio.wait(commands, timeout=max(0.1, deadline - self.loop.time()))
+            except asyncio.CancelledError:
+                pass
         if not skip_execution_backend:
             for b in self._backends.values():
                 try:
                     await b.shutdown()
-                except Exception:  # noqa: BLE001 - one backend failing to stop must not keep the others
+                except (Exception, asyncio.CancelledError):  # noqa: BLE001 - one backend failing must not keep the others
                     logger.exception("shutting down backend %r failed", b.name)
         else:
             logger.info("Skipping execution backend shutdown as requested")
+        if not self._loop_ended.done():
+            self._loop_ended.set_result(None)
 
 
 async def _wait_task(task: asyncio.Task) -> None:
     await asyncio.shield(task)
+
+
+async def _to_the_end(task: asyncio.Task) -> None:
+    """Waits for ``task`` to finish even if the waiter is cancelled again meanwhile."""
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            continue
+        except BaseException:  # noqa: BLE001 - the task failed: it logged what went wrong
+            break
 
 
 # -- bodies (module level: they pickle by reference) -----------------------------------------------------
@@ -605,6 +664,10 @@ async def _command_of(spec: _Spec, desc: dict, args: tuple, kwargs: dict) -> lis
 
 
 async def _command_body(spec: _Spec, desc: dict, args: tuple, kwargs: dict) -> list:
+    task = asyncio.current_task()  # the body's task: it goes on to run the command (_command.run)
+    if task is not None:
+        spec.commands.add(task)
+        task.add_done_callback(spec.commands.discard)
     parts = await _command_of(spec, desc, args, kwargs)
     if desc["task_backend_specific_kwargs"].get("shell", True):
         # AsyncFlow's shell mode: the split words joined by spaces, run by the shell.
