@@ -356,6 +356,9 @@ class Executors:
                     raise ValueError(f"no executor named {spec!r} on this engine (known: {known})")
             else:
                 r = ex_mod.adapt(spec, None)
+            prepare = getattr(r, "prepare", None)
+            if prepare is not None:  # on the submitting thread (distaff's pool: its manager thread)
+                prepare()
             self._runners[key] = r
             return r
 

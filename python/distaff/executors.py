@@ -112,15 +112,33 @@ class ProcessPool:
 
     # -- the runner protocol (distaff/_elsewhere.py) --
 
+    def prepare(self) -> None:
+        """Starts the manager thread (which starts the workers) now, on the thread that submits the
+        first body: a body is shipped later, from an engine worker, possibly once the main thread
+        has ended — and at interpreter exit CPython 3.12+ refuses to start threads (a script
+        that submitted right before its end lost its body that way)."""
+        with self._lock:
+            if self._thread is None and not (self._exited or self._broken or self._closing):
+                self._start_thread()
+
+    def _start_thread(self) -> None:
+        # Under self._lock. Never leaves an unstarted thread behind (close() would join it).
+        t = threading.Thread(target=self._run, name=f"distaff-{self.name}", daemon=True)
+        try:
+            t.start()
+        except RuntimeError as e:  # "can't create new thread at interpreter shutdown"
+            raise ShutdownError(f"executor {self.name!r} cannot start now: {e}") from None
+        self._thread = t
+
     def submit(self, job: Any) -> None:
         with self._lock:
             if self._exited or self._broken:
                 raise ShutdownError(self._broken or f"executor {self.name!r} is shut down")
-            self._queue.append(job)
             if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name=f"distaff-{self.name}", daemon=True)
-                self._thread.start()
+                self._start_thread()
+                self._queue.append(job)
                 return
+            self._queue.append(job)
         self._wake()
 
     def cancel(self, job: Any) -> None:
