@@ -119,8 +119,8 @@ def alive(pid):
     # a zombie still answers kill(0): it is dead once reaped, and asyncio reaps it
     try:
         with open(f"/proc/{{pid}}/stat") as f:
-            return f.read().split()[2] != "Z"
-    except FileNotFoundError:  # reaped between the two looks
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:  # reaped between the looks: open gives ENOENT, read gives ESRCH
         return False
 
 def wait_pid(path):
