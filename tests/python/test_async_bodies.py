@@ -165,7 +165,7 @@ def test_an_async_body_handed_to_a_closing_loop_still_finishes():
         with asyncio.Runner(loop_factory=ClosingLoop) as runner:
             ex = runner.run(main())
         try:
-            print("outcome:", ex.result(timeout=2))
+            print("outcome:", ex.result(timeout=20))
         except distaff.CancelledError:
             print("outcome: cancelled")
         except TimeoutError:
