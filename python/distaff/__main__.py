@@ -57,6 +57,10 @@ def main(argv: list | None = None) -> int:
     except OSError as e:
         print(f"python -m distaff {args.command}: cannot write {out}: {e.strerror or e}", file=sys.stderr)
         return 1
+    except Exception as e:  # noqa: BLE001 - lines that pass the field checks but still do not fit together
+        print(f"python -m distaff {args.command}: {args.log}: not a consistent distaff event log "
+              f"({type(e).__name__}: {e})", file=sys.stderr)
+        return 1
     print(f"wrote {out} ({len(events)} events)")
     return 0
 

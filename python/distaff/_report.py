@@ -31,7 +31,7 @@ def _data(events: list) -> dict:
         if x["remote"]:  # elsewhere: [track, shipped, returned, attempt, outcome of that attempt or None]
             rows[-1]["rm"] = [[track_of[(x["id"], i)], a - t0, b - t0, att, outcome]
                               for i, (_where, a, b, att, outcome) in enumerate(x["remote"])]
-    first = min((e["timestamp"] for e in events), default=None)
+    first = min((e["timestamp"] for e in events if e.get("timestamp")), default=None)
     return {"executions": rows, "tracks": tracks, "started": first, "dagLimit": DAG_LIMIT}
 
 

@@ -466,8 +466,46 @@ def read_jsonl(path: str) -> list:
                 raise ValueError(f"{path}:{n}: not a JSON event line ({exc.msg})") from None
             if not isinstance(e, dict) or "event" not in e or "id" not in e or "mono_ns" not in e:
                 raise ValueError(f"{path}:{n}: not a distaff event (needs 'event', 'id' and 'mono_ns')")
+            for key, ok, what in _FIELDS:
+                v = e.get(key)
+                if (v is not None or key in _REQUIRED) and not ok(v):
+                    raise ValueError(f"{path}:{n}: {key!r} must be {what}, not {json.dumps(v)[:40]}")
             out.append(e)
     return out
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_str(v: Any) -> bool:
+    return isinstance(v, str)
+
+
+# What each field of an event line must be when present (None/null is "absent"); an event name this
+# version does not know is kept and ignored, so a newer log still converts.
+_REQUIRED = ("event", "id", "mono_ns")
+_FIELDS = (
+    ("event", _is_str, "an event name"),
+    ("id", _is_int, "an execution id (an integer)"),
+    ("mono_ns", _is_int, "a monotonic time in integer nanoseconds"),
+    ("shipped_mono_ns", _is_int, "a monotonic time in integer nanoseconds"),
+    ("worker", _is_int, "a worker index (an integer)"),
+    ("parent_id", _is_int, "an execution id (an integer)"),
+    ("dependencies", lambda v: isinstance(v, list) and all(map(_is_int, v)), "a list of execution ids"),
+    ("attempts", _is_int, "an integer"),
+    ("attempt", _is_int, "an integer"),
+    ("timestamp", _is_str, "an ISO 8601 time"),
+    ("name", _is_str, "a string"),
+    ("kind", _is_str, "a string"),
+    ("workflow_id", _is_str, "a string"),
+    ("state", _is_str, "a string"),
+    ("error", _is_str, "a string"),
+    ("traceback", _is_str, "a string"),
+    ("executor", _is_str, "a string"),
+    ("outcome", _is_str, "a string"),
+    ("blocked_on", _is_int, "an execution id (an integer)"),
+)
 
 
 # -- the execution model both the Chrome trace and the report are built from --------------------------
