@@ -802,6 +802,7 @@ def _cancel_before_thread_joins() -> None:
     its wait (it gives up on bodies stuck in blocking calls and exits)."""
     global _early_exit, _exiting
     if not _program_interrupted():
+        _watch_the_joins()
         return
     import signal
 
@@ -834,6 +835,27 @@ def _cancel_before_thread_joins() -> None:
         raise KeyboardInterrupt
 
 
+def _watch_the_joins() -> None:
+    """No Ctrl-C so far. One that arrives while Python joins the non-daemon threads interrupts the
+    join, as it would without distaff, and is remembered: the exit hook then cancels the
+    outstanding work instead of waiting for it (before, Python reported the KeyboardInterrupt as
+    "ignored" and the exit hook waited for every body). Only with Python's own SIGINT handler in
+    place — an inherited SIG_IGN or the program's own handler is left alone — and only when an
+    engine is open."""
+    global _early_exit
+    import signal
+
+    try:
+        if signal.getsignal(signal.SIGINT) is not signal.default_int_handler or not _core._open_engines():
+            return
+        w = _ExitWait()
+        w.early = True
+        previous = signal.signal(signal.SIGINT, w.on_early_sigint)
+    except (ValueError, RuntimeError):  # not the main thread; the interpreter is going away
+        return
+    _early_exit = (w, previous)
+
+
 try:  # the hook concurrent.futures uses for the same reason (private, in CPython 3.9+)
     threading._register_atexit(_cancel_before_thread_joins)  # type: ignore[attr-defined]
 except (AttributeError, RuntimeError):  # another interpreter, or imported during shutdown
@@ -853,7 +875,10 @@ def _shutdown_at_exit() -> None:
     w, early_previous = _early_exit if _early_exit is not None else (_ExitWait(), None)
     w.early = False
     try:
-        previous = signal.signal(signal.SIGINT, w.on_sigint)
+        if early_previous is None and signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+            previous = None  # SIGINT ignored (inherited, or the program's choice): it stays ignored
+        else:
+            previous = signal.signal(signal.SIGINT, w.on_sigint)
     except ValueError:  # not the main thread (an embedding calls exit hooks elsewhere)
         previous = None
     if early_previous is not None:

@@ -474,3 +474,70 @@ def test_a_second_ctrl_c_interrupts_the_join_of_a_thread_stuck_outside_distaff()
             proc.communicate()
     assert proc.returncode == -signal.SIGINT, (proc.returncode, err)
     assert b"FATAL" not in err and b"Fatal Python error" not in err, err
+
+
+def test_a_ctrl_c_while_python_joins_a_non_daemon_thread_cancels_the_outstanding_work():
+    """The program was not interrupted, so the early exit hook had nothing to cancel; a Ctrl-C that
+    then lands while Python joins a non-daemon thread interrupts that join (as without distaff) and
+    is remembered: the exit hook cancels the body instead of waiting its 60 s (it did, after
+    Python reported the KeyboardInterrupt as ignored)."""
+    code, out, err = _ctrl_c("""
+        import threading, time, distaff
+
+        @distaff.task()
+        def body():
+            try:
+                distaff.sleep(60)
+                print("completed", flush=True)
+            except distaff.CancelledError:
+                print("cancelled", flush=True)
+                raise
+
+        def lingering():  # a thread outside distaff that the exit joins
+            while threading.main_thread().is_alive():
+                time.sleep(0.01)
+            print("ready", flush=True)  # the main thread is done: Python is joining this thread
+            time.sleep(5)
+
+        body.submit()
+        threading.Thread(target=lingering).start()
+    """, wait=0.3, timeout=40)
+    assert "cancelled" in out and "completed" not in out, (out, err)
+    assert "cancelling outstanding executions" in err, err
+
+
+def test_an_inherited_sig_ign_stays_ignored_during_the_exit_wait():
+    """A program started with SIGINT ignored (`cmd &` in a script) keeps ignoring it at exit: the
+    exit wait no longer installs its handler over SIG_IGN, so the body completes."""
+    import os
+    import textwrap
+
+    script = textwrap.dedent("""
+        import signal, distaff
+        print("ignored:", signal.getsignal(signal.SIGINT) is signal.SIG_IGN, flush=True)
+
+        @distaff.task()
+        def work():
+            distaff.sleep(2)
+            print("completed", flush=True)
+
+        work.submit()
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        assert proc.stdout.readline().strip() == "ignored: True"
+        seen = []
+        while not any("before exit" in line for line in seen):  # the exit wait has begun
+            line = proc.stderr.readline()
+            assert line, seen
+            seen.append(line)
+        os.kill(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert "completed" in out, (out, err)
+    assert "cancelling" not in err, err
