@@ -139,7 +139,7 @@ class _AsyncBody(Elsewhere):
     def _again(self, delay: float) -> None:
         # On the loop (from _done): the next attempt's task sleeps first, so cancelling it, or the
         # loop closing, ends the wait as it would end the attempt.
-        self._begin(delay, 0)
+        self._begin(delay, _monotonic_ns())
 
     def _fallback(self, exc: BaseException) -> None:
         # On the loop, in the body's place: fallback(*args, **kwargs, exc=exc), awaited if awaitable.
@@ -199,6 +199,8 @@ async def _run(body: _AsyncBody, me: Any, fn: Any, args: Any, kwargs: Any, delay
     if delay:
         await asyncio.sleep(delay)
         body.shipped_ns = _monotonic_ns()
+    if body.attempt > 1 and me is not None:  # a retry starts: the current attempt's number
+        me._annotate("attempts", body.attempt)
     if _trace._hubs:
         body._ship_record()
     return await fn(*args, **kwargs)

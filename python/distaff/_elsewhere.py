@@ -143,9 +143,7 @@ class Elsewhere:
             _record_attempt(me, self.attempt, exc)
             if self.attempt <= policy.retries:
                 delay = policy.delay(self.attempt - 1)
-                self.attempt += 1
-                if me is not None:
-                    me._annotate("attempts", self.attempt)
+                self.attempt += 1  # description["attempts"] follows when it starts (after the delay)
                 self._again(delay)
                 return
             if policy.fallback is not None:
@@ -173,6 +171,9 @@ class Elsewhere:
         if self.stopped or self.promise.done():
             return
         self.handle = None
+        me = self.me
+        if me is not None:
+            me._annotate("attempts", self.attempt)
         try:
             self._start()
         except BaseException as exc:  # noqa: BLE001 - e.g. a closed runner: the attempt fails
