@@ -79,7 +79,8 @@ class Elsewhere:
                     if self.timeout is not None:
                         _core.arm_timeout(me, self.timeout)
                     # Registered before the work starts: a cancel from here on reaches it (or prevents it).
-                    me.add_done_callback(self._execution_done)
+                    # Raw: run on the completing thread (_asyncio.py: distaff's own callbacks).
+                    me._add_done_callback(self._execution_done)
                 self._start()
         except BaseException:
             # Nothing will settle it now (a cancel can raise in this fiber at any bytecode).
