@@ -1,18 +1,25 @@
-"""``async def`` bodies: the coroutine runs on an event loop and settles its execution's promise,
-so no fiber stack is held meanwhile (the submitter's running loop, else the engine's loop thread;
-docs/asyncio.md). The loop side of the bridge (bindings, the inbox, the future protocol) is
-_asyncio.py."""
+"""``async def`` bodies: the event loop as a placement of the elsewhere mechanism (_elsewhere.py).
+
+The coroutine runs on an event loop and settles its execution's promise, so no fiber stack is held
+meanwhile (the submitter's running loop, else the engine's loop thread; docs/asyncio.md). Retries,
+fallback, timeout and cancel apply through the mechanism, as for bodies shipped to executors. The
+loop side of the bridge (bindings, the inbox, the future protocol) is _asyncio.py."""
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import threading
 import weakref
 from typing import Any, Callable
 
 from . import _asyncio as _asyncio_mod
 from . import _core, _trace
+from ._elsewhere import Elsewhere
 from ._errors import _note_failure
+
+_monotonic_ns = _core.monotonic_ns
+_async_current = _core._async_current
 
 
 def _bind_to_submitting_loop(binding: Any, loop: Any, ex: Any) -> None:
@@ -23,127 +30,184 @@ def _bind_to_submitting_loop(binding: Any, loop: Any, ex: Any) -> None:
     ex._add_done_callback(binding.release)
 
 
-class _AsyncBody:
-    """Runs an ``async def`` body on an event loop and completes the execution from it.
+class _AsyncBody(Elsewhere):
+    """Runs an ``async def`` body on an event loop and settles the execution from it.
 
     The loop is the submitter's running loop (so loop-bound clients work), else the engine's own
-    loop thread. The fiber only starts the coroutine and returns a promise (a forwarded Execution),
-    so no fiber stack is held while the coroutine runs.
+    loop thread. The fiber only hands the body to the loop and returns a promise (a forwarded
+    Execution), so no fiber stack is held while the coroutine runs. Unlike a body shipped to an
+    executor, it gets its arguments as they are (Executions too, unless ``wait=``/``resolve=``).
 
     Which loop, exactly (docs/asyncio.md): a body submitted from a running loop belongs to that loop.
     If the loop is closed before the body starts, the body is cancelled — except a body that waited
     for dependencies (``wait=``/``resolve=``), which runs on the engine's loop instead; so does a gated
     body whose loop is not running when it starts. Once handed to a loop, the loop closing (or
-    ``asyncio.run`` returning) cancels it.
+    ``asyncio.run`` returning) cancels it. Retries run on the same loop (the delay is an
+    ``asyncio.sleep`` of the next attempt's task), and so does ``fallback=`` (awaited if it returns an
+    awaitable).
     """
 
-    __slots__ = ("fn", "loop", "engine", "name", "gated", "binding", "kind")
+    __slots__ = ("loop", "gated", "binding", "kind", "target", "where")
 
-    def __init__(self, fn: Callable, loop: Any, engine: Any, name: str, gated: bool = False, kind: str = "task") -> None:
+    def __init__(self, fn: Callable, loop: Any, engine: Any, name: str, gated: bool = False, kind: str = "task",
+                 policy: Any = None) -> None:
+        # Elsewhere's fields, set here: one call less on the submit path.
         self.fn = fn
+        self.policy = policy
+        self.name = name
+        self.engine = engine
+        self.timeout = None
+        self.me = self.promise = self.handle = self.target = self.where = None
+        self.stopped = False
+        self.attempt = 1
+        self.shipped_ns = 0
         # Weakly: a pending body must not keep a dropped loop alive (its collection cancels the body).
         self.loop = weakref.ref(loop) if loop is not None else None
-        self.engine = engine
-        self.name = name
         self.gated = gated
         self.kind = kind  # "task" or "workflow": the word in the note on the body's error
         self.binding = _asyncio_mod._Binding(engine, gated)
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        me = _core.current_execution()
+    # -- in the execution's fiber -----------------------------------------------------------------
+
+    def _place(self, me: Any) -> bool:
         binding = self.binding
-        promise = _core.promise(self.name)
-        loop = None
         if self.loop is not None:
             loop = self.loop()
-            if loop is None or loop.is_closed() or (self.gated and not loop.is_running()):
-                loop = None
-                if not self.gated:  # its loop is gone: the body ends as the loop's own tasks did
-                    binding.bind(None, me, True)
-                    _core.settle(promise, False, None)
-                    return promise
-        note = f"distaff: raised in {self.kind} '{self.name}' (execution {me.id if me else '?'})"
-        engine = self.engine
-        shipped = _core.monotonic_ns()  # handed to the loop: a trace's interval on the loop starts here
+            if loop is not None and not loop.is_closed() and (not self.gated or loop.is_running()):
+                binding.bind(loop, me, True)
+                self.target = loop
+                return True
+            if not self.gated:  # its loop is gone: the body ends as the loop's own tasks did
+                binding.bind(None, me, True)
+                _core.settle(self.promise, False, None)
+                return False
+        self._on_engine_loop(me)
+        return True
 
-        def traced(outcome: Any) -> None:
-            # On the loop's thread, while something records the engine: the interval the body spent
-            # on this loop (docs/observability.md), on a track named after the loop's thread.
-            log = _trace.elsewhere_log(engine)
-            if log is not None and me is not None:
-                where = f"asyncio loop ({threading.current_thread().name})"
-                if outcome is None:
-                    log.append(("ship", shipped, me.id, where, 1))
-                else:
-                    log.append(("return", _core.monotonic_ns(), me.id, where, 1, outcome, shipped))
-
-        def settle(fut: Any) -> None:
-            if fut.cancelled():
-                if _trace._hubs:
-                    traced("cancelled")
-                _core.settle(promise, False, None)
-                return
-            exc = fut.exception()
-            if _trace._hubs:
-                traced("succeeded" if exc is None else "failed")
-            if exc is None:
-                # A returned Execution is followed, like a sync body's (a cycle: DeadlockError).
-                _core.settle(promise, True, fut.result())
-            else:
-                _note_failure(exc, note, me.id if me else 0)
-                _core.settle(promise, False, exc)
-
-        def start() -> None:
-            # On the loop. The coroutine is created here, not in the fiber: if the loop never runs
-            # this callback (stopped, then closed), no coroutine is left un-awaited.
-            if me is not None and me.done():  # cancelled or timed out before the loop got to it
-                _core.settle(promise, False, None)
-                return
-            if _trace._hubs:
-                traced(None)
-            task = asyncio.get_running_loop().create_task(_cancellable(me, self.fn, args, kwargs))
-            task.add_done_callback(settle)
-
-        if loop is not None:
-            binding.bind(loop, me, True)
-            try:
-                loop.call_soon_threadsafe(start)
-                return promise
-            except RuntimeError:  # closed just now
-                if not self.gated:
-                    binding.bind(None, me, True)
-                    _core.settle(promise, False, None)
-                    return promise
-        loop = self.engine._event_loop()
-        binding.bind(loop, me, True)
+    def _on_engine_loop(self, me: Any) -> None:
+        loop = self.target = self.engine._event_loop()
+        self.binding.bind(loop, me, True)
         if self.loop is None and me is not None:
-            me._add_done_callback(binding.release)
-        loop.call_soon_threadsafe(start)
-        return promise
+            me._add_done_callback(self.binding.release)
+
+    def _start(self) -> None:
+        # The first attempt: handed to the loop from the fiber's thread. The body keeps no strong
+        # reference to the loop afterwards (a dropped loop is collected and its bodies cancelled).
+        loop, self.target = self.target, None
+        try:
+            loop.call_soon_threadsafe(self._begin, 0.0, _monotonic_ns())
+            return
+        except RuntimeError:  # closed just now
+            if loop is self.engine._loop:
+                raise
+            if not self.gated:  # the submitting loop: the body ends as the loop's own tasks did
+                self.binding.bind(None, self.me, True)
+                self._cancelled()
+                return
+        self._on_engine_loop(self.me)  # a gated body runs on the engine's loop instead
+        loop, self.target = self.target, None
+        loop.call_soon_threadsafe(self._begin, 0.0, _monotonic_ns())
+
+    # -- on the loop ------------------------------------------------------------------------------
+
+    def _begin(self, delay: float, handed: int) -> None:
+        # The coroutine is created here, not in the fiber: if the loop never runs this callback
+        # (stopped, then closed), no coroutine is left un-awaited.
+        fn = self.fn
+        if self.stopped or fn is None:  # cancelled or timed out before the loop got to it
+            return
+        self.shipped_ns = handed
+        task = asyncio.get_running_loop().create_task(_run(self, self.me, fn, self.args, self.kwargs, delay))
+        # Weakly: the execution (through its done callback) must not keep the task, hence its loop,
+        # alive (a dropped loop is collected and its bodies cancelled).
+        self.handle = weakref.ref(task)
+        task.add_done_callback(self._done)
+        if self.stopped:  # cancelled meanwhile, from another thread that did not see the task yet
+            task.cancel()
+
+    def _done(self, task: Any) -> None:
+        if task.cancelled():
+            self._cancelled()
+            return
+        exc = task.exception()
+        if exc is None:
+            # A returned Execution is followed, like a sync body's (a cycle: DeadlockError).
+            self._succeeded(task.result())
+        else:
+            self._failed(exc)
+
+    def _again(self, delay: float) -> None:
+        # On the loop (from _done): the next attempt's task sleeps first, so cancelling it, or the
+        # loop closing, ends the wait as it would end the attempt.
+        self._begin(delay, _monotonic_ns())
+
+    def _fallback(self, exc: BaseException) -> None:
+        # On the loop, in the body's place: fallback(*args, **kwargs, exc=exc), awaited if awaitable.
+        task = asyncio.get_running_loop().create_task(
+            _fall_back(self.me, self.policy.fallback, self.args, self.kwargs, exc))
+        self.handle = weakref.ref(task)
+        task.add_done_callback(self._fallback_done)
+        if self.stopped:
+            task.cancel()
+
+    def _fallback_done(self, task: Any) -> None:
+        if self.promise.done():
+            return
+        if task.cancelled() or self.stopped:
+            self._settle(False, None)
+            return
+        exc = task.exception()
+        if exc is None:
+            self._settle(True, task.result())
+        else:
+            self._settle(False, exc)
+
+    # -- from any thread --------------------------------------------------------------------------
+
+    def _stop(self) -> bool:
+        ref = self.handle
+        task = ref() if ref is not None else None
+        if task is None or task.done():  # not started (it never will: stopped) or finished
+            return False
+        try:
+            task.get_loop().call_soon_threadsafe(task.cancel)
+        except RuntimeError:  # the loop is closed: the coroutine is gone with it
+            return False
+        return True  # settled by _done once the coroutine has unwound
+
+    def _where(self) -> str:
+        w = self.where
+        if w is None:  # first asked on the loop's thread (the ship record)
+            w = self.where = f"asyncio loop ({threading.current_thread().name})"
+        return w
+
+    def _settle(self, ok: bool, value: Any) -> None:
+        if not ok and value is not None:
+            me = self.me
+            _note_failure(value, f"distaff: raised in {self.kind} '{self.name}' (execution {me.id if me else '?'})",
+                          me.id if me else 0)
+        self.target = None
+        Elsewhere._settle(self, ok, value)
 
 
-async def _cancellable(me: Any, fn: Any, args: Any, kwargs: Any) -> Any:
-    """Runs an async body so that cancelling (or timing out) its execution cancels the coroutine.
-
-    The link is made here, on the loop, not in the fiber that starts the coroutine: a cancel can
-    raise an asynchronous exception in that fiber at any bytecode, which could otherwise leave the
-    coroutine running unlinked."""
+async def _run(body: _AsyncBody, me: Any, fn: Any, args: Any, kwargs: Any, delay: float) -> Any:
+    """One attempt of an async body, as an asyncio task on its loop."""
     if me is not None:
         # This task's context only: distaff.current_execution() in the body, and the parent (for
         # the graph and for cancellation of the tree) of what the body submits.
-        _core._async_current.set(me)
-        # Weakly: the execution must not keep the task, hence its loop, alive (a dropped loop is
-        # collected and its bodies cancelled).
-        task_ref = weakref.ref(asyncio.current_task())
-
-        def cancel(_ex: Any) -> None:
-            task = task_ref()
-            if task is None or task.done():  # finished normally: nothing to cancel, no wake-up needed
-                return
-            try:
-                task.get_loop().call_soon_threadsafe(task.cancel)
-            except RuntimeError:  # the loop is closed: the coroutine is gone with it
-                pass
-
-        me._add_done_callback(cancel)
+        _async_current.set(me)
+    if delay:
+        await asyncio.sleep(delay)
+        body.shipped_ns = _monotonic_ns()
+    if body.attempt > 1 and me is not None:  # a retry starts: the current attempt's number
+        me._annotate("attempts", body.attempt)
+    if _trace._hubs:
+        body._ship_record()
     return await fn(*args, **kwargs)
+
+
+async def _fall_back(me: Any, fallback: Callable, args: Any, kwargs: Any, exc: BaseException) -> Any:
+    if me is not None:
+        _async_current.set(me)
+    r = fallback(*args, **kwargs, exc=exc)
+    return (await r) if inspect.isawaitable(r) else r

@@ -1,17 +1,23 @@
 """Bodies that run elsewhere and settle later.
 
-One mechanism for every execution whose body does not run on its fiber: the fiber resolves the
-arguments, hands a :class:`Job` to a *runner* (distaff's process pool, an adapter over a
-``concurrent.futures`` executor, Dask or Ray: distaff/executors.py) and returns a promise
-(``_core.promise``); the execution forwards to it and its fiber ends at once, so an execution
-waiting for remote work holds no fiber stack. The runner reports the outcome from whatever thread
-it has (``Job.report``); the job then settles the promise, or applies the task's policy first:
+One mechanism, :class:`Elsewhere`, for every execution whose body does not run on its fiber: the
+fiber prepares the arguments, starts the work at a *placement* and returns a promise
+(``_core.promise``); the execution forwards to it and its fiber ends at once, so an execution waiting
+for work elsewhere holds no fiber stack. The outcome arrives later, from whatever thread the
+placement has; the body then settles the promise, or applies the task's policy first:
 
-- retries re-submit the job to the runner (after the delay, on a timer thread, not a fiber);
-- ``fallback=`` runs locally, as an execution the promise forwards to;
+- retries start the work again (after the delay: on a timer thread, or on the body's event loop);
+- ``fallback=`` gives the result (by default locally, as an execution the promise forwards to);
 - ``timeout=`` is armed on the execution; when it fires, or the execution is cancelled (``cancel()``,
   a cancelled parent or workflow scope, shutdown with ``cancel_running``), the execution's done
-  callback stops the job: the runner drops it if it is still queued, or stops the remote work.
+  callback stops the work: the placement drops it if it has not started, or stops it.
+
+Placements (subclasses): :class:`Job` ships the body to a *runner* — distaff's process pool, an
+adapter over a ``concurrent.futures`` executor, Dask or Ray (distaff/executors.py); the event loop
+that runs ``async def`` bodies is the other (_async_body.py). A placement implements ``_start()``
+(one attempt), ``_stop()`` (the execution finished first) and ``_where()`` (its track in traces),
+and may override ``_arguments()``, ``_annotate()``, ``_again()`` and ``_fallback()``; it reports each
+attempt's end through ``_succeeded``, ``_failed`` or ``_cancelled`` (at most once per attempt).
 
 A runner implements ``name``, ``owned`` (the engine made it and shuts it down), ``submit(job)``,
 ``cancel(job)`` and ``close(wait)``; it calls ``job.shipped()`` as it hands the body to the
@@ -35,22 +41,24 @@ from ._arguments import _resolve_value
 from ._errors import ShutdownError
 from ._retry import _record_attempt
 
+_settle = _core.settle
+_promise = _core.promise
+_current_execution = _core.current_execution
 
-class Job:
-    """One execution's body, run by a runner. It is the execution's body object itself: the
-    fiber calls it, it starts the work and returns the promise."""
 
-    __slots__ = ("fn", "is_async", "policy", "name", "runner", "engine", "timeout",
-                 "me", "promise", "args", "kwargs", "attempt", "handle", "stopped", "shipped_ns")
+class Elsewhere:
+    """A body that runs elsewhere and settles later. It is the execution's body object itself: the
+    fiber calls it, it starts the work and returns the promise the execution forwards to."""
 
-    def __init__(self, fn: Callable, is_async: bool, policy: Any, name: str, runner: Any, engine: Any) -> None:
+    __slots__ = ("fn", "policy", "name", "engine", "timeout", "me", "promise", "args", "kwargs",
+                 "attempt", "handle", "stopped", "shipped_ns")
+
+    def __init__(self, fn: Callable, policy: Any, name: str, engine: Any, timeout: float | None = None) -> None:
         self.fn = fn
-        self.is_async = is_async
         self.policy = policy
         self.name = name
-        self.runner = runner
         self.engine = engine
-        self.timeout = None
+        self.timeout = timeout
         self.me = self.promise = self.handle = None
         self.stopped = False
         self.attempt = 1
@@ -59,49 +67,200 @@ class Job:
     # -- in the execution's fiber -----------------------------------------------------------------
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        # The arguments are done (wait=True): their values travel, never local handles.
-        rv = _resolve_value
-        self.args = tuple([rv(a) for a in args])
-        self.kwargs = {k: rv(v) for k, v in kwargs.items()} if kwargs else {}
-        self.promise = promise = _core.promise(self.name)
-        me = self.me = _core.current_execution()
-        if me is not None:
-            me._annotate("executor", self.runner.name)
-            if self.policy is not None:
-                me._annotate("attempts", 1)
-            if self.timeout is not None:
-                _core.arm_timeout(me, self.timeout)
-            # Registered before the work starts: a cancel from here on reaches it (or prevents it).
-            me.add_done_callback(self._execution_done)
+        self.promise = promise = _promise(self.name)
         try:
-            self.runner.submit(self)
+            self.args, self.kwargs = self._arguments(args, kwargs)
+            me = self.me = _current_execution()
+            if self._place(me):
+                if me is not None:
+                    self._annotate(me)
+                    if self.policy is not None:
+                        me._annotate("attempts", 1)
+                    if self.timeout is not None:
+                        _core.arm_timeout(me, self.timeout)
+                    # Registered before the work starts: a cancel from here on reaches it (or prevents it).
+                    # Raw: run on the completing thread (_asyncio.py: distaff's own callbacks).
+                    me._add_done_callback(self._execution_done)
+                self._start()
         except BaseException:
-            _core.settle(promise, False, None)  # nothing will settle it now
+            # Nothing will settle it now (a cancel can raise in this fiber at any bytecode).
+            if not promise.done():
+                _settle(promise, False, None)
             raise
         return promise
 
-    # -- called by runners -----------------------------------------------------------------------
+    def _arguments(self, args: tuple, kwargs: dict) -> tuple:
+        """The arguments the body gets (by default as they are)."""
+        return args, kwargs
+
+    def _place(self, me: Any) -> bool:
+        """Chooses where the body runs, in the fiber. False: it settled the promise instead."""
+        return True
+
+    def _annotate(self, me: Any) -> None:
+        """Notes on the execution's description (where it runs)."""
+
+    # -- what a placement implements ---------------------------------------------------------------
+
+    def _start(self) -> None:
+        """Starts one attempt (the first in the fiber; retries from ``_again``)."""
+        raise NotImplementedError
+
+    def _stop(self) -> bool:
+        """The execution finished (cancelled, timed out) before the work did: stop it. True if the
+        placement settles the promise itself once the work has stopped."""
+        raise NotImplementedError
+
+    def _where(self) -> str:
+        """The track a trace shows the work on."""
+        raise NotImplementedError
+
+    # -- outcomes ---------------------------------------------------------------------------------
+
+    def _succeeded(self, value: Any) -> None:
+        if self.promise.done():
+            return
+        if self.stopped:
+            self._cancelled()
+            return
+        self._returned("succeeded")
+        self._settle(True, value)
+
+    def _cancelled(self) -> None:
+        if self.promise.done():
+            return
+        self._returned("cancelled")
+        self._settle(False, None)
+
+    def _failed(self, exc: BaseException, retryable: bool = True, outcome: str = "failed") -> None:
+        if self.promise.done():
+            return
+        if self.stopped:
+            self._cancelled()
+            return
+        self._returned(outcome)
+        policy, me = self.policy, self.me
+        if policy is not None and retryable and isinstance(exc, policy.retry_on):
+            _record_attempt(me, self.attempt, exc)
+            if self.attempt <= policy.retries:
+                delay = policy.delay(self.attempt - 1)
+                self.attempt += 1  # description["attempts"] follows when it starts (after the delay)
+                self._again(delay)
+                return
+            if policy.fallback is not None:
+                self._fallback(exc)
+                return
+        self._settle(False, exc)
+
+    def _settle(self, ok: bool, value: Any) -> None:
+        # The last word on this execution: let go of the body, its arguments and the cycle through
+        # the execution's done callback.
+        promise = self.promise
+        self.fn = self.args = self.kwargs = self.me = self.handle = None
+        _settle(promise, ok, value)
+
+    # -- failure policy ---------------------------------------------------------------------------
+
+    def _again(self, delay: float) -> None:
+        """Starts the next attempt after ``delay`` seconds (by default on distaff's retry timer thread)."""
+        if delay > 0:
+            _later(delay, self._resubmit)
+        else:
+            self._resubmit()
+
+    def _resubmit(self) -> None:
+        if self.stopped or self.promise.done():
+            return
+        self.handle = None
+        me = self.me
+        if me is not None:
+            me._annotate("attempts", self.attempt)
+        try:
+            self._start()
+        except BaseException as exc:  # noqa: BLE001 - e.g. a closed runner: the attempt fails
+            self._settle(False, exc)
+
+    def _fallback(self, exc: BaseException) -> None:
+        """Every attempt failed: ``fallback(*args, **kwargs, exc=exc)`` gives the result. By default
+        locally, as an execution the promise forwards to (its result or error is the answer)."""
+        try:
+            fb = self.engine._submit(self.policy.fallback, f"{self.name} (fallback)", 0, False,
+                                     self.args, {**(self.kwargs or {}), "exc": exc}, None)
+        except BaseException as sub_exc:  # noqa: BLE001 - the engine is shut down
+            self._settle(False, sub_exc)
+            return
+        self._settle(True, fb)
+
+    def _execution_done(self, _ex: Any) -> None:
+        # The execution finished. Through the promise: nothing to do. Otherwise it was cancelled or
+        # timed out while the work was queued or running: stop the work.
+        if self.promise.done():
+            return
+        self.stopped = True
+        later = False
+        try:
+            later = self._stop()
+        finally:
+            if not later:
+                self._cancelled()
+
+    # -- trace records ----------------------------------------------------------------------------
 
     def shipped(self) -> None:
-        """The runner hands the body to its executor now. Traces show the interval from here to
-        the outcome's return on the executor's track (docs/observability.md): a record per
-        submission, only while something records the engine."""
-        t = self.shipped_ns = _core.monotonic_ns()
+        """The work starts at its placement now. Traces show the interval from here to the outcome's
+        return on the placement's track (docs/observability.md): a record per attempt, only while
+        something records the engine."""
+        self.shipped_ns = _core.monotonic_ns()
         if _trace._hubs:
-            log = _trace.elsewhere_log(self.engine)
-            me = self.me
-            if log is not None and me is not None:
-                log.append(("ship", t, me.id, "executor " + self.runner.name, self.attempt))
+            self._ship_record()
+
+    def _ship_record(self) -> None:
+        log = _trace.elsewhere_log(self.engine)
+        me = self.me
+        if log is not None and me is not None:
+            log.append(("ship", self.shipped_ns, me.id, self._where(), self.attempt))
 
     def _returned(self, outcome: str) -> None:
-        """The shipped submission's outcome is back (or it was stopped): its trace record."""
+        """The attempt's outcome is back (or it was stopped): its trace record."""
         shipped, self.shipped_ns = self.shipped_ns, 0
         if shipped and _trace._hubs:
             log = _trace.elsewhere_log(self.engine)
             me = self.me
             if log is not None and me is not None:
-                log.append(("return", _core.monotonic_ns(), me.id, "executor " + self.runner.name, self.attempt,
-                            outcome, shipped))
+                log.append(("return", _core.monotonic_ns(), me.id, self._where(), self.attempt, outcome, shipped))
+
+
+class Job(Elsewhere):
+    """A body shipped to a runner (an executor: docs/executors.md). Its arguments are resolved to
+    values first: values travel, never local handles."""
+
+    __slots__ = ("is_async", "runner")
+
+    def __init__(self, fn: Callable, is_async: bool, policy: Any, name: str, runner: Any, engine: Any) -> None:
+        Elsewhere.__init__(self, fn, policy, name, engine)
+        self.is_async = is_async
+        self.runner = runner
+
+    def _arguments(self, args: tuple, kwargs: dict) -> tuple:
+        # The arguments are done (wait=True): their values travel.
+        rv = _resolve_value
+        return tuple([rv(a) for a in args]), ({k: rv(v) for k, v in kwargs.items()} if kwargs else {})
+
+    def _annotate(self, me: Any) -> None:
+        me._annotate("executor", self.runner.name)
+
+    def _start(self) -> None:
+        self.runner.submit(self)
+
+    def _stop(self) -> bool:
+        self._returned("cancelled")
+        self.runner.cancel(self)
+        return False
+
+    def _where(self) -> str:
+        return "executor " + self.runner.name
+
+    # -- called by runners -----------------------------------------------------------------------
 
     def payload(self) -> bytes:
         """The serialized body and arguments (pickle, or cloudpickle when needed: _remote.dumps).
@@ -120,80 +279,18 @@ class Job:
         if promise is None or promise.done():
             return
         if self.stopped:
-            self._returned("cancelled")
-            self._settle(False, None)
+            self._cancelled()
             return
-        retryable = True
         if error is None:
             ok, value = _decode(outcome, self)
             if ok:
-                self._returned("succeeded")
-                self._settle(True, value)
-                return
-            self._returned("failed")
-        else:
-            self._returned("cancelled" if isinstance(error, concurrent.futures.CancelledError) else "failed")
-            value = error
-            # cannot serialize (or no cloudpickle to try): another attempt would fail alike
-            retryable = not isinstance(error, (_Unshippable, ImportError))
-        self._failed(value, retryable)
-
-    def _settle(self, ok: bool, value: Any) -> None:
-        # The last word on this execution: let go of the body, its arguments and the cycle through
-        # the execution's done callback.
-        promise = self.promise
-        self.fn = self.args = self.kwargs = self.me = self.handle = None
-        _core.settle(promise, ok, value)
-
-    # -- failure policy ---------------------------------------------------------------------------
-
-    def _failed(self, exc: BaseException, retryable: bool) -> None:
-        policy, me = self.policy, self.me
-        if policy is not None and retryable and isinstance(exc, policy.retry_on):
-            _record_attempt(me, self.attempt, exc)
-            if self.attempt <= policy.retries:
-                delay = policy.delay(self.attempt - 1)
-                self.attempt += 1
-                if me is not None:
-                    me._annotate("attempts", self.attempt)
-                if delay > 0:
-                    _later(delay, self._resubmit)
-                else:
-                    self._resubmit()
-                return
-            if policy.fallback is not None:
-                # Locally, as an execution the promise forwards to (its result or error is the answer).
-                try:
-                    fb = self.engine._submit(policy.fallback, f"{self.name} (fallback)", 0, False,
-                                             self.args, {**(self.kwargs or {}), "exc": exc}, None)
-                except BaseException as sub_exc:  # noqa: BLE001 - the engine is shut down
-                    self._settle(False, sub_exc)
-                    return
-                self._settle(True, fb)
-                return
-        self._settle(False, exc)
-
-    def _resubmit(self) -> None:
-        if self.stopped or self.promise.done():
+                self._succeeded(value)
+            else:
+                self._failed(value)
             return
-        self.handle = None
-        try:
-            self.runner.submit(self)
-        except BaseException as exc:  # noqa: BLE001 - a closed runner: the attempt fails
-            self._settle(False, exc)
-
-    def _execution_done(self, _ex: Any) -> None:
-        # The execution finished. Through the promise: nothing to do. Otherwise it was cancelled or
-        # timed out while the work was queued or running: stop the work.
-        promise = self.promise
-        if promise.done():
-            return
-        self.stopped = True
-        self._returned("cancelled")
-        try:
-            self.runner.cancel(self)
-        finally:
-            self._settle(False, None)
+        # cannot serialize (or no cloudpickle to try): another attempt would fail alike
+        self._failed(error, not isinstance(error, (_Unshippable, ImportError)),
+                     "cancelled" if isinstance(error, concurrent.futures.CancelledError) else "failed")
 
 
 class _Unshippable(TypeError):

@@ -1,12 +1,11 @@
-"""Retries and fallbacks (docs/reliability.md): the policy a task is decorated with and the one
-retry driver that applies it around a body — on its fiber (sync bodies) or on its event loop (async
-bodies). Bodies that run elsewhere apply the same policy as their outcomes arrive (_elsewhere.Job)."""
+"""Retries and fallbacks (docs/reliability.md): the policy a task is decorated with and the retry
+driver that applies it around a sync body on its fiber. Bodies that run elsewhere — ``async def``
+bodies on an event loop, bodies on executors — apply the same policy as their outcomes arrive
+(_elsewhere.Elsewhere)."""
 
 from __future__ import annotations
 
-import asyncio
 import functools
-import inspect
 import math
 import random
 from typing import Any, Callable
@@ -71,8 +70,7 @@ def _record_attempt(me: Any, attempt: int, exc: BaseException) -> None:
     me._annotate("attempt_errors", errors)
 
 
-# The retry driver: the decisions between attempts, written once; _retrying (a body on a fiber) and
-# _retrying_async (a coroutine on a loop) differ only in how they call the body and how they sleep.
+# The retry driver of a body on its fiber: the decisions between attempts.
 _RAISE = object()  # no more attempts: the caller re-raises (inside its except block: the traceback stays)
 _FALLBACK = object()  # no more attempts: fallback(*args, **kwargs, exc=error) gives the result
 
@@ -86,7 +84,7 @@ class _Attempts:
 
     def __init__(self, policy: RetryPolicy) -> None:
         self.policy = policy
-        self.me = _core.current_execution()  # in an async body: set for its asyncio task (_cancellable)
+        self.me = _core.current_execution()
         self.n = 0
 
     def begin(self) -> None:
@@ -119,25 +117,5 @@ def _retrying(fn: Callable, policy: RetryPolicy) -> Callable:
                 if step is _FALLBACK:
                     return policy.fallback(*args, **kwargs, exc=exc)
             _core.sleep(step)  # suspends the fiber, not the thread
-
-    return call
-
-
-def _retrying_async(fn: Callable, policy: RetryPolicy) -> Callable:
-    @functools.wraps(fn)
-    async def call(*args: Any, **kwargs: Any) -> Any:
-        attempts = _Attempts(policy)
-        while True:
-            attempts.begin()
-            try:
-                return await fn(*args, **kwargs)
-            except policy.retry_on as exc:
-                step = attempts.failed(exc)
-                if step is _RAISE:
-                    raise
-                if step is _FALLBACK:
-                    r = policy.fallback(*args, **kwargs, exc=exc)
-                    return (await r) if inspect.isawaitable(r) else r
-            await asyncio.sleep(step)
 
     return call

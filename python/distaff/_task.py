@@ -13,7 +13,7 @@ from . import _engine as _engine_mod  # a cycle (_engine imports this module): u
 from . import _validate as _v
 from ._arguments import _resolving, _scan_executions
 from ._async_body import _AsyncBody, _bind_to_submitting_loop
-from ._retry import RetryPolicy, _retrying, _retrying_async
+from ._retry import RetryPolicy, _retrying
 from ._scopes import _new_workflow_id
 from ._signature import _check_fallback, _make_checker, _parse_wait, _positional_range
 
@@ -89,7 +89,9 @@ class Task:
         if fallback is not None:
             _check_fallback(fallback, fn, self.name)
         # What the fiber calls: the function itself (the hot path), or adapters that resolve
-        # Execution arguments to values, retry, arm the timeout, run a coroutine on an event loop.
+        # Execution arguments to values, retry, arm the timeout. An async body runs elsewhere (on an
+        # event loop, _async_body.py), and so does one with executor=: the elsewhere mechanism
+        # (_elsewhere.py) applies their retries, fallback and timeout as their outcomes arrive.
         body = _resolving(fn) if resolve else fn
         self.executable = _v.flag(executable, "executable=")
         if self.executable:  # the body returns a command; it runs as a subprocess (_command.py)
@@ -99,8 +101,8 @@ class Task:
                 raise TypeError("executable=True runs the command here as a subprocess; it takes no executor=")
             body = _command.commanding(body, self.name)
             self.is_async = True
-        if self.policy is not None:
-            body = (_retrying_async if self.is_async else _retrying)(body, self.policy)
+        if self.policy is not None and not self.is_async:
+            body = _retrying(body, self.policy)
         self._body = body
         self._options: dict = {}
         # concurrency=: one limiter per limit value, shared by this task and its .options() copies.
@@ -197,7 +199,7 @@ class Task:
             body = self._body
             if self.is_async:
                 bind_loop = _get_running_loop()
-                body = _AsyncBody(body, bind_loop, engine, self.name, wait is not False, self.kind)
+                body = _AsyncBody(body, bind_loop, engine, self.name, wait is not False, self.kind, self.policy)
                 if bind_loop is not None:
                     binding = body.binding
         timeout = self.timeout
@@ -208,7 +210,7 @@ class Task:
             if workflow_id is None:
                 workflow_id = options.get("workflow_id")
         if timeout is not None:
-            if executor is not None:
+            if executor is not None or self.is_async:  # armed by the elsewhere mechanism
                 body.timeout = timeout
             else:
                 body = _Timed(body, timeout)

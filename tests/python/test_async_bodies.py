@@ -943,3 +943,115 @@ def test_shutdown_lets_a_cancelled_async_bodys_coroutine_finish_unwinding():
     eng.clear_history()  # the history keeps finished records on purpose
     gc.collect()
     assert distaff._core.live_executions() <= before
+
+
+# -- retries, timeout and cancel of async bodies go through the elsewhere mechanism -----------------
+# (_elsewhere.Elsewhere, docs/internals/scheduler.md): each attempt is an asyncio task on the body's
+# loop, the retry delay the next attempt's asyncio.sleep; the execution's done callback stops it.
+
+
+def _failed_attempts_reach(ex, n, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while len(ex.description.get("attempt_errors", ())) != n:
+        assert time.monotonic() < deadline, ex.description
+        time.sleep(0.005)
+
+
+def test_cancelling_an_async_body_during_its_retry_delay_ends_it_without_another_attempt(engine):
+    calls = []
+
+    @engine.task(retries=3, retry_delay=600)
+    async def flaky():
+        calls.append(1)
+        raise ConnectionError("down")
+
+    ex = flaky.submit()
+    _failed_attempts_reach(ex, 1)  # the first attempt failed: the second waits out its delay on the loop
+    t0 = time.monotonic()
+    assert ex.cancel()
+    with pytest.raises(distaff.CancelledError):
+        ex.result(timeout=30)
+    assert engine.wait_idle(timeout=30)  # the promise settled too: nothing left running
+    assert time.monotonic() - t0 < 30 and calls == [1]
+    assert [e["type"] for e in ex.description["attempt_errors"]] == ["ConnectionError"]
+
+
+def test_timeout_bounds_an_async_body_across_its_attempts(engine):
+    calls = []
+
+    @engine.task(timeout=0.3, retries=10**6, retry_delay=0.01)
+    async def flaky():
+        calls.append(1)
+        raise ConnectionError("down")
+
+    ex = flaky.submit()
+    with pytest.raises(distaff.TimeoutError):
+        ex.result(timeout=30)
+    assert engine.wait_idle(timeout=30)
+    n = len(calls)
+    assert 1 <= n < 10**6 and ex.description["attempts"] == n
+    assert engine.wait_idle(timeout=30) and len(calls) == n  # no attempt after the deadline
+
+
+def test_an_async_body_retries_on_the_loop_it_was_bound_to(engine):
+    seen = []
+
+    @engine.task(retries=2)
+    async def flaky():
+        seen.append((asyncio.get_running_loop(), distaff.current_execution()))
+        if len(seen) < 3:
+            raise ConnectionError("down")
+        return "ok"
+
+    async def main():
+        ex = flaky.submit()
+        assert await ex == "ok"
+        return ex, asyncio.get_running_loop()
+
+    ex, loop = asyncio.run(main())
+    assert [s[0] for s in seen] == [loop] * 3
+    assert [s[1] for s in seen] == [ex] * 3  # every attempt knows its execution
+    assert ex.description["attempts"] == 3
+
+
+def test_a_failed_async_fallback_carries_the_bodys_note(engine):
+    def fallback(exc):
+        raise KeyError("fallback failed too")
+
+    @engine.task(retries=1, fallback=fallback)
+    async def flaky():
+        raise ConnectionError("down")
+
+    ex = flaky.submit()
+    err = ex.exception(timeout=30)
+    assert isinstance(err, KeyError)
+    assert any("raised in task" in n and f"execution {ex.id}" in n for n in err.__notes__)
+    assert ex.description["attempts"] == 2
+
+
+def test_asyncio_run_returning_during_an_async_bodys_retry_delay_cancels_it():
+    r = run_python(
+        """
+        import asyncio, distaff, time
+
+        @distaff.task(retries=3, retry_delay=600)
+        async def flaky():
+            raise ConnectionError("down")
+
+        async def main():
+            global ex
+            ex = flaky.submit()
+            deadline = time.monotonic() + 30
+            while not ex.description.get("attempt_errors") and time.monotonic() < deadline:
+                await asyncio.sleep(0.005)
+
+        asyncio.run(main())
+        try:
+            ex.result(timeout=20)
+        except distaff.CancelledError:
+            print("ended", ex.state, ex.description.get("attempts"), len(ex.description["attempt_errors"]))
+        """,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "ended cancelled 1 1", (r.stdout, r.stderr)

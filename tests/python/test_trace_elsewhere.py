@@ -281,3 +281,38 @@ def test_an_async_body_submitted_from_a_running_loop_is_on_that_loops_track(tmp_
         assert len(from_loop) == 3  # step -> leaf, each from its slice on the loop's track
     finally:
         eng.shutdown()
+
+
+def test_each_attempt_of_an_async_body_is_a_slice_on_its_loops_track(tmp_path):
+    """Retries of an async def body go through the elsewhere mechanism, as an executor's do: one
+    TaskShipped / TaskReturned pair per attempt, numbered, on the loop's track."""
+    eng = distaff.Engine(workers=1)
+    try:
+        calls = []
+
+        @eng.task(retries=2)
+        async def flaky():
+            calls.append(1)
+            await asyncio.sleep(0)
+            if len(calls) < 3:
+                raise ValueError(f"try {len(calls)}")
+            return "ok"
+
+        with eng.trace(tmp_path / "run.json"), eng.trace(tmp_path / "run.jsonl") as t:
+            assert flaky.submit().result(timeout=60) == "ok"
+        loop = "asyncio loop (distaff-event-loop)"
+        away = [(e["event"], e["executor"], e["attempt"], e.get("outcome")) for e in t.events
+                if e["event"] in ("TaskShipped", "TaskReturned")]
+        assert away == [
+            ("TaskShipped", loop, 1, None), ("TaskReturned", loop, 1, "failed"),
+            ("TaskShipped", loop, 2, None), ("TaskReturned", loop, 2, "failed"),
+            ("TaskShipped", loop, 3, None), ("TaskReturned", loop, 3, "succeeded"),
+        ], away
+        doc = json.loads((tmp_path / "run.json").read_text())
+        validate_chrome_trace(doc)
+        slices = sorted((e for e in doc["traceEvents"] if e["ph"] == "X" and e["cat"] == "elsewhere"),
+                        key=lambda e: e["ts"])
+        assert [(s["args"]["attempt"], s["args"]["outcome"]) for s in slices] == [
+            (1, "failed"), (2, "failed"), (3, "succeeded")]
+    finally:
+        eng.shutdown()
