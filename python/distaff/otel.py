@@ -58,7 +58,29 @@ def instrument(tracer_provider: Any = None, engine: Any = None) -> "Instrumentat
         inst = Instrumentation(engine, tracer)
         _instrumented[id(engine)] = inst
     _trace.live_subscribe(engine, inst)
+    _exit_before_the_sdk()
     return inst
+
+
+_exit_hook_registered = False
+
+
+def _exit_before_the_sdk() -> None:
+    """The SDK's TracerProvider shuts down (flushing its exporters) in an atexit hook it registers
+    when it is created, usually after ``import distaff``; atexit hooks run last-registered first, so
+    it ran before distaff's exit wait, and the spans of executions that ended in the last drain
+    interval, or during the exit wait, were dropped ("Processor is already shutdown"). The first
+    ``instrument()`` registers distaff's exit wait again, after the provider's hook, so that it runs
+    first; the later run of the same hook finds nothing left to do."""
+    global _exit_hook_registered
+    if _exit_hook_registered:
+        return
+    import atexit
+
+    from . import _engine
+
+    atexit.register(_engine._shutdown_at_exit)
+    _exit_hook_registered = True
 
 
 _instrumented: dict = {}  # id(engine) -> its Instrumentation (the active one, or the last one)

@@ -141,3 +141,39 @@ def test_a_cancelled_execution_that_never_ran_has_zero_attempts(provider):
     finally:
         gate.set()
         eng.shutdown()
+
+
+@pytest.mark.parametrize("processor", ["BatchSpanProcessor", "SimpleSpanProcessor"])
+def test_spans_of_the_last_executions_are_exported_at_a_normal_exit(processor):
+    # The SDK's provider shuts down in an atexit hook registered when it is created, which ran
+    # before distaff's exit wait: the span of an execution that ended just before the script did
+    # (`leaf`), and of one that ended during the exit wait (`late`), were dropped (0 spans with a
+    # BatchSpanProcessor; "Processor is already shutdown" with a SimpleSpanProcessor).
+    from conftest import run_python
+
+    r = run_python(f"""
+import distaff, distaff.otel
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import {processor}, ConsoleSpanExporter
+tp = TracerProvider()
+tp.add_span_processor({processor}(ConsoleSpanExporter(
+    formatter=lambda s: f"SPAN {{s.name}} {{s.attributes.get('distaff.state')}}\\n")))
+trace.set_tracer_provider(tp)
+distaff.otel.instrument()
+
+@distaff.task()
+def leaf(i):
+    return i
+
+@distaff.task()
+def late():
+    distaff.sleep(0.2)
+    return 2
+
+print("result", leaf(1), flush=True)
+late.submit()
+""", timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "SPAN leaf succeeded" in r.stdout and "SPAN late succeeded" in r.stdout, r.stdout + r.stderr
+    assert "already shutdown" not in r.stderr, r.stderr
