@@ -646,13 +646,13 @@ class _Dask(_Windowed):
     """A distributed.Client: bodies run as Dask tasks of the serialized body (pure=False: every
     call runs).
 
-    Jobs that arrive together are shipped together: one thread at a time ships (the one whose
-    submit found nobody shipping; the others only queue their job), taking everything queued (up
-    to the window) into one ``client.map`` call, so one ``update_graph`` message reaches the
-    scheduler per batch instead of one per body. The scheduler of a ``LocalCluster`` runs in this
-    process, on the client's event loop: per message it costs ~1 ms of this process's CPU, which
-    made distaff 12% slower than a loop of ``client.submit`` on W9. A lone job ships at once (no
-    delay waits for company): batches form only while a ship is under way.
+    Jobs that arrive together are shipped together: ``submit`` only queues the job (the execution's
+    fiber goes on at once) and wakes a shipping thread, which takes everything queued (up to the
+    window) into one ``client.map`` call, so one ``update_graph`` message reaches the scheduler per
+    batch instead of one per body (the scheduler of a ``LocalCluster`` runs in this process, on the
+    client's event loop, and each message costs it a few hundred µs of this process's CPU). A lone
+    job ships as soon as that thread wakes: batches form while it is busy, no delay waits for
+    company.
 
     Cancelling an execution (``cancel()``, ``timeout=``, a cancelled scope) ends it here at once
     and cancels its Dask future: a body still queued on the cluster never runs; a running one
@@ -673,27 +673,49 @@ class _Dask(_Windowed):
         self._jobs: dict = {}
         self._ac = None
         self._cond = threading.Condition()
-        self._shipping = False  # a thread is in _drain (under self._lock)
+        self._shipping = False  # the shipping thread has work (under self._lock)
+        self._shipper: threading.Thread | None = None
+        self._ship_cond = threading.Condition(self._lock)
 
     def submit(self, job: Any) -> None:
         with self._lock:
             self._queue.append(job)
-            if self._shipping:  # that thread takes it with the next batch
-                return
-            self._shipping = True
-        self._drain()
+        self._pump()
 
     def _pump(self) -> None:
         with self._lock:
-            if self._shipping or not self._queue:
+            if not self._queue or self._shipping:
                 return
             self._shipping = True
+            if self._shipper is not None:
+                self._ship_cond.notify()
+                return
+            try:
+                t = threading.Thread(target=self._ship_loop, name=f"distaff-{self.name}-ship", daemon=True)
+                t.start()
+                self._shipper = t
+                return
+            except RuntimeError:  # no new thread at interpreter exit (CPython 3.12+): ship from here
+                pass
         self._drain()
 
+    def _ship_loop(self) -> None:
+        # The shipping thread: ships what is queued, then waits for more; it ends after a second
+        # without work (the next submit starts another), so an engine's runner is not kept alive
+        # by it.
+        lock = self._lock
+        while True:
+            self._drain()
+            with lock:
+                if not self._shipping:
+                    self._ship_cond.wait(1.0)
+                if not self._shipping:
+                    self._shipper = None
+                    return
+
     def _drain(self) -> None:
-        # Runs with self._shipping set by the caller; ships until nothing is queued or the window
-        # is full (a finishing job pumps again). Re-entered submits (a retry without delay from a
-        # report below) only queue: this loop takes them.
+        # Ships until nothing is queued or the window is full (a finishing job pumps again); then
+        # clears self._shipping. A submit meanwhile only queues: this loop takes it.
         try:
             while True:
                 with self._lock:
@@ -709,10 +731,13 @@ class _Dask(_Windowed):
                         return
                     self._inflight += len(jobs)
                 self._ship_batch(jobs)
-        except BaseException:
+                jobs = job = None
+        except BaseException:  # noqa: BLE001 - never leave the runner without a shipper
+            import logging
+
+            logging.getLogger("distaff").exception("distaff: shipping to %s failed", self.name)
             with self._lock:
                 self._shipping = False
-            raise
 
     def _ship_batch(self, jobs: list) -> None:
         payloads, keys, kept = [], [], []
