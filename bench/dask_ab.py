@@ -26,7 +26,7 @@ def main() -> None:
     ap.add_argument("--w10", type=int, default=200)
     ap.add_argument("--only", choices=["W9", "W10"])
     ap.add_argument("--profile", choices=["distaff", "dask"], help="cProfile one W9 repetition of that side")
-    ap.add_argument("--loop", choices=["distaff", "dask"], help="only that side's W9, --reps times (for py-spy)")
+    ap.add_argument("--loop", choices=["distaff", "dask"], help="only that side's W9 (or --only W10), --reps times (for py-spy)")
     a = ap.parse_args()
 
     import distaff
@@ -81,9 +81,11 @@ def main() -> None:
         return
 
     if a.loop:
-        fn = w9_distaff if a.loop == "distaff" else w9_dask
+        w10 = a.only == "W10"
+        fn = {(False, "distaff"): w9_distaff, (False, "dask"): w9_dask,
+              (True, "distaff"): w10_distaff, (True, "dask"): w10_dask}[w10, a.loop]
         for _ in range(a.reps):
-            print(a.loop, timed(fn, a.w9), flush=True)
+            print(a.loop, timed(fn, a.w10 if w10 else a.w9), flush=True)
         return
 
     print(f"load: {os.getloadavg()}  pid {os.getpid()}", flush=True)

@@ -859,7 +859,7 @@ class _Dask(_Windowed):
 # nothing), up to _DASK_BATCH_MAX per fetch. Each fetch is a round trip client -> scheduler ->
 # workers; fetching each small batch as it finished (1-5 results on W9) cost ~1,000 round trips
 # per 2,000 bodies, most of distaff's CPU over a loop of client.submit + one gather.
-_DASK_LINGER = 0.005
+_DASK_LINGER = 0.010
 _DASK_POLL = 0.001
 _DASK_BATCH_MAX = 1024
 
