@@ -661,7 +661,8 @@ class _Dask(_Windowed):
 
     Outcomes are collected by one thread per client over ``distributed.as_completed``: each batch
     of finished futures is fetched with one ``client.gather`` (a done callback per future would
-    fetch them one synchronous round trip at a time)."""
+    fetch them one synchronous round trip at a time), at most every _DASK_LINGER seconds while
+    other bodies are in flight."""
 
     def __init__(self, client: Any, name: str | None) -> None:
         if name is None:
