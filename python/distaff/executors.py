@@ -720,7 +720,7 @@ class _Dask(_Windowed):
         try:
             while True:
                 with self._lock:
-                    room = self.ahead - self._inflight
+                    room = min(self.ahead - self._inflight, _DASK_SHIP_MAX)
                     jobs = []
                     queue = self._queue
                     while queue and len(jobs) < room:
@@ -861,6 +861,10 @@ class _Dask(_Windowed):
 # workers; fetching each small batch as it finished (1-5 results on W9) cost ~1,000 round trips
 # per 2,000 bodies, most of distaff's CPU over a loop of client.submit + one gather.
 _DASK_LINGER = 0.010
+# At most this many jobs per client.map: the scheduler starts the first tasks while the shipping
+# thread serializes the next batch (one map of the whole window kept the workers idle until the
+# scheduler had taken in all of it).
+_DASK_SHIP_MAX = 64
 _DASK_POLL = 0.001
 _DASK_BATCH_MAX = 1024
 
