@@ -643,7 +643,16 @@ class _Futures(_Windowed):
 
 
 class _Dask(_Windowed):
-    """A distributed.Client: ``client.submit`` of the serialized body (pure=False: every call runs).
+    """A distributed.Client: bodies run as Dask tasks of the serialized body (pure=False: every
+    call runs).
+
+    Jobs that arrive together are shipped together: ``submit`` only queues the job (the execution's
+    fiber goes on at once) and wakes a shipping thread, which takes everything queued (up to the
+    window) into one ``client.map`` call, so one ``update_graph`` message reaches the scheduler per
+    batch instead of one per body (the scheduler of a ``LocalCluster`` runs in this process, on the
+    client's event loop, and each message costs it a few hundred µs of this process's CPU). A lone
+    job ships as soon as that thread wakes: batches form while it is busy, no delay waits for
+    company.
 
     Cancelling an execution (``cancel()``, ``timeout=``, a cancelled scope) ends it here at once
     and cancels its Dask future: a body still queued on the cluster never runs; a running one
@@ -652,7 +661,8 @@ class _Dask(_Windowed):
 
     Outcomes are collected by one thread per client over ``distributed.as_completed``: each batch
     of finished futures is fetched with one ``client.gather`` (a done callback per future would
-    fetch them one synchronous round trip at a time)."""
+    fetch them one synchronous round trip at a time), at most every _DASK_LINGER seconds while
+    other bodies are in flight."""
 
     def __init__(self, client: Any, name: str | None) -> None:
         if name is None:
@@ -664,26 +674,118 @@ class _Dask(_Windowed):
         self._jobs: dict = {}
         self._ac = None
         self._cond = threading.Condition()
+        self._shipping = False  # the shipping thread has work (under self._lock)
+        self._shipper: threading.Thread | None = None
+        self._ship_cond = threading.Condition(self._lock)
 
-    def _start(self, job: Any) -> Any:
-        # One bytes argument (serialized here, so an unserializable argument is named): measured
-        # no slower than letting Dask serialize the function and arguments, and for Ray faster.
-        key = f"{job.name}-{uuid.uuid4().hex}"
-        return self.target.submit(_remote.run, job.payload(), pure=False, key=key)
+    def submit(self, job: Any) -> None:
+        with self._lock:
+            self._queue.append(job)
+        self._pump()
 
-    def _watch(self, job: Any, fut: Any) -> None:
+    def _pump(self) -> None:
+        with self._lock:
+            if not self._queue or self._shipping:
+                return
+            self._shipping = True
+            if self._shipper is not None:
+                self._ship_cond.notify()
+                return
+            try:
+                t = threading.Thread(target=self._ship_loop, name=f"distaff-{self.name}-ship", daemon=True)
+                t.start()
+                self._shipper = t
+                return
+            except RuntimeError:  # no new thread at interpreter exit (CPython 3.12+): ship from here
+                pass
+        self._drain()
+
+    def _ship_loop(self) -> None:
+        # The shipping thread: ships what is queued, then waits for more; it ends after a second
+        # without work (the next submit starts another), so an engine's runner is not kept alive
+        # by it.
+        lock = self._lock
+        while True:
+            self._drain()
+            with lock:
+                if not self._shipping:
+                    self._ship_cond.wait(1.0)
+                if not self._shipping:
+                    self._shipper = None
+                    return
+
+    def _drain(self) -> None:
+        # Ships until nothing is queued or the window is full (a finishing job pumps again); then
+        # clears self._shipping. A submit meanwhile only queues: this loop takes it.
+        try:
+            while True:
+                with self._lock:
+                    room = min(self.ahead - self._inflight, _DASK_SHIP_MAX)
+                    jobs = []
+                    queue = self._queue
+                    while queue and len(jobs) < room:
+                        job = queue.popleft()
+                        if not job.stopped:
+                            jobs.append(job)
+                    if not jobs:
+                        self._shipping = False
+                        return
+                    self._inflight += len(jobs)
+                self._ship_batch(jobs)
+                jobs = job = None
+        except BaseException:  # noqa: BLE001 - never leave the runner without a shipper
+            import logging
+
+            logging.getLogger("distaff").exception("distaff: shipping to %s failed", self.name)
+            with self._lock:
+                self._shipping = False
+
+    def _ship_batch(self, jobs: list) -> None:
+        payloads, keys, kept = [], [], []
+        for job in jobs:
+            job.shipped()
+            try:
+                payloads.append(job.payload())
+            except BaseException as exc:  # noqa: BLE001 - unserializable: that execution fails alone
+                self._release()
+                job.report(error=exc)
+                continue
+            keys.append(f"{job.name}-{uuid.uuid4().hex}")
+            kept.append(job)
+        if not kept:
+            return
+        try:
+            if len(kept) == 1:
+                futs = [self.target.submit(_remote.run, payloads[0], pure=False, key=keys[0])]
+            else:
+                futs = self.target.map(_remote.run, payloads, pure=False, key=keys)
+        except BaseException as exc:  # noqa: BLE001 - the client is closed...
+            for job in kept:
+                self._release()
+                job.report(error=exc)
+            return
+        del payloads
+        for job, fut in zip(kept, futs):
+            job.handle = fut
         with self._cond:
             if self._ac is None:
                 from distributed import as_completed
 
-                self._ac = as_completed([])
+                self._ac = as_completed([], loop=self.target.loop)
                 threading.Thread(target=self._collect, name=f"distaff-{self.name}", daemon=True).start()
-            self._jobs[fut.key] = job
-            self._ac.add(fut)
+            jobs_by_key = self._jobs
+            for job, fut in zip(kept, futs):
+                jobs_by_key[fut.key] = job
+            self._ac.update(futs)
             self._cond.notify()
+        for job in kept:
+            if job.stopped:
+                self.cancel(job)
 
     def _collect(self) -> None:
         ac, client = self._ac, self.target
+        monotonic = time.monotonic
+        gathered = 0.0  # when the last batch was fetched
         while True:
             with self._cond:
                 while not self._jobs:
@@ -692,6 +794,17 @@ class _Dask(_Windowed):
                 batch = ac.next_batch(block=True)
             except StopIteration:  # a future was registered and not yet added: look again
                 continue
+            # Each fetch is a round trip through the scheduler (in this process for a LocalCluster)
+            # to the workers: while others are in flight, let more finish first (see _DASK_LINGER).
+            deadline = gathered + _DASK_LINGER
+            while len(batch) < _DASK_BATCH_MAX and monotonic() < deadline:
+                with self._cond:
+                    in_flight = len(self._jobs)
+                if len(batch) >= in_flight:  # nothing else to wait for
+                    break
+                time.sleep(_DASK_POLL)
+                batch += ac.next_batch(block=False)
+            gathered = monotonic()
             # One batch per call: its jobs, futures and outcomes die with the call's frame, not
             # with the next batch (a finished execution must not stay alive in this thread).
             self._settle_batch(client, batch)
@@ -705,34 +818,55 @@ class _Dask(_Windowed):
                 outcomes = dict(zip([f.key for f in finished], client.gather(finished)))
             except BaseException:  # noqa: BLE001 - one was lost meanwhile: each on its own below
                 outcomes = {}
-        for fut in batch:
-            with self._cond:
-                job = self._jobs.pop(fut.key, None)
-            if job is None:
-                continue
-            status = fut.status
-            if status == "finished":
-                if fut.key in outcomes:
-                    self._finished(job, outcome=outcomes[fut.key])
+        try:
+            for fut in batch:
+                with self._cond:
+                    job = self._jobs.pop(fut.key, None)
+                if job is None:
                     continue
-                try:
-                    out = fut.result()
-                except BaseException as exc:  # noqa: BLE001
-                    self._finished(job, error=exc)
-                    continue
-                self._finished(job, outcome=out)
-            elif status == "cancelled":
-                self._finished(job, error=concurrent.futures.CancelledError())
-            else:
-                try:
-                    exc = fut.exception()
-                except BaseException as e:  # noqa: BLE001
-                    exc = e
-                self._finished(job, error=exc if isinstance(exc, BaseException) else RuntimeError(str(status)))
+                status = fut.status
+                outcome = error = None
+                if status == "finished":
+                    if fut.key in outcomes:
+                        outcome = outcomes.pop(fut.key)
+                    else:
+                        try:
+                            outcome = fut.result()
+                        except BaseException as exc:  # noqa: BLE001
+                            error = exc
+                elif status == "cancelled":
+                    error = concurrent.futures.CancelledError()
+                else:
+                    try:
+                        exc = fut.exception()
+                    except BaseException as e:  # noqa: BLE001
+                        exc = e
+                    error = exc if isinstance(exc, BaseException) else RuntimeError(str(status))
+                job.handle = None
+                self._release()
+                job.report(outcome=outcome, error=error)
+                job = outcome = error = None
+        finally:
+            # once per batch: the jobs that waited for the window go in one client.map
+            if self._queue:
+                self._pump()
 
     def _stop(self, fut: Any) -> None:
         fut.cancel()
 
+
+# The Dask collector fetches finished results at most every _DASK_LINGER seconds while other
+# bodies are still in flight (at once when none is: a lone body or the last of a fan-out waits for
+# nothing), up to _DASK_BATCH_MAX per fetch. Each fetch is a round trip client -> scheduler ->
+# workers; fetching each small batch as it finished (1-5 results on W9) cost ~1,000 round trips
+# per 2,000 bodies, most of distaff's CPU over a loop of client.submit + one gather.
+_DASK_LINGER = 0.010
+# At most this many jobs per client.map: the scheduler starts the first tasks while the shipping
+# thread serializes the next batch (one map of the whole window kept the workers idle until the
+# scheduler had taken in all of it).
+_DASK_SHIP_MAX = 64
+_DASK_POLL = 0.001
+_DASK_BATCH_MAX = 1024
 
 # The Ray collector waits for an eighth of what is in flight (or 20 ms) per round: one round per
 # result made W9 (2k tiny bodies) 1.25-1.37x raw ray.get, each round scanning every ref in flight;

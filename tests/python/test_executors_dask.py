@@ -123,3 +123,44 @@ def test_a_trace_shows_the_bodies_on_the_dask_track(client, tmp_path):
     away = [e for e in doc["traceEvents"] if e["ph"] == "X" and e["cat"] == "elsewhere"]
     assert len(away) == 4 and all(names[e["tid"]].split(" \u00b7 ")[0] == "executor dask" for e in away)
     assert all(e["args"]["executor"] == "executor dask" and e["args"]["attempt"] == 1 for e in away)
+
+
+def odd_fails(i):
+    if i % 7 == 3:
+        raise ValueError(f"body {i}")
+    return i * i
+
+
+def test_bodies_submitted_together_ship_in_batches_and_each_keeps_its_own_outcome(client, request):
+    """Jobs that queue while the shipping thread is busy go to the scheduler in one client.map
+    (one update_graph per batch: W9 in docs/performance.md), and finished results come back in
+    batched fetches; neither mixes up outcomes, and a failure fails only its own execution."""
+    from distributed.diagnostics.plugin import SchedulerPlugin
+
+    class CountGraphs(SchedulerPlugin):
+        name = "distaff-test-count-graphs"
+
+        def __init__(self):
+            self.graphs, self.tasks = 0, 0
+
+        def update_graph(self, scheduler, *, tasks=None, **kwargs):
+            self.graphs += 1
+            self.tasks += len(tasks or ())
+
+    plugin = CountGraphs()
+    scheduler = client.cluster.scheduler  # a LocalCluster's scheduler lives in this process
+    scheduler.add_plugin(plugin)
+    request.addfinalizer(lambda: scheduler.remove_plugin(name=plugin.name))
+    n = 200
+    with distaff.Engine() as eng:
+        t = eng.task(executor=client)(odd_fails)
+        exs = [t.submit(i) for i in range(n)]
+        for i, ex in enumerate(exs):
+            if i % 7 == 3:
+                exc = ex.exception(timeout=120)
+                assert type(exc) is ValueError and str(exc) == f"body {i}"
+            else:
+                assert ex.result(timeout=120) == i * i
+    assert plugin.tasks == n
+    # one per body without batching; the submitting loop outpaces a ship by far
+    assert plugin.graphs <= n // 2, plugin.graphs
