@@ -440,10 +440,8 @@ class _Timed:
 
 
 def _decorator(kind: str, fn: Any, engine: Any, **options: Any):
-    if fn is not _MISSING:
-        if options:
-            raise TypeError(f"@{kind} takes options as keywords only: @{kind}(name=...)")
-        return Task(fn, kind=kind, engine=engine)
+    if fn is not _MISSING:  # @task, or task(f, retries=2): the same as task(retries=2)(f)
+        return Task(fn, kind=kind, engine=engine, **options)
 
     def wrap(f: Callable) -> Task:
         return Task(f, kind=kind, engine=engine, **options)

@@ -139,6 +139,17 @@ def test_options_must_be_keywords():
         task(f, "name")  # noqa
 
 
+def test_a_function_and_its_options_in_one_call(engine):
+    # task(f, **options) is task(**options)(f): wrapping a function you did not write. (It was
+    # refused with a message about keywords, though the options were keywords.)
+    t = engine.task(abs, name="absolute", retries=1)
+    assert t.name == "absolute" and t(-3) == 3
+    w = engine.task(lambda x: x * 2, resolve=True)
+    assert w(w.submit(2)) == 8
+    with pytest.raises(TypeError, match="retries"):
+        task(abs, retries="x")
+
+
 @pytest.mark.parametrize(
     "make",
     [
