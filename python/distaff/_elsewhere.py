@@ -29,6 +29,7 @@ submission.
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import heapq
 import inspect
 import pickle
@@ -462,9 +463,11 @@ class Executors:
     def dropped(self, pid: int) -> None:
         """The engine was collected without a shutdown (weakref.finalize): no job of it is queued
         or running (each holds the engine), so the pools it owns stop now, without waiting. Not in
-        a child forked from its process: the pools' threads are the parent's."""
-        import os
-
+        a child forked from its process: the pools' threads are the parent's. It can run as late
+        as the interpreter's final collection, where an import fails ("sys.meta_path is None"):
+        nothing here imports."""
+        if self._closed:
+            return  # shut down already (the exit hook closes every engine's runners)
         if os.getpid() == pid:
             self.close(False)
 

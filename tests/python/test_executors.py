@@ -651,3 +651,21 @@ def test_the_name_processes_is_reserved_for_the_engines_own_pool():
         with distaff.Engine(executors={"threads": tp}) as e:  # under another name it is fine
             ex = e.task(executor="threads")(pid_of).submit()
             assert ex.result(timeout=60) == os.getpid() and ex.description["executor"] == "threads"
+
+
+def test_the_process_pool_used_from_an_atexit_hook_leaves_no_noise_at_exit():
+    # The engine made in the hook is collected in the interpreter's last collection; its finalizer
+    # imported a module there ("ImportError: sys.meta_path is None", printed as ignored).
+    r = run_python("""
+import atexit, distaff
+
+@atexit.register
+def late():
+    try:
+        print("result", distaff.task(executor="processes")(abs).submit(-6).result(timeout=60))
+    except distaff.ShutdownError:
+        print("result refused")  # 3.12+: no new thread (the pool's manager) at interpreter exit
+""", timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "result 6" in r.stdout or "result refused" in r.stdout, r.stdout + r.stderr
+    assert "Exception ignored" not in r.stderr and "Traceback" not in r.stderr, r.stderr
