@@ -102,6 +102,14 @@ def run_chunk(payloads: list) -> list:
     return [run(p) for p in payloads]
 
 
+def local_outcome(ok: bool, value: Any) -> tuple:
+    """A packed outcome for an in-process executor (nothing serialized): the value, or the
+    exception with its formatted traceback."""
+    if ok:
+        return (True, value, None, None, None, where())
+    return (False, value, None, None, _format(value), where())
+
+
 def run_local(fn: Any, args: tuple, kwargs: dict, is_async: bool) -> tuple:
     """The same for an in-process executor (a thread pool): nothing is serialized."""
     try:

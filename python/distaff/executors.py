@@ -29,7 +29,7 @@ import uuid
 from multiprocessing import connection as _mpc
 from typing import Any
 
-from . import _remote
+from . import _local_async, _remote
 from ._errors import ShutdownError, WorkerLostError
 
 __all__ = ["ProcessPool", "Ray", "WorkerLostError"]
@@ -454,7 +454,10 @@ class _Windowed:
                     n = self._chunk_size()
                     jobs = []
                     while self._queue and len(jobs) < n:
-                        job = self._queue.popleft()
+                        job = self._queue[0]
+                        if jobs and not self._chunks_with(job):
+                            break
+                        self._queue.popleft()
                         if not job.stopped:
                             jobs.append(job)
                     if not jobs:
@@ -471,6 +474,10 @@ class _Windowed:
         """How many queued jobs the next call takes (called under self._lock): one, unless a
         backend ships several per call (_Futures)."""
         return 1
+
+    def _chunks_with(self, job: Any) -> bool:
+        """Whether ``job`` can join the chunk being taken (called under self._lock)."""
+        return True
 
     def _ship_chunk(self, jobs: list) -> None:
         raise NotImplementedError
@@ -536,6 +543,9 @@ class _Futures(_Windowed):
 
     _CHUNK_MAX = 64
     _TINY_S = 0.005
+    # async def bodies on threads of this process (_local_async): a chunk runs its bodies
+    # concurrently on the thread's event loop, so it may be larger.
+    _LOCAL_ASYNC_CHUNK_MAX = 256
 
     def __init__(self, target: Any, name: str, local: bool) -> None:
         workers = getattr(target, "_max_workers", None)
@@ -546,8 +556,43 @@ class _Futures(_Windowed):
 
     def _start(self, job: Any) -> Any:
         if self.local:  # threads of this process: nothing to serialize
+            if job.is_async:  # on the thread's own event loop, cancellable (_local_async)
+                batch = _local_async.Batch([job])
+                batch.fut = self.target.submit(_local_async.run_batch, batch, self._report_local)
+                return batch
             return self.target.submit(_remote.run_local, job.fn, job.args, job.kwargs, job.is_async)
         return self.target.submit(_remote.run, job.payload())
+
+    @staticmethod
+    def _report_local(job: Any, outcome: Any) -> None:
+        # One async body of a batch ended (on the executor's thread); the batch's call is released
+        # when it returns (_watch_batch).
+        job.handle = None
+        if outcome is None:  # stopped before it started
+            job.report(error=concurrent.futures.CancelledError())
+        else:
+            job.report(outcome=outcome)
+
+    def _watch_batch(self, batch: Any) -> None:
+        t0, ahead_of_it, jobs = time.monotonic(), self._inflight, batch.jobs
+
+        def done(f: Any) -> None:
+            self._observe(time.monotonic() - t0, ahead_of_it, len(jobs))
+            self._release()
+            try:
+                try:
+                    f.result(0)
+                except BaseException as exc:  # noqa: BLE001 - cancelled while queued, executor shut down or broken
+                    error = concurrent.futures.CancelledError() if isinstance(exc, concurrent.futures.CancelledError) else exc
+                    for job in jobs:  # the ones that had no outcome yet (report ignores the others)
+                        if job.handle is batch:
+                            job.handle = None
+                            job.report(error=error)
+            finally:
+                if self._queue:
+                    self._pump()
+
+        batch.fut.add_done_callback(done)
 
     def _observe(self, latency: float, ahead_of_it: int, jobs: int = 1) -> None:
         # A call's latency is its queueing behind the `ahead_of_it` calls in flight when it was made
@@ -558,6 +603,9 @@ class _Futures(_Windowed):
         self._per_job = seconds_per_job if p is None else 0.8 * p + 0.2 * seconds_per_job
 
     def _watch(self, job: Any, fut: Any) -> None:
+        if fut.__class__ is _local_async.Batch:
+            self._watch_batch(fut)
+            return
         t0, ahead_of_it = time.monotonic(), self._inflight
 
         def done(f: Any) -> None:
@@ -576,11 +624,34 @@ class _Futures(_Windowed):
 
     def _chunk_size(self) -> int:
         # Called under self._lock.
-        if self.local or self._per_job is None or self._per_job > self._TINY_S:
+        if self._per_job is None or self._per_job > self._TINY_S:
             return 1
+        if self.local:  # only async bodies go together (_chunks_with), on the thread's loop
+            if not self._queue[0].is_async:
+                return 1
+            return max(1, min(self._LOCAL_ASYNC_CHUNK_MAX, len(self._queue) // (2 * self._workers)))
         return max(1, min(self._CHUNK_MAX, len(self._queue) // (4 * self._workers)))
 
+    def _chunks_with(self, job: Any) -> bool:
+        return job.is_async or not self.local
+
     def _ship_chunk(self, jobs: list) -> None:
+        if self.local:  # async bodies (_chunks_with), run together on one thread's loop
+            for job in jobs:
+                job.shipped()
+            batch = _local_async.Batch(jobs)
+            for job in jobs:
+                job.handle = batch
+            try:
+                batch.fut = self.target.submit(_local_async.run_batch, batch, self._report_local)
+            except BaseException as exc:  # noqa: BLE001 - executor shut down or broken
+                self._release()
+                for job in jobs:
+                    job.handle = None
+                    job.report(error=exc)
+                return
+            self._watch_batch(batch)
+            return
         payloads, kept = [], []
         for job in jobs:
             job.shipped()
@@ -632,6 +703,13 @@ class _Futures(_Windowed):
         for job in kept:
             if job.stopped:
                 self.cancel(job)
+
+    def cancel(self, job: Any) -> None:
+        h = job.handle
+        if h.__class__ is _local_async.Batch:
+            h.cancel(job)
+            return
+        super().cancel(job)
 
     def _stop(self, handle: Any) -> None:
         if handle.__class__ is _Chunk:

@@ -31,7 +31,6 @@ from .backends import (
     LocalExecutionBackend,
     NoopExecutionBackend,
     _Backend,
-    _Run,
     _run_body,
 )
 from .data import InputFile, OutputFile
@@ -64,7 +63,6 @@ class ComponentFuture(asyncio.Future):
     """
 
     _execution: Any = None
-    _run: Any = None
     _deps: tuple = ()
     _failed = False
     _error_map: Any = None
@@ -93,9 +91,6 @@ class ComponentFuture(asyncio.Future):
         ex = self._execution
         if ex is not None:
             ex.cancel()
-        run = self._run
-        if run is not None:
-            run.cancel()
         return super().cancel(msg)
 
     # -- settling from the execution --------------------------------------------------------------
@@ -105,11 +100,8 @@ class ComponentFuture(asyncio.Future):
         if self.done():
             return
         if ex.cancelled():
-            # Cancelled by distaff (a cancelled block or dependency, a shutdown): the body's
-            # coroutine on an executor thread is stopped too, at its next await.
-            run = self._run
-            if run is not None:
-                run.cancel()
+            # Cancelled by distaff (a cancelled block or dependency, a shutdown; distaff stops a
+            # body running on an executor thread at its next await).
             super().cancel()
             return
         error = ex.exception()
@@ -154,7 +146,7 @@ class _Spec:
 
     __slots__ = (
         "fn", "name", "comp_type", "task_type", "backend", "target_backend", "service",
-        "capture_stdio", "td_def", "signature", "check", "dtask", "threaded", "error_map", "commands",
+        "capture_stdio", "td_def", "signature", "check", "dtask", "error_map", "commands",
     )
 
 
@@ -381,7 +373,6 @@ class WorkflowEngine:
             spec.check = None
         else:
             spec.check = signature
-        spec.threaded = False
         spec.error_map = None
         spec.commands = self._commands
         eng = self._engine
@@ -391,9 +382,13 @@ class WorkflowEngine:
         elif task_type == FUNCTION:
             if bkind == "noop":
                 spec.dtask = eng.task(name=spec.name, wait=True)(_noop_body)
+            elif spec.backend.in_process:
+                # Threads of this process: distaff runs the coroutine on the executor thread's own
+                # event loop and cancels it at its next await when the execution is cancelled
+                # (docs/executors.md).
+                spec.dtask = eng.task(name=spec.name, executor=spec.backend.executor)(_call_body)
             else:
                 spec.dtask = eng.task(name=spec.name, executor=spec.backend.executor)(_run_body)
-                spec.threaded = spec.backend.in_process
         elif task_type == EXECUTABLE:
             if bkind == "noop":
                 spec.dtask = eng.task(name=spec.name, resolve=True)(_noop_command_body)
@@ -493,9 +488,7 @@ class WorkflowEngine:
         if comp_type == BLOCK:
             ex = spec.dtask.submit(fut, spec.fn, tuple(dargs), dkwargs)
         elif task_type == FUNCTION:
-            run = _Run() if spec.threaded else None
-            fut._run = run
-            ex = spec.dtask.submit(run, spec.fn, tuple(dargs), dkwargs)
+            ex = spec.dtask.submit(spec.fn, tuple(dargs), dkwargs)
         else:
             ex = spec.dtask.submit(spec, desc, tuple(dargs), dkwargs)
         fut._execution = ex
@@ -646,6 +639,10 @@ async def _to_the_end(task: asyncio.Task) -> None:
 
 
 # -- bodies (module level: they pickle by reference) -----------------------------------------------------
+
+
+async def _call_body(fn: Callable, args: tuple, kwargs: dict) -> Any:
+    return await fn(*args, **kwargs)
 
 
 def _noop_body(*_args: Any, **_kwargs: Any) -> str:
