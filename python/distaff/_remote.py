@@ -17,6 +17,7 @@ import traceback
 from typing import Any
 
 _WHERE: str | None = None
+_WHERE_PID = 0
 # A packed outcome is (ok, data, type_name, message, traceback, where): ok True with data the value
 # itself, _NESTED with data the value's own pickle (it needed cloudpickle), False for a failure.
 _NESTED = 2
@@ -48,9 +49,10 @@ def dumps(obj: Any) -> bytes:
 
 def where() -> str:
     """This process, as the note on a remote exception names it: ``host pid N``."""
-    global _WHERE
-    if _WHERE is None or not _WHERE.endswith(f" {os.getpid()}"):
-        _WHERE = f"{socket.gethostname()} pid {os.getpid()}"
+    global _WHERE, _WHERE_PID
+    pid = os.getpid()
+    if pid != _WHERE_PID:  # first call, or a forked child
+        _WHERE, _WHERE_PID = f"{socket.gethostname()} pid {pid}", pid
     return _WHERE
 
 

@@ -431,7 +431,9 @@ class _Windowed:
         self._pump()
 
     def cancel(self, job: Any) -> None:
-        h = job.handle
+        self._stop_job(job, job.handle)
+
+    def _stop_job(self, job: Any, h: Any) -> None:
         if h is not None:
             try:
                 self._stop(h)
@@ -493,7 +495,8 @@ class _Windowed:
         job.handle = handle
         self._watch(job, handle)
         if job.stopped:
-            self.cancel(job)
+            # `handle`, not job.handle: the settling of a job stopped meanwhile clears that.
+            self._stop_job(job, handle)
 
     def _release(self) -> None:
         with self._lock:
@@ -557,42 +560,46 @@ class _Futures(_Windowed):
     def _start(self, job: Any) -> Any:
         if self.local:  # threads of this process: nothing to serialize
             if job.is_async:  # on the thread's own event loop, cancellable (_local_async)
-                batch = _local_async.Batch([job])
-                batch.fut = self.target.submit(_local_async.run_batch, batch, self._report_local)
-                return batch
+                return self._ship_batch([job])
             return self.target.submit(_remote.run_local, job.fn, job.args, job.kwargs, job.is_async)
         return self.target.submit(_remote.run, job.payload())
 
+    def _ship_batch(self, jobs: list) -> Any:
+        """Hands ``async def`` bodies to one executor thread (_local_async.run_batch). The batch is
+        on its jobs before it is submitted, and the call releases its window slot itself when it
+        ends: the shipping fiber can be interrupted at any bytecode by a cancel() of the execution
+        it runs for, and neither a later cancel nor the window may depend on it finishing here."""
+        batch = _local_async.Batch(jobs, self._batch_done)
+        batch.t0, batch.ahead_of_it = time.monotonic(), self._inflight
+        for job in jobs:
+            job.handle = batch
+        batch.fut = fut = self.target.submit(_local_async.run_batch, batch, self._report_local)
+        fut.add_done_callback(batch.call_ended)
+        return batch
+
     @staticmethod
     def _report_local(job: Any, outcome: Any) -> None:
-        # One async body of a batch ended (on the executor's thread); the batch's call is released
-        # when it returns (_watch_batch).
+        # One async body of a batch ended (on the executor's thread).
         job.handle = None
         if outcome is None:  # stopped before it started
             job.report(error=concurrent.futures.CancelledError())
         else:
             job.report(outcome=outcome)
 
-    def _watch_batch(self, batch: Any) -> None:
-        t0, ahead_of_it, jobs = time.monotonic(), self._inflight, batch.jobs
-
-        def done(f: Any) -> None:
-            self._observe(time.monotonic() - t0, ahead_of_it, len(jobs))
-            self._release()
-            try:
-                try:
-                    f.result(0)
-                except BaseException as exc:  # noqa: BLE001 - cancelled while queued, executor shut down or broken
-                    error = concurrent.futures.CancelledError() if isinstance(exc, concurrent.futures.CancelledError) else exc
-                    for job in jobs:  # the ones that had no outcome yet (report ignores the others)
-                        if job.handle is batch:
-                            job.handle = None
-                            job.report(error=error)
-            finally:
-                if self._queue:
-                    self._pump()
-
-        batch.fut.add_done_callback(done)
+    def _batch_done(self, batch: Any, error: BaseException | None) -> None:
+        """Once per batch, when run_batch returns or when its call ends without running it
+        (cancelled while queued, the executor shut down)."""
+        self._release()
+        try:
+            self._observe(time.monotonic() - batch.t0, batch.ahead_of_it, len(batch.jobs))
+            if error is not None:
+                for job in batch.jobs:  # the ones that had no outcome yet (report ignores the others)
+                    if job.handle is batch:
+                        job.handle = None
+                        job.report(error=error)
+        finally:
+            if self._queue:
+                self._pump()
 
     def _observe(self, latency: float, ahead_of_it: int, jobs: int = 1) -> None:
         # A call's latency is its queueing behind the `ahead_of_it` calls in flight when it was made
@@ -604,8 +611,7 @@ class _Futures(_Windowed):
 
     def _watch(self, job: Any, fut: Any) -> None:
         if fut.__class__ is _local_async.Batch:
-            self._watch_batch(fut)
-            return
+            return  # the batch reports and releases by itself (_ship_batch)
         t0, ahead_of_it = time.monotonic(), self._inflight
 
         def done(f: Any) -> None:
@@ -639,18 +645,17 @@ class _Futures(_Windowed):
         if self.local:  # async bodies (_chunks_with), run together on one thread's loop
             for job in jobs:
                 job.shipped()
-            batch = _local_async.Batch(jobs)
-            for job in jobs:
-                job.handle = batch
             try:
-                batch.fut = self.target.submit(_local_async.run_batch, batch, self._report_local)
+                batch = self._ship_batch(jobs)
             except BaseException as exc:  # noqa: BLE001 - executor shut down or broken
                 self._release()
                 for job in jobs:
                     job.handle = None
                     job.report(error=exc)
                 return
-            self._watch_batch(batch)
+            for job in jobs:
+                if job.stopped:
+                    batch.cancel(job)
             return
         payloads, kept = [], []
         for job in jobs:
@@ -704,12 +709,11 @@ class _Futures(_Windowed):
             if job.stopped:
                 self.cancel(job)
 
-    def cancel(self, job: Any) -> None:
-        h = job.handle
+    def _stop_job(self, job: Any, h: Any) -> None:
         if h.__class__ is _local_async.Batch:
             h.cancel(job)
             return
-        super().cancel(job)
+        super()._stop_job(job, h)
 
     def _stop(self, handle: Any) -> None:
         if handle.__class__ is _Chunk:
