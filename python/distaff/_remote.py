@@ -17,6 +17,7 @@ import traceback
 from typing import Any
 
 _WHERE: str | None = None
+_WHERE_PID = 0
 # A packed outcome is (ok, data, type_name, message, traceback, where): ok True with data the value
 # itself, _NESTED with data the value's own pickle (it needed cloudpickle), False for a failure.
 _NESTED = 2
@@ -48,9 +49,10 @@ def dumps(obj: Any) -> bytes:
 
 def where() -> str:
     """This process, as the note on a remote exception names it: ``host pid N``."""
-    global _WHERE
-    if _WHERE is None or not _WHERE.endswith(f" {os.getpid()}"):
-        _WHERE = f"{socket.gethostname()} pid {os.getpid()}"
+    global _WHERE, _WHERE_PID
+    pid = os.getpid()
+    if pid != _WHERE_PID:  # first call, or a forked child
+        _WHERE, _WHERE_PID = f"{socket.gethostname()} pid {pid}", pid
     return _WHERE
 
 
@@ -100,6 +102,14 @@ def run_chunk(payloads: list) -> list:
     """Runs several payloads in order (a chunk of tiny bodies, executors._Futures); one packed
     outcome each: a failure is one body's outcome, never the chunk's."""
     return [run(p) for p in payloads]
+
+
+def local_outcome(ok: bool, value: Any) -> tuple:
+    """A packed outcome for an in-process executor (nothing serialized): the value, or the
+    exception with its formatted traceback."""
+    if ok:
+        return (True, value, None, None, None, where())
+    return (False, value, None, None, _format(value), where())
 
 
 def run_local(fn: Any, args: tuple, kwargs: dict, is_async: bool) -> tuple:

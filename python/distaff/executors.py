@@ -29,7 +29,7 @@ import uuid
 from multiprocessing import connection as _mpc
 from typing import Any
 
-from . import _remote
+from . import _local_async, _remote
 from ._errors import ShutdownError, WorkerLostError
 
 __all__ = ["ProcessPool", "Ray", "WorkerLostError"]
@@ -431,7 +431,9 @@ class _Windowed:
         self._pump()
 
     def cancel(self, job: Any) -> None:
-        h = job.handle
+        self._stop_job(job, job.handle)
+
+    def _stop_job(self, job: Any, h: Any) -> None:
         if h is not None:
             try:
                 self._stop(h)
@@ -454,7 +456,10 @@ class _Windowed:
                     n = self._chunk_size()
                     jobs = []
                     while self._queue and len(jobs) < n:
-                        job = self._queue.popleft()
+                        job = self._queue[0]
+                        if jobs and not self._chunks_with(job):
+                            break
+                        self._queue.popleft()
                         if not job.stopped:
                             jobs.append(job)
                     if not jobs:
@@ -472,6 +477,10 @@ class _Windowed:
         backend ships several per call (_Futures)."""
         return 1
 
+    def _chunks_with(self, job: Any) -> bool:
+        """Whether ``job`` can join the chunk being taken (called under self._lock)."""
+        return True
+
     def _ship_chunk(self, jobs: list) -> None:
         raise NotImplementedError
 
@@ -486,7 +495,8 @@ class _Windowed:
         job.handle = handle
         self._watch(job, handle)
         if job.stopped:
-            self.cancel(job)
+            # `handle`, not job.handle: the settling of a job stopped meanwhile clears that.
+            self._stop_job(job, handle)
 
     def _release(self) -> None:
         with self._lock:
@@ -536,6 +546,9 @@ class _Futures(_Windowed):
 
     _CHUNK_MAX = 64
     _TINY_S = 0.005
+    # async def bodies on threads of this process (_local_async): a chunk runs its bodies
+    # concurrently on the thread's event loop, so it may be larger.
+    _LOCAL_ASYNC_CHUNK_MAX = 256
 
     def __init__(self, target: Any, name: str, local: bool) -> None:
         workers = getattr(target, "_max_workers", None)
@@ -546,8 +559,47 @@ class _Futures(_Windowed):
 
     def _start(self, job: Any) -> Any:
         if self.local:  # threads of this process: nothing to serialize
+            if job.is_async:  # on the thread's own event loop, cancellable (_local_async)
+                return self._ship_batch([job])
             return self.target.submit(_remote.run_local, job.fn, job.args, job.kwargs, job.is_async)
         return self.target.submit(_remote.run, job.payload())
+
+    def _ship_batch(self, jobs: list) -> Any:
+        """Hands ``async def`` bodies to one executor thread (_local_async.run_batch). The batch is
+        on its jobs before it is submitted, and the call releases its window slot itself when it
+        ends: the shipping fiber can be interrupted at any bytecode by a cancel() of the execution
+        it runs for, and neither a later cancel nor the window may depend on it finishing here."""
+        batch = _local_async.Batch(jobs, self._batch_done)
+        batch.t0, batch.ahead_of_it = time.monotonic(), self._inflight
+        for job in jobs:
+            job.handle = batch
+        batch.fut = fut = self.target.submit(_local_async.run_batch, batch, self._report_local)
+        fut.add_done_callback(batch.call_ended)
+        return batch
+
+    @staticmethod
+    def _report_local(job: Any, outcome: Any) -> None:
+        # One async body of a batch ended (on the executor's thread).
+        job.handle = None
+        if outcome is None:  # stopped before it started
+            job.report(error=concurrent.futures.CancelledError())
+        else:
+            job.report(outcome=outcome)
+
+    def _batch_done(self, batch: Any, error: BaseException | None) -> None:
+        """Once per batch, when run_batch returns or when its call ends without running it
+        (cancelled while queued, the executor shut down)."""
+        self._release()
+        try:
+            self._observe(time.monotonic() - batch.t0, batch.ahead_of_it, len(batch.jobs))
+            if error is not None:
+                for job in batch.jobs:  # the ones that had no outcome yet (report ignores the others)
+                    if job.handle is batch:
+                        job.handle = None
+                        job.report(error=error)
+        finally:
+            if self._queue:
+                self._pump()
 
     def _observe(self, latency: float, ahead_of_it: int, jobs: int = 1) -> None:
         # A call's latency is its queueing behind the `ahead_of_it` calls in flight when it was made
@@ -558,6 +610,8 @@ class _Futures(_Windowed):
         self._per_job = seconds_per_job if p is None else 0.8 * p + 0.2 * seconds_per_job
 
     def _watch(self, job: Any, fut: Any) -> None:
+        if fut.__class__ is _local_async.Batch:
+            return  # the batch reports and releases by itself (_ship_batch)
         t0, ahead_of_it = time.monotonic(), self._inflight
 
         def done(f: Any) -> None:
@@ -576,11 +630,33 @@ class _Futures(_Windowed):
 
     def _chunk_size(self) -> int:
         # Called under self._lock.
-        if self.local or self._per_job is None or self._per_job > self._TINY_S:
+        if self._per_job is None or self._per_job > self._TINY_S:
             return 1
+        if self.local:  # only async bodies go together (_chunks_with), on the thread's loop
+            if not self._queue[0].is_async:
+                return 1
+            return max(1, min(self._LOCAL_ASYNC_CHUNK_MAX, len(self._queue) // (2 * self._workers)))
         return max(1, min(self._CHUNK_MAX, len(self._queue) // (4 * self._workers)))
 
+    def _chunks_with(self, job: Any) -> bool:
+        return job.is_async or not self.local
+
     def _ship_chunk(self, jobs: list) -> None:
+        if self.local:  # async bodies (_chunks_with), run together on one thread's loop
+            for job in jobs:
+                job.shipped()
+            try:
+                batch = self._ship_batch(jobs)
+            except BaseException as exc:  # noqa: BLE001 - executor shut down or broken
+                self._release()
+                for job in jobs:
+                    job.handle = None
+                    job.report(error=exc)
+                return
+            for job in jobs:
+                if job.stopped:
+                    batch.cancel(job)
+            return
         payloads, kept = [], []
         for job in jobs:
             job.shipped()
@@ -632,6 +708,12 @@ class _Futures(_Windowed):
         for job in kept:
             if job.stopped:
                 self.cancel(job)
+
+    def _stop_job(self, job: Any, h: Any) -> None:
+        if h.__class__ is _local_async.Batch:
+            h.cancel(job)
+            return
+        super()._stop_job(job, h)
 
     def _stop(self, handle: Any) -> None:
         if handle.__class__ is _Chunk:

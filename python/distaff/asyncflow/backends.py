@@ -185,27 +185,6 @@ def _close_loops() -> None:
             loop.close()
 
 
-class _Run:
-    """One function-task call on a thread of this process: lets the engine cancel the body's
-    coroutine at its next await (concurrent.futures alone cannot stop a running call)."""
-
-    __slots__ = ("loop", "task", "cancelled")
-
-    def __init__(self) -> None:
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.task: asyncio.Task | None = None
-        self.cancelled = False
-
-    def cancel(self) -> None:
-        self.cancelled = True
-        task, loop = self.task, self.loop
-        if task is not None and loop is not None:
-            try:
-                loop.call_soon_threadsafe(task.cancel)
-            except RuntimeError:  # that thread's loop is closed: the body is over
-                pass
-
-
 def _thread_loop() -> asyncio.AbstractEventLoop:
     loop = getattr(_local, "loop", None)
     if loop is None or loop.is_closed():
@@ -223,19 +202,16 @@ def _thread_loop() -> asyncio.AbstractEventLoop:
     return loop
 
 
-def _run_body(run: _Run | None, fn: Any, args: tuple, kwargs: dict) -> Any:
-    """Runs the coroutine function ``fn`` to completion in the executor's thread or process, on
-    that thread's own event loop: AsyncFlow's ``asyncio.run(fn(...))``, without creating and
-    closing a loop per call (~20 µs instead of ~250 µs on the benchmark machine). Tasks the body
+def _run_body(fn: Any, args: tuple, kwargs: dict) -> Any:
+    """Runs the coroutine function ``fn`` to completion in a process pool's worker or on a Dask
+    worker, on that thread's own event loop: AsyncFlow's ``asyncio.run(fn(...))``, without creating
+    and closing a loop per call (~20 µs instead of ~250 µs on the benchmark machine). Tasks the body
     left running are cancelled when it returns, as ``asyncio.run`` does (the loop's task factory
-    lists them: ``asyncio.all_tasks`` would scan every task of every loop in the process)."""
+    lists them: ``asyncio.all_tasks`` would scan every task of every loop in the process). Bodies
+    on threads of this process are distaff's own async bodies on an executor (docs/executors.md)."""
     loop = _thread_loop()
     created = _local.created
     task = loop.create_task(fn(*args, **kwargs))
-    if run is not None:
-        run.loop, run.task = loop, task
-        if run.cancelled:
-            task.cancel()
     try:
         return loop.run_until_complete(task)
     finally:

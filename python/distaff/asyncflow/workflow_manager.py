@@ -22,6 +22,7 @@ import signal
 import threading
 import uuid
 import weakref
+from collections.abc import MutableMapping
 from typing import Any, AsyncIterator, Callable, Optional, Union
 
 import distaff
@@ -31,7 +32,6 @@ from .backends import (
     LocalExecutionBackend,
     NoopExecutionBackend,
     _Backend,
-    _Run,
     _run_body,
 )
 from .data import InputFile, OutputFile
@@ -61,13 +61,18 @@ class ComponentFuture(asyncio.Future):
     then ``"DONE"``, ``"FAILED"`` or ``"CANCELLED"``. ``id`` is the numeric part of the uid, and
     ``task`` (or ``block``) the component's description, as in AsyncFlow. ``cancel()`` works before
     and while the component runs.
+
+    The description dict is made the first time it is asked for (``task``, ``block``,
+    ``description``, ``engine.components[uid]``) and is the same dict from then on: a component
+    nobody inspects costs no dicts or lists (10,000 tasks kept ~100,000 objects alive for the
+    garbage collector to scan again and again).
     """
 
-    _execution: Any = None
-    _run: Any = None
-    _deps: tuple = ()
-    _failed = False
-    _error_map: Any = None
+    __slots__ = ("id", "_execution", "_deps", "_failed", "_error_map", "_spec", "_uid", "_wid", "_args",
+                 "_kwargs", "_td", "_files", "_desc")
+
+    # Every slot is set by WorkflowEngine._call, which makes these futures (no __init__ of our own:
+    # one Python frame less per component).
 
     @property
     def state(self) -> str:
@@ -80,12 +85,44 @@ class ComponentFuture(asyncio.Future):
             return "RUNNING"
         return "PENDING"
 
-    task: Any = None  # the description of a task component (AsyncFlow's attribute)
-    block: Any = None  # the description of a block component
+    @property
+    def task(self) -> dict | None:
+        """The description of a task component (AsyncFlow's attribute); None for a block."""
+        return None if self._spec.comp_type == BLOCK else self.description
+
+    @property
+    def block(self) -> dict | None:
+        """The description of a block component; None for a task."""
+        return self.description if self._spec.comp_type == BLOCK else None
 
     @property
     def description(self) -> dict:
-        return self.task if self.task is not None else self.block
+        desc = self._desc
+        if desc is None:
+            spec = self._spec
+            files = self._files
+            kwargs = self._kwargs
+            desc = self._desc = {
+                "name": spec.name,
+                "uid": self._uid,
+                "workflow_id": self._wid,
+                "args": self._args,
+                "kwargs": {} if kwargs is None else kwargs,
+                "function": spec.fn if spec.task_type in (FUNCTION, None) else None,
+                "executable": None,
+                "arguments": [],
+                "prompt": None,
+                "task_backend_specific_kwargs": self._td,
+                "target_backend": spec.target_backend,
+                "capture_stdio": spec.capture_stdio,
+                "is_service": spec.service,
+                "metadata": {
+                    "dependencies": [d.description for d in self._deps],
+                    "input_files": list(files[0]) if files else [],
+                    "output_files": list(files[1]) if files else [],
+                },
+            }
+        return desc
 
     def cancel(self, msg: Any = None) -> bool:
         if self.done():
@@ -93,9 +130,6 @@ class ComponentFuture(asyncio.Future):
         ex = self._execution
         if ex is not None:
             ex.cancel()
-        run = self._run
-        if run is not None:
-            run.cancel()
         return super().cancel(msg)
 
     # -- settling from the execution --------------------------------------------------------------
@@ -105,11 +139,8 @@ class ComponentFuture(asyncio.Future):
         if self.done():
             return
         if ex.cancelled():
-            # Cancelled by distaff (a cancelled block or dependency, a shutdown): the body's
-            # coroutine on an executor thread is stopped too, at its next await.
-            run = self._run
-            if run is not None:
-                run.cancel()
+            # Cancelled by distaff (a cancelled block or dependency, a shutdown; distaff stops a
+            # body running on an executor thread at its next await).
             super().cancel()
             return
         error = ex.exception()
@@ -125,8 +156,8 @@ class ComponentFuture(asyncio.Future):
             failed = [dep for dep in self._deps if dep.done() and not dep.cancelled() and dep._failed]
             if failed:
                 error = DependencyFailureError(
-                    f"Cannot execute '{self.description['name']}' due to dependency failure",
-                    failed_dependencies=[dep.description["name"] for dep in failed],
+                    f"Cannot execute '{self._spec.name}' due to dependency failure",
+                    failed_dependencies=[dep._spec.name for dep in failed],
                     root_cause=failed[0].exception(),
                 )
         elif self._error_map is not None:
@@ -138,6 +169,40 @@ class ComponentFuture(asyncio.Future):
         ex = self._execution
         if not self.done() and ex is not None and ex.done():
             self._settle(ex)
+
+
+class _Components(MutableMapping):
+    """``engine.components``: uid -> ``{"type": "task" | "block", "future": ..., "description":
+    {...}}``, as AsyncFlow keeps it. An entry is made when first read, then kept."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self) -> None:
+        self._items: dict = {}  # uid -> its ComponentFuture until the entry is read, then the entry
+
+    def __getitem__(self, uid: str) -> dict:
+        entry = self._items[uid]
+        if entry.__class__ is ComponentFuture:
+            entry = self._items[uid] = {"type": entry._spec.comp_type, "future": entry, "description": entry.description}
+        return entry
+
+    def __setitem__(self, uid: str, entry: dict) -> None:
+        self._items[uid] = entry
+
+    def __delitem__(self, uid: str) -> None:
+        del self._items[uid]
+
+    def __iter__(self):
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, uid: object) -> bool:
+        return uid in self._items
+
+    def __repr__(self) -> str:
+        return repr(dict(self.items()))
 
 
 def _command_error(error: BaseException) -> BaseException:
@@ -154,7 +219,7 @@ class _Spec:
 
     __slots__ = (
         "fn", "name", "comp_type", "task_type", "backend", "target_backend", "service",
-        "capture_stdio", "td_def", "signature", "check", "dtask", "threaded", "error_map", "commands",
+        "capture_stdio", "td_def", "signature", "check", "dtask", "error_map", "commands",
     )
 
 
@@ -226,11 +291,14 @@ class WorkflowEngine:
             b.is_attached = True
             b.attached_to.append(self.uid)
         self._default_backend_name = backends[0].name
-        self.components: dict[str, dict] = {}
+        # uid -> ComponentFuture; `components` shows each as AsyncFlow's entry
+        self._futures: dict[str, ComponentFuture] = {}
+        self.components = _Components()
         self._workflow_id_ctx: contextvars.ContextVar = contextvars.ContextVar(
             f"distaff_asyncflow_workflow_id.{self.uid}", default=None
         )
         self._engine = distaff.Engine()
+        self._settle_context = contextvars.Context()
         self._closing = False
         self._shutdown_task: asyncio.Task | None = None
         # The asyncio tasks of executable-task bodies running their command: shutdown waits for
@@ -381,7 +449,6 @@ class WorkflowEngine:
             spec.check = None
         else:
             spec.check = signature
-        spec.threaded = False
         spec.error_map = None
         spec.commands = self._commands
         eng = self._engine
@@ -391,9 +458,13 @@ class WorkflowEngine:
         elif task_type == FUNCTION:
             if bkind == "noop":
                 spec.dtask = eng.task(name=spec.name, wait=True)(_noop_body)
+            elif spec.backend.in_process:
+                # Threads of this process: distaff runs the coroutine on the executor thread's own
+                # event loop and cancels it at its next await when the execution is cancelled
+                # (docs/executors.md).
+                spec.dtask = eng.task(name=spec.name, executor=spec.backend.executor)(_call_body)
             else:
                 spec.dtask = eng.task(name=spec.name, executor=spec.backend.executor)(_run_body)
-                spec.threaded = spec.backend.in_process
         elif task_type == EXECUTABLE:
             if bkind == "noop":
                 spec.dtask = eng.task(name=spec.name, resolve=True)(_noop_command_body)
@@ -435,8 +506,7 @@ class WorkflowEngine:
                 raise TypeError(f"{spec.name}(): {e}") from None
 
         deps: list = []
-        input_files: list = []
-        output_files: list = []
+        files = None
         dargs = args
         for i, a in enumerate(args):
             if isinstance(a, ComponentFuture):
@@ -444,10 +514,10 @@ class WorkflowEngine:
                     dargs = list(args)
                 dargs[i] = a._execution
                 deps.append(a)
-            elif isinstance(a, InputFile):
-                input_files.append(a.filename)
-            elif isinstance(a, OutputFile):
-                output_files.append(a.filename)
+            elif isinstance(a, (InputFile, OutputFile)):
+                if files is None:
+                    files = ([], [])
+                files[0 if isinstance(a, InputFile) else 1].append(a.filename)
         dkwargs = kwargs
         for k, v in kwargs.items():
             if isinstance(v, ComponentFuture):
@@ -459,54 +529,38 @@ class WorkflowEngine:
         comp_type = spec.comp_type
         number = f"{next(_uids):06d}"
         uid = f"{comp_type}.{number}"
-        task_type = spec.task_type
-        desc = {
-            "name": spec.name,
-            "uid": uid,
-            "workflow_id": explicit_wid or self._workflow_id_ctx.get(),
-            "args": args,
-            "kwargs": kwargs,
-            "function": spec.fn if task_type in (FUNCTION, None) else None,
-            "executable": None,
-            "arguments": [],
-            "prompt": None,
-            "task_backend_specific_kwargs": td,
-            "target_backend": spec.target_backend,
-            "capture_stdio": spec.capture_stdio,
-            "is_service": spec.service,
-            "metadata": {
-                "dependencies": [d.description for d in deps],
-                "input_files": input_files,
-                "output_files": output_files,
-            },
-        }
         fut = ComponentFuture(loop=loop)
         fut.id = number
-        if comp_type == BLOCK:
-            fut.block = desc
-        else:
-            fut.task = desc
-        if deps:
-            fut._deps = tuple(deps)
-        if spec.error_map is not None:
-            fut._error_map = spec.error_map
+        fut._spec = spec
+        fut._uid = uid
+        fut._wid = explicit_wid or self._workflow_id_ctx.get()
+        fut._args = args
+        fut._kwargs = kwargs or None
+        fut._td = td
+        fut._files = files
+        fut._deps = tuple(deps) if deps else ()
+        fut._error_map = spec.error_map
+        fut._failed = False
+        fut._desc = None
+        fut._execution = None
+        task_type = spec.task_type
         if comp_type == BLOCK:
             ex = spec.dtask.submit(fut, spec.fn, tuple(dargs), dkwargs)
         elif task_type == FUNCTION:
-            run = _Run() if spec.threaded else None
-            fut._run = run
-            ex = spec.dtask.submit(run, spec.fn, tuple(dargs), dkwargs)
-        else:
-            ex = spec.dtask.submit(spec, desc, tuple(dargs), dkwargs)
+            ex = spec.dtask.submit(spec.fn, tuple(dargs), dkwargs)
+        else:  # the body fills in the description's executable and arguments, or prompt
+            ex = spec.dtask.submit(spec, fut.description, tuple(dargs), dkwargs)
         fut._execution = ex
-        self.components[uid] = {"type": comp_type, "future": fut, "description": desc}
-        ex.add_done_callback(fut._settle)
+        self._futures[uid] = self.components._items[uid] = fut
+        # Delivered on this loop (distaff batches the wake-ups); _settle reads no context
+        # variables, so one empty context serves every component (no copy per call).
+        ex.add_done_callback(fut._settle, context=self._settle_context)
         return fut
 
     async def _block_body(self, fut: ComponentFuture, fn: Callable, args: tuple, kwargs: dict) -> Any:
         # Components called in the block are its members: tagged with its uid (AsyncFlow's rule) and,
         # being submitted from its body, children of its execution: cancelling it cancels them.
-        token = self._workflow_id_ctx.set(fut.block["uid"])
+        token = self._workflow_id_ctx.set(fut._uid)
         try:
             return await fn(*args, **kwargs)
         finally:
@@ -596,8 +650,7 @@ class WorkflowEngine:
         self._closing = True
         self._remove_signal_handlers()
         logger.info("Shutdown is triggered, terminating the resources gracefully")
-        for comp in list(self.components.values()):
-            fut = comp["future"]
+        for fut in list(self._futures.values()):
             if not fut.done():
                 fut.cancel()
         # Each step runs to its end even if this task is cancelled meanwhile: asyncio.run() ending
@@ -646,6 +699,10 @@ async def _to_the_end(task: asyncio.Task) -> None:
 
 
 # -- bodies (module level: they pickle by reference) -----------------------------------------------------
+
+
+async def _call_body(fn: Callable, args: tuple, kwargs: dict) -> Any:
+    return await fn(*args, **kwargs)
 
 
 def _noop_body(*_args: Any, **_kwargs: Any) -> str:
