@@ -103,7 +103,6 @@ struct PyExecution {
   PyThreadState* tstate;  // the fiber's state while its body runs, else NULL
   PyExecution* run_prev;  // the running list (bodies now running on a fiber), while tstate is set
   PyExecution* run_next;
-  std::uint64_t timer_id; // armed timeout, or 0
   unsigned char observed;    // someone retrieved the exception
   unsigned char forwarding;  // `result` holds the execution this one follows
   unsigned char detached;    // not cancelled with its parent
@@ -237,8 +236,6 @@ void submit_after_fork();
 // exception class) in its body if it is running Python, and cancels its children transitively.
 // GIL held. Returns false if it was already finished.
 bool terminate(PyExecution* pe, State state, PyObject* value, PyObject* async_exc);
-// disarm_timeout: cancels pe's armed timeout, if any. GIL held.
-void disarm_timeout(PyExecution* pe);
 // cancel_running: terminates (as cancelled) every execution of `engine` (a capsule) whose body is
 // running on a fiber now — parked in a wait or running Python. Returns how many. GIL held.
 Py_ssize_t cancel_running(PyObject* engine);
