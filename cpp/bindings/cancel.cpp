@@ -100,25 +100,12 @@ bool terminate(PyExecution* pe, State state, PyObject* value, PyObject* async_ex
   return finished;
 }
 
-int g_engines_bodies_cancelled = 0;
-
-bool cancelled_at_start(PyExecution* pe) {
-  EngineCore* eng = engine_from_capsule(pe->engine);
-  if (!eng) {
-    PyErr_Clear();
-    return false;
-  }
-  return eng->bodies_cancelled;
-}
-
 Py_ssize_t cancel_running(PyObject* engine) {
-  // From now on a body of this engine that a worker took but did not start yet (it waits for the
-  // GIL this thread holds, so it is not in the running list) is cancelled as it starts.
+  // From now on no body of this engine starts, and one that a worker took but did not start yet (it
+  // waits for the GIL this thread holds, so it is not in the running list) is cancelled as it starts
+  // (run_execution checks Scheduler::bodies_cancelled()).
   if (EngineCore* eng = engine_from_capsule(engine)) {
-    if (!eng->bodies_cancelled) {
-      eng->bodies_cancelled = true;
-      ++g_engines_bodies_cancelled;
-    }
+    eng->scheduler->cancel_bodies();
   } else {
     PyErr_Clear();
   }

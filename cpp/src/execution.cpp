@@ -211,7 +211,7 @@ WaitStatus Execution::wait_until(Clock::time_point deadline) {
   WaitStatus status = WaitStatus::done;
   {
     detail::SuspendScope suspend(this);
-    std::unique_lock<std::mutex> lk(mu_);
+    UniqueLock lk(mu_);
     while (!is_terminal(state_.load(std::memory_order_acquire))) {
       if (self && self->interrupted()) {
         status = WaitStatus::interrupted;
@@ -250,7 +250,7 @@ WaitStatus sleep_until(Clock::time_point deadline) {
   WaitStatus status = WaitStatus::timeout;
   {
     detail::SuspendScope suspend;
-    std::unique_lock<std::mutex> lk(self->mu_);
+    UniqueLock lk(self->mu_);
     while (!self->interrupted() && !is_terminal(self->state_.load(std::memory_order_acquire))) {
       if (self->done_cv_.wait_until(lk, deadline) == boost::fibers::cv_status::timeout) break;
     }

@@ -145,7 +145,7 @@ std::vector<void*> Timer::stop() {
 }
 
 void Timer::run() {
-  std::unique_lock<std::mutex> lk(mu_);
+  UniqueLock lk(mu_);
   while (!stopping_) {
     if (queue_.empty()) {
       cv_.wait(lk);

@@ -130,13 +130,13 @@ class Execution {
   // finish: the one terminal transition; returns false (and does nothing) if already terminal.
   // Wakes every waiter, releases the deadline armed on it if any (Timer::arm: its release hook runs
   // here, on this thread), then runs the callbacks. Any thread; never suspends.
-  bool finish(State terminal) noexcept;
+  bool finish(State terminal) noexcept DISTAFF_EXCLUDES(mu_);
   // cancel_if_not_started: finish(cancelled) only while still pending or waiting; false otherwise
   // (the execution started or was finished first). Any thread; never suspends.
-  bool cancel_if_not_started() noexcept;
+  bool cancel_if_not_started() noexcept DISTAFF_EXCLUDES(mu_);
 
   // add_callback: registers `cb` to run once on completion; runs it now, on this thread, if done.
-  void add_callback(Callback cb, void* arg);
+  void add_callback(Callback cb, void* arg) DISTAFF_EXCLUDES(mu_);
 
   // forward_to: declares that this (running) execution completes when `target` does; used when a
   // body returns another execution. Throws DeadlockError if `target` waits on this execution.
@@ -159,9 +159,9 @@ class Execution {
 
   // add_child: records `child` (submitted by this execution's body) for cancellation of the tree.
   // Ignored once this execution is finished. Children are released when it finishes.
-  void add_child(const ExecutionRef& child);
+  void add_child(const ExecutionRef& child) DISTAFF_EXCLUDES(mu_);
   // children: the unfinished children recorded so far.
-  std::vector<ExecutionRef> children() const;
+  std::vector<ExecutionRef> children() const DISTAFF_EXCLUDES(mu_);
 
   // TreeFinisher: finishes `ex` for terminate_tree — the embedder stores its outcome and calls
   // finish() or cancel_if_not_started() — and interrupts whatever it runs that interrupt() cannot
@@ -176,7 +176,7 @@ class Execution {
   // interrupt), then calls `finisher`. The children of an execution that `finisher` did not finish
   // are left alone. Returns what `finisher` returned for this execution, or false at once if it
   // was already finished. Any thread; never suspends.
-  bool terminate_tree(TreeFinisher finisher, void* arg);
+  bool terminate_tree(TreeFinisher finisher, void* arg) DISTAFF_EXCLUDES(mu_);
 
   // parked: the execution's fiber is parked in a wait, a wait-set or a sleep (interrupt() wakes it).
   bool parked() const noexcept;
@@ -208,7 +208,7 @@ class Execution {
     CallbackNode* next;
   };
   static void run_callbacks(Execution& ex, CallbackNode* list) noexcept;
-  bool finish_impl(State terminal, bool only_if_not_started) noexcept;
+  bool finish_impl(State terminal, bool only_if_not_started) noexcept DISTAFF_EXCLUDES(mu_);
 
   std::atomic<int> refs_{1};
   std::atomic<State> state_{State::pending};
