@@ -58,7 +58,8 @@ TEST_F(TimerThreads, CancelledEntryNeverFiresAndStopReturnsWhatDidNot) {
   log.expect = 1;
   Item gone{&log, 1}, fires{&log, 2}, never{&log, 3};
   Timer t;
-  const auto id = t.schedule(Clock::now() + std::chrono::milliseconds(5), &Fired::record, &gone);
+  // Far off, so the cancel wins for certain (5 ms lost the race on a loaded machine under TSan).
+  const auto id = t.schedule(Clock::now() + std::chrono::hours(1), &Fired::record, &gone);
   EXPECT_TRUE(t.cancel(id));
   EXPECT_FALSE(t.cancel(id));
   t.schedule(Clock::now() + std::chrono::milliseconds(10), &Fired::record, &fires);
