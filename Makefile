@@ -9,7 +9,7 @@ BUILD  ?= build/core
 SYSTEM_PACKAGES = libboost-fiber-dev libboost-context-dev libgtest-dev cmake ninja-build g++ graphviz chromium chromium-driver
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test test-cpp test-python test-versions sanitize sanitize-python bench bench-quick bench-progress deps install clean
+.PHONY: demo test test-cpp test-python test-versions sanitize sanitize-python thread-safety bench bench-quick bench-progress deps install clean
 
 deps:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -55,6 +55,21 @@ sanitize: deps
 	cmake -S . -B build/tsan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DDISTAFF_BUILD_TESTS=ON -DDISTAFF_BUILD_PYTHON=OFF -DDISTAFF_TSAN=ON
 	cmake --build build/tsan -j2
 	ctest --test-dir build/tsan --output-on-failure -j2 -R Threads
+
+# Clang's thread-safety analysis over the core: the lock annotations (which mutex guards which
+# member, cpp/include/distaff/thread_annotations.hpp) checked with -Wthread-safety -Werror. Syntax
+# only, against libc++, whose std::mutex and std::lock_guard carry the annotations (libstdc++'s do
+# not); Boost 1.74's headers need the type traits C++20 removed from libc++. Optional, not in CI;
+# installs clang-14 and libc++ from Debian on first use.
+THREAD_SAFETY_PACKAGES = clang-14 libc++-14-dev libc++abi-14-dev
+thread-safety:
+	@missing=""; for p in $(THREAD_SAFETY_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then echo "installing:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; fi
+	@set -e; for f in cpp/src/*.cpp cpp/src/detail/*.cpp; do echo "  clang -Wthread-safety $$f"; \
+	  clang++-14 -std=c++20 -stdlib=libc++ -D_LIBCPP_ENABLE_THREAD_SAFETY_ANNOTATIONS \
+	    -D_LIBCPP_ENABLE_CXX20_REMOVED_TYPE_TRAITS -DDISTAFF_ENABLE_ASSERTS=1 -Icpp/include -Icpp/src \
+	    -fsyntax-only -Wthread-safety -Werror $$f; done
 
 # The Python suite against an ASan+UBSan build of the extension (Debug, build/asan-py, installed into
 # .venv-asan); CI runs it after `make sanitize`, ~1.5 min plus the build. CPython is not instrumented,

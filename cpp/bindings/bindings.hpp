@@ -32,10 +32,6 @@ struct EngineCore {
   // shutdown() began: the engine admits only children of its own running bodies, and cancels
   // those "late" children when their parent finishes (closing happens before the wait).
   std::atomic<bool> closing{false};
-  // shutdown(cancel=running) cancelled the bodies running then (GIL-guarded). A body whose worker
-  // had taken it but was still waiting for the GIL is not in the running list yet: it is cancelled
-  // as it starts (run_execution), so no body of the engine runs after the cancel.
-  bool bodies_cancelled = false;
   // Joining the workers (lifecycle.cpp). join_state: 0 not started, 1 under way (on a join
   // thread), 2 done. `dropped`: the handle is gone; whoever ends the join deletes this object.
   std::mutex join_mu;
@@ -103,7 +99,6 @@ struct PyExecution {
   PyThreadState* tstate;  // the fiber's state while its body runs, else NULL
   PyExecution* run_prev;  // the running list (bodies now running on a fiber), while tstate is set
   PyExecution* run_next;
-  std::uint64_t timer_id; // armed timeout, or 0
   unsigned char observed;    // someone retrieved the exception
   unsigned char forwarding;  // `result` holds the execution this one follows
   unsigned char detached;    // not cancelled with its parent
@@ -237,15 +232,9 @@ void submit_after_fork();
 // exception class) in its body if it is running Python, and cancels its children transitively.
 // GIL held. Returns false if it was already finished.
 bool terminate(PyExecution* pe, State state, PyObject* value, PyObject* async_exc);
-// disarm_timeout: cancels pe's armed timeout, if any. GIL held.
-void disarm_timeout(PyExecution* pe);
 // cancel_running: terminates (as cancelled) every execution of `engine` (a capsule) whose body is
 // running on a fiber now — parked in a wait or running Python. Returns how many. GIL held.
 Py_ssize_t cancel_running(PyObject* engine);
-// cancelled_at_start: `pe` (taken by a worker, its body not started) belongs to an engine whose
-// running bodies were cancelled. GIL held. One load unless some engine was shut down that way.
-extern int g_engines_bodies_cancelled;
-bool cancelled_at_start(PyExecution* pe);
 void timer_after_fork();
 bool init_cancel(PyObject* module);
 

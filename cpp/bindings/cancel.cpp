@@ -28,19 +28,21 @@ bool raise_in_fiber(PyThreadState* ts, PyObject* exc_type) {
   return n == 1;
 }
 
-void timeout_fired(void* arg) {
+// The deadline hooks (distaff/timer.hpp): the arg is the Python Execution, one reference held for
+// the timer. The core decides which hook runs and when; here only Python happens.
+void timeout_fired(Execution& ex, void* arg) {
   // On the timer thread: a plain OS thread, never a fiber, so PyGILState is the right API here.
+  // (At finalisation the reference is leaked: the objects are going away with the interpreter.)
   if (interpreter_finalizing()) return;
   PyGILState_STATE g = PyGILState_Ensure();
   auto* pe = static_cast<PyExecution*>(arg);
-  pe->timer_id = 0;
-  if (!pe->core->done()) {
+  if (!ex.done()) {  // it was unfinished when the core claimed the deadline; it may have ended since
     double secs = 0;
     if (pe->extra) {
       if (PyObject* t = PyDict_GetItemString(pe->extra, "timeout")) secs = PyFloat_AsDouble(t);
     }
     PyObject* exc = PyObject_CallFunction(TimeoutErrorType, "s",
-        (std::string("execution ") + std::to_string(pe->core->id()) + " (" + pe->core->name() +
+        (std::string("execution ") + std::to_string(ex.id()) + " (" + ex.name() +
          ") was still running at its deadline (timeout=" + std::to_string(secs) + " s)").c_str());
     if (!exc) exc = fetch_exception();
     terminate(pe, State::failed, exc, TimeoutErrorType);
@@ -49,13 +51,14 @@ void timeout_fired(void* arg) {
   PyGILState_Release(g);
 }
 
-}  // namespace
+// The deadline will never fire: on the thread that finished the execution (complete(), GIL held:
+// every finish of a running execution in the bindings goes through it), re-armed it, or stopped
+// the timer (stop_timer, GIL held again after the join).
+void timeout_released(Execution&, void* arg) { Py_DECREF(static_cast<PyObject*>(arg)); }
 
-void disarm_timeout(PyExecution* pe) {
-  std::uint64_t id = pe->timer_id;
-  pe->timer_id = 0;
-  if (g_timer && id && g_timer->cancel(id)) Py_DECREF(pe);  // the timer's reference
-}
+constexpr DeadlineHooks kTimeoutHooks{&timeout_fired, &timeout_released};
+
+}  // namespace
 
 namespace {
 
@@ -97,25 +100,12 @@ bool terminate(PyExecution* pe, State state, PyObject* value, PyObject* async_ex
   return finished;
 }
 
-int g_engines_bodies_cancelled = 0;
-
-bool cancelled_at_start(PyExecution* pe) {
-  EngineCore* eng = engine_from_capsule(pe->engine);
-  if (!eng) {
-    PyErr_Clear();
-    return false;
-  }
-  return eng->bodies_cancelled;
-}
-
 Py_ssize_t cancel_running(PyObject* engine) {
-  // From now on a body of this engine that a worker took but did not start yet (it waits for the
-  // GIL this thread holds, so it is not in the running list) is cancelled as it starts.
+  // From now on no body of this engine starts, and one that a worker took but did not start yet (it
+  // waits for the GIL this thread holds, so it is not in the running list) is cancelled as it starts
+  // (run_execution checks Scheduler::bodies_cancelled()).
   if (EngineCore* eng = engine_from_capsule(engine)) {
-    if (!eng->bodies_cancelled) {
-      eng->bodies_cancelled = true;
-      ++g_engines_bodies_cancelled;
-    }
+    eng->scheduler->cancel_bodies();
   } else {
     PyErr_Clear();
   }
@@ -147,14 +137,14 @@ PyObject* raw_arm_timeout(PyObject*, PyObject* const* a, Py_ssize_t n) {
   Clock::time_point deadline;
   if (!parse_timeout(a[1], deadline)) return nullptr;
   if (pe->core->done() || deadline == Clock::time_point::max()) Py_RETURN_NONE;
-  if (pe->timer_id) disarm_timeout(pe);
   track(pe);
   if (!pe->extra && !(pe->extra = PyDict_New())) return nullptr;
   if (PyDict_SetItemString(pe->extra, "timeout", a[1]) < 0) return nullptr;
   if (!g_timer) g_timer = new Timer();
-  Py_INCREF(pe);  // the timer's reference
+  Py_INCREF(pe);  // the timer's reference, until one of the hooks above drops it
   try {
-    pe->timer_id = g_timer->schedule(deadline, &timeout_fired, pe);
+    // Replaces a deadline armed before (its release runs here); false: it finished meanwhile.
+    if (!g_timer->arm(*pe->core, deadline, kTimeoutHooks, pe)) Py_DECREF(pe);
   } catch (...) {
     Py_DECREF(pe);
     translate_current_exception();
@@ -165,9 +155,8 @@ PyObject* raw_arm_timeout(PyObject*, PyObject* const* a, Py_ssize_t n) {
 
 // stop_timer(): joins the timer thread (at exit, before finalisation).
 PyObject* raw_stop_timer(PyObject*, PyObject*) {
-  if (g_timer) {
-    for (void* arg : g_timer->stop()) Py_DECREF(static_cast<PyObject*>(arg));
-  }
+  // The pending deadlines are released by stop() itself (timeout_released); nothing else is queued.
+  if (g_timer) g_timer->stop();
   Py_RETURN_NONE;
 }
 

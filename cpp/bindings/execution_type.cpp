@@ -31,7 +31,6 @@ PyExecution* new_execution(const ExecutionRef& core, PyObject* engine) {
   pe->extra = nullptr;
   pe->tstate = nullptr;
   pe->run_prev = pe->run_next = nullptr;
-  pe->timer_id = 0;
   pe->observed = 0;
   pe->forwarding = 0;
   pe->detached = 0;
@@ -513,7 +512,6 @@ bool complete(PyExecution* pe, State state, PyObject* value) {
   const bool finished = state == State::cancelled ? c->cancel_if_not_started() || c->finish(State::cancelled)
                                                   : c->finish(state);
   if (!finished) return false;
-  if (pe->timer_id) disarm_timeout(pe);
   if (eng && eng->history_limit) remember_finished(eng, pe);
   if (eng && eng->outcomes) record_outcome(eng, pe, state);
   if (PyObject* cbs = pe->callbacks) {

@@ -121,8 +121,10 @@ void run_execution(Execution& ex) {
   auto* pe = static_cast<PyExecution*>(ex.payload());
   FiberState fs = acquire_fiber_state();
   if (ex.state() == State::pending) complete(pe, State::cancelled, nullptr);  // draining
-  if (g_engines_bodies_cancelled && ex.state() == State::running && cancelled_at_start(pe)) {
-    complete(pe, State::cancelled, nullptr);  // shut down with cancel=running while it waited
+  // Shut down with cancel=running while this worker, having started it, waited for the GIL: the
+  // running list did not have it yet, so no body of the engine runs after the cancel.
+  if (ex.state() == State::running && ex.owner() && ex.owner()->bodies_cancelled()) {
+    complete(pe, State::cancelled, nullptr);
   }
   if (ex.state() == State::running) {
     if (pe->trace) install_tracer(pe->trace);

@@ -6,6 +6,7 @@
 #include <unordered_set>
 
 #include "distaff/scheduler.hpp"
+#include "distaff/timer.hpp"
 
 namespace distaff {
 
@@ -123,6 +124,8 @@ Execution::Execution(std::string name, Kind kind)
 
 Execution::~Execution() {
   DISTAFF_ASSERT(callbacks_ == nullptr || !is_terminal(state_.load()));
+  // A pending deadline's queue entry holds a reference, so nothing armed can be destroyed.
+  DISTAFF_ASSERT(deadline_ == nullptr);
   // An execution destroyed unfinished (never submitted) may still hold callbacks: free the nodes.
   for (CallbackNode* n = callbacks_; n;) {
     CallbackNode* next = n->next;
@@ -208,7 +211,7 @@ WaitStatus Execution::wait_until(Clock::time_point deadline) {
   WaitStatus status = WaitStatus::done;
   {
     detail::SuspendScope suspend(this);
-    std::unique_lock<std::mutex> lk(mu_);
+    UniqueLock lk(mu_);
     while (!is_terminal(state_.load(std::memory_order_acquire))) {
       if (self && self->interrupted()) {
         status = WaitStatus::interrupted;
@@ -247,7 +250,7 @@ WaitStatus sleep_until(Clock::time_point deadline) {
   WaitStatus status = WaitStatus::timeout;
   {
     detail::SuspendScope suspend;
-    std::unique_lock<std::mutex> lk(self->mu_);
+    UniqueLock lk(self->mu_);
     while (!self->interrupted() && !is_terminal(self->state_.load(std::memory_order_acquire))) {
       if (self->done_cv_.wait_until(lk, deadline) == boost::fibers::cv_status::timeout) break;
     }
@@ -358,6 +361,7 @@ bool Execution::cancel_if_not_started() noexcept { return finish_impl(State::can
 bool Execution::finish_impl(State terminal, bool only_if_not_started) noexcept {
   DISTAFF_ASSERT(is_terminal(terminal));
   CallbackNode* list;
+  ArmedDeadline* deadline;  // released outside the lock
   std::vector<ExecutionRef> dropped_children;  // released outside the lock
   {
     std::lock_guard<std::mutex> lk(mu_);
@@ -373,6 +377,8 @@ bool Execution::finish_impl(State terminal, bool only_if_not_started) noexcept {
       owner_->notify(EventKind::finish, *this);
     }
     list = std::exchange(callbacks_, nullptr);
+    // Taken with the transition: from here the timer thread finds no deadline to fire (timer.hpp).
+    deadline = std::exchange(deadline_, nullptr);
     dropped_children.swap(children_);
     // Notify under mu_, which every waiter re-acquires before its wait returns. Boost.Fiber 1.74
     // wakes a context on another thread by touching that thread's scheduler *after* releasing its
@@ -387,8 +393,9 @@ bool Execution::finish_impl(State terminal, bool only_if_not_started) noexcept {
     deps_.clear();
     blocked_on_ = nullptr;
   }
-  // Keep ourselves alive through the callbacks and the owner's bookkeeping.
+  // Keep ourselves alive through the release hook, the callbacks and the owner's bookkeeping.
   ExecutionRef keep(this);
+  if (deadline) Timer::release_taken(*this, deadline);
   if (list) {
     // Callbacks were pushed LIFO: reverse to run them in registration order.
     CallbackNode* rev = nullptr;

@@ -43,11 +43,11 @@ struct Scheduler::Worker {
   std::atomic<bool> blocked{false};            // the thread waits for a ready fiber (idle, not stuck)
   std::uint64_t seen = 0;                      // monitor only: `switches` at the last tick
   int still = 0;                               // monitor only: ticks in a row without a switch
-  std::mutex mu;                       // guards local and parked
-  std::deque<Execution*> local;        // ready records: the owner takes the newest, thieves the oldest
-  std::size_t fresh_from = 0;          // local[fresh_from..] was pushed since the owner's last take
-  unsigned takes = 0;                  // owner takes since the last fairness check
-  bool parked = false;                 // the dispatcher sleeps in cv
+  std::mutex mu;
+  std::deque<Execution*> local DISTAFF_GUARDED_BY(mu);  // ready records: the owner takes the newest, thieves the oldest
+  std::size_t fresh_from DISTAFF_GUARDED_BY(mu) = 0;    // local[fresh_from..] was pushed since the owner's last take
+  unsigned takes DISTAFF_GUARDED_BY(mu) = 0;            // owner takes since the last fairness check
+  bool parked DISTAFF_GUARDED_BY(mu) = false;           // the dispatcher sleeps in cv
   boost::fibers::condition_variable_any cv;
   std::int64_t fibers = 0;             // started, not ended (worker thread only)
   detail::StackPool stacks;            // worker thread only
@@ -353,8 +353,8 @@ Execution* Scheduler::take_work(Worker& w, std::vector<Execution*>& buf) {
     for (unsigned i = 0, n = active_.load(std::memory_order_acquire); i < n && buf.empty(); ++i) {
       Worker* other = workers_[i].get();
       if (other == &w) continue;
-      std::unique_lock<std::mutex> g(other->mu, std::try_to_lock);
-      if (!g.owns_lock()) continue;
+      if (!other->mu.try_lock()) continue;
+      std::lock_guard<std::mutex> g(other->mu, std::adopt_lock);
       std::size_t half = (other->local.size() + 1) / 2;
       while (half-- > 0 && buf.size() < kBatch) {
         buf.push_back(other->local.front());
@@ -390,8 +390,8 @@ void Scheduler::worker_main(Worker& w) {
       try {
         boost::fibers::fiber f(std::allocator_arg, detail::PooledStack{&w.stacks}, [this, &w, ex] {
           ExecutionRef ref(ex, /*add_ref=*/false);  // the queue's reference
-          // While draining (close(true)), nothing more starts: run() sees the execution still
-          // pending and cancels it (so its completion callbacks fire like any other's).
+          // While draining (close(true), cancel_bodies()), nothing more starts: run() sees the
+          // execution still pending and cancels it (so its completion callbacks fire like any other's).
           bool started = false;
           if (!draining_.load(std::memory_order_acquire) && ex->start()) {
             detail::fiber_local() = detail::FiberLocal{ex, nullptr};
@@ -402,8 +402,10 @@ void Scheduler::worker_main(Worker& w) {
           // is then terminal), so the embedder can release what it attached to the payload.
           try {
             opts_.run(*ex);
+#if defined(__GLIBCXX__)  // libstdc++'s; `make thread-safety` parses this file against libc++
           } catch (abi::__forced_unwind&) {
             throw;  // thread cancellation (pthread_exit) must unwind, never be swallowed
+#endif
           } catch (const std::exception& e) {
             // The embedder's run must not throw (an exception escaping a fiber would terminate): a
             // bug in the embedder, said on stderr rather than dropped, and the execution fails.
@@ -447,7 +449,7 @@ void Scheduler::worker_main(Worker& w) {
     }
     if (stopping_.load(std::memory_order_acquire) && w.fibers == 0) break;
     if (opts_.before_park) opts_.before_park(w.index);
-    std::unique_lock<std::mutex> lk(w.mu);
+    UniqueLock lk(w.mu);
     if (!w.local.empty()) continue;
     w.parked = true;
     idle_.fetch_add(1, std::memory_order_seq_cst);
@@ -497,7 +499,7 @@ void Scheduler::worker_main(Worker& w) {
 void Scheduler::monitor_main() {
   const unsigned cap = static_cast<unsigned>(workers_.size());
   int helps = 0;  // ticks in a row on which growth_helps() agreed (one racy sample is not enough)
-  std::unique_lock<std::mutex> lk(monitor_mu_);
+  UniqueLock lk(monitor_mu_);
   while (!monitor_stop_) {
     // Idle engines tick slowly: the monitor costs nothing measurable when there is no work.
     const auto tick = live_.load(std::memory_order_relaxed) > 0 ? opts_.tick : opts_.tick * 25;
@@ -522,8 +524,9 @@ void Scheduler::monitor_main() {
     if (stuck > 0 && running < cap && idle_.load(std::memory_order_seq_cst) == 0) {
       queued = static_cast<std::size_t>(std::max<std::int64_t>(0, inject_size_.load()));
       for (unsigned i = 0; i < n; ++i) {
-        std::unique_lock<std::mutex> g(workers_[i]->mu, std::try_to_lock);
-        if (g.owns_lock()) queued += workers_[i]->local.size();
+        if (!workers_[i]->mu.try_lock()) continue;
+        std::lock_guard<std::mutex> g(workers_[i]->mu, std::adopt_lock);
+        queued += workers_[i]->local.size();
       }
     }
     if (queued > 0 && (!opts_.growth_helps || opts_.growth_helps())) {
@@ -576,7 +579,7 @@ void Scheduler::on_finished(Execution& ex) noexcept {
 bool Scheduler::wait_idle_until(Clock::time_point deadline) {
   if (live_.load(std::memory_order_acquire) == 0) return true;
   detail::SuspendScope suspend;
-  std::unique_lock<std::mutex> lk(idle_mu_);
+  UniqueLock lk(idle_mu_);
   while (live_.load(std::memory_order_acquire) != 0) {
     if (deadline == Clock::time_point::max()) {
       idle_cv_.wait(lk);
@@ -585,6 +588,13 @@ bool Scheduler::wait_idle_until(Clock::time_point deadline) {
     }
   }
   return true;
+}
+
+void Scheduler::cancel_bodies() noexcept {
+  // draining_ is what a worker checks before start(): set it first, so that whoever sees
+  // bodies_cancelled() also finds no further start.
+  draining_.store(true, std::memory_order_release);
+  bodies_cancelled_.store(true, std::memory_order_release);
 }
 
 std::vector<ExecutionRef> Scheduler::close(bool drain) {

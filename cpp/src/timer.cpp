@@ -1,6 +1,25 @@
 #include "distaff/timer.hpp"
 
+#include <unistd.h>
+
+#include <memory>
+
 namespace distaff {
+
+// Deadlines, who owns what. The execution's slot (Execution::deadline_, under its mutex) is the one
+// authority: an ArmedDeadline belongs to the slot until someone takes it out, and the taker calls
+// exactly one hook. The timer's queue entry is only a reminder (execution, id) that keeps the
+// execution alive; it never owns the record. So:
+//   - fire (timer thread): pops the entry, then takes the record only if the slot still holds that
+//     id — finish() takes the record in the critical section that makes the execution terminal, so
+//     a record still in the slot means "unfinished at the claim". Otherwise the entry was stale.
+//   - finish() / disarm() / arm() (replacing) / stop(): take the record, drop its entry if still
+//     queued (only to free it early: a stale entry is harmless), call release.
+// Lock order: Execution::mu_ before Timer::mu_ (arm holds both so that no entry can be popped before
+// its record is in the slot); nothing takes them the other way round, and no hook is called with
+// either held.
+
+Timer::Timer() : pid_(::getpid()) {}
 
 Timer::~Timer() { stop(); }
 
@@ -10,7 +29,7 @@ std::uint64_t Timer::schedule(Clock::time_point deadline, Fn fn, void* arg) {
   if (!thread_.joinable()) thread_ = std::thread([this] { run(); });
   const std::uint64_t id = next_id_++;
   const bool earliest = queue_.empty() || deadline < queue_.begin()->first.first;
-  queue_.emplace(std::make_pair(deadline, id), Entry{fn, arg});
+  queue_.emplace(std::make_pair(deadline, id), Entry{fn, arg, ExecutionRef()});
   index_.emplace(id, deadline);
   if (earliest) cv_.notify_one();
   return id;
@@ -23,6 +42,71 @@ bool Timer::cancel(std::uint64_t id) {
   queue_.erase(std::make_pair(it->second, id));
   index_.erase(it);
   return true;
+}
+
+bool Timer::arm(Execution& ex, Clock::time_point deadline, DeadlineHooks hooks, void* arg) {
+  DISTAFF_ASSERT(hooks.fire && hooks.release);
+  auto record = std::make_unique<ArmedDeadline>(ArmedDeadline{this, 0, hooks, arg});
+  ArmedDeadline* replaced;
+  {
+    std::lock_guard<std::mutex> ex_lk(ex.mu_);
+    if (ex.done()) return false;  // finish() sets the state under ex.mu_: it cannot turn terminal now
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      if (stopping_) throw ShutdownError("the timer is stopped");
+      if (!thread_.joinable()) thread_ = std::thread([this] { run(); });
+      record->id = next_id_++;
+      const bool earliest = queue_.empty() || deadline < queue_.begin()->first.first;
+      queue_.emplace(std::make_pair(deadline, record->id), Entry{nullptr, nullptr, ExecutionRef(&ex)});
+      index_.emplace(record->id, deadline);
+      if (earliest) cv_.notify_one();
+    }
+    replaced = std::exchange(ex.deadline_, record.release());
+  }
+  if (replaced) release_taken(ex, replaced);
+  return true;
+}
+
+bool Timer::disarm(Execution& ex) noexcept {
+  ArmedDeadline* d;
+  {
+    std::lock_guard<std::mutex> lk(ex.mu_);
+    d = std::exchange(ex.deadline_, nullptr);
+  }
+  if (!d) return false;
+  release_taken(ex, d);
+  return true;
+}
+
+void Timer::release_taken(Execution& ex, ArmedDeadline* d) noexcept {
+  std::unique_ptr<ArmedDeadline> owned(d);
+  // In a forked child the timer's thread does not exist and its mutex may have been held at fork:
+  // leave the entry (it holds a reference, leaked with the timer) and only release.
+  if (::getpid() == d->timer->pid_) d->timer->drop_entry(d->id);
+  d->hooks.release(ex, d->arg);
+}
+
+void Timer::drop_entry(std::uint64_t id) noexcept {
+  ExecutionRef ref;  // the entry's reference, released outside the lock
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    auto it = index_.find(id);
+    if (it == index_.end()) return;  // popped by the timer thread (stale to it now) or by stop()
+    auto q = queue_.find(std::make_pair(it->second, id));
+    DISTAFF_ASSERT(q != queue_.end());
+    ref = std::move(q->second.ex);
+    queue_.erase(q);
+    index_.erase(it);
+  }
+}
+
+ArmedDeadline* Timer::take_armed(Execution& ex, std::uint64_t id) noexcept {
+  std::lock_guard<std::mutex> lk(ex.mu_);
+  ArmedDeadline* d = ex.deadline_;
+  if (!d || d->timer != this || d->id != id) return nullptr;  // stale: released or replaced
+  DISTAFF_ASSERT(!ex.done());  // finish() empties the slot as it turns the state terminal
+  ex.deadline_ = nullptr;
+  return d;
 }
 
 std::size_t Timer::pending() const {
@@ -41,15 +125,27 @@ std::vector<void*> Timer::stop() {
     detail::SuspendScope suspend;  // the thread may need what the caller holds (the GIL) to finish
     thread_.join();
   }
-  std::lock_guard<std::mutex> lk(mu_);
-  for (auto& [key, e] : queue_) dropped.push_back(e.arg);
-  queue_.clear();
-  index_.clear();
+  std::vector<std::pair<std::uint64_t, Entry>> left;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    for (auto& [key, e] : queue_) left.emplace_back(key.second, std::move(e));
+    queue_.clear();
+    index_.clear();
+  }
+  // Outside the lock: release hooks may call back into this timer (arm throws ShutdownError now).
+  for (auto& [id, e] : left) {
+    if (!e.ex) {
+      dropped.push_back(e.arg);
+    } else if (ArmedDeadline* d = take_armed(*e.ex, id)) {
+      std::unique_ptr<ArmedDeadline> owned(d);
+      d->hooks.release(*e.ex, d->arg);
+    }
+  }
   return dropped;
 }
 
 void Timer::run() {
-  std::unique_lock<std::mutex> lk(mu_);
+  UniqueLock lk(mu_);
   while (!stopping_) {
     if (queue_.empty()) {
       cv_.wait(lk);
@@ -63,11 +159,19 @@ void Timer::run() {
       cv_.wait_until(lk, deadline);
       continue;
     }
-    Entry e = it->second;
-    index_.erase(it->first.second);
+    const std::uint64_t id = it->first.second;
+    Entry e = std::move(it->second);
+    index_.erase(id);
     queue_.erase(it);
     lk.unlock();
-    e.fn(e.arg);  // outside the lock: the callback may schedule or cancel
+    // Outside the lock: a callback or hook may schedule, arm or cancel.
+    if (!e.ex) {
+      e.fn(e.arg);
+    } else if (ArmedDeadline* d = take_armed(*e.ex, id)) {
+      std::unique_ptr<ArmedDeadline> owned(d);
+      d->hooks.fire(*e.ex, d->arg);
+    }
+    e.ex = ExecutionRef();  // may destroy the execution: still outside the lock
     lk.lock();
   }
 }

@@ -16,24 +16,25 @@ struct WaitSet::Shared {
   std::size_t n = 0;
   std::vector<Slot> slots;
 
+  // mu guards everything below it except `keep`'s target; hooks are called with it released.
   mutable std::mutex mu;
   boost::fibers::condition_variable_any cv;
-  std::size_t done = 0;
-  std::vector<std::uint32_t> order;  // member indices in completion order
-  std::size_t returned = 0;          // next_completed() cursor into order
-  std::int64_t first_failed = -1;
-  bool ready = false;                // condition held at least once
-  ReadyFn ready_fn = nullptr;
-  void* ready_arg = nullptr;
-  ReadyFn each_fn = nullptr;
-  void* each_arg = nullptr;
-  ReadyFn each_release = nullptr;
+  std::size_t done DISTAFF_GUARDED_BY(mu) = 0;
+  std::vector<std::uint32_t> order DISTAFF_GUARDED_BY(mu);  // member indices in completion order
+  std::size_t returned DISTAFF_GUARDED_BY(mu) = 0;          // next_completed() cursor into order
+  std::int64_t first_failed DISTAFF_GUARDED_BY(mu) = -1;
+  bool ready DISTAFF_GUARDED_BY(mu) = false;                // condition held at least once
+  ReadyFn ready_fn DISTAFF_GUARDED_BY(mu) = nullptr;
+  void* ready_arg DISTAFF_GUARDED_BY(mu) = nullptr;
+  ReadyFn each_fn DISTAFF_GUARDED_BY(mu) = nullptr;
+  void* each_arg DISTAFF_GUARDED_BY(mu) = nullptr;
+  ReadyFn each_release DISTAFF_GUARDED_BY(mu) = nullptr;
 
   // Keeps this state alive until the last member callback ran, even after ~WaitSet.
   std::shared_ptr<Shared> keep;
-  std::size_t pending_callbacks = 0;  // guarded by mu
+  std::size_t pending_callbacks DISTAFF_GUARDED_BY(mu) = 0;
 
-  bool holds() const noexcept {  // mu held
+  bool holds() const noexcept DISTAFF_REQUIRES(mu) {
     switch (condition) {
       case WaitCondition::all: return done == n;
       case WaitCondition::any: return done > 0 || n == 0;
@@ -87,6 +88,7 @@ struct WaitSet::Shared {
 WaitSet::WaitSet(std::vector<ExecutionRef> members, WaitCondition condition)
     : shared_(std::make_shared<Shared>()) {
   Shared& s = *shared_;
+  // Unlocked: no other thread can see `s` before the first add_callback below.
   s.condition = condition;
   s.n = members.size();
   s.slots.resize(s.n);
@@ -145,7 +147,7 @@ bool WaitSet::wait_until(Clock::time_point deadline) {
   InterruptWaker waker(&Shared::wake, &s);
   if (waker.interrupted()) return false;
   detail::SuspendScope suspend;
-  std::unique_lock<std::mutex> lk(s.mu);
+  UniqueLock lk(s.mu);
   while (!s.holds()) {
     if (waker.interrupted()) return false;
     if (deadline == Clock::time_point::max()) {
@@ -167,7 +169,7 @@ std::int64_t WaitSet::next_completed(Clock::time_point deadline) {
   InterruptWaker waker(&Shared::wake, &s);
   if (waker.interrupted()) return kTimedOut;
   detail::SuspendScope suspend;
-  std::unique_lock<std::mutex> lk(s.mu);
+  UniqueLock lk(s.mu);
   while (s.returned == s.order.size()) {
     if (waker.interrupted()) return kTimedOut;
     if (deadline == Clock::time_point::max()) {

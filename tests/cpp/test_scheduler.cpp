@@ -767,6 +767,58 @@ TEST_P(SchedulerTest, RunIsCalledForAnExecutionCancelledWhileQueued) {
   EXPECT_EQ(runs_.load(), static_cast<std::int64_t>(workers()) + 1);
 }
 
+// cancel_bodies(), the bindings' shutdown(cancel_running=True): a worker may have started an
+// execution and be waiting for the GIL (here: an Event) when the bodies are cancelled; its run()
+// checks bodies_cancelled() once it has it and cancels instead of running the body. Executions
+// dequeued afterwards are not started at all (run() sees them pending). No body runs.
+TEST_P(SchedulerTest, CancelBodiesStartsNoBodyAndFlagsOneStartedJustBefore) {
+  constexpr int kLater = 20;
+  SchedulerOptions o = options();
+  Event gil, first_waits;
+  std::atomic<int> bodies{0}, cancelled_at_start{0}, unstarted{0}, started{0};
+  o.run = [&](Execution& ex) {
+    if (ex.state() == State::pending) {
+      unstarted.fetch_add(1);
+      EXPECT_TRUE(ex.cancel_if_not_started());
+      return;
+    }
+    if (ex.done()) return;
+    started.fetch_add(1);
+    first_waits.set();
+    EXPECT_TRUE(gil.wait());  // blocks this worker's thread, like waiting for the GIL
+    if (ex.owner()->bodies_cancelled()) {
+      cancelled_at_start.fetch_add(1);
+      ex.finish(State::cancelled);
+      return;
+    }
+    bodies.fetch_add(1);
+    ex.finish(State::succeeded);
+  };
+  Scheduler& s = start(std::move(o));
+  EXPECT_FALSE(s.bodies_cancelled());
+  ExecutionRef first = submit(nullptr, {}, "first");
+  ASSERT_TRUE(first_waits.wait());
+  s.cancel_bodies();
+  EXPECT_TRUE(s.bodies_cancelled());
+  std::vector<ExecutionRef> later;
+  for (int i = 0; i < kLater; ++i) later.push_back(submit(nullptr, {}, "later"));
+  // Other workers (if any) dequeue the later ones while the first still waits.
+  if (workers() > 1) {
+    for (auto& ex : later) wait_done(ex);
+  }
+  gil.set();
+  wait_done(first);
+  for (auto& ex : later) wait_done(ex);
+  shutdown();
+  EXPECT_EQ(first->state(), State::cancelled);
+  for (auto& ex : later) EXPECT_EQ(ex->state(), State::cancelled);
+  EXPECT_EQ(bodies.load(), 0);
+  EXPECT_EQ(started.load(), 1);
+  EXPECT_EQ(cancelled_at_start.load(), 1);
+  EXPECT_EQ(unstarted.load(), kLater);
+  s.cancel_bodies();  // idempotent
+}
+
 TEST_P(SchedulerTest, WaitIdleUntil) {
   Scheduler& s = start();
   EXPECT_TRUE(s.wait_idle_until(Clock::now())) << "nothing submitted: idle at once";

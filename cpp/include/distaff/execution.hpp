@@ -13,11 +13,14 @@
 #include <boost/fiber/condition_variable.hpp>
 
 #include "distaff/error.hpp"
+#include "distaff/thread_annotations.hpp"
 
 namespace distaff {
 
 class Execution;
 class Scheduler;
+class Timer;
+struct ArmedDeadline;
 
 // State: pending → waiting (for dependencies) → running → succeeded | failed | cancelled.
 // A running execution whose fiber is suspended in a wait stays `running`; `blocked_on()` says on what.
@@ -125,14 +128,15 @@ class Execution {
   WaitStatus wait() { return wait_until(Clock::time_point::max()); }
 
   // finish: the one terminal transition; returns false (and does nothing) if already terminal.
-  // Wakes every waiter, then runs the callbacks. Any thread; never suspends.
-  bool finish(State terminal) noexcept;
+  // Wakes every waiter, releases the deadline armed on it if any (Timer::arm: its release hook runs
+  // here, on this thread), then runs the callbacks. Any thread; never suspends.
+  bool finish(State terminal) noexcept DISTAFF_EXCLUDES(mu_);
   // cancel_if_not_started: finish(cancelled) only while still pending or waiting; false otherwise
   // (the execution started or was finished first). Any thread; never suspends.
-  bool cancel_if_not_started() noexcept;
+  bool cancel_if_not_started() noexcept DISTAFF_EXCLUDES(mu_);
 
   // add_callback: registers `cb` to run once on completion; runs it now, on this thread, if done.
-  void add_callback(Callback cb, void* arg);
+  void add_callback(Callback cb, void* arg) DISTAFF_EXCLUDES(mu_);
 
   // forward_to: declares that this (running) execution completes when `target` does; used when a
   // body returns another execution. Throws DeadlockError if `target` waits on this execution.
@@ -155,9 +159,9 @@ class Execution {
 
   // add_child: records `child` (submitted by this execution's body) for cancellation of the tree.
   // Ignored once this execution is finished. Children are released when it finishes.
-  void add_child(const ExecutionRef& child);
+  void add_child(const ExecutionRef& child) DISTAFF_EXCLUDES(mu_);
   // children: the unfinished children recorded so far.
-  std::vector<ExecutionRef> children() const;
+  std::vector<ExecutionRef> children() const DISTAFF_EXCLUDES(mu_);
 
   // TreeFinisher: finishes `ex` for terminate_tree — the embedder stores its outcome and calls
   // finish() or cancel_if_not_started() — and interrupts whatever it runs that interrupt() cannot
@@ -172,7 +176,7 @@ class Execution {
   // interrupt), then calls `finisher`. The children of an execution that `finisher` did not finish
   // are left alone. Returns what `finisher` returned for this execution, or false at once if it
   // was already finished. Any thread; never suspends.
-  bool terminate_tree(TreeFinisher finisher, void* arg);
+  bool terminate_tree(TreeFinisher finisher, void* arg) DISTAFF_EXCLUDES(mu_);
 
   // parked: the execution's fiber is parked in a wait, a wait-set or a sleep (interrupt() wakes it).
   bool parked() const noexcept;
@@ -190,6 +194,7 @@ class Execution {
 
  private:
   friend class Scheduler;
+  friend class Timer;
   friend struct ExecutionGraphAccess;
   friend WaitStatus sleep_until(Clock::time_point deadline);
   Execution(std::string name, Kind kind);
@@ -203,7 +208,7 @@ class Execution {
     CallbackNode* next;
   };
   static void run_callbacks(Execution& ex, CallbackNode* list) noexcept;
-  bool finish_impl(State terminal, bool only_if_not_started) noexcept;
+  bool finish_impl(State terminal, bool only_if_not_started) noexcept DISTAFF_EXCLUDES(mu_);
 
   std::atomic<int> refs_{1};
   std::atomic<State> state_{State::pending};
@@ -219,16 +224,23 @@ class Execution {
   Scheduler* owner_ = nullptr;
   std::atomic<std::int64_t> submitted_ns_{0}, started_ns_{0}, finished_ns_{0};
   std::vector<std::uint64_t> dependency_ids_;
-  // Guarded by the process-wide wait-graph mutex (execution.cpp):
+  // Guarded by the process-wide wait-graph mutex (g_graph_mu in execution.cpp; a global a header
+  // annotation cannot name):
   std::vector<ExecutionRef> deps_;  // unfinished dependencies, kept only while `waiting`
   Execution* blocked_on_ = nullptr;  // what this execution's fiber waits on (or forwards to)
   void (*waker_fn_)(void*) = nullptr;  // how to wake it when it parks elsewhere (wait-set, sleep)
   void* waker_arg_ = nullptr;
 
-  mutable std::mutex mu_;                          // guards callbacks_, children_, the terminal transition
-  std::vector<ExecutionRef> children_;
+  // mu_ guards the terminal transition (state_ is written under it; read lock-free), the members
+  // below and the waits on done_cv_. Lock order: mu_ before a Timer's mutex (Timer::arm); mu_ is
+  // never held while calling out (callbacks, hooks, the finisher of terminate_tree).
+  mutable std::mutex mu_;
+  std::vector<ExecutionRef> children_ DISTAFF_GUARDED_BY(mu_);
   boost::fibers::condition_variable_any done_cv_;  // waiters: fibers and threads alike
-  CallbackNode* callbacks_ = nullptr;
+  CallbackNode* callbacks_ DISTAFF_GUARDED_BY(mu_) = nullptr;
+  // The armed deadline (Timer::arm), or nullptr; always nullptr once terminal (finish takes it in
+  // the same critical section as the transition). Taken out by whoever ends it (timer.hpp).
+  ArmedDeadline* deadline_ DISTAFF_GUARDED_BY(mu_) = nullptr;
   std::atomic<std::uint32_t> deps_left_{0};        // for the scheduler's dependency counting
   std::atomic<Execution*> failed_dep_{nullptr};    // first dependency that did not succeed
 };

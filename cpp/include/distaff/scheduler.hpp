@@ -18,6 +18,7 @@
 
 #include "distaff/execution.hpp"
 #include "distaff/observer.hpp"
+#include "distaff/thread_annotations.hpp"
 
 namespace distaff {
 
@@ -53,8 +54,10 @@ struct SchedulerOptions {
   std::size_t stack_size = std::size_t(8) << 20;
   // run: runs the body of `ex` on a worker fiber. Must not throw. Called for every dequeued
   // execution: with state `running` normally, terminal if it was finished while queued, and
-  // `pending` if the scheduler is draining (close(true)): then run must cancel it. It should finish `ex`, or arrange
-  // for something else to finish it (a forward). Required.
+  // `pending` if the scheduler is draining (close(true)) or its bodies were cancelled
+  // (cancel_bodies()): then run must cancel it. It should finish `ex`, or arrange for something
+  // else to finish it (a forward). A run that waits for something before it starts the body (the
+  // bindings wait for the GIL) checks bodies_cancelled() once it has it. Required.
   std::function<void(Execution& ex)> run;
   // start_failed: no fiber could be created for the dequeued `ex` (its stack could not be mapped:
   // memory or vm.max_map_count exhausted). Must finish `ex` (failed) and release what run() would
@@ -121,12 +124,20 @@ class Scheduler {
   // not in the list: it runs, and a later cancel finds it running. Any thread.
   std::vector<ExecutionRef> close(bool drain);
 
+  // cancel_bodies: from now on no body of this scheduler starts. A dequeued execution is not
+  // started (run() sees it `pending`, as when draining), and bodies_cancelled() turns true, so that a
+  // run() that was handed an execution started just before — and still waits for something before
+  // running its body — cancels it instead. The embedder cancels the bodies running now itself (the
+  // core cannot interrupt a body). Any thread; idempotent; never blocks.
+  void cancel_bodies() noexcept;
+  bool bodies_cancelled() const noexcept { return bodies_cancelled_.load(std::memory_order_acquire); }
+
   // join: after close(), waits for every started fiber to end and joins the worker threads.
   // Blocks the calling thread; with `switch_hooks`, the switch hooks run around the wait (the
   // bindings release the GIL there), without them the caller must hold nothing the workers need
   // (a thread that is no Python thread). Idempotent and safe to call from several threads at once:
   // the first joins, the others wait until it is done. Must not be called from a worker.
-  void join(bool switch_hooks = true);
+  void join(bool switch_hooks = true) DISTAFF_EXCLUDES(join_mu_);
   bool joined() const noexcept { return joined_.load(std::memory_order_acquire); }
 
   bool closed() const noexcept { return closed_.load(std::memory_order_acquire); }
@@ -144,7 +155,7 @@ class Scheduler {
   // set_observer: installs `obs` (nullptr removes it) and returns the previous one, after every
   // call into the previous one has returned: the caller may destroy it. Events happen only while
   // an observer is installed. Any thread, except from inside Observer::on_event.
-  std::shared_ptr<Observer> set_observer(std::shared_ptr<Observer> obs);
+  std::shared_ptr<Observer> set_observer(std::shared_ptr<Observer> obs) DISTAFF_EXCLUDES(observer_mu_);
   bool observed() const noexcept { return observer_.load(std::memory_order_acquire) != nullptr; }
   // notify: reports `kind` for `ex` to the observer, if one is installed (one load otherwise).
   void notify(EventKind kind, Execution& ex, std::uint64_t blocked_on = 0) noexcept {
@@ -176,21 +187,22 @@ class Scheduler {
   std::thread monitor_;
   std::mutex monitor_mu_;
   std::condition_variable monitor_cv_;
-  bool monitor_stop_ = false;           // guarded by monitor_mu_
+  bool monitor_stop_ DISTAFF_GUARDED_BY(monitor_mu_) = false;
 
   std::mutex inject_mu_;
-  std::deque<Execution*> inject_;              // ready executions from non-worker threads
+  std::deque<Execution*> inject_ DISTAFF_GUARDED_BY(inject_mu_);  // ready executions from non-worker threads
   std::atomic<std::int64_t> inject_size_{0};
   std::atomic<int> idle_{0};
 
   std::mutex parked_mu_;
-  std::unordered_set<Execution*> parked_;           // waiting for dependencies (for close(drain))
+  std::unordered_set<Execution*> parked_ DISTAFF_GUARDED_BY(parked_mu_);  // waiting for dependencies (for close(drain))
 
   std::mutex join_mu_;                 // serialises join(): one thread joins, later ones wait
   std::atomic<bool> joined_{false};
   std::atomic<bool> closed_{false};
   std::atomic<bool> stopping_{false};
-  std::atomic<bool> draining_{false};  // close(true): dequeued executions are not started
+  std::atomic<bool> draining_{false};  // close(true), cancel_bodies(): dequeued executions are not started
+  std::atomic<bool> bodies_cancelled_{false};  // cancel_bodies()
   std::atomic<std::int64_t> live_{0};
   std::atomic<std::int64_t> submitted_{0};
   std::atomic<std::int64_t> finished_{0};  // Execution::finish_impl, as the state turns terminal
@@ -205,7 +217,7 @@ class Scheduler {
   std::atomic<Observer*> observer_{nullptr};
   alignas(64) std::atomic<int> observer_users_{0};
   std::mutex observer_mu_;                       // serialises set_observer
-  std::shared_ptr<Observer> observer_owner_;     // guarded by observer_mu_
+  std::shared_ptr<Observer> observer_owner_ DISTAFF_GUARDED_BY(observer_mu_);
 };
 
 }  // namespace distaff
