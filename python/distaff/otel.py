@@ -114,7 +114,12 @@ class Instrumentation:
     def contexts(self, rows: list) -> None:
         get = self._ot_context.get_current
         for id_, ctx in rows:
-            self._parents[id_] = ctx.run(get)
+            try:
+                self._parents[id_] = ctx.run(get)
+            except RuntimeError:
+                # The context is entered: the root's body runs in it right now (on a fiber or a
+                # loop). A copy holds the same values and can be entered here.
+                self._parents[id_] = ctx.copy().run(get)
 
     def deliver(self, events: list, outcomes: list) -> None:
         if not self._anchor_set:

@@ -177,3 +177,42 @@ late.submit()
     assert r.returncode == 0, r.stderr
     assert "SPAN leaf succeeded" in r.stdout and "SPAN late succeeded" in r.stdout, r.stdout + r.stderr
     assert "already shutdown" not in r.stderr, r.stderr
+
+
+def test_children_nest_under_a_workflow_whose_body_is_still_running_when_spans_are_made(provider):
+    # The drainer made the root's parent by entering the context the root was submitted with; while
+    # the root's body still ran in that context, entering it raised ("already entered"), the whole
+    # batch was dropped with a logged traceback, and the leaves lost their parent.
+    import threading as _threading
+    import time
+
+    tp, exporter = provider
+    eng = distaff.Engine()
+    handle = otel.instrument(tp, engine=eng)
+    release = _threading.Event()
+
+    @eng.task()
+    def leaf(i):
+        return i
+
+    @eng.workflow()
+    def wf():
+        xs = [leaf.submit(i) for i in range(3)]
+        total = sum(x.result() for x in xs)
+        release.wait(30)  # still running while the drainer delivers the first batch
+        return total
+
+    ex = wf.submit()
+    deadline = time.monotonic() + 30
+    while sum(1 for s in exporter.get_finished_spans() if short(s.name) == "leaf") < 3:
+        assert time.monotonic() < deadline, "the leaves' spans never arrived"
+        time.sleep(0.01)
+    release.set()
+    assert ex.result(timeout=30) == 3
+    handle.uninstrument()
+    eng.shutdown()
+    spans = exporter.get_finished_spans()
+    (w,) = [s for s in spans if short(s.name) == "wf"]
+    leaves = [s for s in spans if short(s.name) == "leaf"]
+    assert len(leaves) == 3
+    assert all(s.parent is not None and s.parent.span_id == w.context.span_id for s in leaves)
