@@ -5,6 +5,7 @@ imports and callbacks")."""
 import gc
 import os
 import re
+import subprocess
 import sys
 import threading
 import traceback
@@ -475,3 +476,53 @@ def test_one_failure_let_through_by_thousands_of_executions_stays_bounded_and_is
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["True", "True", "True", "True", "4999"]  # step 1234 was observed, (proc.stdout, proc.stderr[-2000:])
+
+
+def test_import_works_when_earlier_libraries_used_up_the_static_tls_block(tmp_path):
+    """glibc keeps a small static TLS block for libraries loaded by dlopen; a module built with the
+    initial-exec TLS model fails to load ("cannot allocate memory in static TLS block") once earlier
+    libraries filled it. distaff's thread-locals use TLS descriptors, which fall back to dynamic
+    TLS: the import and a nested workflow still work. The test fills the block greedily with
+    libraries of initial-exec thread-locals (2 KiB, 1 KiB, ... 16 bytes: each loads if it fits)."""
+    import shutil
+
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler to build the TLS-hungry libraries")
+    src = tmp_path / "tlshog.c"
+    src.write_text(
+        '__attribute__((tls_model("initial-exec"))) __thread char hog[HOG];\n'
+        "int touch(int i) { hog[i] = 1; return hog[0]; }\n"
+    )
+    libs = []
+    for size in (2048, 1024, 512, 256, 128, 64, 32, 16):
+        lib = tmp_path / f"libtlshog{size}.so"
+        subprocess.run([cc, "-shared", "-fPIC", "-O1", f"-DHOG={size}", "-o", str(lib), str(src)], check=True)
+        libs.append(str(lib))
+    proc = run_python(
+        f"""
+        import ctypes
+        loaded = 0
+        for lib in {libs!r}:
+            try:
+                ctypes.CDLL(lib)
+                loaded += 1
+            except OSError as e:
+                assert "static TLS" in str(e), e
+        assert loaded, "no library fitted the static TLS block"
+        import distaff
+
+        @distaff.task()
+        def leaf(x):
+            return x * 2
+
+        @distaff.workflow()
+        def flow(n):
+            return sum(e.result() for e in [leaf.submit(i) for i in range(n)])
+
+        print("RESULT", flow(100))
+        """,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "RESULT 9900" in proc.stdout, proc.stdout + proc.stderr
