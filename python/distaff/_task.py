@@ -439,9 +439,42 @@ class _Timed:
         return self.fn(*args, **kwargs)
 
 
+_OPTION_NAMES: tuple = ()
+# Names other libraries use for the same thing (Prefect, Celery, tenacity...).
+_LIKELY_MEANT = {"retry": "retries", "max_retries": "retries", "attempts": "retries", "delay": "retry_delay",
+                 "retry_backoff": "backoff", "max_concurrency": "concurrency", "limit": "concurrency",
+                 "depends_on": "wait", "deps": "wait"}
+
+
+def _check_option_names(kind: str, options: dict) -> None:
+    """An unknown option is a TypeError naming the public decorator, with the nearest real name."""
+    global _OPTION_NAMES
+    if not _OPTION_NAMES:
+        params = inspect.signature(Task.__init__).parameters
+        _OPTION_NAMES = tuple(n for n in params if n not in ("self", "fn", "kind", "engine"))
+    for key in options:
+        if key not in _OPTION_NAMES:
+            import difflib
+
+            near = [_LIKELY_MEANT[key]] if key in _LIKELY_MEANT else difflib.get_close_matches(key, _OPTION_NAMES, n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else f"; options are {', '.join(_OPTION_NAMES)}"
+            raise TypeError(f"@{kind}() got an unexpected option {key!r}{hint}")
+
+
+def _placeholder(*args: Any, **kwargs: Any) -> None:
+    """Stands for the function in task(...) before it is applied, to check the options early."""
+
+
 def _decorator(kind: str, fn: Any, engine: Any, **options: Any):
+    if options:
+        _check_option_names(kind, options)
     if fn is not _MISSING:  # @task, or task(f, retries=2): the same as task(retries=2)(f)
         return Task(fn, kind=kind, engine=engine, **options)
+    # task(retries=-1) fails here, not later where it is applied: every value that does not depend
+    # on the function is checked now (wait= names and fallback= are checked against it then).
+    trial = {k: v for k, v in options.items() if k not in ("wait", "fallback")}
+    if trial:
+        Task(_placeholder, kind=kind, engine=engine, **trial)
 
     def wrap(f: Callable) -> Task:
         return Task(f, kind=kind, engine=engine, **options)

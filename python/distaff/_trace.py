@@ -464,6 +464,8 @@ def read_jsonl(path: str) -> list:
                 e = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise ValueError(f"{path}:{n}: not a JSON event line ({exc.msg})") from None
+            except RecursionError:  # nested deeper than the parser goes: no event is
+                raise ValueError(f"{path}:{n}: not a distaff event (JSON nested too deeply)") from None
             if not isinstance(e, dict) or "event" not in e or "id" not in e or "mono_ns" not in e:
                 raise ValueError(f"{path}:{n}: not a distaff event (needs 'event', 'id' and 'mono_ns')")
             for key, ok, what in _FIELDS:

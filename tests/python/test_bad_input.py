@@ -524,13 +524,44 @@ def test_dependency_failing_with_an_exception_whose_repr_raises(engine):
     ids=lambda v: repr(v) if not isinstance(v, dict) else ",".join(f"{k}={v[k]!r}" for k in v),
 )
 def test_bad_decorator_options(options, error, match):
-    """Each is rejected at decoration with the named error, naming the option."""
+    """Each is rejected at decoration with the named error, naming the option: at `task(...)`
+    itself, before it is applied to a function, unless the check needs the function (wait=
+    names its parameters, fallback= must accept its arguments)."""
 
     def f(x=None):
         return x
 
-    with pytest.raises(error, match=match):
-        distaff.task(**options)(f)
+    if set(options) & {"wait", "fallback"}:
+        with pytest.raises(error, match=match):
+            distaff.task(**options)(f)
+    else:
+        with pytest.raises(error, match=match):
+            distaff.task(**options)
+        with pytest.raises(error, match=match):
+            distaff.task(f, **options)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda f: distaff.task(f, retry=1),
+        lambda f: distaff.task(retry=1),
+        lambda f: distaff.workflow(max_retries=2),
+        lambda f: distaff.Engine(workers=1).task(retry=1),
+    ],
+    ids=["task(f, retry=)", "task(retry=)", "workflow(max_retries=)", "engine.task(retry=)"],
+)
+def test_a_misspelt_option_names_the_decorator_and_the_option_meant(make):
+    """Not `Task.__init__() got an unexpected keyword argument`: the public decorator, the option
+    as written and the one meant."""
+
+    def f(x=None):
+        return x
+
+    with pytest.raises(TypeError) as info:
+        make(f)
+    msg = str(info.value)
+    assert "__init__" not in msg and "did you mean 'retries'?" in msg and "@" in msg, msg
 
 
 @pytest.mark.parametrize(

@@ -369,7 +369,8 @@ def test_cli_converts_a_recorded_log(eng, tmp_path):
     ('{"event":"TaskStarted","id":1,"mono_ns":5,"worker":"w"}', "'worker' must be a worker index"),
     ('{"event":7,"id":1,"mono_ns":5}', "'event' must be an event name"),
     ('{"event":"TaskCreated","id":1,"mono_ns":5,"dependencies":["a"]}', "'dependencies' must be a list"),
-])
+    ("[" * 100_000 + "]" * 100_000, "not a distaff event (JSON nested too deeply)"),
+], ids=lambda v: v[:60] if isinstance(v, str) else v)
 def test_cli_names_the_line_and_field_of_a_malformed_event(tmp_path, line, complaint):
     # Each of these gave a Python traceback (KeyError, TypeError, ValueError) from deep in the
     # conversion; now one line naming the file, the line and the field, exit status 1.
