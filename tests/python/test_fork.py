@@ -94,3 +94,38 @@ def test_fork_child_submitting_to_an_inherited_engine_is_a_clear_error():
     assert proc.returncode == 0, proc.stderr
     assert "child: ShutdownError" in proc.stdout and "fork" in proc.stdout, proc.stdout
     assert "child exit 0" in proc.stdout and "parent result" in proc.stdout
+
+
+def test_timeouts_fire_in_a_child_forked_after_the_parent_used_them():
+    # The parent's timer thread does not survive fork(); the child starts its own on first use.
+    proc = run_python(
+        """
+        import os, threading, distaff
+
+        never = threading.Event()
+
+        @distaff.task(timeout=0.1)
+        def quick():
+            return 1
+
+        @distaff.task(timeout=0.2)
+        def stuck():
+            distaff.sleep(3600)
+
+        assert quick() == 1  # the parent armed (and disarmed) a deadline: its timer thread exists
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                stuck()
+            except distaff.TimeoutError as e:
+                code = 0 if "deadline" in str(e) else 2
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        print("child", os.waitstatus_to_exitcode(status))
+        """,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "child 0" in proc.stdout, proc.stdout + proc.stderr
