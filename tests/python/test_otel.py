@@ -184,7 +184,6 @@ def test_children_nest_under_a_workflow_whose_body_is_still_running_when_spans_a
     # the root's body still ran in that context, entering it raised ("already entered"), the whole
     # batch was dropped with a logged traceback, and the leaves lost their parent.
     import threading as _threading
-    import time
 
     tp, exporter = provider
     eng = distaff.Engine()
@@ -202,11 +201,19 @@ def test_children_nest_under_a_workflow_whose_body_is_still_running_when_spans_a
         release.wait(30)  # still running while the drainer delivers the first batch
         return total
 
+    from opentelemetry.sdk.trace import SpanProcessor
+
+    leaves_ended = _threading.Semaphore(0)
+
+    class CountLeaves(SpanProcessor):
+        def on_end(self, span):
+            if short(span.name) == "leaf":
+                leaves_ended.release()
+
+    tp.add_span_processor(CountLeaves())
     ex = wf.submit()
-    deadline = time.monotonic() + 30
-    while sum(1 for s in exporter.get_finished_spans() if short(s.name) == "leaf") < 3:
-        assert time.monotonic() < deadline, "the leaves' spans never arrived"
-        time.sleep(0.01)
+    for _ in range(3):
+        assert leaves_ended.acquire(timeout=30), "the leaves' spans never arrived"
     release.set()
     assert ex.result(timeout=30) == 3
     handle.uninstrument()
