@@ -1,7 +1,8 @@
 """executor=ThreadPoolExecutor with ``async def`` bodies (distaff/_local_async.py, docs/executors.md):
 each executor thread runs them on an event loop of its own, reused; a cancelled execution cancels
 its body at its next await; tasks a body leaves running are cancelled when it returns; a backlog of
-tiny bodies runs in chunks on one thread's loop, each body with its own outcome.
+tiny bodies runs in chunks on one thread's loop, each body with its own outcome, and a tiny body
+shipped while the last batch still waits in the executor's queue joins it.
 
 Every case runs in a fresh interpreter with a deadline: a cancellation that does not reach the
 body would hang it."""
