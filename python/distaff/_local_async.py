@@ -81,7 +81,7 @@ class Batch:
     comes from any thread. ``done(batch, error)`` is called once, when run_batch returns or when
     the call ends without running it."""
 
-    __slots__ = ("jobs", "done", "fut", "loop", "tasks", "ended", "t0", "ahead_of_it")
+    __slots__ = ("jobs", "done", "fut", "loop", "tasks", "ended", "t0", "ahead_of_it", "lock", "open")
 
     def __init__(self, jobs: list, done: Callable[["Batch", Any], None]) -> None:
         self.jobs = jobs
@@ -90,6 +90,26 @@ class Batch:
         self.loop: Any = None
         self.tasks: list = [None] * len(jobs)
         self.ended = False
+        # While the call waits in the executor's queue, more jobs may join it (join()); closed
+        # when a thread starts running it or the call ends without running.
+        self.lock = threading.Lock()
+        self.open = True
+
+    def join(self, job: Any) -> bool:
+        """Adds ``job`` to this batch if no thread has started it yet (any thread), as shipped
+        with it. False: the batch is running or over; the job is untouched."""
+        with self.lock:
+            if not self.open:
+                return False
+            job.handle = self
+            job.shipped()
+            self.jobs.append(job)
+            self.tasks.append(None)
+        return True
+
+    def close(self) -> None:
+        with self.lock:
+            self.open = False
 
     def end(self, error: Any) -> None:
         # Never concurrently: run_batch's end and the call's done callback run one after the
@@ -100,6 +120,7 @@ class Batch:
 
     def call_ended(self, fut: Any) -> None:
         """Done callback of the executor's future."""
+        self.close()
         if self.ended:
             return
         try:
@@ -160,6 +181,7 @@ def run_batch(batch: Batch, report: Callable[[Any, Any], None]) -> None:
     """On an executor thread: runs the batch's bodies on this thread's loop, concurrently, and
     calls ``report(job, outcome)`` for each as it ends (outcome packed as _remote.run_local packs
     it; None for a job stopped before it started or while it ran)."""
+    batch.close()  # the jobs that joined it so far are its jobs
     loop = _thread_loop()
     tracking = _local.tracking
     owner = tracking.owner

@@ -556,6 +556,22 @@ class _Futures(_Windowed):
         super().__init__(target, name, max(32, 4 * workers) if isinstance(workers, int) else 64)
         self.local = local
         self._per_job: float | None = None  # moving average of seconds in flight per body
+        # The last batch of async bodies handed to the executor: while no thread has started it,
+        # a tiny async body joins it instead of making a call of its own (submit()).
+        self._waiting_batch: Any = None
+
+    def submit(self, job: Any) -> None:
+        if self.local and job.is_async:
+            batch = self._waiting_batch
+            per_job = self._per_job
+            # Only bodies seen to be tiny: a body that blocks its thread would hold up the others
+            # of its batch (they share that thread's loop), as with the chunks of a backlog.
+            if (batch is not None and batch.open and per_job is not None and per_job <= self._TINY_S
+                    and not self._queue and len(batch.jobs) < self._LOCAL_ASYNC_CHUNK_MAX and batch.join(job)):
+                if job.stopped:  # cancelled meanwhile: cancel() may not have seen the batch
+                    batch.cancel(job)
+                return
+        super().submit(job)
 
     def _start(self, job: Any) -> Any:
         if self.local:  # threads of this process: nothing to serialize
@@ -575,6 +591,7 @@ class _Futures(_Windowed):
             job.handle = batch
         batch.fut = fut = self.target.submit(_local_async.run_batch, batch, self._report_local)
         fut.add_done_callback(batch.call_ended)
+        self._waiting_batch = batch
         return batch
 
     @staticmethod
@@ -589,6 +606,8 @@ class _Futures(_Windowed):
     def _batch_done(self, batch: Any, error: BaseException | None) -> None:
         """Once per batch, when run_batch returns or when its call ends without running it
         (cancelled while queued, the executor shut down)."""
+        if self._waiting_batch is batch:
+            self._waiting_batch = None
         self._release()
         try:
             self._observe(time.monotonic() - batch.t0, batch.ahead_of_it, len(batch.jobs))

@@ -1,7 +1,8 @@
 """executor=ThreadPoolExecutor with ``async def`` bodies (distaff/_local_async.py, docs/executors.md):
 each executor thread runs them on an event loop of its own, reused; a cancelled execution cancels
 its body at its next await; tasks a body leaves running are cancelled when it returns; a backlog of
-tiny bodies runs in chunks on one thread's loop, each body with its own outcome.
+tiny bodies runs in chunks on one thread's loop, each body with its own outcome, and a tiny body
+shipped while the last batch still waits in the executor's queue joins it.
 
 Every case runs in a fresh interpreter with a deadline: a cancellation that does not reach the
 body would hang it."""
@@ -198,3 +199,91 @@ def test_tasks_a_body_leaves_running_are_cancelled_when_it_returns():
         """
     )
     assert out.strip() == "ok"
+
+
+def test_tiny_bodies_join_a_batch_still_waiting_in_the_executor_each_with_its_own_outcome():
+    # Latency (bench W7b, docs/executors.md): once bodies are seen to be tiny, a body submitted
+    # while the last batch handed to the executor has not started yet joins that batch instead of
+    # making an executor call (and waking a thread) of its own. Here the pool's only thread is
+    # held by a plain call, so the batch waits; the bodies submitted meanwhile all join it.
+    out = check(
+        """
+        import asyncio, threading
+        from concurrent.futures import ThreadPoolExecutor
+        import distaff
+
+        class Counting(ThreadPoolExecutor):
+            calls = 0
+            def submit(self, *a, **k):
+                Counting.calls += 1
+                return super().submit(*a, **k)
+
+        pool = Counting(1)
+        eng = distaff.Engine()
+
+        @eng.task(executor=pool)
+        async def body(i):
+            await asyncio.sleep(0)
+            if i == 3:
+                raise KeyError(i)
+            return threading.current_thread().name, i * 2
+
+        for rnd in range(3):  # teaches the executor that the bodies are tiny
+            distaff.wait([body.submit(i + 100) for i in range(20)])
+
+        gate = threading.Event()
+        blocker = pool.submit(gate.wait, 30)  # the pool's only thread is busy: calls queue
+        before = Counting.calls
+        exs = [body.submit(i) for i in range(50)]
+        # Each execution's fiber ships its body; on the engine's one worker, work submitted from
+        # outside starts in submission order, so once a plain task submitted after them has run,
+        # all 50 have been handed to the executor.
+        eng.task()(lambda: None).submit().result(timeout=30)
+        exs[7].cancel()
+        calls = Counting.calls - before
+        gate.set()
+        blocker.result(30)
+        distaff.wait(exs, timeout=30)
+        for i, ex in enumerate(exs):
+            if i == 3:
+                assert isinstance(ex.exception(), KeyError), ex.exception()
+            elif i == 7:
+                assert ex.cancelled(), ex.state
+            else:
+                name, v = ex.result()
+                assert v == i * 2, (i, v)
+        print("calls for 50 bodies:", calls)
+        eng.shutdown()
+        pool.shutdown()
+        """
+    )
+    calls = int(out.split("calls for 50 bodies:")[1])
+    assert calls == 1, out  # 50 before the change: one executor call per body
+
+
+def test_bodies_not_known_to_be_tiny_each_get_an_executor_call_of_their_own():
+    # A body that may block its thread must not hold up others: until bodies are seen to be tiny,
+    # none joins another's batch. Three bodies that block their threads on one barrier (each
+    # waits for the other two) finish only if they run on three threads.
+    out = check(
+        """
+        import threading
+        from concurrent.futures import ThreadPoolExecutor
+        import distaff
+
+        pool = ThreadPoolExecutor(3)
+        eng = distaff.Engine()
+        barrier = threading.Barrier(3, timeout=20)
+
+        @eng.task(executor=pool)
+        async def meet(i):
+            barrier.wait()  # blocks this thread (and its loop) until all three are there
+            return i
+
+        exs = [meet.submit(i) for i in range(3)]
+        print("results:", sorted(ex.result(timeout=30) for ex in exs))
+        eng.shutdown()
+        pool.shutdown()
+        """
+    )
+    assert "results: [0, 1, 2]" in out

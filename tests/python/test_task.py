@@ -304,3 +304,24 @@ def test_module_level_tasks_follow_the_default_engine_through_shutdowns_and_use_
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "ok"
+
+
+def test_tasks_with_the_same_parameters_each_check_calls_under_their_own_name(engine):
+    # The argument checkers are compiled once per parameter list and shared (decoration cost,
+    # bench W7b cold): each task still names itself in the TypeError, defaults stay its own.
+    def make(name):
+        def f(a, b=2, *rest, k, opt=None, **kw):
+            return a
+
+        f.__name__ = f.__qualname__ = name
+        return engine.task(f)
+
+    first, second = make("first"), make("second")
+    assert first.submit(1, k=0).result() == 1
+    with pytest.raises(TypeError, match=r"^first\(\) missing 1 required keyword-only argument: 'k'"):
+        first.submit(1)
+    with pytest.raises(TypeError, match=r"^second\(\) missing 1 required positional argument: 'a'"):
+        second.submit(k=1)
+    with pytest.raises(TypeError, match=r"^second\(\) got an unexpected keyword argument 'a'|^second\(\) got multiple"):
+        second.submit(1, a=2, k=3)
+    assert second.submit(5, 6, 7, k=8, opt=9, extra=10).result() == 5
