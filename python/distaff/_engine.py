@@ -627,6 +627,26 @@ async def _acall_chunk(fn: Callable, chunk: list) -> list:
     return [await fn(*args) for args in chunk]
 
 
+async def _await_it(coro: Any) -> Any:
+    return await coro
+
+
+def await_returned(coro: Any, capsule: Any) -> Any:
+    """The bindings' hook for a body (a plain callable, not ``async def``) that returned a coroutine
+    object: in its fiber, the coroutine is handed to the engine's loop as an async body would be
+    (docs/concepts.md), and the promise it returns is what the execution follows — its result is the
+    coroutine's, a cancel or timeout of the execution cancels the coroutine."""
+    try:
+        engine = next((e for e in list(_engines) if e._capsule is capsule), None)
+        if engine is None:  # (every execution's engine is alive while its body runs)
+            raise RuntimeError("the engine of this execution is gone; its coroutine cannot run")
+        me = _core.current_execution()
+        return _AsyncBody(_await_it, None, engine, me.name if me is not None else "coroutine")(coro)
+    except BaseException:
+        coro.close()  # never run: no "coroutine was never awaited" warning on top of the error
+        raise
+
+
 def _map_results(fs: list, end: float | None, chunked: bool) -> Iterator:
     # A generator separate from map(): map() submits everything at once, as the stdlib does.
     # Popping drops each Execution (and its result) as soon as it was yielded.
