@@ -426,3 +426,44 @@ def test_wait_given_bytes_is_a_typeerror(wait):
         @distaff.task(wait=wait)
         def f(a):
             return a
+
+
+# -- concurrent.futures.wait / as_completed over Executions ----------------------------------------
+
+
+def test_concurrent_futures_wait_and_as_completed_accept_executions_racing_their_completion(engine):
+    """Many executions finishing while the stdlib installs its waiters: each waiter is notified
+    exactly once (ALL_COMPLETED returns only when all are done; as_completed yields each once).
+    The semantics against the stdlib's own futures: test_wait_sets.py[stdlib-over-distaff]."""
+    import concurrent.futures as cf
+
+    for _ in range(20):
+        exs = [engine.submit(pow, i, 2) for i in range(200)]
+        done, not_done = cf.wait(exs, timeout=30)
+        assert not not_done and len(done) == 200
+        assert all(e.done() for e in exs)
+        exs = [engine.submit(pow, i, 2) for i in range(200)]
+        seen = list(cf.as_completed(exs, timeout=30))
+        assert sorted(e.result() for e in seen) == [i * i for i in range(200)]
+        assert len({id(e) for e in seen}) == 200
+
+
+def test_concurrent_futures_wait_first_exception_and_timeout_over_executions(engine, new_gate):
+    import concurrent.futures as cf
+
+    gate = new_gate()
+
+    def boom():
+        raise ValueError("x")
+
+    slow = engine.submit(gate.wait, 30)
+    bad = engine.submit(boom)
+    done, not_done = cf.wait([slow, bad], return_when=cf.FIRST_EXCEPTION, timeout=30)
+    assert done == {bad} and not_done == {slow}
+    done, not_done = cf.wait([slow], timeout=0.01)
+    assert not done and not_done == {slow}
+    with pytest.raises(cf.TimeoutError):
+        next(cf.as_completed([slow], timeout=0.01))
+    slow.cancel()
+    done, _ = cf.wait([slow], timeout=30)
+    assert done == {slow} and slow._state == cf._base.CANCELLED_AND_NOTIFIED
