@@ -7,6 +7,7 @@
 // leave out of order (python_fiber.hpp, rule 4). Raw calls are also about 3x cheaper, which matters on
 // submit and result.
 
+#include <csignal>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -242,7 +243,10 @@ PyObject* pe_annotate(PyObject* self, PyObject* const* a, Py_ssize_t n) {
 // caller's own code — then a KeyboardInterrupt or SystemExit (a Ctrl-C that landed in it, sys.exit())
 // propagates to that caller, as concurrent.futures lets any non-Exception through (returns false with
 // it set). A callback run by a completion is logged whatever it raised: no caller of its is there to
-// receive it, and a worker must not be taken down by it.
+// receive it, and a worker must not be taken down by it. Except a KeyboardInterrupt on the main
+// thread outside bodies (a completion there: cancel(), a promise settled, an engine shut down): a
+// Ctrl-C that landed in the callback. It is delivered again, as a SIGINT the main thread's code
+// handles at its next check (its SIGINT handler: KeyboardInterrupt by default), not swallowed.
 bool call_callback(PyObject* cb, PyObject* self, bool at_once = false) {
   PyObject* r = PyObject_CallOneArg(cb, self);
   if (r) {
@@ -250,6 +254,11 @@ bool call_callback(PyObject* cb, PyObject* self, bool at_once = false) {
     return true;
   }
   if (at_once && !PyErr_ExceptionMatches(PyExc_Exception)) return false;
+  if (!at_once && PyErr_ExceptionMatches(PyExc_KeyboardInterrupt) && on_main_thread()) {
+    PyErr_Clear();
+    if (PyErr_SetInterruptEx(SIGINT) == 0) return true;
+    PyErr_SetNone(PyExc_KeyboardInterrupt);  // SIGINT ignored or not handled by Python: log it
+  }
   PyObject* exc = fetch_exception();
   if (CallbackErrorHook && exc) {
     PyObject* lr = PyObject_CallFunctionObjArgs(CallbackErrorHook, cb, self, exc, nullptr);

@@ -204,9 +204,9 @@ print("after")
     assert "ZeroDivisionError" in proc.stderr and "exception calling callback" in proc.stderr
 
 
-def test_ctrl_c_in_a_callback_run_at_once_on_the_main_thread_interrupts_the_program():
-    code = textwrap.dedent(
-        """
+_CTRL_C_IN_A_CALLBACK = {
+    # add_done_callback on a finished execution runs it at once: KeyboardInterrupt propagates.
+    "at once": """
         import distaff, time
         ex = distaff.Engine().submit(lambda: 1); ex.result()
         def cb(e):
@@ -214,8 +214,27 @@ def test_ctrl_c_in_a_callback_run_at_once_on_the_main_thread_interrupts_the_prog
             time.sleep(30)
         ex.add_done_callback(cb)
         print("the program went on", flush=True)
-        """
-    )
+        """,
+    # cancel() on the main thread finishes the execution there and runs its callbacks: the Ctrl-C
+    # is delivered again to the main thread's code.
+    "run by cancel()": """
+        import distaff, threading, time
+        gate = threading.Event()
+        ex = distaff.Engine().submit(gate.wait, 30)
+        def cb(e):
+            print("in callback", flush=True)
+            time.sleep(30)
+        ex.add_done_callback(cb)
+        ex.cancel()
+        gate.set()
+        print("the program went on", flush=True)
+        """,
+}
+
+
+@pytest.mark.parametrize("how", list(_CTRL_C_IN_A_CALLBACK))
+def test_ctrl_c_in_a_callback_run_on_the_main_thread_interrupts_the_program(how):
+    code = textwrap.dedent(_CTRL_C_IN_A_CALLBACK[how])
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == "in callback"
