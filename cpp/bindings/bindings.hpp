@@ -151,6 +151,7 @@ extern PyObject* AsyncAwaitHook;   // distaff._asyncio.await_execution
 // Set by _core._set_hooks (module.cpp), with AsyncAwaitHook:
 extern PyObject* CallbackErrorHook;  // distaff._errors.log_callback_error (execution_type.cpp)
 extern PyObject* LoopWaitHook;       // distaff._asyncio.wait_on_loop_thread, or NULL (waiting.cpp)
+extern PyObject* ReturnedCoroutineHook;  // distaff._async_body.await_returned, or NULL (run.cpp)
 // translate_current_exception: sets the Python error for the C++ exception being handled.
 void translate_current_exception();
 // fetch_exception: takes the raised exception (normalised, traceback attached). New reference.

@@ -7,6 +7,7 @@
 // leave out of order (python_fiber.hpp, rule 4). Raw calls are also about 3x cheaper, which matters on
 // submit and result.
 
+#include <csignal>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -237,13 +238,27 @@ PyObject* pe_annotate(PyObject* self, PyObject* const* a, Py_ssize_t n) {
   Py_RETURN_NONE;
 }
 
-void call_callback(PyObject* cb, PyObject* self) {
+// call_callback: calls one done-callback. Like concurrent.futures, an Exception it raises is logged
+// (logger "distaff"), never propagated. `at_once`: add_done_callback runs it now, as part of the
+// caller's own code — then a KeyboardInterrupt or SystemExit (a Ctrl-C that landed in it, sys.exit())
+// propagates to that caller, as concurrent.futures lets any non-Exception through (returns false with
+// it set). A callback run by a completion is logged whatever it raised: no caller of its is there to
+// receive it, and a worker must not be taken down by it. Except a KeyboardInterrupt on the main
+// thread outside bodies (a completion there: cancel(), a promise settled, an engine shut down): a
+// Ctrl-C that landed in the callback. It is delivered again, as a SIGINT the main thread's code
+// handles at its next check (its SIGINT handler: KeyboardInterrupt by default), not swallowed.
+bool call_callback(PyObject* cb, PyObject* self, bool at_once = false) {
   PyObject* r = PyObject_CallOneArg(cb, self);
   if (r) {
     Py_DECREF(r);
-    return;
+    return true;
   }
-  // Like concurrent.futures: a failing callback is logged (logger "distaff"), never propagated.
+  if (at_once && !PyErr_ExceptionMatches(PyExc_Exception)) return false;
+  if (!at_once && PyErr_ExceptionMatches(PyExc_KeyboardInterrupt) && on_main_thread()) {
+    PyErr_Clear();
+    if (PyErr_SetInterruptEx(SIGINT) == 0) return true;
+    PyErr_SetNone(PyExc_KeyboardInterrupt);  // SIGINT ignored or not handled by Python: log it
+  }
   PyObject* exc = fetch_exception();
   if (CallbackErrorHook && exc) {
     PyObject* lr = PyObject_CallFunctionObjArgs(CallbackErrorHook, cb, self, exc, nullptr);
@@ -254,6 +269,7 @@ void call_callback(PyObject* cb, PyObject* self) {
     }
   }
   Py_XDECREF(exc);
+  return true;
 }
 
 // run_callback: runs one registered done-callback as the code that registered it: in (a copy of)
@@ -294,7 +310,7 @@ PyObject* pe_add_done_callback(PyObject* self, PyObject* fn) {
   }
   if (pe->core->done()) {  // runs now, here: the registering code's parent and context already apply
     track(pe);
-    call_callback(fn, self);
+    if (!call_callback(fn, self, /*at_once=*/true)) return nullptr;
     Py_RETURN_NONE;
   }
   // Remember who registered it (docs/concepts.md, "Executions"): the current execution, as the
@@ -331,7 +347,7 @@ PyObject* pe_add_done_callback(PyObject* self, PyObject* fn) {
   track(pe);
   if (pe->core->done()) {  // finished meanwhile (the allocations above can run the GC)
     Py_DECREF(entry);
-    call_callback(fn, self);
+    if (!call_callback(fn, self, /*at_once=*/true)) return nullptr;
     Py_RETURN_NONE;
   }
   const int r = PyList_Append(pe->callbacks, entry);

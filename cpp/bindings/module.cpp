@@ -11,22 +11,25 @@ using namespace distaff::py;
 
 namespace {
 
-// _set_hooks(await_hook, callback_error_hook, loop_wait_hook=None): the facade's Python functions
-// the bindings call (distaff/_asyncio.py, distaff/_errors.py).
+// _set_hooks(await_hook, callback_error_hook, loop_wait_hook=None, coroutine_hook=None): the
+// facade's Python functions the bindings call (distaff/_asyncio.py, distaff/_errors.py,
+// distaff/_async_body.py).
 PyObject* raw_set_hooks(PyObject*, PyObject* const* a, Py_ssize_t n) {
-  if (n != 2 && n != 3) {
-    PyErr_SetString(PyExc_TypeError, "_set_hooks(await_hook, callback_error_hook, loop_wait_hook=None)");
+  if (n < 2 || n > 4) {
+    PyErr_SetString(PyExc_TypeError,
+                    "_set_hooks(await_hook, callback_error_hook, loop_wait_hook=None, coroutine_hook=None)");
     return nullptr;
   }
   Py_XSETREF(AsyncAwaitHook, Py_NewRef(a[0]));
   Py_XSETREF(CallbackErrorHook, Py_NewRef(a[1]));
-  if (n == 3) Py_XSETREF(LoopWaitHook, a[2] == Py_None ? nullptr : Py_NewRef(a[2]));
+  if (n >= 3) Py_XSETREF(LoopWaitHook, a[2] == Py_None ? nullptr : Py_NewRef(a[2]));
+  if (n >= 4) Py_XSETREF(ReturnedCoroutineHook, a[3] == Py_None ? nullptr : Py_NewRef(a[3]));
   Py_RETURN_NONE;
 }
 
 PyMethodDef module_functions[] = {
     {"_set_hooks", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&raw_set_hooks)), METH_FASTCALL,
-     "_set_hooks(await_hook, callback_error_hook, loop_wait_hook=None)"},
+     "_set_hooks(await_hook, callback_error_hook, loop_wait_hook=None, coroutine_hook=None)"},
     {nullptr, nullptr, 0, nullptr}};
 
 }  // namespace

@@ -118,6 +118,7 @@ PyObject* raw_completion_next(PyObject*, PyObject* const* a, Py_ssize_t n) {
   Clock::time_point deadline;
   if (!ws || !parse_timeout(a[1], deadline)) return nullptr;
   std::int64_t idx = WaitSet::kTimedOut;
+  Execution* self = interruptible_execution();
   int r = wait_sliced(
       [&](Clock::time_point d) {
         idx = ws->next_completed(d);
@@ -126,7 +127,7 @@ PyObject* raw_completion_next(PyObject*, PyObject* const* a, Py_ssize_t n) {
       deadline);
   if (r < 0) return nullptr;
   if (r == 1) {
-    if (current_execution() && current_execution()->interrupted()) {
+    if (self && self->interrupted()) {
       raise_interrupted();
     } else {
       PyErr_SetString(PyExc_TimeoutError, "as_completed: no execution finished within the timeout");

@@ -18,6 +18,11 @@ void forward_done(Execution& target_core, void* arg);
 // Linked by forward(), unlinked by forward_done() (the forward holds a reference meanwhile), GIL
 // held. It reuses run_prev/run_next: a body is unlinked from the running list before it forwards.
 PyExecution* g_forwarding = nullptr;
+}  // namespace
+
+PyObject* ReturnedCoroutineHook = nullptr;
+
+namespace {
 
 // An intrusive list over run_prev/run_next (the running and the forwarding lists), GIL held.
 void list_link(PyExecution*& head, PyExecution* pe) {
@@ -136,6 +141,14 @@ void run_execution(Execution& ex) {
       pe->tstate = fs.tstate;
       link_running(pe);
       PyObject* r = PyObject_Call(pe->fn, pe->args, pe->kwargs);
+      if (r && PyCoro_CheckExact(r) && ReturnedCoroutineHook && pe->engine) {
+        // A plain callable that returned a coroutine (a sync wrapper of an async def): the
+        // coroutine is the body's real work, so it is awaited as an async body is — on the
+        // engine's loop, the execution following it — not handed out un-run as the result.
+        // Still in the body's context and fiber: current_execution() is this execution.
+        PyObject* follow = PyObject_CallFunctionObjArgs(ReturnedCoroutineHook, r, pe->engine, nullptr);
+        Py_SETREF(r, follow);
+      }
       unlink_running(pe);
       pe->tstate = nullptr;
       // terminate() (cancel, timeout, shutdown) may have queued an asynchronous exception for the

@@ -108,6 +108,7 @@ enum WaitOutcome { kDone = 0, kTimeout = 1, kInterrupted = 2, kError = -1, kSign
 // The GIL is released while parked (switch hooks).
 int wait_core(Execution* target, Clock::time_point deadline) {
   if (target->done()) return kDone;
+  Execution* self = interruptible_execution();  // taken now: a cancel during the wait finishes it
   bool interrupted = false;
   int r = wait_sliced(
       [&](Clock::time_point d) {
@@ -121,7 +122,6 @@ int wait_core(Execution* target, Clock::time_point deadline) {
   if (r == 1) return kTimeout;
   // Woken because the target finished — but if the waiter itself was cancelled or timed out
   // meanwhile (terminate() also cancels the target when it is a child), that is what it must see.
-  Execution* self = current_execution();
   if (interrupted || (self && self->interrupted())) return kInterrupted;
   return kDone;
 }

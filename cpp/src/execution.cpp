@@ -102,6 +102,11 @@ void set_switch_hooks(SwitchHooks hooks) noexcept { g_hooks = hooks; }
 
 Execution* current_execution() noexcept { return tl_fiber_local.current; }
 
+Execution* interruptible_execution() noexcept {
+  Execution* self = tl_fiber_local.current;
+  return self && !self->done() ? self : nullptr;
+}
+
 std::int64_t live_executions() noexcept { return g_live.load(std::memory_order_relaxed); }
 
 ExecutionRef Execution::create(std::string name, Kind kind) {
@@ -200,7 +205,7 @@ std::string Execution::deadlock_message(const Execution& waiter, const Execution
 
 WaitStatus Execution::wait_until(Clock::time_point deadline) {
   if (done()) return WaitStatus::done;
-  Execution* self = tl_fiber_local.current;
+  Execution* self = interruptible_execution();  // (a finished one is in no wait cycle either)
   if (self) {
     if (self->interrupted()) return WaitStatus::interrupted;
     std::lock_guard<std::mutex> g(g_graph_mu);
@@ -238,6 +243,17 @@ WaitStatus sleep_until(Clock::time_point deadline) {
   if (!self) {
     detail::SuspendScope suspend;
     std::this_thread::sleep_until(deadline);
+    return WaitStatus::timeout;
+  }
+  if (self->done()) {
+    // A done-callback running on the fiber of the execution it watched (interruptible_execution):
+    // the execution cannot be cancelled any more, so this sleeps its full length (on the fiber).
+    // It parks on the execution's condition variable, which nothing notifies now (a spurious or
+    // stray wake-up just parks again).
+    detail::SuspendScope suspend;
+    UniqueLock lk(self->mu_);
+    while (self->done_cv_.wait_until(lk, deadline) != boost::fibers::cv_status::timeout) {
+    }
     return WaitStatus::timeout;
   }
   // A sleeping execution parks on its own condition variable, so interrupt() can wake it.

@@ -125,7 +125,7 @@ namespace {
 // InterruptWaker: lets interrupt() of the calling execution wake a park on this wait-set.
 class InterruptWaker {
  public:
-  InterruptWaker(void (*fn)(void*), void* arg) : self_(current_execution()) {
+  InterruptWaker(void (*fn)(void*), void* arg) : self_(interruptible_execution()) {
     if (self_) self_->set_waker(fn, arg);
   }
   ~InterruptWaker() {

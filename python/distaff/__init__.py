@@ -38,9 +38,12 @@ from ._wait import (
     join,
     wait,
 )
-from . import _asyncio, _errors, _imports, executors, otel
+from . import _asyncio, _cf_compat, _engine, _errors, _imports, executors, otel
 
-_core._set_hooks(_asyncio.await_execution, _errors.log_callback_error, _asyncio.wait_on_loop_thread)
+_core._set_hooks(
+    _asyncio.await_execution, _errors.log_callback_error, _asyncio.wait_on_loop_thread, _engine.await_returned
+)
+_cf_compat.install()  # concurrent.futures.wait/as_completed accept Executions
 _imports.install()  # importlib's module locks per fiber, not per worker thread (docs/limits.md)
 
 

@@ -47,6 +47,10 @@ class Execution:
 
     _asyncio_future_blocking: bool
     _cancel_message: str | None
+    # concurrent.futures.wait/as_completed's view (distaff/_cf_compat.py)
+    _condition: Any
+    _state: str
+    _waiters: list[Any]
     @property
     def id(self) -> int: ...
     @property

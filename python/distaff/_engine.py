@@ -19,7 +19,8 @@ from typing import Any, Callable, Iterable, Iterator
 
 from . import _asyncio, _core, _elsewhere, _execlog, _trace, _validate
 from ._errors import ShutdownError
-from ._task import _MISSING, Task, _decorator
+from ._async_body import _AsyncBody, _bind_to_submitting_loop
+from ._task import _MISSING, Task, _decorator, is_async_callable
 
 logger = logging.getLogger("distaff")
 
@@ -152,7 +153,19 @@ class Engine(concurrent.futures.Executor):
             clone.submit = clone._make_submit()
             return clone.submit(*args, **kwargs)
         name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+        if is_async_callable(fn):  # an async callable runs as an async body, as task() runs it
+            return self._submit_async(fn, name, args, kwargs)
         return self._submit(fn, name, 0, False, args, kwargs, None)
+
+    def _submit_async(self, fn, name, args, kwargs) -> _core.Execution:
+        # As Task._submit_general submits an async body: on the submitter's running loop (bound to
+        # it) or else the engine's loop thread; docs/asyncio.md.
+        bind_loop = asyncio._get_running_loop()
+        body = _AsyncBody(fn, bind_loop, self, name, False, "task", None)
+        ex = self._submit(body, name, 0, False, args, kwargs, None)
+        if bind_loop is not None:
+            _bind_to_submitting_loop(body.binding, bind_loop, ex)
+        return ex
 
     def map(
         self, fn: Callable, *iterables: Iterable, timeout: float | None = None, chunksize: int = 1
@@ -184,8 +197,12 @@ class Engine(concurrent.futures.Executor):
                     fs.append(self.submit(fn, *args))
             else:
                 name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
-                while chunk := list(itertools.islice(calls, chunksize)):
-                    fs.append(self._submit(_call_chunk, name, 0, False, (fn, chunk), None, None))
+                if isinstance(fn, Task) or not is_async_callable(fn):
+                    while chunk := list(itertools.islice(calls, chunksize)):
+                        fs.append(self._submit(_call_chunk, name, 0, False, (fn, chunk), None, None))
+                else:  # an async callable: each chunk is one async body awaiting its calls in turn
+                    while chunk := list(itertools.islice(calls, chunksize)):
+                        fs.append(self._submit_async(_acall_chunk, name, (fn, chunk), None))
         except BaseException:
             for f in fs:
                 f.cancel()
@@ -604,6 +621,30 @@ class use_engine:  # noqa: N801 - used like a function: ``with distaff.use_engin
 
 def _call_chunk(fn: Callable, chunk: list) -> list:
     return [fn(*args) for args in chunk]
+
+
+async def _acall_chunk(fn: Callable, chunk: list) -> list:
+    return [await fn(*args) for args in chunk]
+
+
+async def _await_it(coro: Any) -> Any:
+    return await coro
+
+
+def await_returned(coro: Any, capsule: Any) -> Any:
+    """The bindings' hook for a body (a plain callable, not ``async def``) that returned a coroutine
+    object: in its fiber, the coroutine is handed to the engine's loop as an async body would be
+    (docs/concepts.md), and the promise it returns is what the execution follows — its result is the
+    coroutine's, a cancel or timeout of the execution cancels the coroutine."""
+    try:
+        engine = next((e for e in list(_engines) if e._capsule is capsule), None)
+        if engine is None:  # (every execution's engine is alive while its body runs)
+            raise RuntimeError("the engine of this execution is gone; its coroutine cannot run")
+        me = _core.current_execution()
+        return _AsyncBody(_await_it, None, engine, me.name if me is not None else "coroutine")(coro)
+    except BaseException:
+        coro.close()  # never run: no "coroutine was never awaited" warning on top of the error
+        raise
 
 
 def _map_results(fs: list, end: float | None, chunked: bool) -> Iterator:

@@ -254,10 +254,22 @@ def log_unobserved(batch: list) -> None:
 
 
 def log_callback_error(callback, execution, exc: BaseException) -> None:
-    """Called when a done-callback raises: logged, like concurrent.futures does."""
+    """Called when a done-callback run by a completion raises: logged, like concurrent.futures does.
+    A KeyboardInterrupt or SystemExit is logged too (it has no caller to reach there: the callback
+    ran on whichever thread finished the execution, usually a worker); the message says so."""
+    if isinstance(exc, Exception):
+        logger.error(
+            "distaff: exception calling callback %r for %r",
+            callback,
+            execution,
+            exc_info=(type(exc), exc, exc.__traceback__),
+        )
+        return
     logger.error(
-        "distaff: exception calling callback %r for %r",
+        "distaff: callback %r for %r raised %s on the thread that finished the execution; it was not "
+        "propagated (it has no caller there) and the program goes on",
         callback,
         execution,
+        type(exc).__name__,
         exc_info=(type(exc), exc, exc.__traceback__),
     )

@@ -26,6 +26,7 @@ class RetryPolicy:
     @classmethod
     def make(cls, retries, retry_delay, backoff, max_delay, jitter, retry_on, fallback) -> "RetryPolicy | None":
         _v.count(retries, "retries")
+        _v.flag(jitter, "jitter")
         retry_delay = _v.seconds(retry_delay, "retry_delay", _v.DELAY)
         backoff = _v.seconds(backoff, "backoff", _v.FACTOR)
         max_delay = _v.seconds(max_delay, "max_delay", _v.CAP)
@@ -41,7 +42,7 @@ class RetryPolicy:
             return None
         p = cls()
         p.retries, p.retry_delay, p.backoff, p.max_delay = retries, float(retry_delay), float(backoff), max_delay
-        p.jitter, p.retry_on, p.fallback = bool(jitter), retry_on, fallback
+        p.jitter, p.retry_on, p.fallback = jitter, retry_on, fallback
         return p
 
     def delay(self, n: int) -> float:

@@ -80,6 +80,11 @@ def _parse_wait(wait: Any, fn: Callable) -> bool | tuple[str, ...]:
         return True
     if isinstance(wait, str):
         names = tuple(n.strip() for n in wait.split(",") if n.strip())
+    elif isinstance(wait, (bytes, bytearray, memoryview)):  # iterating them gives ints, not names
+        raise TypeError(
+            f"wait= must be True, an iterable of parameter names or a comma-separated string, not "
+            f"{type(wait).__name__} {wait!r} (decode it to a str)"
+        )
     elif isinstance(wait, Iterable):
         names = tuple(wait)
         for n in names:

@@ -90,11 +90,16 @@ class _Waitable:
         return p.done() and not p.cancelled()
 
     def _wait_sync(self, p: Any, timeout: float | None) -> bool:
+        # The execution whose own timeout= can end this wait: the one whose body runs here, unless
+        # it had finished before the wait began — a done-callback running on its fiber waits as the
+        # code that registered it, and only its own timeout ends the wait.
+        me = _core.current_execution()
+        if me is not None and me.done():
+            me = None
         try:
             p.result(timeout=timeout)
             return True
         except (TimeoutError, _DistaffTimeout):
-            me = _core.current_execution()
             if timeout is not None and not (me is not None and me.done()):
                 return self._abandon(p)
             # Not our timeout: the body's own timeout= fired while it waited here.
@@ -144,6 +149,8 @@ class _Acquirable(_Waitable):
         """Takes a unit; returns False if ``blocking=False`` or ``timeout`` seconds passed first."""
         t = _check_timeout(timeout, f"{self._kind}.acquire", lock=self._lock_timeouts)
         if not blocking:
+            if t is not None:  # as threading's Lock and Semaphore: a timeout needs a blocking call
+                raise ValueError(f"{self._kind}.acquire: can't specify a timeout for a non-blocking call")
             with self._mu:
                 return self._try_take()
         p = self._enqueue()

@@ -81,9 +81,7 @@ class Task:
         self._kind_flag = _WORKFLOW if kind == "workflow" else 0
         self.resolve = _v.flag(resolve, "resolve=")
         self._wait = True if resolve else _parse_wait(wait, fn)
-        self.is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
-            getattr(fn, "__call__", None)
-        )
+        self.is_async = is_async_callable(fn)
         self.timeout = _check_timeout(timeout)
         self.policy = RetryPolicy.make(retries, retry_delay, backoff, max_delay, jitter, retry_on, fallback)
         if fallback is not None:
@@ -101,6 +99,14 @@ class Task:
                 raise TypeError("executable=True runs the command here as a subprocess; it takes no executor=")
             body = _command.commanding(body, self.name)
             self.is_async = True
+        if fallback is not None and not self.is_async and is_async_callable(fallback):
+            # A sync body's fallback is called in its fiber (or, with executor=, as an execution of
+            # its own): nothing would await the coroutine — the caller would get it, un-run.
+            raise TypeError(
+                f"fallback {getattr(fallback, '__qualname__', fallback)!r} is async but {self.name!r} is not: "
+                f"the fallback of a sync {kind} is called, not awaited; give it a plain def fallback "
+                f"(or make the {kind} async def)"
+            )
         if self.policy is not None and not self.is_async:
             body = _retrying(body, self.policy)
         self._body = body
@@ -403,6 +409,19 @@ def _map(submit: Callable, name: str, iterables: tuple) -> list:
             ex.cancel()
         raise
     return out
+
+
+def is_async_callable(fn: Any) -> bool:
+    """Does calling ``fn`` make a coroutine to await: an ``async def`` function or method, one
+    marked with ``inspect.markcoroutinefunction``, an object whose ``__call__`` is ``async def``,
+    and any of these inside ``functools.partial`` (nested too)."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    if inspect.iscoroutinefunction(fn):
+        return True
+    if inspect.isfunction(fn) or inspect.ismethod(fn) or inspect.isbuiltin(fn) or isinstance(fn, type):
+        return False
+    return inspect.iscoroutinefunction(getattr(fn, "__call__", None))
 
 
 def _rebuild_task(fn: Callable, kind: str, name: str) -> Task:

@@ -1059,6 +1059,38 @@ TEST_F(ExecutionFibers, SleepInAFiberTimesOut) {
   EXPECT_GE(slept, 20ms);
 }
 
+// The fiber of a finished execution still runs code (its done-callbacks): nothing can cancel it
+// any more, so its waits end by their own deadline — not at once as 'interrupted' (a Python
+// callback's distaff.sleep raised CancelledError). Also after a cancel that interrupted it.
+TEST_F(ExecutionFibers, WaitsOnTheFiberOfAFinishedExecutionEndByTheirDeadline) {
+  for (State how : {State::succeeded, State::cancelled}) {
+    Duration slept{};
+    WaitStatus slept_status = WaitStatus::done;
+    WaitStatus waited_status = WaitStatus::done;
+    Execution* interruptible = reinterpret_cast<Execution*>(1);
+    std::atomic<bool> ended{false};  // the body's writes happen before its release store
+    ExecutionRef other = Execution::create("other", Kind::task);
+    Fn body = [&](Execution& self) {
+      if (how == State::cancelled) self.interrupt();
+      self.finish(how);
+      interruptible = interruptible_execution();
+      const auto start = Clock::now();
+      slept_status = sleep_until(start + 20ms);
+      slept = Clock::now() - start;
+      waited_status = other->wait_until(Clock::now() + 10ms);
+      ended.store(true, std::memory_order_release);
+    };
+    ExecutionRef a = submit("finished", &body);
+    wait_done(a);  // finished before the body ends: then wait for its end
+    ASSERT_TRUE(eventually([&] { return ended.load(std::memory_order_acquire); }));
+    EXPECT_EQ(interruptible, nullptr);
+    EXPECT_EQ(slept_status, WaitStatus::timeout);
+    EXPECT_GE(slept, 20ms);
+    EXPECT_EQ(waited_status, WaitStatus::timeout);
+  }
+  shutdown();
+}
+
 // One worker: a sleeping fiber must leave its worker free for the others.
 class ExecutionFibersOneWorker : public ExecutionFibers {
  protected:

@@ -210,16 +210,16 @@ def test_callable_instance_whose_call_is_a_generator(engine):
 
 
 def test_sync_body_returning_a_coroutine(engine):
-    """The coroutine object is the result (a sync body is not awaited); declare `async def` to
-    have it run. Awaiting the result yourself works."""
+    """A coroutine object returned by a sync body is awaited as an async body would be (on the
+    engine's loop): the result is the coroutine's, as for engine.submit of the same callable
+    (test_callbacks_and_async_callables.py). It used to be handed out un-run."""
 
     async def work():
         return 5
 
     t = engine.task(lambda: work())
-    coro = t()
-    assert asyncio.iscoroutine(coro)
-    assert asyncio.run(coro) == 5
+    assert t() == 5
+    assert engine.submit(lambda: work()).result(timeout=10) == 5
 
 
 def test_body_returning_its_own_execution_is_a_deadlock_error(engine):

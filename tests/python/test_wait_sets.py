@@ -117,10 +117,22 @@ class FuturesImpl(_Impl):
         self.pool.shutdown(wait=True)
 
 
-@pytest.fixture(params=["distaff-1w", "distaff-2w", "futures"])
+class StdlibOverDistaffImpl(DistaffImpl):
+    """concurrent.futures.wait/as_completed given Executions (distaff/_cf_compat.py)."""
+
+    wait = staticmethod(cf.wait)
+    as_completed = staticmethod(cf.as_completed)
+    ALL_COMPLETED = cf.ALL_COMPLETED
+    FIRST_COMPLETED = cf.FIRST_COMPLETED
+    FIRST_EXCEPTION = cf.FIRST_EXCEPTION
+
+
+@pytest.fixture(params=["distaff-1w", "distaff-2w", "futures", "stdlib-over-distaff"])
 def impl(request):
     if request.param == "futures":
         obj = FuturesImpl()
+    elif request.param == "stdlib-over-distaff":
+        obj = StdlibOverDistaffImpl(2)
     else:
         obj = DistaffImpl(int(request.param[-2]))
     try:

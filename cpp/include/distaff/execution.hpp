@@ -259,6 +259,14 @@ inline ExecutionRef::~ExecutionRef() {
 // thread (and on a worker's dispatcher). Follows the fiber across its suspensions.
 Execution* current_execution() noexcept;
 
+// interruptible_execution: the execution whose cancel or timeout ends a wait started here now —
+// current_execution(), unless it has already finished. A finished execution's fiber still runs
+// code: the done-callbacks run by its completion (and a body's own cancel() of itself runs them
+// before the body unwinds). Nothing can cancel or time out a finished execution any more, so such
+// a callback's waits end only by their own timeout or target, as the code that registered it would
+// see them (docs/concepts.md). Take it once, when a wait starts.
+Execution* interruptible_execution() noexcept;
+
 // sleep_until: suspends the calling fiber until `deadline` (its worker runs other fibers meanwhile);
 // on a plain thread, blocks the thread. Switch hooks run around the park. Returns `interrupted` early
 // if the calling execution is interrupted.

@@ -227,6 +227,40 @@ class _Spec:
 
 _SIGNALS = tuple(getattr(signal, n) for n in ("SIGHUP", "SIGTERM", "SIGINT") if hasattr(signal, n))
 _signal_engines: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, weakref.WeakSet]" = weakref.WeakKeyDictionary()
+# What each signal had before the first engine on a loop took it over, put back when the last one
+# goes: the loop's own handler (loop.add_signal_handler: its callback and arguments), else the
+# process's (signal.signal: a function, SIG_IGN or SIG_DFL; None if not set from Python).
+_saved_signals: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict]" = weakref.WeakKeyDictionary()
+
+
+def _save_signal(loop: asyncio.AbstractEventLoop, sig: int) -> tuple:
+    handle = getattr(loop, "_signal_handlers", {}).get(sig)
+    if handle is not None and not handle.cancelled():
+        return ("loop", handle._callback, handle._args)
+    return ("process", signal.getsignal(sig), None)
+
+
+def _restore_signal(loop: asyncio.AbstractEventLoop, sig: int, saved: tuple) -> None:
+    where, handler, args = saved
+    if where == "loop" and not loop.is_closed():
+        loop.add_signal_handler(sig, handler, *args)
+    elif where == "process" and handler is not None:
+        if _finished_runner_handler(handler):
+            # asyncio.run's own SIGINT handler for a main task that has finished (the engine ends
+            # with the loop, after Runner.run put default_int_handler back — it found ours there):
+            # what the runner itself would have put back.
+            handler = signal.default_int_handler
+        signal.signal(sig, handler)
+
+
+def _finished_runner_handler(handler: Any) -> bool:
+    if not isinstance(handler, functools.partial):
+        return False
+    owner = getattr(handler.func, "__self__", None)
+    if not isinstance(owner, asyncio.Runner) or getattr(handler.func, "__name__", "") != "_on_sigint":
+        return False
+    main_task = handler.keywords.get("main_task")
+    return main_task is not None and main_task.done()
 
 
 def _on_signal(loop: asyncio.AbstractEventLoop, sig: signal.Signals) -> None:
@@ -580,11 +614,15 @@ class WorkflowEngine:
         if engines is None:
             engines = _signal_engines[loop] = weakref.WeakSet()
         if not engines:
+            saved = _saved_signals[loop] = {}
             for sig in _SIGNALS:
+                before = _save_signal(loop, sig)
                 try:
                     loop.add_signal_handler(sig, _on_signal, loop, sig)
                 except (NotImplementedError, RuntimeError, ValueError):
                     logger.debug("signal %s not supported here", sig)
+                else:
+                    saved[sig] = before
         engines.add(self)
 
     def _remove_signal_handlers(self) -> None:
@@ -592,12 +630,18 @@ class WorkflowEngine:
         if engines is None or self not in engines:
             return
         engines.discard(self)
-        if not engines and not self.loop.is_closed():
-            for sig in _SIGNALS:
+        if not engines:
+            # Put back exactly what was there (asyncio's remove_signal_handler alone leaves SIG_DFL,
+            # or default_int_handler for SIGINT): the user's signal.signal handlers, SIG_IGN, or a
+            # handler of their own on this loop. A loop already closed removed its handlers itself.
+            saved = _saved_signals.pop(self.loop, {})
+            for sig, before in saved.items():
                 try:
-                    self.loop.remove_signal_handler(sig)
-                except (NotImplementedError, RuntimeError, ValueError):
-                    pass
+                    if not self.loop.is_closed():
+                        self.loop.remove_signal_handler(sig)
+                    _restore_signal(self.loop, sig, before)
+                except (NotImplementedError, RuntimeError, ValueError, TypeError, OSError):
+                    logger.debug("could not restore the handler of signal %s", sig, exc_info=True)
 
     def _watch_loop_end(self) -> None:
         # The engine ends with its loop, as the loop's own tasks and distaff's async bodies do
