@@ -800,10 +800,29 @@ def _cancel_before_thread_joins() -> None:
     From here on the exit wait counts Ctrl-Cs: a second one still interrupts Python's join of the
     threads (as it would without distaff), and the exit hook then treats it as the second Ctrl-C of
     its wait (it gives up on bodies stuck in blocking calls and exits)."""
-    global _early_exit, _exiting
-    if not _program_interrupted():
-        _watch_the_joins()
+    if _early_exit is None:
+        if not _program_interrupted():
+            _watch_the_joins()
+            return
+        if not _cancel_early("distaff: the program was interrupted; cancelling outstanding executions"):
+            return
+    w = _early_exit[0]
+    if not w.cancelling:
         return
+    # From here a Ctrl-C interrupts the join of the threads that follows. One that arrived while
+    # the engines were being cancelled (here, or by _wait_before_executors_stop and the pools'
+    # exit hooks after it) was only counted: it interrupts the join now.
+    w.early = True
+    if w.hits > w.handled:
+        raise KeyboardInterrupt
+
+
+def _cancel_early(message: str, exc: BaseException | None = None) -> bool:
+    """Cancels the outstanding work of every engine before Python joins the threads (a Ctrl-C
+    ended the program, or interrupted _wait_before_executors_stop); from here on the exit wait's
+    state counts Ctrl-Cs (_early_exit). False if it could not take SIGINT over (not the main
+    thread)."""
+    global _early_exit, _exiting
     import signal
 
     # Work a thread submits from now on is refused (ShutdownError): the default engine is not
@@ -813,26 +832,100 @@ def _cancel_before_thread_joins() -> None:
 
     w = _ExitWait()
     w.cancelling = True
-
+    if exc is not None and not isinstance(exc, KeyboardInterrupt):
+        w.exit_exc = exc  # what a signal handler raised: the exit status
     try:
         previous = signal.signal(signal.SIGINT, w.on_early_sigint)
     except ValueError:  # not the main thread
-        return
+        return False
     _early_exit = (w, previous)
     try:
         capsules = _core._open_engines()
         if any(max(_core.engine_live(c)) for c in capsules):
-            logger.warning("distaff: the program was interrupted; cancelling outstanding executions")
+            logger.warning(message)
             w.announced = True
         for capsule in capsules:
             _core.shutdown(capsule, False, _core.ShutdownCancel.RUNNING)  # closes and cancels; no wait
     except BaseException:  # noqa: BLE001 - what a signal handler raised: the exit hook below still runs
         pass
-    # From here a Ctrl-C interrupts the join of the threads that follows. One that arrived while
-    # the engines were being cancelled above was only counted: it interrupts the join now.
+    # From here a Ctrl-C interrupts Python's join of the threads — the pools' exit hooks joining
+    # their threads included (a body stuck there would otherwise hold the exit for good).
     w.early = True
-    if w.hits:
-        raise KeyboardInterrupt
+    return True
+
+
+# -- executors that stop before the exit wait ----------------------------------------------------
+#
+# concurrent.futures stops its pools in a hook of threading._shutdown (threading._register_atexit),
+# which runs before every atexit hook, so before _shutdown_at_exit; distributed closes its clients
+# and clusters in atexit hooks registered after distaff's (atexit runs the last registered first).
+# A fire-and-forget body still queued in distaff's window for such an executor at the end of the
+# script was then refused ("cannot schedule new futures after interpreter shutdown"), or cancelled
+# by the client's close. So an engine that ships bodies to an executor it does not own waits for
+# its outstanding work in a threading hook that runs before those: threading runs its hooks last
+# registered first, and this one is registered (again) whenever such an executor is first used and
+# something was registered since.
+
+_hook_lock = threading.Lock()
+_hook_at = -1  # len(threading._threading_atexits) right after this module's last registration
+
+
+def _wait_before_executors_stop_hook() -> None:
+    """Makes _wait_before_executors_stop run before the exit hooks of the executors in use
+    (called by _elsewhere.Executors when an engine first uses an executor it does not own)."""
+    global _hook_at
+    hooks = getattr(threading, "_threading_atexits", None)
+    if hooks is None or _hook_at == len(hooks):
+        return
+    import concurrent.futures.process  # noqa: F401 - their exit hooks registered first (so run after ours)
+    import concurrent.futures.thread  # noqa: F401
+
+    with _hook_lock:
+        if _hook_at == len(hooks):
+            return
+        try:
+            threading._register_atexit(_wait_before_executors_stop)  # type: ignore[attr-defined]
+        except (AttributeError, RuntimeError):  # another interpreter; the interpreter is exiting
+            return
+        _hook_at = len(hooks)
+
+
+def _wait_before_executors_stop() -> None:
+    """The exit wait, early, for the engines that use an executor they do not own (a
+    concurrent.futures pool, a Dask client, Ray): it runs while those can still take bodies, so
+    fire-and-forget work on them completes, as docs/reliability.md promises. Quiet under a second,
+    then it logs what it waits for, as the exit hook does. A Ctrl-C (or what a signal handler
+    raises) during the wait cancels the outstanding work of every engine, as one in the exit wait
+    does; a program that ended by a Ctrl-C cancels at once. Engines stay open: a non-daemon thread
+    may still submit (work for a pool that has stopped by then fails with ShutdownError)."""
+    if _early_exit is not None:  # handled by a copy of this hook registered later (so run earlier)
+        return
+    if _program_interrupted():
+        _cancel_early("distaff: the program was interrupted; cancelling outstanding executions")
+        return
+    announce = True
+    try:
+        while True:
+            engines = [e for e in list(_engines) if e._capsule is not None and e._executors.has_user_runners()]
+            busy = [e for e in engines if not _core.wait_idle(e._capsule, 0)]
+            if not busy:
+                return
+            for eng in busy:
+                _asyncio.cancel_stranded(eng)  # bodies of closed or stopped loops never finish
+                if announce and not _core.wait_idle(eng._capsule, _EXIT_QUIET_S):
+                    announce = False
+                    live = sum(_core.engine_live(e._capsule)[0] for e in busy if e._capsule is not None)
+                    if live:
+                        logger.warning("distaff: waiting for %d outstanding execution(s) before exit", live)
+                _core.wait_idle(eng._capsule, None)
+    except BaseException as exc:  # noqa: B036 — Ctrl-C, or whatever a signal handler raised
+        if isinstance(exc, KeyboardInterrupt):
+            message = "distaff: interrupted; cancelling outstanding executions"
+        else:
+            message = f"distaff: {exc!r} during the exit wait; cancelling outstanding executions"
+        _cancel_early(message, exc)
+        if _early_exit is not None:
+            _early_exit[0].handled = _early_exit[0].hits
 
 
 def _watch_the_joins() -> None:

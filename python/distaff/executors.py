@@ -421,6 +421,7 @@ class _Windowed:
         self._queue: collections.deque = collections.deque()
         self._inflight = 0
         self._local = threading.local()
+        self._shut_logged = False
 
     def __repr__(self) -> str:
         return f"<distaff executor {self.name}>"
@@ -490,7 +491,7 @@ class _Windowed:
             handle = self._start(job)
         except BaseException as exc:  # noqa: BLE001 - unserializable argument, executor shut down...
             self._release()
-            job.report(error=exc)
+            self._report_error(job, exc)
             return
         job.handle = handle
         self._watch(job, handle)
@@ -506,10 +507,42 @@ class _Windowed:
         job.handle = None
         self._release()
         try:
-            job.report(outcome=outcome, error=error)
+            if error is None:
+                job.report(outcome=outcome)
+            else:
+                self._report_error(job, error)
         finally:
             if self._queue:  # a job waits for the window (a racing submit pumps by itself)
                 self._pump()
+
+    def _report_error(self, job: Any, exc: BaseException) -> None:
+        """The executor refused ``job``'s body, or its call ended without an outcome (``exc``). If
+        that is because the executor is shut down, the execution fails with a ShutdownError that
+        says so, logged once per executor rather than once per execution (a script's pool shut
+        down under thousands of queued bodies logged each of them)."""
+        what = None if job.stopped else self._shut_down(exc)
+        if what is None:
+            job.report(error=exc)
+            return
+        err = ShutdownError(f"task {job.name!r} did not complete: {what}")
+        err.__cause__ = exc
+        with self._lock:
+            first, self._shut_logged = not self._shut_logged, True
+        if first:
+            import logging
+
+            logging.getLogger("distaff").error(
+                "distaff: %s: the executions whose bodies it had not finished fail with ShutdownError "
+                "(logged once for this executor, not for each execution)", what)
+        me = job.me
+        if me is not None:  # logged above: not again as an unobserved failure of each execution
+            me._add_done_callback(_observed)
+        job.report(error=err)
+
+    def _shut_down(self, exc: BaseException) -> str | None:
+        """What happened to the executor (``"executor 'x' was shut down"``) if ``exc`` comes from
+        it being shut down, else None."""
+        return None
 
     # backend hooks
     def _start(self, job: Any) -> Any:
@@ -596,7 +629,7 @@ class _Futures(_Windowed):
                 for job in batch.jobs:  # the ones that had no outcome yet (report ignores the others)
                     if job.handle is batch:
                         job.handle = None
-                        job.report(error=error)
+                        self._report_error(job, error)
         finally:
             if self._queue:
                 self._pump()
@@ -651,7 +684,7 @@ class _Futures(_Windowed):
                 self._release()
                 for job in jobs:
                     job.handle = None
-                    job.report(error=exc)
+                    self._report_error(job, exc)
                 return
             for job in jobs:
                 if job.stopped:
@@ -675,7 +708,7 @@ class _Futures(_Windowed):
         except BaseException as exc:  # noqa: BLE001 - executor shut down or broken
             self._release()
             for job in kept:
-                job.report(error=exc)
+                self._report_error(job, exc)
             return
         del payloads
         chunk.fut = fut
@@ -699,7 +732,7 @@ class _Futures(_Windowed):
                     if error is None:
                         job.report(outcome=outcomes[i])
                     else:
-                        job.report(error=error)
+                        self._report_error(job, error)
             finally:
                 if self._queue:
                     self._pump()
@@ -708,6 +741,18 @@ class _Futures(_Windowed):
         for job in kept:
             if job.stopped:
                 self.cancel(job)
+
+    def _shut_down(self, exc: BaseException) -> str | None:
+        if isinstance(exc, concurrent.futures.BrokenExecutor):  # its own message says more
+            return None
+        message = str(exc) if isinstance(exc, RuntimeError) else ""
+        if "interpreter shutdown" in message or _pools_stopped_at_exit():
+            return f"executor {self.name!r} was shut down at interpreter exit"
+        t = self.target
+        if (getattr(t, "_shutdown", False) is True or getattr(t, "_shutdown_thread", False) is True
+                or "after shutdown" in message):
+            return f"executor {self.name!r} was shut down"
+        return None
 
     def _stop_job(self, job: Any, h: Any) -> None:
         if h.__class__ is _local_async.Batch:
@@ -844,7 +889,7 @@ class _Dask(_Windowed):
         except BaseException as exc:  # noqa: BLE001 - the client is closed...
             for job in kept:
                 self._release()
-                job.report(error=exc)
+                self._report_error(job, exc)
             return
         del payloads
         for job, fut in zip(kept, futs):
@@ -926,12 +971,20 @@ class _Dask(_Windowed):
                     error = exc if isinstance(exc, BaseException) else RuntimeError(str(status))
                 job.handle = None
                 self._release()
-                job.report(outcome=outcome, error=error)
+                if error is None:
+                    job.report(outcome=outcome)
+                else:
+                    self._report_error(job, error)
                 job = outcome = error = None
         finally:
             # once per batch: the jobs that waited for the window go in one client.map
             if self._queue:
                 self._pump()
+
+    def _shut_down(self, exc: BaseException) -> str | None:
+        if getattr(self.target, "status", None) in ("closing", "closed"):
+            return f"the Dask client {self.name!r} was closed"
+        return None
 
     def _stop(self, fut: Any) -> None:
         fut.cancel()
@@ -1064,6 +1117,20 @@ class Ray(_Windowed):
         finally:
             if job is not None:  # settled now: the cancelled task's outcome is not waited for
                 self._finished(job, error=concurrent.futures.CancelledError())
+
+
+def _pools_stopped_at_exit() -> bool:
+    """concurrent.futures' exit hook (threading._register_atexit) has stopped its pools."""
+    thread, process = sys.modules.get("concurrent.futures.thread"), sys.modules.get("concurrent.futures.process")
+    return getattr(thread, "_shutdown", False) is True or getattr(process, "_global_shutdown", False) is True
+
+
+def _observed(ex: Any) -> None:
+    # Done callback: the execution's error was reported (logged) already.
+    try:
+        ex.exception(0)
+    except BaseException:  # noqa: BLE001 - cancelled meanwhile
+        pass
 
 
 def _is_dask_client(obj: Any) -> bool:
