@@ -117,6 +117,7 @@ class Engine(concurrent.futures.Executor):
         self._tracked = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
+        self._loop_end: Callable[[], None] | None = None
         self._loop_lock = threading.Lock()
         _engines.add(self)
         _execlog.engine_started(self)  # DEBUG records on "distaff.executions" when that logger is on
@@ -257,23 +258,38 @@ class Engine(concurrent.futures.Executor):
             if self._loop is None:
                 loop = asyncio.new_event_loop()
                 started = threading.Event()
+                stoppers = _watch_stops(loop)
+                real_stop = loop.stop if not stoppers else stoppers[0]
+                ending: list = []
+
+                def end() -> None:  # the engine stops its loop (_stop_event_loop)
+                    ending.append(True)
+                    real_stop()
 
                 def run() -> None:
                     asyncio.set_event_loop(loop)
                     loop.call_soon(started.set)
-                    loop.run_forever()
+                    # A body that calls loop.stop() (as a script under asyncio.run might) must not
+                    # wedge the loop every async body of the engine shares: that body fails as under
+                    # asyncio.run, the loop runs on (docs/reliability.md).
+                    while True:
+                        loop.run_forever()
+                        if ending:
+                            return
+                        _loop_stopped_by_a_body(stoppers)
 
                 t = threading.Thread(target=run, name="distaff-event-loop", daemon=True)
                 t.start()
                 started.wait()
                 self._loop_thread = t
+                self._loop_end = end
                 self._loop = loop
             return self._loop
 
     def _stop_event_loop(self) -> None:
         with self._loop_lock:
-            loop, t = self._loop, self._loop_thread
-            self._loop = self._loop_thread = None
+            loop, t, end = self._loop, self._loop_thread, self._loop_end
+            self._loop = self._loop_thread = self._loop_end = None
         if loop is not None and t is not None:
             # The engine's executions are finished, but a cancelled body's coroutine may still be
             # unwinding (its cancel is a callback on this loop), and a body may have left tasks of
@@ -290,7 +306,7 @@ class Engine(concurrent.futures.Executor):
 
             try:
                 done = asyncio.run_coroutine_threadsafe(finish_tasks(), loop)
-                done.add_done_callback(lambda _: loop.call_soon_threadsafe(loop.stop))
+                done.add_done_callback(lambda _: loop.call_soon_threadsafe(end))
             except RuntimeError:  # the loop is closed already: its thread has ended
                 pass
             t.join()
@@ -472,6 +488,41 @@ class Engine(concurrent.futures.Executor):
 
     def clear_history(self) -> None:
         self._core.clear_history()
+
+
+def _watch_stops(loop: asyncio.AbstractEventLoop) -> list:
+    """Makes ``loop.stop()`` record which async body called it (the body whose context the call
+    runs in: its task or a task it started). Returns ``[real_stop, body or None, ...]``: the loop's
+    own stop method, then one entry per stop; an empty list for a loop whose stop cannot be replaced
+    (a C-implemented loop: a stop there is not attributed)."""
+    from ._async_body import _current_body
+
+    real_stop = loop.stop
+    stoppers: list = [real_stop]
+
+    def stop() -> None:
+        stoppers.append(_current_body.get(None))
+        real_stop()
+
+    try:
+        loop.stop = stop  # type: ignore[method-assign]
+    except AttributeError:
+        return []
+    return stoppers
+
+
+def _loop_stopped_by_a_body(stoppers: list) -> None:
+    """On the engine's loop thread, after run_forever() returned though the engine did not stop the
+    loop: the bodies that stopped it fail with asyncio.run's error for that, and the loop runs on."""
+    bodies = stoppers[1:]
+    del stoppers[1:]
+    found = False
+    for body in dict.fromkeys(bodies):  # once each, in order
+        if body is not None:
+            found = True
+            body._loop_stopped()
+    if not found:
+        logger.warning("distaff: something stopped the engine's event loop (loop.stop()); it runs on")
 
 
 class ExecutionRecord:
