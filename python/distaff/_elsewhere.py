@@ -72,6 +72,12 @@ class Elsewhere:
         try:
             self.args, self.kwargs = self._arguments(args, kwargs)
             me = self.me = _current_execution()
+            if me is not None:
+                # From here a cancel() or timeout finishes the execution at once but raises nothing
+                # in this fiber: an exception at an arbitrary bytecode of the hand-over (a runner
+                # popping its queue, between executor.submit and the done callback's registration)
+                # lost jobs and leaked window slots. The done callback below stops the work instead.
+                me._shield()
             if self._place(me):
                 if me is not None:
                     self._annotate(me)

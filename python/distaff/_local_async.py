@@ -80,7 +80,10 @@ def _thread_loop() -> asyncio.AbstractEventLoop:
             tracking.stopped_by.append(owner.get(_current_task(loop)))
             real_stop()
 
-        loop.stop = stop  # type: ignore[method-assign]
+        try:
+            loop.stop = stop  # type: ignore[method-assign]
+        except AttributeError:  # a C-implemented loop: a stop there is not attributed to a body
+            pass
         _loops.add(loop)
     return loop
 
