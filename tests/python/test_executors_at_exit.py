@@ -299,3 +299,26 @@ def test_cancels_racing_the_hand_over_to_a_pool_lose_no_job_and_leak_no_window_s
     assert r.stdout.count("WINDOW 0 0") == 10, r.stdout
     assert "'failed'" not in r.stdout and "cancelled" in r.stdout, r.stdout
     assert "Traceback" not in r.stderr, r.stderr
+
+
+def test_a_program_ended_by_ctrl_c_does_not_wait_for_its_bodies_on_a_pool():
+    code = """
+        import time
+        from concurrent.futures import ThreadPoolExecutor
+        import distaff
+
+        pool = ThreadPoolExecutor(2)
+
+        @distaff.task(executor=pool)
+        def f(i):
+            time.sleep(0.2)
+            return i
+
+        exs = [f.submit(i) for i in range(100)]  # 10 s of work on 2 threads
+        raise KeyboardInterrupt
+    """
+    t0 = time.monotonic()
+    r = run_python(code, timeout=60)
+    assert time.monotonic() - t0 < 5, r.stderr
+    assert r.returncode in (-signal.SIGINT, 128 + signal.SIGINT), (r.returncode, r.stderr)
+    assert r.stderr.count("distaff: the program was interrupted; cancelling outstanding executions") == 1, r.stderr
