@@ -590,6 +590,38 @@ class _Futures(_Windowed):
         self.local = local
         self._per_job: float | None = None  # moving average of seconds in flight per body
 
+    def prepare(self) -> None:
+        """On CPython 3.12+, starts all of a stdlib pool's workers now, on the thread that submits
+        the first body: from the start of interpreter exit CPython refuses to start threads (and
+        to fork), and a pool starts its workers lazily, as bodies arrive — a fire-and-forget body
+        shipped once the script has ended would find it unable to take it ("can't create new
+        thread at interpreter shutdown"). Best effort, through the pools' own (private) methods."""
+        if sys.version_info < (3, 12):
+            return
+        t = self.target
+        try:
+            if isinstance(t, concurrent.futures.ThreadPoolExecutor):
+                with t._shutdown_lock:
+                    # A call starts a thread unless one is idle (and then takes it as busy): a few
+                    # calls more than threads missing.
+                    for _ in range(4 * t._max_workers):
+                        if t._shutdown or len(t._threads) >= t._max_workers:
+                            break
+                        t._adjust_thread_count()
+            elif isinstance(t, concurrent.futures.ProcessPoolExecutor):
+                with t._shutdown_lock:
+                    if not (t._shutdown_thread or t._broken):
+                        if t._safe_to_dynamically_spawn_children:
+                            for _ in range(t._max_workers - len(t._processes)):
+                                t._spawn_process()
+                        t._start_executor_manager_thread()
+                        q = t._call_queue  # its feeder thread too, started by the first put
+                        with q._notempty:
+                            if q._thread is None:
+                                q._start_thread()
+        except (AttributeError, RuntimeError, OSError):  # another version's internals; exiting already
+            pass
+
     def _start(self, job: Any) -> Any:
         if self.local:  # threads of this process: nothing to serialize
             if job.is_async:  # on the thread's own event loop, cancellable (_local_async)
@@ -896,10 +928,7 @@ class _Dask(_Windowed):
             job.handle = fut
         with self._cond:
             if self._ac is None:
-                from distributed import as_completed
-
-                self._ac = as_completed([], loop=self.target.loop)
-                threading.Thread(target=self._collect, name=f"distaff-{self.name}", daemon=True).start()
+                self._start_collector()
             jobs_by_key = self._jobs
             for job, fut in zip(kept, futs):
                 jobs_by_key[fut.key] = job
@@ -909,8 +938,27 @@ class _Dask(_Windowed):
             if job.stopped:
                 self.cancel(job)
 
-    def _collect(self) -> None:
-        ac, client = self._ac, self.target
+    def prepare(self) -> None:
+        """Starts the collector thread now, on the thread that submits the first body (CPython
+        3.12+ refuses to start threads at interpreter exit, when a fire-and-forget body may be
+        shipped; the shipping thread falls back to shipping from the submitter)."""
+        with self._cond:
+            if self._ac is None:
+                try:
+                    self._start_collector()
+                except RuntimeError:  # no thread now: shipping tries again
+                    pass
+
+    def _start_collector(self) -> None:
+        # Under self._cond.
+        from distributed import as_completed
+
+        ac = as_completed([], loop=self.target.loop)
+        threading.Thread(target=self._collect, args=(ac,), name=f"distaff-{self.name}", daemon=True).start()
+        self._ac = ac
+
+    def _collect(self, ac: Any) -> None:
+        client = self.target
         monotonic = time.monotonic
         gathered = 0.0  # when the last batch was fetched
         while True:
@@ -984,6 +1032,10 @@ class _Dask(_Windowed):
     def _shut_down(self, exc: BaseException) -> str | None:
         if getattr(self.target, "status", None) in ("closing", "closed"):
             return f"the Dask client {self.name!r} was closed"
+        if isinstance(exc, RuntimeError) and "at interpreter shutdown" in str(exc):
+            # CPython 3.12+: a scheduler in this process (LocalCluster) cannot start the threads it
+            # needs once the interpreter exits
+            return f"the Dask client {self.name!r} cannot take work at interpreter exit ({exc})"
         return None
 
     def _stop(self, fut: Any) -> None:
@@ -1048,11 +1100,25 @@ class Ray(_Windowed):
         # 15-35% slower for 2k tiny bodies (a function object as an argument is costly in Ray).
         return fn.remote(job.payload())
 
+    def prepare(self) -> None:
+        """Starts the collector thread now, on the thread that submits the first body (CPython
+        3.12+ refuses to start threads at interpreter exit, when a fire-and-forget body may be
+        shipped)."""
+        with self._cond:
+            self._start_collector()
+
+    def _start_collector(self) -> None:
+        # Under self._cond.
+        if not self._collecting:
+            try:
+                threading.Thread(target=self._collect, name=f"distaff-{self.name}", daemon=True).start()
+            except RuntimeError:  # no thread now (interpreter exit): the next body tries again
+                return
+            self._collecting = True
+
     def _watch(self, job: Any, ref: Any) -> None:
         with self._cond:
-            if not self._collecting:
-                self._collecting = True
-                threading.Thread(target=self._collect, name=f"distaff-{self.name}", daemon=True).start()
+            self._start_collector()
             self._refs[ref] = job
             self._cond.notify()
 
