@@ -4,7 +4,6 @@ concurrent.futures stops its pools in a hook of threading's shutdown, before eve
 (distaff's exit wait is one), and distributed closes its clients in atexit hooks that run before
 distaff's. Each test runs a script in a fresh interpreter with a deadline."""
 
-import os
 import signal
 import subprocess
 import sys
