@@ -103,6 +103,7 @@ struct PyExecution {
   unsigned char forwarding;  // `result` holds the execution this one follows
   unsigned char detached;    // not cancelled with its parent
   unsigned char late;        // submitted by a body while its engine was shutting down
+  unsigned char shielded;    // a cancel does not raise in its body (_shield(): hands its work elsewhere)
   unsigned fork_generation;  // g_fork_generation when created: waits from a forked child fail
 };
 

@@ -86,8 +86,8 @@ bool finish_terminated(Execution& ex, bool was_parked, void* arg) {
     exc = CancelledError;
   }
   // A parked body was woken by interrupt() and raises itself (raise_interrupted); one running
-  // Python gets the exception at its next bytecode.
-  if (finished && p->tstate && !was_parked) raise_in_fiber(p->tstate, exc);
+  // Python gets the exception at its next bytecode, unless it is shielded (pe_shield).
+  if (finished && p->tstate && !was_parked && !p->shielded) raise_in_fiber(p->tstate, exc);
   return finished;
 }
 

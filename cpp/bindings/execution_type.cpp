@@ -36,6 +36,7 @@ PyExecution* new_execution(const ExecutionRef& core, PyObject* engine) {
   pe->forwarding = 0;
   pe->detached = 0;
   pe->late = 0;
+  pe->shielded = 0;
   pe->fork_generation = g_fork_generation;
   return pe;  // untracked until it holds something cyclic (see track())
 }
@@ -224,6 +225,14 @@ PyObject* pe_cancel(PyObject* self, PyObject*) {
   // its body is interrupted (at its next wait, or its next bytecode) and its children cancelled.
   terminate(pe, State::cancelled, nullptr, CancelledError);
   return PyBool_FromLong(pe->core->state() == State::cancelled);
+}
+
+// _shield(): from now on a cancel or timeout of this execution finishes it at once but raises
+// nothing in its body (Elsewhere: the body is handing its work to a runner, and an exception at an
+// arbitrary bytecode there loses bookkeeping; the execution's done callback stops the work).
+PyObject* pe_shield(PyObject* self, PyObject*) {
+  as_pe(self)->shielded = 1;
+  Py_RETURN_NONE;
 }
 
 PyObject* pe_annotate(PyObject* self, PyObject* const* a, Py_ssize_t n) {
@@ -456,6 +465,7 @@ PyMethodDef pe_methods[] = {
     {"cancel", &pe_cancel, METH_NOARGS,
      "cancel()\n--\n\nCancels the execution and its children (not detached ones). A running body is "
      "interrupted at its next wait or bytecode. True if it is (now) cancelled."},
+    {"_shield", &pe_shield, METH_NOARGS, "_shield(): a cancel no longer raises in this execution's body."},
     {"_annotate", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&pe_annotate)), METH_FASTCALL,
      "_annotate(key, value): facade metadata shown in description."},
     {"add_done_callback", &pe_add_done_callback, METH_O,

@@ -8,6 +8,7 @@ loop side of the bridge (bindings, the inbox, the future protocol) is _asyncio.p
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import threading
 import weakref
@@ -20,6 +21,9 @@ from ._errors import _note_failure
 
 _monotonic_ns = _core.monotonic_ns
 _async_current = _core._async_current
+# The async body whose attempt runs in this context (its task, and the tasks it starts): who
+# called loop.stop() on the engine's loop (_engine._watch_stops).
+_current_body: "contextvars.ContextVar[_AsyncBody]" = contextvars.ContextVar("distaff_async_body")
 
 
 def _bind_to_submitting_loop(binding: Any, loop: Any, ex: Any) -> None:
@@ -162,6 +166,19 @@ class _AsyncBody(Elsewhere):
         else:
             self._settle(False, exc)
 
+    def _loop_stopped(self) -> None:
+        """This body (its task, or a task it started) called ``loop.stop()`` on the engine's loop,
+        which runs on. As under ``asyncio.run`` the body fails with RuntimeError("Event loop stopped
+        before Future completed."), unless it ended in the same turn of the loop (then its
+        outcome stands, as asyncio.run's would); its task is cancelled."""
+        ref = self.handle
+        task = ref() if ref is not None else None
+        if self.promise is None or self.promise.done() or (task is not None and task.done()):
+            return
+        self._failed(RuntimeError("Event loop stopped before Future completed."), False)
+        if task is not None:
+            task.cancel()
+
     # -- from any thread --------------------------------------------------------------------------
 
     def _stop(self) -> bool:
@@ -196,6 +213,7 @@ async def _run(body: _AsyncBody, me: Any, fn: Any, args: Any, kwargs: Any, delay
         # This task's context only: distaff.current_execution() in the body, and the parent (for
         # the graph and for cancellation of the tree) of what the body submits.
         _async_current.set(me)
+    _current_body.set(body)
     if delay:
         await asyncio.sleep(delay)
         body.shipped_ns = _monotonic_ns()

@@ -72,6 +72,12 @@ class Elsewhere:
         try:
             self.args, self.kwargs = self._arguments(args, kwargs)
             me = self.me = _current_execution()
+            if me is not None:
+                # From here a cancel() or timeout finishes the execution at once but raises nothing
+                # in this fiber: an exception at an arbitrary bytecode of the hand-over (a runner
+                # popping its queue, between executor.submit and the done callback's registration)
+                # lost jobs and leaked window slots. The done callback below stops the work instead.
+                me._shield()
             if self._place(me):
                 if me is not None:
                     self._annotate(me)
@@ -289,8 +295,9 @@ class Job(Elsewhere):
             else:
                 self._failed(value)
             return
-        # cannot serialize (or no cloudpickle to try): another attempt would fail alike
-        self._failed(error, not isinstance(error, (_Unshippable, ImportError)),
+        # cannot serialize (or no cloudpickle to try), the executor is shut down: another attempt
+        # would fail alike
+        self._failed(error, not isinstance(error, (_Unshippable, ImportError, ShutdownError)),
                      "cancelled" if isinstance(error, concurrent.futures.CancelledError) else "failed")
 
 
@@ -428,6 +435,7 @@ class Executors:
         self._runners: dict = {}
         self._lock = threading.Lock()
         self._closed = False
+        self._user = False  # a runner for an executor the engine does not own was made
 
     def runner(self, spec: Any) -> Any:
         """The runner for an executor= value (a registered name or an object)."""
@@ -457,8 +465,19 @@ class Executors:
             prepare = getattr(r, "prepare", None)
             if prepare is not None:  # on the submitting thread (distaff's pool: its manager thread)
                 prepare()
+            if not getattr(r, "owned", False):
+                # An executor that its own library stops at exit, before distaff's exit hook: the
+                # engine's work on it is waited for before that (_engine._wait_before_executors_stop).
+                from . import _engine
+
+                _engine._wait_before_executors_stop_hook()
+                self._user = True
             self._runners[key] = r
             return r
+
+    def has_user_runners(self) -> bool:
+        """True once the engine has shipped a body to an executor it does not own."""
+        return self._user
 
     def dropped(self, pid: int) -> None:
         """The engine was collected without a shutdown (weakref.finalize): no job of it is queued

@@ -118,6 +118,7 @@ class Engine(concurrent.futures.Executor):
         self._tracked = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
+        self._loop_end: Callable[[], None] | None = None
         self._loop_lock = threading.Lock()
         _engines.add(self)
         _execlog.engine_started(self)  # DEBUG records on "distaff.executions" when that logger is on
@@ -274,23 +275,38 @@ class Engine(concurrent.futures.Executor):
             if self._loop is None:
                 loop = asyncio.new_event_loop()
                 started = threading.Event()
+                stoppers = _watch_stops(loop)
+                real_stop = loop.stop if not stoppers else stoppers[0]
+                ending: list = []
+
+                def end() -> None:  # the engine stops its loop (_stop_event_loop)
+                    ending.append(True)
+                    real_stop()
 
                 def run() -> None:
                     asyncio.set_event_loop(loop)
                     loop.call_soon(started.set)
-                    loop.run_forever()
+                    # A body that calls loop.stop() (as a script under asyncio.run might) must not
+                    # wedge the loop every async body of the engine shares: that body fails as under
+                    # asyncio.run, the loop runs on (docs/reliability.md).
+                    while True:
+                        loop.run_forever()
+                        if ending:
+                            return
+                        _loop_stopped_by_a_body(stoppers)
 
                 t = threading.Thread(target=run, name="distaff-event-loop", daemon=True)
                 t.start()
                 started.wait()
                 self._loop_thread = t
+                self._loop_end = end
                 self._loop = loop
             return self._loop
 
     def _stop_event_loop(self) -> None:
         with self._loop_lock:
-            loop, t = self._loop, self._loop_thread
-            self._loop = self._loop_thread = None
+            loop, t, end = self._loop, self._loop_thread, self._loop_end
+            self._loop = self._loop_thread = self._loop_end = None
         if loop is not None and t is not None:
             # The engine's executions are finished, but a cancelled body's coroutine may still be
             # unwinding (its cancel is a callback on this loop), and a body may have left tasks of
@@ -307,7 +323,7 @@ class Engine(concurrent.futures.Executor):
 
             try:
                 done = asyncio.run_coroutine_threadsafe(finish_tasks(), loop)
-                done.add_done_callback(lambda _: loop.call_soon_threadsafe(loop.stop))
+                done.add_done_callback(lambda _: loop.call_soon_threadsafe(end))
             except RuntimeError:  # the loop is closed already: its thread has ended
                 pass
             t.join()
@@ -489,6 +505,41 @@ class Engine(concurrent.futures.Executor):
 
     def clear_history(self) -> None:
         self._core.clear_history()
+
+
+def _watch_stops(loop: asyncio.AbstractEventLoop) -> list:
+    """Makes ``loop.stop()`` record which async body called it (the body whose context the call
+    runs in: its task or a task it started). Returns ``[real_stop, body or None, ...]``: the loop's
+    own stop method, then one entry per stop; an empty list for a loop whose stop cannot be replaced
+    (a C-implemented loop: a stop there is not attributed)."""
+    from ._async_body import _current_body
+
+    real_stop = loop.stop
+    stoppers: list = [real_stop]
+
+    def stop() -> None:
+        stoppers.append(_current_body.get(None))
+        real_stop()
+
+    try:
+        loop.stop = stop  # type: ignore[method-assign]
+    except AttributeError:
+        return []
+    return stoppers
+
+
+def _loop_stopped_by_a_body(stoppers: list) -> None:
+    """On the engine's loop thread, after run_forever() returned though the engine did not stop the
+    loop: the bodies that stopped it fail with asyncio.run's error for that, and the loop runs on."""
+    bodies = stoppers[1:]
+    del stoppers[1:]
+    found = False
+    for body in dict.fromkeys(bodies):  # once each, in order
+        if body is not None:
+            found = True
+            body._loop_stopped()
+    if not found:
+        logger.warning("distaff: something stopped the engine's event loop (loop.stop()); it runs on")
 
 
 class ExecutionRecord:
@@ -841,10 +892,29 @@ def _cancel_before_thread_joins() -> None:
     From here on the exit wait counts Ctrl-Cs: a second one still interrupts Python's join of the
     threads (as it would without distaff), and the exit hook then treats it as the second Ctrl-C of
     its wait (it gives up on bodies stuck in blocking calls and exits)."""
-    global _early_exit, _exiting
-    if not _program_interrupted():
-        _watch_the_joins()
+    if _early_exit is None:
+        if not _program_interrupted():
+            _watch_the_joins()
+            return
+        if not _cancel_early("distaff: the program was interrupted; cancelling outstanding executions"):
+            return
+    w = _early_exit[0]
+    if not w.cancelling:
         return
+    # From here a Ctrl-C interrupts the join of the threads that follows. One that arrived while
+    # the engines were being cancelled (here, or by _wait_before_executors_stop and the pools'
+    # exit hooks after it) was only counted: it interrupts the join now.
+    w.early = True
+    if w.hits > w.handled:
+        raise KeyboardInterrupt
+
+
+def _cancel_early(message: str, exc: BaseException | None = None) -> bool:
+    """Cancels the outstanding work of every engine before Python joins the threads (a Ctrl-C
+    ended the program, or interrupted _wait_before_executors_stop); from here on the exit wait's
+    state counts Ctrl-Cs (_early_exit). False if it could not take SIGINT over (not the main
+    thread)."""
+    global _early_exit, _exiting
     import signal
 
     # Work a thread submits from now on is refused (ShutdownError): the default engine is not
@@ -854,26 +924,100 @@ def _cancel_before_thread_joins() -> None:
 
     w = _ExitWait()
     w.cancelling = True
-
+    if exc is not None and not isinstance(exc, KeyboardInterrupt):
+        w.exit_exc = exc  # what a signal handler raised: the exit status
     try:
         previous = signal.signal(signal.SIGINT, w.on_early_sigint)
     except ValueError:  # not the main thread
-        return
+        return False
     _early_exit = (w, previous)
     try:
         capsules = _core._open_engines()
         if any(max(_core.engine_live(c)) for c in capsules):
-            logger.warning("distaff: the program was interrupted; cancelling outstanding executions")
+            logger.warning(message)
             w.announced = True
         for capsule in capsules:
             _core.shutdown(capsule, False, _core.ShutdownCancel.RUNNING)  # closes and cancels; no wait
     except BaseException:  # noqa: BLE001 - what a signal handler raised: the exit hook below still runs
         pass
-    # From here a Ctrl-C interrupts the join of the threads that follows. One that arrived while
-    # the engines were being cancelled above was only counted: it interrupts the join now.
+    # From here a Ctrl-C interrupts Python's join of the threads — the pools' exit hooks joining
+    # their threads included (a body stuck there would otherwise hold the exit for good).
     w.early = True
-    if w.hits:
-        raise KeyboardInterrupt
+    return True
+
+
+# -- executors that stop before the exit wait ----------------------------------------------------
+#
+# concurrent.futures stops its pools in a hook of threading._shutdown (threading._register_atexit),
+# which runs before every atexit hook, so before _shutdown_at_exit; distributed closes its clients
+# and clusters in atexit hooks registered after distaff's (atexit runs the last registered first).
+# A fire-and-forget body still queued in distaff's window for such an executor at the end of the
+# script was then refused ("cannot schedule new futures after interpreter shutdown"), or cancelled
+# by the client's close. So an engine that ships bodies to an executor it does not own waits for
+# its outstanding work in a threading hook that runs before those: threading runs its hooks last
+# registered first, and this one is registered (again) whenever such an executor is first used and
+# something was registered since.
+
+_hook_lock = threading.Lock()
+_hook_at = -1  # len(threading._threading_atexits) right after this module's last registration
+
+
+def _wait_before_executors_stop_hook() -> None:
+    """Makes _wait_before_executors_stop run before the exit hooks of the executors in use
+    (called by _elsewhere.Executors when an engine first uses an executor it does not own)."""
+    global _hook_at
+    hooks = getattr(threading, "_threading_atexits", None)
+    if hooks is None or _hook_at == len(hooks):
+        return
+    import concurrent.futures.process  # noqa: F401 - their exit hooks registered first (so run after ours)
+    import concurrent.futures.thread  # noqa: F401
+
+    with _hook_lock:
+        if _hook_at == len(hooks):
+            return
+        try:
+            threading._register_atexit(_wait_before_executors_stop)  # type: ignore[attr-defined]
+        except (AttributeError, RuntimeError):  # another interpreter; the interpreter is exiting
+            return
+        _hook_at = len(hooks)
+
+
+def _wait_before_executors_stop() -> None:
+    """The exit wait, early, for the engines that use an executor they do not own (a
+    concurrent.futures pool, a Dask client, Ray): it runs while those can still take bodies, so
+    fire-and-forget work on them completes, as docs/reliability.md promises. Quiet under a second,
+    then it logs what it waits for, as the exit hook does. A Ctrl-C (or what a signal handler
+    raises) during the wait cancels the outstanding work of every engine, as one in the exit wait
+    does; a program that ended by a Ctrl-C cancels at once. Engines stay open: a non-daemon thread
+    may still submit (work for a pool that has stopped by then fails with ShutdownError)."""
+    if _early_exit is not None:  # handled by a copy of this hook registered later (so run earlier)
+        return
+    if _program_interrupted():
+        _cancel_early("distaff: the program was interrupted; cancelling outstanding executions")
+        return
+    announce = True
+    try:
+        while True:
+            engines = [e for e in list(_engines) if e._capsule is not None and e._executors.has_user_runners()]
+            busy = [e for e in engines if not _core.wait_idle(e._capsule, 0)]
+            if not busy:
+                return
+            for eng in busy:
+                _asyncio.cancel_stranded(eng)  # bodies of closed or stopped loops never finish
+                if announce and not _core.wait_idle(eng._capsule, _EXIT_QUIET_S):
+                    announce = False
+                    live = sum(_core.engine_live(e._capsule)[0] for e in busy if e._capsule is not None)
+                    if live:
+                        logger.warning("distaff: waiting for %d outstanding execution(s) before exit", live)
+                _core.wait_idle(eng._capsule, None)
+    except BaseException as exc:  # noqa: B036 — Ctrl-C, or whatever a signal handler raised
+        if isinstance(exc, KeyboardInterrupt):
+            message = "distaff: interrupted; cancelling outstanding executions"
+        else:
+            message = f"distaff: {exc!r} during the exit wait; cancelling outstanding executions"
+        _cancel_early(message, exc)
+        if _early_exit is not None:
+            _early_exit[0].handled = _early_exit[0].hits
 
 
 def _watch_the_joins() -> None:

@@ -50,7 +50,9 @@ class DeadlockError(Error, RuntimeError):
 
 
 class ShutdownError(Error, RuntimeError):
-    """The engine is shut down (or was inherited across ``fork``) and accepts no work."""
+    """The engine is shut down (or was inherited across ``fork``) and accepts no work; or the
+    executor a body was sent to (``executor=``) was shut down before the body finished (the
+    message names it: a closed Dask client, a pool shut down, also at interpreter exit)."""
 
 
 class WorkerLostError(Error, RuntimeError):

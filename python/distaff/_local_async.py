@@ -45,11 +45,12 @@ class _Tracking:
     factory fills it in from the task running when a task is made. Nothing is recorded for a body
     that starts no task (the common case: no per-body allocation)."""
 
-    __slots__ = ("owner", "started")
+    __slots__ = ("owner", "started", "stopped_by")
 
     def __init__(self) -> None:
         self.owner: dict = {}
         self.started: dict = {}
+        self.stopped_by: list = []  # the bodies' tasks whose code called loop.stop()
 
 
 def _thread_loop() -> asyncio.AbstractEventLoop:
@@ -72,8 +73,48 @@ def _thread_loop() -> asyncio.AbstractEventLoop:
             return task
 
         loop.set_task_factory(factory)
+        real_stop = loop.stop
+
+        def stop() -> None:
+            # Which body (its task, or one it started) stopped the loop: run_batch fails it.
+            tracking.stopped_by.append(owner.get(_current_task(loop)))
+            real_stop()
+
+        try:
+            loop.stop = stop  # type: ignore[method-assign]
+        except AttributeError:  # a C-implemented loop: a stop there is not attributed to a body
+            pass
         _loops.add(loop)
     return loop
+
+
+_STOPPED = "Event loop stopped before Future completed."
+
+
+def _run_until(loop: asyncio.AbstractEventLoop, fut: Any, batch: "Batch", tracking: _Tracking,
+               report: Callable[[Any, Any], None]) -> None:
+    """loop.run_until_complete(fut), through a body calling loop.stop(): as under asyncio.run,
+    that body fails with RuntimeError("Event loop stopped before Future completed.") — unless it
+    ended in the same turn of the loop (its outcome stands) — and its task is cancelled; the
+    loop runs on for the others (before, the batch returned with their executions never ending)."""
+    while True:
+        try:
+            loop.run_until_complete(fut)
+            return
+        except RuntimeError as exc:
+            if fut.done() or str(exc) != _STOPPED:
+                raise
+        stopped, tracking.stopped_by[:] = list(tracking.stopped_by), []
+        for task in dict.fromkeys(stopped):
+            if task is None or task.done():
+                continue
+            try:
+                job = batch.jobs[batch.tasks.index(task)]
+            except ValueError:  # a task of an earlier batch left on this loop
+                task.cancel()
+                continue
+            report(job, _remote.local_outcome(False, RuntimeError(_STOPPED)))
+            task.cancel()
 
 
 class Batch:
@@ -204,17 +245,18 @@ def run_batch(batch: Batch, report: Callable[[Any, Any], None]) -> None:
         batch.end(None)
         return
     try:
-        loop.run_until_complete(left[1])
+        _run_until(loop, left[1], batch, tracking, report)
         leftovers = []
         for task in tasks:
             started = tracking.started.pop(task, None)
             if started is not None:
                 leftovers.extend(t for t in started if not t.done())
         if leftovers:
-            loop.run_until_complete(asyncio.gather(*leftovers, return_exceptions=True))
+            _run_until(loop, asyncio.gather(*leftovers, return_exceptions=True), batch, tracking, report)
     finally:
         # A thread runs one batch at a time: everything recorded is this batch's (done now, or
         # abandoned with a loop that stopped).
         owner.clear()
         tracking.started.clear()
+        tracking.stopped_by.clear()
         batch.end(None)

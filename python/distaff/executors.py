@@ -421,6 +421,7 @@ class _Windowed:
         self._queue: collections.deque = collections.deque()
         self._inflight = 0
         self._local = threading.local()
+        self._shut_logged = False
 
     def __repr__(self) -> str:
         return f"<distaff executor {self.name}>"
@@ -490,7 +491,7 @@ class _Windowed:
             handle = self._start(job)
         except BaseException as exc:  # noqa: BLE001 - unserializable argument, executor shut down...
             self._release()
-            job.report(error=exc)
+            self._report_error(job, exc)
             return
         job.handle = handle
         self._watch(job, handle)
@@ -506,10 +507,42 @@ class _Windowed:
         job.handle = None
         self._release()
         try:
-            job.report(outcome=outcome, error=error)
+            if error is None:
+                job.report(outcome=outcome)
+            else:
+                self._report_error(job, error)
         finally:
             if self._queue:  # a job waits for the window (a racing submit pumps by itself)
                 self._pump()
+
+    def _report_error(self, job: Any, exc: BaseException) -> None:
+        """The executor refused ``job``'s body, or its call ended without an outcome (``exc``). If
+        that is because the executor is shut down, the execution fails with a ShutdownError that
+        says so, logged once per executor rather than once per execution (a script's pool shut
+        down under thousands of queued bodies logged each of them)."""
+        what = None if job.stopped else self._shut_down(exc)
+        if what is None:
+            job.report(error=exc)
+            return
+        err = ShutdownError(f"task {job.name!r} did not complete: {what}")
+        err.__cause__ = exc
+        with self._lock:
+            first, self._shut_logged = not self._shut_logged, True
+        if first:
+            import logging
+
+            logging.getLogger("distaff").error(
+                "distaff: %s: the executions whose bodies it had not finished fail with ShutdownError "
+                "(logged once for this executor, not for each execution)", what)
+        me = job.me
+        if me is not None:  # logged above: not again as an unobserved failure of each execution
+            me._add_done_callback(_observed)
+        job.report(error=err)
+
+    def _shut_down(self, exc: BaseException) -> str | None:
+        """What happened to the executor (``"executor 'x' was shut down"``) if ``exc`` comes from
+        it being shut down, else None."""
+        return None
 
     # backend hooks
     def _start(self, job: Any) -> Any:
@@ -573,6 +606,38 @@ class _Futures(_Windowed):
                 return
         super().submit(job)
 
+    def prepare(self) -> None:
+        """On CPython 3.12+, starts all of a stdlib pool's workers now, on the thread that submits
+        the first body: from the start of interpreter exit CPython refuses to start threads (and
+        to fork), and a pool starts its workers lazily, as bodies arrive — a fire-and-forget body
+        shipped once the script has ended would find it unable to take it ("can't create new
+        thread at interpreter shutdown"). Best effort, through the pools' own (private) methods."""
+        if sys.version_info < (3, 12):
+            return
+        t = self.target
+        try:
+            if isinstance(t, concurrent.futures.ThreadPoolExecutor):
+                with t._shutdown_lock:
+                    # A call starts a thread unless one is idle (and then takes it as busy): a few
+                    # calls more than threads missing.
+                    for _ in range(4 * t._max_workers):
+                        if t._shutdown or len(t._threads) >= t._max_workers:
+                            break
+                        t._adjust_thread_count()
+            elif isinstance(t, concurrent.futures.ProcessPoolExecutor):
+                with t._shutdown_lock:
+                    if not (t._shutdown_thread or t._broken):
+                        if t._safe_to_dynamically_spawn_children:
+                            for _ in range(t._max_workers - len(t._processes)):
+                                t._spawn_process()
+                        t._start_executor_manager_thread()
+                        q = t._call_queue  # its feeder thread too, started by the first put
+                        with q._notempty:
+                            if q._thread is None:
+                                q._start_thread()
+        except (AttributeError, RuntimeError, OSError):  # another version's internals; exiting already
+            pass
+
     def _start(self, job: Any) -> Any:
         if self.local:  # threads of this process: nothing to serialize
             if job.is_async:  # on the thread's own event loop, cancellable (_local_async)
@@ -615,7 +680,7 @@ class _Futures(_Windowed):
                 for job in batch.jobs:  # the ones that had no outcome yet (report ignores the others)
                     if job.handle is batch:
                         job.handle = None
-                        job.report(error=error)
+                        self._report_error(job, error)
         finally:
             if self._queue:
                 self._pump()
@@ -670,7 +735,7 @@ class _Futures(_Windowed):
                 self._release()
                 for job in jobs:
                     job.handle = None
-                    job.report(error=exc)
+                    self._report_error(job, exc)
                 return
             for job in jobs:
                 if job.stopped:
@@ -694,7 +759,7 @@ class _Futures(_Windowed):
         except BaseException as exc:  # noqa: BLE001 - executor shut down or broken
             self._release()
             for job in kept:
-                job.report(error=exc)
+                self._report_error(job, exc)
             return
         del payloads
         chunk.fut = fut
@@ -718,7 +783,7 @@ class _Futures(_Windowed):
                     if error is None:
                         job.report(outcome=outcomes[i])
                     else:
-                        job.report(error=error)
+                        self._report_error(job, error)
             finally:
                 if self._queue:
                     self._pump()
@@ -727,6 +792,18 @@ class _Futures(_Windowed):
         for job in kept:
             if job.stopped:
                 self.cancel(job)
+
+    def _shut_down(self, exc: BaseException) -> str | None:
+        if isinstance(exc, concurrent.futures.BrokenExecutor):  # its own message says more
+            return None
+        message = str(exc) if isinstance(exc, RuntimeError) else ""
+        if "interpreter shutdown" in message or _pools_stopped_at_exit():
+            return f"executor {self.name!r} was shut down at interpreter exit"
+        t = self.target
+        if (getattr(t, "_shutdown", False) is True or getattr(t, "_shutdown_thread", False) is True
+                or "after shutdown" in message):
+            return f"executor {self.name!r} was shut down"
+        return None
 
     def _stop_job(self, job: Any, h: Any) -> None:
         if h.__class__ is _local_async.Batch:
@@ -863,17 +940,14 @@ class _Dask(_Windowed):
         except BaseException as exc:  # noqa: BLE001 - the client is closed...
             for job in kept:
                 self._release()
-                job.report(error=exc)
+                self._report_error(job, exc)
             return
         del payloads
         for job, fut in zip(kept, futs):
             job.handle = fut
         with self._cond:
             if self._ac is None:
-                from distributed import as_completed
-
-                self._ac = as_completed([], loop=self.target.loop)
-                threading.Thread(target=self._collect, name=f"distaff-{self.name}", daemon=True).start()
+                self._start_collector()
             jobs_by_key = self._jobs
             for job, fut in zip(kept, futs):
                 jobs_by_key[fut.key] = job
@@ -883,8 +957,27 @@ class _Dask(_Windowed):
             if job.stopped:
                 self.cancel(job)
 
-    def _collect(self) -> None:
-        ac, client = self._ac, self.target
+    def prepare(self) -> None:
+        """Starts the collector thread now, on the thread that submits the first body (CPython
+        3.12+ refuses to start threads at interpreter exit, when a fire-and-forget body may be
+        shipped; the shipping thread falls back to shipping from the submitter)."""
+        with self._cond:
+            if self._ac is None:
+                try:
+                    self._start_collector()
+                except RuntimeError:  # no thread now: shipping tries again
+                    pass
+
+    def _start_collector(self) -> None:
+        # Under self._cond.
+        from distributed import as_completed
+
+        ac = as_completed([], loop=self.target.loop)
+        threading.Thread(target=self._collect, args=(ac,), name=f"distaff-{self.name}", daemon=True).start()
+        self._ac = ac
+
+    def _collect(self, ac: Any) -> None:
+        client = self.target
         monotonic = time.monotonic
         gathered = 0.0  # when the last batch was fetched
         while True:
@@ -945,12 +1038,24 @@ class _Dask(_Windowed):
                     error = exc if isinstance(exc, BaseException) else RuntimeError(str(status))
                 job.handle = None
                 self._release()
-                job.report(outcome=outcome, error=error)
+                if error is None:
+                    job.report(outcome=outcome)
+                else:
+                    self._report_error(job, error)
                 job = outcome = error = None
         finally:
             # once per batch: the jobs that waited for the window go in one client.map
             if self._queue:
                 self._pump()
+
+    def _shut_down(self, exc: BaseException) -> str | None:
+        if getattr(self.target, "status", None) in ("closing", "closed"):
+            return f"the Dask client {self.name!r} was closed"
+        if isinstance(exc, RuntimeError) and "at interpreter shutdown" in str(exc):
+            # CPython 3.12+: a scheduler in this process (LocalCluster) cannot start the threads it
+            # needs once the interpreter exits
+            return f"the Dask client {self.name!r} cannot take work at interpreter exit ({exc})"
+        return None
 
     def _stop(self, fut: Any) -> None:
         fut.cancel()
@@ -1014,11 +1119,25 @@ class Ray(_Windowed):
         # 15-35% slower for 2k tiny bodies (a function object as an argument is costly in Ray).
         return fn.remote(job.payload())
 
+    def prepare(self) -> None:
+        """Starts the collector thread now, on the thread that submits the first body (CPython
+        3.12+ refuses to start threads at interpreter exit, when a fire-and-forget body may be
+        shipped)."""
+        with self._cond:
+            self._start_collector()
+
+    def _start_collector(self) -> None:
+        # Under self._cond.
+        if not self._collecting:
+            try:
+                threading.Thread(target=self._collect, name=f"distaff-{self.name}", daemon=True).start()
+            except RuntimeError:  # no thread now (interpreter exit): the next body tries again
+                return
+            self._collecting = True
+
     def _watch(self, job: Any, ref: Any) -> None:
         with self._cond:
-            if not self._collecting:
-                self._collecting = True
-                threading.Thread(target=self._collect, name=f"distaff-{self.name}", daemon=True).start()
+            self._start_collector()
             self._refs[ref] = job
             self._cond.notify()
 
@@ -1083,6 +1202,20 @@ class Ray(_Windowed):
         finally:
             if job is not None:  # settled now: the cancelled task's outcome is not waited for
                 self._finished(job, error=concurrent.futures.CancelledError())
+
+
+def _pools_stopped_at_exit() -> bool:
+    """concurrent.futures' exit hook (threading._register_atexit) has stopped its pools."""
+    thread, process = sys.modules.get("concurrent.futures.thread"), sys.modules.get("concurrent.futures.process")
+    return getattr(thread, "_shutdown", False) is True or getattr(process, "_global_shutdown", False) is True
+
+
+def _observed(ex: Any) -> None:
+    # Done callback: the execution's error was reported (logged) already.
+    try:
+        ex.exception(0)
+    except BaseException:  # noqa: BLE001 - cancelled meanwhile
+        pass
 
 
 def _is_dask_client(obj: Any) -> bool:
