@@ -191,9 +191,13 @@ bool interpreter_finalizing() {
 
 void install_switch_hooks() {
   g_interp = PyInterpreterState_Get();
-  PyObject_GetArenaAllocator(&g_arena_wrapped);
-  PyObjectArenaAllocator spill{nullptr, &spill_alloc, &spill_free};
-  PyObject_SetArenaAllocator(&spill);
+  PyObjectArenaAllocator current;
+  PyObject_GetArenaAllocator(&current);
+  if (current.alloc != &spill_alloc) {  // once per process, never wrapping itself
+    g_arena_wrapped = current;
+    PyObjectArenaAllocator spill{nullptr, &spill_alloc, &spill_free};
+    PyObject_SetArenaAllocator(&spill);
+  }
   distaff::set_switch_hooks(SwitchHooks{&on_suspend, &on_resume});
 }
 
