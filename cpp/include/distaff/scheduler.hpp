@@ -34,7 +34,7 @@ inline constexpr std::size_t kStackSizeMax = std::size_t(1) << 30;
 // on any other thread or context (the worker's main or dispatcher context). The bytes live as long
 // as the fiber and are the embedder's (the bindings keep the fiber's CPython data-stack root chunk
 // there); their content is undefined when the fiber starts. src/detail/stack_allocator.hpp.
-inline constexpr std::size_t kFiberScratchBytes = 2048;
+inline constexpr std::size_t kFiberScratchBytes = 1024;
 void* fiber_scratch() noexcept;
 // How many fiber stacks get a static guard page, process-wide (default 20,000); stacks beyond it
 // get a guard armed only while their fiber runs (src/detail/stack_allocator.hpp). For tests.
