@@ -12,7 +12,7 @@
 // call touches a few pages at the top of its slot) and the kernel counts one entry against
 // vm.max_map_count for the whole chunk. Each slot, from low to high addresses:
 //
-//     [guard page][ usable stack, grows down ........... ][scratch (2 KiB)][SlotInfo (64 B)]
+//     [guard page][ usable stack, grows down ........... ][scratch (1 KiB)][SlotInfo (64 B)]
 //
 // The guard page is PROT_NONE whenever the slot's fiber runs, so an overflow faults at once
 // (the fatal-signal handler in fatal_signal.cpp then names the execution) instead of writing into
