@@ -133,10 +133,11 @@ void detach_root_chunk(PyThreadState* ts, _PyStackChunk* root) {
 // Frames that overflow a fiber's root chunk go to a chunk push_chunk() maps through the "arena"
 // allocator (_PyObject_VirtualAlloc: 16 KiB, DATA_STACK_CHUNK_SIZE, the same in 3.11–3.13), and
 // popping the frame that opened it unmaps it again. With a root chunk of 1 KiB, a body that calls
-// something deep in a loop would pay that mmap+munmap on every call (measured with a 2 KiB root chunk:
-// recursion 20 deep went from 0.9 to 6.4 µs per call). So the arena allocator is wrapped: on a worker thread, freed
-// 16 KiB blocks are kept (at most 4 per worker) and handed out again; everything else — pymalloc's
-// 1 MiB arenas, other threads — goes to the allocator it wraps. The GIL serialises both.
+// something deep in a loop would pay that mmap+munmap on every call (measured with a 2 KiB root
+// chunk: recursion 20 deep went from 0.9 to 6.4 µs per call). So the arena allocator is wrapped: on
+// a worker thread, freed 16 KiB blocks are kept (at most 4 per worker, freed when the worker idles
+// or stops) and handed out again; everything else — pymalloc's 1 MiB arenas, other threads — goes
+// to the allocator it wraps. The GIL serialises both.
 constexpr std::size_t kDataStackChunkBytes = 16 * 1024;
 PyObjectArenaAllocator g_arena_wrapped{};
 
@@ -241,8 +242,9 @@ void worker_idle() {
   // Keep a modest cache when idle; peak concurrency is cached while busy (a cap made fib(20) 5x
   // slower in the spike). Trimming needs the GIL, so only pay for it when there is much to trim.
   WorkerPy* w = tl_worker_py;
+  // The spare data-stack chunks (at most 4) go too: an idle worker keeps no spill memory.
   constexpr std::size_t keep = 256;
-  if (!w || w->pool.size() <= keep * 2 || interpreter_finalizing()) return;
+  if (!w || (w->pool.size() <= keep * 2 && w->spare_n == 0) || interpreter_finalizing()) return;
   if (!w->holds_gil) PyEval_RestoreThread(w->base);
   free_spare_chunks(w);
   while (w->pool.size() > keep) {

@@ -241,3 +241,41 @@ def test_10k_suspended_executions_cost_under_6_kib_each(park):
     )
     per = float(out.split("KiB per suspended execution: ")[1].split()[0])
     assert per <= 6.0, per
+
+
+def test_an_idle_worker_frees_its_spare_chunks():
+    """The spare 16 KiB chunks a worker keeps for spills are freed once it has been idle (the same
+    hook that trims its stacks and thread states): an idle engine holds no spill memory. Polled with
+    growing gaps, since each probe is itself work that restarts the worker's idle second."""
+    out = _run(
+        """
+        import time, distaff
+        from distaff import _core
+        eng = distaff.Engine()
+
+        def rec(k):
+            return 0 if k == 0 else rec(k - 1)
+
+        @eng.task()
+        def deep():
+            rec(300)
+            return _core._frame_stack()[2]
+
+        @eng.task()
+        def probe():
+            return _core._frame_stack()[2]
+
+        assert deep.submit().result() >= 1
+        gap, spares = 0.1, None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            time.sleep(gap)
+            spares = probe.submit().result()
+            if spares == 0:
+                break
+            gap = min(gap * 2, 4.0)
+        assert spares == 0, spares
+        print("ok")
+        """
+    )
+    assert out.strip() == "ok"
