@@ -92,7 +92,8 @@ SANITIZE_PYTEST ?=
 # exercise those runtimes (Ray's own C++ daemons, Dask's worker processes) under an ASan preload,
 # not distaff's C++ code, which test_executors.py covers through the process pool; a worker that
 # segfaults on purpose (ASan reports the SEGV, by design, and exits 1 instead of dying of the
-# signal); and the memory figure of 10k executions in flight (ASan's allocator has redzones).
+# signal); and the memory figures of 10k executions in flight and 10k suspended ones (ASan's
+# allocator has redzones).
 # And the AsyncFlow layer's ProcessPoolExecutor cases (a spawn-context pool: its fresh children
 # inherit the ASan preload without the build's options and die of SIGSEGV at start-up or hang;
 # `make test` runs them): test_bodies_run_on_the_backends_executor_threads_and_processes and
@@ -101,6 +102,7 @@ SANITIZE_PYTEST ?=
 # chromedriver and Chromium, which are not distaff code; `make test` runs it.
 SANITIZE_DESELECT ?= test_default_engine_after_fork_in_the_child_works_or_errors_clearly or executors_dask or executors_ray or report_browser \
   or test_a_segfaulting_worker_fails_only_its_execution or test_10k_executions_in_flight_cost_under_2_kib_each \
+  or test_10k_suspended_executions_cost_under_6_kib_each \
   or test_bodies_run_on_the_backends_executor_threads_and_processes or asyncflow_features \
   or test_fork_storm_while_busy
 $(ASAN_PY):

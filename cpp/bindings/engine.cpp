@@ -250,6 +250,14 @@ bool init_engine(PyObject* module) {
       set_stack_guard_limit(limit);
       return old;
     });
+    // Tests only: where the calling thread state's Python frames live (python_fiber.cpp, rule 11):
+    // (frames start in the fiber's stack slot, chunks in the data stack's chain, spare chunks, the
+    // address of the fiber's scratch area or 0).
+    m.def("_frame_stack", []() {
+      const FrameStackInfo i = frame_stack_info();
+      return pyb::make_tuple(i.root_in_stack_slot, i.chunks, i.spare_chunks,
+                             reinterpret_cast<std::uintptr_t>(distaff::fiber_scratch()));
+    });
     return true;
   } catch (pyb::error_already_set& err) {
     err.restore();

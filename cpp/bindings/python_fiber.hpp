@@ -26,6 +26,11 @@
 //  8. A tracer installed in the submitting thread (sys.settrace: coverage, pdb) is installed in the
 //     fiber too; sys.monitoring (3.12+) sees fibers by itself.
 //  10. CPython 3.14 stack protection needs per-state stack bounds: set them in acquire_fiber_state().
+//  11. A fiber's frames start in its own stack slot: acquire_fiber_state() installs the root chunk
+//      of the thread state's data stack in the slot's scratch area (distaff::fiber_scratch(), in
+//      the stack's top page), and release_fiber_state() detaches it before the state is cleared,
+//      so CPython never frees it. Frames that do not fit spill into chunks CPython maps (and frees)
+//      itself, linked to ours. docs/internals/scheduler.md, "Memory per suspended execution".
 
 #include <Python.h>
 
@@ -46,6 +51,8 @@ void release_held_gil();
 // FiberState: the interpreter state a fiber runs with.
 struct FiberState {
   PyThreadState* tstate = nullptr;
+  // The data-stack root chunk installed in the fiber's stack slot (rule 11), or nullptr.
+  _PyStackChunk* root_chunk = nullptr;
 };
 
 // acquire_fiber_state: takes a pooled (or new) thread state for this worker and takes the GIL with it.
@@ -54,6 +61,14 @@ FiberState acquire_fiber_state();
 // release_fiber_state: clears the state, returns it to the pool and releases the GIL.
 // Called by the fiber that acquired it, with the GIL held by that state.
 void release_fiber_state(FiberState& fs);
+
+// frame_stack_info: the current thread state's data stack (tests). GIL held.
+struct FrameStackInfo {
+  bool root_in_stack_slot = false;  // its root chunk is this fiber's scratch area (rule 11)
+  int chunks = 0;                   // chunks in its chain: more than 1 once frames spilled
+  int spare_chunks = 0;             // spare 16 KiB chunks this worker keeps for spills
+};
+FrameStackInfo frame_stack_info();
 
 // install_tracer: installs `trace` (a sys.settrace callable) in the current fiber. GIL held.
 void install_tracer(PyObject* trace);

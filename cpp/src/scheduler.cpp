@@ -131,6 +131,14 @@ Scheduler::~Scheduler() {
 void set_stack_guard_limit(std::size_t limit) noexcept { detail::StackPool::set_guard_limit(limit); }
 std::size_t stack_guard_limit() noexcept { return detail::StackPool::guard_limit(); }
 
+void* fiber_scratch() noexcept {
+  if (tl_scheduler == nullptr) return nullptr;  // not a worker thread: no slot of ours
+  boost::fibers::context* ctx = boost::fibers::context::active();
+  if (ctx == nullptr || !ctx->is_context(boost::fibers::type::worker_context)) return nullptr;
+  const detail::SlotInfo* info = detail::StackPool::slot_of(ctx);
+  return info ? detail::StackPool::scratch_of(info) : nullptr;
+}
+
 bool Scheduler::on_worker() const noexcept { return tl_scheduler == this; }
 
 int Scheduler::worker_index() const noexcept {

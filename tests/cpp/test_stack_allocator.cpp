@@ -12,12 +12,14 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <cstdio>
 #include <fstream>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <set>
 #include <sstream>
 #include <string>
@@ -42,9 +44,10 @@ constexpr std::size_t kDefaultGuardLimit = 20000;
 
 std::size_t page() { return static_cast<std::size_t>(::sysconf(_SC_PAGESIZE)); }
 
-// top: the highest usable byte + 1 (Boost's sp); the slot ends kInfoBytes higher.
+// top: the highest usable byte + 1 (Boost's sp); the slot ends kTopBytes higher (the scratch area,
+// then the SlotInfo).
 char* top(const stack_context& sc) { return static_cast<char*>(sc.sp); }
-char* slot_end(const stack_context& sc) { return top(sc) + StackPool::kInfoBytes; }
+char* slot_end(const stack_context& sc) { return top(sc) + StackPool::kTopBytes; }
 const detail::SlotInfo* info(const stack_context& sc) { return StackPool::slot_of(top(sc) - 256); }
 bool static_guard(const stack_context& sc) { return info(sc)->static_guard != 0; }
 char* guard_of(const stack_context& sc) { return info(sc)->guard; }
@@ -154,7 +157,19 @@ TEST_F(StackPoolTest, AllocateDeallocateReuse) {
   ASSERT_NE(info(a), nullptr);
   EXPECT_TRUE(static_guard(a));
   EXPECT_EQ(reinterpret_cast<std::uintptr_t>(slot_end(a)) % page(), 0u) << "the slot ends on a page boundary";
-  EXPECT_EQ(a.size, pool.size() - StackPool::kInfoBytes);
+  EXPECT_EQ(a.size, pool.size() - StackPool::kTopBytes);
+  // The scratch area: between the sp and the SlotInfo, in the slot's top page, never page aligned
+  // (a stray munmap of it fails instead of unmapping part of the stack), and writable.
+  char* scratch = static_cast<char*>(StackPool::scratch_of(info(a)));
+  EXPECT_EQ(scratch, top(a));
+  EXPECT_EQ(scratch + StackPool::kScratchBytes, reinterpret_cast<const char*>(info(a)));
+  EXPECT_EQ((reinterpret_cast<std::uintptr_t>(scratch) - 1) / page(),
+            (reinterpret_cast<std::uintptr_t>(slot_end(a)) - 1) / page());
+  EXPECT_NE(reinterpret_cast<std::uintptr_t>(scratch) % page(), 0u);
+  EXPECT_EQ(::munmap(scratch, StackPool::kScratchBytes), -1);
+  std::fill(scratch, scratch + StackPool::kScratchBytes, char(0x5a));
+  EXPECT_EQ(info(a)->guard, guard_of(a)) << "filling the scratch area leaves the SlotInfo intact";
+  EXPECT_EQ(StackPool::slot_of(scratch), nullptr) << "the scratch area is not stack";
   EXPECT_EQ(guard_of(a), slot_end(a) - pool.size() - page());
   EXPECT_EQ(StackPool::guarded_mapped(), guarded_baseline_ + kChunk);
   // The whole usable range is writable (only touched pages cost memory).
@@ -364,6 +379,56 @@ TEST_F(StackPoolTest, SchedulerReturnsEveryStack) {
     s.join();
   }
   // Joined and destroyed: every stack was returned to its pool and unmapped (the fixture checks).
+}
+
+TEST_F(StackPoolTest, EachFiberHasItsOwnScratchAreaAtTheTopOfItsStack) {
+  // fiber_scratch(): the running worker fiber's kFiberScratchBytes, just above its C stack (in the
+  // page it touches first), distinct per fiber and kept while the fiber is suspended; nullptr on
+  // any thread that is not running a worker fiber.
+  EXPECT_EQ(fiber_scratch(), nullptr);
+  constexpr int kFibers = 50;
+  std::mutex mu;
+  std::set<void*> seen;
+  std::atomic<int> bad{0};
+  {
+    SchedulerOptions o;
+    o.workers = 2;
+    o.stack_size = kSmall;
+    ExecutionRef gate = Execution::create("gate");
+    o.run = [&](Execution& ex) {
+      auto* scratch = static_cast<unsigned char*>(fiber_scratch());
+      int local = 0;
+      const auto here = reinterpret_cast<std::uintptr_t>(&local);
+      const auto lo = reinterpret_cast<std::uintptr_t>(scratch);
+      // Just above this fiber's stack: a local is below it, within the same few KiB.
+      if (scratch == nullptr || here >= lo || lo - here > 16 * 1024) ++bad;
+      if (scratch != nullptr) {
+        const auto mark = static_cast<unsigned char>(ex.id());
+        std::fill(scratch, scratch + kFiberScratchBytes, mark);
+        {
+          std::lock_guard<std::mutex> lock(mu);
+          seen.insert(scratch);
+        }
+        gate->wait_until(safety_deadline());  // suspended: other fibers run meanwhile
+        for (std::size_t i = 0; i < kFiberScratchBytes; ++i) {
+          if (scratch[i] != mark) {
+            ++bad;
+            break;
+          }
+        }
+      }
+      ex.finish(State::succeeded);
+    };
+    Scheduler s(std::move(o));
+    for (int i = 0; i < kFibers; ++i) s.submit(Execution::create("x"));
+    ASSERT_TRUE(eventually([&] { return s.stats().fibers == kFibers; }));
+    gate->finish(State::succeeded);
+    ASSERT_TRUE(s.wait_idle_until(safety_deadline()));
+    s.close(false);
+    s.join();
+  }
+  EXPECT_EQ(bad.load(), 0);
+  EXPECT_EQ(seen.size(), std::size_t(kFibers)) << "each live fiber has its own area";
 }
 
 TEST_F(StackPoolTest, SchedulerRejectsStackSizesOutOfRange) {

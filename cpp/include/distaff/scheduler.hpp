@@ -29,6 +29,13 @@ class StackPool;
 // Bounds of SchedulerOptions::stack_size.
 inline constexpr std::size_t kStackSizeMin = std::size_t(64) << 10;
 inline constexpr std::size_t kStackSizeMax = std::size_t(1) << 30;
+// fiber_scratch: kFiberScratchBytes (16-aligned) that belong to the running worker fiber, at the
+// top of its stack slot above its C stack, in the page that stack already touches first; nullptr
+// on any other thread or context (the worker's main or dispatcher context). The bytes live as long
+// as the fiber and are the embedder's (the bindings keep the fiber's CPython data-stack root chunk
+// there); their content is undefined when the fiber starts. src/detail/stack_allocator.hpp.
+inline constexpr std::size_t kFiberScratchBytes = 1024;
+void* fiber_scratch() noexcept;
 // How many fiber stacks get a static guard page, process-wide (default 20,000); stacks beyond it
 // get a guard armed only while their fiber runs (src/detail/stack_allocator.hpp). For tests.
 void set_stack_guard_limit(std::size_t limit) noexcept;

@@ -91,14 +91,14 @@ boost::context::stack_context StackPool::allocate() {
   info->static_guard = f.static_guard ? 1 : 0;
   used_since_release_ = true;
   boost::context::stack_context sc;
-  sc.sp = f.top - kInfoBytes;
-  sc.size = size_ - kInfoBytes;
+  sc.sp = f.top - kTopBytes;
+  sc.size = size_ - kTopBytes;
   return sc;
 }
 
 void StackPool::deallocate(boost::context::stack_context& sc) noexcept {
-  char* top = static_cast<char*>(sc.sp) + kInfoBytes;
-  const auto* info = reinterpret_cast<const SlotInfo*>(sc.sp);
+  char* top = static_cast<char*>(sc.sp) + kTopBytes;
+  const auto* info = reinterpret_cast<const SlotInfo*>(top - kInfoBytes);
   free_.push_back(Free{top, info->static_guard != 0});
 }
 
@@ -145,7 +145,7 @@ const SlotInfo* StackPool::slot_of(const void* p) noexcept {
   const std::uintptr_t pg = page();
   const std::uintptr_t top = (reinterpret_cast<std::uintptr_t>(p) / pg + 1) * pg;
   const auto* info = reinterpret_cast<const SlotInfo*>(top - kInfoBytes);
-  if (reinterpret_cast<std::uintptr_t>(p) >= top - kInfoBytes) return nullptr;  // not below a SlotInfo
+  if (reinterpret_cast<std::uintptr_t>(p) >= top - kTopBytes) return nullptr;  // not below the sp
   if (info->magic != (kSlotMagic ^ reinterpret_cast<std::uintptr_t>(info))) return nullptr;
   return info;
 }

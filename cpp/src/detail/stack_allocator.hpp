@@ -12,7 +12,7 @@
 // call touches a few pages at the top of its slot) and the kernel counts one entry against
 // vm.max_map_count for the whole chunk. Each slot, from low to high addresses:
 //
-//     [guard page][ usable stack, grows down ........................ ][SlotInfo (64 B)]
+//     [guard page][ usable stack, grows down ........... ][scratch (1 KiB)][SlotInfo (64 B)]
 //
 // The guard page is PROT_NONE whenever the slot's fiber runs, so an overflow faults at once
 // (the fatal-signal handler in fatal_signal.cpp then names the execution) instead of writing into
@@ -31,9 +31,16 @@
 // If even an armed guard cannot be set (the process exhausted vm.max_map_count itself), the fiber
 // runs unguarded: that is counted (unguarded_runs) and reported once on stderr, never silent.
 //
-// SlotInfo sits in the top 64 bytes of each slot, above the `sp` handed to Boost. Boost.Fiber
-// places a fiber's context record just below `sp`, in the slot's top page, so from a
-// boost::fibers::context* we find its slot without any lookup table (slot_of).
+// SlotInfo sits in the top 64 bytes of each slot, and below it the fiber's *scratch* area
+// (kScratchBytes), both above the `sp` handed to Boost. Boost.Fiber places a fiber's context record
+// just below `sp`, in the slot's top page, so from a boost::fibers::context* we find its slot
+// without any lookup table (slot_of).
+//
+// The scratch area is the embedder's (fiber_scratch() in scheduler.hpp): the bindings put the root
+// chunk of the fiber's CPython data stack there (python_fiber.cpp), so the frames of a shallow body
+// share the page its C stack already touches instead of touching a page of a separately mapped
+// 16 KiB chunk (docs/internals/scheduler.md, "Memory per suspended execution"). It is not page
+// aligned (kTopBytes is not a multiple of the page size), so an munmap() of it always fails.
 
 #include <sys/types.h>
 
@@ -65,6 +72,12 @@ class StackPool {
   static constexpr std::size_t kMaxSize = kStackSizeMax;
   // Bytes at the top of each slot reserved for its SlotInfo.
   static constexpr std::size_t kInfoBytes = 64;
+  // Bytes below the SlotInfo reserved for the running fiber's embedder (scratch_of), 16-aligned.
+  static constexpr std::size_t kScratchBytes = kFiberScratchBytes;
+  // Bytes at the top of each slot above Boost's `sp`: the scratch area and the SlotInfo. The context
+  // record Boost puts below `sp` must stay in the top page (slot_of), so this is well under a page.
+  static constexpr std::size_t kTopBytes = kInfoBytes + kScratchBytes;
+  static_assert(kScratchBytes % 16 == 0 && kTopBytes <= 3072 && kTopBytes % 4096 != 0);
   // Armed dynamic guards a worker keeps (LRU): fibers switching among at most this many
   // unguarded slots pay no mprotect after the first switch.
   static constexpr std::size_t kArmed = 8;
@@ -108,6 +121,10 @@ class StackPool {
   // nullptr if `p` is not in a slot's top page. Reads memory at the top of p's page: only call it
   // with the address of a live fiber context or a stack address of the running fiber.
   static const SlotInfo* slot_of(const void* p) noexcept;
+  // scratch_of: the scratch area of the slot `info` describes (kScratchBytes, just below it).
+  static void* scratch_of(const SlotInfo* info) noexcept {
+    return const_cast<char*>(reinterpret_cast<const char*>(info)) - kScratchBytes;
+  }
 
   static void set_guard_limit(std::size_t limit) noexcept;
   static std::size_t guard_limit() noexcept;
