@@ -137,7 +137,10 @@ PyObject* raw_completion_next(PyObject*, PyObject* const* a, Py_ssize_t n) {
 }
 
 // combine(execs, mode, finalizer, name) -> Execution: finished with finalizer(execs) once the
-// condition holds (its return value, or the exception it raises).
+// condition holds (its return value, or the exception it raises; the sentinel COMBINE_CANCELLED
+// finishes it cancelled: a gather whose last unfinished member was cancelled).
+PyObject* g_combine_cancelled = nullptr;  // the sentinel, created once by init_wait
+
 struct Combine {
   PyExecution* pe;       // strong
   PyObject* finalizer;   // strong
@@ -149,7 +152,10 @@ void combine_ready(void* arg) {
   // Runs where the satisfying member finished: inside complete(), GIL held.
   auto* c = static_cast<Combine*>(arg);
   PyObject* r = PyObject_CallOneArg(c->finalizer, c->members);
-  if (r) {
+  if (r == g_combine_cancelled) {
+    Py_DECREF(r);
+    complete(c->pe, State::cancelled, nullptr);
+  } else if (r) {
     complete(c->pe, State::succeeded, r);
   } else {
     complete(c->pe, State::failed, fetch_exception());
@@ -232,6 +238,13 @@ PyMethodDef wait_functions[] = {
 
 }  // namespace
 
-bool init_wait(PyObject* module) { return PyModule_AddFunctions(module, wait_functions) == 0; }
+bool init_wait(PyObject* module) {
+  if (!g_combine_cancelled) {
+    g_combine_cancelled = PyObject_CallNoArgs(reinterpret_cast<PyObject*>(&PyBaseObject_Type));
+    if (!g_combine_cancelled) return false;
+  }
+  return PyModule_AddFunctions(module, wait_functions) == 0 &&
+         PyModule_AddObjectRef(module, "COMBINE_CANCELLED", g_combine_cancelled) == 0;
+}
 
 }  // namespace distaff::py

@@ -32,6 +32,7 @@ class SecondsKind(enum.IntEnum):
 
 NO_BOUND: int
 COMPLETION_EXHAUSTED: int
+COMBINE_CANCELLED: object  # a combine() finalizer returns it to finish the handle cancelled
 STACK_SIZE_MIN: int
 STACK_SIZE_MAX: int
 STACK_SIZE_DEFAULT: int
