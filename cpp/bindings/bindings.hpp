@@ -180,6 +180,9 @@ class SavedError {
 PyObject* raise_stored(PyObject* exc);
 // add_task_note: adds "distaff: raised in task 'name' (execution N)" to a body's exception.
 void add_task_note(PyObject* exc, const Execution& ex);
+// add_forward_note: the note of an execution that forwarded to one that failed with `exc` (the
+// error passes through it as if its body had let it propagate; _errors._note_forward).
+void add_forward_note(PyObject* exc, const Execution& ex);
 // note_handout: distaff hands a failed execution's exception to the code of execution `receiver`
 // (result(), exception(), await in a body); add_task_note then knows a propagation from a shared
 // instance raised afresh.

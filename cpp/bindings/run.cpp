@@ -71,6 +71,11 @@ void forward_done(Execution& target_core, void* arg) {
       break;
     case State::failed:
       target->observed = 1;
+      if (target->exc) {
+        // The error passes through this execution as if its body had raised it: handed to it
+        // (so the notes it has are kept), then a note of its own (docs/concepts.md#errors).
+        add_forward_note(target->exc, *pe->core);
+      }
       complete(pe, State::failed, target->exc ? Py_NewRef(target->exc) : nullptr);
       break;
     default:

@@ -61,6 +61,7 @@ class _AsyncBody(Elsewhere):
         self.stopped = False
         self.attempt = 1
         self.shipped_ns = 0
+        self.slot = None
         # Weakly: a pending body must not keep a dropped loop alive (its collection cancels the body).
         self.loop = weakref.ref(loop) if loop is not None else None
         self.gated = gated
@@ -199,11 +200,22 @@ async def _run(body: _AsyncBody, me: Any, fn: Any, args: Any, kwargs: Any, delay
     if delay:
         await asyncio.sleep(delay)
         body.shipped_ns = _monotonic_ns()
+    slot = body.slot
+    if slot is not None and slot.released and not (me is not None and me.done()):
+        await slot.resume_async()  # a retry after a forwarded failure: the body takes a slot again
     if body.attempt > 1 and me is not None:  # a retry starts: the current attempt's number
         me._annotate("attempts", body.attempt)
     if _trace._hubs:
         body._ship_record()
-    return await fn(*args, **kwargs)
+    r = await fn(*args, **kwargs)
+    if body.policy is not None and isinstance(r, _core.Execution):
+        # Forwarding under a policy: the returned execution's outcome is this attempt's (a failure
+        # is retried, then falls back). Awaited here, without a concurrency slot meanwhile; a
+        # cancelled one cancels this task, so the execution ends cancelled as a plain forward does.
+        if slot is not None:
+            slot.pause()
+        return await r
+    return r
 
 
 async def _fall_back(me: Any, fallback: Callable, args: Any, kwargs: Any, exc: BaseException) -> Any:
