@@ -145,7 +145,7 @@ class _AsyncBody(Elsewhere):
     def _fallback(self, exc: BaseException) -> None:
         # On the loop, in the body's place: fallback(*args, **kwargs, exc=exc), awaited if awaitable.
         task = asyncio.get_running_loop().create_task(
-            _fall_back(self.me, self.policy.fallback, self.args, self.kwargs, exc))
+            _fall_back(self.me, self.policy.fallback, self.args, self.kwargs, exc, self.slot))
         self.handle = weakref.ref(task)
         task.add_done_callback(self._fallback_done)
         if self.stopped:
@@ -218,8 +218,10 @@ async def _run(body: _AsyncBody, me: Any, fn: Any, args: Any, kwargs: Any, delay
     return r
 
 
-async def _fall_back(me: Any, fallback: Callable, args: Any, kwargs: Any, exc: BaseException) -> Any:
+async def _fall_back(me: Any, fallback: Callable, args: Any, kwargs: Any, exc: BaseException, slot: Any = None) -> Any:
     if me is not None:
         _async_current.set(me)
+    if slot is not None and slot.released and not (me is not None and me.done()):
+        await slot.resume_async()  # after a forwarded failure: the fallback runs with a slot, as a body
     r = fallback(*args, **kwargs, exc=exc)
     return (await r) if inspect.isawaitable(r) else r

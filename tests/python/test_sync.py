@@ -480,3 +480,53 @@ def test_concurrency_slot_is_released_when_a_body_returns_an_execution():
     assert r.stdout.split("\n")[0] == "bottom bottom bottom2 bottom2 abottom ebottom rbottom arbottom", r.stdout
     assert "most 2" in r.stdout, r.stdout
     assert r.stderr == "", r.stderr
+
+
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+def test_a_forwarding_body_under_retries_takes_its_slot_again_for_each_attempt(engine, is_async):
+    # While a body with retries= waits for the Execution it returned it holds no slot; its next
+    # attempt and its fallback take one again, so the limit still bounds what runs: 10 executions
+    # x 2 attempts + fallback under concurrency=1 never have two bodies or fallbacks inside at once.
+    mu = threading.Lock()
+    state = {"inside": 0, "most": 0}
+
+    def enter():
+        with mu:
+            state["inside"] += 1
+            state["most"] = max(state["most"], state["inside"])
+
+    def leave():
+        with mu:
+            state["inside"] -= 1
+
+    @engine.task
+    def failing():
+        raise ValueError("v")
+
+    def fallback(i, *, exc):
+        enter()
+        leave()
+        return ("fallback", i)
+
+    if is_async:
+        @engine.task(concurrency=1, retries=1, fallback=fallback)
+        async def step(i):
+            enter()
+            try:
+                await asyncio.sleep(0.001)
+            finally:
+                leave()
+            return failing.submit()
+    else:
+        @engine.task(concurrency=1, retries=1, fallback=fallback)
+        def step(i):
+            enter()
+            try:
+                distaff.sleep(0.001)
+            finally:
+                leave()
+            return failing.submit()
+
+    out = distaff.gather(*[step.submit(i) for i in range(10)]).result(timeout=60)
+    assert out == [("fallback", i) for i in range(10)]
+    assert state["most"] == 1, state
