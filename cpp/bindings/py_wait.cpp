@@ -197,7 +197,9 @@ PyObject* raw_combine(PyObject*, PyObject* const* a, Py_ssize_t n) {
 PyObject* raw_promise(PyObject*, PyObject* name) {
   const char* s = PyUnicode_AsUTF8(name);
   if (!s) return nullptr;
-  return reinterpret_cast<PyObject*>(new_virtual_execution(s, Kind::task));
+  PyExecution* pe = new_virtual_execution(s, Kind::task);
+  if (pe) pe->promise = 1;
+  return reinterpret_cast<PyObject*>(pe);
 }
 
 PyObject* raw_settle(PyObject*, PyObject* const* a, Py_ssize_t n) {
@@ -222,7 +224,26 @@ PyObject* raw_settle(PyObject*, PyObject* const* a, Py_ssize_t n) {
   return PyBool_FromLong(complete(pe, State::failed, Py_NewRef(a[2])));
 }
 
+// check_wait(waiter, target): DeadlockError if `waiter` waiting for `target` would close a cycle of
+// waits (an async def body under a retry policy awaiting the Execution it returned: _async_body.py;
+// on its loop there is no current execution to check for it).
+PyObject* raw_check_wait(PyObject*, PyObject* const* a, Py_ssize_t n) {
+  if (n != 2 || !is_execution(a[0]) || !is_execution(a[1])) {
+    PyErr_SetString(PyExc_TypeError, "check_wait(waiter, target)");
+    return nullptr;
+  }
+  Execution& waiter = *as_pe(a[0])->core;
+  Execution& target = *as_pe(a[1])->core;
+  if (&target == &waiter || (!target.done() && waiter.would_deadlock(target))) {
+    raise_deadlock(waiter, target);
+    return nullptr;
+  }
+  Py_RETURN_NONE;
+}
+
 PyMethodDef wait_functions[] = {
+    {"check_wait", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&raw_check_wait)), METH_FASTCALL,
+     "check_wait(waiter, target): DeadlockError if waiter waiting for target would close a cycle"},
     {"wait_set", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&raw_wait_set)), METH_FASTCALL,
      "wait_set(execs, timeout, mode) -> (satisfied, first_failed_index)"},
     {"completion", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&raw_completion)), METH_FASTCALL,

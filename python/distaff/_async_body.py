@@ -212,6 +212,8 @@ async def _run(body: _AsyncBody, me: Any, fn: Any, args: Any, kwargs: Any, delay
         # Forwarding under a policy: the returned execution's outcome is this attempt's (a failure
         # is retried, then falls back). Awaited here, without a concurrency slot meanwhile; a
         # cancelled one cancels this task, so the execution ends cancelled as a plain forward does.
+        if me is not None:
+            _core.check_wait(me, r)  # a cycle (it waits on this one): DeadlockError, not a hang
         if slot is not None:
             slot.pause()
         return await r

@@ -14,7 +14,7 @@ import pytest
 import distaff
 from distaff import RetryPolicy
 
-from conftest import settle
+from conftest import run_python, settle
 
 
 def test_retries_until_success_record_each_attempt(engine):
@@ -456,3 +456,45 @@ def test_a_forwarding_execution_adds_its_note_to_the_error(engine):
         fwd()
     assert [n.split(" (")[0] for n in info.value.__notes__] == [
         "distaff: raised in task 'fails'", "distaff: raised in workflow 'fwd'"]
+
+
+def test_an_async_body_that_forwards_adds_its_note_and_an_executor_body_noted_once(engine):
+    @engine.task(name="fails")
+    def fails():
+        raise KeyError("k")
+
+    @engine.workflow(name="afwd")
+    async def afwd():
+        return fails.submit()
+
+    @engine.task(name="araises")
+    async def araises():
+        raise KeyError("own")
+
+    ex = afwd.submit()
+    err = ex.exception(timeout=30)
+    notes = [n.split(" (")[0] for n in err.__notes__]
+    assert notes == ["distaff: raised in task 'fails'", "distaff: raised in workflow 'afwd'"], err.__notes__
+    own = araises.submit().exception(timeout=30)
+    assert [n.split(" (")[0] for n in own.__notes__] == ["distaff: raised in task 'araises'"], own.__notes__
+
+
+def test_an_async_body_under_retries_returning_a_cycle_gets_deadlock_error():
+    # With a policy an async body awaits the Execution it returned; one that waits on this very
+    # execution would never finish. The cycle is refused as a plain forward refuses it.
+    code = r"""
+    import distaff
+
+    @distaff.task(wait=True)
+    def dep(a):
+        return a.result()
+
+    @distaff.task(retries=1, fallback=lambda *, exc: type(exc).__name__)
+    async def acyc():
+        return dep.submit(distaff.current_execution())
+
+    print(acyc.submit().result(timeout=30))
+    """
+    r = run_python(code, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "DeadlockError", (r.stdout, r.stderr)
