@@ -104,6 +104,8 @@ struct PyExecution {
   unsigned char detached;    // not cancelled with its parent
   unsigned char late;        // submitted by a body while its engine was shutting down
   unsigned char shielded;    // a cancel does not raise in its body (_shield(): hands its work elsewhere)
+  unsigned char promise;     // made by _core.promise (1): a body's own promise (elsewhere bodies), a
+                             // waiter's; 2 once it failed by following another execution (run.cpp)
   unsigned fork_generation;  // g_fork_generation when created: waits from a forked child fail
 };
 
@@ -182,6 +184,9 @@ class SavedError {
 PyObject* raise_stored(PyObject* exc);
 // add_task_note: adds "distaff: raised in task 'name' (execution N)" to a body's exception.
 void add_task_note(PyObject* exc, const Execution& ex);
+// add_forward_note: the note of an execution that forwarded to one that failed with `exc` (the
+// error passes through it as if its body had let it propagate; _errors._note_forward).
+void add_forward_note(PyObject* exc, const Execution& ex);
 // note_handout: distaff hands a failed execution's exception to the code of execution `receiver`
 // (result(), exception(), await in a body); add_task_note then knows a propagation from a shared
 // instance raised afresh.

@@ -18,6 +18,7 @@ PyObject* UnobservedHook = nullptr;
 PyObject* AsyncAwaitHook = nullptr;
 PyObject* NoteHook = nullptr;
 PyObject* HandoutHook = nullptr;
+PyObject* ForwardNoteHook = nullptr;
 
 bool init_errors(PyObject* module) {
   // The exception classes are defined in Python (distaff/_errors.py) so users can see and subclass
@@ -31,7 +32,7 @@ bool init_errors(PyObject* module) {
                {&DeadlockError, "DeadlockError"},   {&InternalError, "InternalError"},
                {&ShutdownError, "ShutdownError"},   {&UnobservedHook, "log_unobserved"},
                {&TimeoutErrorType, "TimeoutError"}, {&NoteHook, "_note_failure"},
-               {&HandoutHook, "_handed_out"}};
+               {&HandoutHook, "_handed_out"},       {&ForwardNoteHook, "_note_forward"}};
   for (auto& n : names) {
     *n.slot = PyObject_GetAttrString(m, n.name);
     if (!*n.slot) {
@@ -107,6 +108,24 @@ void add_task_note(PyObject* exc, const Execution& ex) {
     Py_DECREF(r);
   } else {
     PyErr_Clear();  // an exception type that refuses notes keeps its original message
+  }
+}
+
+void add_forward_note(PyObject* exc, const Execution& ex) {
+  if (!PyExceptionInstance_Check(exc)) return;
+  PyObject* note = PyUnicode_FromFormat("distaff: raised in %s '%s' (execution %llu)",
+                                        to_string(ex.kind()), ex.name().c_str(),
+                                        static_cast<unsigned long long>(ex.id()));
+  if (!note) {
+    PyErr_Clear();
+    return;
+  }
+  PyObject* r = PyObject_CallFunction(ForwardNoteHook, "OOK", exc, note, static_cast<unsigned long long>(ex.id()));
+  Py_DECREF(note);
+  if (r) {
+    Py_DECREF(r);
+  } else {
+    PyErr_Clear();
   }
 }
 

@@ -138,7 +138,10 @@ PyObject* raw_completion_next(PyObject*, PyObject* const* a, Py_ssize_t n) {
 }
 
 // combine(execs, mode, finalizer, name) -> Execution: finished with finalizer(execs) once the
-// condition holds (its return value, or the exception it raises).
+// condition holds (its return value, or the exception it raises; the sentinel COMBINE_CANCELLED
+// finishes it cancelled: a gather whose last unfinished member was cancelled).
+PyObject* g_combine_cancelled = nullptr;  // the sentinel, created once by init_wait
+
 struct Combine {
   PyExecution* pe;       // strong
   PyObject* finalizer;   // strong
@@ -150,7 +153,10 @@ void combine_ready(void* arg) {
   // Runs where the satisfying member finished: inside complete(), GIL held.
   auto* c = static_cast<Combine*>(arg);
   PyObject* r = PyObject_CallOneArg(c->finalizer, c->members);
-  if (r) {
+  if (r == g_combine_cancelled) {
+    Py_DECREF(r);
+    complete(c->pe, State::cancelled, nullptr);
+  } else if (r) {
     complete(c->pe, State::succeeded, r);
   } else {
     complete(c->pe, State::failed, fetch_exception());
@@ -192,7 +198,9 @@ PyObject* raw_combine(PyObject*, PyObject* const* a, Py_ssize_t n) {
 PyObject* raw_promise(PyObject*, PyObject* name) {
   const char* s = PyUnicode_AsUTF8(name);
   if (!s) return nullptr;
-  return reinterpret_cast<PyObject*>(new_virtual_execution(s, Kind::task));
+  PyExecution* pe = new_virtual_execution(s, Kind::task);
+  if (pe) pe->promise = 1;
+  return reinterpret_cast<PyObject*>(pe);
 }
 
 PyObject* raw_settle(PyObject*, PyObject* const* a, Py_ssize_t n) {
@@ -217,7 +225,26 @@ PyObject* raw_settle(PyObject*, PyObject* const* a, Py_ssize_t n) {
   return PyBool_FromLong(complete(pe, State::failed, Py_NewRef(a[2])));
 }
 
+// check_wait(waiter, target): DeadlockError if `waiter` waiting for `target` would close a cycle of
+// waits (an async def body under a retry policy awaiting the Execution it returned: _async_body.py;
+// on its loop there is no current execution to check for it).
+PyObject* raw_check_wait(PyObject*, PyObject* const* a, Py_ssize_t n) {
+  if (n != 2 || !is_execution(a[0]) || !is_execution(a[1])) {
+    PyErr_SetString(PyExc_TypeError, "check_wait(waiter, target)");
+    return nullptr;
+  }
+  Execution& waiter = *as_pe(a[0])->core;
+  Execution& target = *as_pe(a[1])->core;
+  if (&target == &waiter || (!target.done() && waiter.would_deadlock(target))) {
+    raise_deadlock(waiter, target);
+    return nullptr;
+  }
+  Py_RETURN_NONE;
+}
+
 PyMethodDef wait_functions[] = {
+    {"check_wait", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&raw_check_wait)), METH_FASTCALL,
+     "check_wait(waiter, target): DeadlockError if waiter waiting for target would close a cycle"},
     {"wait_set", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&raw_wait_set)), METH_FASTCALL,
      "wait_set(execs, timeout, mode) -> (satisfied, first_failed_index)"},
     {"completion", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&raw_completion)), METH_FASTCALL,
@@ -233,6 +260,13 @@ PyMethodDef wait_functions[] = {
 
 }  // namespace
 
-bool init_wait(PyObject* module) { return PyModule_AddFunctions(module, wait_functions) == 0; }
+bool init_wait(PyObject* module) {
+  if (!g_combine_cancelled) {
+    g_combine_cancelled = PyObject_CallNoArgs(reinterpret_cast<PyObject*>(&PyBaseObject_Type));
+    if (!g_combine_cancelled) return false;
+  }
+  return PyModule_AddFunctions(module, wait_functions) == 0 &&
+         PyModule_AddObjectRef(module, "COMBINE_CANCELLED", g_combine_cancelled) == 0;
+}
 
 }  // namespace distaff::py

@@ -76,6 +76,17 @@ void forward_done(Execution& target_core, void* arg) {
       break;
     case State::failed:
       target->observed = 1;
+      if (pe->promise) {
+        // A promise is no execution: no note of its own, but the one that follows it (the
+        // execution whose async def or executor= body returned an Execution) gets one below.
+        pe->promise = 2;
+      } else if (target->exc && (!target->promise || target->promise == 2)) {
+        // The error passes through this execution as if its body had raised it: handed to it
+        // (so the notes it has are kept), then a note of its own (docs/concepts.md#errors). Not
+        // when it follows its own body's promise settled with the body's error: that was noted
+        // where it was settled (_AsyncBody._settle, the executor's remote-traceback note).
+        add_forward_note(target->exc, *pe->core);
+      }
       complete(pe, State::failed, target->exc ? Py_NewRef(target->exc) : nullptr);
       break;
     default:

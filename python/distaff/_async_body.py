@@ -65,6 +65,7 @@ class _AsyncBody(Elsewhere):
         self.stopped = False
         self.attempt = 1
         self.shipped_ns = 0
+        self.slot = None
         # Weakly: a pending body must not keep a dropped loop alive (its collection cancels the body).
         self.loop = weakref.ref(loop) if loop is not None else None
         self.gated = gated
@@ -148,7 +149,7 @@ class _AsyncBody(Elsewhere):
     def _fallback(self, exc: BaseException) -> None:
         # On the loop, in the body's place: fallback(*args, **kwargs, exc=exc), awaited if awaitable.
         task = asyncio.get_running_loop().create_task(
-            _fall_back(self.me, self.policy.fallback, self.args, self.kwargs, exc))
+            _fall_back(self.me, self.policy.fallback, self.args, self.kwargs, exc, self.slot))
         self.handle = weakref.ref(task)
         task.add_done_callback(self._fallback_done)
         if self.stopped:
@@ -217,15 +218,30 @@ async def _run(body: _AsyncBody, me: Any, fn: Any, args: Any, kwargs: Any, delay
     if delay:
         await asyncio.sleep(delay)
         body.shipped_ns = _monotonic_ns()
+    slot = body.slot
+    if slot is not None and slot.released and not (me is not None and me.done()):
+        await slot.resume_async()  # a retry after a forwarded failure: the body takes a slot again
     if body.attempt > 1 and me is not None:  # a retry starts: the current attempt's number
         me._annotate("attempts", body.attempt)
     if _trace._hubs:
         body._ship_record()
-    return await fn(*args, **kwargs)
+    r = await fn(*args, **kwargs)
+    if body.policy is not None and isinstance(r, _core.Execution):
+        # Forwarding under a policy: the returned execution's outcome is this attempt's (a failure
+        # is retried, then falls back). Awaited here, without a concurrency slot meanwhile; a
+        # cancelled one cancels this task, so the execution ends cancelled as a plain forward does.
+        if me is not None:
+            _core.check_wait(me, r)  # a cycle (it waits on this one): DeadlockError, not a hang
+        if slot is not None:
+            slot.pause()
+        return await r
+    return r
 
 
-async def _fall_back(me: Any, fallback: Callable, args: Any, kwargs: Any, exc: BaseException) -> Any:
+async def _fall_back(me: Any, fallback: Callable, args: Any, kwargs: Any, exc: BaseException, slot: Any = None) -> Any:
     if me is not None:
         _async_current.set(me)
+    if slot is not None and slot.released and not (me is not None and me.done()):
+        await slot.resume_async()  # after a forwarded failure: the fallback runs with a slot, as a body
     r = fallback(*args, **kwargs, exc=exc)
     return (await r) if inspect.isawaitable(r) else r

@@ -52,7 +52,7 @@ class Elsewhere:
     fiber calls it, it starts the work and returns the promise the execution forwards to."""
 
     __slots__ = ("fn", "policy", "name", "engine", "timeout", "me", "promise", "args", "kwargs",
-                 "attempt", "handle", "stopped", "shipped_ns")
+                 "attempt", "handle", "stopped", "shipped_ns", "slot")
 
     def __init__(self, fn: Callable, policy: Any, name: str, engine: Any, timeout: float | None = None) -> None:
         self.fn = fn
@@ -64,6 +64,7 @@ class Elsewhere:
         self.stopped = False
         self.attempt = 1
         self.shipped_ns = 0
+        self.slot = None  # a concurrency= slot (_sync._Slot), set by the submitter
 
     # -- in the execution's fiber -----------------------------------------------------------------
 
@@ -163,6 +164,8 @@ class Elsewhere:
         # The last word on this execution: let go of the body, its arguments and the cycle through
         # the execution's done callback.
         promise = self.promise
+        if ok and self.slot is not None and isinstance(value, _core.Execution):
+            self.slot.pause()  # it forwards: no concurrency slot while the other one runs
         self.fn = self.args = self.kwargs = self.me = self.handle = None
         _settle(promise, ok, value)
 

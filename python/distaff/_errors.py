@@ -203,6 +203,22 @@ def _note_failure(exc: BaseException, text: str, execution_id: int) -> None:
         notes.append(note)
 
 
+def _note_forward(exc: BaseException, text: str, execution_id: int) -> None:
+    """Execution ``execution_id`` forwarded to one that failed with ``exc`` (its body returned that
+    Execution): the error passes through it as if the body had received and re-raised it — one
+    more note, nothing reset. An execution that already noted it (an ``async def`` or executor
+    body, whose promise it follows, noted its own failure when it settled) gets no second note."""
+    notes = getattr(exc, "__notes__", None)
+    if notes is not None:
+        if type(notes) is not list:
+            return
+        last = _last_note(notes)
+        if last is not None and str(last) == text:
+            return
+    _handed_out(exc, execution_id)
+    _note_failure(exc, text, execution_id)
+
+
 def _handed_out(exc: BaseException, execution_id: int) -> None:
     """distaff gave ``exc`` (a failed execution's error) to the code of execution ``execution_id``."""
     notes = getattr(exc, "__notes__", None)

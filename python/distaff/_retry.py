@@ -10,8 +10,10 @@ import math
 import random
 from typing import Any, Callable
 
-from . import _core
+from . import _core, _sync
 from . import _validate as _v
+
+_Execution = _core.Execution
 
 
 class RetryPolicy:
@@ -107,15 +109,37 @@ def _retrying(fn: Callable, policy: RetryPolicy) -> Callable:
     @functools.wraps(fn)
     def call(*args: Any, **kwargs: Any) -> Any:
         attempts = _Attempts(policy)
+        paused = None  # the concurrency slot released while waiting for a returned Execution
         while True:
+            if paused is not None:  # the next attempt runs the body again: it takes a slot first
+                paused.resume()
+                paused = None
             attempts.begin()
             try:
-                return fn(*args, **kwargs)
+                r = fn(*args, **kwargs)
+                if r.__class__ is not _Execution and not isinstance(r, _Execution):
+                    return r
+                # Forwarding under a policy: the returned execution's outcome is this attempt's
+                # (a failure is retried, then falls back, as if the body had called it). So the
+                # fiber waits for it here; a concurrency slot is not held meanwhile.
+                paused = _sync._held_slots.get(attempts.me.id) if attempts.me is not None else None
+                if paused is not None:
+                    paused.pause()
+                try:
+                    return r.result()
+                except BaseException:
+                    me = attempts.me
+                    if r.done() and r.cancelled() and not (me is not None and me.done()):
+                        return r  # it was cancelled: so is this execution, as a plain forward would be
+                    raise
             except policy.retry_on as exc:
                 step = attempts.failed(exc)
                 if step is _RAISE:
                     raise
                 if step is _FALLBACK:
+                    if paused is not None:  # the fallback runs in the body's place: with a slot
+                        paused.resume()
+                        paused = None
                     return policy.fallback(*args, **kwargs, exc=exc)
             _core.sleep(step)  # suspends the fiber, not the thread
 

@@ -376,7 +376,11 @@ class _Limiter(_Waitable):
 
 class _Slot:
     """The body side of a concurrency slot (see _Limiter.watch): whichever of "the execution
-    finished" and "the body returned" comes last releases the slot."""
+    finished" and "the body returned" comes last releases the slot. A body that returns an
+    Execution (forwarding) has returned: its slot is released then, not when the execution it
+    forwarded to ends — that one may be a call of the same task, queued for this very slot. A body
+    with retries= that waits for the execution it returned (_retry.py) holds no slot meanwhile
+    (``pause``) and takes one again before its next attempt (``resume``)."""
 
     __slots__ = ("limiter", "mu", "running", "finished", "released")
 
@@ -402,6 +406,35 @@ class _Slot:
         if release:
             self.limiter._handoff()
 
+    def pause(self) -> None:
+        """The body returned an Execution (it forwards, or waits for it under a retry policy):
+        the slot is free from now on, whether or not the execution has finished."""
+        with self.mu:
+            release = not self.released
+            self.released = True
+        if release:
+            self.limiter._handoff()
+
+    def resume(self) -> None:
+        """Takes a slot again after ``pause``, in the body's fiber, queued behind the executions
+        already waiting for one (FIFO). A cancel or timeout while queued raises here; a slot handed
+        over in that instant is passed on (_Waitable._wait_sync)."""
+        limiter = self.limiter
+        p = limiter._enqueue()
+        if p is not None:
+            limiter._wait_sync(p, None)
+        with self.mu:
+            self.released = False  # held again: released by leave() (or the next pause)
+
+    async def resume_async(self) -> None:
+        """``resume`` for an ``async def`` body's next attempt, on its event loop."""
+        limiter = self.limiter
+        p = limiter._enqueue()
+        if p is not None:
+            await limiter._wait_async(p, None)
+        with self.mu:
+            self.released = False
+
     def execution_done(self) -> bool:
         """The execution finished: True if the slot is to be released now (no body running)."""
         with self.mu:
@@ -409,6 +442,11 @@ class _Slot:
             release = not self.running and not self.released
             self.released = self.released or release
             return release
+
+
+# The slot each running limited body holds, by execution id (the retry driver pauses it while the
+# body waits for an Execution it returned: _retry._retrying).
+_held_slots: dict = {}
 
 
 class _SlotBody:
@@ -421,12 +459,22 @@ class _SlotBody:
         self.slot = slot
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if not self.slot.enter():
+        slot = self.slot
+        if not slot.enter():
             raise CancelledError("the execution ended before its body started")
+        me = _core.current_execution()
+        key = me.id if me is not None else None
+        if key is not None:
+            _held_slots[key] = slot
         try:
-            return self.fn(*args, **kwargs)
+            r = self.fn(*args, **kwargs)
+            if isinstance(r, _core.Execution):
+                slot.pause()  # the body returned: it forwards, and holds no slot while it does
+            return r
         finally:
-            self.slot.leave()
+            if key is not None:
+                _held_slots.pop(key, None)
+            slot.leave()
 
 
 def check_concurrency(value: Any) -> int | None:

@@ -255,10 +255,11 @@ class Task:
             limiter = self._limiters.setdefault(limit, _sync._Limiter(limit, self.name))
         # A body running here holds its slot until it returns (cancel and timeout cannot stop a
         # blocking call); async and remote bodies hand over and return at once: their slot ends
-        # with the execution.
-        slot = None
-        if not self.is_async and not isinstance(body, _elsewhere.Job):
-            slot = _sync._Slot(limiter)
+        # with the execution — or when their body returns an Execution (it forwards: _Slot.pause).
+        slot = _sync._Slot(limiter)
+        if isinstance(body, _elsewhere.Elsewhere):
+            body.slot = slot
+        else:
             body = _sync._SlotBody(body, slot)
         gate = limiter._enqueue()
         if gate is not None:

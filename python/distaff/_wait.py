@@ -18,6 +18,7 @@ FIRST_EXCEPTION = "FIRST_EXCEPTION"
 ALL_COMPLETED = "ALL_COMPLETED"
 _ALL = int(_core.WaitFor.ALL_COMPLETED)
 _FIRST_EXCEPTION = int(_core.WaitFor.FIRST_EXCEPTION)
+_COMBINE_CANCELLED = _core.COMBINE_CANCELLED  # a finalizer's answer: the handle ends cancelled
 _EXHAUSTED = _core.COMPLETION_EXHAUSTED  # completion_next: every member was returned
 _MODES = {
     ALL_COMPLETED: _ALL,
@@ -238,12 +239,17 @@ def gather(*execs: Execution, return_exceptions: bool = False, progress: bool = 
         if not isinstance(e, Execution):
             raise TypeError(f"gather() takes Executions, got {type(e).__name__}")
 
-    def finish(ms: list) -> list:
+    def finish(ms: list) -> Any:
         if return_exceptions:
             return [_outcome_or_exception(m) for m in ms]
         for m in ms:
             if m.done() and not m.cancelled() and m.exception() is not None:
                 raise m.exception()
+        # Every member is done. One that was cancelled ends the gather cancelled (asyncio.gather's
+        # rule, as _link_cancellation applies it while others still run): the wait-set's callback
+        # runs before that one when the cancelled member was the last to finish.
+        if any(m.cancelled() for m in ms):
+            return _COMBINE_CANCELLED
         return [m.result() for m in ms]
 
     handle = _core.combine(members, _ALL if return_exceptions else _FIRST_EXCEPTION, finish, "gather")

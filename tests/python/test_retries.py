@@ -14,7 +14,7 @@ import pytest
 import distaff
 from distaff import RetryPolicy
 
-from conftest import settle
+from conftest import run_python, settle
 
 
 def test_retries_until_success_record_each_attempt(engine):
@@ -342,3 +342,159 @@ def test_async_task_attempts_are_visible_in_the_description(engine):
     assert ex.result(timeout=30) == "ok"
     assert ex.description.get("attempts") == 3
     assert len(ex.description.get("attempt_errors", [])) == 2
+
+
+# -- a body that returns an Execution (forwarding): the policy applies to the forwarded outcome ----
+
+
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+def test_retries_and_fallback_apply_to_a_forwarded_failure(engine, is_async):
+    # Outsider finding: `return failing.submit()` skipped retries= and fallback= (ValueError after
+    # one attempt), where `return failing()` gave the fallback. The forwarded execution's failure is
+    # now this attempt's: the body runs again, then the fallback answers. Failed before the fix.
+    runs = []
+
+    @engine.task
+    def failing(tag):
+        runs.append(tag)
+        raise ValueError(f"v{len(runs)}")
+
+    if is_async:
+        @engine.workflow(retries=2, fallback=lambda *, exc: ("fallback", str(exc)))
+        async def w():
+            return failing.submit(len(runs))
+    else:
+        @engine.workflow(retries=2, fallback=lambda *, exc: ("fallback", str(exc)))
+        def w():
+            return failing.submit(len(runs))
+
+    ex = w.submit()
+    assert ex.result(timeout=30) == ("fallback", "v3")
+    assert runs == [0, 1, 2], "the body ran once per attempt, each forwarding to a fresh call"
+    d = ex.description
+    assert d["attempts"] == 3
+    assert [e["error"] for e in d["attempt_errors"]] == ["ValueError('v1')", "ValueError('v2')", "ValueError('v3')"]
+
+
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+def test_a_forwarded_failure_is_retried_until_it_succeeds_or_raises_the_last_error(engine, is_async):
+    runs = []
+
+    @engine.task(name="flaky")
+    def flaky(ok_on):
+        runs.append(1)
+        if len(runs) < ok_on:
+            raise ConnectionError(f"try {len(runs)}")
+        return len(runs)
+
+    if is_async:
+        @engine.task(retries=2, name="fwd")
+        async def fwd(ok_on):
+            return flaky.submit(ok_on)
+    else:
+        @engine.task(retries=2, name="fwd")
+        def fwd(ok_on):
+            return flaky.submit(ok_on)
+
+    assert fwd.submit(2).result(timeout=30) == 2
+    runs.clear()
+    ex = fwd.submit(10)
+    with pytest.raises(ConnectionError, match="try 3"):
+        ex.result(timeout=30)
+    assert ex.description["attempts"] == 3 and len(runs) == 3
+    notes = ex.exception().__notes__
+    assert any("'flaky'" in n for n in notes) and any(f"'fwd' (execution {ex.id})" in n for n in notes), notes
+
+
+def test_a_cancelled_forward_under_a_retry_policy_cancels_without_retrying(engine, new_gate):
+    gate, started = new_gate(), threading.Event()
+    box = {}
+
+    @engine.task
+    def leaf():
+        from conftest import fiber_wait
+
+        fiber_wait(gate)
+        return 1
+
+    @engine.task(retries=3, fallback=lambda *, exc: "fallback")
+    def fwd():
+        box["leaf"] = leaf.submit()
+        started.set()
+        return box["leaf"]
+
+    ex = fwd.submit()
+    assert started.wait(30)
+    assert box["leaf"].cancel()
+    with pytest.raises(distaff.CancelledError):
+        ex.result(timeout=30)
+    assert ex.cancelled() and ex.description["attempts"] == 1
+
+
+def test_a_forwarding_execution_adds_its_note_to_the_error(engine):
+    # concepts.md promises a note for each task or workflow an error passed through; a workflow that
+    # returned the failing Execution added none (outsider finding; failed before the fix).
+    @engine.task(name="fails")
+    def fails():
+        raise KeyError("k")
+
+    @engine.workflow(name="fwd")
+    def fwd():
+        return fails.submit()
+
+    @engine.workflow(name="fwd2")
+    def fwd2():
+        return fwd.submit()
+
+    ex = fwd2.submit()
+    err = ex.exception(timeout=30)
+    assert isinstance(err, KeyError)
+    notes = [n for n in err.__notes__ if n.startswith("distaff:")]
+    assert len(notes) == 3, notes
+    assert "task 'fails'" in notes[0] and "workflow 'fwd'" in notes[1] and f"workflow 'fwd2' (execution {ex.id})" in notes[2]
+    with pytest.raises(KeyError) as info:
+        fwd()
+    assert [n.split(" (")[0] for n in info.value.__notes__] == [
+        "distaff: raised in task 'fails'", "distaff: raised in workflow 'fwd'"]
+
+
+def test_an_async_body_that_forwards_adds_its_note_and_an_executor_body_noted_once(engine):
+    @engine.task(name="fails")
+    def fails():
+        raise KeyError("k")
+
+    @engine.workflow(name="afwd")
+    async def afwd():
+        return fails.submit()
+
+    @engine.task(name="araises")
+    async def araises():
+        raise KeyError("own")
+
+    ex = afwd.submit()
+    err = ex.exception(timeout=30)
+    notes = [n.split(" (")[0] for n in err.__notes__]
+    assert notes == ["distaff: raised in task 'fails'", "distaff: raised in workflow 'afwd'"], err.__notes__
+    own = araises.submit().exception(timeout=30)
+    assert [n.split(" (")[0] for n in own.__notes__] == ["distaff: raised in task 'araises'"], own.__notes__
+
+
+def test_an_async_body_under_retries_returning_a_cycle_gets_deadlock_error():
+    # With a policy an async body awaits the Execution it returned; one that waits on this very
+    # execution would never finish. The cycle is refused as a plain forward refuses it.
+    code = r"""
+    import distaff
+
+    @distaff.task(wait=True)
+    def dep(a):
+        return a.result()
+
+    @distaff.task(retries=1, fallback=lambda *, exc: type(exc).__name__)
+    async def acyc():
+        return dep.submit(distaff.current_execution())
+
+    print(acyc.submit().result(timeout=30))
+    """
+    r = run_python(code, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "DeadlockError", (r.stdout, r.stderr)

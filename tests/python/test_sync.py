@@ -13,7 +13,7 @@ import pytest
 
 import distaff
 
-from conftest import ROOT
+from conftest import ROOT, run_python
 
 
 @pytest.fixture
@@ -414,3 +414,119 @@ def test_concurrency_counts_bodies_still_running_after_a_timeout_or_cancel():
     assert engine.wait_idle(timeout=30)
     assert state["most"] == 1 and state["entered"] == 2
     engine.shutdown()
+
+
+def test_concurrency_slot_is_released_when_a_body_returns_an_execution():
+    # Outsider finding: `@task(concurrency=1) def walk(n): return walk.submit(n - 1)` hung: the
+    # forwarding execution kept its slot until the run it forwarded to ended, and that run waited
+    # for the slot. A body that returns an Execution has returned: its slot is free from then on —
+    # sync bodies, async def bodies, bodies on an executor=, with and without retries=, and a
+    # forwarding chain under concurrency=2. Fresh interpreter with a deadline: hung before the fix.
+    code = r"""
+    import asyncio, concurrent.futures as cf, threading
+    import distaff
+
+    @distaff.task(concurrency=1)
+    def walk(n):
+        return walk.submit(n - 1) if n else "bottom"
+
+    @distaff.task(concurrency=2)
+    def walk2(n):
+        return walk2.submit(n - 1) if n else "bottom2"
+
+    @distaff.task(concurrency=1)
+    async def awalk(n):
+        return awalk.submit(n - 1) if n else "abottom"
+
+    pool = cf.ThreadPoolExecutor(2)
+
+    @distaff.task(concurrency=1, executor=pool)
+    def ewalk(n):
+        return ewalk.submit(n - 1) if n else "ebottom"
+
+    @distaff.task(concurrency=1, retries=1)
+    def rwalk(n):
+        return rwalk.submit(n - 1) if n else "rbottom"
+
+    @distaff.task(concurrency=1, retries=1)
+    async def arwalk(n):
+        return arwalk.submit(n - 1) if n else "arbottom"
+
+    print(walk(1), walk(5), walk2(1), walk2(5), awalk(3), ewalk(3), rwalk(3), arwalk(3))
+
+    # The limit still bounds the bodies that run: a chain of 20 under concurrency=2, each body
+    # parked for a moment, never has more than 2 inside at once.
+    mu = threading.Lock()
+    state = {"inside": 0, "most": 0}
+
+    @distaff.task(concurrency=2)
+    def chain(n):
+        with mu:
+            state["inside"] += 1
+            state["most"] = max(state["most"], state["inside"])
+        try:
+            distaff.sleep(0.002)
+        finally:
+            with mu:
+                state["inside"] -= 1
+        return chain.submit(n - 1) if n else n
+
+    assert distaff.gather(*[chain.submit(20) for _ in range(4)]).result(timeout=60) == [0] * 4
+    print("most", state["most"])
+    pool.shutdown()
+    """
+    r = run_python(code, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split("\n")[0] == "bottom bottom bottom2 bottom2 abottom ebottom rbottom arbottom", r.stdout
+    assert "most 2" in r.stdout, r.stdout
+    assert r.stderr == "", r.stderr
+
+
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+def test_a_forwarding_body_under_retries_takes_its_slot_again_for_each_attempt(engine, is_async):
+    # While a body with retries= waits for the Execution it returned it holds no slot; its next
+    # attempt and its fallback take one again, so the limit still bounds what runs: 10 executions
+    # x 2 attempts + fallback under concurrency=1 never have two bodies or fallbacks inside at once.
+    mu = threading.Lock()
+    state = {"inside": 0, "most": 0}
+
+    def enter():
+        with mu:
+            state["inside"] += 1
+            state["most"] = max(state["most"], state["inside"])
+
+    def leave():
+        with mu:
+            state["inside"] -= 1
+
+    @engine.task
+    def failing():
+        raise ValueError("v")
+
+    def fallback(i, *, exc):
+        enter()
+        leave()
+        return ("fallback", i)
+
+    if is_async:
+        @engine.task(concurrency=1, retries=1, fallback=fallback)
+        async def step(i):
+            enter()
+            try:
+                await asyncio.sleep(0.001)
+            finally:
+                leave()
+            return failing.submit()
+    else:
+        @engine.task(concurrency=1, retries=1, fallback=fallback)
+        def step(i):
+            enter()
+            try:
+                distaff.sleep(0.001)
+            finally:
+                leave()
+            return failing.submit()
+
+    out = distaff.gather(*[step.submit(i) for i in range(10)]).result(timeout=60)
+    assert out == [("fallback", i) for i in range(10)]
+    assert state["most"] == 1, state

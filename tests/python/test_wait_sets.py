@@ -704,6 +704,75 @@ def test_a_cancelled_member_ends_the_gather_cancelled_at_once_and_unlogged(membe
     assert "failed and nobody retrieved" not in caplog.text
 
 
+@pytest.mark.parametrize("n, which", [(1, 0), (2, 1), (2, 0), (3, 1), (3, 2)])
+def test_a_gather_whose_last_unfinished_member_is_cancelled_ends_cancelled(engine, members, new_gate, caplog, n, which):
+    # The wait-set's callback ran before the cancelled-member one when the cancelled member was the
+    # last to finish, and finished the gather *failed* with the member's CancelledError (logged as an
+    # unretrieved failure; a wait= dependent said "failed: CancelledError"). Failed before the fix.
+    @engine.task(wait=True)
+    def after(dep):
+        return dep.result()
+
+    gates = [new_gate() for _ in range(n)]
+    ms = [members.submit(i, gates[i]) for i in range(n)]
+    g = distaff.gather(*ms)
+    dependent = after.submit(g)
+    for i in range(n):
+        if i != which:
+            gates[i].set()
+            assert ms[i].result(timeout=30) == i
+    assert not g.done()
+    assert ms[which].cancel()
+    assert g.done(), "the gather did not end at once"
+    assert g.state == "cancelled" and g.cancelled()
+    with pytest.raises(distaff.CancelledError):
+        g.result(timeout=30)
+    err = dependent.exception(timeout=30)
+    assert isinstance(err, distaff.DependencyError) and "was cancelled" in str(err), err
+    del g, dependent, err
+    collect()
+    distaff._core._drain_unobserved()
+    assert "failed and nobody retrieved" not in caplog.text
+
+
+def test_a_member_cancel_racing_the_other_members_finish_never_fails_the_gather(engine, members, new_gate, caplog):
+    # Stress: the cancel of one member and the finish of the other (and of the cancelled one itself)
+    # race on two threads; whichever is last, the gather ends cancelled if the cancel won, else
+    # succeeded — never failed.
+    outcomes = set()
+    for _ in range(200):
+        ga, gb = new_gate(), new_gate()
+        a, b = members.submit(0, ga), members.submit(1, gb)
+        g = distaff.gather(a, b)
+        barrier = threading.Barrier(2)
+
+        def finish():
+            barrier.wait()
+            ga.set()
+            gb.set()
+
+        def cancel():
+            barrier.wait()
+            b.cancel()
+
+        threads = [threading.Thread(target=finish), threading.Thread(target=cancel)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert distaff.wait([g], timeout=30).not_done == set()
+        if b.cancelled():
+            assert g.state == "cancelled", (a.state, b.state, g.state)
+        else:
+            assert g.state == "succeeded" and g.result() == [0, 1]
+        outcomes.add(g.state)
+    del g
+    collect()
+    distaff._core._drain_unobserved()
+    assert "failed and nobody retrieved" not in caplog.text
+    assert "cancelled" in outcomes
+
+
 def test_gather_with_return_exceptions_reports_a_cancelled_member_in_place(members):
     a = members.submit(1)
     c = members.submit(2)
