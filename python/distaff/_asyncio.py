@@ -2,8 +2,9 @@
 
 Completions arrive on worker threads. Each loop has an inbox; a completion appends to it and only
 the first one of a batch calls ``loop.call_soon_threadsafe`` (one wake-up per batch, not one per
-execution). Cancelling the awaiting asyncio task does not cancel the execution: the execution is
-shared work, the awaiter is one interested party (see docs/asyncio.md).
+execution). A batch the loop never ran (it closed first) is dropped with the loop's callback
+(_Batch). Cancelling the awaiting asyncio task cancels the execution, as for an asyncio future
+(docs/asyncio.md).
 """
 
 from __future__ import annotations
@@ -25,15 +26,41 @@ _get_running_loop = asyncio._get_running_loop  # C-level, no exception when ther
 _ONE = object()  # an inbox item with one argument
 
 
+class _Batch:
+    """The deliveries of one wake-up. Owned by the loop's scheduled callback: if the loop closes
+    before it runs (asyncio.run returning, loop.close()), the loop drops that callback and with it
+    the batch and everything it holds — Executions, futures that hold the loop, their callbacks.
+    The inbox keeps only a weak reference: a strong one formed a cycle through the module's
+    WeakKeyDictionary (value -> future -> its loop, the key) that kept them all alive for good."""
+
+    __slots__ = ("items", "drained", "__weakref__")
+
+    def __init__(self) -> None:
+        self.items: list = []
+        self.drained = False
+
+    def run(self) -> None:
+        self.drained = True
+        items, self.items = self.items, []
+        for fn, a, b in items:
+            try:
+                if b is _ONE:
+                    fn(a)
+                else:
+                    fn(a, b)
+            except BaseException as exc:  # one bad delivery must not drop the rest of the batch
+                asyncio.get_running_loop().call_exception_handler({"message": "distaff: delivery to the event loop failed", "exception": exc})
+
+
 class _Inbox:
     # Holds its loop weakly: the inbox is a value of the WeakKeyDictionary keyed by that loop, and a
-    # strong reference here would keep every loop ever awaited on alive.
-    __slots__ = ("loop_ref", "items", "scheduled", "__weakref__")
+    # strong reference here would keep every loop ever awaited on alive. Its pending batch is weak
+    # too (see _Batch).
+    __slots__ = ("loop_ref", "batch_ref", "__weakref__")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop_ref = weakref.ref(loop)
-        self.items: list = []
-        self.scheduled = False
+        self.batch_ref = None
 
     def post(self, fut: asyncio.Future, execution) -> None:
         self.post_call2(_deliver, fut, execution)
@@ -44,30 +71,22 @@ class _Inbox:
 
     def post_call2(self, fn, a, b) -> None:
         """Delivers ``fn(a, b)`` on the loop. Runs on the completing thread with the GIL held: the
-        GIL makes append and the flag check each atomic; drain() clears the flag before swapping,
-        so nothing is stranded."""
-        self.items.append((fn, a, b))
-        if not self.scheduled:
-            self.scheduled = True
-            loop = self.loop_ref()
-            try:
-                if loop is None:
-                    raise RuntimeError("the event loop was garbage-collected")
-                loop.call_soon_threadsafe(self.drain)
-            except RuntimeError:  # the loop is closed: nobody is left to deliver to
-                self.items.clear()
-
-    def drain(self) -> None:
-        self.scheduled = False
-        items, self.items = self.items, []
-        for fn, a, b in items:
-            try:
-                if b is _ONE:
-                    fn(a)
-                else:
-                    fn(a, b)
-            except BaseException as exc:  # one bad delivery must not drop the rest of the batch
-                asyncio.get_running_loop().call_exception_handler({"message": "distaff: delivery to the event loop failed", "exception": exc})
+        GIL makes the check of the pending batch and the append one step; a batch that started
+        running (drained) takes no more, so nothing is stranded."""
+        batch = self.batch_ref() if self.batch_ref is not None else None
+        if batch is not None and not batch.drained:
+            batch.items.append((fn, a, b))
+            return
+        batch = _Batch()
+        batch.items.append((fn, a, b))
+        loop = self.loop_ref()
+        try:
+            if loop is None:
+                raise RuntimeError("the event loop was garbage-collected")
+            loop.call_soon_threadsafe(batch.run)
+        except RuntimeError:  # the loop is closed: nobody is left to deliver to
+            return
+        self.batch_ref = weakref.ref(batch)
 
 
 def _deliver(fut, execution) -> None:
