@@ -92,7 +92,10 @@ PyObject* raise_stored(PyObject* exc) {
   return nullptr;
 }
 
-void add_task_note(PyObject* exc, const Execution& ex) {
+namespace {
+// note_via: "distaff: raised in <kind> '<name>' (execution N)", added to exc by hook(exc, note, id).
+// An exception type that refuses notes keeps its original message.
+void note_via(PyObject* hook, PyObject* exc, const Execution& ex) {
   if (!PyExceptionInstance_Check(exc)) return;
   PyObject* note = PyUnicode_FromFormat("distaff: raised in %s '%s' (execution %llu)",
                                         to_string(ex.kind()), ex.name().c_str(),
@@ -101,33 +104,20 @@ void add_task_note(PyObject* exc, const Execution& ex) {
     PyErr_Clear();
     return;
   }
-  // Once per exception object and execution, never growing a shared instance (_errors._note_failure).
-  PyObject* r = PyObject_CallFunction(NoteHook, "OOK", exc, note, static_cast<unsigned long long>(ex.id()));
+  PyObject* r = PyObject_CallFunction(hook, "OOK", exc, note, static_cast<unsigned long long>(ex.id()));
   Py_DECREF(note);
   if (r) {
     Py_DECREF(r);
   } else {
-    PyErr_Clear();  // an exception type that refuses notes keeps its original message
+    PyErr_Clear();
   }
 }
+}  // namespace
 
-void add_forward_note(PyObject* exc, const Execution& ex) {
-  if (!PyExceptionInstance_Check(exc)) return;
-  PyObject* note = PyUnicode_FromFormat("distaff: raised in %s '%s' (execution %llu)",
-                                        to_string(ex.kind()), ex.name().c_str(),
-                                        static_cast<unsigned long long>(ex.id()));
-  if (!note) {
-    PyErr_Clear();
-    return;
-  }
-  PyObject* r = PyObject_CallFunction(ForwardNoteHook, "OOK", exc, note, static_cast<unsigned long long>(ex.id()));
-  Py_DECREF(note);
-  if (r) {
-    Py_DECREF(r);
-  } else {
-    PyErr_Clear();
-  }
-}
+// Once per exception object and execution, never growing a shared instance (_errors._note_failure).
+void add_task_note(PyObject* exc, const Execution& ex) { note_via(NoteHook, exc, ex); }
+
+void add_forward_note(PyObject* exc, const Execution& ex) { note_via(ForwardNoteHook, exc, ex); }
 
 void note_handout(PyObject* exc, std::uint64_t receiver) {
   PyObject* r = PyObject_CallFunction(HandoutHook, "OK", exc, static_cast<unsigned long long>(receiver));
