@@ -98,13 +98,16 @@ SANITIZE_PYTEST ?=
 # inherit the ASan preload without the build's options and die of SIGSEGV at start-up or hang;
 # `make test` runs them): test_bodies_run_on_the_backends_executor_threads_and_processes and
 # docs/examples/asyncflow_features.py.
+# And the import after the static TLS block was used up (static_tls_block): the sanitizer runtimes
+# (libasan, libubsan) themselves need static TLS, so the ASan build cannot load there at all;
+# `make test` runs it on the normal build.
 # And the HTML report's browser test (report_browser): the ASan preload would be inherited by
 # chromedriver and Chromium, which are not distaff code; `make test` runs it.
 SANITIZE_DESELECT ?= test_default_engine_after_fork_in_the_child_works_or_errors_clearly or executors_dask or executors_ray or report_browser \
   or test_a_segfaulting_worker_fails_only_its_execution or test_10k_executions_in_flight_cost_under_2_kib_each \
   or test_10k_suspended_executions_cost_under_6_kib_each \
   or test_bodies_run_on_the_backends_executor_threads_and_processes or asyncflow_features \
-  or test_fork_storm_while_busy
+  or test_fork_storm_while_busy or static_tls_block
 $(ASAN_PY):
 	$(PYTHON) -m venv .venv-asan
 	$(ASAN_PY) -m pip install -q --upgrade pip
