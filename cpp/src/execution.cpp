@@ -104,7 +104,10 @@ Execution* current_execution() noexcept { return tl_fiber_local.current; }
 
 Execution* interruptible_execution() noexcept {
   Execution* self = tl_fiber_local.current;
-  return self && !self->done() ? self : nullptr;
+  // A cancelled or timed-out execution is finished at once while its body still unwinds: its
+  // later waits still return `interrupted` at once (interrupt()'s contract), so a body that
+  // swallowed the asynchronous CancelledError cannot sleep on for good.
+  return self && (!self->done() || self->interrupted()) ? self : nullptr;
 }
 
 std::int64_t live_executions() noexcept { return g_live.load(std::memory_order_relaxed); }
@@ -245,6 +248,8 @@ WaitStatus sleep_until(Clock::time_point deadline) {
     std::this_thread::sleep_until(deadline);
     return WaitStatus::timeout;
   }
+  // A cancelled or timed-out body (finished at once, still unwinding) never sleeps: interrupted.
+  if (self->interrupted()) return WaitStatus::interrupted;
   if (self->done()) {
     // A done-callback running on the fiber of the execution it watched (interruptible_execution):
     // the execution cannot be cancelled any more, so this sleeps its full length (on the fiber).

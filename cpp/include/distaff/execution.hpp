@@ -260,7 +260,9 @@ inline ExecutionRef::~ExecutionRef() {
 Execution* current_execution() noexcept;
 
 // interruptible_execution: the execution whose cancel or timeout ends a wait started here now —
-// current_execution(), unless it has already finished. A finished execution's fiber still runs
+// current_execution(), unless it has already finished without being interrupted (a cancelled or
+// timed-out execution finishes at once; its body's later waits still end at once, interrupted).
+// A finished execution's fiber still runs
 // code: the done-callbacks run by its completion (and a body's own cancel() of itself runs them
 // before the body unwinds). Nothing can cancel or time out a finished execution any more, so such
 // a callback's waits end only by their own timeout or target, as the code that registered it would
