@@ -43,14 +43,32 @@ EXPECTED = [("lock contended", True), ("sem times out", False), ("event times ou
 """
 
 
+def _run_callback_program(program: str):
+    """Run _BLOCKING_CHECKS + program in a fresh interpreter; the program registers a callback that
+    calls checks(out, True) and sets ran, then the shared tail releases gate and checks out."""
+    proc = run_python(
+        _BLOCKING_CHECKS
+        + program
+        + """
+gate.set()
+assert ran.wait(20), "callback did not finish"
+assert out == EXPECTED, out
+print("OK")
+""",
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "OK" in proc.stdout
+    return proc
+
+
 @pytest.mark.parametrize("outcome", ["succeeded", "failed"])
 def test_blocking_calls_in_a_callback_run_on_a_worker_after_the_body_finished(outcome):
     """Registered from the main thread on an unfinished execution: the callback runs on the worker
     fiber that finished the body. Its sleeps sleep, its timeouts return False (not CancelledError /
     TimeoutError, as when the finished execution was taken for the one waiting)."""
-    proc = run_python(
-        _BLOCKING_CHECKS
-        + f"""
+    proc = _run_callback_program(
+        f"""
 gate = threading.Event()
 
 @distaff.task
@@ -63,22 +81,14 @@ def f():
 out, ran = [], threading.Event()
 ex = f.submit()
 ex.add_done_callback(lambda e: (checks(out, True), ran.set()))
-gate.set()
-assert ran.wait(20), "callback did not finish"
-assert out == EXPECTED, out
-print("OK")
-""",
-        timeout=60,
+"""
     )
-    assert proc.returncode == 0, proc.stderr
-    assert "OK" in proc.stdout
     assert "exception calling callback" not in proc.stderr, proc.stderr
 
 
 def test_blocking_calls_in_a_callback_registered_inside_a_body():
-    proc = run_python(
-        _BLOCKING_CHECKS
-        + """
+    _run_callback_program(
+        """
 gate = threading.Event()
 
 @distaff.task
@@ -95,15 +105,8 @@ def registrar():
     return ex.id
 
 registrar()
-gate.set()
-assert ran.wait(20), "callback did not finish"
-assert out == EXPECTED, out
-print("OK")
-""",
-        timeout=60,
+"""
     )
-    assert proc.returncode == 0, proc.stderr
-    assert "OK" in proc.stdout
 
 
 def test_blocking_calls_in_a_callback_run_at_once_in_a_body_wait_as_that_body():

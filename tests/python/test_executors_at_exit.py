@@ -35,6 +35,19 @@ atexit.register(count, "EXIT")
 """
 
 
+def _fire_and_forget(setup: str, executor: str, *, n: int, seconds: float) -> str:
+    """A program that runs setup, then submits n bodies of `seconds` of work each to `executor`
+    and exits without waiting for them (COUNT reports how they ended)."""
+    return COUNT + setup + textwrap.dedent(f"""
+        @distaff.task(executor={executor})
+        def f(i):
+            import time
+            time.sleep({seconds})
+            return i
+
+        exs.extend(f.submit(i) for i in range({n}))
+    """)
+
 @pytest.mark.parametrize("order", ["distaff-imported-first", "distaff-imported-last"])
 @pytest.mark.parametrize("kind", ["ThreadPoolExecutor", "ProcessPoolExecutor", "processes"])
 def test_fire_and_forget_bodies_on_an_executor_complete_at_exit(kind, order):
@@ -42,20 +55,12 @@ def test_fire_and_forget_bodies_on_an_executor_complete_at_exit(kind, order):
     # shutdown" on both pools, each logged as an unobserved failure (about 30 lines each).
     pool = {"ThreadPoolExecutor": "cf.ThreadPoolExecutor(2)", "ProcessPoolExecutor": "cf.ProcessPoolExecutor(2)",
             "processes": "'processes'"}[kind]
-    code = COUNT + textwrap.dedent(f"""
-        import time
-        {"import distaff" if order == "distaff-imported-first" else ""}
+    setup = ("import distaff\n" if order == "distaff-imported-first" else "") + textwrap.dedent(f"""
         import concurrent.futures as cf
         import distaff
         pool = {pool}
-
-        @distaff.task(executor=pool)
-        def f(i):
-            time.sleep(0.001)
-            return i
-
-        exs.extend(f.submit(i) for i in range(200))
     """)
+    code = _fire_and_forget(setup, "pool", n=200, seconds=0.001)
     r = run_python(code, timeout=180)
     assert r.returncode == 0, r.stderr
     assert "EXIT [('ok', 200)]" in r.stdout, (r.stdout, r.stderr)
@@ -186,15 +191,7 @@ def test_fire_and_forget_bodies_on_dask_complete_at_exit():
     # Before: 100 of 100 failed with "RuntimeError: cannot schedule new futures after interpreter
     # shutdown" (the client's own pool), each logged.
     pytest.importorskip("distributed")
-    code = COUNT + "import distaff\n" + DASK + textwrap.dedent("""
-        @distaff.task(executor=client)
-        def f(i):
-            import time
-            time.sleep(0.01)
-            return i
-
-        exs.extend(f.submit(i) for i in range(100))
-    """)
+    code = _fire_and_forget("import distaff\n" + DASK, "client", n=100, seconds=0.01)
     r = run_python(code, timeout=180)
     assert r.returncode == 0, r.stderr
     if sys.version_info < (3, 12) or "POOLS-STOPPED [('ok', 100)]" in r.stdout:
