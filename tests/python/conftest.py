@@ -1,5 +1,6 @@
 import gc
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -11,6 +12,12 @@ import pytest
 import distaff
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# Tests send SIGINT to child interpreters and expect a KeyboardInterrupt. A shell's background job
+# (`cmd &`, nohup) starts with SIGINT ignored, an ignored signal stays ignored across exec, and Python
+# then installs no handler for it: every Ctrl-C test would time out. Children inherit the default.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(params=[1, 2], ids=lambda n: f"workers{n}")
