@@ -90,22 +90,18 @@ class _Waitable:
         return p.done() and not p.cancelled()
 
     def _wait_sync(self, p: Any, timeout: float | None) -> bool:
-        # The execution whose own timeout= can end this wait: the one whose body runs here, unless
-        # it had finished before the wait began — a done-callback running on its fiber waits as the
-        # code that registered it, and only its own timeout ends the wait.
-        me = _core.current_execution()
-        if me is not None and me.done():
-            me = None
         try:
             p.result(timeout=timeout)
             return True
-        except (TimeoutError, _DistaffTimeout):
-            if timeout is not None and not (me is not None and me.done()):
-                return self._abandon(p)
-            # Not our timeout: the body's own timeout= fired while it waited here.
+        except _DistaffTimeout:
+            # The body's own timeout= fired while it waited here (or had fired before: every later
+            # wait of a timed-out body raises it again). Only this wait's own timeout elapsing
+            # raises the built-in TimeoutError, below.
             if self._abandon(p):
                 self._handoff()
             raise
+        except TimeoutError:
+            return self._abandon(p)
         except BaseException:
             if self._abandon(p):
                 self._handoff()  # handed over while we were being cancelled: pass it on
@@ -304,7 +300,9 @@ class Event:
             return True
         try:
             p.result(timeout=t)
-        except (TimeoutError, _DistaffTimeout):
+        except _DistaffTimeout:
+            raise  # the body's own timeout= (see _wait_sync), not this wait's
+        except TimeoutError:
             return self._flag
         return True
 

@@ -10,6 +10,7 @@ from typing import Any, Iterable
 
 from . import _core, _progress, _validate
 from ._errors import CancelledError, DependencyError
+from ._errors import TimeoutError as _DistaffTimeout
 
 Execution = _core.Execution
 
@@ -205,6 +206,8 @@ def _sync_iter(execs: list, deadline: float | None):
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
         try:
             idx = _core.completion_next(handle, remaining)
+        except _DistaffTimeout:
+            raise  # the body's own timeout= fired while it waited here
         except TimeoutError:
             raise TimeoutError(f"{len(execs) - returned} (of {len(execs)}) executions unfinished") from None
         if idx == _EXHAUSTED:

@@ -235,3 +235,69 @@ def test_result_wait_timeout_is_not_the_execution_timeout(engine, new_gate):
     assert not ex.done()
     gate.set()
     assert ex.result(timeout=30) == 1
+
+
+@pytest.mark.parametrize("wait", ["Event.wait", "Lock.acquire", "Semaphore.acquire", "as_completed"])
+def test_every_wait_of_a_timed_out_body_raises_its_timeout_error_not_a_false(wait):
+    """Outsider finding: after a body's timeout= fired, Event.wait(t) and acquire(timeout=t)
+    returned False at once (the timed-out body, finished while it unwinds, was taken for a
+    done-callback whose waits only their own timeout ends), so `while not ev.wait(1): pass` spun at
+    100% CPU for good. Each later wait raises the body's distaff.TimeoutError (concepts.md)."""
+    from conftest import run_python
+
+    proc = run_python(
+        f"""
+import time
+import distaff
+
+ev, lock, sem = distaff.Event(), distaff.Lock(), distaff.Semaphore(0)
+lock.acquire()
+other = distaff.Engine().submit(ev.wait)   # as_completed's member: unfinished until the end
+polls = []
+
+def wait_once():
+    kind = {wait!r}
+    if kind == "Event.wait":
+        return ev.wait(1.0)
+    if kind == "Lock.acquire":
+        return lock.acquire(timeout=1.0)
+    if kind == "Semaphore.acquire":
+        return sem.acquire(timeout=1.0)
+    for _ in distaff.as_completed([other], timeout=1.0):
+        return True
+
+@distaff.task(timeout=0.2)
+def poller():
+    try:
+        distaff.sleep(30)  # the timeout fires here; the body swallows it and polls on
+    except distaff.TimeoutError:
+        pass
+    while True:
+        try:
+            if wait_once():
+                return "woken"
+        except BaseException as e:
+            print("the wait raised distaff.TimeoutError:", type(e) is distaff.TimeoutError, flush=True)
+            raise
+        polls.append(None)
+        if len(polls) > 1000:
+            return "spun"
+
+ex = poller.submit()
+t0 = time.monotonic()
+try:
+    print("returned", ex.result())
+except distaff.TimeoutError:
+    pass
+assert ex.done() and type(ex.exception()) is distaff.TimeoutError, ex
+deadline = time.monotonic() + 20
+while distaff.default_engine().stats()["fibers"] and time.monotonic() < deadline:
+    time.sleep(0.01)
+print("fibers", distaff.default_engine().stats()["fibers"], "polls", len(polls))
+ev.set(); other.result()
+""",
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "fibers 0 polls 0" in proc.stdout, (proc.stdout, proc.stderr)
+    assert "the wait raised distaff.TimeoutError: True" in proc.stdout, (proc.stdout, proc.stderr)
