@@ -115,12 +115,15 @@ class Task:
         self._limiters: dict = {}
         self.concurrency = _sync.check_concurrency(concurrency)
         self.executor = _check_executor(executor, kind)  # docs/executors.md
-        self._check = _make_checker(fn, getattr(fn, "__qualname__", None) or self.name)
-        self._engine = engine
+        if fn is _placeholder:
+            return  # _decorator's check of the options alone: nothing below depends on them
         try:
-            accepts = inspect.signature(fn).parameters
+            sig = inspect.signature(fn)
         except (TypeError, ValueError):
-            accepts = {}
+            sig = None
+        self._check = None if sig is None else _make_checker(fn, getattr(fn, "__qualname__", None) or self.name, sig)
+        self._engine = engine
+        accepts = {} if sig is None else sig.parameters
         # A function with its own `workflow_id` parameter receives it (docs/concepts.md).
         self._strip_workflow_id = _WORKFLOW_ID not in accepts
         self._positional_range = _positional_range(accepts) if self._check is not None else (_core.NO_BOUND, _core.NO_BOUND)
