@@ -11,31 +11,38 @@ from typing import Any, Callable, Iterable
 from . import _core
 
 
-def _make_checker(fn: Callable, name: str) -> Callable | None:
+def _make_checker(fn: Callable, name: str, sig: Any = None) -> Callable | None:
     """A function with ``fn``'s parameters and an empty body: calling it checks arguments exactly.
 
     Built once at decoration, so a bad call fails in the caller at submit time with Python's own
     TypeError ("load_user() missing 1 required positional argument: 'uid'") at ~60 ns a call,
-    instead of inspect.Signature.bind's ~2 µs.
+    instead of inspect.Signature.bind's ~2 µs. ``sig``: ``inspect.signature(fn)`` if the caller
+    has it already.
     """
-    try:
-        sig = inspect.signature(fn)
-    except (TypeError, ValueError):
-        return None  # builtins and C callables without a signature are checked when called
-    params = []
-    for p in sig.parameters.values():
-        p = p.replace(annotation=inspect.Parameter.empty)
-        if p.default is not inspect.Parameter.empty:
-            p = p.replace(default=None)
-        params.append(p)
-    src_sig = str(sig.replace(parameters=params, return_annotation=inspect.Signature.empty))
-    template = _templates.get(src_sig)
+    if sig is None:
+        try:
+            sig = inspect.signature(fn)
+        except (TypeError, ValueError):
+            return None  # builtins and C callables without a signature are checked when called
+    # The checker's source depends only on each parameter's name, kind and whether it has a
+    # default (annotations dropped, defaults all None): that is its template's key, so a
+    # parameter list seen before costs no rendering of the signature.
+    empty = inspect.Parameter.empty
+    key = tuple((p.name, p.kind, p.default is not empty) for p in sig.parameters.values())
+    template = _templates.get(key)
     if template is None:
+        params = []
+        for p in sig.parameters.values():
+            p = p.replace(annotation=empty)
+            if p.default is not empty:
+                p = p.replace(default=None)
+            params.append(p)
+        src_sig = str(sig.replace(parameters=params, return_annotation=inspect.Signature.empty))
         ns: dict[str, Any] = {}
         exec(f"def _check{src_sig}: pass", ns)  # noqa: S102 - parameters come from a real signature
         template = ns["_check"]
         if len(_templates) < _TEMPLATES_MAX:
-            _templates[src_sig] = template
+            _templates[key] = template
     # Python names the function in argument errors by its __qualname__: make it the task's.
     short = name.rpartition(".")[2]
     check = types.FunctionType(template.__code__.replace(co_name=short, co_qualname=name), template.__globals__,
@@ -49,7 +56,7 @@ def _make_checker(fn: Callable, name: str) -> Callable | None:
 # Checkers by parameter list: compiling one (exec) is ~90 us of a decoration's ~130 us, and many
 # tasks share a parameter list (the asyncflow layer's all do). A checker is the template's code
 # under the task's name; its defaults are all None.
-_templates: dict[str, Callable] = {}
+_templates: dict[tuple, Callable] = {}
 _TEMPLATES_MAX = 4096
 
 

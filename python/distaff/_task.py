@@ -115,12 +115,15 @@ class Task:
         self._limiters: dict = {}
         self.concurrency = _sync.check_concurrency(concurrency)
         self.executor = _check_executor(executor, kind)  # docs/executors.md
-        self._check = _make_checker(fn, getattr(fn, "__qualname__", None) or self.name)
-        self._engine = engine
+        if fn is _placeholder:
+            return  # _decorator's check of the options alone: nothing below depends on them
         try:
-            accepts = inspect.signature(fn).parameters
+            sig = inspect.signature(fn)
         except (TypeError, ValueError):
-            accepts = {}
+            sig = None
+        self._check = None if sig is None else _make_checker(fn, getattr(fn, "__qualname__", None) or self.name, sig)
+        self._engine = engine
+        accepts = {} if sig is None else sig.parameters
         # A function with its own `workflow_id` parameter receives it (docs/concepts.md).
         self._strip_workflow_id = _WORKFLOW_ID not in accepts
         self._positional_range = _positional_range(accepts) if self._check is not None else (_core.NO_BOUND, _core.NO_BOUND)
@@ -470,8 +473,11 @@ def _check_option_names(kind: str, options: dict) -> None:
     """An unknown option is a TypeError naming the public decorator, with the nearest real name."""
     global _OPTION_NAMES
     if not _OPTION_NAMES:
-        params = inspect.signature(Task.__init__).parameters
-        _OPTION_NAMES = tuple(n for n in params if n not in ("self", "fn", "kind", "engine"))
+        # Task.__init__'s keyword-only parameters, read from its code object (inspect.signature
+        # of it cost ~100 µs, on the first decoration of every process: bench W7b cold).
+        code = Task.__init__.__code__
+        kwonly = code.co_varnames[code.co_argcount:code.co_argcount + code.co_kwonlyargcount]
+        _OPTION_NAMES = tuple(n for n in kwonly if n not in ("kind", "engine"))
     for key in options:
         if key not in _OPTION_NAMES:
             import difflib

@@ -325,3 +325,49 @@ def test_tasks_with_the_same_parameters_each_check_calls_under_their_own_name(en
     with pytest.raises(TypeError, match=r"^second\(\) got an unexpected keyword argument 'a'|^second\(\) got multiple"):
         second.submit(1, a=2, k=3)
     assert second.submit(5, 6, 7, k=8, opt=9, extra=10).result() == 5
+
+
+def test_checkers_of_parameter_lists_differing_only_in_kind_or_default_are_not_shared(engine):
+    # The checker templates are keyed by each parameter's name, kind and whether it has a
+    # default (not by the rendered signature): lists differing in one of those get their own.
+    def pos_or_kw(a, b):
+        return (a, b)
+
+    def pos_only(a, /, b):
+        return (a, b)
+
+    def kw_only(a, *, b):
+        return (a, b)
+
+    def with_default(a, b=1):
+        return (a, b)
+
+    tasks = [engine.task(f) for f in (pos_or_kw, pos_only, kw_only, with_default)]
+    t_pk, t_po, t_ko, t_d = tasks
+    assert t_pk.submit(a=1, b=2).result() == (1, 2)
+    with pytest.raises(TypeError, match=r"pos_only\(\) got some positional-only arguments passed as keyword"):
+        t_po.submit(a=1, b=2)
+    assert t_po.submit(1, b=2).result() == (1, 2)
+    with pytest.raises(TypeError, match=r"kw_only\(\) takes 1 positional argument but 2 were given"):
+        t_ko.submit(1, 2)
+    assert t_ko.submit(1, b=2).result() == (1, 2)
+    with pytest.raises(TypeError, match=r"pos_or_kw\(\) missing 1 required positional argument: 'b'"):
+        t_pk.submit(1)
+    assert t_d.submit(1).result() == (1, 1)
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"retries": -1}, "retries"),
+        ({"timeout": 0}, "timeout"),
+        ({"concurrency": 0}, "concurrency"),
+        ({"executor": object()}, "executor"),
+        ({"resolve": "yes"}, "resolve"),
+    ],
+)
+def test_decorator_options_are_checked_before_a_function_is_given(engine, options, message):
+    # task(**options) checks every value that does not depend on the function at once (a trial
+    # of the options alone, which skips the function-dependent work since W7b's cold cut).
+    with pytest.raises((TypeError, ValueError), match=message):
+        engine.task(**options)
