@@ -1138,10 +1138,13 @@ class _Dask(_Windowed):
 
 # The Dask collector fetches finished results at most every _DASK_LINGER seconds while other
 # bodies are still in flight (at once when none is: a lone body or the last of a fan-out waits for
-# nothing), up to _DASK_BATCH_MAX per fetch. Each fetch is a round trip client -> scheduler ->
-# workers; fetching each small batch as it finished (1-5 results on W9) cost ~1,000 round trips
-# per 2,000 bodies, most of distaff's CPU over a loop of client.submit + one gather.
-_DASK_LINGER = 0.010
+# nothing; and at once after a quiet spell: the wait counts from the previous fetch), up to
+# _DASK_BATCH_MAX per fetch. Each fetch is a round trip client -> scheduler -> workers that costs
+# this process (which runs a LocalCluster's scheduler) ~1 ms of CPU and interrupts the workers'
+# bodies to serve the data; fetching each small batch as it finished (1-5 results on W9) cost
+# ~1,000 round trips per 2,000 bodies. 20 ms rather than 10: W10's 200 results of ~10 ms bodies
+# on 2 workers came in ~110 fetches of 1-3, now ~50 of ~4 (client CPU -15%).
+_DASK_LINGER = 0.020
 # At most this many jobs per client.map: the scheduler starts the first tasks while the shipping
 # thread serializes the next batch (one map of the whole window kept the workers idle until the
 # scheduler had taken in all of it).
