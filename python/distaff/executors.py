@@ -837,10 +837,11 @@ class _Dask(_Windowed):
     cannot be interrupted (Dask runs it in a worker thread), so it runs to its end, keeping that
     worker thread busy, and its result is discarded.
 
-    Outcomes are collected by one thread per client over ``distributed.as_completed``: each batch
-    of finished futures is fetched with one ``client.gather`` (a done callback per future would
-    fetch them one synchronous round trip at a time), at most every _DASK_LINGER seconds while
-    other bodies are in flight."""
+    Outcomes are awaited on the client's own event loop (``_track``): each batch of finished
+    futures is fetched there with one asynchronous ``gather`` (a done callback per future would
+    fetch them one round trip at a time), at most every _DASK_LINGER seconds while other bodies
+    are in flight, and handed to one collector thread per client, which settles the executions
+    (so their done callbacks never run on the client's loop)."""
 
     def __init__(self, client: Any, name: str | None) -> None:
         if name is None:
@@ -849,9 +850,17 @@ class _Dask(_Windowed):
             except Exception:  # noqa: BLE001
                 name = "dask"
         super().__init__(client, name, 1024)
-        self._jobs: dict = {}
-        self._ac = None
+        self._jobs: dict = {}  # key -> job, shipped and not yet settled (under self._cond)
         self._cond = threading.Condition()
+        self._batches: collections.deque = collections.deque()  # fetched, for the collector thread
+        self._collecting = False  # the collector thread runs
+        # On the client's event loop only: futures in flight, finished ones not yet fetched, ...
+        self._pending = 0
+        self._done: list = []
+        self._fetching = False
+        self._fetched_at = 0.0
+        self._timer: Any = None
+        self._waiting: set = set()
         self._shipping = False  # the shipping thread has work (under self._lock)
         self._shipper: threading.Thread | None = None
         self._ship_cond = threading.Condition(self._lock)
@@ -946,13 +955,13 @@ class _Dask(_Windowed):
         for job, fut in zip(kept, futs):
             job.handle = fut
         with self._cond:
-            if self._ac is None:
-                self._start_collector()
             jobs_by_key = self._jobs
             for job, fut in zip(kept, futs):
                 jobs_by_key[fut.key] = job
-            self._ac.update(futs)
-            self._cond.notify()
+        try:
+            self.target.loop.add_callback(self._track, futs)
+        except BaseException as exc:  # noqa: BLE001 - the client's loop is closed
+            self._deliver(futs, {}, exc)
         for job in kept:
             if job.stopped:
                 self.cancel(job)
@@ -962,80 +971,146 @@ class _Dask(_Windowed):
         3.12+ refuses to start threads at interpreter exit, when a fire-and-forget body may be
         shipped; the shipping thread falls back to shipping from the submitter)."""
         with self._cond:
-            if self._ac is None:
-                try:
-                    self._start_collector()
-                except RuntimeError:  # no thread now: shipping tries again
-                    pass
+            self._start_collector()
 
     def _start_collector(self) -> None:
         # Under self._cond.
-        from distributed import as_completed
+        if self._collecting:
+            return
+        try:
+            threading.Thread(target=self._collect, name=f"distaff-{self.name}", daemon=True).start()
+        except RuntimeError:  # no thread now (interpreter exit): the outcomes are settled on the loop
+            return
+        self._collecting = True
 
-        ac = as_completed([], loop=self.target.loop)
-        threading.Thread(target=self._collect, args=(ac,), name=f"distaff-{self.name}", daemon=True).start()
-        self._ac = ac
+    # -- on the client's event loop: wait for the futures, fetch finished results in batches --
+    #
+    # Everything between a future's completion and the fetch of its result runs here, as
+    # coroutines and timers of the loop that also runs the client (and a LocalCluster's scheduler):
+    # a thread that waited for each completion (distributed.as_completed), polled for company and
+    # fetched with a synchronous client.gather woke up and handed the interpreter lock back and
+    # forth with the loop several times per batch, and the scheduler waited for it (py-spy, W10).
+    # The collector thread is woken once per fetched batch.
 
-    def _collect(self, ac: Any) -> None:
-        client = self.target
-        monotonic = time.monotonic
-        gathered = 0.0  # when the last batch was fetched
+    def _track(self, futs: list) -> None:
+        import asyncio
+
+        self._pending += len(futs)
+        create_task = asyncio.get_running_loop().create_task
+        tasks = self._waiting  # asyncio keeps only weak references to tasks
+        for fut in futs:
+            t = create_task(self._await_done(fut))
+            tasks.add(t)
+            t.add_done_callback(tasks.discard)
+
+    async def _await_done(self, fut: Any) -> None:
+        try:
+            # What distributed's own wait() and as_completed await: the future's shared state, set
+            # when it finishes, fails or is cancelled (also when the client closes).
+            await fut._state.wait()
+        except BaseException:  # noqa: BLE001 - the loop is closing: settled as it is below
+            pass
+        self._pending -= 1
+        if fut.status == "finished":
+            self._done.append(fut)
+            self._maybe_fetch()
+            return
+        # Failed or cancelled: nothing to fetch, the error is on the future already.
+        error = None
+        if fut.status == "error":
+            try:
+                error = await fut.exception(asynchronous=True)
+            except BaseException as exc:  # noqa: BLE001
+                error = exc
+        self._deliver([fut], {fut.key: (None, error)} if isinstance(error, BaseException) else {})
+        self._maybe_fetch()  # the last one in flight failed: those that finished go now
+
+    def _maybe_fetch(self) -> None:
+        if self._fetching or not self._done:
+            return
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        due = self._fetched_at + _DASK_LINGER
+        # While others are in flight, let more finish first (see _DASK_LINGER); a lone body, or the
+        # last one of a fan-out, waits for nothing.
+        if self._pending > 0 and len(self._done) < _DASK_BATCH_MAX and now < due:
+            if self._timer is None:
+                self._timer = loop.call_at(loop.time() + (due - now), self._linger_over)
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._fetching = True
+        batch, self._done = self._done, []
+        t = loop.create_task(self._fetch(batch))
+        self._waiting.add(t)
+        t.add_done_callback(self._waiting.discard)
+
+    def _linger_over(self) -> None:
+        self._timer = None
+        self._maybe_fetch()
+
+    async def _fetch(self, batch: list) -> None:
+        results: dict = {}
+        try:
+            try:  # one batched transfer for every result in the batch
+                values = await self.target.gather(batch, asynchronous=True)
+                results = {f.key: (v, None) for f, v in zip(batch, values)}
+            except BaseException:  # noqa: BLE001 - one was lost or released meanwhile: each on its own
+                for f in batch:
+                    try:
+                        results[f.key] = ((await self.target.gather([f], asynchronous=True))[0], None)
+                    except BaseException as exc:  # noqa: BLE001
+                        results[f.key] = (None, exc)
+        finally:
+            self._fetched_at = time.monotonic()
+            self._fetching = False
+            self._deliver(batch, results)
+            batch = results = None
+            self._maybe_fetch()
+
+    def _deliver(self, batch: list, results: dict, error: BaseException | None = None) -> None:
+        # To the collector thread, which settles the executions (their done callbacks run there,
+        # never on the client's loop, where a synchronous Dask call would block it).
+        with self._cond:
+            if self._collecting:
+                self._batches.append((batch, results, error))
+                self._cond.notify()
+                return
+        self._settle_batch(batch, results, error)  # no collector thread (interpreter exit)
+
+    def _collect(self) -> None:
         while True:
             with self._cond:
-                while not self._jobs:
+                while not self._batches:
                     self._cond.wait()
-            try:
-                batch = ac.next_batch(block=True)
-            except StopIteration:  # a future was registered and not yet added: look again
-                continue
-            # Each fetch is a round trip through the scheduler (in this process for a LocalCluster)
-            # to the workers: while others are in flight, let more finish first (see _DASK_LINGER).
-            deadline = gathered + _DASK_LINGER
-            while len(batch) < _DASK_BATCH_MAX and monotonic() < deadline:
-                with self._cond:
-                    in_flight = len(self._jobs)
-                if len(batch) >= in_flight:  # nothing else to wait for
-                    break
-                time.sleep(_DASK_POLL)
-                batch += ac.next_batch(block=False)
-            gathered = monotonic()
+                batch, results, error = self._batches.popleft()
             # One batch per call: its jobs, futures and outcomes die with the call's frame, not
             # with the next batch (a finished execution must not stay alive in this thread).
-            self._settle_batch(client, batch)
-            batch = None
+            self._settle_batch(batch, results, error)
+            batch = results = error = None
 
-    def _settle_batch(self, client: Any, batch: list) -> None:
-        finished = [f for f in batch if f.status == "finished"]
-        outcomes: dict = {}
-        if finished:
-            try:  # one batched transfer for every result that is ready
-                outcomes = dict(zip([f.key for f in finished], client.gather(finished)))
-            except BaseException:  # noqa: BLE001 - one was lost meanwhile: each on its own below
-                outcomes = {}
+    def _settle_batch(self, batch: list, results: dict, lost: BaseException | None = None) -> None:
+        """Settles the executions of finished futures: ``results`` maps a key to (packed outcome,
+        error); a future without one was cancelled (or its client's loop stopped: ``lost``).
+        Makes no call to the client (it may run on the client's loop, at interpreter exit)."""
         try:
             for fut in batch:
                 with self._cond:
                     job = self._jobs.pop(fut.key, None)
                 if job is None:
                     continue
-                status = fut.status
-                outcome = error = None
-                if status == "finished":
-                    if fut.key in outcomes:
-                        outcome = outcomes.pop(fut.key)
+                outcome, error = results.get(fut.key, (None, None))
+                if outcome is None and error is None:
+                    status = fut.status
+                    if lost is not None:
+                        error = lost
+                    elif status == "cancelled":
+                        error = concurrent.futures.CancelledError()
                     else:
-                        try:
-                            outcome = fut.result()
-                        except BaseException as exc:  # noqa: BLE001
-                            error = exc
-                elif status == "cancelled":
-                    error = concurrent.futures.CancelledError()
-                else:
-                    try:
-                        exc = fut.exception()
-                    except BaseException as e:  # noqa: BLE001
-                        exc = e
-                    error = exc if isinstance(exc, BaseException) else RuntimeError(str(status))
+                        error = RuntimeError(f"the Dask future of task {job.name!r} ended {status!r}")
                 job.handle = None
                 self._release()
                 if error is None:
@@ -1063,15 +1138,17 @@ class _Dask(_Windowed):
 
 # The Dask collector fetches finished results at most every _DASK_LINGER seconds while other
 # bodies are still in flight (at once when none is: a lone body or the last of a fan-out waits for
-# nothing), up to _DASK_BATCH_MAX per fetch. Each fetch is a round trip client -> scheduler ->
-# workers; fetching each small batch as it finished (1-5 results on W9) cost ~1,000 round trips
-# per 2,000 bodies, most of distaff's CPU over a loop of client.submit + one gather.
-_DASK_LINGER = 0.010
+# nothing; and at once after a quiet spell: the wait counts from the previous fetch), up to
+# _DASK_BATCH_MAX per fetch. Each fetch is a round trip client -> scheduler -> workers that costs
+# this process (which runs a LocalCluster's scheduler) ~1 ms of CPU and interrupts the workers'
+# bodies to serve the data; fetching each small batch as it finished (1-5 results on W9) cost
+# ~1,000 round trips per 2,000 bodies. 20 ms rather than 10: W10's 200 results of ~10 ms bodies
+# on 2 workers came in ~110 fetches of 1-3, now ~50 of ~4 (client CPU -15%).
+_DASK_LINGER = 0.020
 # At most this many jobs per client.map: the scheduler starts the first tasks while the shipping
 # thread serializes the next batch (one map of the whole window kept the workers idle until the
 # scheduler had taken in all of it).
 _DASK_SHIP_MAX = 64
-_DASK_POLL = 0.001
 _DASK_BATCH_MAX = 1024
 
 # The Ray collector waits for an eighth of what is in flight (or 20 ms) per round: one round per

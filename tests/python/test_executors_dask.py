@@ -164,3 +164,79 @@ def test_bodies_submitted_together_ship_in_batches_and_each_keeps_its_own_outcom
     assert plugin.tasks == n
     # one per body without batching; the submitting loop outpaces a ship by far
     assert plugin.graphs <= n // 2, plugin.graphs
+
+
+def test_done_callbacks_run_off_the_client_loop_and_may_call_dask_synchronously():
+    """Results are awaited and fetched on the client's event loop, but the executions settle on
+    distaff's collector thread: a done callback (run by the thread that finishes the execution)
+    never runs on the loop, so it may make synchronous Dask calls. On the loop such a call would
+    wait for the loop itself: a hang, hence a fresh interpreter with a deadline."""
+    from conftest import run_python
+
+    code = """
+        import asyncio, threading
+        import distaff
+        from distributed import Client, LocalCluster
+
+        def sq(x):
+            return x * x
+
+        def inc(x):
+            return x + 1
+
+        if __name__ == "__main__":
+            cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                   dashboard_address=":0", silence_logs=40)
+            client = Client(cluster)
+            got, done = [], threading.Event()
+            n = 40
+
+            def cb(ex):
+                on_loop = asyncio._get_running_loop() is not None
+                got.append((on_loop, client.submit(inc, ex.result(), pure=False).result(timeout=60)))
+                if len(got) == n:
+                    done.set()
+
+            with distaff.Engine() as eng:
+                t = eng.task(executor=client)(sq)
+                for i in range(n):
+                    t.submit(i).add_done_callback(cb)
+                assert done.wait(120), len(got)
+            assert not any(on_loop for on_loop, _ in got), got
+            assert sorted(v for _, v in got) == sorted(i * i + 1 for i in range(n)), got
+            print("CALLBACKS OK")
+            client.close()
+            cluster.close()
+    """
+    r = run_python(code, timeout=240)
+    assert r.returncode == 0 and "CALLBACKS OK" in r.stdout, (r.stdout, r.stderr[-3000:])
+
+
+def dies_if(i):
+    if i == 3:
+        os._exit(1)
+    return i
+
+
+def test_a_dask_level_failure_fails_its_execution_with_dasks_error_and_later_bodies_run():
+    """A body whose Dask task fails as a task (here its worker process dies and the scheduler
+    gives up: KilledWorker, allowed-failures=0) fails its execution with Dask's error, delivered
+    like any outcome; the executions around it are not disturbed and later bodies run (on the
+    worker the nanny restarted). (Tasks that were running or queued on the dying worker would
+    count that death too: the failing body goes alone.)"""
+    import dask
+
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+        cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                           dashboard_address=":0", silence_logs=50)
+    c = distributed.Client(cluster)
+    try:
+        with distaff.Engine() as eng:
+            t = eng.task(executor=c)(dies_if)
+            assert [ex.result(timeout=120) for ex in [t.submit(i) for i in range(3)]] == [0, 1, 2]
+            exc = t.submit(3).exception(timeout=120)
+            assert type(exc).__name__ == "KilledWorker", repr(exc)
+            assert [ex.result(timeout=120) for ex in [t.submit(i) for i in range(8) if i != 3]] == [0, 1, 2, 4, 5, 6, 7]
+    finally:
+        c.close()
+        cluster.close()
