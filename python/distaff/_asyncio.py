@@ -79,6 +79,10 @@ class _Inbox:
             return
         batch = _Batch()
         batch.items.append((fn, a, b))
+        # Published before call_soon_threadsafe, which lets go of the GIL (its write to the loop's
+        # self-pipe): a delivery from another thread meanwhile joins this batch instead of making
+        # a second wake-up. `batch` (this frame) holds it until the loop's handle does.
+        self.batch_ref = weakref.ref(batch)
         loop = self.loop_ref()
         try:
             if loop is None:
@@ -86,7 +90,6 @@ class _Inbox:
             loop.call_soon_threadsafe(batch.run)
         except RuntimeError:  # the loop is closed: nobody is left to deliver to
             return
-        self.batch_ref = weakref.ref(batch)
 
 
 def _deliver(fut, execution) -> None:
