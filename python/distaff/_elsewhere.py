@@ -434,6 +434,10 @@ class Executors:
                 ex_mod.check_target(v, f"executors[{k!r}]")
                 named[k] = v
         self._named = named
+        if named:  # user executors an engine's tasks may first use at exit: see _declare_user_executor
+            from . import _engine
+
+            _engine._declare_user_executor()
         self._processes = processes
         self._runners: dict = {}
         self._lock = threading.Lock()
@@ -480,7 +484,7 @@ class Executors:
 
     def has_user_runners(self) -> bool:
         """True once the engine has shipped a body to an executor it does not own."""
-        return self._user
+        return self._user or (bool(self._named) and not self._closed)
 
     def dropped(self, pid: int) -> None:
         """The engine was collected without a shutdown (weakref.finalize): no job of it is queued

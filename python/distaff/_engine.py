@@ -7,6 +7,7 @@ import atexit
 import concurrent.futures
 import contextvars
 import gc
+import importlib
 import itertools
 import logging
 import math
@@ -960,6 +961,18 @@ def _cancel_early(message: str, exc: BaseException | None = None) -> bool:
 
 _hook_lock = threading.Lock()
 _hook_at = -1  # len(threading._threading_atexits) right after this module's last registration
+# A task was given an executor object (or an engine named some): a workflow still running when the
+# script ends may use it for the first time during the exit, so the early wait below is registered
+# now, and it waits for every engine, not only those that have used an executor already.
+_user_executor_declared = False
+
+
+def _declare_user_executor() -> None:
+    """A task or an engine names an executor distaff does not own (called at decoration, at
+    task.options() and at Engine(executors=...))."""
+    global _user_executor_declared
+    _user_executor_declared = True
+    _wait_before_executors_stop_hook()
 
 
 def _wait_before_executors_stop_hook() -> None:
@@ -969,8 +982,11 @@ def _wait_before_executors_stop_hook() -> None:
     hooks = getattr(threading, "_threading_atexits", None)
     if hooks is None or _hook_at == len(hooks):
         return
-    import concurrent.futures.process  # noqa: F401 - their exit hooks registered first (so run after ours)
-    import concurrent.futures.thread  # noqa: F401
+    try:  # their exit hooks registered first (so they run after ours)
+        for module in ("concurrent.futures.process", "concurrent.futures.thread"):
+            importlib.import_module(module)
+    except RuntimeError:  # "can't register atexit after shutdown": the exit has begun, too late
+        return
 
     with _hook_lock:
         if _hook_at == len(hooks):
@@ -998,7 +1014,11 @@ def _wait_before_executors_stop() -> None:
     announce = True
     try:
         while True:
-            engines = [e for e in list(_engines) if e._capsule is not None and e._executors.has_user_runners()]
+            # Not an engine of the parent in a forked child: a multiprocessing worker runs
+            # threading's exit hooks (this one included) when it ends.
+            engines = [e for e in list(_engines)
+                       if e._capsule is not None and e._pid == os.getpid()
+                       and (_user_executor_declared or e._executors.has_user_runners())]
             busy = [e for e in engines if not _core.wait_idle(e._capsule, 0)]
             if not busy:
                 return

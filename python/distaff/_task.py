@@ -440,6 +440,10 @@ def _check_executor(executor: Any, kind: str) -> Any:
     from . import executors
 
     executors.check_target(executor, "executor=")
+    if executor.__class__ is not str:  # a name is declared by Engine(executors=...)
+        from . import _engine
+
+        _engine._declare_user_executor()
     return executor
 
 

@@ -328,3 +328,51 @@ def test_a_program_ended_by_ctrl_c_does_not_wait_for_its_bodies_on_a_pool():
     assert time.monotonic() - t0 < 5, r.stderr
     assert r.returncode in (-signal.SIGINT, 128 + signal.SIGINT), (r.returncode, r.stderr)
     assert r.stderr.count("distaff: the program was interrupted; cancelling outstanding executions") == 1, r.stderr
+
+
+@pytest.mark.parametrize("pool", ["ThreadPoolExecutor", "ProcessPoolExecutor"])
+def test_a_workflow_running_at_exit_can_use_a_pool_for_the_first_time(pool):
+    """Outsider finding: a workflow still running when the script ends, whose steps are the first
+    use of a module-level pool, failed them all: with RuntimeError "can't register atexit after
+    shutdown" from distaff's own late import of concurrent.futures.process, or (both modules imported
+    beforehand) with ShutdownError, the pool having stopped before distaff's exit wait. Declaring
+    executor=pool registers the early exit wait at decoration."""
+    code = textwrap.dedent(f"""
+        import concurrent.futures as cf
+        import distaff
+
+        pool = cf.{pool}(2)
+
+        @distaff.task(executor=pool)
+        def leaf(i):
+            import time
+            time.sleep(0.01)
+            return i
+
+        @distaff.task(wait=True)
+        def report(xs):
+            print("sum", sum(x.result() for x in xs), flush=True)
+
+        gate = distaff.Event()
+
+        @distaff.workflow()
+        def flow(n):
+            gate.wait()  # set by the exit: the pool has not been used when the script ends
+            return report([leaf.submit(i) for i in range(n)])
+
+        import atexit, threading
+        threading._register_atexit(gate.set)  # runs at the start of the exit, before distaff's wait
+        flow.submit(20)
+        print("script ends", flush=True)
+    """)
+    r = run_python(code, timeout=120)
+    assert r.returncode == 0, r.stderr
+    if sys.version_info >= (3, 12):
+        # CPython 3.12+ starts no thread (nor process) once the interpreter exits, and a stdlib
+        # pool starts its workers on first use: the steps fail cleanly, the error names the pool.
+        assert "script ends" in r.stdout, (r.stdout, r.stderr)
+        assert f"executor '{pool}' was shut down at interpreter exit" in r.stderr, r.stderr
+        assert "can't register atexit" not in r.stderr, r.stderr
+        return
+    assert "script ends" in r.stdout and "sum 190" in r.stdout, (r.stdout, r.stderr)
+    assert "RuntimeError" not in r.stderr and "ShutdownError" not in r.stderr, r.stderr
