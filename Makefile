@@ -105,7 +105,7 @@ SANITIZE_PYTEST ?=
 # chromedriver and Chromium, which are not distaff code; `make test` runs it.
 SANITIZE_DESELECT ?= test_default_engine_after_fork_in_the_child_works_or_errors_clearly or executors_dask or executors_ray or report_browser \
   or test_a_segfaulting_worker_fails_only_its_execution or test_10k_executions_in_flight_cost_under_2_kib_each \
-  or test_10k_suspended_executions_cost_under_6_kib_each \
+  or test_10k_suspended_executions_cost_under_6_kib_each or test_10k_sleepers_cost_under_6_5_kib_each_at_their_peak_after_they_end \
   or test_bodies_run_on_the_backends_executor_threads_and_processes or asyncflow_features \
   or test_fork_storm_while_busy or static_tls_block
 $(ASAN_PY):

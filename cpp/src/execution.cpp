@@ -225,10 +225,15 @@ WaitStatus Execution::wait_until(Clock::time_point deadline) {
         status = WaitStatus::interrupted;
         break;
       }
+      ++cv_waiters_;
+      bool timed_out = false;
       if (deadline == Clock::time_point::max()) {
         done_cv_.wait(lk);
-      } else if (done_cv_.wait_until(lk, deadline) == boost::fibers::cv_status::timeout &&
-                 !is_terminal(state_.load(std::memory_order_acquire))) {
+      } else {
+        timed_out = done_cv_.wait_until(lk, deadline) == boost::fibers::cv_status::timeout;
+      }
+      --cv_waiters_;
+      if (timed_out && !is_terminal(state_.load(std::memory_order_acquire))) {
         status = WaitStatus::timeout;
         break;
       }
@@ -257,8 +262,10 @@ WaitStatus sleep_until(Clock::time_point deadline) {
     // stray wake-up just parks again).
     detail::SuspendScope suspend;
     UniqueLock lk(self->mu_);
+    ++self->cv_waiters_;
     while (self->done_cv_.wait_until(lk, deadline) != boost::fibers::cv_status::timeout) {
     }
+    --self->cv_waiters_;
     return WaitStatus::timeout;
   }
   // A sleeping execution parks on its own condition variable, so interrupt() can wake it.
@@ -273,7 +280,10 @@ WaitStatus sleep_until(Clock::time_point deadline) {
     detail::SuspendScope suspend;
     UniqueLock lk(self->mu_);
     while (!self->interrupted() && !is_terminal(self->state_.load(std::memory_order_acquire))) {
-      if (self->done_cv_.wait_until(lk, deadline) == boost::fibers::cv_status::timeout) break;
+      ++self->cv_waiters_;
+      const bool timed_out = self->done_cv_.wait_until(lk, deadline) == boost::fibers::cv_status::timeout;
+      --self->cv_waiters_;
+      if (timed_out) break;
     }
     if (self->interrupted() || is_terminal(self->state_.load(std::memory_order_acquire))) {
       status = WaitStatus::interrupted;
@@ -316,7 +326,7 @@ void Execution::interrupt() noexcept {
   if (on) {
     // Take the target's mutex so the notify cannot slip between the waiter's check and its park.
     std::lock_guard<std::mutex> lk(on->mu_);
-    on->done_cv_.notify_all();
+    if (on->cv_waiters_ != 0) on->done_cv_.notify_all();
   }
 }
 
@@ -406,8 +416,9 @@ bool Execution::finish_impl(State terminal, bool only_if_not_started) noexcept {
     // own locks (scheduler::schedule_from_remote, round_robin::notify); a woken plain thread that
     // returned at once and exited would free that scheduler while we are still inside notify_all
     // (TSan: pthread_cond_broadcast vs pthread_cond_destroy). Holding mu_ keeps the waiter in its
-    // wait until the notify is complete. The same holds for workers: scheduler.cpp.
-    done_cv_.notify_all();
+    // wait until the notify is complete. The same holds for workers: scheduler.cpp. Only when
+    // someone waits (cv_waiters_, execution.hpp): a notify costs a stack page otherwise.
+    if (cv_waiters_ != 0) done_cv_.notify_all();
   }
   if (in_graph_.load(std::memory_order_acquire)) {
     std::lock_guard<std::mutex> g(g_graph_mu);

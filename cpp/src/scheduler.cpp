@@ -9,7 +9,9 @@
 
 #include <boost/fiber/algo/round_robin.hpp>
 #include <boost/fiber/fiber.hpp>
+#include <boost/core/ignore_unused.hpp>
 #include <boost/fiber/operations.hpp>
+#include <boost/version.hpp>
 
 #include "detail/fatal_signal.hpp"
 #include "detail/stack_allocator.hpp"
@@ -382,6 +384,103 @@ Execution* Scheduler::take_work(Worker& w, std::vector<Execution*>& buf) {
   return buf.front();
 }
 
+namespace detail {
+// FiberMain: the function of every worker fiber. A named type (not a lambda) so that the fiber's
+// end can be specialised below.
+struct FiberMain {
+  Scheduler* scheduler;
+  Scheduler::Worker* worker;
+  Execution* ex;
+  void operator()() const { scheduler->run_fiber(*worker, ex); }
+};
+}  // namespace detail
+
+}  // namespace distaff
+
+// The end of a worker fiber without a second stack page. A fiber's last act is Boost's
+// context::terminate() (compiled into libboost_fiber), which takes the context's spinlock with
+// the *library's* spinlock_ttas::lock(): its 5 KiB frame and the call to the TLS resolver at the
+// bottom of that frame (cpp/include/distaff/detail/boost_spinlock_ttas.hpp) touched a page 7.3 KiB
+// below the top of every fiber stack as it ended. The stack went back to the pool with two pages
+// resident, so after a burst every cached stack held 8 KiB instead of 4 (measured: 10,000 parked
+// sleepers 4.98 KiB each, 9 KiB each once they had ended and their stacks were cached; W5's peak).
+// So the run_ of our fibers' worker_context does what context::terminate() does in Boost 1.74
+// (context.cpp: under the context's lock, mark it terminated, make its joiners ready, then clean
+// up its fiber-specific data and hand it to scheduler::terminate, which releases the lock and
+// switches away), with distaff's spinlock, compiled here. worker_context is a friend of context;
+// the members used are the 1.74 layout, hence the exact version check (other versions run Boost's
+// own terminate(): the same behaviour, one more page per cached stack). Our fibers are detached,
+// so the wait queue (joiners) is always empty, and they keep no fiber-specific data; both are
+// still handled as Boost does. tests/python/test_frame_stack.py (sleepers after they end).
+#if BOOST_VERSION == 107400 && defined(DISTAFF_DETAIL_BOOST_SPINLOCK_TTAS_HPP) && \
+    !defined(BOOST_USE_UCONTEXT) && !defined(BOOST_USE_WINFIB)
+namespace boost::fibers {
+template <>
+boost::context::fiber worker_context<distaff::detail::FiberMain>::run_(boost::context::fiber&& c) {
+  boost::ignore_unused(c);
+  {
+    auto fn = std::move(fn_);  // destroyed before the context terminates, as in Boost's run_
+    fn();
+  }
+  detail::spinlock_lock lk{splk_};
+  terminated_ = true;
+  while (!wait_queue_.empty()) {
+    context* joiner = &wait_queue_.front();
+    wait_queue_.pop_front();
+    schedule(joiner);
+  }
+  for (auto& data : fss_data_) data.second.do_cleanup();
+  fss_data_.clear();
+  return get_scheduler()->terminate(lk, this);
+}
+}  // namespace boost::fibers
+#endif
+
+namespace distaff {
+
+void Scheduler::run_fiber(Worker& w, Execution* ex) {
+  ExecutionRef ref(ex, /*add_ref=*/false);  // the queue's reference
+  // While draining (close(true), cancel_bodies()), nothing more starts: run() sees the
+  // execution still pending and cancels it (so its completion callbacks fire like any other's).
+  bool started = false;
+  if (!draining_.load(std::memory_order_acquire) && ex->start()) {
+    detail::fiber_local() = detail::FiberLocal{ex, nullptr};
+    started = true;
+    notify(EventKind::start, *ex);
+  }
+  // run() is called for every dequeued execution, also one cancelled while queued (its state
+  // is then terminal), so the embedder can release what it attached to the payload.
+  try {
+    opts_.run(*ex);
+#if defined(__GLIBCXX__)  // libstdc++'s; `make thread-safety` parses this file against libc++
+  } catch (abi::__forced_unwind&) {
+    throw;  // thread cancellation (pthread_exit) must unwind, never be swallowed
+#endif
+  } catch (const std::exception& e) {
+    // The embedder's run must not throw (an exception escaping a fiber would terminate): a
+    // bug in the embedder, said on stderr rather than dropped, and the execution fails.
+    std::fprintf(stderr, "distaff: internal error: run() of execution %llu '%s' threw: %s\n",
+                 static_cast<unsigned long long>(ex->id()), ex->name().c_str(), e.what());
+    ex->finish(State::failed);
+  } catch (...) {
+    std::fprintf(stderr, "distaff: internal error: run() of execution %llu '%s' threw\n",
+                 static_cast<unsigned long long>(ex->id()), ex->name().c_str());
+    ex->finish(State::failed);
+  }
+  if (started) notify(EventKind::end, *ex);
+  detail::fiber_local() = detail::FiberLocal{};
+  ref = ExecutionRef();
+  --w.fibers;
+  fibers_.fetch_sub(1, std::memory_order_relaxed);
+  if (w.fibers == 0) {
+    // The last fiber ended: wake the dispatcher if it sleeps, so it starts the idle timer
+    // that trims what a burst left behind (and exits, when stopping) rather than waiting
+    // for the next submission.
+    std::lock_guard<std::mutex> g(w.mu);
+    if (std::exchange(w.parked, false)) w.cv.notify_one();
+  }
+}
+
 void Scheduler::worker_main(Worker& w) {
   tl_scheduler = this;
   tl_worker = &w;
@@ -396,48 +495,7 @@ void Scheduler::worker_main(Worker& w) {
       ++w.fibers;
       fibers_.fetch_add(1, std::memory_order_relaxed);
       try {
-        boost::fibers::fiber f(std::allocator_arg, detail::PooledStack{&w.stacks}, [this, &w, ex] {
-          ExecutionRef ref(ex, /*add_ref=*/false);  // the queue's reference
-          // While draining (close(true), cancel_bodies()), nothing more starts: run() sees the
-          // execution still pending and cancels it (so its completion callbacks fire like any other's).
-          bool started = false;
-          if (!draining_.load(std::memory_order_acquire) && ex->start()) {
-            detail::fiber_local() = detail::FiberLocal{ex, nullptr};
-            started = true;
-            notify(EventKind::start, *ex);
-          }
-          // run() is called for every dequeued execution, also one cancelled while queued (its state
-          // is then terminal), so the embedder can release what it attached to the payload.
-          try {
-            opts_.run(*ex);
-#if defined(__GLIBCXX__)  // libstdc++'s; `make thread-safety` parses this file against libc++
-          } catch (abi::__forced_unwind&) {
-            throw;  // thread cancellation (pthread_exit) must unwind, never be swallowed
-#endif
-          } catch (const std::exception& e) {
-            // The embedder's run must not throw (an exception escaping a fiber would terminate): a
-            // bug in the embedder, said on stderr rather than dropped, and the execution fails.
-            std::fprintf(stderr, "distaff: internal error: run() of execution %llu '%s' threw: %s\n",
-                         static_cast<unsigned long long>(ex->id()), ex->name().c_str(), e.what());
-            ex->finish(State::failed);
-          } catch (...) {
-            std::fprintf(stderr, "distaff: internal error: run() of execution %llu '%s' threw\n",
-                         static_cast<unsigned long long>(ex->id()), ex->name().c_str());
-            ex->finish(State::failed);
-          }
-          if (started) notify(EventKind::end, *ex);
-          detail::fiber_local() = detail::FiberLocal{};
-          ref = ExecutionRef();
-          --w.fibers;
-          fibers_.fetch_sub(1, std::memory_order_relaxed);
-          if (w.fibers == 0) {
-            // The last fiber ended: wake the dispatcher if it sleeps, so it starts the idle timer
-            // that trims what a burst left behind (and exits, when stopping) rather than waiting
-            // for the next submission.
-            std::lock_guard<std::mutex> g(w.mu);
-            if (std::exchange(w.parked, false)) w.cv.notify_one();
-          }
-        });
+        boost::fibers::fiber f(std::allocator_arg, detail::PooledStack{&w.stacks}, detail::FiberMain{this, &w, ex});
         f.detach();
       } catch (const std::bad_alloc&) {
         // No stack could be mapped (memory or vm.max_map_count exhausted): this execution fails,

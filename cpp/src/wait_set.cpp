@@ -33,6 +33,13 @@ struct WaitSet::Shared {
   // Keeps this state alive until the last member callback ran, even after ~WaitSet.
   std::shared_ptr<Shared> keep;
   std::size_t pending_callbacks DISTAFF_GUARDED_BY(mu) = 0;
+  // Fibers and threads parked on cv: for the condition to hold (wait_until) and for the next
+  // completion (next_completed). A member's completion notifies only someone it can release.
+  // Boost's notify_all is compiled into libboost_fiber with a spinlock whose 5 KiB frame touches
+  // a second page of the finishing fiber's stack (boost_spinlock_ttas.hpp): with 10,000 members
+  // in distaff.wait, every member's stack went back to the pool with that page resident.
+  std::uint32_t hold_waiters DISTAFF_GUARDED_BY(mu) = 0;
+  std::uint32_t next_waiters DISTAFF_GUARDED_BY(mu) = 0;
 
   bool holds() const noexcept DISTAFF_REQUIRES(mu) {
     switch (condition) {
@@ -70,8 +77,9 @@ struct WaitSet::Shared {
         s->each_fn = s->each_release = nullptr;
       }
       // Notified under the lock: a waiter cannot miss it between its check and its park, and the
-      // state cannot be freed (by `release`) before notify_all returns.
-      s->cv.notify_all();
+      // state cannot be freed (by `release`) before notify_all returns. The conditions only ever
+      // become true, so a waiter for holds() needs no wake-up before it does.
+      if (s->next_waiters != 0 || (s->hold_waiters != 0 && s->holds())) s->cv.notify_all();
     }
     if (fire) fire(fire_arg);
     if (each) each(each_arg);
@@ -150,11 +158,15 @@ bool WaitSet::wait_until(Clock::time_point deadline) {
   UniqueLock lk(s.mu);
   while (!s.holds()) {
     if (waker.interrupted()) return false;
+    ++s.hold_waiters;
+    bool timed_out = false;
     if (deadline == Clock::time_point::max()) {
       s.cv.wait(lk);
-    } else if (s.cv.wait_until(lk, deadline) == boost::fibers::cv_status::timeout) {
-      return s.holds();
+    } else {
+      timed_out = s.cv.wait_until(lk, deadline) == boost::fibers::cv_status::timeout;
     }
+    --s.hold_waiters;
+    if (timed_out) return s.holds();
   }
   return true;
 }
@@ -172,12 +184,15 @@ std::int64_t WaitSet::next_completed(Clock::time_point deadline) {
   UniqueLock lk(s.mu);
   while (s.returned == s.order.size()) {
     if (waker.interrupted()) return kTimedOut;
+    ++s.next_waiters;
+    bool timed_out = false;
     if (deadline == Clock::time_point::max()) {
       s.cv.wait(lk);
-    } else if (s.cv.wait_until(lk, deadline) == boost::fibers::cv_status::timeout &&
-               s.returned == s.order.size()) {
-      return kTimedOut;
+    } else {
+      timed_out = s.cv.wait_until(lk, deadline) == boost::fibers::cv_status::timeout;
     }
+    --s.next_waiters;
+    if (timed_out && s.returned == s.order.size()) return kTimedOut;
   }
   return s.order[s.returned++];
 }

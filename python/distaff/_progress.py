@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import atexit
 import os
-import shutil
 import sys
 import threading
 import time
@@ -254,6 +253,8 @@ class PlainBar:
         self.finished: list = []
 
     def _bar(self, entry: "Entry", snap: Snapshot, outcome: str | None) -> str:
+        import shutil  # on first use (its bz2/lzma imports cost 0.5 MiB of RSS at import)
+
         width = shutil.get_terminal_size((80, 24)).columns
         text = _text(entry, snap, outcome)
         bar_width = max(10, min(30, width // 4))  # one width for every row: the bars line up
@@ -346,6 +347,8 @@ class TqdmRenderer:
         self.bars: dict = {}
 
     def add(self, entry: "Entry", snap: Snapshot) -> None:
+        import shutil
+
         self.bars[entry] = self.tqdm(
             total=snap.total, desc=entry.desc, file=self.file, leave=True, mininterval=0, miniters=1,
             ncols=shutil.get_terminal_size((80, 24)).columns,  # tqdm's own query says 0 on a sizeless pty

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import functools
 import math
-import random
 from typing import Any, Callable
 
 from . import _core, _sync
@@ -57,6 +56,8 @@ class RetryPolicy:
         if self.max_delay is not None:
             d = min(d, self.max_delay)
         if self.jitter:
+            import random  # on first use: with hashlib, 0.5 MiB of RSS at import (issue 15)
+
             d *= 0.5 + random.random()
         return d
 

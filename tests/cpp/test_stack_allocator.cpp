@@ -122,16 +122,22 @@ class StackPoolTest : public CoreTest {
     CoreTest::SetUp();
     if (IsSkipped()) return;
     StackPool::set_guard_limit(kDefaultGuardLimit);
+    // The tests below check the PROT_NONE scheme through /proc/self/maps; guard markers (the
+    // default where the kernel has them) are invisible there: GuardMarkers* turn them back on.
+    markers_default_ = StackPool::guard_markers();
+    StackPool::set_guard_markers(false);
     guarded_baseline_ = StackPool::guarded_mapped();
   }
   void TearDown() override {
     if (!IsSkipped()) {
       StackPool::set_guard_limit(kDefaultGuardLimit);
+      StackPool::set_guard_markers(markers_default_);
       EXPECT_EQ(StackPool::guarded_mapped(), guarded_baseline_) << "guarded stacks leaked or double-counted";
     }
     CoreTest::TearDown();
   }
   std::size_t guarded_baseline_ = 0;
+  bool markers_default_ = true;
 };
 
 // Slots of 64 KiB + a guard page: 64 of them fit in one chunk.
@@ -301,6 +307,44 @@ TEST_F(StackPoolTest, StaticGuardPageBelowEveryStackUnderTheLimit) {
   EXPECT_FALSE(dies_by_sigsegv([&] { *reinterpret_cast<volatile char*>(lowest_usable) = 1; }, &status));
   EXPECT_EQ(status, 0);
   pool.deallocate(sc);
+}
+
+TEST_F(StackPoolTest, GuardMarkersFaultLikeProtNoneAndKeepTheChunkOneMapping) {
+  // Where the kernel has guard markers (Linux 6.13+), static guards are markers: a write to the
+  // guard page still kills with SIGSEGV, the lowest usable byte is still writable, and the chunk
+  // stays one entry of /proc/self/maps (no split per guard). On an older kernel the first install
+  // fails with EINVAL and the pool falls back to PROT_NONE (the tests above).
+  StackPool::set_guard_markers(true);
+  StackPool pool(kSmall);
+  std::vector<stack_context> v;
+  for (std::size_t i = 0; i < kChunk; ++i) v.push_back(pool.allocate());
+  if (!StackPool::guard_markers()) {
+    for (auto& sc : v) pool.deallocate(sc);
+    GTEST_SKIP() << "this kernel has no MADV_GUARD_INSTALL: PROT_NONE guards (tested above)";
+  }
+  char* lo = guard_of(v[0]);
+  char* hi = slot_end(v[0]);
+  for (auto& sc : v) {
+    EXPECT_TRUE(static_guard(sc));
+    lo = std::min(lo, guard_of(sc));
+    hi = std::max(hi, slot_end(sc));
+  }
+  EXPECT_EQ(map_entries(lo, hi), 1) << "guard markers do not split the chunk";
+  for (auto* sc : {&v.front(), &v[kChunk / 2], &v.back()}) {
+    char* lowest_usable = top(*sc) - sc->size;
+    EXPECT_EQ(lowest_usable - page(), guard_of(*sc));
+    EXPECT_TRUE(dies_by_sigsegv([&] { *reinterpret_cast<volatile char*>(lowest_usable - 1) = 1; }));
+    EXPECT_TRUE(dies_by_sigsegv([&] { *reinterpret_cast<volatile char*>(guard_of(*sc)) = 1; }));
+    int status = -1;
+    EXPECT_FALSE(dies_by_sigsegv([&] { *reinterpret_cast<volatile char*>(lowest_usable) = 1; }, &status));
+    EXPECT_EQ(status, 0);
+  }
+  // A cached stack given back with release_memory keeps its guard (MADV_DONTNEED leaves markers).
+  for (auto& sc : v) pool.deallocate(sc);
+  EXPECT_EQ(pool.release_memory(16 * 1024), pool.cached());
+  stack_context again = pool.allocate();
+  EXPECT_TRUE(dies_by_sigsegv([&] { *reinterpret_cast<volatile char*>(guard_of(again)) = 1; }));
+  pool.deallocate(again);
 }
 
 TEST_F(StackPoolTest, BeyondTheGuardLimitGuardsAreArmedWhileAFiberRuns) {

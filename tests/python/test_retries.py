@@ -78,9 +78,9 @@ def test_retry_policy_delay_follows_backoff_and_max_delay():
 
 def test_retry_policy_jitter_scales_the_delay_by_half_to_one_and_a_half(monkeypatch):
     p = RetryPolicy.make(3, 1.0, 2.0, None, True, (Exception,), None)
-    monkeypatch.setattr("distaff._retry.random.random", lambda: 0.0)
+    monkeypatch.setattr("random.random", lambda: 0.0)
     assert [p.delay(n) for n in range(3)] == [0.5, 1.0, 2.0]
-    monkeypatch.setattr("distaff._retry.random.random", lambda: 0.999)
+    monkeypatch.setattr("random.random", lambda: 0.999)
     assert [p.delay(n) for n in range(3)] == pytest.approx([1.499, 2.998, 5.996])
 
 

@@ -242,6 +242,11 @@ class Execution {
   // the same critical section as the transition). Taken out by whoever ends it (timer.hpp).
   ArmedDeadline* deadline_ DISTAFF_GUARDED_BY(mu_) = nullptr;
   std::atomic<std::uint32_t> deps_left_{0};        // for the scheduler's dependency counting
+  // Fibers and threads inside a wait on done_cv_ (each counts itself under mu_ around the wait).
+  // finish() and interrupt() notify only when there is one: Boost's notify_all is compiled into
+  // libboost_fiber with its own spinlock, whose 5 KiB frame touched a second page of the stack of
+  // every fiber that finished an execution nobody waited on (boost_spinlock_ttas.hpp).
+  std::uint32_t cv_waiters_ DISTAFF_GUARDED_BY(mu_) = 0;
   std::atomic<Execution*> failed_dep_{nullptr};    // first dependency that did not succeed
 };
 

@@ -24,6 +24,7 @@ namespace distaff {
 
 namespace detail {
 class StackPool;
+struct FiberMain;
 }
 
 // Bounds of SchedulerOptions::stack_size.
@@ -171,8 +172,10 @@ class Scheduler {
 
  private:
   friend class Execution;
+  friend struct detail::FiberMain;
   struct Worker;
   void worker_main(Worker& w);
+  void run_fiber(Worker& w, Execution* ex);  // the body of every worker fiber (detail::FiberMain)
   void start_worker(Worker& w);
   void monitor_main();
   void grow(unsigned n);

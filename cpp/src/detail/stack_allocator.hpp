@@ -127,6 +127,10 @@ class StackPool {
   }
 
   static void set_guard_limit(std::size_t limit) noexcept;
+  // Static guards as guard markers (MADV_GUARD_INSTALL, Linux 6.13+) rather than PROT_NONE
+  // mappings, when the kernel has them (on by default; off after the first EINVAL, or for tests).
+  static void set_guard_markers(bool on) noexcept;
+  static bool guard_markers() noexcept;
   static std::size_t guard_limit() noexcept;
   static std::size_t guarded_mapped() noexcept;
   static std::size_t page() noexcept;
@@ -137,6 +141,7 @@ class StackPool {
     bool static_guard;
   };
   void map_chunk();
+  static bool install_static_guard(char* guard) noexcept;
   void unmap_slot(const Free& f) noexcept;
   void disarm_all() noexcept;
 
