@@ -59,6 +59,14 @@ struct Scheduler::Worker {
 namespace {
 thread_local Scheduler* tl_scheduler = nullptr;
 thread_local void* tl_worker = nullptr;
+// keep_only_current_fiber(): the one worker fiber this thread may still run (a forked child), or null.
+thread_local boost::fibers::context* tl_only_fiber = nullptr;
+
+// may_run: false for a context that must never run again on this thread (keep_only_current_fiber).
+// The dispatcher always may: it moves woken fibers to the ready queue and blocks the thread.
+bool may_run(boost::fibers::context* ctx) noexcept {
+  return tl_only_fiber == nullptr || ctx == tl_only_fiber || ctx->is_context(boost::fibers::type::dispatcher_context);
+}
 
 // WorkerAlgorithm: Boost's round robin (fibers stay on their thread), plus a hook right before the
 // OS thread blocks for lack of ready fibers, and the progress signals the elastic monitor reads: a
@@ -68,8 +76,12 @@ class WorkerAlgorithm final : public boost::fibers::algo::round_robin {
   WorkerAlgorithm(const std::function<void()>* before_block, std::atomic<std::uint64_t>* switches,
                   std::atomic<bool>* blocked, detail::StackPool* stacks) noexcept
       : before_block_(before_block), switches_(switches), blocked_(blocked), stacks_(stacks) {}
+  void awakened(boost::fibers::context* ctx) noexcept override {
+    if (may_run(ctx)) round_robin::awakened(ctx);  // otherwise dropped: never resumed (a forked child)
+  }
   boost::fibers::context* pick_next() noexcept override {
     boost::fibers::context* next = round_robin::pick_next();
+    while (next && !may_run(next)) next = round_robin::pick_next();  // queued before the fork
     if (next) {
       // Only this thread writes: a plain increment, no lock prefix.
       switches_->store(switches_->load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
@@ -137,6 +149,14 @@ void* fiber_scratch() noexcept {
   if (ctx == nullptr || !ctx->is_context(boost::fibers::type::worker_context)) return nullptr;
   const detail::SlotInfo* info = detail::StackPool::slot_of(ctx);
   return info ? detail::StackPool::scratch_of(info) : nullptr;
+}
+
+bool keep_only_current_fiber() noexcept {
+  if (tl_scheduler == nullptr) return false;
+  boost::fibers::context* ctx = boost::fibers::context::active();
+  if (ctx == nullptr || !ctx->is_context(boost::fibers::type::worker_context)) return false;
+  tl_only_fiber = ctx;
+  return true;
 }
 
 bool Scheduler::on_worker() const noexcept { return tl_scheduler == this; }
