@@ -31,7 +31,10 @@ PyExecution* g_forked_body = nullptr;
     const long v = PyLong_AsLong(r);
     status = v == -1 && PyErr_Occurred() ? 1 : static_cast<int>(v & 0xff);
   }
-  if (PyErr_Occurred()) PyErr_Print();  // the hook itself failed: say so, exit 1
+  if (PyErr_Occurred()) {  // the hook itself failed: say so (never PyErr_Print's exit for SystemExit)
+    status = 1;
+    PyErr_WriteUnraisable(mod);
+  }
   Py_XDECREF(r);
   Py_XDECREF(mod);
   Py_XDECREF(exc);
