@@ -59,14 +59,8 @@ struct Scheduler::Worker {
 namespace {
 thread_local Scheduler* tl_scheduler = nullptr;
 thread_local void* tl_worker = nullptr;
-// keep_only_current_fiber(): the one worker fiber this thread may still run (a forked child), or null.
-thread_local boost::fibers::context* tl_only_fiber = nullptr;
-
-// may_run: false for a context that must never run again on this thread (keep_only_current_fiber).
-// The dispatcher always may: it moves woken fibers to the ready queue and blocks the thread.
-bool may_run(boost::fibers::context* ctx) noexcept {
-  return tl_only_fiber == nullptr || ctx == tl_only_fiber || ctx->is_context(boost::fibers::type::dispatcher_context);
-}
+class WorkerAlgorithm;
+thread_local WorkerAlgorithm* tl_algorithm = nullptr;  // this worker thread's (keep_only_current_fiber)
 
 // WorkerAlgorithm: Boost's round robin (fibers stay on their thread), plus a hook right before the
 // OS thread blocks for lack of ready fibers, and the progress signals the elastic monitor reads: a
@@ -75,7 +69,12 @@ class WorkerAlgorithm final : public boost::fibers::algo::round_robin {
  public:
   WorkerAlgorithm(const std::function<void()>* before_block, std::atomic<std::uint64_t>* switches,
                   std::atomic<bool>* blocked, detail::StackPool* stacks) noexcept
-      : before_block_(before_block), switches_(switches), blocked_(blocked), stacks_(stacks) {}
+      : before_block_(before_block), switches_(switches), blocked_(blocked), stacks_(stacks) {
+    tl_algorithm = this;
+  }
+  ~WorkerAlgorithm() override { tl_algorithm = nullptr; }
+  // keep_only: from now on, only `ctx` (and the dispatcher) ever runs on this thread.
+  void keep_only(boost::fibers::context* ctx) noexcept { only_ = ctx; }
   void awakened(boost::fibers::context* ctx) noexcept override {
     if (may_run(ctx)) round_robin::awakened(ctx);  // otherwise dropped: never resumed (a forked child)
   }
@@ -103,6 +102,13 @@ class WorkerAlgorithm final : public boost::fibers::algo::round_robin {
   std::atomic<std::uint64_t>* switches_;
   std::atomic<bool>* blocked_;
   detail::StackPool* stacks_;
+  boost::fibers::context* only_ = nullptr;  // keep_only_current_fiber (a forked child), else null
+
+  // may_run: false for a context that must never run again on this thread. The dispatcher always
+  // may: it moves woken fibers to the ready queue and blocks the thread while none is ready.
+  bool may_run(boost::fibers::context* ctx) const noexcept {
+    return only_ == nullptr || ctx == only_ || ctx->is_context(boost::fibers::type::dispatcher_context);
+  }
 };
 }  // namespace
 
@@ -152,10 +158,10 @@ void* fiber_scratch() noexcept {
 }
 
 bool keep_only_current_fiber() noexcept {
-  if (tl_scheduler == nullptr) return false;
+  if (tl_scheduler == nullptr || tl_algorithm == nullptr) return false;
   boost::fibers::context* ctx = boost::fibers::context::active();
   if (ctx == nullptr || !ctx->is_context(boost::fibers::type::worker_context)) return false;
-  tl_only_fiber = ctx;
+  tl_algorithm->keep_only(ctx);
   return true;
 }
 
