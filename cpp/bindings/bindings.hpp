@@ -263,6 +263,10 @@ inline bool forked_away(const PyExecution* pe) {
 PyObject* raise_forked_engine();                        // an engine capsule inherited across fork()
 PyObject* raise_forked_execution(const Execution& ex);  // an execution unfinished at the fork
 bool init_fork(PyObject* module);
+// In a process forked by a body: that body's execution (its fiber is the process's program), else
+// null. run_execution ends the process when that body ends: end_forked_body(result or NULL on error).
+extern PyExecution* g_forked_body;
+[[noreturn]] void end_forked_body(PyObject* result);
 
 // ---- the engine handle, shutdown and wait_idle (engine.cpp; history.cpp) ----------------------------
 EngineCore* engine_from_capsule(PyObject* capsule);

@@ -210,6 +210,8 @@ void release_held_gil() {
   }
 }
 
+void forget_worker_after_fork() { tl_worker_py = nullptr; }
+
 void worker_started(std::size_t stack_size) {
   auto* w = new WorkerPy;
   w->stack_size = stack_size;

@@ -47,6 +47,10 @@ void worker_stopped();
 void worker_idle();
 // release_held_gil: the worker's thread is about to block; give up the GIL if it keeps it.
 void release_held_gil();
+// forget_worker_after_fork: in a process forked by a body, the calling worker thread stops being one
+// for the interpreter: CPython deleted its base and pooled thread states (only the forking fiber's
+// survives), so they are forgotten (leaked) and the fiber parks like a plain thread's code.
+void forget_worker_after_fork();
 
 // FiberState: the interpreter state a fiber runs with.
 struct FiberState {

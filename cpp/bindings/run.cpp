@@ -152,6 +152,7 @@ void run_execution(Execution& ex) {
       pe->tstate = fs.tstate;
       link_running(pe);
       PyObject* r = PyObject_Call(pe->fn, pe->args, pe->kwargs);
+      if (pe == g_forked_body) end_forked_body(r);  // the body's copy in a process it forked
       if (r && PyCoro_CheckExact(r) && ReturnedCoroutineHook && pe->engine) {
         // A plain callable that returned a coroutine (a sync wrapper of an async def): the
         // coroutine is the body's real work, so it is awaited as an async body is — on the
@@ -181,6 +182,8 @@ void run_execution(Execution& ex) {
     }
     if (pe->trace) install_tracer(Py_None);
   }
+  // Forked after the body returned (by a done-callback on its fiber): the child ends here too.
+  if (pe == g_forked_body) end_forked_body(Py_NewRef(Py_None));
   release_body(pe);
   Py_DECREF(pe);  // the queue's reference
   // The end of a body is a safe point too: log unobserved failures here rather than wait for the

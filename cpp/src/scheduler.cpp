@@ -61,6 +61,8 @@ struct Scheduler::Worker {
 namespace {
 thread_local Scheduler* tl_scheduler = nullptr;
 thread_local void* tl_worker = nullptr;
+class WorkerAlgorithm;
+thread_local WorkerAlgorithm* tl_algorithm = nullptr;  // this worker thread's (keep_only_current_fiber)
 
 // WorkerAlgorithm: Boost's round robin (fibers stay on their thread), plus a hook right before the
 // OS thread blocks for lack of ready fibers, and the progress signals the elastic monitor reads: a
@@ -69,9 +71,18 @@ class WorkerAlgorithm final : public boost::fibers::algo::round_robin {
  public:
   WorkerAlgorithm(const std::function<void()>* before_block, std::atomic<std::uint64_t>* switches,
                   std::atomic<bool>* blocked, detail::StackPool* stacks) noexcept
-      : before_block_(before_block), switches_(switches), blocked_(blocked), stacks_(stacks) {}
+      : before_block_(before_block), switches_(switches), blocked_(blocked), stacks_(stacks) {
+    tl_algorithm = this;
+  }
+  ~WorkerAlgorithm() override { tl_algorithm = nullptr; }
+  // keep_only: from now on, only `ctx` (and the dispatcher) ever runs on this thread.
+  void keep_only(boost::fibers::context* ctx) noexcept { only_ = ctx; }
+  void awakened(boost::fibers::context* ctx) noexcept override {
+    if (may_run(ctx)) round_robin::awakened(ctx);  // otherwise dropped: never resumed (a forked child)
+  }
   boost::fibers::context* pick_next() noexcept override {
     boost::fibers::context* next = round_robin::pick_next();
+    while (next && !may_run(next)) next = round_robin::pick_next();  // queued before the fork
     if (next) {
       // Only this thread writes: a plain increment, no lock prefix.
       switches_->store(switches_->load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
@@ -93,6 +104,13 @@ class WorkerAlgorithm final : public boost::fibers::algo::round_robin {
   std::atomic<std::uint64_t>* switches_;
   std::atomic<bool>* blocked_;
   detail::StackPool* stacks_;
+  boost::fibers::context* only_ = nullptr;  // keep_only_current_fiber (a forked child), else null
+
+  // may_run: false for a context that must never run again on this thread. The dispatcher always
+  // may: it moves woken fibers to the ready queue and blocks the thread while none is ready.
+  bool may_run(boost::fibers::context* ctx) const noexcept {
+    return only_ == nullptr || ctx == only_ || ctx->is_context(boost::fibers::type::dispatcher_context);
+  }
 };
 }  // namespace
 
@@ -139,6 +157,14 @@ void* fiber_scratch() noexcept {
   if (ctx == nullptr || !ctx->is_context(boost::fibers::type::worker_context)) return nullptr;
   const detail::SlotInfo* info = detail::StackPool::slot_of(ctx);
   return info ? detail::StackPool::scratch_of(info) : nullptr;
+}
+
+bool keep_only_current_fiber() noexcept {
+  if (tl_scheduler == nullptr || tl_algorithm == nullptr) return false;
+  boost::fibers::context* ctx = boost::fibers::context::active();
+  if (ctx == nullptr || !ctx->is_context(boost::fibers::type::worker_context)) return false;
+  tl_algorithm->keep_only(ctx);
+  return true;
 }
 
 bool Scheduler::on_worker() const noexcept { return tl_scheduler == this; }

@@ -497,6 +497,16 @@ class Executors:
         if os.getpid() == pid:
             self.close(False)
 
+    def release_user(self) -> None:
+        """Lets go of the executors the engine does not own (the exit, once its wait is over): the
+        engine accepts no work any more, and a user's pool it still held would outlive its own
+        module's teardown, where its exit machinery fails noisily (a ProcessPoolExecutor's
+        ``weakref_cb``: "'NoneType' object has no attribute 'util'")."""
+        with self._lock:
+            self._closed = True
+            self._named = {}
+            self._runners = {k: r for k, r in self._runners.items() if getattr(r, "owned", False)}
+
     def close(self, wait: bool, until_idle: Callable[[], Any] | None = None) -> None:
         """Shuts down the runners the engine owns; user-supplied executors keep running.
 

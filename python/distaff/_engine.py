@@ -1115,6 +1115,7 @@ def _shutdown_at_exit() -> None:
                         eng._stop_event_loop()
                         _trace.engine_stopped(eng)
                         eng._executors.close(True)  # the process pool it owns
+                        eng._executors.release_user()  # and the user's executors: not held past the exit
             except BaseException as e:  # noqa: B036 — a signal handler raised outside the wait
                 w.armed = False
                 w.interrupted(e)
@@ -1139,6 +1140,58 @@ def _shutdown_at_exit() -> None:
             except BaseException:
                 pass
         os._exit(status)
+
+
+def _end_forked_body(exc: BaseException | None) -> int:
+    """The copy of a body in a process that body forked has ended (called by the core, on its
+    fiber, which then ends the process with the status returned). The child ends as a program
+    whose main code this was: a return is status 0, ``sys.exit(n)`` is n (``sys.exit("msg")``
+    prints the message, 1), an uncaught exception prints its traceback and is 1 (a
+    KeyboardInterrupt ends the child by SIGINT, as it ends a program). The engines made in the
+    child finish their work first (shutdown); the Python streams are flushed. atexit handlers do
+    not run, as in the child of a forked thread (docs/limits.md#fork)."""
+    status = 0
+    interrupted = False
+    if isinstance(exc, SystemExit):
+        code = exc.code
+        if code is None:
+            status = 0
+        elif isinstance(code, int):
+            status = code
+        else:
+            try:
+                print(code, file=sys.stderr)
+            except BaseException:  # noqa: BLE001 - stderr is closed: the status still says it
+                pass
+            status = 1
+    elif exc is not None:
+        try:
+            sys.excepthook(type(exc), exc, exc.__traceback__)
+        except BaseException:  # noqa: BLE001
+            pass
+        status = 1
+        interrupted = isinstance(exc, KeyboardInterrupt)
+    for eng in list(_engines):
+        if eng._capsule is not None and eng._pid == os.getpid():
+            try:
+                eng.shutdown()
+            except BaseException:  # noqa: BLE001 - a Ctrl-C during the wait: exit all the same
+                pass
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BaseException:  # noqa: BLE001
+            pass
+    if interrupted:
+        import signal
+
+        try:
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGINT)
+        except BaseException:  # noqa: BLE001
+            pass
+        status = 128 + signal.SIGINT
+    return status
 
 
 def _after_fork_in_child() -> None:

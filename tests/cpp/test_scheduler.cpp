@@ -17,6 +17,9 @@
 #include <utility>
 #include <vector>
 
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include "core_test.hpp"
 #include "distaff/error.hpp"
 #include "distaff/execution.hpp"
@@ -923,6 +926,62 @@ TEST_P(SchedulerTest, FibersNeverMigrate) {
   shutdown();
   EXPECT_EQ(migrations.load(), 0);
   EXPECT_EQ(lost_current.load(), 0);
+}
+
+// A body that forks: in the child, keep_only_current_fiber() leaves that fiber the only one its
+// thread runs. Its waits still park and wake (a sleep; a promise finished by a thread of the child),
+// while the parent's other fibers of that worker (sleeping siblings) and the records queued behind
+// it (its children) never run there. The child reports through its exit status.
+TEST_P(SchedulerTest, AForkedChildRunsOnlyTheFiberThatForked) {
+  Scheduler& s = start();
+  const pid_t parent = getpid();
+  std::atomic<bool> stop{false}, ran_in_child{false};
+  std::atomic<int> asleep{0};
+  Fn sibling = [&](Execution& self) {
+    asleep.fetch_add(1);
+    while (!stop.load()) {
+      if (getpid() != parent) ran_in_child.store(true);
+      sleep_until(Clock::now() + 2ms);
+    }
+    self.finish(State::succeeded);
+  };
+  Fn child = [&](Execution& self) {
+    if (getpid() != parent) ran_in_child.store(true);
+    self.finish(State::succeeded);
+  };
+  int status = -1;
+  Fn body = [&](Execution& self) {
+    std::vector<ExecutionRef> children;
+    for (int i = 0; i < 20; ++i) children.push_back(submit(&child, {}, "child"));  // this worker's queue
+    const pid_t pid = fork();
+    if (pid == 0) {
+      int code = keep_only_current_fiber() ? 0 : 10;
+      sleep_until(Clock::now() + 100ms);  // the siblings' copies would wake meanwhile
+      ExecutionRef promise = Execution::promise("from a thread of the child");
+      std::thread t([&] {
+        std::this_thread::sleep_for(20ms);
+        promise->finish(State::succeeded);
+      });
+      if (promise->wait_until(Clock::now() + 10s) != WaitStatus::done) code = 11;
+      t.join();
+      if (ran_in_child.load()) code = 12;
+      std::_Exit(code);
+    }
+    int st = 0;
+    if (pid > 0 && waitpid(pid, &st, 0) == pid && WIFEXITED(st)) status = WEXITSTATUS(st);
+    for (const ExecutionRef& c : children) EXPECT_EQ(c->wait_until(safety_deadline()), WaitStatus::done);
+    self.finish(State::succeeded);
+  };
+  std::vector<ExecutionRef> sibs;
+  for (int i = 0; i < 3; ++i) sibs.push_back(submit(&sibling, {}, "sibling"));
+  ASSERT_TRUE(eventually([&] { return asleep.load() == 3; }));
+  ExecutionRef b = submit(&body, {}, "forks");
+  wait_done(b);
+  stop.store(true);
+  ASSERT_TRUE(s.wait_idle_until(safety_deadline()));
+  shutdown();
+  EXPECT_EQ(status, 0) << "10: not on a worker fiber, 11: the wait never woke, 12: a parent's fiber ran in the child";
+  EXPECT_FALSE(ran_in_child.load());  // (the parent's own flag: only a child could set it)
 }
 
 // A body that blocks its OS thread must never strand work on its worker while another worker idles:

@@ -376,3 +376,50 @@ def test_a_workflow_running_at_exit_can_use_a_pool_for_the_first_time(pool):
         return
     assert "script ends" in r.stdout and "sum 190" in r.stdout, (r.stdout, r.stderr)
     assert "RuntimeError" not in r.stderr and "ShutdownError" not in r.stderr, r.stderr
+
+_USER_POOL_AT_EXIT = """
+import atexit, gc, weakref
+
+refs = []
+
+
+def check():
+    # Registered before distaff's exit hook, so it runs after it (atexit runs the last registered first).
+    gc.collect()
+    print("pool still held:", any(r() is not None for r in refs), flush=True)
+
+
+atexit.register(check)
+
+import concurrent.futures as cf
+import distaff
+
+
+def leaf(i):
+    return i
+
+
+def main():
+    pool = cf.KIND(2)
+    refs.append(weakref.ref(pool))
+    print("result", distaff.task(executor=pool)(leaf)(1), flush=True)  # the default engine
+    pool_task = distaff.Engine(executors={"mine": pool}).task(executor="mine")(leaf)
+    print("result", pool_task(2), flush=True)  # an engine the program leaves open, with a named pool
+
+
+if __name__ == "__main__":
+    main()  # the program lets go of its pool; distaff's engines still run at exit
+"""
+
+
+@pytest.mark.parametrize("kind", ["ProcessPoolExecutor", "ThreadPoolExecutor"])
+def test_the_exit_lets_go_of_the_programs_executors_and_is_quiet(kind):
+    """distaff held a user's pool until its own module's teardown, where a ProcessPoolExecutor's
+    weakref callback failed on every exit: "Exception ignored in ... weakref_cb ... AttributeError:
+    'NoneType' object has no attribute 'util'". Its engines let go of them once the exit wait is over."""
+    for _ in range(3):
+        proc = run_python(_USER_POOL_AT_EXIT.replace("KIND", kind), timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        assert "result 1" in proc.stdout and "result 2" in proc.stdout, proc.stdout + proc.stderr
+        assert "pool still held: False" in proc.stdout, proc.stdout
+        assert proc.stderr == "", proc.stderr

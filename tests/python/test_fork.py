@@ -129,3 +129,153 @@ def test_timeouts_fire_in_a_child_forked_after_the_parent_used_them():
     )
     assert proc.returncode == 0, proc.stderr
     assert "child 0" in proc.stdout, proc.stdout + proc.stderr
+
+
+# A body that calls os.fork(): the child's copy of the body is the child's program. It ends the child
+# when it ends — before, the child went back to its worker's loop and hung there for good (and the
+# parent with it, in waitpid).
+_FORK_IN_BODY = """
+import atexit, os, sys, threading
+import distaff
+
+parent = os.getpid()
+atexit.register(lambda: print("atexit in", "parent" if os.getpid() == parent else "child", flush=True))
+
+@distaff.task
+def double(x):
+    return 2 * x
+
+@distaff.task
+def body():
+    pid = os.fork()
+    if pid == 0:
+        import signal
+        signal.alarm(20)  # a hang in the child ends as SIGALRM (exit status -14)
+        print("child output", double(4))  # no flush: the end of the body flushes
+        CHILD_END
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+print("child status", body(), flush=True)
+"""
+
+
+def _fork_in_body(child_end: str):
+    # PYTHONUNBUFFERED off: the child's unflushed output must reach the pipe.
+    return run_python(_FORK_IN_BODY.replace("CHILD_END", child_end), timeout=60,
+                      env={"PYTHONUNBUFFERED": ""}, args=("-W", "ignore::DeprecationWarning"))
+
+
+def test_a_child_forked_by_a_body_exits_0_when_its_copy_of_the_body_returns():
+    proc = _fork_in_body('return "the child\'s copy returns"')
+    assert proc.returncode == 0, proc.stderr
+    assert "child status 0" in proc.stdout, proc.stdout + proc.stderr
+    assert "child output 8" in proc.stdout  # flushed, and distaff worked in the child
+    # atexit handlers run in the parent only, as with the child of a forked thread
+    assert proc.stdout.count("atexit in") == 1 and "atexit in parent" in proc.stdout, proc.stdout
+
+
+def test_a_child_forked_by_a_body_exits_with_the_status_sys_exit_gives():
+    proc = _fork_in_body("sys.exit(3)")
+    assert proc.returncode == 0, proc.stderr
+    assert "child status 3" in proc.stdout and "child output 8" in proc.stdout, proc.stdout + proc.stderr
+    proc = _fork_in_body('sys.exit("bye from the child")')
+    assert "child status 1" in proc.stdout, proc.stdout + proc.stderr
+    assert "bye from the child" in proc.stderr
+
+
+def test_a_child_forked_by_a_body_that_raises_prints_the_traceback_and_exits_1():
+    proc = _fork_in_body('raise ValueError("boom in the child")')
+    assert proc.returncode == 0, proc.stderr
+    assert "child status 1" in proc.stdout and "child output 8" in proc.stdout, proc.stdout + proc.stderr
+    assert "Traceback" in proc.stderr and "ValueError: boom in the child" in proc.stderr, proc.stderr
+    assert "distaff: raised in task 'body'" in proc.stderr
+    proc = _fork_in_body("raise KeyboardInterrupt")
+    assert "child status -2" in proc.stdout, proc.stdout + proc.stderr  # ended by SIGINT, as a program is
+    assert "KeyboardInterrupt" in proc.stderr
+
+
+def test_a_child_forked_by_a_body_can_fork_again():
+    proc = _fork_in_body(
+        """
+        sys.stdout.flush()
+        pid2 = os.fork()
+        if pid2 == 0:
+            print("grandchild", double(5))
+            sys.exit(7)
+        _, st = os.waitpid(pid2, 0)
+        print("grandchild status", os.waitstatus_to_exitcode(st))
+        sys.exit(5)
+        """
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "grandchild 10" in proc.stdout and "grandchild status 7" in proc.stdout, proc.stdout + proc.stderr
+    assert "child status 5" in proc.stdout
+
+
+def test_a_child_forked_by_a_body_waits_and_never_runs_the_parents_other_bodies():
+    """The child's body parks (distaff.sleep, result() of work on the child's own engine) while the
+    parent's other bodies on the same worker — sleeping, and queued behind the body — have copies in
+    the child: none of them runs there, and the child's fire-and-forget work ends before it exits."""
+    proc = run_python(
+        """
+        import os, sys, threading
+        import distaff
+
+        parent = os.getpid()
+        release = threading.Event()
+        started = threading.Event()
+
+        def where():
+            return "parent" if os.getpid() == parent else "CHILD"
+
+        @distaff.task
+        def sibling(i):
+            started.set()
+            while not release.is_set():
+                if os.getpid() != parent:
+                    print("sibling ran in the CHILD", flush=True)
+                distaff.sleep(0.01)
+            return i
+
+        @distaff.task
+        def queued(i):
+            if os.getpid() != parent:
+                print("queued work ran in the CHILD", flush=True)
+            return i
+
+        @distaff.task
+        def double(x):
+            return 2 * x
+
+        @distaff.task
+        def note():
+            print("fire-and-forget ran in the", where().lower(), flush=True)
+
+        @distaff.task
+        def body():
+            qs = [queued.submit(i) for i in range(20)]  # on this worker's queue at the fork
+            pid = os.fork()
+            if pid == 0:
+                import signal
+                signal.alarm(20)
+                distaff.sleep(0.3)  # the siblings' copies would wake meanwhile
+                print("child", double(21), flush=True)
+                note.submit()
+                return
+            _, st = os.waitpid(pid, 0)
+            return os.waitstatus_to_exitcode(st), sum(q.result() for q in qs)
+
+        sibs = [sibling.submit(i) for i in range(3)]
+        started.wait()
+        print("status", body(), flush=True)
+        release.set()
+        print("siblings", [s.result(timeout=30) for s in sibs])
+        """,
+        timeout=60,
+        args=("-W", "ignore::DeprecationWarning"),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "CHILD" not in proc.stdout, proc.stdout
+    assert "child 42" in proc.stdout and "fire-and-forget ran in the child" in proc.stdout, proc.stdout + proc.stderr
+    assert "status (0, 190)" in proc.stdout and "siblings [0, 1, 2]" in proc.stdout, proc.stdout

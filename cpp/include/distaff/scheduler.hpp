@@ -37,6 +37,12 @@ inline constexpr std::size_t kStackSizeMax = std::size_t(1) << 30;
 // there); their content is undefined when the fiber starts. src/detail/stack_allocator.hpp.
 inline constexpr std::size_t kFiberScratchBytes = 1024;
 void* fiber_scratch() noexcept;
+// keep_only_current_fiber: for a process forked by a body. In the child, the calling worker fiber
+// is the only one of its thread that may run again: the worker's loop (it would take the parent's
+// queued work) and the parent's other fibers of this thread (copies, whose embedder state the fork
+// discarded) are never resumed; the fiber's own waits still park and wake as before, the thread
+// blocking while nothing else is ready. Returns false (and changes nothing) off a worker fiber.
+bool keep_only_current_fiber() noexcept;
 // How many fiber stacks get a static guard page, process-wide (default 20,000); stacks beyond it
 // get a guard armed only while their fiber runs (src/detail/stack_allocator.hpp). For tests.
 void set_stack_guard_limit(std::size_t limit) noexcept;
