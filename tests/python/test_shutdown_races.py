@@ -78,7 +78,7 @@ def test_an_execution_that_turns_ready_during_the_cancel_sweep_is_cancelled_not_
 
 
 # The outsider's program (session 8): forwarding bodies under concurrency=, threads submitting
-# while shutdown cancels. Before the fix its cancel_running case hung in 3 of 3 runs (live 2, queued
+# while shutdown cancels. Before the fix its cancel_running case hung in 2 of 2 runs (live 2, queued
 # 0, fibers 0); its cancel_pending case rarely (the deterministic test above pins that). The bodies use no threading primitive: a cancel
 # lands in Python at any bytecode, and one landing inside threading.Event.set() can leave its
 # Condition's lock held (docs/limits.md, cancellation in busy code), which would hang the test for
