@@ -274,6 +274,13 @@ void Scheduler::on_dependency_done(Execution& dep, void* arg) {
     failed->release();
     ex->release();  // the parked reference
   } else {
+    // Ready: `waiting` (for dependencies) turns `pending` (queued), unless a cancel finished it
+    // meanwhile. A worker that dequeues it while draining (close(true), cancel_bodies()) does not
+    // start it, and run() must see it not started: a record that became ready while close(true)
+    // swept the queues is in neither list it swept (parked_ after queues), and run() cancelled
+    // only `pending` ones — one left `waiting` stayed unfinished, and shutdown waited forever.
+    State expected = State::waiting;
+    ex->state_.compare_exchange_strong(expected, State::pending, std::memory_order_acq_rel);
     self->notify(EventKind::ready, *ex);
     self->enqueue_ready(ex);  // hands the parked reference to the queue
   }

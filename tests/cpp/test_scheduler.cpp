@@ -822,6 +822,45 @@ TEST_P(SchedulerTest, CancelBodiesStartsNoBodyAndFlagsOneStartedJustBefore) {
   s.cancel_bodies();  // idempotent
 }
 
+// An execution whose dependencies end while the scheduler drains (cancel_bodies(), close(true))
+// becomes ready, is dequeued and not started: run() must see it not started — `pending`, as for
+// any queued one — and cancel it. It used to reach run() still `waiting`, which run() took for
+// neither started nor unstarted, so it was never finished and a shutdown waiting for it hung (the
+// bindings: shutdown(cancel_running=True) while concurrency= gates opened, test_shutdown_races.py).
+// close(true) returns a parked execution, but one that turns ready while the sweep runs is in
+// neither list it reads: `b` below, whose returned record the embedder leaves alone, stands for it.
+TEST_P(SchedulerTest, AnExecutionReadyWhileDrainingReachesRunPendingAndIsCancelled) {
+  SchedulerOptions o = options();
+  std::mutex seen_mu;
+  std::vector<State> seen;  // the state run() got for each execution it did not start
+  o.run = [&](Execution& ex) {
+    if (ex.done()) return;
+    {
+      std::lock_guard<std::mutex> g(seen_mu);
+      seen.push_back(ex.state());
+    }
+    EXPECT_TRUE(ex.cancel_if_not_started()) << ex.name() << " was started while draining";
+  };
+  Scheduler& s = start(std::move(o));
+  ExecutionRef dep_a = Execution::create("dep_a"), dep_b = Execution::create("dep_b");
+  ExecutionRef a = submit(nullptr, {dep_a}, "a");
+  ExecutionRef b = submit(nullptr, {dep_b}, "b");
+  s.cancel_bodies();
+  dep_a->finish(State::succeeded);  // a turns ready with bodies cancelled
+  wait_done(a);
+  std::vector<ExecutionRef> drained = s.close(true);
+  EXPECT_EQ(ids_of(drained), (std::set<std::uint64_t>{b->id()}));
+  drained.clear();  // not cancelled here: as if the sweep had missed it
+  dep_b->finish(State::succeeded);  // b turns ready while draining
+  wait_done(b);
+  shutdown();
+  EXPECT_EQ(a->state(), State::cancelled);
+  EXPECT_EQ(b->state(), State::cancelled);
+  EXPECT_EQ(seen, (std::vector<State>{State::pending, State::pending}));
+  EXPECT_EQ(a->started_ns(), 0);
+  EXPECT_EQ(b->started_ns(), 0);
+}
+
 TEST_P(SchedulerTest, WaitIdleUntil) {
   Scheduler& s = start();
   EXPECT_TRUE(s.wait_idle_until(Clock::now())) << "nothing submitted: idle at once";

@@ -69,7 +69,8 @@ struct SchedulerOptions {
   // run: runs the body of `ex` on a worker fiber. Must not throw. Called for every dequeued
   // execution: with state `running` normally, terminal if it was finished while queued, and
   // `pending` if the scheduler is draining (close(true)) or its bodies were cancelled
-  // (cancel_bodies()): then run must cancel it. It should finish `ex`, or arrange for something
+  // (cancel_bodies()): then run must cancel it. (A dependent turns `pending` as its dependencies
+  // end, so run never sees `waiting`.) It should finish `ex`, or arrange for something
   // else to finish it (a forward). A run that waits for something before it starts the body (the
   // bindings wait for the GIL) checks bodies_cancelled() once it has it. Required.
   std::function<void(Execution& ex)> run;
@@ -135,7 +136,9 @@ class Scheduler {
   // (run() sees it still pending and must cancel it), and the executions that have not started —
   // queued, or waiting for dependencies — are returned (they stay in their queues; the caller
   // finishes them, normally as cancelled). An execution a worker started just before the call is
-  // not in the list: it runs, and a later cancel finds it running. Any thread.
+  // not in the list: it runs, and a later cancel finds it running. One whose dependencies end while
+  // the caller handles the list (or during the call) may be missing from it, or be dequeued first:
+  // run() then gets it `pending` and cancels it. Any thread.
   std::vector<ExecutionRef> close(bool drain);
 
   // cancel_bodies: from now on no body of this scheduler starts. A dequeued execution is not
