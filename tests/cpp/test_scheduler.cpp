@@ -972,6 +972,12 @@ TEST_P(SchedulerTest, FibersNeverMigrate) {
 // while the parent's other fibers of that worker (sleeping siblings) and the records queued behind
 // it (its children) never run there. The child reports through its exit status.
 TEST_P(SchedulerTest, AForkedChildRunsOnlyTheFiberThatForked) {
+#if defined(__SANITIZE_ADDRESS__)
+  // fork() of a multi-threaded process under ASan: a lock of ASan's own allocator held by another
+  // worker at the fork stays held in the child, which then hangs in its first allocation (CI: w8
+  // timed out). The fork behaviour is tested by the normal build and tests/python/test_fork.py.
+  GTEST_SKIP() << "fork() of a multi-threaded process can deadlock inside ASan's runtime";
+#endif
   Scheduler& s = start();
   const pid_t parent = getpid();
   std::atomic<bool> stop{false}, ran_in_child{false};
