@@ -70,6 +70,50 @@ struct Termination {
   PyObject* async_exc;  // raised in the root's body; CancelledError in the descendants'
 };
 
+// ---- an interruption that lands in a callback ------------------------------------------------------
+// raise_in_fiber's exception fires at the body's next bytecode boundary, which may belong to Python
+// that CPython runs on the body's behalf and whose exceptions it only reports: a weakref callback or
+// a __del__ run by the garbage collector (the CI saw WeakSet's _remove), an atexit-free finaliser.
+// There it would be printed as "Exception ignored in ..." and lost, and the body would run on after
+// its execution had ended. distaff's sys.unraisablehook wrapper (installed, chained to the hook it
+// replaces, whenever an exception is queued into a running body) recognises that exception — raised
+// in the fiber of a body that is still running although its execution has finished, and not
+// shielded — and queues it again, so it fires at the body's next bytecode instead; everything else
+// goes to the previous hook. The wrapper is C code: it runs no bytecode, so the re-queued exception
+// cannot fire inside the hook itself.
+PyObject* raw_unraisablehook(PyObject* prev, PyObject* args) {
+  PyObject* et = PyObject_GetAttrString(args, "exc_type");
+  if (!et) {
+    PyErr_Clear();
+  } else if (et == CancelledError || et == TimeoutErrorType) {
+    Execution* e = current_execution();
+    auto* pe = e ? static_cast<PyExecution*>(e->payload()) : nullptr;
+    if (pe && pe->tstate && pe->tstate == PyThreadState_Get() && e->done() && !pe->shielded &&
+        raise_in_fiber(pe->tstate, et)) {
+      Py_DECREF(et);
+      Py_RETURN_NONE;
+    }
+  }
+  Py_XDECREF(et);
+  if (prev == Py_None) prev = PySys_GetObject("__unraisablehook__");  // borrowed
+  if (!prev) Py_RETURN_NONE;
+  return PyObject_CallOneArg(prev, args);
+}
+
+PyMethodDef unraisablehook_def = {"unraisablehook", &raw_unraisablehook, METH_O,
+                                  "distaff's sys.unraisablehook: re-raises an interruption that "
+                                  "landed in a callback run by a body, else calls the previous hook"};
+
+// ensure_unraisablehook: installs the wrapper over the current sys.unraisablehook unless it is
+// already there (a hook installed later, pytest's per-test one for instance, is wrapped in turn).
+void ensure_unraisablehook() {
+  PyObject* cur = PySys_GetObject("unraisablehook");  // borrowed
+  if (cur && PyCFunction_Check(cur) && PyCFunction_GET_FUNCTION(cur) == &raw_unraisablehook) return;
+  PyObject* h = PyCFunction_New(&unraisablehook_def, cur ? cur : Py_None);
+  if (!h || PySys_SetObject("unraisablehook", h) < 0) PyErr_Clear();
+  Py_XDECREF(h);
+}
+
 bool finish_terminated(Execution& ex, bool was_parked, void* arg) {
   auto* t = static_cast<Termination*>(arg);
   const bool root = &ex == t->root->core;
@@ -87,7 +131,10 @@ bool finish_terminated(Execution& ex, bool was_parked, void* arg) {
   }
   // A parked body was woken by interrupt() and raises itself (raise_interrupted); one running
   // Python gets the exception at its next bytecode, unless it is shielded (pe_shield).
-  if (finished && p->tstate && !was_parked && !p->shielded) raise_in_fiber(p->tstate, exc);
+  if (finished && p->tstate && !was_parked && !p->shielded) {
+    ensure_unraisablehook();
+    raise_in_fiber(p->tstate, exc);
+  }
   return finished;
 }
 

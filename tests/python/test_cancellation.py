@@ -533,3 +533,57 @@ def test_a_cancel_that_lands_while_a_body_is_in_c_code_does_not_fire_after_it_re
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "10 of 10", (proc.stdout, proc.stderr)
     assert "Exception ignored" not in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("how", ["cancel", "timeout"])
+def test_an_interrupt_that_lands_in_a_weakref_callback_run_by_the_body_still_stops_the_body(how):
+    """A cancel (or a timeout) fires at the body's next bytecode; when that bytecode belongs to a
+    weakref callback or a __del__ that the body triggered, CPython only reports the exception ("Exception
+    ignored in ...") and the body ran on after its execution had ended. (Found in CI: a CancelledError
+    printed from WeakSet._remove.) distaff's unraisable hook queues it again, so the body stops at its
+    next bytecode and nothing is printed. Before the fix: stderr had the report and the body ran its
+    loop to the end."""
+    proc = run_python(
+        f"""
+        import threading, weakref, distaff
+        eng = distaff.Engine(workers=1, max_workers=1)
+        in_callback = threading.Event()
+        reached = []
+
+        class Obj:
+            pass
+
+        def callback(ref):
+            in_callback.set()
+            while True:  # the interrupt fires here, inside the callback
+                pass
+
+        def body():
+            o = Obj()
+            r = weakref.ref(o, callback)
+            del o  # runs the callback
+            for i in range(30_000_000):  # the body's own bytecode: stopped here with the fix
+                pass
+            reached.append(1)
+
+        how = {how!r}
+        if how == "cancel":
+            ex = eng.submit(body)
+            assert in_callback.wait(30)
+            assert ex.cancel()
+        else:
+            ex = eng.task(timeout=0.05)(body).submit()
+        assert eng.wait_idle(60)
+        print("STATE", ex.state, type(ex.exception()).__name__ if not ex.cancelled() else "-")
+        print("REACHED", len(reached))
+        # the worker is free again and the engine works
+        print("NEXT", eng.submit(lambda: 7).result(timeout=30))
+        eng.shutdown()
+        """,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    expected = "STATE cancelled -" if how == "cancel" else "STATE failed TimeoutError"
+    assert expected in proc.stdout, (proc.stdout, proc.stderr)
+    assert "REACHED 0" in proc.stdout and "NEXT 7" in proc.stdout, (proc.stdout, proc.stderr)
+    assert "Exception ignored" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
