@@ -230,9 +230,14 @@ PyObject* pe_cancel(PyObject* self, PyObject*) {
 
 // _shield(): from now on a cancel or timeout of this execution finishes it at once but raises
 // nothing in its body (Elsewhere: the body is handing its work to a runner, and an exception at an
-// arbitrary bytecode there loses bookkeeping; the execution's done callback stops the work).
+// arbitrary bytecode there loses bookkeeping; the execution's done callback stops the work; and
+// _SlotBody's tail, which gives the concurrency slot back). Called by the body itself, it also drops
+// an interrupt already queued for it (a cancel that came while the body ran Python and has not fired
+// yet): once _shield() returns, nothing is raised in the body. The execution is finished already.
 PyObject* pe_shield(PyObject* self, PyObject*) {
-  as_pe(self)->shielded = 1;
+  PyExecution* pe = as_pe(self);
+  pe->shielded = 1;
+  if (pe->tstate && pe->tstate == PyThreadState_Get()) Py_CLEAR(pe->tstate->async_exc);
   Py_RETURN_NONE;
 }
 

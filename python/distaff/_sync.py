@@ -464,14 +464,21 @@ class _SlotBody:
         key = me.id if me is not None else None
         if key is not None:
             _held_slots[key] = slot
+        r = None
         try:
             r = self.fn(*args, **kwargs)
-            if isinstance(r, _core.Execution):
-                slot.pause()  # the body returned: it forwards, and holds no slot while it does
             return r
         finally:
+            # The body has returned (or raised). A cancel or timeout that came meanwhile would fire
+            # its exception at the next bytecode boundary — in this tail, where it would skip the
+            # slot's release (every later call of the task then waits forever). _shield() drops it
+            # and keeps any later one out; no boundary comes before it (no call, no backward jump).
+            if me is not None:
+                me._shield()
             if key is not None:
                 _held_slots.pop(key, None)
+            if isinstance(r, _core.Execution):
+                slot.pause()  # the body returned: it forwards, and holds no slot while it does
             slot.leave()
 
 

@@ -530,3 +530,50 @@ def test_a_forwarding_body_under_retries_takes_its_slot_again_for_each_attempt(e
     out = distaff.gather(*[step.submit(i) for i in range(10)]).result(timeout=60)
     assert out == [("fallback", i) for i in range(10)]
     assert state["most"] == 1, state
+
+
+@pytest.mark.parametrize("returns", ["value", "execution"])
+def test_a_cancel_that_fires_after_the_body_returned_does_not_keep_its_concurrency_slot(returns):
+    # A cancel (or timeout) queues its exception for the body's next bytecode boundary. If the body
+    # has just returned, that boundary is in distaff's own wrapper, which then gives the slot back:
+    # an exception there skipped the release, and every later call of the task waited forever. The
+    # profile function below cancels the execution at the wrapper's first call after the body
+    # returned (_held_slots.pop) and so forces that timing on every run (the exception a profile function raises
+    # propagates at the call, where the queued interrupt would fire). Fresh interpreter with a
+    # deadline: before the fix, the next call's result() timed out (LOST).
+    code = f"""
+    import concurrent.futures as cf, os, sys, distaff
+    from distaff import _sync
+
+    returns = {returns!r}
+
+    @distaff.task()
+    def one():
+        return 1
+
+    @distaff.task(concurrency=1)
+    def body(x):
+        me = distaff.current_execution()
+        def prof(frame, event, arg):
+            # the wrapper's first step after the body: _held_slots.pop(...)
+            if event == "c_call" and getattr(arg, "__self__", None) is _sync._held_slots:
+                sys.setprofile(None)
+                me.cancel()
+
+        if x < 100:  # (the later calls only check that the slot is free)
+            sys.setprofile(prof)
+        return one.submit() if returns == "execution" else x
+
+    for i in range(5):
+        e = body.submit(i)
+        cf.wait([e], timeout=30)  # ends cancelled (or, if the cancel came too late, succeeded)
+        try:
+            later = body.submit(100 + i).result(timeout=10)
+        except TimeoutError:
+            print("LOST", e.state, flush=True)
+            os._exit(3)  # (the exit would wait for the queued call forever)
+        print("NEXT", e.state, later, flush=True)
+    """
+    r = run_python(code, timeout=120)
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    assert r.stdout.count("NEXT") == 5 and "LOST" not in r.stdout, (r.stdout, r.stderr)
