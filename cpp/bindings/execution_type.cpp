@@ -523,6 +523,15 @@ bool complete(PyExecution* pe, State state, PyObject* value) {
     Py_XDECREF(value);
     return false;
   }
+  // Finishing runs callbacks that may drop the last other reference to `pe` — forward_done
+  // releases the forwarder's reference to the execution it followed — and callers may hold none
+  // of their own (shutdown's cancel sweep reaches executions through their core's payload): ASan
+  // saw remember_finished() read a freed `pe` after cancel_if_not_started(). Hold one throughout.
+  Py_INCREF(pe);
+  struct Hold {
+    PyExecution* p;
+    ~Hold() { Py_DECREF(p); }
+  } hold{pe};
   // While the engine shuts down, children submitted late (see submit_impl) do not outlive their
   // parent: read them now, finishing releases the child records.
   std::vector<ExecutionRef> kids;
