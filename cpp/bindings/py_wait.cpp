@@ -69,9 +69,13 @@ PyObject* raw_wait_set(PyObject*, PyObject* const* a, Py_ssize_t n) {
   if (!members_of(a[0], members) || !parse_timeout(a[1], deadline) || !parse_mode(a[2], mode)) return nullptr;
   if (!check_deadlock(members, mode)) return nullptr;
   WaitSet ws(std::move(members), mode);
+  Execution* self = interruptible_execution();
   int r = wait_sliced([&](Clock::time_point d) { return ws.wait_until(d); }, deadline);
   if (r < 0) return nullptr;
-  if (r == 0 && !ws.satisfied()) {  // woken early: the waiting execution was cancelled
+  // Woken early because the waiting execution was cancelled or timed out — or it was already, and
+  // the wait returned at once without its condition: every later wait of such a body raises again
+  // (as result(), sleep() and the sync primitives do), or `while not wait(...).done` would spin.
+  if ((r == 0 && !ws.satisfied()) || (r == 1 && self && self->interrupted() && !ws.satisfied())) {
     raise_interrupted();
     return nullptr;
   }

@@ -2,6 +2,8 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <mutex>
+#include <pthread.h>
 #include <thread>
 #include <unordered_set>
 
@@ -20,6 +22,17 @@ SwitchHooks g_hooks{};
 // consistent graph. Two fibers on two workers that each start waiting on the other serialise here
 // and the second one finds the cycle.
 std::mutex g_graph_mu;
+
+// fork(): a child gets only the forking thread, and a copy of g_graph_mu as it was — held for good
+// if another worker held it at that instant (an outsider saw a forked child hang in its first wait,
+// in pthread_mutex_lock under sleep_until). The forking thread takes it around fork() instead, so
+// the graph is copied consistent and the lock free in both processes. Nothing that holds it waits
+// for anything else (graph updates only), so taking it here cannot deadlock.
+struct GraphLockAcrossFork {
+  GraphLockAcrossFork() {
+    pthread_atfork([] { g_graph_mu.lock(); }, [] { g_graph_mu.unlock(); }, [] { g_graph_mu.unlock(); });
+  }
+} g_graph_lock_across_fork;
 
 // Trampoline: completions triggered from inside completion callbacks are queued here and run by the
 // outermost finish() on this fiber, so propagation along long chains is iterative.

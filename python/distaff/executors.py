@@ -620,7 +620,7 @@ class _Futures(_Windowed):
             return
         t = self.target
         try:
-            if isinstance(t, concurrent.futures.ThreadPoolExecutor):
+            if _is_thread_pool(t):
                 with t._shutdown_lock:
                     # A call starts a thread unless one is idle (and then takes it as busy): a few
                     # calls more than threads missing.
@@ -628,7 +628,7 @@ class _Futures(_Windowed):
                         if t._shutdown or len(t._threads) >= t._max_workers:
                             break
                         t._adjust_thread_count()
-            elif isinstance(t, concurrent.futures.ProcessPoolExecutor):
+            elif _is_process_pool(t):
                 with t._shutdown_lock:
                     if not (t._shutdown_thread or t._broken):
                         if t._safe_to_dynamically_spawn_children:
@@ -1330,5 +1330,18 @@ def adapt(obj: Any, name: str | None) -> Any:
         return obj
     if _is_dask_client(obj):
         return _Dask(obj, name)
-    local = isinstance(obj, concurrent.futures.ThreadPoolExecutor)
-    return _Futures(obj, name or type(obj).__name__, local)
+    return _Futures(obj, name or type(obj).__name__, _is_thread_pool(obj))
+
+
+def _is_thread_pool(obj: Any) -> bool:
+    """isinstance(obj, ThreadPoolExecutor) without importing concurrent.futures.thread: an instance
+    means it is imported already, and importing it at interpreter exit raises "can't register
+    atexit after shutdown" (a workflow still running at exit, first using a ProcessPoolExecutor)."""
+    mod = sys.modules.get("concurrent.futures.thread")
+    return mod is not None and isinstance(obj, mod.ThreadPoolExecutor)
+
+
+def _is_process_pool(obj: Any) -> bool:
+    """isinstance(obj, ProcessPoolExecutor), without the import (as _is_thread_pool)."""
+    mod = sys.modules.get("concurrent.futures.process")
+    return mod is not None and isinstance(obj, mod.ProcessPoolExecutor)

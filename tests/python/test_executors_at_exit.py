@@ -378,6 +378,47 @@ def test_a_workflow_running_at_exit_can_use_a_pool_for_the_first_time(pool):
     assert "script ends" in r.stdout and "sum 190" in r.stdout, (r.stdout, r.stderr)
     assert "RuntimeError" not in r.stderr and "ShutdownError" not in r.stderr, r.stderr
 
+@pytest.mark.parametrize("pool", ["ThreadPoolExecutor", "ProcessPoolExecutor"])
+def test_a_pool_first_named_by_options_at_exit_fails_cleanly_or_runs(pool):
+    """Outsider finding (session 9): a workflow running at exit whose steps first name a pool through
+    task.options(executor=pool) — nothing declared it before the script ended — failed them with
+    RuntimeError "can't register atexit after shutdown": distaff's isinstance check touched
+    concurrent.futures.ThreadPoolExecutor, whose lazy import registers an exit hook. Now the steps
+    run or fail with the pool's own clean error, never that one."""
+    code = textwrap.dedent(f"""
+        import concurrent.futures as cf
+        import distaff
+
+        pool = cf.{pool}(2)
+
+        @distaff.task()
+        def step(x):
+            return x * 2
+
+        gate = distaff.Event()
+
+        @distaff.workflow()
+        def wf(n):
+            gate.wait()  # set by the exit
+            try:
+                r = sum(step.options(executor=pool)(i) for i in range(n))
+            except Exception as e:
+                r = type(e).__name__ + ": " + str(e)
+            print("RESULT", r, flush=True)
+
+        import threading
+        threading._register_atexit(gate.set)
+        wf.submit(5)
+        print("script ends", flush=True)
+    """)
+    r = run_python(code, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "script ends" in r.stdout and "RESULT" in r.stdout, (r.stdout, r.stderr)
+    assert "can't register atexit" not in r.stdout + r.stderr, (r.stdout, r.stderr)
+    result = r.stdout.split("RESULT ", 1)[1].splitlines()[0]
+    assert result == "20" or result.startswith(("ShutdownError", "RuntimeError: cannot schedule")), result
+
+
 _USER_POOL_AT_EXIT = """
 import atexit, gc, weakref
 

@@ -987,3 +987,47 @@ def test_join_rejects_bad_arguments(members):
         distaff.join()
     with pytest.raises(TypeError, match="'users'"):
         distaff.join(users=3)
+
+
+@pytest.mark.parametrize("return_when", ["ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION"])
+@pytest.mark.parametrize("timeout", [None, 5])
+def test_wait_in_a_body_that_was_cancelled_raises_again_instead_of_returning_at_once(return_when, timeout):
+    # Outsider finding (session 9): a body that caught the CancelledError of its own cancel and then
+    # called distaff.wait() got (set(), {...}) back at once, with or without a timeout — so
+    # `while not wait([x], timeout=1).done` spun at 100% CPU. Every later wait of a cancelled body
+    # raises again, as result(), sleep() and the sync primitives do.
+    eng = distaff.Engine(workers=2)
+    try:
+        release = threading.Event()
+        caught = threading.Event()
+        started = threading.Event()
+        out = []
+
+        @eng.task
+        def other():
+            release.wait(30)
+
+        @eng.task
+        def body(ext):
+            try:
+                started.set()
+                distaff.sleep(30)
+            except distaff.CancelledError:
+                caught.set()
+            try:
+                r = distaff.wait([ext], timeout=timeout, return_when=return_when)
+                out.append(("returned", r))
+            except distaff.CancelledError:
+                out.append(("raised",))
+
+        ext = other.submit()
+        b = body.submit(ext)
+        assert started.wait(30)
+        b.cancel()
+        assert caught.wait(30)
+        release.set()
+        assert eng.wait_idle(30)
+        assert out == [("raised",)], out
+    finally:
+        release.set()
+        eng.shutdown()
