@@ -284,6 +284,22 @@ def test_wait_takes_an_iterable_not_a_single_future(impl):
     assert done == {a}
 
 
+def test_wait_and_as_completed_name_the_first_member_that_is_not_an_execution(engine):
+    # The members' type check runs in C (set of types) with the message of the per-member loop it
+    # replaced: the first offender, wherever it is, duplicates and all.
+    a = engine.task()(lambda: 1).submit()
+    a.result()
+    for members in ([a, 3], [3, a], [a, a, "x", 2.0], ["x"]):
+        with pytest.raises(TypeError, match=r"wait\(\) takes Executions, got " + type([m for m in members if m is not a][0]).__name__):
+            distaff.wait(members)
+        with pytest.raises(TypeError, match=r"as_completed\(\) takes Executions, got "):
+            distaff.as_completed(members)
+    with pytest.raises(TypeError, match="unhashable"):
+        distaff.wait([a, []])
+    done, not_done = distaff.wait([a, a])
+    assert done == {a} and not_done == set()
+
+
 def test_wait_rejects_a_bad_return_when(impl):
     g = impl.gate()
     a = impl.spawn(1, gate=g)
