@@ -1,5 +1,6 @@
 #include "distaff/execution.hpp"
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
@@ -153,10 +154,36 @@ Execution::DepsInfo& Execution::deps_info() {
   return *info;  // another thread installed one first
 }
 
-const std::vector<std::uint64_t>& Execution::dependency_ids() const noexcept {
-  static const std::vector<std::uint64_t> none;
+void Execution::DepsInfo::add_id(std::uint64_t id) {
+  if (cap_ids == 1) {
+    if (n_ids == 0) {
+      ids.one = id;
+      n_ids = 1;
+      return;
+    }
+    auto* grown = new std::uint64_t[4];
+    grown[0] = ids.one;
+    ids.many = grown;
+    cap_ids = 4;
+  } else if (n_ids == cap_ids) {
+    auto* grown = new std::uint64_t[std::size_t{cap_ids} * 2];
+    std::copy(ids.many, ids.many + n_ids, grown);
+    delete[] ids.many;
+    ids.many = grown;
+    cap_ids *= 2;
+  }
+  ids.many[n_ids++] = id;
+}
+
+std::span<const std::uint64_t> Execution::dependency_id_span() const noexcept {
   const DepsInfo* info = deps_info_if_any();
-  return info ? info->ids : none;
+  if (!info) return {};
+  return {info->id_data(), info->n_ids};
+}
+
+std::vector<std::uint64_t> Execution::dependency_ids() const {
+  const std::span<const std::uint64_t> ids = dependency_id_span();
+  return std::vector<std::uint64_t>(ids.begin(), ids.end());
 }
 
 void Execution::release() noexcept {
@@ -164,7 +191,7 @@ void Execution::release() noexcept {
 }
 
 void Execution::add_dependency(const ExecutionRef& dep) {
-  deps_info().ids.push_back(dep->id());
+  deps_info().add_id(dep->id());
 }
 
 bool Execution::start() noexcept {

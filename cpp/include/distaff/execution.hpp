@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <span>
 #include <string>
 #include <utility>
 #include <vector>
@@ -101,7 +102,8 @@ class Execution {
   // Records for description, graph and telemetry. Set before submission, read any time after.
   std::uint64_t parent_id() const noexcept { return parent_id_; }
   void set_parent_id(std::uint64_t id) noexcept { parent_id_ = id; }
-  const std::vector<std::uint64_t>& dependency_ids() const noexcept;
+  std::vector<std::uint64_t> dependency_ids() const;
+  std::span<const std::uint64_t> dependency_id_span() const noexcept;  // the same, without a copy
   std::int64_t submitted_ns() const noexcept { return submitted_ns_.load(std::memory_order_relaxed); }
   std::int64_t started_ns() const noexcept { return started_ns_.load(std::memory_order_relaxed); }
   std::int64_t finished_ns() const noexcept { return finished_ns_.load(std::memory_order_relaxed); }
@@ -227,12 +229,29 @@ class Execution {
   // execution is published, or under g_graph_mu in link_dependencies): most executions have none,
   // and three members inline cost 56 bytes of every record (~20% of it: W1 allocates 100k at
   // once, W5's 10k sleepers keep theirs while parked). Freed with the execution.
+  // 48 bytes (a 64-byte chunk) with one dependency id inline: an execution with one dependency
+  // (W6's waiters) costs less than when the three members were inline (304 + the id vector's
+  // 32-byte buffer, now 256 + 64).
   struct DepsInfo {
-    std::vector<std::uint64_t> ids;  // every dependency's id, in order (add_dependency)
+    std::atomic<Execution*> failed{nullptr};  // first dependency that did not succeed
     // Guarded by the process-wide wait-graph mutex (g_graph_mu in execution.cpp; a global a
     // header annotation cannot name): unfinished dependencies, kept only while `waiting`.
     std::vector<ExecutionRef> unfinished;
-    std::atomic<Execution*> failed{nullptr};  // first dependency that did not succeed
+    // Every dependency's id, in order (add_dependency): `one` while cap_ids is 1, else `many`.
+    std::uint32_t n_ids = 0;
+    std::uint32_t cap_ids = 1;
+    union {
+      std::uint64_t one;
+      std::uint64_t* many;
+    } ids{0};
+    DepsInfo() = default;
+    DepsInfo(const DepsInfo&) = delete;
+    DepsInfo& operator=(const DepsInfo&) = delete;
+    ~DepsInfo() {
+      if (cap_ids > 1) delete[] ids.many;
+    }
+    void add_id(std::uint64_t id);
+    const std::uint64_t* id_data() const noexcept { return cap_ids > 1 ? ids.many : &ids.one; }
   };
   DepsInfo& deps_info();  // creates it on first use (a CAS: safe against a concurrent first use)
   const DepsInfo* deps_info_if_any() const noexcept { return deps_info_.load(std::memory_order_acquire); }
