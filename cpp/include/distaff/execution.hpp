@@ -225,8 +225,9 @@ class Execution {
   void* payload_ = nullptr;
   Scheduler* owner_ = nullptr;
   std::atomic<std::int64_t> submitted_ns_{0}, started_ns_{0}, finished_ns_{0};
-  // What only an execution with dependencies needs, allocated on its first dependency (before the
-  // execution is published, or under g_graph_mu in link_dependencies): most executions have none,
+  // What only an execution with dependencies needs, allocated on its first dependency (by
+  // add_dependency before the execution is published, or by Scheduler::submit before it turns
+  // `waiting`; a CAS installs it, so a racing first use is safe too): most executions have none,
   // and three members inline cost 56 bytes of every record (~20% of it: W1 allocates 100k at
   // once, W5's 10k sleepers keep theirs while parked). Freed with the execution.
   // 48 bytes (a 64-byte chunk) with one dependency id inline: an execution with one dependency
