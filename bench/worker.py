@@ -89,8 +89,11 @@ def main() -> int:
         out["rss_before_kib"] = rss_kib()
         out["phase"] = "measure"
         flush()
+        out["cpu_reps"] = []  # process CPU seconds (every thread) of each repetition, setup included
         for _ in range(a.reps):
+            c0 = time.process_time()
             res = method(a.n)
+            out["cpu_reps"].append(time.process_time() - c0)
             if isinstance(res, dict):
                 sec = float(res["seconds"])
                 extra = {k: v for k, v in res.items() if k != "seconds"}

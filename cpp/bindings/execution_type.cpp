@@ -406,7 +406,7 @@ PyObject* pe_description(PyObject* self, void*) {
   Execution* c = pe->core;
   PyObject* deps = PyList_New(0);
   if (!deps) return nullptr;
-  for (std::uint64_t id : c->dependency_ids()) {
+  for (std::uint64_t id : c->dependency_id_span()) {
     PyObject* v = PyLong_FromUnsignedLongLong(id);
     if (!v || PyList_Append(deps, v) < 0) {
       Py_XDECREF(v);

@@ -76,7 +76,7 @@ class Recorder {
       switch (r.kind) {
         case EventKind::submit: {
           const Execution& e = *r.execution;
-          const auto& deps = e.dependency_ids();
+          const auto deps = e.dependency_id_span();
           pyb::tuple d(deps.size());
           for (std::size_t k = 0; k < deps.size(); ++k) d[k] = pyb::int_(deps[k]);
           detail = pyb::make_tuple(e.name(), to_string(e.kind()), e.parent_id(), d,

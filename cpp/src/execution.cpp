@@ -1,7 +1,9 @@
 #include "distaff/execution.hpp"
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <memory>
 #include <mutex>
 #include <pthread.h>
 #include <thread>
@@ -153,7 +155,48 @@ Execution::~Execution() {
     delete n;
     n = next;
   }
+  delete deps_info_.load(std::memory_order_acquire);
   g_live.fetch_sub(1, std::memory_order_relaxed);
+}
+
+Execution::DepsInfo& Execution::deps_info() {
+  DepsInfo* info = deps_info_.load(std::memory_order_acquire);
+  if (info) return *info;
+  auto fresh = std::make_unique<DepsInfo>();
+  if (deps_info_.compare_exchange_strong(info, fresh.get(), std::memory_order_acq_rel)) return *fresh.release();
+  return *info;  // another thread installed one first
+}
+
+void Execution::DepsInfo::add_id(std::uint64_t id) {
+  if (cap_ids == 1) {
+    if (n_ids == 0) {
+      ids.one = id;
+      n_ids = 1;
+      return;
+    }
+    auto* grown = new std::uint64_t[4];
+    grown[0] = ids.one;
+    ids.many = grown;
+    cap_ids = 4;
+  } else if (n_ids == cap_ids) {
+    auto* grown = new std::uint64_t[std::size_t{cap_ids} * 2];
+    std::copy(ids.many, ids.many + n_ids, grown);
+    delete[] ids.many;
+    ids.many = grown;
+    cap_ids *= 2;
+  }
+  ids.many[n_ids++] = id;
+}
+
+std::span<const std::uint64_t> Execution::dependency_id_span() const noexcept {
+  const DepsInfo* info = deps_info_if_any();
+  if (!info) return {};
+  return {info->id_data(), info->n_ids};
+}
+
+std::vector<std::uint64_t> Execution::dependency_ids() const {
+  const std::span<const std::uint64_t> ids = dependency_id_span();
+  return std::vector<std::uint64_t>(ids.begin(), ids.end());
 }
 
 void Execution::release() noexcept {
@@ -161,7 +204,7 @@ void Execution::release() noexcept {
 }
 
 void Execution::add_dependency(const ExecutionRef& dep) {
-  dependency_ids_.push_back(dep->id());
+  deps_info().add_id(dep->id());
 }
 
 bool Execution::start() noexcept {
@@ -187,16 +230,21 @@ Execution* blocked_of(Execution* e);
 
 // Accessors for the cycle walk (friends would drag the walk into the header).
 struct ExecutionGraphAccess {
-  static const std::vector<ExecutionRef>* deps(Execution* e) { return &e->deps_; }
+  static const std::vector<ExecutionRef>* deps(Execution* e) {
+    static const std::vector<ExecutionRef> none;
+    const Execution::DepsInfo* info = e->deps_info_if_any();
+    return info ? &info->unfinished : &none;
+  }
   static Execution* blocked(Execution* e) { return e->blocked_on_; }
   static void set_deps(Execution* e, std::vector<ExecutionRef> deps) {
+    Execution::DepsInfo& info = e->deps_info();
     std::lock_guard<std::mutex> g(g_graph_mu);
-    e->deps_ = std::move(deps);
+    info.unfinished = std::move(deps);
     e->in_graph_.store(true, std::memory_order_release);
   }
   static void clear_deps(Execution* e) {
     std::lock_guard<std::mutex> g(g_graph_mu);
-    e->deps_.clear();
+    if (Execution::DepsInfo* info = e->deps_info_.load(std::memory_order_acquire)) info->unfinished.clear();
   }
 };
 
@@ -435,7 +483,7 @@ bool Execution::finish_impl(State terminal, bool only_if_not_started) noexcept {
   }
   if (in_graph_.load(std::memory_order_acquire)) {
     std::lock_guard<std::mutex> g(g_graph_mu);
-    deps_.clear();
+    if (DepsInfo* info = deps_info_.load(std::memory_order_acquire)) info->unfinished.clear();
     blocked_on_ = nullptr;
   }
   // Keep ourselves alive through the release hook, the callbacks and the owner's bookkeeping.

@@ -231,6 +231,7 @@ void Scheduler::submit(const ExecutionRef& ex, const std::vector<ExecutionRef>& 
     enqueue_ready(ex.get());
     return;
   }
+  ex->deps_info();  // allocated before any state changes: the only step below that can throw
   ex->state_.store(State::waiting, std::memory_order_release);
   notify(EventKind::submit, *ex);  // before the dependencies are linked: they may release it at once
   ex->deps_left_.store(static_cast<std::uint32_t>(deps.size() + 1), std::memory_order_relaxed);
@@ -252,7 +253,7 @@ void Scheduler::on_dependency_done(Execution& dep, void* arg) {
   if (&dep != ex && dep.state() != State::succeeded) {
     Execution* expected = nullptr;
     dep.retain();
-    if (ex->failed_dep_.compare_exchange_strong(expected, &dep, std::memory_order_acq_rel)) {
+    if (ex->deps_info().failed.compare_exchange_strong(expected, &dep, std::memory_order_acq_rel)) {
       // Fail fast: the dependent is abandoned now, not when its last dependency ends.
       if (self->opts_.abandon) {
         self->opts_.abandon(*ex, dep);
@@ -270,7 +271,7 @@ void Scheduler::on_dependency_done(Execution& dep, void* arg) {
     self->parked_.erase(ex);
   }
   ex->unlink_dependencies();
-  if (Execution* failed = ex->failed_dep_.exchange(nullptr)) {
+  if (Execution* failed = ex->deps_info().failed.exchange(nullptr)) {
     failed->release();
     ex->release();  // the parked reference
   } else {

@@ -32,7 +32,6 @@ import concurrent.futures
 import os
 import heapq
 import inspect
-import pickle
 import threading
 import time
 from typing import Any, Callable
@@ -337,6 +336,7 @@ def _unshippable(job: Job, exc: BaseException) -> TypeError:
 
 def _decode(outcome: Any, job: Job) -> tuple[bool, Any]:
     """(True, value) or (False, exception) from _remote's packed outcome."""
+    import pickle  # on first use: 0.5 MiB of RSS for every `import distaff` otherwise (issue 15, W5)
     try:
         packed = pickle.loads(outcome) if outcome.__class__ is bytes else outcome
         ok, data, type_name, message, tb, where = packed

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import pickle
 import socket
 import traceback
 from typing import Any
@@ -31,6 +30,7 @@ def dumps(obj: Any) -> bytes:
     lambdas, closures, local classes (pickle raises) and anything of ``__main__`` (the name shows
     in the stream; another process's ``__main__`` is not this one).
     """
+    import pickle  # on first use: 0.5 MiB of RSS for every `import distaff` otherwise (issue 15, W5)
     try:
         data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
         if b"__main__" not in data:
@@ -64,6 +64,7 @@ def _format(exc: BaseException) -> str:
 
 
 def _pack_error(exc: BaseException, tb: str) -> bytes:
+    import pickle  # on first use: 0.5 MiB of RSS for every `import distaff` otherwise (issue 15, W5)
     try:
         exc_bytes = dumps(exc)
     except BaseException:  # an exception that cannot travel travels as its type name and message
@@ -77,6 +78,7 @@ def _pack_error(exc: BaseException, tb: str) -> bytes:
 
 def run(payload: bytes) -> bytes:
     """Runs a payload ``dumps((fn, args, kwargs, is_async))``; returns the packed outcome."""
+    import pickle  # on first use: 0.5 MiB of RSS for every `import distaff` otherwise (issue 15, W5)
     try:
         fn, args, kwargs, is_async = pickle.loads(payload)
         del payload

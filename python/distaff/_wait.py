@@ -42,14 +42,27 @@ class JoinError(DependencyError):
         self.member = member
 
 
-def _executions(execs: Iterable, what: str) -> list:
+def _members(execs: Iterable, what: str) -> tuple:
+    """The distinct Executions of ``execs`` in first-seen order, and the same as a set.
+
+    Loops over the members run in C (set, map): on 100k executions the Python loop of
+    isinstance() calls and the ordered de-duplication through a dict cost ~0.15 µs per member
+    (bench/ W1, ~10% of a no-op task end to end) and a dict of transient memory."""
     if isinstance(execs, Execution):
         raise TypeError(f"{what}() takes an iterable of Executions, not a single Execution")
-    out = list(dict.fromkeys(execs))
-    for e in out:
-        if not isinstance(e, Execution):
-            raise TypeError(f"{what}() takes Executions, got {type(e).__name__}")
-    return out
+    out = list(execs)
+    members = set(out)
+    if len(members) != len(out):  # duplicates: keep the first of each, in order
+        out = list(dict.fromkeys(out))
+    if len(set(map(type, out))) > 1 or (out and out[0].__class__ is not Execution):
+        for e in out:
+            if not isinstance(e, Execution):
+                raise TypeError(f"{what}() takes Executions, got {type(e).__name__}")
+    return out, members
+
+
+def _executions(execs: Iterable, what: str) -> list:
+    return _members(execs, what)[0]
 
 
 def _mode(return_when: str) -> int:
@@ -72,7 +85,7 @@ def wait(execs: Iterable, timeout: float | None = None, return_when: str = ALL_C
     ``progress=True``: a live display of how many are done on stderr while it waits
     (docs/observability.md, "Progress").
     """
-    execs = _executions(execs, "wait")
+    execs, members = _members(execs, "wait")
     mode = _mode(return_when)
     timeout = _wait_timeout(timeout)
     if progress is not False and _progress.wanted(progress, "wait"):
@@ -86,7 +99,7 @@ def wait(execs: Iterable, timeout: float | None = None, return_when: str = ALL_C
         return _wait_async(execs, timeout, mode)
     satisfied, _ = _core.wait_set(execs, timeout, mode)
     if satisfied and mode == _ALL:  # ALL_COMPLETED reached: no per-member done() calls (bench/ W1)
-        return DoneAndNotDone(set(execs), set())
+        return DoneAndNotDone(members, set())
     return _split(execs)
 
 

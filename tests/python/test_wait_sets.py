@@ -270,6 +270,24 @@ def test_wait_on_nothing(impl):
     assert impl.wait([], timeout=0, return_when=impl.FIRST_COMPLETED) == (set(), set())
 
 
+def test_wait_all_completed_whatever_order_the_members_finish_in(impl):
+    # distaff's ALL_COMPLETED parks on one unfinished member at a time, from the last (py_wait.cpp
+    # wait_all): members that finish last-first, first-last or in the middle, and a timeout while
+    # only the last one is done, give what concurrent.futures.wait gives.
+    gates = [impl.gate() for _ in range(4)]
+    members = [impl.spawn(i, gate=g) for i, g in enumerate(gates)]
+    gates[3].set()  # the last member first
+    assert members[3].result(timeout=30) == 3
+    done, not_done = impl.wait(members, timeout=0.05)
+    assert done == {members[3]} and not_done == set(members[:3])
+    finisher = threading.Thread(target=lambda: [g.set() for g in (gates[1], gates[0], gates[2])])
+    finisher.start()
+    done, not_done = impl.wait(members, timeout=30)
+    finisher.join()
+    assert done == set(members) and not_done == set()
+    assert [m.result() for m in members] == [0, 1, 2, 3]
+
+
 def test_wait_counts_duplicates_once(impl):
     a = impl.spawn(1)
     done, not_done = impl.wait([a, a, a])
@@ -282,6 +300,22 @@ def test_wait_takes_an_iterable_not_a_single_future(impl):
         impl.wait(a)
     done, _ = impl.wait(x for x in [a])  # any iterable, generators included
     assert done == {a}
+
+
+def test_wait_and_as_completed_name_the_first_member_that_is_not_an_execution(engine):
+    # The members' type check runs in C (set of types) with the message of the per-member loop it
+    # replaced: the first offender, wherever it is, duplicates and all.
+    a = engine.task()(lambda: 1).submit()
+    a.result()
+    for members in ([a, 3], [3, a], [a, a, "x", 2.0], ["x"]):
+        with pytest.raises(TypeError, match=r"wait\(\) takes Executions, got " + type([m for m in members if m is not a][0]).__name__):
+            distaff.wait(members)
+        with pytest.raises(TypeError, match=r"as_completed\(\) takes Executions, got "):
+            distaff.as_completed(members)
+    with pytest.raises(TypeError, match="unhashable"):
+        distaff.wait([a, []])
+    done, not_done = distaff.wait([a, a])
+    assert done == {a} and not_done == set()
 
 
 def test_wait_rejects_a_bad_return_when(impl):
