@@ -195,7 +195,9 @@ def test_shutdown_cancel_pending_gives_a_running_body_a_cancelled_child_not_a_sh
 
 def test_shutdown_cancel_pending_cancels_queued_and_waiting_and_waits_for_running(new_gate):
     gate = new_gate()
-    eng = distaff.Engine(workers=1)
+    # max_workers=1: the body blocks its worker in a plain wait, and elastic growth would start
+    # another worker that runs the queued ones before the shutdown (under load: "DID NOT RAISE").
+    eng = distaff.Engine(workers=1, max_workers=1)
     started = threading.Event()
     log = CallbackLog()
 
@@ -240,7 +242,7 @@ def test_shutdown_cancel_pending_cancels_queued_and_waiting_and_waits_for_runnin
 
 def test_shutdown_cancel_pending_cancels_pending_children_of_a_body():
     """Pending executions a worker already took (children of a body) are cancelled too."""
-    eng = distaff.Engine(workers=1)
+    eng = distaff.Engine(workers=1, max_workers=1)  # no elastic worker to run them meanwhile
     started = threading.Event()
     ran = []
 
