@@ -137,9 +137,12 @@ void run_execution(Execution& ex) {
   auto* pe = static_cast<PyExecution*>(ex.payload());
   FiberState fs = acquire_fiber_state();
   if (ex.state() == State::pending) complete(pe, State::cancelled, nullptr);  // draining
-  // Shut down with cancel=running while this worker, having started it, waited for the GIL: the
-  // running list did not have it yet, so no body of the engine runs after the cancel.
-  if (ex.state() == State::running && ex.owner() && ex.owner()->bodies_cancelled()) {
+  // Shut down with cancel_pending or cancel_running (the scheduler drains) while this worker, having
+  // started it, waited for the GIL: the body has run no Python yet — it had not started when the
+  // shutdown cancelled what had not, and the running list did not have it — so it is cancelled
+  // too: no body of the engine starts after the cancel. (With cancel_pending such a body used to
+  // run after the drain, and its submits met a closed scheduler: ShutdownError.)
+  if (ex.state() == State::running && ex.owner() && ex.owner()->draining()) {
     complete(pe, State::cancelled, nullptr);
   }
   if (ex.state() == State::running) {

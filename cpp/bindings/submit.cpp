@@ -69,24 +69,34 @@ PyObject* submit_impl(PyObject* capsule, PyObject* fn, PyObject* name, long flag
     PyErr_SetString(PyExc_TypeError, "submit(): bad internal arguments");
     return nullptr;
   }
-  if (eng->scheduler->closed()) {
-    PyErr_SetString(ShutdownError, "cannot submit to an engine that is shut down");
-    return nullptr;
-  }
   // A shutting-down engine admits only children of its own running bodies (a workflow finishing
   // its steps); they are "late", and cancelled if their parent finishes first (complete()), so
   // work that keeps rescheduling itself cannot keep the engine — or the exit — waiting forever.
   bool late = false;
-  if (eng->closing.load(std::memory_order_acquire)) {
+  const bool closing = eng->closing.load(std::memory_order_acquire);
+  if (closing) {
     Execution* p = running_here();
     auto* ppe = p ? static_cast<PyExecution*>(p->payload()) : nullptr;
-    if (!ppe || ppe->engine != capsule || p->done() || (flags & kSubmitDetached)) {
-      PyErr_SetString(ShutdownError,
-                      "cannot submit to an engine that is shutting down (only its running bodies may still "
-                      "submit children, and not detached ones)");
+    late = ppe && ppe->engine == capsule && !p->done() && !(flags & kSubmitDetached);
+  }
+  // shutdown(cancel_pending=True or cancel_running=True) closes the scheduler at once, draining it
+  // (close(true)): a late child then is work that has not started, which the shutdown cancels. It
+  // is made cancelled, never queued ("stillborn"), rather than refused: the running body gets an
+  // Execution, as it would a moment earlier (and see cancelled), not a ShutdownError that fails it
+  // — a forwarder under concurrency= failed that way, its error logged as never retrieved.
+  bool stillborn = false;
+  if (eng->scheduler->closed()) {
+    if (!late || !eng->scheduler->draining()) {
+      PyErr_SetString(ShutdownError, "cannot submit to an engine that is shut down");
       return nullptr;
     }
-    late = true;
+    stillborn = true;
+  }
+  if (closing && !late) {
+    PyErr_SetString(ShutdownError,
+                    "cannot submit to an engine that is shutting down (only its running bodies may still "
+                    "submit children, and not detached ones)");
+    return nullptr;
   }
   Py_ssize_t name_len;
   const char* name_utf8 = PyUnicode_AsUTF8AndSize(name, &name_len);
@@ -176,6 +186,10 @@ PyObject* submit_impl(PyObject* capsule, PyObject* fn, PyObject* name, long flag
     Py_XDECREF(row);
   }
   core->set_payload(pe);
+  if (stillborn) {  // never queued: no queue reference; finished here, like a cancel before its start
+    complete(pe, State::cancelled, nullptr);
+    return self;
+  }
   Py_INCREF(self);  // the queue's reference, released by run_execution or abandon_execution
   try {
     eng->scheduler->submit(core, gating);

@@ -458,14 +458,19 @@ class _SlotBody:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         slot = self.slot
-        if not slot.enter():
-            raise CancelledError("the execution ended before its body started")
+        # A cancel or timeout fires at a bytecode boundary, and there is one in slot.enter() after
+        # it marked the slot held (the call that leaves its lock): from that point only the finally
+        # below gives the slot back (execution_done leaves a held one to the body). So enter() is
+        # the try's first step; an interrupt before it finds the slot not held, and the execution's
+        # end releases it. Nothing between the lookup and `try` is a boundary (no call, no jump).
         me = _core.current_execution()
         key = me.id if me is not None else None
-        if key is not None:
-            _held_slots[key] = slot
         r = None
         try:
+            if not slot.enter():
+                raise CancelledError("the execution ended before its body started")
+            if key is not None:
+                _held_slots[key] = slot
             r = self.fn(*args, **kwargs)
             return r
         finally:

@@ -803,6 +803,7 @@ TEST_P(SchedulerTest, CancelBodiesStartsNoBodyAndFlagsOneStartedJustBefore) {
   ASSERT_TRUE(first_waits.wait());
   s.cancel_bodies();
   EXPECT_TRUE(s.bodies_cancelled());
+  EXPECT_TRUE(s.draining());
   std::vector<ExecutionRef> later;
   for (int i = 0; i < kLater; ++i) later.push_back(submit(nullptr, {}, "later"));
   // Other workers (if any) dequeue the later ones while the first still waits.
@@ -820,6 +821,46 @@ TEST_P(SchedulerTest, CancelBodiesStartsNoBodyAndFlagsOneStartedJustBefore) {
   EXPECT_EQ(cancelled_at_start.load(), 1);
   EXPECT_EQ(unstarted.load(), kLater);
   s.cancel_bodies();  // idempotent
+}
+
+// close(true), the bindings' shutdown(cancel_pending=True), drains as cancel_bodies() does: a run()
+// that started an execution just before and still waits for the GIL (here: an Event) finds
+// draining() true once it has it, and the bindings' run_execution cancels it then — the body has run
+// nothing yet, so it had not started when the shutdown cancelled what had not (it used to run after
+// the drain). bodies_cancelled() stays false: a drain leaves the bodies already running alone.
+TEST_P(SchedulerTest, CloseDrainFlagsAnExecutionStartedJustBeforeAsDraining) {
+  SchedulerOptions o = options();
+  Event gil, first_waits;
+  std::atomic<int> bodies{0}, cancelled_at_start{0};
+  o.run = [&](Execution& ex) {
+    if (ex.state() == State::pending) {
+      EXPECT_TRUE(ex.cancel_if_not_started());
+      return;
+    }
+    if (ex.done()) return;
+    first_waits.set();
+    EXPECT_TRUE(gil.wait());  // blocks this worker's thread, like waiting for the GIL
+    if (ex.owner()->draining()) {
+      cancelled_at_start.fetch_add(1);
+      ex.finish(State::cancelled);
+      return;
+    }
+    bodies.fetch_add(1);
+    ex.finish(State::succeeded);
+  };
+  Scheduler& s = start(std::move(o));
+  EXPECT_FALSE(s.draining());
+  ExecutionRef first = submit(nullptr, {}, "first");
+  ASSERT_TRUE(first_waits.wait());
+  EXPECT_TRUE(s.close(true).empty());  // started: not in the list of what had not
+  EXPECT_TRUE(s.draining());
+  EXPECT_FALSE(s.bodies_cancelled());
+  gil.set();
+  wait_done(first);
+  shutdown();
+  EXPECT_EQ(first->state(), State::cancelled);
+  EXPECT_EQ(bodies.load(), 0);
+  EXPECT_EQ(cancelled_at_start.load(), 1);
 }
 
 // An execution whose dependencies end while the scheduler drains (cancel_bodies(), close(true))

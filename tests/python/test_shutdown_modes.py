@@ -107,9 +107,97 @@ def test_shutdown_cancel_running_cancels_a_body_its_worker_took_but_had_not_star
     assert proc.stdout.strip() == "cancelled []", (proc.stdout, proc.stderr)
 
 
+def test_shutdown_cancel_pending_cancels_a_body_its_worker_took_but_had_not_started():
+    """cancel_pending's counterpart of the test above: a body whose worker took it (state running)
+    but still waits for the GIL has not started, so shutdown(cancel_pending=True) cancels it and it
+    never runs. Staged the same way (a huge switch interval). Before the fix it ran after the
+    shutdown had drained the engine, and its submits met a closed scheduler (the forwarders
+    program: a forwarder failed with ShutdownError, logged as never retrieved)."""
+    from conftest import run_python
+
+    proc = run_python(
+        """
+        import sys, distaff
+        engine = distaff.Engine(workers=1, max_workers=1)
+        ran = []
+
+        @engine.task
+        def job():
+            ran.append(1)
+            return "ran"
+
+        sys.setswitchinterval(1000)  # this thread keeps the GIL until it blocks
+        ex = job.submit()
+        while ex.state != "running":  # the worker took it; its body waits for the GIL held here
+            pass
+        engine.shutdown(wait=False, cancel_pending=True)
+        sys.setswitchinterval(0.005)
+        try:
+            print(ex.result(timeout=20), ran)
+        except distaff.CancelledError:
+            print("cancelled", ran)
+        engine.shutdown()
+        """,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "cancelled []", (proc.stdout, proc.stderr)
+
+
+@pytest.mark.parametrize("returns", ["state", "execution"])
+def test_shutdown_cancel_pending_gives_a_running_body_a_cancelled_child_not_a_shutdown_error(returns):
+    """A body running when shutdown(cancel_pending=True) drains the engine may still submit
+    children (as under a plain shutdown), but they are work that has not started, which the
+    shutdown cancels: submit() returns an Execution already cancelled, and the child never runs.
+    Before, the drained scheduler refused it with ShutdownError, which failed the body (a
+    forwarder under concurrency= failed that way and its error was logged as never retrieved).
+    "execution": the body forwards to its child (returns it), and ends cancelled with it."""
+    from conftest import run_python
+
+    proc = run_python(
+        f"""
+        import threading, distaff
+        engine = distaff.Engine(workers=1, max_workers=1)
+        started, go, ran = threading.Event(), threading.Event(), []
+
+        @engine.task
+        def child():
+            ran.append(1)
+
+        @engine.task
+        def parent():
+            started.set()
+            go.wait(30)  # running (its worker blocked, the GIL free) while the shutdown drains
+            c = child.submit()
+            if {returns!r} == "execution":
+                return c
+            distaff.wait([c], timeout=30)
+            return c.state
+
+        p = parent.submit()
+        assert started.wait(30)
+        engine.shutdown(wait=False, cancel_pending=True)
+        go.set()
+        try:
+            print(p.result(timeout=30), ran, flush=True)
+        except distaff.CancelledError:
+            print("parent cancelled", ran, flush=True)
+        engine.shutdown()
+        print("stats", engine.stats()["live"], flush=True)
+        """,
+        timeout=60,
+    )
+    assert proc.returncode == 0, (proc.stdout, proc.stderr)
+    first = "cancelled []" if returns == "state" else "parent cancelled []"
+    assert proc.stdout.splitlines() == [first, "stats 0"], (proc.stdout, proc.stderr)
+    assert "ShutdownError" not in proc.stderr and "nobody retrieved" not in proc.stderr, proc.stderr
+
+
 def test_shutdown_cancel_pending_cancels_queued_and_waiting_and_waits_for_running(new_gate):
     gate = new_gate()
-    eng = distaff.Engine(workers=1)
+    # max_workers=1: the body blocks its worker in a plain wait, and elastic growth would start
+    # another worker that runs the queued ones before the shutdown (under load: "DID NOT RAISE").
+    eng = distaff.Engine(workers=1, max_workers=1)
     started = threading.Event()
     log = CallbackLog()
 
@@ -154,7 +242,7 @@ def test_shutdown_cancel_pending_cancels_queued_and_waiting_and_waits_for_runnin
 
 def test_shutdown_cancel_pending_cancels_pending_children_of_a_body():
     """Pending executions a worker already took (children of a body) are cancelled too."""
-    eng = distaff.Engine(workers=1)
+    eng = distaff.Engine(workers=1, max_workers=1)  # no elastic worker to run them meanwhile
     started = threading.Event()
     ran = []
 

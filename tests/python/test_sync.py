@@ -577,3 +577,51 @@ def test_a_cancel_that_fires_after_the_body_returned_does_not_keep_its_concurren
     r = run_python(code, timeout=120)
     assert r.returncode == 0, (r.stdout, r.stderr)
     assert r.stdout.count("NEXT") == 5 and "LOST" not in r.stdout, (r.stdout, r.stderr)
+
+
+def test_a_cancel_that_fires_as_the_slot_is_taken_does_not_keep_it():
+    # _SlotBody marks the slot held (_Slot.enter) before the body runs; from then on only its
+    # finally gives the slot back (the execution's end leaves a held slot to the body). enter()
+    # has a bytecode boundary after the mark (the call that leaves its lock), and there was more
+    # before the try: a cancel that fired there (shutdown(cancel_running=True) under load: the
+    # forwarders-and-threads program ended rounds with a slot still counted) skipped the release
+    # and every later call of the task waited forever. Staged: enter() is wrapped so the body's
+    # execution cancels itself right after the slot is marked held; its interrupt fires at the
+    # next boundary. Fresh interpreter with a deadline: before the fix the next call never ran
+    # (LOST).
+    code = """
+    import concurrent.futures as cf, os, distaff
+    from distaff import _sync
+
+    armed = []
+    enter = _sync._Slot.enter
+
+    def cancelling_enter(self):
+        held = enter(self)
+        if armed:
+            armed.pop()
+            distaff.current_execution().cancel()  # queued: fires at the next bytecode boundary
+        return held
+
+    _sync._Slot.enter = cancelling_enter
+
+    @distaff.task(concurrency=1)
+    def body(x):
+        return x
+
+    for i in range(3):
+        armed.append(1)
+        e = body.submit(i)
+        cf.wait([e], timeout=30)
+        try:
+            later = body.submit(100 + i).result(timeout=10)
+        except TimeoutError:
+            print("LOST", e.state, body._limiters[1].running, flush=True)
+            os._exit(3)  # (the exit would wait for the queued call forever)
+        print("NEXT", e.state, later, flush=True)
+    print("running", body._limiters[1].running, len(body._limiters[1]._waiters), flush=True)
+    """
+    r = run_python(code, timeout=120)
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    lines = r.stdout.splitlines()
+    assert lines == [f"NEXT cancelled {100 + i}" for i in range(3)] + ["running 0 0"], (r.stdout, r.stderr)

@@ -148,6 +148,10 @@ class Scheduler {
   // core cannot interrupt a body). Any thread; idempotent; never blocks.
   void cancel_bodies() noexcept;
   bool bodies_cancelled() const noexcept { return bodies_cancelled_.load(std::memory_order_acquire); }
+  // draining: close(true) or cancel_bodies() was called: no dequeued execution starts any more. A
+  // run() that waits for something before the body starts (the bindings wait for the GIL) and then
+  // finds draining() true was handed its execution before the drain: it cancels it too.
+  bool draining() const noexcept { return draining_.load(std::memory_order_acquire); }
 
   // join: after close(), waits for every started fiber to end and joins the worker threads.
   // Blocks the calling thread; with `switch_hooks`, the switch hooks run around the wait (the
