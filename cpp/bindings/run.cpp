@@ -222,6 +222,15 @@ void abandon_execution(Execution& ex, Execution& failed) {
       if (d->core == &failed) dep = d;
     }
   }
+  if (failed.state() == State::cancelled && ex.owner() && ex.owner()->draining()) {
+    // shutdown(cancel_pending=/cancel_running=) cancels everything that has not started, this
+    // execution included: its sweep just got to the dependency first. Cancelled, as promised, not
+    // failed with a DependencyError nobody asked for (each was logged as never retrieved).
+    complete(pe, State::cancelled, nullptr);
+    release_body(pe);
+    Py_DECREF(pe);
+    return;
+  }
   PyObject* err;
   if (failed.state() == State::cancelled) {
     err = PyObject_CallFunction(DependencyError, "s", 

@@ -240,6 +240,52 @@ def test_shutdown_cancel_pending_cancels_queued_and_waiting_and_waits_for_runnin
     assert stats["live"] == 0 and stats["fibers"] == 0, stats
 
 
+@pytest.mark.parametrize("kw", ["cancel_pending", "cancel_running"])
+def test_shutdown_cancels_a_waiting_dependent_of_a_queued_execution_instead_of_failing_it(new_gate, kw, caplog):
+    # Outsider finding (session 9): the sweep cancelled the queued `a` first, and its cancel failed
+    # the dependent `d` (wait=True on a) with DependencyError — logged as never retrieved, thousands
+    # of times under load — instead of cancelling it as the shutdown promises for everything that
+    # has not started. A dependency cancelled by the drain now cancels its dependents.
+    gate = new_gate()
+    eng = distaff.Engine(workers=1, max_workers=1)
+    started = threading.Event()
+
+    @eng.task()
+    def blocker():
+        started.set()
+        gate.wait(60)
+
+    @eng.task()
+    def a():
+        return 1
+
+    @eng.task(wait=True)
+    def d(x):
+        return x
+
+    @eng.task(wait=True)
+    def d2(y):
+        return y
+
+    b = blocker.submit()
+    assert started.wait(30)
+    x = a.submit()
+    y = d.submit(x)
+    z = d2.submit(y)
+    t = threading.Thread(target=lambda: eng.shutdown(**{kw: True}))
+    t.start()
+    distaff.wait([x, y, z], timeout=30)
+    gate.set()
+    t.join(30)
+    assert not t.is_alive()
+    assert (x.state, y.state, z.state) == ("cancelled", "cancelled", "cancelled")
+    del x, y, z
+    import gc
+
+    gc.collect()
+    assert "nobody retrieved" not in caplog.text, caplog.text
+
+
 def test_shutdown_cancel_pending_cancels_pending_children_of_a_body():
     """Pending executions a worker already took (children of a body) are cancelled too."""
     eng = distaff.Engine(workers=1, max_workers=1)  # no elastic worker to run them meanwhile
