@@ -104,6 +104,7 @@ struct PyExecution {
   unsigned char detached;    // not cancelled with its parent
   unsigned char late;        // submitted by a body while its engine was shutting down
   unsigned char shielded;    // a cancel does not raise in its body (_shield(): hands its work elsewhere)
+  PyObject* deferred;        // borrowed exception type: an interrupt that came while shielded (cancel.cpp)
   unsigned char promise;     // made by _core.promise (1): a body's own promise (elsewhere bodies), a
                              // waiter's; 2 once it failed by following another execution (run.cpp)
   unsigned fork_generation;  // g_fork_generation when created: waits from a forked child fail

@@ -161,12 +161,11 @@ class _Acquirable(_Waitable):
     def release(self) -> None:
         raise NotImplementedError
 
-    def __enter__(self):
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.release()
+    # C, bound as methods: acquire()/release() with the body's interrupts (cancel, timeout)
+    # deferred to their end, so no bytecode boundary lies between taking the unit and the `with`
+    # block, or inside the hand-over: a unit is never lost to an interrupt (cpp/bindings/cancel.cpp).
+    __enter__ = _core.deferring_enter
+    __exit__ = _core.deferring_exit
 
     async def __aenter__(self):
         await self.acquire_async()

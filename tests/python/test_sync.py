@@ -625,3 +625,42 @@ def test_a_cancel_that_fires_as_the_slot_is_taken_does_not_keep_it():
     assert r.returncode == 0, (r.stdout, r.stderr)
     lines = r.stdout.splitlines()
     assert lines == [f"NEXT cancelled {100 + i}" for i in range(3)] + ["running 0 0"], (r.stdout, r.stderr)
+
+
+@pytest.mark.parametrize("kind", ["Lock", "Semaphore"])
+def test_a_body_timed_out_inside_with_lock_never_leaves_a_unit_taken(kind):
+    # Outsider finding (session 9): a timeout (or cancel) fires at a bytecode boundary; __enter__ and
+    # __exit__ were Python, so it could fire after the unit was taken but before the `with` block
+    # (no __exit__), or in release() before the hand-over: the Lock stayed held (55-74 of 200 bodies),
+    # a Semaphore lost a unit. They are C now, with the body's interrupts deferred to their end.
+    code = f"""
+    import threading, distaff
+
+    leaked = stuck = 0
+    for r in range(150):
+        lock = distaff.{kind}(2) if {kind!r} == "Semaphore" else distaff.Lock()
+        ended = threading.Event()
+
+        @distaff.task(timeout=0.003)
+        def work():
+            try:
+                while True:
+                    with lock:
+                        sum(range(50))
+            finally:
+                ended.set()
+
+        try:
+            work.submit().result(timeout=30)
+        except distaff.TimeoutError:
+            pass
+        if not ended.wait(30):
+            stuck += 1
+            continue
+        if (lock.value != 2) if {kind!r} == "Semaphore" else lock.locked():
+            leaked += 1
+    print("LEAKED", leaked, "STUCK", stuck)
+    """
+    r = run_python(code, timeout=180)
+    assert r.returncode == 0, r.stderr
+    assert "LEAKED 0 STUCK 0" in r.stdout, (r.stdout, r.stderr)
