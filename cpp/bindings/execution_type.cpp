@@ -38,6 +38,7 @@ PyExecution* new_execution(const ExecutionRef& core, PyObject* engine) {
   pe->late = 0;
   pe->shielded = 0;
   pe->promise = 0;
+  pe->inline_run = 0;
   pe->fork_generation = g_fork_generation;
   return pe;  // untracked until it holds something cyclic (see track())
 }
@@ -562,5 +563,7 @@ bool init_execution_type(PyObject* module) {
   if (PyModule_AddObjectRef(module, "Execution", reinterpret_cast<PyObject*>(ExecutionType)) < 0) return false;
   return PyModule_AddFunctions(module, execution_functions) == 0;
 }
+
+PyObject* execution_result(PyObject* ex) { return pe_result(ex, nullptr, 0, nullptr); }
 
 }  // namespace distaff::py

@@ -60,7 +60,7 @@ PyObject* raw_submit(PyObject*, PyObject* const* a, Py_ssize_t n) {
 }  // namespace
 
 PyObject* submit_impl(PyObject* capsule, PyObject* fn, PyObject* name, long flags, PyObject* wait, PyObject* args,
-                      PyObject* kwargs, PyObject* wf) {
+                      PyObject* kwargs, PyObject* wf, bool* run_here) {
   if (capsule == Py_None) return raise_forked_engine();
   EngineCore* eng = engine_from_capsule(capsule);
   if (!eng) return nullptr;
@@ -178,6 +178,13 @@ PyObject* submit_impl(PyObject* capsule, PyObject* fn, PyObject* name, long flag
   core->set_payload(pe);
   Py_INCREF(self);  // the queue's reference, released by run_execution or abandon_execution
   try {
+    // A synchronous top-level call to an idle engine: a root (no parent, no dependencies, not
+    // late) that the scheduler lets the caller start itself. The caller runs it (run_inline).
+    if (run_here && !parent && found.empty() && gating.empty() && !late && !born_cancelled &&
+        eng->scheduler->begin_inline(core)) {
+      *run_here = true;
+      return self;
+    }
     eng->scheduler->submit(core, gating);
   } catch (...) {
     core->set_payload(nullptr);
@@ -261,8 +268,13 @@ bool ask_default(PyObject* default_engine, PyObject** capsule, PyObject** scope)
   return true;
 }
 
+PyObject* submitter_submit(Submitter* self, PyObject* const* args, size_t nargsf, PyObject* kwnames, bool* run_here);
+
 PyObject* submitter_call(PyObject* self_, PyObject* const* args, size_t nargsf, PyObject* kwnames) {
-  auto* self = reinterpret_cast<Submitter*>(self_);
+  return submitter_submit(reinterpret_cast<Submitter*>(self_), args, nargsf, kwnames, nullptr);
+}
+
+PyObject* submitter_submit(Submitter* self, PyObject* const* args, size_t nargsf, PyObject* kwnames, bool* run_here) {
   const Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
   const Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
   if (nkw && self->strip) {
@@ -308,13 +320,55 @@ PyObject* submitter_call(PyObject* self_, PyObject* const* args, size_t nargsf, 
     for (Py_ssize_t i = 0; i < nkw && ok; ++i) {
       ok = PyDict_SetItem(kwargs, PyTuple_GET_ITEM(kwnames, i), args[nargs + i]) == 0;
     }
-    if (ok) result = submit_impl(capsule, self->body, self->name, 0, self->wait, tuple, kwargs, Py_None);
+    if (ok) result = submit_impl(capsule, self->body, self->name, 0, self->wait, tuple, kwargs, Py_None, run_here);
   }
   Py_XDECREF(tuple);
   Py_XDECREF(kwargs);
   Py_DECREF(capsule);
   return result;
 }
+
+// call(*args, **kwargs): the task called synchronously — what Task.__call__ does outside event
+// loops, submit(...).result(), in one C call. On the main thread, outside bodies, when the engine
+// is idle, the body runs right here (run_inline: no queue, no worker wake-up, no GIL hand-over;
+// docs/internals/scheduler.md, "Synchronous calls to an idle engine"); otherwise the execution is
+// submitted and waited for as result() does.
+PyObject* submitter_invoke(PyObject* self_, PyObject* const* args, size_t nargsf, PyObject* kwnames) {
+  auto* self = reinterpret_cast<Submitter*>(self_);
+  PyObject* ex = nullptr;
+  bool here = false;
+  const bool may_inline = on_main_thread() && inline_here() == nullptr && running_here() == nullptr;
+  if (!may_inline) {
+    ex = submitter_call(self_, args, nargsf, kwnames);
+  } else {
+    ex = submitter_submit(self, args, nargsf, kwnames, &here);
+  }
+  if (!ex) return nullptr;
+  if (here) {
+    if (PyObject* interrupt = run_inline(as_pe(ex))) {
+      Py_DECREF(ex);
+#if PY_VERSION_HEX >= 0x030C0000
+      PyErr_SetRaisedException(interrupt);
+#else
+      PyErr_Restore(Py_NewRef(reinterpret_cast<PyObject*>(Py_TYPE(interrupt))), interrupt,
+                    PyException_GetTraceback(interrupt));
+#endif
+      return nullptr;
+    }
+  }
+  PyObject* r = execution_result(ex);
+  Py_DECREF(ex);
+  return r;
+}
+
+PyObject* submitter_invoke_meth(PyObject* self_, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
+  return submitter_invoke(self_, args, static_cast<size_t>(nargs), kwnames);
+}
+
+PyMethodDef submitter_methods[] = {
+    {"call", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&submitter_invoke_meth)),
+     METH_FASTCALL | METH_KEYWORDS, "call(*args, **kwargs): submit(...).result(), the body run here when the engine is idle"},
+    {nullptr, nullptr, 0, nullptr}};
 
 PyObject* submitter_new(PyTypeObject* type, PyObject* args, PyObject* kwargs) {
   PyObject *general, *check, *body, *name, *wait, *capsule, *scope, *default_engine;
@@ -416,6 +470,7 @@ PyType_Slot submitter_slots[] = {
     {Py_tp_repr, reinterpret_cast<void*>(&submitter_repr)},
     {Py_tp_getset, submitter_getset},
     {Py_tp_members, submitter_members},
+    {Py_tp_methods, submitter_methods},
     {0, nullptr}};
 
 PyType_Spec submitter_spec = {"distaff._core.Submitter", sizeof(Submitter), 0,

@@ -333,10 +333,15 @@ class Task:
         return clone
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        execution = self.submit(*args, **kwargs)
         if _get_running_loop() is not None:
-            return execution  # inside a running event loop: the caller awaits it
-        return execution.result()
+            return self.submit(*args, **kwargs)  # inside a running event loop: the caller awaits it
+        submit = self.submit
+        if submit.__class__ is _core.Submitter:
+            # submit(...).result() in one C call; on the main thread, outside bodies, with the
+            # engine idle, the body runs right here (docs/internals/scheduler.md, "Synchronous
+            # calls to an idle engine").
+            return submit.call(*args, **kwargs)
+        return submit(*args, **kwargs).result()
 
     def map(self, *iterables: Iterable) -> list:
         """One execution per item: ``[task.submit(*args) for args in zip(*iterables)]``.
