@@ -197,7 +197,11 @@ namespace {
 PyExecution* g_inline_here = nullptr;  // the body run_inline runs now (main thread only), GIL-guarded
 }  // namespace
 
-PyExecution* inline_here() { return g_inline_here; }
+PyExecution* inline_here() {
+  // Only on the thread that runs it: there it is the current execution (a thread-local slot).
+  PyExecution* p = g_inline_here;
+  return p && current_execution() == p->core ? p : nullptr;
+}
 
 PyObject* run_inline(PyExecution* pe) {
   Execution& ex = *pe->core;
