@@ -1266,9 +1266,6 @@ TEST_F(SchedulerElastic, FixedSizeWithoutMaxWorkersAndJoinStopsTheMonitor) {
   Scheduler s(std::move(e));  // destroyed with its monitor idle: must not hang
 }
 
-}  // namespace
-}  // namespace distaff::test
-
 // begin_inline/end_inline (issue 15, S1): a synchronous top-level call to an idle scheduler runs
 // its body on the calling thread. Only when nothing is live, the caller is no worker and runs no
 // execution, and the scheduler is open; then the execution is counted, started and current on the
@@ -1304,6 +1301,7 @@ TEST_P(SchedulerTest, BeginInlineStartsOnTheCallerOnlyWhenIdleOpenAndNotOnAWorke
   EXPECT_TRUE(a->finish(State::succeeded));
   s.end_inline(*a);
   EXPECT_EQ(current_execution(), nullptr);
+  ASSERT_TRUE(s.wait_idle_until(safety_deadline()));  // (the child's count drops after its callbacks)
   EXPECT_EQ(s.stats().live, 0);
   // Idle again: the next one may; with something live, not.
   block_all_workers();
@@ -1320,3 +1318,6 @@ TEST_P(SchedulerTest, BeginInlineStartsOnTheCallerOnlyWhenIdleOpenAndNotOnAWorke
   c->finish(State::cancelled);
   shutdown();
 }
+
+}  // namespace
+}  // namespace distaff::test
