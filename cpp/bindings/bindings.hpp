@@ -229,9 +229,9 @@ void start_failed_execution(Execution& ex);
 void abandon_execution(Execution& ex, Execution& failed);
 // run_inline: runs the body of `pe`, started by Scheduler::begin_inline, on the calling thread (the
 // main thread) with a thread state of its own, as run_execution does on a fiber; then reports its
-// end. A KeyboardInterrupt out of the body (Ctrl-C) cancels the execution with its tree, as an
-// interrupted result() does, and is returned (a new reference) for the call to raise; otherwise
-// NULL. GIL held. Consumes the queue's reference submit_impl took.
+// end. A KeyboardInterrupt or SystemExit out of the body (Ctrl-C, a signal handler's sys.exit: any
+// BaseException that is no Exception) cancels the execution with its tree, as an interrupted
+// result() does, and is returned (a new reference) for the call to raise; otherwise NULL. GIL held. Consumes the queue's reference submit_impl took.
 PyObject* run_inline(PyExecution* pe);
 // inline_here: the execution whose body run_inline runs on this thread now, or null.
 PyExecution* inline_here();

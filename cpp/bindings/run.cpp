@@ -234,9 +234,11 @@ PyObject* run_inline(PyExecution* pe) {
       Py_CLEAR(ts->async_exc);  // as in run_execution: the execution may be finished already
       PyObject* exc = r ? nullptr : fetch_exception();
       if (ctx && PyContext_Exit(ctx) < 0) PyErr_Clear();
-      if (exc && PyErr_GivenExceptionMatches(exc, PyExc_KeyboardInterrupt)) {
-        // Ctrl-C landed in the body (it runs on the main thread): as when it interrupts the main
-        // thread's result(), the execution is cancelled with its tree and the call raises it.
+      if (exc && !PyErr_GivenExceptionMatches(exc, PyExc_Exception)) {
+        // A KeyboardInterrupt or SystemExit: signal handlers run in this body (the main thread's
+        // code), so Ctrl-C or a SIGTERM handler's sys.exit() lands here. As when one interrupts
+        // the main thread's result(), the execution is cancelled with its tree and the call
+        // raises it (the same for one the body raised itself: it cannot be told apart).
         terminate(pe, State::cancelled, nullptr, CancelledError);
         if (PyErr_Occurred()) PyErr_WriteUnraisable(reinterpret_cast<PyObject*>(pe));
         interrupt = exc;
