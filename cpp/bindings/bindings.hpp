@@ -106,7 +106,6 @@ struct PyExecution {
   unsigned char shielded;    // a cancel does not raise in its body (_shield(): hands its work elsewhere)
   unsigned char promise;     // made by _core.promise (1): a body's own promise (elsewhere bodies), a
                              // waiter's; 2 once it failed by following another execution (run.cpp)
-  unsigned char inline_run;  // its body runs on the thread that called it (run_inline), not a fiber
   unsigned fork_generation;  // g_fork_generation when created: waits from a forked child fail
 };
 

@@ -212,7 +212,6 @@ PyObject* run_inline(PyExecution* pe) {
     complete(pe, State::failed, fetch_exception());
     release_body(pe);
   } else {
-    pe->inline_run = 1;
     PyExecution* outer = std::exchange(g_inline_here, pe);
     if (pe->trace) install_tracer(pe->trace);
     PyObject* ctx = pe->context;
