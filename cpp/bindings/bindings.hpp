@@ -214,11 +214,8 @@ bool init_current(PyObject* module);
 // submit_impl: what _core.submit and the Submitter do. New reference or NULL.
 // flags: SubmitFlag bits. wait: False, True or a tuple of gating Executions.
 // kwargs: dict or Py_None; wf: str or Py_None.
-// run_here: when not null, a synchronous call asks to run the body on the calling thread: if the
-// engine is idle and the call qualifies (Scheduler::begin_inline, run_inline below), the execution
-// is started, not queued, and *run_here is set true; the caller must then call run_inline on it.
 PyObject* submit_impl(PyObject* capsule, PyObject* fn, PyObject* name, long flags, PyObject* wait, PyObject* args,
-                      PyObject* kwargs, PyObject* wf, bool* run_here = nullptr);
+                      PyObject* kwargs, PyObject* wf);
 // init_submit: _core.submit and the Submitter type (a task's fast submit).
 bool init_submit(PyObject* module);
 
@@ -227,16 +224,6 @@ bool init_submit(PyObject* module);
 void run_execution(Execution& ex);
 void start_failed_execution(Execution& ex);
 void abandon_execution(Execution& ex, Execution& failed);
-// run_inline: runs the body of `pe`, started by Scheduler::begin_inline, on the calling thread (the
-// main thread) with a thread state of its own, as run_execution does on a fiber; then reports its
-// end. A KeyboardInterrupt or SystemExit out of the body (Ctrl-C, a signal handler's sys.exit: any
-// BaseException that is no Exception) cancels the execution with its tree, as an interrupted
-// result() does, and is returned (a new reference) for the call to raise; otherwise NULL. GIL held. Consumes the queue's reference submit_impl took.
-PyObject* run_inline(PyExecution* pe);
-// inline_here: the execution whose body run_inline runs on this thread now, or null.
-PyExecution* inline_here();
-// execution_result: what Execution.result() returns for `ex` (waits if unfinished). New reference.
-PyObject* execution_result(PyObject* ex);
 // forward_execution: `pe` (running, or a promise) completes when `target` does, with its outcome.
 // Fails `pe` with DeadlockError if `target` waits on it. GIL held.
 void forward_execution(PyExecution* pe, PyExecution* target);

@@ -63,12 +63,7 @@ void pop_callback_parent(PyThreadState* ts) {
 }
 
 bool on_main_thread() {
-  // The main thread's own code — or a body run_inline runs there (a synchronous call's): it waits
-  // in slices too, so Ctrl-C reaches it as it reaches the main thread's result().
-  if (PyThread_get_thread_ident() != g_main_thread_ident) return false;
-  Execution* cur = current_execution();
-  PyExecution* here = cur ? inline_here() : nullptr;
-  return cur == nullptr || (here && here->core == cur);
+  return current_execution() == nullptr && PyThread_get_thread_ident() == g_main_thread_ident;
 }
 
 namespace {

@@ -144,7 +144,6 @@ class EngineHandle {
 // running on an event loop. It cannot wait for the engine to become idle, nor shut it down.
 bool own_body(PyObject* capsule, Scheduler* s) {
   if (s->on_worker()) return true;
-  if (PyExecution* here = inline_here(); here && here->engine == capsule) return true;  // run_inline's
   Execution* a = async_current();
   auto* pe = a ? static_cast<PyExecution*>(a->payload()) : nullptr;
   return pe && pe->engine == capsule && !a->done();

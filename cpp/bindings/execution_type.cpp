@@ -578,6 +578,4 @@ bool init_execution_type(PyObject* module) {
   return PyModule_AddFunctions(module, execution_functions) == 0;
 }
 
-PyObject* execution_result(PyObject* ex) { return pe_result(ex, nullptr, 0, nullptr); }
-
 }  // namespace distaff::py

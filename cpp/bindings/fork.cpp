@@ -71,12 +71,7 @@ PyObject* raw_after_fork(PyObject*, PyObject*) {
       forget_worker_after_fork();
       g_forked_body = static_cast<PyExecution*>(self->payload());
     }
-  } else if (PyExecution* here = inline_here(); here && self == here->core) {
-    // Forked by a synchronous call's body running on the main thread (run_inline): the same rule,
-    // the copy of the body is the child's program (the caller's state is gone in the child).
-    g_forked_body = here;
   }
-  inline_state_after_fork();
   timer_after_fork();
   running_after_fork();
   submit_after_fork();

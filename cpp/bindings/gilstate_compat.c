@@ -45,24 +45,3 @@ int distaff_gil_locked(void) {
     return interp->ceval.gil ? _Py_atomic_load_int_relaxed(&interp->ceval.gil->locked) : 1;
 }
 #endif
-
-/* distaff_swap_main_tstate: 3.13 keeps the eval breaker per thread state, and a signal handler
- * (trip_signal -> _PyEval_SignalReceived) sets "signals pending" on _PyRuntime.main_tstate: the
- * state the main thread started with. A synchronous call's body runs on the main thread with a
- * state of its own (run_inline); without this its eval loop would never see Ctrl-C. 3.11 and 3.12
- * keep the flag per interpreter, which every state of the main thread sees. */
-#if PY_VERSION_HEX >= 0x030D0000
-#include "internal/pycore_runtime.h"
-#include "internal/pycore_ceval.h"
-PyThreadState* distaff_swap_main_tstate(PyThreadState* tstate) {
-    PyThreadState* old = _PyRuntime.main_tstate;
-    _PyRuntime.main_tstate = tstate;
-    /* A signal that arrived while the other state was the main one: its flag goes along. */
-    if (old != NULL && (_Py_atomic_load_uintptr_relaxed(&old->eval_breaker) & _PY_SIGNALS_PENDING_BIT)) {
-        _Py_set_eval_breaker_bit(tstate, _PY_SIGNALS_PENDING_BIT);
-    }
-    return old;
-}
-#else
-PyThreadState* distaff_swap_main_tstate(PyThreadState* tstate) { (void)tstate; return NULL; }
-#endif

@@ -227,13 +227,11 @@ PyObject* raw_engine_live(PyObject*, PyObject* capsule) {
   return Py_BuildValue("(LL)", static_cast<long long>(st.live), static_cast<long long>(st.fibers));
 }
 
-// on_own_worker(capsule) -> bool: the caller runs on one of that engine's workers, or is a body of
-// it that a synchronous call runs on the calling thread (run_inline).
+// on_own_worker(capsule) -> bool: the caller runs on one of that engine's workers.
 PyObject* raw_on_own_worker(PyObject*, PyObject* capsule) {
   EngineCore* eng = engine_from_capsule(capsule);
   if (!eng) return nullptr;
-  PyExecution* here = inline_here();
-  return PyBool_FromLong(eng->scheduler->on_worker() || (here && here->engine == capsule));
+  return PyBool_FromLong(eng->scheduler->on_worker());
 }
 
 // _wait_reaped(): waits until every join handed to a join thread is done (and dropped engines

@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
-#include <utility>
 #include <vector>
 
 #include "distaff/execution.hpp"
@@ -291,45 +290,6 @@ void release_fiber_state(FiberState& fs) {
   w->pool.push_back(fs.tstate);
   fs.tstate = nullptr;
 }
-
-namespace {
-// The cleared thread state run_inline's bodies use, between calls (the main thread's only: see
-// call_inline in submit.cpp). GIL-guarded.
-PyThreadState* g_inline_cache = nullptr;
-}  // namespace
-
-PyThreadState* enter_inline_state() {
-  PyThreadState* caller = PyThreadState_Get();
-  PyThreadState* ts = std::exchange(g_inline_cache, nullptr);
-  if (ts == nullptr) {
-    ts = PyThreadState_New(caller->interp);  // bound to this thread (3.12+), like a fiber's to its worker
-    if (ts == nullptr) {
-      PyErr_NoMemory();
-      return nullptr;
-    }
-  }
-  PyThreadState_Swap(ts);
-  distaff_bind_gilstate(ts);
-  distaff_swap_main_tstate(ts);
-#if PY_VERSION_HEX >= 0x030C0000
-  ts->c_recursion_remaining = std::min(ts->c_recursion_remaining, caller->c_recursion_remaining);
-#endif
-  return caller;
-}
-
-void leave_inline_state(PyThreadState* caller) {
-  PyThreadState* ts = PyThreadState_Swap(caller);
-  distaff_bind_gilstate(caller);
-  distaff_swap_main_tstate(caller);
-  prepare_for_reuse(ts);
-  if (g_inline_cache == nullptr) {
-    g_inline_cache = ts;
-  } else {
-    PyThreadState_Delete(ts);  // (cleared already)
-  }
-}
-
-void inline_state_after_fork() { g_inline_cache = nullptr; }
 
 FrameStackInfo frame_stack_info() {
   FrameStackInfo info;

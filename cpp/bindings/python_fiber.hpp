@@ -66,19 +66,6 @@ FiberState acquire_fiber_state();
 // Called by the fiber that acquired it, with the GIL held by that state.
 void release_fiber_state(FiberState& fs);
 
-// enter_inline_state: makes a thread state of its own current on the calling (non-worker) thread
-// for a body that run_inline runs there — the body sees its own threading.local, exception state,
-// recursion depth and asyncio loop, as on a fiber — and returns the caller's state. One cleared
-// state is cached between calls. On 3.12+ its C recursion budget is capped to the caller's
-// remaining one (the body's C frames go on the same stack). GIL held; NULL with MemoryError set
-// when no state could be made (nothing changed then).
-PyThreadState* enter_inline_state();
-// leave_inline_state: makes `caller` current again, clears the body's state and caches it. GIL held.
-void leave_inline_state(PyThreadState* caller);
-// inline_state_after_fork: in a forked child CPython deleted every thread state but the forking
-// one: forget the cached one.
-void inline_state_after_fork();
-
 // frame_stack_info: the current thread state's data stack (tests). GIL held.
 struct FrameStackInfo {
   bool root_in_stack_slot = false;  // its root chunk is this fiber's scratch area (rule 11)
@@ -101,10 +88,6 @@ bool interpreter_finalizing();
 extern "C" {
 // gilstate_compat.c: bind the PyGILState slot of this OS thread to `tstate` (no-op on 3.12+).
 void distaff_bind_gilstate(PyThreadState* tstate);
-// gilstate_compat.c: 3.13+: make `tstate` the runtime's main thread state, the one a signal's
-// "pending" flag is set on (the main thread's code runs with it now); returns the former one.
-// Earlier versions keep that flag per interpreter: no-op, returns NULL.
-PyThreadState* distaff_swap_main_tstate(PyThreadState* tstate);
 // gilstate_compat.c: 1 if some thread holds the GIL now (a racy sample).
 int distaff_gil_locked(void);
 }

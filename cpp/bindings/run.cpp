@@ -2,7 +2,6 @@
 // forwarding (a body that returned an Execution, or a promise, follows it to its outcome).
 
 #include <string>
-#include <utility>
 #include <vector>
 
 #include "bindings.hpp"
@@ -194,76 +193,6 @@ void run_execution(Execution& ex) {
   // main thread's next bytecode (it may be blocked for long, e.g. in threading.Event.wait).
   drain_unobserved_now();
   release_fiber_state(fs);
-}
-
-namespace {
-PyExecution* g_inline_here = nullptr;  // the body run_inline runs now (main thread only), GIL-guarded
-}  // namespace
-
-PyExecution* inline_here() {
-  // Only on the thread that runs it: there it is the current execution (a thread-local slot).
-  PyExecution* p = g_inline_here;
-  return p && current_execution() == p->core ? p : nullptr;
-}
-
-PyObject* run_inline(PyExecution* pe) {
-  Execution& ex = *pe->core;
-  Scheduler* owner = ex.owner();
-  PyObject* interrupt = nullptr;
-  PyThreadState* caller = enter_inline_state();
-  if (caller == nullptr) {
-    complete(pe, State::failed, fetch_exception());
-    release_body(pe);
-  } else {
-    PyExecution* outer = std::exchange(g_inline_here, pe);
-    if (pe->trace) install_tracer(pe->trace);
-    PyObject* ctx = pe->context;
-    if (ctx && PyContext_Enter(ctx) < 0) {
-      complete(pe, State::failed, fetch_exception());
-      ctx = nullptr;
-    } else {
-      PyThreadState* ts = PyThreadState_Get();
-      pe->tstate = ts;
-      link_running(pe);
-      PyObject* r = PyObject_Call(pe->fn, pe->args, pe->kwargs);
-      if (pe == g_forked_body) end_forked_body(r);  // the body's copy in a process it forked
-      if (r && PyCoro_CheckExact(r) && ReturnedCoroutineHook && pe->engine) {
-        PyObject* follow = PyObject_CallFunctionObjArgs(ReturnedCoroutineHook, r, pe->engine, nullptr);
-        Py_SETREF(r, follow);
-      }
-      unlink_running(pe);
-      pe->tstate = nullptr;
-      Py_CLEAR(ts->async_exc);  // as in run_execution: the execution may be finished already
-      PyObject* exc = r ? nullptr : fetch_exception();
-      if (ctx && PyContext_Exit(ctx) < 0) PyErr_Clear();
-      if (exc && !PyErr_GivenExceptionMatches(exc, PyExc_Exception)) {
-        // A KeyboardInterrupt or SystemExit: signal handlers run in this body (the main thread's
-        // code), so Ctrl-C or a SIGTERM handler's sys.exit() lands here. As when one interrupts
-        // the main thread's result(), the execution is cancelled with its tree and the call
-        // raises it (the same for one the body raised itself: it cannot be told apart).
-        terminate(pe, State::cancelled, nullptr, CancelledError);
-        if (PyErr_Occurred()) PyErr_WriteUnraisable(reinterpret_cast<PyObject*>(pe));
-        interrupt = exc;
-      } else if (exc) {
-        add_task_note(exc, ex);
-        complete(pe, State::failed, exc);
-      } else if (is_execution(r)) {
-        forward_execution(pe, as_pe(r));
-        Py_DECREF(r);
-      } else {
-        complete(pe, State::succeeded, r);
-      }
-    }
-    if (pe->trace) install_tracer(Py_None);
-    if (pe == g_forked_body) end_forked_body(Py_NewRef(Py_None));
-    release_body(pe);
-    g_inline_here = outer;
-    leave_inline_state(caller);
-  }
-  owner->end_inline(ex);
-  Py_DECREF(pe);  // the queue's reference (submit_impl's)
-  drain_unobserved_now();
-  return interrupt;
 }
 
 void start_failed_execution(Execution& ex) {

@@ -60,7 +60,7 @@ PyObject* raw_submit(PyObject*, PyObject* const* a, Py_ssize_t n) {
 }  // namespace
 
 PyObject* submit_impl(PyObject* capsule, PyObject* fn, PyObject* name, long flags, PyObject* wait, PyObject* args,
-                      PyObject* kwargs, PyObject* wf, bool* run_here) {
+                      PyObject* kwargs, PyObject* wf) {
   if (capsule == Py_None) return raise_forked_engine();
   EngineCore* eng = engine_from_capsule(capsule);
   if (!eng) return nullptr;
@@ -192,13 +192,6 @@ PyObject* submit_impl(PyObject* capsule, PyObject* fn, PyObject* name, long flag
   }
   Py_INCREF(self);  // the queue's reference, released by run_execution or abandon_execution
   try {
-    // A synchronous top-level call to an idle engine: a root (no parent, no dependencies, not
-    // late) that the scheduler lets the caller start itself. The caller runs it (run_inline).
-    if (run_here && !parent && found.empty() && gating.empty() && !late && !born_cancelled &&
-        eng->scheduler->begin_inline(core)) {
-      *run_here = true;
-      return self;
-    }
     eng->scheduler->submit(core, gating);
   } catch (...) {
     core->set_payload(nullptr);
@@ -282,13 +275,8 @@ bool ask_default(PyObject* default_engine, PyObject** capsule, PyObject** scope)
   return true;
 }
 
-PyObject* submitter_submit(Submitter* self, PyObject* const* args, size_t nargsf, PyObject* kwnames, bool* run_here);
-
 PyObject* submitter_call(PyObject* self_, PyObject* const* args, size_t nargsf, PyObject* kwnames) {
-  return submitter_submit(reinterpret_cast<Submitter*>(self_), args, nargsf, kwnames, nullptr);
-}
-
-PyObject* submitter_submit(Submitter* self, PyObject* const* args, size_t nargsf, PyObject* kwnames, bool* run_here) {
+  auto* self = reinterpret_cast<Submitter*>(self_);
   const Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
   const Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
   if (nkw && self->strip) {
@@ -334,55 +322,13 @@ PyObject* submitter_submit(Submitter* self, PyObject* const* args, size_t nargsf
     for (Py_ssize_t i = 0; i < nkw && ok; ++i) {
       ok = PyDict_SetItem(kwargs, PyTuple_GET_ITEM(kwnames, i), args[nargs + i]) == 0;
     }
-    if (ok) result = submit_impl(capsule, self->body, self->name, 0, self->wait, tuple, kwargs, Py_None, run_here);
+    if (ok) result = submit_impl(capsule, self->body, self->name, 0, self->wait, tuple, kwargs, Py_None);
   }
   Py_XDECREF(tuple);
   Py_XDECREF(kwargs);
   Py_DECREF(capsule);
   return result;
 }
-
-// call(*args, **kwargs): the task called synchronously — what Task.__call__ does outside event
-// loops, submit(...).result(), in one C call. On the main thread, outside bodies, when the engine
-// is idle, the body runs right here (run_inline: no queue, no worker wake-up, no GIL hand-over;
-// docs/internals/scheduler.md, "Synchronous calls to an idle engine"); otherwise the execution is
-// submitted and waited for as result() does.
-PyObject* submitter_invoke(PyObject* self_, PyObject* const* args, size_t nargsf, PyObject* kwnames) {
-  auto* self = reinterpret_cast<Submitter*>(self_);
-  PyObject* ex = nullptr;
-  bool here = false;
-  const bool may_inline = on_main_thread() && inline_here() == nullptr && running_here() == nullptr;
-  if (!may_inline) {
-    ex = submitter_call(self_, args, nargsf, kwnames);
-  } else {
-    ex = submitter_submit(self, args, nargsf, kwnames, &here);
-  }
-  if (!ex) return nullptr;
-  if (here) {
-    if (PyObject* interrupt = run_inline(as_pe(ex))) {
-      Py_DECREF(ex);
-#if PY_VERSION_HEX >= 0x030C0000
-      PyErr_SetRaisedException(interrupt);
-#else
-      PyErr_Restore(Py_NewRef(reinterpret_cast<PyObject*>(Py_TYPE(interrupt))), interrupt,
-                    PyException_GetTraceback(interrupt));
-#endif
-      return nullptr;
-    }
-  }
-  PyObject* r = execution_result(ex);
-  Py_DECREF(ex);
-  return r;
-}
-
-PyObject* submitter_invoke_meth(PyObject* self_, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
-  return submitter_invoke(self_, args, static_cast<size_t>(nargs), kwnames);
-}
-
-PyMethodDef submitter_methods[] = {
-    {"call", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&submitter_invoke_meth)),
-     METH_FASTCALL | METH_KEYWORDS, "call(*args, **kwargs): submit(...).result(), the body run here when the engine is idle"},
-    {nullptr, nullptr, 0, nullptr}};
 
 PyObject* submitter_new(PyTypeObject* type, PyObject* args, PyObject* kwargs) {
   PyObject *general, *check, *body, *name, *wait, *capsule, *scope, *default_engine;
@@ -484,124 +430,10 @@ PyType_Slot submitter_slots[] = {
     {Py_tp_repr, reinterpret_cast<void*>(&submitter_repr)},
     {Py_tp_getset, submitter_getset},
     {Py_tp_members, submitter_members},
-    {Py_tp_methods, submitter_methods},
     {0, nullptr}};
 
 PyType_Spec submitter_spec = {"distaff._core.Submitter", sizeof(Submitter), 0,
                               Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL, submitter_slots};
-
-// TaskCall: Task.__call__ in C (distaff._task), so a synchronous call f(x) runs no Python frame of
-// ours: TaskCall(get_running_loop) is a method descriptor (bound like a function), called with the
-// task first. Inside a running event loop it returns task.submit(...) (the caller awaits it);
-// otherwise a task whose submit is a Submitter goes to Submitter.call (the body may run here,
-// submitter_invoke), any other returns task.submit(...).result().
-PyTypeObject* SubmitterType = nullptr;
-PyObject* str_submit = nullptr;
-PyObject* str_result = nullptr;
-
-struct TaskCall {
-  PyObject_HEAD
-  vectorcallfunc vectorcall;
-  PyObject* get_running_loop;
-};
-
-PyObject* taskcall_call(PyObject* self_, PyObject* const* args, size_t nargsf, PyObject* kwnames) {
-  auto* self = reinterpret_cast<TaskCall*>(self_);
-  const Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
-  if (nargs < 1) {
-    PyErr_SetString(PyExc_TypeError, "Task.__call__ needs the task");
-    return nullptr;
-  }
-  PyObject* submit = PyObject_GetAttr(args[0], str_submit);
-  if (!submit) return nullptr;
-  PyObject* loop = PyObject_CallNoArgs(self->get_running_loop);
-  if (!loop) {
-    Py_DECREF(submit);
-    return nullptr;
-  }
-  const bool in_loop = loop != Py_None;
-  Py_DECREF(loop);
-  const auto rest = static_cast<size_t>(nargs - 1);
-  PyObject* r;
-  if (in_loop) {
-    r = PyObject_Vectorcall(submit, args + 1, rest, kwnames);  // the caller awaits it
-  } else if (Py_IS_TYPE(submit, SubmitterType)) {
-    r = submitter_invoke(submit, args + 1, rest, kwnames);
-  } else {
-    PyObject* ex = PyObject_Vectorcall(submit, args + 1, rest, kwnames);
-    r = ex ? PyObject_CallMethodNoArgs(ex, str_result) : nullptr;
-    Py_XDECREF(ex);
-  }
-  Py_DECREF(submit);
-  return r;
-}
-
-PyObject* taskcall_new(PyTypeObject* type, PyObject* args, PyObject* kwargs) {
-  PyObject* get_running_loop;
-  static const char* kwlist[] = {"get_running_loop", nullptr};
-  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O:TaskCall", const_cast<char**>(kwlist), &get_running_loop)) {
-    return nullptr;
-  }
-  auto* self = reinterpret_cast<TaskCall*>(type->tp_alloc(type, 0));
-  if (!self) return nullptr;
-  self->vectorcall = &taskcall_call;
-  self->get_running_loop = Py_NewRef(get_running_loop);
-  return reinterpret_cast<PyObject*>(self);
-}
-
-int taskcall_traverse(PyObject* self_, visitproc visit, void* arg) {
-  Py_VISIT(Py_TYPE(self_));
-  Py_VISIT(reinterpret_cast<TaskCall*>(self_)->get_running_loop);
-  return 0;
-}
-
-int taskcall_clear(PyObject* self_) {
-  Py_CLEAR(reinterpret_cast<TaskCall*>(self_)->get_running_loop);
-  return 0;
-}
-
-void taskcall_dealloc(PyObject* self_) {
-  PyTypeObject* type = Py_TYPE(self_);
-  PyObject_GC_UnTrack(self_);
-  taskcall_clear(self_);
-  type->tp_free(self_);
-  Py_DECREF(type);
-}
-
-// Bound like a function: task.__call__ is a method of the task.
-PyObject* taskcall_get(PyObject* self, PyObject* obj, PyObject*) {
-  if (obj == nullptr || obj == Py_None) return Py_NewRef(self);
-  return PyMethod_New(self, obj);
-}
-
-PyObject* taskcall_name(PyObject*, void*) { return PyUnicode_FromString("__call__"); }
-PyObject* taskcall_qualname(PyObject*, void*) { return PyUnicode_FromString("Task.__call__"); }
-
-PyGetSetDef taskcall_getset[] = {
-    {"__name__", &taskcall_name, nullptr, nullptr, nullptr},
-    {"__qualname__", &taskcall_qualname, nullptr, nullptr, nullptr},
-    {nullptr, nullptr, nullptr, nullptr, nullptr}};
-
-PyMemberDef taskcall_members[] = {
-    {"__vectorcalloffset__", T_PYSSIZET, offsetof(TaskCall, vectorcall), READONLY, nullptr},
-    {nullptr, 0, 0, 0, nullptr}};
-
-PyType_Slot taskcall_slots[] = {
-    {Py_tp_new, reinterpret_cast<void*>(&taskcall_new)},
-    {Py_tp_dealloc, reinterpret_cast<void*>(&taskcall_dealloc)},
-    {Py_tp_traverse, reinterpret_cast<void*>(&taskcall_traverse)},
-    {Py_tp_clear, reinterpret_cast<void*>(&taskcall_clear)},
-    {Py_tp_call, reinterpret_cast<void*>(&PyVectorcall_Call)},
-    {Py_tp_descr_get, reinterpret_cast<void*>(&taskcall_get)},
-    {Py_tp_members, taskcall_members},
-    {Py_tp_getset, taskcall_getset},
-    {Py_tp_doc, const_cast<char*>("Call the task: its value (the body's result); inside a running event loop, its Execution.")},
-    {0, nullptr}};
-
-PyType_Spec taskcall_spec = {"distaff._core.TaskCall", sizeof(TaskCall), 0,
-                             Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL |
-                                 Py_TPFLAGS_METHOD_DESCRIPTOR,
-                             taskcall_slots};
 
 // _publish_default(capsule, scope): the default engine distaff._engine just created (None, None:
 // there is none now).
@@ -660,21 +492,10 @@ bool init_submit(PyObject* module) {
   str_scope = PyUnicode_InternFromString("_scope");
   str_capsule = PyUnicode_InternFromString("_capsule");
   if (!str_workflow_id || !str_scope || !str_capsule) return false;
-  str_submit = PyUnicode_InternFromString("submit");
-  str_result = PyUnicode_InternFromString("result");
-  if (!str_submit || !str_result) return false;
   PyObject* type = PyType_FromModuleAndSpec(module, &submitter_spec, nullptr);
   if (!type) return false;
-  SubmitterType = reinterpret_cast<PyTypeObject*>(type);  // the module keeps it alive
-  if (PyModule_AddObjectRef(module, "Submitter", type) < 0) {
-    Py_DECREF(type);
-    return false;
-  }
+  const int rc = PyModule_AddObjectRef(module, "Submitter", type);
   Py_DECREF(type);
-  PyObject* tc = PyType_FromModuleAndSpec(module, &taskcall_spec, nullptr);
-  if (!tc) return false;
-  const int rc = PyModule_AddObjectRef(module, "TaskCall", tc);
-  Py_DECREF(tc);
   return rc == 0;
 }
 

@@ -255,23 +255,6 @@ PyObject* raw_sleep(PyObject*, PyObject* seconds) {
     }
   }
   auto deadline = deadline_after(t);
-  if (on_main_thread()) {
-    // A synchronous call's body running on the main thread (run_inline): it sleeps in slices and
-    // runs signal handlers between them, so Ctrl-C reaches it as it reaches the main thread's waits.
-    bool interrupted = false;
-    const int r = wait_sliced(
-        [&](Clock::time_point d) {
-          interrupted = sleep_until(d) == WaitStatus::interrupted;
-          return interrupted;
-        },
-        deadline);
-    if (r < 0) return nullptr;  // a signal handler's exception, or a translated error
-    if (interrupted) {
-      raise_interrupted();
-      return nullptr;
-    }
-    Py_RETURN_NONE;
-  }
   WaitStatus st;
   try {
     st = sleep_until(deadline);

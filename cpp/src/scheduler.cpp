@@ -246,31 +246,6 @@ void Scheduler::submit(const ExecutionRef& ex, const std::vector<ExecutionRef>& 
   on_dependency_done(*ex, ex.get());
 }
 
-bool Scheduler::begin_inline(const ExecutionRef& ex) {
-  if (closed_.load(std::memory_order_acquire) || draining_.load(std::memory_order_acquire) || on_worker() ||
-      live_.load(std::memory_order_acquire) != 0 || detail::fiber_local().current != nullptr) {
-    return false;
-  }
-  DISTAFF_ASSERT(ex->state() == State::pending && ex->owner_ == nullptr);
-  ex->owner_ = this;
-  ex->submitted_ns_.store(wall_time_ns(), std::memory_order_relaxed);
-  live_.fetch_add(1, std::memory_order_relaxed);
-  submitted_.fetch_add(1, std::memory_order_relaxed);
-  notify(EventKind::submit, *ex);
-  // Nobody else can reach `ex` yet (it is in no queue), so nothing can have finished it.
-  const bool started = ex->start();
-  DISTAFF_ASSERT(started);
-  (void)started;
-  detail::fiber_local() = detail::FiberLocal{ex.get(), nullptr};
-  notify(EventKind::start, *ex);
-  return true;
-}
-
-void Scheduler::end_inline(Execution& ex) noexcept {
-  notify(EventKind::end, ex);
-  detail::fiber_local() = detail::FiberLocal{};
-}
-
 // on_dependency_done: one dependency of `arg` finished (or, with dep == arg, registration ended).
 void Scheduler::on_dependency_done(Execution& dep, void* arg) {
   auto* ex = static_cast<Execution*>(arg);

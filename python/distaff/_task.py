@@ -332,11 +332,11 @@ class Task:
         clone.submit = clone._make_submit()
         return clone
 
-    # Calling a task: ``submit(...).result()`` — or, inside a running event loop, ``submit(...)``
-    # (the caller awaits it). In C (cpp/bindings/submit.cpp, TaskCall): for a plain task it is
-    # Submitter.call, and on the main thread, outside bodies, with the engine idle, the body runs
-    # right here (docs/internals/scheduler.md, "Synchronous calls to an idle engine").
-    __call__ = _core.TaskCall(_get_running_loop)
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        execution = self.submit(*args, **kwargs)
+        if _get_running_loop() is not None:
+            return execution  # inside a running event loop: the caller awaits it
+        return execution.result()
 
     def map(self, *iterables: Iterable) -> list:
         """One execution per item: ``[task.submit(*args) for args in zip(*iterables)]``.

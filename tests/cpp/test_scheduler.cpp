@@ -1307,58 +1307,5 @@ TEST_F(SchedulerElastic, FixedSizeWithoutMaxWorkersAndJoinStopsTheMonitor) {
   Scheduler s(std::move(e));  // destroyed with its monitor idle: must not hang
 }
 
-// begin_inline/end_inline (issue 15, S1): a synchronous top-level call to an idle scheduler runs
-// its body on the calling thread. Only when nothing is live, the caller is no worker and runs no
-// execution, and the scheduler is open; then the execution is counted, started and current on the
-// caller, and children it submits run on the workers as usual.
-TEST_P(SchedulerTest, BeginInlineStartsOnTheCallerOnlyWhenIdleOpenAndNotOnAWorker) {
-  Scheduler& s = start();
-  ExecutionRef a = Execution::create("inline");
-  ASSERT_TRUE(s.begin_inline(a));
-  EXPECT_EQ(a->state(), State::running);
-  EXPECT_EQ(current_execution(), a.get());
-  EXPECT_EQ(a->owner(), &s);
-  EXPECT_GT(a->submitted_ns(), 0);
-  EXPECT_GT(a->started_ns(), 0);
-  EXPECT_EQ(s.stats().live, 1);
-  EXPECT_EQ(s.stats().submitted, 1);
-  // While it runs, the scheduler is not idle, and this thread runs an execution: no second one.
-  ExecutionRef b = Execution::create("second");
-  EXPECT_FALSE(s.begin_inline(b));
-  EXPECT_EQ(b->state(), State::pending);
-  // Its children go to the workers (it is no worker's fiber).
-  std::atomic<bool> child_on_worker{false};
-  Fn child_body = [&](Execution& ex) {
-    child_on_worker = s.on_worker();
-    // A worker's body never starts one inline.
-    ExecutionRef c = Execution::create("from a worker");
-    EXPECT_FALSE(s.begin_inline(c));
-    c->finish(State::cancelled);
-    ex.finish(State::succeeded);
-  };
-  ExecutionRef child = submit(&child_body, {}, "child");
-  wait_done(child);
-  EXPECT_TRUE(child_on_worker.load());
-  EXPECT_TRUE(a->finish(State::succeeded));
-  s.end_inline(*a);
-  EXPECT_EQ(current_execution(), nullptr);
-  ASSERT_TRUE(s.wait_idle_until(safety_deadline()));  // (the child's count drops after its callbacks)
-  EXPECT_EQ(s.stats().live, 0);
-  // Idle again: the next one may; with something live, not.
-  block_all_workers();
-  EXPECT_FALSE(s.begin_inline(b));
-  release_.set();
-  ASSERT_TRUE(s.wait_idle_until(safety_deadline()));
-  ASSERT_TRUE(s.begin_inline(b));
-  b->finish(State::succeeded);
-  s.end_inline(*b);
-  // Closed: never.
-  s.close(false);
-  ExecutionRef c = Execution::create("closed");
-  EXPECT_FALSE(s.begin_inline(c));
-  c->finish(State::cancelled);
-  shutdown();
-}
-
 }  // namespace
 }  // namespace distaff::test

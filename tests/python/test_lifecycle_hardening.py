@@ -586,10 +586,8 @@ def test_sigterm_handler_raising_system_exit_in_a_blocking_call_cancels_what_it_
 
     @distaff.task
     def long_job():
+        print("ready", flush=True)
         try:
-            # "ready" inside the try: the call's body runs on the main thread (idle engine), where
-            # the handler runs at the body's next bytecode, also one before a `try` after the print.
-            print("ready", flush=True)
             distaff.sleep(600)
         finally:
             print("job ended", flush=True)

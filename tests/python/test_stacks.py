@@ -49,15 +49,12 @@ def test_deep_c_recursion_that_a_thread_survives_runs_in_a_body():
     th = threading.Thread(target=lambda: out.append(nested_hash(100_000)))
     th.start(); th.join()
     print("thread", out[0])
-    print("body", distaff.task()(nested_hash).submit(100_000).result())
-    # A synchronous call to the idle engine runs the body on the main thread's own stack instead
-    # (docs/limits.md, "Identity"): the same depth fits there too.
-    print("inline", distaff.task()(nested_hash)(100_000))
+    print("body", distaff.task()(nested_hash)(100_000))
     """,
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == ["thread", "True", "body", "True", "inline", "True"]
+    assert proc.stdout.split() == ["thread", "True", "body", "True"]
 
 
 def test_numpy_linear_algebra_runs_in_a_body():
@@ -156,7 +153,7 @@ def test_faulthandler_prints_the_python_traceback_of_a_crash_on_a_fiber_stack():
     proc = run_python(
         NESTED_HASH
         + """
-    distaff.task()(nested_hash).submit(10_000_000).result()  # on a fiber (a call would run inline)
+    distaff.task()(nested_hash)(10_000_000)
     """,
         args=("-X", "faulthandler"),
         timeout=120,

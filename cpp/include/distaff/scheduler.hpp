@@ -128,20 +128,6 @@ class Scheduler {
   // unless another worker is idle. Any thread; never blocks. Throws ShutdownError after close().
   void submit(const ExecutionRef& ex, const std::vector<ExecutionRef>& deps = {});
 
-  // begin_inline: the calling thread runs `ex`'s body itself instead of queueing it — a
-  // synchronous top-level call to an idle engine (docs/internals/scheduler.md, "Synchronous calls
-  // to an idle engine"). Only when the caller is no worker of this scheduler, nothing is live (no
-  // execution submitted and unfinished: nothing queued, waiting or running, so the call overtakes
-  // nothing) and the scheduler is open and not draining; then it does what submit() and a worker's
-  // start do — `ex` (pending, no dependencies) is counted live and submitted, reported `submit`
-  // and `start`, moved to `running` — and makes it the calling thread's current execution
-  // (current_execution()). Returns false and changes nothing otherwise: the caller submits it.
-  // The caller runs the body, finishes `ex` (or arranges a forward), then calls end_inline(ex).
-  bool begin_inline(const ExecutionRef& ex);
-  // end_inline: after begin_inline(ex) returned true and the body ran: reports `end` and clears
-  // the calling thread's current execution.
-  void end_inline(Execution& ex) noexcept;
-
   // wait_idle_until: waits until every submitted execution is finished, or `deadline`.
   // Suspends a fiber or blocks a thread (switch hooks around the park). Returns true when idle.
   bool wait_idle_until(Clock::time_point deadline);
