@@ -617,7 +617,10 @@ class _Futures(_Windowed):
         to fork), and a pool starts its workers lazily, as bodies arrive — a fire-and-forget body
         shipped once the script has ended would find it unable to take it ("can't create new
         thread at interpreter shutdown"). Best effort, through the pools' own (private) methods."""
-        if sys.version_info < (3, 12):
+        if sys.version_info < (3, 12) or _pools_stopped_at_exit():
+            # (Once concurrent.futures' own exit hook has stopped its pools, starting workers
+            # hangs on 3.13 — a pool first used by a workflow running at exit: its submit() then
+            # fails, and the body with ShutdownError naming the pool.)
             return
         t = self.target
         try:
