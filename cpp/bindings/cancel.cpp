@@ -114,6 +114,88 @@ void ensure_unraisablehook() {
   Py_XDECREF(h);
 }
 
+// ---- an interruption the body swallowed ------------------------------------------------------------
+// The exception raise_in_fiber queues fires once. A body that catches it and carries on outside the
+// handler — `except Exception: pass`, or logging's Handler.handleError, which prints "--- Logging
+// error ---" and returns — used to run on after its execution had ended (a loop that never waits ran
+// until the process died, and the exit waited for it). Every *wait* of such a body raises again (the
+// core's interrupt flag is level-triggered), so only Python that never waits needs more: the timer
+// thread looks at the body again after kRedeliverFirst, then at doubling intervals up to
+// kRedeliverMax, for as long as the body runs, and queues the interruption again when the body is
+// running Python (not parked in a wait, which raises by itself), is not shielded, has none queued,
+// and is not handling one — an `except` or `finally` block entered for a distaff.CancelledError or
+// TimeoutError, or a `with` block's __exit__ for one, is clean-up and is left to finish.
+constexpr auto kRedeliverFirst = std::chrono::milliseconds(10);
+constexpr auto kRedeliverMax = std::chrono::milliseconds(320);
+
+struct Redelivery {
+  PyExecution* pe;      // one reference, dropped when the body has ended
+  PyObject* exc_type;   // CancelledError or TimeoutErrorType (module globals)
+  Clock::duration delay;
+};
+
+bool is_interrupt(PyObject* v) {
+  return v && v != Py_None &&
+         (PyObject_TypeCheck(v, reinterpret_cast<PyTypeObject*>(CancelledError)) ||
+          PyObject_TypeCheck(v, reinterpret_cast<PyTypeObject*>(TimeoutErrorType)));
+}
+
+// handling_interrupt: `ts` is raising an interruption or running a handler (except, finally, a
+// context manager's __exit__) entered for one. GIL held; `ts` is not running (it waits for the GIL).
+bool handling_interrupt(PyThreadState* ts) {
+#if PY_VERSION_HEX >= 0x030C0000
+  if (is_interrupt(ts->current_exception)) return true;
+#else
+  if (is_interrupt(ts->curexc_value)) return true;
+  if (ts->curexc_type && (ts->curexc_type == CancelledError || ts->curexc_type == TimeoutErrorType)) {
+    return true;
+  }
+#endif
+  for (_PyErr_StackItem* it = ts->exc_info; it; it = it->previous_item) {
+    if (is_interrupt(it->exc_value)) return true;
+  }
+  return false;
+}
+
+void schedule_redelivery(Redelivery* r);
+
+void redeliver_fired(void* arg) {
+  // On the timer thread (a plain OS thread). At finalisation the record is leaked, as in timeout_fired.
+  if (interpreter_finalizing()) return;
+  PyGILState_STATE g = PyGILState_Ensure();
+  auto* r = static_cast<Redelivery*>(arg);
+  PyExecution* pe = r->pe;
+  PyThreadState* ts = pe->tstate;  // set while the body runs (run_execution), under the GIL
+  if (ts && pe->core->done()) {
+    if (!pe->shielded && !ts->async_exc && !pe->core->parked() && !handling_interrupt(ts)) {
+      raise_in_fiber(ts, r->exc_type);
+    }
+    r->delay = std::min<Clock::duration>(r->delay * 2, kRedeliverMax);
+    schedule_redelivery(r);  // owns r again, or has dropped it
+  } else {
+    Py_DECREF(pe);
+    delete r;
+  }
+  PyGILState_Release(g);
+}
+
+// schedule_redelivery: takes over `r` (GIL held).
+void schedule_redelivery(Redelivery* r) {
+  try {
+    if (!g_timer) g_timer = new Timer();
+    g_timer->schedule(Clock::now() + r->delay, &redeliver_fired, r);
+    return;
+  } catch (...) {  // the timer stopped (exit): nothing left to interrupt
+  }
+  Py_DECREF(r->pe);
+  delete r;
+}
+
+void watch_swallowed(PyExecution* pe, PyObject* exc_type) {
+  Py_INCREF(pe);
+  schedule_redelivery(new Redelivery{pe, exc_type, kRedeliverFirst});
+}
+
 bool finish_terminated(Execution& ex, bool was_parked, void* arg) {
   auto* t = static_cast<Termination*>(arg);
   const bool root = &ex == t->root->core;
@@ -134,7 +216,7 @@ bool finish_terminated(Execution& ex, bool was_parked, void* arg) {
   if (finished && p->tstate && !was_parked) {
     if (!p->shielded) {
       ensure_unraisablehook();
-      raise_in_fiber(p->tstate, exc);
+      if (raise_in_fiber(p->tstate, exc)) watch_swallowed(p, exc);
     } else if (!p->deferred) {
       p->deferred = exc;  // raised when a deferring section ends (raw_deferring_call), if one runs
     }
@@ -206,8 +288,15 @@ PyObject* raw_arm_timeout(PyObject*, PyObject* const* a, Py_ssize_t n) {
 
 // stop_timer(): joins the timer thread (at exit, before finalisation).
 PyObject* raw_stop_timer(PyObject*, PyObject*) {
-  // The pending deadlines are released by stop() itself (timeout_released); nothing else is queued.
-  if (g_timer) g_timer->stop();
+  // The pending deadlines are released by stop() itself (timeout_released); what else was queued
+  // is swallowed-interrupt watches (Redelivery records), dropped here.
+  if (g_timer) {
+    for (void* a : g_timer->stop()) {
+      auto* r = static_cast<Redelivery*>(a);
+      Py_DECREF(r->pe);
+      delete r;
+    }
+  }
   Py_RETURN_NONE;
 }
 

@@ -1,0 +1,201 @@
+"""An interruption (cancel, timeout, shutdown's cancel) that the body catches and does not re-raise
+is delivered again while the body runs Python outside a handler of it (docs/reliability.md, "An
+interrupt the body swallows"). Each case runs in a fresh interpreter with a deadline: before the
+fix a body that swallowed it looped until the process was killed."""
+from __future__ import annotations
+
+import pytest
+
+from conftest import run_python
+
+HOW = ["cancel", "timeout"]
+
+
+def _run(body_code: str, how: str, *, extra: str = "") -> str:
+    proc = run_python(
+        f"""
+        import threading, time, logging, distaff
+        eng = distaff.Engine(workers=1, max_workers=1)
+        started = threading.Event()
+        log = []
+{body_code}
+        how = {how!r}
+        if how == "cancel":
+            ex = eng.submit(body)
+            assert started.wait(30)
+            assert ex.cancel()
+        else:
+            ex = eng.task(timeout=0.05)(body).submit()
+        # Before the fix the body never ended: the worker stayed busy and this timed out.
+        print("IDLE", eng.wait_idle(30))
+        print("STATE", ex.state, type(ex.exception()).__name__ if not ex.cancelled() else "-")
+        # The one worker runs this only once the body has returned (wait_idle() does not wait
+        # for a body that runs on after its execution ended).
+        print("NEXT", eng.submit(lambda: 7).result(timeout=30))
+        print("LOG", log)
+{extra}
+        eng.shutdown()
+        """,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "IDLE True" in out and "NEXT 7" in out, (out, proc.stderr)
+    expected = "STATE cancelled -" if how == "cancel" else "STATE failed TimeoutError"
+    assert expected in out, (out, proc.stderr)
+    return out + proc.stderr
+
+
+@pytest.mark.parametrize("how", HOW)
+def test_a_body_that_swallows_the_interrupt_then_loops_in_pure_python_is_interrupted_again(how):
+    out = _run(
+        """
+        def body():
+            try:
+                started.set()
+                while True:
+                    sum(range(200))               # the interrupt lands here...
+            except Exception:                     # ...and is swallowed (CancelledError, TimeoutError)
+                log.append("swallowed")
+            try:
+                while True:                       # pure Python, never a wait: ran forever
+                    sum(range(200))
+            finally:
+                log.append("ended")
+        """,
+        how,
+    )
+    assert "LOG ['swallowed', 'ended']" in out, out
+
+
+@pytest.mark.parametrize("how", HOW)
+def test_an_interrupt_swallowed_by_logging_handle_error_is_delivered_again(how):
+    """A logging handler's emit() catches Exception and calls handleError, which prints "---
+    Logging error ---" and returns (as StreamHandler's does): an interrupt that fires inside emit()
+    is swallowed there. Re-delivered, it ends the body once it fires outside emit()."""
+    out = _run(
+        """
+        class Busy(logging.Handler):
+            def emit(self, record):
+                try:
+                    sum(range(300))               # a good part of the body's time is spent here
+                except Exception:
+                    self.handleError(record)
+        logger = logging.getLogger("swallow")
+        logger.addHandler(Busy())
+        logger.propagate = False
+
+        def body():
+            started.set()
+            try:
+                while True:
+                    logger.warning("tick")
+            finally:
+                log.append("ended")
+        """,
+        how,
+    )
+    assert "LOG ['ended']" in out, out
+
+
+@pytest.mark.parametrize("how", HOW)
+@pytest.mark.parametrize("where", ["except", "finally", "exit"])
+def test_clean_up_in_a_handler_of_the_interrupt_is_not_interrupted_again(how, where):
+    """Python run by an `except` or `finally` block entered for the interrupt, or by a context
+    manager's __exit__ for it, is clean-up: it runs to its end, however long it takes."""
+    cleanup = """
+                t = time.monotonic()
+                n = 0
+                while time.monotonic() - t < 0.3:   # pure Python, longer than every re-delivery step
+                    n += 1
+                log.append("cleaned")
+    """
+    if where == "except":
+        code = f"""
+        def body():
+            started.set()
+            try:
+                while True:
+                    sum(range(200))
+            except (distaff.CancelledError, distaff.TimeoutError):
+{cleanup}
+                raise
+        """
+    elif where == "finally":
+        code = f"""
+        def body():
+            started.set()
+            try:
+                while True:
+                    sum(range(200))
+            finally:
+{cleanup}
+        """
+    else:
+        code = f"""
+        class CM:
+            def __enter__(self):
+                return self
+            def __exit__(self, *exc):
+{cleanup}
+                return False
+
+        def body():
+            with CM():
+                started.set()
+                while True:
+                    sum(range(200))
+        """
+    out = _run(code, how)
+    assert "LOG ['cleaned']" in out, out
+    assert "Traceback" not in out, out
+
+
+def test_python_run_after_a_handler_that_swallowed_the_interrupt_is_interrupted():
+    """Swallowing the interrupt does not revoke it: the execution has ended, and the body's Python
+    after the handler is interrupted again (its waits already were)."""
+    out = _run(
+        """
+        def body():
+            started.set()
+            try:
+                while True:
+                    sum(range(200))
+            except distaff.CancelledError:
+                log.append("caught")
+            t = time.monotonic()
+            while time.monotonic() - t < 20:      # stopped long before its end
+                sum(range(200))
+            log.append("ran on")
+        """,
+        "cancel",
+    )
+    assert "LOG ['caught']" in out, out
+
+
+def test_shutdown_cancel_running_stops_a_body_that_swallows_the_interrupt():
+    proc = run_python(
+        """
+        import threading, distaff
+        eng = distaff.Engine(workers=1)
+        started = threading.Event()
+
+        def body():
+            try:
+                started.set()
+                while True:
+                    sum(range(200))
+            except Exception:
+                pass
+            while True:
+                sum(range(200))
+
+        ex = eng.submit(body)
+        assert started.wait(30)
+        eng.shutdown(cancel_running=True)   # before the fix: waited for the body forever
+        print("STATE", ex.state)
+        """,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "STATE cancelled" in proc.stdout, (proc.stdout, proc.stderr)
