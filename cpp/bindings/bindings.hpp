@@ -154,6 +154,12 @@ extern PyObject* UnobservedHook;   // distaff._errors.log_unobserved
 extern PyObject* AsyncAwaitHook;   // distaff._asyncio.await_execution
 // Set by _core._set_hooks (module.cpp), with AsyncAwaitHook:
 extern PyObject* CallbackErrorHook;  // distaff._errors.log_callback_error (execution_type.cpp)
+// interrupt_of_this_body: `exc_type` (distaff.CancelledError or TimeoutError) is the interruption of
+// the body running on this thread state — its execution has ended, and it is not shielded — caught by
+// code that only reports what it catches (a done-callback runner, sys.unraisablehook). GIL held.
+bool interrupt_of_this_body(PyObject* exc_type);
+// requeue_interrupt: queues `exc_type` again for this thread state's next bytecode (cancel.cpp).
+bool requeue_interrupt(PyObject* exc_type);
 extern PyObject* LoopWaitHook;       // distaff._asyncio.wait_on_loop_thread, or NULL (waiting.cpp)
 extern PyObject* ReturnedCoroutineHook;  // distaff._async_body.await_returned, or NULL (run.cpp)
 // translate_current_exception: sets the Python error for the C++ exception being handled.

@@ -60,6 +60,17 @@ constexpr DeadlineHooks kTimeoutHooks{&timeout_fired, &timeout_released};
 
 }  // namespace
 
+bool interrupt_of_this_body(PyObject* exc_type) {
+  if (exc_type != CancelledError && exc_type != TimeoutErrorType) return false;
+  Execution* e = current_execution();
+  auto* pe = e ? static_cast<PyExecution*>(e->payload()) : nullptr;
+  return pe && pe->tstate && pe->tstate == PyThreadState_Get() && e->done() && !pe->shielded;
+}
+
+bool requeue_interrupt(PyObject* exc_type) {
+  return raise_in_fiber(PyThreadState_Get(), exc_type);
+}
+
 namespace {
 
 // What terminate() asks of each execution of the tree (Execution::terminate_tree walks it).
@@ -85,14 +96,9 @@ PyObject* raw_unraisablehook(PyObject* prev, PyObject* args) {
   PyObject* et = PyObject_GetAttrString(args, "exc_type");
   if (!et) {
     PyErr_Clear();
-  } else if (et == CancelledError || et == TimeoutErrorType) {
-    Execution* e = current_execution();
-    auto* pe = e ? static_cast<PyExecution*>(e->payload()) : nullptr;
-    if (pe && pe->tstate && pe->tstate == PyThreadState_Get() && e->done() && !pe->shielded &&
-        raise_in_fiber(pe->tstate, et)) {
-      Py_DECREF(et);
-      Py_RETURN_NONE;
-    }
+  } else if (interrupt_of_this_body(et) && requeue_interrupt(et)) {
+    Py_DECREF(et);
+    Py_RETURN_NONE;
   }
   Py_XDECREF(et);
   if (prev == Py_None) prev = PySys_GetObject("__unraisablehook__");  // borrowed

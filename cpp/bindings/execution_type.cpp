@@ -270,6 +270,20 @@ bool call_callback(PyObject* cb, PyObject* self, bool at_once = false) {
     return true;
   }
   if (at_once && !PyErr_ExceptionMatches(PyExc_Exception)) return false;
+  // The interruption (cancel, timeout) of the body that runs this callback — add_done_callback on a
+  // finished execution, or a completion the body caused (cancel(), set_result) — landed in it: it
+  // belongs to the body, not to the callback. Run at once, it propagates to the body's call; run by
+  // a completion, it is queued again for the body's next bytecode. Logging it lost it, and a body
+  // looping on such calls ran on after its execution had ended.
+  if (PyObject* et = PyErr_Occurred(); et && interrupt_of_this_body(et)) {
+    if (at_once) return false;
+    Py_INCREF(et);
+    PyErr_Clear();
+    const bool queued = requeue_interrupt(et);
+    Py_DECREF(et);
+    if (queued) return true;
+    PyErr_SetNone(et);
+  }
   if (!at_once && PyErr_ExceptionMatches(PyExc_KeyboardInterrupt) && on_main_thread()) {
     PyErr_Clear();
     if (PyErr_SetInterruptEx(SIGINT) == 0) return true;

@@ -173,7 +173,14 @@ void run_execution(Execution& ex) {
       Py_CLEAR(fs.tstate->async_exc);
       PyObject* exc = r ? nullptr : fetch_exception();
       if (ctx && PyContext_Exit(ctx) < 0) PyErr_Clear();
-      if (exc) {
+      if (exc && ex.owner() && ex.owner()->draining() &&
+          PyObject_TypeCheck(exc, reinterpret_cast<PyTypeObject*>(CancelledError))) {
+        // The body let through the CancelledError of something the drain cancelled (a child's
+        // result(), a wait on a pending execution): a shutdown that cancels ends it cancelled, as it
+        // does a wait= dependent of one (abandon_execution) — not failed, logged as never retrieved.
+        Py_DECREF(exc);
+        complete(pe, State::cancelled, nullptr);
+      } else if (exc) {
         add_task_note(exc, ex);
         complete(pe, State::failed, exc);
       } else if (is_execution(r)) {

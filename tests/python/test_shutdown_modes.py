@@ -286,6 +286,47 @@ def test_shutdown_cancels_a_waiting_dependent_of_a_queued_execution_instead_of_f
     assert "nobody retrieved" not in caplog.text, caplog.text
 
 
+def test_a_running_workflow_whose_child_the_drain_cancelled_ends_cancelled_not_failed(new_gate, caplog):
+    """Outsider finding (session 10): shutdown(cancel_pending=True) cancels a running workflow's
+    pending child; the workflow's result() raises CancelledError, which the body lets through. The
+    workflow ended *failed* and was logged as never retrieved (30-80 times per run under load). A
+    body that lets a CancelledError through while its engine drains now ends cancelled, as a
+    wait= dependent of a drained execution does."""
+    gate = new_gate()
+    eng = distaff.Engine(workers=1)
+    waiting = threading.Event()
+
+    @eng.task()
+    def blocker():
+        gate.wait(60)
+
+    @eng.task(wait=True)
+    def step(g):
+        return 1
+
+    @eng.workflow()
+    def flow(g):
+        s = step.submit(g)
+        waiting.set()
+        return s.result() + 1  # waits for a step that has not started
+
+    g = blocker.submit()
+    w = flow.submit(g)
+    assert waiting.wait(30)
+    t = threading.Thread(target=lambda: eng.shutdown(cancel_pending=True))
+    t.start()
+    distaff.wait([w], timeout=30)
+    gate.set()
+    t.join(30)
+    assert not t.is_alive()
+    assert w.state == "cancelled", (w.state, w.exception() if w.state == "failed" else None)
+    del w
+    import gc
+
+    gc.collect()
+    assert "nobody retrieved" not in caplog.text, caplog.text
+
+
 def test_shutdown_cancel_pending_cancels_pending_children_of_a_body():
     """Pending executions a worker already took (children of a body) are cancelled too."""
     eng = distaff.Engine(workers=1, max_workers=1)  # no elastic worker to run them meanwhile

@@ -199,3 +199,48 @@ def test_shutdown_cancel_running_stops_a_body_that_swallows_the_interrupt():
     )
     assert proc.returncode == 0, proc.stderr
     assert "STATE cancelled" in proc.stdout, (proc.stdout, proc.stderr)
+
+
+@pytest.mark.parametrize("where", ["at_once", "by_a_completion"])
+def test_an_interrupt_that_lands_in_a_done_callback_run_by_the_body_stops_the_body(where):
+    """A done-callback the body runs itself — add_done_callback on a finished execution runs it at
+    once, cancel() of a child runs the child's callbacks — is Python the interrupt can land in. The
+    callback runner logs what a callback raises; it logged the interrupt, and the body ran on after
+    its execution had timed out (the exit waited for it). Now the interrupt reaches the body: at
+    once (it propagates from add_done_callback), or queued again (from a completion)."""
+    proc = run_python(
+        f"""
+        import distaff
+        eng = distaff.Engine(workers=1, max_workers=1)
+        done = eng.submit(lambda: 1)
+        done.result()
+
+        def cb(ex):
+            sum(i for i in range(20000))          # Python work in a done-callback
+
+        @eng.task()
+        def sleeper():
+            distaff.sleep(60)
+
+        @eng.task(timeout=0.2)
+        def body():
+            while True:
+                if {where!r} == "at_once":
+                    done.add_done_callback(cb)    # already done: runs here, now
+                else:
+                    e = sleeper.submit()
+                    e.add_done_callback(cb)
+                    e.cancel()                    # runs e's callbacks here
+
+        try:
+            body()
+        except distaff.TimeoutError:
+            print("TIMED OUT")
+        print("NEXT", eng.submit(lambda: 7).result(timeout=30))   # the worker is free again
+        eng.shutdown()
+        """,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "TIMED OUT" in proc.stdout and "NEXT 7" in proc.stdout, (proc.stdout, proc.stderr)
+    assert "exception calling callback" not in proc.stderr, proc.stderr
