@@ -161,6 +161,11 @@ class Batch:
 
     def call_ended(self, fut: Any) -> None:
         """Done callback of the executor's future."""
+        # The future holds this callback and so this batch: let go of it, or the pair is a
+        # reference cycle that keeps the batch's jobs, their asyncio tasks, the tasks' coroutines
+        # and contexts alive until the cyclic garbage collector finds them (with thousands of tiny
+        # bodies in flight that garbage was most of the collector's work).
+        self.fut = None
         self.close()
         if self.ended:
             return
