@@ -324,3 +324,35 @@ def test_finished_batches_of_async_bodies_leave_no_garbage_for_the_cyclic_collec
         """
     )
     assert "unreachable" in out
+
+
+def test_a_job_stopped_just_after_its_task_is_made_is_reported_stopped_and_the_batch_ends():
+    # run_batch looks at job.stopped before making the body's task; a stop (cancel(), timeout=)
+    # landing right after that made it cancel the task before its first step, so the body's
+    # coroutine never ran, its finally never counted it done and run_batch waited for ever. Here
+    # a job whose `stopped` turns true after the first look pins that moment.
+    r = run_python(
+        """
+        from distaff import _local_async as la
+
+        class Job:
+            args, kwargs, looks, handle = (), {}, 0, None
+
+            @property
+            def stopped(self):
+                self.looks += 1
+                return self.looks > 1
+
+            async def fn(self):
+                raise AssertionError("a stopped job's body ran")
+
+        events = []
+        batch = la.Batch([Job()], lambda b, error: events.append(("batch ended", error)))
+        la.run_batch(batch, lambda job, outcome: events.append(("reported", outcome)))
+        print(events)
+        assert events == [("reported", None), ("batch ended", None)], events
+        """,
+        timeout=30,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "[('reported', None), ('batch ended', None)]" in r.stdout
