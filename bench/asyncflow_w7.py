@@ -50,6 +50,7 @@ def child(impl: str, workload: str, n: int, reps: int) -> dict:
 
     async def main() -> dict:
         t_create = time.perf_counter()
+        c_create = time.process_time()
         if lib is not None:
             backend = await lib.LocalExecutionBackend(ThreadPoolExecutor())
             flow = await lib.WorkflowEngine.create(backend=backend)
@@ -91,12 +92,15 @@ def child(impl: str, workload: str, n: int, reps: int) -> dict:
 
         first = await once()
         cold = time.perf_counter() - t_create
+        cold_cpu = time.process_time() - c_create
+        c_warm = time.process_time()
         warm = [await once() for _ in range(reps)]
+        warm_cpu = (time.process_time() - c_warm) / max(1, reps)
         if lib is not None:
             await flow.shutdown()
         else:
             await engine.ashutdown()
-        return {"cold_s": cold, "first_run_s": first, "warm_s": warm}
+        return {"cold_s": cold, "first_run_s": first, "warm_s": warm, "cold_cpu_s": cold_cpu, "warm_cpu_s": warm_cpu}
 
     out = asyncio.run(main())
     out.update(impl=impl, workload=workload, n=n, import_s=import_s)
@@ -158,10 +162,16 @@ def main() -> None:
                 "first_run": statistics.median(r["first_run_s"] for r in runs) * scale,
                 "warm": statistics.median(w for r in runs for w in r["warm_s"]) * scale,
                 "import_ms": statistics.median(r["import_s"] for r in runs) * 1e3,
+                # CPU time of the whole process (every thread) over the same spans: less moved by
+                # other processes on the machine than the wall time (AsyncFlow's wall time is
+                # mostly its engine loop's sleeps, so only the wall ratio is the measure)
+                "cold_cpu": statistics.median(r["cold_cpu_s"] for r in runs) * scale,
+                "warm_cpu": statistics.median(r["warm_cpu_s"] for r in runs) * scale,
             }
             results.append(row)
             print(f"{workload:4} n={n:<6} {impl:18} {row['version']:14} cold {row['cold']:10.3f}  "
-                  f"warm {row['warm']:10.3f} {row['unit']}  (import {row['import_ms']:.0f} ms)", flush=True)
+                  f"warm {row['warm']:10.3f} {row['unit']}  (import {row['import_ms']:.0f} ms; CPU cold {row['cold_cpu']:.3f}, "
+                  f"warm {row['warm_cpu']:.3f})", flush=True)
         base = {r["impl"]: r for r in results if r["workload"] == workload and r["n"] == n}
         ra, da = base["radical.asyncflow"], base["distaff.asyncflow"]
         print(f"     radical.asyncflow / distaff.asyncflow: cold {ra['cold'] / da['cold']:.1f}x, "

@@ -24,6 +24,7 @@ _get_running_loop = asyncio._get_running_loop  # C-level, no exception when ther
 
 
 _ONE = object()  # an inbox item with one argument
+_IN_CONTEXT = object()  # an inbox item that is a fired _LoopCallback (fn unused): a.deliver()
 
 
 class _Batch:
@@ -42,10 +43,15 @@ class _Batch:
     def run(self) -> None:
         self.drained = True
         items, self.items = self.items, []
-        for fn, a, b in items:
+        # Flat: fn, a, b, fn, a, b, ... (no tuple per delivery: with thousands of completions
+        # waiting for a busy loop, those tuples were garbage-collector work)
+        it = iter(items)
+        for fn, a, b in zip(it, it, it):
             try:
                 if b is _ONE:
                     fn(a)
+                elif b is _IN_CONTEXT:
+                    a.deliver()
                 else:
                     fn(a, b)
             except BaseException as exc:  # one bad delivery must not drop the rest of the batch
@@ -75,10 +81,10 @@ class _Inbox:
         running (drained) takes no more, so nothing is stranded."""
         batch = self.batch_ref() if self.batch_ref is not None else None
         if batch is not None and not batch.drained:
-            batch.items.append((fn, a, b))
+            batch.items += (fn, a, b)
             return
         batch = _Batch()
-        batch.items.append((fn, a, b))
+        batch.items += (fn, a, b)
         # Published before call_soon_threadsafe, which lets go of the GIL (its write to the loop's
         # self-pipe): a delivery from another thread meanwhile joins this batch instead of making
         # a second wake-up. `batch` (this frame) holds it until the loop's handle does.
@@ -114,10 +120,18 @@ def _copy_outcome(execution, fut: asyncio.Future) -> None:
         fut.set_result(execution.result())
 
 
+_last_inbox: "_Inbox | None" = None  # the last one asked for: most programs run one loop
+
+
 def _inbox_for(loop: asyncio.AbstractEventLoop) -> _Inbox:
+    global _last_inbox
+    inbox = _last_inbox
+    if inbox is not None and inbox.loop_ref() is loop:
+        return inbox
     inbox = _inboxes.get(loop)
     if inbox is None:
         inbox = _inboxes[loop] = _Inbox(loop)
+    _last_inbox = inbox
     return inbox
 
 
@@ -181,7 +195,7 @@ class _LoopCallback:
     """``fn`` registered on a loop thread: run as ``context.run(fn, execution)`` on that loop. Equal
     to ``fn``, so ``remove_done_callback(fn)`` finds it."""
 
-    __slots__ = ("fn", "context", "inbox")
+    __slots__ = ("fn", "context", "inbox", "execution")
 
     def __init__(self, fn, context, inbox) -> None:
         self.fn = fn
@@ -189,7 +203,15 @@ class _LoopCallback:
         self.inbox = inbox
 
     def __call__(self, execution) -> None:
-        self.inbox.post_call2(self.context.run, self.fn, execution)
+        # Posted as itself (an execution fires each callback once): no bound context.run and no
+        # tuple per delivery while it waits for the loop.
+        self.execution = execution
+        self.inbox.post_call2(None, self, _IN_CONTEXT)
+
+    def deliver(self) -> None:
+        """On the loop: ``fn(execution)`` in the callback's context."""
+        execution, self.execution = self.execution, None
+        self.context.run(self.fn, execution)
 
     def __eq__(self, other):
         return self is other or self.fn == other

@@ -161,6 +161,11 @@ class Batch:
 
     def call_ended(self, fut: Any) -> None:
         """Done callback of the executor's future."""
+        # The future holds this callback and so this batch: let go of it, or the pair is a
+        # reference cycle that keeps the batch's jobs, their asyncio tasks, the tasks' coroutines
+        # and contexts alive until the cyclic garbage collector finds them (with thousands of tiny
+        # bodies in flight that garbage was most of the collector's work).
+        self.fut = None
         self.close()
         if self.ended:
             return
@@ -191,14 +196,20 @@ class Batch:
                 pass
 
 
-async def _body(job: Any, tracking: _Tracking, report: Callable[[Any, Any], None], left: list) -> None:
+async def _body(job: Any, tracking: _Tracking, report: Callable[[Any, Any], None], left: list, batch: Batch,
+                i: int) -> None:
     """One body, as the task of the thread's loop: its outcome reported as it ends, what it left
-    running cancelled (asyncio.run's rule)."""
+    running cancelled (asyncio.run's rule) and waited for by run_batch. Its own task is let go of
+    as it ends (not held until the whole batch is over): a batch of hundreds of tiny bodies kept
+    every task, coroutine and context alive for the garbage collector to scan and promote."""
+    me = _current_task()
     try:
         try:
+            if job.stopped:  # stopped after run_batch looked: reported as stopped, below
+                raise asyncio.CancelledError
             value = await job.fn(*job.args, **job.kwargs)
         finally:
-            started = tracking.started.get(_current_task())
+            started = tracking.started.get(me)
             if started is not None:
                 for t in started:
                     if not t.done():
@@ -213,6 +224,8 @@ async def _body(job: Any, tracking: _Tracking, report: Callable[[Any, Any], None
     try:
         report(job, outcome)
     finally:
+        batch.tasks[i] = None
+        tracking.owner.pop(me, None)  # (tasks it started stay mapped to it until the batch ends)
         left[0] -= 1
         if left[0] == 0:
             left[1].set_result(None)
@@ -227,30 +240,29 @@ def run_batch(batch: Batch, report: Callable[[Any, Any], None]) -> None:
     tracking = _local.tracking
     owner = tracking.owner
     batch.loop = loop
-    tasks = []
     left = [0, loop.create_future()]
     for i, job in enumerate(batch.jobs):
         if job.stopped:
             report(job, None)
             continue
         # asyncio.Task directly: the bodies themselves need not go through the task factory.
-        task = _Task(_body(job, tracking, report, left), loop=loop)
+        task = _Task(_body(job, tracking, report, left, batch, i), loop=loop)
         owner[task] = task
         left[0] += 1
-        tasks.append(task)
         batch.tasks[i] = task
-        if job.stopped:  # stopped meanwhile: cancel() may not have seen the task
-            task.cancel()
-    if not tasks:
+        # A job stopped from here on is seen by its body as it starts (or its task is cancelled
+        # at its next await by Batch.cancel). Not task.cancel() here: a task cancelled before its
+        # first step never runs its coroutine's code, whose finally counts it done (run_batch
+        # then waited for it for ever).
+    task = None  # (this frame holds no body's task: each is let go of as it ends)
+    if not left[0]:
         batch.end(None)
         return
     try:
         _run_until(loop, left[1], batch, tracking, report)
-        leftovers = []
-        for task in tasks:
-            started = tracking.started.pop(task, None)
-            if started is not None:
-                leftovers.extend(t for t in started if not t.done())
+        # What the bodies started and left running (cancelled as each body ended; started
+        # holds only this batch's bodies: a thread runs one batch at a time)
+        leftovers = [t for started in tracking.started.values() for t in started if not t.done()]
         if leftovers:
             _run_until(loop, asyncio.gather(*leftovers, return_exceptions=True), batch, tracking, report)
     finally:
