@@ -52,10 +52,31 @@ def test_a_timed_out_or_abandoned_sync_as_completed_leaves_no_callback(running):
         with pytest.raises(TimeoutError):
             for _e in distaff.as_completed([ex, other], timeout=1e-6):
                 pass
-    it = iter(distaff.as_completed([ex, other]))
-    assert _registered(ex, other) == before  # registers on first next()
+
+    # Left after its first item (a `break`): freeing the iterator takes its callbacks back.
+    finished = distaff.gather()  # an execution already done
+    it = distaff.as_completed([finished, ex, other])
+    assert next(it) is finished
+    assert _registered(ex, other) == [n + 1 for n in before]
     del it
     assert _registered(ex, other) == before
+
+
+def test_an_async_as_completed_left_with_break_takes_back_what_it_registered(running):
+    ex, other = running
+    before = _registered(ex, other)
+
+    async def main():
+        finished = distaff.gather()
+        agen = aiter(distaff.as_completed([finished, ex, other]))
+        async for e in agen:
+            assert e is finished
+            assert _registered(ex, other) == [n + 1 for n in before]
+            break
+        await agen.aclose()  # what asyncio's async-generator hooks do for a dropped one
+        return _registered(ex, other)
+
+    assert asyncio.run(main()) == before
 
 
 def _traced_growth(make_one, n: int) -> int:
