@@ -140,6 +140,36 @@ PyObject* raw_completion(PyObject*, PyObject* const* a, Py_ssize_t n) {
   return c;
 }
 
+// ready(execs, mode, notify) -> handle: notify() once, where the member that satisfies `mode`
+// finished (an asyncio waiter posts to its loop: _wait.py). release(handle) gives the wait up.
+PyObject* raw_ready(PyObject*, PyObject* const* a, Py_ssize_t n) {
+  if (n != 3 || !PyCallable_Check(a[2])) {
+    PyErr_SetString(PyExc_TypeError, "ready(execs, mode, notify)");
+    return nullptr;
+  }
+  std::vector<ExecutionRef> members;
+  WaitCondition mode;
+  if (!members_of(a[0], members) || !parse_mode(a[1], mode)) return nullptr;
+  auto* ws = new WaitSet(std::move(members), mode);
+  PyObject* c = PyCapsule_New(ws, "distaff.Completion", &completion_destructor);
+  if (!c) {
+    delete ws;
+    return nullptr;
+  }
+  ws->on_ready(&each_notify, Py_NewRef(a[2]), &each_release);  // at once if it already holds
+  return c;
+}
+
+// release(handle): detaches a completion() or ready() handle now — its callbacks leave the members
+// still running and its notify callable is released — rather than when the handle is freed (a
+// traceback may keep the frame holding it alive). Idempotent; completion_next then times out.
+PyObject* raw_completion_release(PyObject*, PyObject* handle) {
+  auto* ws = static_cast<WaitSet*>(PyCapsule_GetPointer(handle, "distaff.Completion"));
+  if (!ws) return nullptr;
+  ws->detach();
+  Py_RETURN_NONE;
+}
+
 PyObject* raw_completion_next(PyObject*, PyObject* const* a, Py_ssize_t n) {
   if (n != 2) {
     PyErr_SetString(PyExc_TypeError, "completion_next(handle, timeout)");
@@ -273,7 +303,18 @@ PyObject* raw_check_wait(PyObject*, PyObject* const* a, Py_ssize_t n) {
   Py_RETURN_NONE;
 }
 
+// _callbacks(execution) -> int: core callbacks registered on it and not yet run (tests: a wait
+// that timed out or was cancelled leaves none behind).
+PyObject* raw_callbacks(PyObject*, PyObject* o) {
+  if (!is_execution(o)) {
+    PyErr_SetString(PyExc_TypeError, "_callbacks(execution)");
+    return nullptr;
+  }
+  return PyLong_FromSize_t(as_pe(o)->core->callback_count());
+}
+
 PyMethodDef wait_functions[] = {
+    {"_callbacks", &raw_callbacks, METH_O, "_callbacks(execution) -> core callbacks registered and not yet run"},
     {"check_wait", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&raw_check_wait)), METH_FASTCALL,
      "check_wait(waiter, target): DeadlockError if waiter waiting for target would close a cycle"},
     {"wait_set", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&raw_wait_set)), METH_FASTCALL,
@@ -282,6 +323,10 @@ PyMethodDef wait_functions[] = {
      "completion(execs, notify=None) -> handle for completion_next; notify() after each completion"},
     {"completion_next", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&raw_completion_next)),
      METH_FASTCALL, "completion_next(handle, timeout) -> index, or COMPLETION_EXHAUSTED when every member was returned"},
+    {"ready", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&raw_ready)), METH_FASTCALL,
+     "ready(execs, mode, notify) -> handle; notify() once when the condition holds"},
+    {"release", &raw_completion_release, METH_O,
+     "release(handle): give up a completion()/ready() wait now (its member callbacks are removed)"},
     {"combine", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&raw_combine)), METH_FASTCALL,
      "combine(execs, mode, finalizer, name) -> Execution"},
     {"promise", &raw_promise, METH_O, "promise(name) -> Execution finished by settle()"},

@@ -446,6 +446,32 @@ void Execution::add_callback(Callback cb, void* arg) {
   cb(*this, arg);
 }
 
+bool Execution::remove_callback(Callback cb, void* arg) noexcept {
+  // Terminal is published with the list taken (both under mu_ in finish_impl): a terminal
+  // execution has no list left to search, its callbacks run (or ran) on the finishing thread.
+  if (is_terminal(state_.load(std::memory_order_acquire))) return false;
+  CallbackNode* found = nullptr;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    for (CallbackNode** p = &callbacks_; *p; p = &(*p)->next) {
+      if ((*p)->fn == cb && (*p)->arg == arg) {
+        found = *p;
+        *p = found->next;
+        break;
+      }
+    }
+  }
+  delete found;
+  return found != nullptr;
+}
+
+std::size_t Execution::callback_count() const noexcept {
+  std::lock_guard<std::mutex> lk(mu_);
+  std::size_t n = 0;
+  for (const CallbackNode* p = callbacks_; p; p = p->next) ++n;
+  return n;
+}
+
 bool Execution::finish(State terminal) noexcept { return finish_impl(terminal, false); }
 
 bool Execution::cancel_if_not_started() noexcept { return finish_impl(State::cancelled, true); }

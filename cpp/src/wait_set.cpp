@@ -26,6 +26,7 @@ struct WaitSet::Shared {
   bool ready DISTAFF_GUARDED_BY(mu) = false;                // condition held at least once
   ReadyFn ready_fn DISTAFF_GUARDED_BY(mu) = nullptr;
   void* ready_arg DISTAFF_GUARDED_BY(mu) = nullptr;
+  ReadyFn ready_release DISTAFF_GUARDED_BY(mu) = nullptr;
   ReadyFn each_fn DISTAFF_GUARDED_BY(mu) = nullptr;
   void* each_arg DISTAFF_GUARDED_BY(mu) = nullptr;
   ReadyFn each_release DISTAFF_GUARDED_BY(mu) = nullptr;
@@ -50,14 +51,28 @@ struct WaitSet::Shared {
     return false;
   }
 
+  // drop_pending: one member callback fewer to wait for; the last one hands the state's self
+  // reference and the on_each release to the caller (who runs them with mu released).
+  void drop_pending(std::size_t k, std::shared_ptr<Shared>& release, ReadyFn& release_fn, void*& release_arg)
+      DISTAFF_REQUIRES(mu) {
+    pending_callbacks -= k;
+    if (pending_callbacks == 0 && keep) {
+      release = std::move(keep);
+      release_fn = each_release;
+      release_arg = each_arg;
+      each_fn = each_release = nullptr;
+    }
+  }
+
   static void member_done(Execution& ex, void* arg) {
     auto* slot = static_cast<Slot*>(arg);
     Shared* s = slot->owner;
-    ReadyFn fire = nullptr;
+    ReadyFn fire = nullptr, fire_release = nullptr;
     void* fire_arg = nullptr;
     ReadyFn each = nullptr, each_release = nullptr;
     void* each_arg = nullptr;
-    std::shared_ptr<Shared> release;
+    void* release_arg = nullptr;
+    std::shared_ptr<Shared> release;  // declared first: destroyed last, after every use of *s
     {
       std::lock_guard<std::mutex> lk(s->mu);
       s->order.push_back(slot->index);
@@ -67,23 +82,29 @@ struct WaitSet::Shared {
         s->ready = true;
         fire = s->ready_fn;
         fire_arg = s->ready_arg;
-        s->ready_fn = nullptr;
+        fire_release = s->ready_release;
+        s->ready_fn = s->ready_release = nullptr;
       }
       each = s->each_fn;
       each_arg = s->each_arg;
-      if (--s->pending_callbacks == 0) {
-        release = std::move(s->keep);
-        each_release = s->each_release;
-        s->each_fn = s->each_release = nullptr;
-      }
+      // With a call to make, this callback stays pending until the call returned: a detach()
+      // meanwhile (the waiter giving up on another thread) must not release each_arg under it.
+      if (!fire && !each) s->drop_pending(1, release, each_release, release_arg);
       // Notified under the lock: a waiter cannot miss it between its check and its park, and the
       // state cannot be freed (by `release`) before notify_all returns. The conditions only ever
       // become true, so a waiter for holds() needs no wake-up before it does.
       if (s->next_waiters != 0 || (s->hold_waiters != 0 && s->holds())) s->cv.notify_all();
     }
-    if (fire) fire(fire_arg);
+    if (fire) {
+      fire(fire_arg);
+      if (fire_release) fire_release(fire_arg);
+    }
     if (each) each(each_arg);
-    if (each_release) each_release(each_arg);
+    if (fire || each) {
+      std::lock_guard<std::mutex> lk(s->mu);
+      s->drop_pending(1, release, each_release, release_arg);
+    }
+    if (each_release) each_release(release_arg);
   }
 
   static void wake(void* arg) {
@@ -108,9 +129,35 @@ WaitSet::WaitSet(std::vector<ExecutionRef> members, WaitCondition condition)
     s.slots[i] = Shared::Slot{&s, static_cast<std::uint32_t>(i)};
     members[i]->add_callback(&Shared::member_done, &s.slots[i]);
   }
+  members_ = std::move(members);
 }
 
-WaitSet::~WaitSet() = default;
+WaitSet::~WaitSet() { detach(); }
+
+void WaitSet::detach() noexcept {
+  Shared& s = *shared_;
+  std::size_t removed = 0;
+  for (std::size_t i = 0; i < members_.size(); ++i) {
+    if (members_[i]->remove_callback(&Shared::member_done, &s.slots[i])) ++removed;
+  }
+  members_.clear();
+  ReadyFn ready_release = nullptr, each_release = nullptr;
+  void* ready_arg = nullptr;
+  void* each_arg = nullptr;
+  std::shared_ptr<Shared> release;
+  {
+    std::lock_guard<std::mutex> lk(s.mu);
+    if (s.ready_fn) {  // never fired: it never will
+      ready_release = s.ready_release;
+      ready_arg = s.ready_arg;
+      s.ready_fn = s.ready_release = nullptr;
+    }
+    s.each_fn = nullptr;  // no call starts from now on
+    if (removed) s.drop_pending(removed, release, each_release, each_arg);
+  }
+  if (ready_release) ready_release(ready_arg);
+  if (each_release) each_release(each_arg);
+}
 
 std::size_t WaitSet::size() const noexcept { return shared_->n; }
 
@@ -211,17 +258,19 @@ void WaitSet::on_each(ReadyFn fn, void* arg, ReadyFn release) {
   release(arg);  // every member already finished: no call will come
 }
 
-void WaitSet::on_ready(ReadyFn fn, void* arg) {
+void WaitSet::on_ready(ReadyFn fn, void* arg, ReadyFn release) {
   Shared& s = *shared_;
   {
     std::lock_guard<std::mutex> lk(s.mu);
     if (!s.ready) {
       s.ready_fn = fn;
       s.ready_arg = arg;
+      s.ready_release = release;
       return;
     }
   }
   fn(arg);
+  if (release) release(arg);
 }
 
 }  // namespace distaff

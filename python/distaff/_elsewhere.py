@@ -275,7 +275,7 @@ class Job(Elsewhere):
         """The serialized body and arguments (pickle, or cloudpickle when needed: _remote.dumps).
         Raises TypeError naming what could not be serialized."""
         try:
-            return _remote.dumps((self.fn, self.args, self.kwargs, self.is_async))
+            return _remote.dumps((_remote.body_ref(self.fn), self.args, self.kwargs, self.is_async))
         except ImportError:  # cloudpickle is not installed: that message says what to do
             raise
         except Exception as exc:  # noqa: BLE001 - pickling raises anything (TypeError, PicklingError, ...)

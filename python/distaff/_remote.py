@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import sys
 import traceback
 from typing import Any
 
@@ -45,6 +46,62 @@ def dumps(obj: Any) -> bytes:
             "something defined in __main__): pip install 'distaff[processes]'"
         ) from None
     return cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def body_ref(fn: Any) -> Any:
+    """What to ship for a body: a reference to it when it is the function of a module-level task.
+
+    ``@task`` makes ``module.name`` the Task, not the function, so pickle's by-reference lookup of
+    the function finds another object and refuses (cloudpickle then ships it by value, with the
+    globals it uses: a 100k-item list went along with every call). The reference names the module
+    and qualname; the worker imports the module and takes the Task's function (:func:`resolve`).
+    Anything else is shipped as it is: a plain importable function goes by reference anyway, a
+    lambda, closure or ``__main__`` function goes by value (cloudpickle).
+    """
+    name = getattr(fn, "__module__", None)
+    qualname = getattr(fn, "__qualname__", None)
+    if name is None or name == "__main__" or qualname is None or "<" in qualname:
+        return fn
+    module = sys.modules.get(name)
+    if module is None:
+        return fn
+    obj: Any = module
+    for part in qualname.split("."):
+        obj = getattr(obj, part, None)
+    if obj is fn or getattr(obj, "fn", None) is not fn or not _is_task(obj):
+        return fn
+    return _Ref(name, qualname)
+
+
+def _is_task(obj: Any) -> bool:
+    from ._task import Task  # imported by then: the body's task made it
+
+    return isinstance(obj, Task)
+
+
+class _Ref:
+    """A module-level task's function, by name: unpickles as the function itself (:func:`resolve`)."""
+
+    __slots__ = ("module", "qualname")
+
+    def __init__(self, module: str, qualname: str) -> None:
+        self.module = module
+        self.qualname = qualname
+
+    def __reduce__(self) -> Any:
+        return (resolve, (self.module, self.qualname))
+
+
+def resolve(module: str, qualname: str) -> Any:
+    """The function of the task ``module.qualname`` (importing the module): a :class:`_Ref` unpickled."""
+    import importlib
+
+    obj: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    if _is_task(obj):
+        return obj.fn
+    return obj  # the module defines a plain function there (another version of it): run that
 
 
 def where() -> str:

@@ -128,14 +128,27 @@ def _wait_outcome(out: DoneAndNotDone, mode: int) -> str:
 
 
 async def _wait_async(execs: list, timeout: float | None, mode: int):
+    # One C++ wait-set whose condition posts to this loop once; a wait that times out or is
+    # cancelled releases it, which removes its callback from every member still running (a waiter
+    # that gives up costs no memory on the executions it waited for: docs/reliability.md).
     if execs:
-        combined = _core.combine(execs, mode, _noop, "wait")
-        await asyncio.wait({asyncio.ensure_future(combined)}, timeout=timeout)
+        from ._asyncio import _inbox_for
+
+        loop = asyncio.get_running_loop()
+        inbox = _inbox_for(loop)
+        fut = loop.create_future()
+        handle = _core.ready(execs, mode, lambda: inbox.post_call(_set_done, fut))
+        try:
+            await asyncio.wait((fut,), timeout=timeout)
+        finally:
+            _core.release(handle)
+            fut.cancel()
     return _split(execs)
 
 
-def _noop(members: list) -> None:
-    return None
+def _set_done(fut: asyncio.Future) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 class _AsCompleted:
@@ -187,20 +200,25 @@ async def _aiter(execs: list, deadline: float | None):
     inbox = _inbox_for(loop)
     wakeup = asyncio.Event()
     handle = _core.completion(execs, lambda: inbox.post_call(_set_event, wakeup))
-    for n in range(len(execs)):
-        while True:
-            wakeup.clear()
-            try:
-                idx = _core.completion_next(handle, 0)
-                break
-            except TimeoutError:
-                pass
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            try:
-                await asyncio.wait_for(wakeup.wait(), remaining)
-            except asyncio.TimeoutError:
-                raise TimeoutError(f"{len(execs) - n} (of {len(execs)}) executions unfinished") from None
-        yield execs[idx]
+    try:
+        for n in range(len(execs)):
+            while True:
+                wakeup.clear()
+                try:
+                    idx = _core.completion_next(handle, 0)
+                    break
+                except TimeoutError:
+                    pass
+                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+                try:
+                    await asyncio.wait_for(wakeup.wait(), remaining)
+                except asyncio.TimeoutError:
+                    raise TimeoutError(f"{len(execs) - n} (of {len(execs)}) executions unfinished") from None
+            yield execs[idx]
+    finally:
+        # Timed out, cancelled, closed after a `break`: the callbacks leave the members still
+        # running now (a traceback may keep this frame, and the handle, alive for long).
+        _core.release(handle)
 
 
 def _sync_iter_progress(execs: list, deadline: float | None):
@@ -215,18 +233,21 @@ def _sync_iter(execs: list, deadline: float | None):
         check_members_wait(execs, "iterating as_completed(...) with a plain for", "use `async for`")
     handle = _core.completion(execs)
     returned = 0
-    while True:
-        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-        try:
-            idx = _core.completion_next(handle, remaining)
-        except _DistaffTimeout:
-            raise  # the body's own timeout= fired while it waited here
-        except TimeoutError:
-            raise TimeoutError(f"{len(execs) - returned} (of {len(execs)}) executions unfinished") from None
-        if idx == _EXHAUSTED:
-            return
-        returned += 1
-        yield execs[idx]
+    try:
+        while True:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                idx = _core.completion_next(handle, remaining)
+            except _DistaffTimeout:
+                raise  # the body's own timeout= fired while it waited here
+            except TimeoutError:
+                raise TimeoutError(f"{len(execs) - returned} (of {len(execs)}) executions unfinished") from None
+            if idx == _EXHAUSTED:
+                return
+            returned += 1
+            yield execs[idx]
+    finally:
+        _core.release(handle)  # as in _aiter: nothing stays registered on unfinished members
 
 
 def _set_event(event: asyncio.Event) -> None:

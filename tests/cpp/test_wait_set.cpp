@@ -235,19 +235,65 @@ TEST_F(WaitSetThreads, OnEachAfterEveryMemberFinishedReleasesAtOnce) {
   EXPECT_EQ(p.released.load(), 1);
 }
 
-TEST_F(WaitSetThreads, AWaitSetDestroyedWithPendingMembersIsSafeAndStillReleases) {
+TEST_F(WaitSetThreads, AWaitSetDestroyedWithPendingMembersRemovesItsCallbacksAndReleasesAtOnce) {
   auto m = make_members(2);
+  m[0]->finish(State::succeeded);
   EachProbe p;
   {
     WaitSet ws(m, WaitCondition::all);
     ws.on_each(&EachProbe::on_each, &p, &EachProbe::on_release);
+    EXPECT_EQ(m[1]->callback_count(), 1u);
   }
-  // The shared state lives until the last member callback ran (ASan checks the accesses).
-  std::thread t([&] { m[0]->finish(State::succeeded); });
-  t.join();
-  m[1]->finish(State::cancelled);
-  EXPECT_EQ(p.each.load(), 2);
+  // Given up: nothing stays registered on the member still running, the release ran here.
+  EXPECT_EQ(m[1]->callback_count(), 0u);
   EXPECT_EQ(p.released.load(), 1);
+  std::thread t([&] { m[1]->finish(State::cancelled); });
+  t.join();
+  EXPECT_EQ(p.each.load(), 0);
+  EXPECT_EQ(p.released.load(), 1);
+}
+
+TEST_F(WaitSetThreads, DetachRemovesOnlyItsOwnCallbacksAndReleasesAnUnfiredOnReady) {
+  auto m = make_members(3);
+  WaitSet keep(m, WaitCondition::all);  // another waiter on the same members
+  std::atomic<int> ready_calls{0}, ready_released{0};
+  struct Ready {
+    std::atomic<int>* calls;
+    std::atomic<int>* released;
+  } r{&ready_calls, &ready_released};
+  {
+    WaitSet ws(m, WaitCondition::any);
+    ws.on_ready([](void* a) { static_cast<Ready*>(a)->calls->fetch_add(1); }, &r,
+                [](void* a) { static_cast<Ready*>(a)->released->fetch_add(1); });
+    for (const ExecutionRef& e : m) EXPECT_EQ(e->callback_count(), 2u);
+    ws.detach();
+    ws.detach();  // idempotent
+    for (const ExecutionRef& e : m) EXPECT_EQ(e->callback_count(), 1u);
+    EXPECT_EQ(ready_released.load(), 1);
+  }
+  finish_all(m);
+  EXPECT_EQ(ready_calls.load(), 0);
+  EXPECT_EQ(ready_released.load(), 1);
+  EXPECT_TRUE(keep.satisfied());
+}
+
+TEST_F(WaitSetThreads, DetachRacingCompletionsOnOtherThreadsReleasesOnceAndAfterTheLastCall) {
+  // A waiter giving up while members finish on other threads: each on_each call finishes before
+  // the release, which runs exactly once (TSan/ASan check the accesses).
+  for (int round = 0; round < 50; ++round) {
+    auto m = make_members(16);
+    EachProbe p;
+    auto ws = std::make_unique<WaitSet>(m, WaitCondition::all);
+    ws->on_each(&EachProbe::on_each, &p, &EachProbe::on_release);
+    std::thread a([&] { for (std::size_t i = 0; i < m.size(); i += 2) m[i]->finish(State::succeeded); });
+    std::thread b([&] { for (std::size_t i = 1; i < m.size(); i += 2) m[i]->finish(State::succeeded); });
+    ws.reset();
+    a.join();
+    b.join();
+    EXPECT_EQ(p.released.load(), 1);
+    EXPECT_EQ(p.each_after_release.load(), 0);
+    for (const ExecutionRef& e : m) EXPECT_EQ(e->callback_count(), 0u);
+  }
 }
 
 TEST_F(WaitSetThreads, ConcurrentCompletionsFromManyThreadsAreEachCountedOnce) {

@@ -139,6 +139,13 @@ class Execution {
 
   // add_callback: registers `cb` to run once on completion; runs it now, on this thread, if done.
   void add_callback(Callback cb, void* arg) DISTAFF_EXCLUDES(mu_);
+  // remove_callback: unregisters one `cb`/`arg` registration not yet run; true if it was removed
+  // (it will never run), false if the execution finished first (the callback ran or is about to
+  // run on the finishing thread). For a waiter that gives up (a timed-out or cancelled wait-set).
+  bool remove_callback(Callback cb, void* arg) noexcept DISTAFF_EXCLUDES(mu_);
+  // callback_count: the callbacks registered and not yet run (introspection for tests: a wait that
+  // gave up must leave none behind).
+  std::size_t callback_count() const noexcept DISTAFF_EXCLUDES(mu_);
 
   // forward_to: declares that this (running) execution completes when `target` does; used when a
   // body returns another execution. Throws DeadlockError if `target` waits on this execution.

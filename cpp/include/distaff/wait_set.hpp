@@ -26,7 +26,8 @@ class WaitSet {
 
   // Registers one completion callback per member. Duplicates are allowed and counted once each.
   WaitSet(std::vector<ExecutionRef> members, WaitCondition condition);
-  // Does not wait. Members finishing later find the shared state alive (it is reference counted).
+  // Does not wait: detach()es. A member callback running meanwhile finds the shared state alive
+  // (it is reference counted).
   ~WaitSet();
   WaitSet(const WaitSet&) = delete;
   WaitSet& operator=(const WaitSet&) = delete;
@@ -51,20 +52,29 @@ class WaitSet {
   std::int64_t first_failed() const noexcept;
   std::size_t finished_count() const noexcept;
 
-  // on_ready: calls fn(arg) once when the condition holds (at once if it already does).
-  void on_ready(ReadyFn fn, void* arg);
+  // on_ready: calls fn(arg) once when the condition holds (at once if it already does), then
+  // release(arg) if given; release(arg) alone if the wait-set is detached before it held.
+  void on_ready(ReadyFn fn, void* arg, ReadyFn release = nullptr);
 
   // on_each: calls fn(arg) after every member completion from now on (where the member finished),
   // and release(arg) once no more calls can come (the last member finished, or the wait-set was
-  // destroyed with members pending — then from the last of those completions). For a consumer
+  // detached: then at once, or when a member callback running meanwhile returns). For a consumer
   // of next_completed() that must be woken (an asyncio loop). Members finished before the call
   // are not reported: drain next_completed(now) first.
   void on_each(ReadyFn fn, void* arg, ReadyFn release);
+
+  // detach: gives up the wait. Removes the callback of every member not finished yet
+  // (Execution::remove_callback), so a timed-out or cancelled wait leaves nothing registered on
+  // members that run on; no on_ready/on_each call starts afterwards, and their release runs now
+  // (or, if a member callback is running on another thread, when it returns). Idempotent; the
+  // destructor calls it. Not concurrently with another call on this object.
+  void detach() noexcept;
 
   struct Shared;
 
  private:
   std::shared_ptr<Shared> shared_;
+  std::vector<ExecutionRef> members_;  // until detach(): to remove the callbacks still registered
 };
 
 }  // namespace distaff
