@@ -571,6 +571,16 @@ bool complete(PyExecution* pe, State state, PyObject* value) {
   return true;
 }
 
+void cancel_late_forward(PyExecution* pe, PyExecution* target) {
+  if (!target->late || target->detached || target->core->done()) return;
+  for (const ExecutionRef& k : pe->core->children()) {
+    if (k.get() == target->core) {
+      terminate(target, State::cancelled, nullptr, CancelledError);
+      return;
+    }
+  }
+}
+
 bool init_execution_type(PyObject* module) {
   ExecutionType = reinterpret_cast<PyTypeObject*>(PyType_FromModuleAndSpec(module, &pe_spec, nullptr));
   if (!ExecutionType) return false;

@@ -178,6 +178,7 @@ void run_execution(Execution& ex) {
         complete(pe, State::failed, exc);
       } else if (is_execution(r)) {
         forward_execution(pe, as_pe(r));
+        cancel_late_forward(pe, as_pe(r));
         Py_DECREF(r);
       } else {
         complete(pe, State::succeeded, r);

@@ -29,20 +29,3 @@ def test_cancel_wakes_a_body_parked_in_another_engines_shutdown():
     )
     assert proc.stdout.split() == ["True", "True"], proc.stdout
 
-
-@GAP
-def test_a_task_that_reschedules_itself_by_returning_its_next_run_ends_at_exit():
-    # Outsider trial finding 7: the tail-call form (`return poll.submit(n + 1)`) forwards to a new
-    # child forever; shutdown's "late children" rule stops fire-and-forget rescheduling only.
-    proc = run_python(
-        """
-        import distaff
-        @distaff.task()
-        def poll(n):
-            distaff.sleep(0.01)
-            return poll.submit(n + 1)
-        poll.submit(0)
-        """,
-        timeout=8,
-    )
-    assert proc.returncode == 0

@@ -424,6 +424,87 @@ def test_a_self_rescheduling_task_does_not_keep_the_process_alive(how):
     assert_no_crash(proc)
 
 
+def test_a_task_that_reschedules_itself_by_returning_its_next_run_ends_at_exit():
+    # Outsider trial finding 7: the tail-call form (`return poll.submit(n + 1)`) forwarded to a new
+    # child forever, and the exit waited for good (before: killed at the deadline). A body that
+    # returns a late child of its own has finished: the child is cancelled as a late child is when
+    # its parent finishes first, and every run that followed it ends cancelled.
+    proc = run_python(
+        """
+        import threading
+        import distaff
+
+        third = threading.Event()
+        runs = []
+
+        @distaff.task()
+        def poll(n):
+            runs.append(n)
+            if n == 3:
+                third.set()
+            distaff.sleep(0.01)
+            return poll.submit(n + 1)
+
+        first = poll.submit(0)
+        first.add_done_callback(lambda ex: print("first ended", ex.state, flush=True))
+        third.wait()
+        print("exit", flush=True)
+        """,
+        timeout=30,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split("\n")[:2] == ["exit", "first ended cancelled"], proc.stdout + proc.stderr
+    assert proc.stderr == "", proc.stderr  # nothing logged as never retrieved
+
+
+def test_shutdown_ends_a_forward_to_a_late_child_and_keeps_an_earlier_one():
+    # engine.shutdown() from another thread: the run that forwards to a child it submitted during
+    # the shutdown ends cancelled with the whole chain; a forward made before the shutdown began
+    # (to a child that is not late) is still followed to its outcome.
+    proc = run_python(
+        """
+        import threading
+        import distaff
+
+        eng = distaff.Engine(workers=2)
+        go, closing = threading.Event(), threading.Event()
+
+        @eng.task()
+        def leaf():
+            go.wait()
+            return "leaf"
+
+        @eng.task()
+        def forwards_early():
+            return leaf.submit()  # before the shutdown: followed to the end
+
+        @eng.task()
+        def poll(n):
+            if n == 0:
+                closing.wait()
+            distaff.sleep(0.005)
+            return poll.submit(n + 1)
+
+        early = forwards_early.submit()
+        chain = poll.submit(0)
+        t = threading.Thread(target=eng.shutdown)
+        t.start()
+        while True:  # until the shutdown refuses outside submits: it is closing
+            try:
+                eng.submit(int)
+            except distaff.ShutdownError:
+                break
+        closing.set()
+        go.set()
+        t.join(timeout=20)
+        print(t.is_alive(), early.result(timeout=5), chain.state, flush=True)
+        """,
+        timeout=30,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["False", "leaf", "cancelled"], proc.stdout + proc.stderr
+
+
 def test_a_workflow_running_at_exit_can_still_submit_and_wait_for_its_steps():
     proc = run_python(
         """
