@@ -724,9 +724,29 @@ void Scheduler::on_finished(Execution& ex) noexcept {
 
 bool Scheduler::wait_idle_until(Clock::time_point deadline) {
   if (live_.load(std::memory_order_acquire) == 0) return true;
+  // A body waiting here (shutting down, or waiting for, another engine) is woken by its own cancel
+  // or timeout as in every other wait: interrupt() calls the waker, which notifies under idle_mu_,
+  // so it cannot slip between the check below and the park.
+  Execution* self = interruptible_execution();
+  if (self && self->interrupted()) return false;
+  struct Waker {
+    Execution* self;
+    Waker(Execution* e, Scheduler* s) : self(e) {
+      if (self) self->set_waker(&wake, s);
+    }
+    ~Waker() {
+      if (self) self->set_waker(nullptr, nullptr);
+    }
+    static void wake(void* arg) {
+      auto* s = static_cast<Scheduler*>(arg);
+      std::lock_guard<std::mutex> g(s->idle_mu_);
+      s->idle_cv_.notify_all();
+    }
+  } waker(self, this);
   detail::SuspendScope suspend;
   UniqueLock lk(idle_mu_);
   while (live_.load(std::memory_order_acquire) != 0) {
+    if (self && self->interrupted()) return false;
     if (deadline == Clock::time_point::max()) {
       idle_cv_.wait(lk);
     } else if (idle_cv_.wait_until(lk, deadline) == boost::fibers::cv_status::timeout) {

@@ -188,6 +188,81 @@ def test_two_engines_shutting_each_other_down_from_their_bodies():
     assert proc.stdout.startswith("succeeded True")
 
 
+def test_cancel_wakes_a_body_parked_in_another_engines_shutdown():
+    # Outsider trial finding 4: two engines whose bodies shut each other down wait for each other
+    # for good, and cancel() returned True but did not wake a body parked in *another* engine's
+    # shutdown() (before: both wait_idle() calls returned False, then the exit hung to the
+    # deadline). The wait is now interruptible like every other wait of a body.
+    proc = run_python(
+        """
+        import time
+        import distaff
+        a, b = distaff.Engine(), distaff.Engine()
+        x = a.submit(lambda: b.shutdown())
+        y = b.submit(lambda: a.shutdown())
+        deadline = time.monotonic() + 20
+        while not (a.stats()["closed"] and b.stats()["closed"]):  # both shutdowns have begun
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+        print(x.cancel(), y.cancel(), flush=True)
+        print(a.wait_idle(timeout=10), b.wait_idle(timeout=10), x.state, y.state, flush=True)
+        """,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["True", "True", "True", "True", "cancelled", "cancelled"], proc.stdout
+
+
+def test_a_timeout_or_cancel_ends_a_body_waiting_for_another_engine():
+    # The same for a body's timeout= and for wait_idle() of another engine: the wait raises the
+    # body's distaff.TimeoutError or CancelledError at once (the body's `finally` runs while the
+    # other engine is still busy), and the other engine's work goes on. Before, each execution
+    # finished at once but its body stayed parked until the other engine's work ended.
+    proc = run_python(
+        """
+        import threading
+        import distaff
+        gate, waiting = threading.Event(), threading.Event()
+        ended_shutdown, ended_wait = threading.Event(), threading.Event()
+        a, b = distaff.Engine(), distaff.Engine()
+        busy = b.submit(gate.wait)  # b stays busy until the gate opens
+
+        @a.task(timeout=0.3)
+        def shuts_b_down():
+            try:
+                b.shutdown()
+            finally:
+                ended_shutdown.set()
+
+        def waits_for_b():
+            waiting.set()
+            try:
+                return b.wait_idle()
+            finally:
+                ended_wait.set()
+
+        try:
+            shuts_b_down.submit().result(timeout=20)
+        except distaff.TimeoutError:
+            print("timed out", ended_shutdown.wait(10), flush=True)
+        w = a.submit(waits_for_b)
+        waiting.wait(20)
+        w.cancel()
+        try:
+            w.result(timeout=20)
+        except distaff.CancelledError:
+            print("cancelled", ended_wait.wait(10), busy.done(), flush=True)
+        print(a.wait_idle(timeout=10), flush=True)
+        gate.set()
+        print(busy.result(timeout=20), flush=True)
+        """,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.split("\n")[:4]
+    assert lines == ["timed out True", "cancelled True False", "True", "True"], proc.stdout
+
+
 def test_a_cancelled_body_shutting_down_an_inner_engine_while_its_own_engine_is_joined():
     """shutdown(cancel_running=True) finishes the outer body at once, so the outer engine's join
     starts while that body still unwinds — through `with Engine() as inner:`, whose shutdown needs
