@@ -182,6 +182,7 @@ PyObject* pe_result(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyO
       return Py_NewRef(pe->result ? pe->result : Py_None);
     case State::failed:
       pe->observed = 1;
+      (void)cycle_error_seen(pe->exc);  // a forward cycle's error: retrieved for the whole cycle
       if (!pe->exc) {
         PyErr_SetString(InternalError, "failed execution without an exception");
         return nullptr;
@@ -203,6 +204,7 @@ PyObject* pe_exception(PyObject* self, PyObject* const* args, Py_ssize_t nargs, 
   if (s == State::cancelled) return cancelled_error(pe);
   if (s == State::failed && pe->exc) {
     pe->observed = 1;
+    (void)cycle_error_seen(pe->exc);
     handout(pe);
     return Py_NewRef(pe->exc);
   }
