@@ -233,6 +233,17 @@ void abandon_execution(Execution& ex, Execution& failed);
 // forward_execution: `pe` (running, or a promise) completes when `target` does, with its outcome.
 // Fails `pe` with DeadlockError if `target` waits on it. GIL held.
 void forward_execution(PyExecution* pe, PyExecution* target);
+// mark_cycle_error: `exc` is the DeadlockError of a forward cycle, shared by every execution in it;
+// cycle_error_seen: on retrieval or report, true if that error was retrieved or reported already
+// (then marked). It is reported once for the cycle. unobserved.cpp.
+void mark_cycle_error(PyObject* exc);
+bool cycle_error_seen(PyObject* exc);
+// cancel_late_forward: `pe`'s body returned `target`, a late child of its own (submitted while the
+// engine shuts down). The body has finished, so the late-children rule applies as it does when the
+// parent finishes first: `target` is cancelled, and `pe`, which follows it, ends cancelled. A task
+// that reschedules itself by returning its next run (`return poll.submit(n + 1)`) would otherwise
+// keep the shutdown, and the exit, waiting forever. GIL held. execution_type.cpp.
+void cancel_late_forward(PyExecution* pe, PyExecution* target);
 // running_bodies: new references to the unfinished executions of `engine` whose body is on a fiber
 // now or which follow another execution (async bodies, returned Executions). GIL held.
 std::vector<PyObject*> running_bodies(PyObject* engine);

@@ -149,6 +149,15 @@ bool own_body(PyObject* capsule, Scheduler* s) {
   return pe && pe->engine == capsule && !a->done();
 }
 
+// interrupted_here: a wait_idle_until that returned false was ended by the cancel or timeout of the
+// body waiting in it (a body shutting down, or waiting for, another engine): raises it (true).
+bool interrupted_here() {
+  Execution* self = interruptible_execution();
+  if (!self || !self->interrupted()) return false;
+  raise_interrupted();
+  return true;
+}
+
 // shutdown(capsule, wait, cancel): see distaff.Engine.shutdown. cancel: 0 nothing, 1 what has not
 // started, 2 also the bodies running now.
 PyObject* raw_shutdown(PyObject*, PyObject* const* a, Py_ssize_t n) {
@@ -185,6 +194,7 @@ PyObject* raw_shutdown(PyObject*, PyObject* const* a, Py_ssize_t n) {
     if (!wait) Py_RETURN_NONE;  // the work goes on; the workers are joined later (or at exit)
     const bool main_thread = on_main_thread();
     while (!s->wait_idle_until(main_thread ? Clock::now() + kSignalSlice : Clock::time_point::max())) {
+      if (interrupted_here()) return nullptr;  // a body's cancel or timeout: closed, its work running
       if (PyErr_CheckSignals() < 0) return nullptr;  // closed, its work still running
     }
     s->close(false);
@@ -216,6 +226,7 @@ PyObject* raw_wait_idle(PyObject*, PyObject* const* a, Py_ssize_t n) {
     for (;;) {
       auto slice = std::min(deadline, Clock::now() + kSignalSlice);
       if (eng->scheduler->wait_idle_until(slice)) Py_RETURN_TRUE;
+      if (interrupted_here()) return nullptr;
       if (Clock::now() >= deadline) Py_RETURN_FALSE;
       if (PyErr_CheckSignals() < 0) return nullptr;
     }

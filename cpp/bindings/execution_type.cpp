@@ -182,6 +182,7 @@ PyObject* pe_result(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyO
       return Py_NewRef(pe->result ? pe->result : Py_None);
     case State::failed:
       pe->observed = 1;
+      (void)cycle_error_seen(pe->exc);  // a forward cycle's error: retrieved for the whole cycle
       if (!pe->exc) {
         PyErr_SetString(InternalError, "failed execution without an exception");
         return nullptr;
@@ -203,6 +204,7 @@ PyObject* pe_exception(PyObject* self, PyObject* const* args, Py_ssize_t nargs, 
   if (s == State::cancelled) return cancelled_error(pe);
   if (s == State::failed && pe->exc) {
     pe->observed = 1;
+    (void)cycle_error_seen(pe->exc);
     handout(pe);
     return Py_NewRef(pe->exc);
   }
@@ -583,6 +585,16 @@ bool complete(PyExecution* pe, State state, PyObject* value) {
     if (p && p->late && !p->detached && !k->done()) terminate(p, State::cancelled, nullptr, CancelledError);
   }
   return true;
+}
+
+void cancel_late_forward(PyExecution* pe, PyExecution* target) {
+  if (!target->late || target->detached || target->core->done()) return;
+  for (const ExecutionRef& k : pe->core->children()) {
+    if (k.get() == target->core) {
+      terminate(target, State::cancelled, nullptr, CancelledError);
+      return;
+    }
+  }
 }
 
 bool init_execution_type(PyObject* module) {

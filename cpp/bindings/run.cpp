@@ -104,7 +104,9 @@ void forward_execution(PyExecution* pe, PyExecution* target) {
     pe->core->forward_to(*target->core);
   } catch (...) {
     translate_current_exception();
-    complete(pe, State::failed, fetch_exception());
+    PyObject* exc = fetch_exception();
+    mark_cycle_error(exc);  // reported once for the whole cycle (unobserved.cpp)
+    complete(pe, State::failed, exc);
     return;
   }
   Py_INCREF(pe);  // the forward's reference, released by forward_done
@@ -185,6 +187,7 @@ void run_execution(Execution& ex) {
         complete(pe, State::failed, exc);
       } else if (is_execution(r)) {
         forward_execution(pe, as_pe(r));
+        cancel_late_forward(pe, as_pe(r));
         Py_DECREF(r);
       } else {
         complete(pe, State::succeeded, r);

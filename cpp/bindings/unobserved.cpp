@@ -62,10 +62,34 @@ PyMethodDef unobserved_functions[] = {
 
 }  // namespace
 
+// A forward cycle (bodies returning executions that follow each other back) fails every execution
+// in it with one DeadlockError: the forward that closed the cycle raised it, and each execution
+// following that one fails with the same object. It is one failure, said once: retrieved from any
+// of them, none is reported; retrieved from none, the first one freed reports it. The shared state
+// lives on the exception, as kCycleSeen: False until it is retrieved or reported, then True.
+constexpr const char* kCycleSeen = "_distaff_cycle_seen";
+
+void mark_cycle_error(PyObject* exc) {
+  if (!exc || !PyErr_GivenExceptionMatches(exc, DeadlockError)) return;  // a MemoryError may be shared
+  if (PyObject_SetAttrString(exc, kCycleSeen, Py_False) < 0) PyErr_Clear();
+}
+
+// cycle_error_seen: true if `exc` is a cycle's error already retrieved or reported; marks it seen.
+bool cycle_error_seen(PyObject* exc) {
+  if (!exc || !PyObject_HasAttrString(exc, kCycleSeen)) return false;
+  PyObject* v = PyObject_GetAttrString(exc, kCycleSeen);
+  const bool seen = v == Py_True;
+  Py_XDECREF(v);
+  if (!v) PyErr_Clear();
+  if (!seen && PyObject_SetAttrString(exc, kCycleSeen, Py_True) < 0) PyErr_Clear();
+  return seen;
+}
+
 void report_unobserved(PyExecution* pe) {
   // Only a failure nobody retrieved: result() and exception() set `observed`.
   if (!pe->core || pe->observed || !pe->exc || pe->core->state() != State::failed) return;
   SavedError saved;
+  if (cycle_error_seen(pe->exc)) return;
   if (interpreter_finalizing()) {
     report_at_finalization(pe->core->id(), pe->core->name().c_str(), pe->exc);
   } else {

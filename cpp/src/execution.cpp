@@ -11,6 +11,7 @@
 
 #include "distaff/scheduler.hpp"
 #include "distaff/timer.hpp"
+#include "detail/fork_locks.hpp"
 
 namespace distaff {
 
@@ -25,16 +26,10 @@ SwitchHooks g_hooks{};
 // and the second one finds the cycle.
 std::mutex g_graph_mu;
 
-// fork(): a child gets only the forking thread, and a copy of g_graph_mu as it was — held for good
-// if another worker held it at that instant (an outsider saw a forked child hang in its first wait,
-// in pthread_mutex_lock under sleep_until). The forking thread takes it around fork() instead, so
-// the graph is copied consistent and the lock free in both processes. Nothing that holds it waits
-// for anything else (graph updates only), so taking it here cannot deadlock.
-struct GraphLockAcrossFork {
-  GraphLockAcrossFork() {
-    pthread_atfork([] { g_graph_mu.lock(); }, [] { g_graph_mu.unlock(); }, [] { g_graph_mu.unlock(); });
-  }
-} g_graph_lock_across_fork;
+// fork(): the forking thread takes the locks its fiber can need in the child (detail/fork_locks.hpp),
+// so each is copied free and consistent. Nothing that holds any of them waits for the GIL (which the
+// forking thread holds) or for a lock taken before it in this order, so taking them cannot deadlock.
+thread_local Execution* tl_fork_locked = nullptr;  // the forking execution whose locks are held
 
 // Trampoline: completions triggered from inside completion callbacks are queued here and run by the
 // outermost finish() on this fiber, so propagation along long chains is iterative.
@@ -43,6 +38,40 @@ struct Trampoline {
 };
 
 thread_local detail::FiberLocal tl_fiber_local;
+}  // namespace
+
+namespace detail {
+struct DoneCvSpinlock {  // boost::fibers::condition_variable_any::wait_queue_splk_
+  using type = boost::fibers::detail::spinlock boost::fibers::condition_variable_any::*;
+  friend type member_of(DoneCvSpinlock);
+};
+template struct PrivateMember<DoneCvSpinlock, &boost::fibers::condition_variable_any::wait_queue_splk_>;
+
+struct ForkLocks {
+  static void before() noexcept DISTAFF_NO_THREAD_SAFETY_ANALYSIS {
+    g_graph_mu.lock();
+    Execution* self = tl_fiber_local.current;
+    if (self) {
+      self->mu_.lock();
+      (self->done_cv_.*member_of(DoneCvSpinlock{})).lock();
+    }
+    tl_fork_locked = self;
+    lock_fiber_scheduler_for_fork();
+  }
+  static void after() noexcept DISTAFF_NO_THREAD_SAFETY_ANALYSIS {  // in the parent and the child
+    unlock_fiber_scheduler_after_fork();
+    if (Execution* self = std::exchange(tl_fork_locked, nullptr)) {
+      (self->done_cv_.*member_of(DoneCvSpinlock{})).unlock();
+      self->mu_.unlock();
+    }
+    g_graph_mu.unlock();
+  }
+  ForkLocks() { pthread_atfork(&ForkLocks::before, &ForkLocks::after, &ForkLocks::after); }
+};
+}  // namespace detail
+
+namespace {
+detail::ForkLocks g_fork_locks;
 
 // reaches: does a wait on `from` (transitively) lead back to `target`? Caller holds g_graph_mu.
 bool reaches(Execution* from, Execution* target, const std::vector<ExecutionRef>* (*deps_of)(Execution*),

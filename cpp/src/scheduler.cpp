@@ -1,6 +1,8 @@
 #include "distaff/scheduler.hpp"
 
 #include <algorithm>
+#include <condition_variable>
+#include <mutex>
 #include <cstdio>
 #include <optional>
 #include <unordered_set>
@@ -14,6 +16,7 @@
 #include <boost/version.hpp>
 
 #include "detail/fatal_signal.hpp"
+#include "detail/fork_locks.hpp"
 #include "detail/stack_allocator.hpp"
 
 namespace distaff {
@@ -92,12 +95,30 @@ class WorkerAlgorithm final : public boost::fibers::algo::round_robin {
     }
     return next;
   }
+  // suspend_until and notify are Boost's round_robin ones (1.74), on a mutex of ours, so that a
+  // fork can take it (fork_locks.hpp): round_robin's is private.
   void suspend_until(std::chrono::steady_clock::time_point const& tp) noexcept override {
     blocked_->store(true, std::memory_order_relaxed);
     if (*before_block_) (*before_block_)();
-    round_robin::suspend_until(tp);
+    {
+      std::unique_lock<std::mutex> lk(mtx_);
+      if (tp == (std::chrono::steady_clock::time_point::max)()) {
+        cnd_.wait(lk, [this] { return flag_; });
+      } else {
+        cnd_.wait_until(lk, tp, [this] { return flag_; });
+      }
+      flag_ = false;
+    }
     blocked_->store(false, std::memory_order_relaxed);
   }
+  void notify() noexcept override {
+    std::unique_lock<std::mutex> lk(mtx_);
+    flag_ = true;
+    lk.unlock();
+    cnd_.notify_all();
+  }
+  void lock_for_fork() noexcept { mtx_.lock(); }
+  void unlock_after_fork() noexcept { mtx_.unlock(); }
 
  private:
   const std::function<void()>* before_block_;
@@ -105,6 +126,9 @@ class WorkerAlgorithm final : public boost::fibers::algo::round_robin {
   std::atomic<bool>* blocked_;
   detail::StackPool* stacks_;
   boost::fibers::context* only_ = nullptr;  // keep_only_current_fiber (a forked child), else null
+  std::mutex mtx_;
+  std::condition_variable cnd_;
+  bool flag_ = false;  // notified: the next suspend_until returns at once
 
   // may_run: false for a context that must never run again on this thread. The dispatcher always
   // may: it moves woken fibers to the ready queue and blocks the thread while none is ready.
@@ -166,6 +190,28 @@ bool keep_only_current_fiber() noexcept {
   tl_algorithm->keep_only(ctx);
   return true;
 }
+
+namespace detail {
+struct RemoteReadySpinlock {  // boost::fibers::scheduler::remote_ready_splk_
+  using type = boost::fibers::detail::spinlock boost::fibers::scheduler::*;
+  friend type member_of(RemoteReadySpinlock);
+};
+template struct PrivateMember<RemoteReadySpinlock, &boost::fibers::scheduler::remote_ready_splk_>;
+
+void lock_fiber_scheduler_for_fork() noexcept {
+  if (tl_algorithm == nullptr) return;  // not a worker thread
+  boost::fibers::scheduler* s = boost::fibers::context::active()->get_scheduler();
+  (s->*member_of(RemoteReadySpinlock{})).lock();
+  tl_algorithm->lock_for_fork();
+}
+
+void unlock_fiber_scheduler_after_fork() noexcept {
+  if (tl_algorithm == nullptr) return;
+  tl_algorithm->unlock_after_fork();
+  boost::fibers::scheduler* s = boost::fibers::context::active()->get_scheduler();
+  (s->*member_of(RemoteReadySpinlock{})).unlock();
+}
+}  // namespace detail
 
 bool Scheduler::on_worker() const noexcept { return tl_scheduler == this; }
 
@@ -678,9 +724,29 @@ void Scheduler::on_finished(Execution& ex) noexcept {
 
 bool Scheduler::wait_idle_until(Clock::time_point deadline) {
   if (live_.load(std::memory_order_acquire) == 0) return true;
+  // A body waiting here (shutting down, or waiting for, another engine) is woken by its own cancel
+  // or timeout as in every other wait: interrupt() calls the waker, which notifies under idle_mu_,
+  // so it cannot slip between the check below and the park.
+  Execution* self = interruptible_execution();
+  if (self && self->interrupted()) return false;
+  struct Waker {
+    Execution* self;
+    Waker(Execution* e, Scheduler* s) : self(e) {
+      if (self) self->set_waker(&wake, s);
+    }
+    ~Waker() {
+      if (self) self->set_waker(nullptr, nullptr);
+    }
+    static void wake(void* arg) {
+      auto* s = static_cast<Scheduler*>(arg);
+      std::lock_guard<std::mutex> g(s->idle_mu_);
+      s->idle_cv_.notify_all();
+    }
+  } waker(self, this);
   detail::SuspendScope suspend;
   UniqueLock lk(idle_mu_);
   while (live_.load(std::memory_order_acquire) != 0) {
+    if (self && self->interrupted()) return false;
     if (deadline == Clock::time_point::max()) {
       idle_cv_.wait(lk);
     } else if (idle_cv_.wait_until(lk, deadline) == boost::fibers::cv_status::timeout) {

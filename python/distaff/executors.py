@@ -1337,15 +1337,18 @@ def adapt(obj: Any, name: str | None) -> Any:
     return _Futures(obj, name or type(obj).__name__, _is_thread_pool(obj))
 
 
+def _is_stdlib_pool(obj: Any, module: str, cls: str) -> bool:
+    """isinstance(obj, module.cls) for a concurrent.futures pool, without importing `module`: an
+    instance means it is imported already, and importing it at interpreter exit raises "can't
+    register atexit after shutdown" (a workflow still running at exit, first using a
+    ProcessPoolExecutor)."""
+    mod = sys.modules.get(module)
+    return mod is not None and isinstance(obj, getattr(mod, cls))
+
+
 def _is_thread_pool(obj: Any) -> bool:
-    """isinstance(obj, ThreadPoolExecutor) without importing concurrent.futures.thread: an instance
-    means it is imported already, and importing it at interpreter exit raises "can't register
-    atexit after shutdown" (a workflow still running at exit, first using a ProcessPoolExecutor)."""
-    mod = sys.modules.get("concurrent.futures.thread")
-    return mod is not None and isinstance(obj, mod.ThreadPoolExecutor)
+    return _is_stdlib_pool(obj, "concurrent.futures.thread", "ThreadPoolExecutor")
 
 
 def _is_process_pool(obj: Any) -> bool:
-    """isinstance(obj, ProcessPoolExecutor), without the import (as _is_thread_pool)."""
-    mod = sys.modules.get("concurrent.futures.process")
-    return mod is not None and isinstance(obj, mod.ProcessPoolExecutor)
+    return _is_stdlib_pool(obj, "concurrent.futures.process", "ProcessPoolExecutor")

@@ -770,6 +770,35 @@ TEST_P(SchedulerTest, RunIsCalledForAnExecutionCancelledWhileQueued) {
   EXPECT_EQ(runs_.load(), static_cast<std::int64_t>(workers()) + 1);
 }
 
+// GilBlockedRun: a run() for the drain tests below. A queued execution it is handed unstarted
+// (`pending`) is cancelled, as the bindings' run_execution does; a started body blocks its worker's
+// thread on `gil` (like a body waiting for the GIL) and then, if `stop(scheduler)` holds, cancels
+// itself instead of running (draining() or bodies_cancelled(), as run_execution checks).
+struct GilBlockedRun {
+  Event gil, first_waits;
+  std::atomic<int> bodies{0}, cancelled_at_start{0}, unstarted{0}, started{0};
+  std::function<void(Execution&)> run(bool (Scheduler::*stop)() const noexcept) {
+    return [this, stop](Execution& ex) {
+      if (ex.state() == State::pending) {
+        unstarted.fetch_add(1);
+        EXPECT_TRUE(ex.cancel_if_not_started());
+        return;
+      }
+      if (ex.done()) return;
+      started.fetch_add(1);
+      first_waits.set();
+      EXPECT_TRUE(gil.wait());
+      if ((ex.owner()->*stop)()) {
+        cancelled_at_start.fetch_add(1);
+        ex.finish(State::cancelled);
+        return;
+      }
+      bodies.fetch_add(1);
+      ex.finish(State::succeeded);
+    };
+  }
+};
+
 // cancel_bodies(), the bindings' shutdown(cancel_running=True): a worker may have started an
 // execution and be waiting for the GIL (here: an Event) when the bodies are cancelled; its run()
 // checks bodies_cancelled() once it has it and cancels instead of running the body. Executions
@@ -777,30 +806,12 @@ TEST_P(SchedulerTest, RunIsCalledForAnExecutionCancelledWhileQueued) {
 TEST_P(SchedulerTest, CancelBodiesStartsNoBodyAndFlagsOneStartedJustBefore) {
   constexpr int kLater = 20;
   SchedulerOptions o = options();
-  Event gil, first_waits;
-  std::atomic<int> bodies{0}, cancelled_at_start{0}, unstarted{0}, started{0};
-  o.run = [&](Execution& ex) {
-    if (ex.state() == State::pending) {
-      unstarted.fetch_add(1);
-      EXPECT_TRUE(ex.cancel_if_not_started());
-      return;
-    }
-    if (ex.done()) return;
-    started.fetch_add(1);
-    first_waits.set();
-    EXPECT_TRUE(gil.wait());  // blocks this worker's thread, like waiting for the GIL
-    if (ex.owner()->bodies_cancelled()) {
-      cancelled_at_start.fetch_add(1);
-      ex.finish(State::cancelled);
-      return;
-    }
-    bodies.fetch_add(1);
-    ex.finish(State::succeeded);
-  };
+  GilBlockedRun r;
+  o.run = r.run(&Scheduler::bodies_cancelled);
   Scheduler& s = start(std::move(o));
   EXPECT_FALSE(s.bodies_cancelled());
   ExecutionRef first = submit(nullptr, {}, "first");
-  ASSERT_TRUE(first_waits.wait());
+  ASSERT_TRUE(r.first_waits.wait());
   s.cancel_bodies();
   EXPECT_TRUE(s.bodies_cancelled());
   EXPECT_TRUE(s.draining());
@@ -810,16 +821,16 @@ TEST_P(SchedulerTest, CancelBodiesStartsNoBodyAndFlagsOneStartedJustBefore) {
   if (workers() > 1) {
     for (auto& ex : later) wait_done(ex);
   }
-  gil.set();
+  r.gil.set();
   wait_done(first);
   for (auto& ex : later) wait_done(ex);
   shutdown();
   EXPECT_EQ(first->state(), State::cancelled);
   for (auto& ex : later) EXPECT_EQ(ex->state(), State::cancelled);
-  EXPECT_EQ(bodies.load(), 0);
-  EXPECT_EQ(started.load(), 1);
-  EXPECT_EQ(cancelled_at_start.load(), 1);
-  EXPECT_EQ(unstarted.load(), kLater);
+  EXPECT_EQ(r.bodies.load(), 0);
+  EXPECT_EQ(r.started.load(), 1);
+  EXPECT_EQ(r.cancelled_at_start.load(), 1);
+  EXPECT_EQ(r.unstarted.load(), kLater);
   s.cancel_bodies();  // idempotent
 }
 
@@ -830,37 +841,21 @@ TEST_P(SchedulerTest, CancelBodiesStartsNoBodyAndFlagsOneStartedJustBefore) {
 // the drain). bodies_cancelled() stays false: a drain leaves the bodies already running alone.
 TEST_P(SchedulerTest, CloseDrainFlagsAnExecutionStartedJustBeforeAsDraining) {
   SchedulerOptions o = options();
-  Event gil, first_waits;
-  std::atomic<int> bodies{0}, cancelled_at_start{0};
-  o.run = [&](Execution& ex) {
-    if (ex.state() == State::pending) {
-      EXPECT_TRUE(ex.cancel_if_not_started());
-      return;
-    }
-    if (ex.done()) return;
-    first_waits.set();
-    EXPECT_TRUE(gil.wait());  // blocks this worker's thread, like waiting for the GIL
-    if (ex.owner()->draining()) {
-      cancelled_at_start.fetch_add(1);
-      ex.finish(State::cancelled);
-      return;
-    }
-    bodies.fetch_add(1);
-    ex.finish(State::succeeded);
-  };
+  GilBlockedRun r;
+  o.run = r.run(&Scheduler::draining);
   Scheduler& s = start(std::move(o));
   EXPECT_FALSE(s.draining());
   ExecutionRef first = submit(nullptr, {}, "first");
-  ASSERT_TRUE(first_waits.wait());
+  ASSERT_TRUE(r.first_waits.wait());
   EXPECT_TRUE(s.close(true).empty());  // started: not in the list of what had not
   EXPECT_TRUE(s.draining());
   EXPECT_FALSE(s.bodies_cancelled());
-  gil.set();
+  r.gil.set();
   wait_done(first);
   shutdown();
   EXPECT_EQ(first->state(), State::cancelled);
-  EXPECT_EQ(bodies.load(), 0);
-  EXPECT_EQ(cancelled_at_start.load(), 1);
+  EXPECT_EQ(r.bodies.load(), 0);
+  EXPECT_EQ(r.cancelled_at_start.load(), 1);
 }
 
 // An execution whose dependencies end while the scheduler drains (cancel_bodies(), close(true))

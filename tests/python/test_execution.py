@@ -187,6 +187,53 @@ def test_observed_failure_is_not_logged(engine, caplog):
     assert "nobody retrieved" not in caplog.text
 
 
+@pytest.mark.parametrize("retrieve", ["a", "b", "none"])
+def test_a_forward_cycle_is_reported_once(retrieve):
+    """Two bodies that return each other's execution: the forward that closes the cycle fails with
+    DeadlockError, and the other execution, following it, fails with the same error. It is one
+    failure: retrieved from either execution nothing is logged, retrieved from neither it is
+    logged once. Before, retrieving the one whose forward found the cycle still logged the other as
+    never retrieved (an outsider's finding)."""
+    from conftest import run_python
+
+    proc = run_python(
+        f"""
+        import gc, threading
+        import distaff
+        eng = distaff.Engine(workers=2)
+        holder, go = {{}}, threading.Event()
+
+        @eng.task
+        def a():
+            return holder["b"]
+
+        @eng.task
+        def b():
+            go.wait()
+            return holder["a"]
+
+        holder["b"] = b.submit()
+        holder["a"] = a.submit()
+        go.set()
+        eng.wait_idle()
+        print(holder["a"].state, holder["b"].state, flush=True)
+        if "{retrieve}" != "none":
+            print(type(holder["{retrieve}"].exception()).__name__, flush=True)
+        holder.clear()
+        gc.collect()
+        eng.shutdown()
+        """,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split()[:2] == ["failed", "failed"], proc.stdout
+    if retrieve != "none":
+        assert proc.stdout.split()[2] == "DeadlockError", proc.stdout
+    logged = proc.stderr.count("nobody retrieved its error")
+    assert logged == (0 if retrieve != "none" else 1), proc.stderr
+    assert proc.stderr.count("DeadlockError") == logged, proc.stderr
+
+
 def test_execution_cannot_be_instantiated_directly():
     with pytest.raises(TypeError):
         distaff.Execution()

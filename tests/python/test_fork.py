@@ -279,3 +279,81 @@ def test_a_child_forked_by_a_body_waits_and_never_runs_the_parents_other_bodies(
     assert "CHILD" not in proc.stdout, proc.stdout
     assert "child 42" in proc.stdout and "fire-and-forget ran in the child" in proc.stdout, proc.stdout + proc.stderr
     assert "status (0, 190)" in proc.stdout and "siblings [0, 1, 2]" in proc.stdout, proc.stdout
+
+
+def test_children_forked_by_bodies_under_contention_never_hang():
+    """The outsider's stress program, with more contention: 20 bodies loop on distaff.sleep (the
+    wait graph's mutex), three threads poll the forking body's execution (its mutex and its done
+    condition's spinlock) and a thread keeps submitting (the workers' fiber schedulers' wake-up
+    locks, taken by whoever wakes a parked worker). Each of 250 bodies forks; its child waits once
+    (distaff.sleep) and result() of work on the child's own engine, then exits 0. A lock another
+    thread held at the instant of a fork stayed held in the child, which then hung in its first
+    wait (before: pthread_mutex_lock or a spin in sleep_until, ~1 child in 100-400). A child not
+    done in 10 s is killed and counted as hung."""
+    proc = run_python(
+        """
+        import os, signal, sys, threading, warnings
+        import distaff
+        warnings.simplefilter("ignore")  # 3.12+: fork() of a multi-threaded process
+        eng = distaff.Engine(workers=2)
+
+        @eng.task()
+        def sleeper():
+            while True:
+                distaff.sleep(0.0001)
+
+        @eng.task()
+        def tick():
+            return 1
+
+        @eng.task()
+        def forker():
+            pid = os.fork()
+            if pid == 0:
+                distaff.sleep(0.001)
+                with distaff.Engine() as mine:
+                    assert mine.submit(int, "7").result(timeout=5) == 7
+                return  # the child's program ends: exit 0
+            for _ in range(1000):
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    return "ok" if status == 0 else f"status {status}"
+                distaff.sleep(0.01)
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            return "hung"
+
+        current = [None]
+        stop = threading.Event()
+
+        def poll():
+            while not stop.is_set():
+                ex = current[0]
+                if ex is not None:
+                    try:
+                        ex.result(timeout=0.0005)
+                    except TimeoutError:
+                        pass
+
+        def feed():
+            while not stop.is_set():
+                tick.submit().result()
+
+        threads = [threading.Thread(target=poll) for _ in range(3)] + [threading.Thread(target=feed)]
+        sleepers = [sleeper.submit() for _ in range(20)]
+        for t in threads:
+            t.start()
+        out = []
+        for _ in range(250):
+            current[0] = forker.submit()
+            out.append(current[0].result())
+        stop.set()
+        for t in threads:
+            t.join()
+        print({k: out.count(k) for k in set(out)}, flush=True)
+        os._exit(0)  # the sleepers loop for good
+        """,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "{'ok': 250}", proc.stdout + proc.stderr

@@ -10,39 +10,28 @@ from conftest import run_python
 
 GAP = pytest.mark.xfail(strict=True, raises=(AssertionError, subprocess.TimeoutExpired))
 
-
-@GAP
-def test_cancel_wakes_a_body_parked_in_another_engines_shutdown():
-    # Outsider trial finding 4: two engines whose bodies shut each other down deadlock, and
-    # cancel() returns True but does not wake a body parked in another engine's shutdown().
-    proc = run_python(
-        """
-        import distaff, time
-        a, b = distaff.Engine(), distaff.Engine()
-        x = a.submit(lambda: (distaff.sleep(0.05), b.shutdown()))
-        y = b.submit(lambda: (distaff.sleep(0.05), a.shutdown()))
-        time.sleep(0.5)
-        x.cancel(); y.cancel()
-        print(a.wait_idle(timeout=3), b.wait_idle(timeout=3))
-        """,
-        timeout=10,
-    )
-    assert proc.stdout.split() == ["True", "True"], proc.stdout
+__all__ = ["GAP", "run_python"]
 
 
 @GAP
-def test_a_task_that_reschedules_itself_by_returning_its_next_run_ends_at_exit():
-    # Outsider trial finding 7: the tail-call form (`return poll.submit(n + 1)`) forwards to a new
-    # child forever; shutdown's "late children" rule stops fire-and-forget rescheduling only.
+def test_the_exit_ends_after_two_engines_bodies_that_shut_each_other_down_are_cancelled():
+    # The cancel now wakes both bodies (test_lifecycle_hardening.py::
+    # test_cancel_wakes_a_body_parked_in_another_engines_shutdown), and both engines are idle, but
+    # the exit that follows still hangs (found at the end of the gaps session; not diagnosed).
     proc = run_python(
         """
+        import time
         import distaff
-        @distaff.task()
-        def poll(n):
-            distaff.sleep(0.01)
-            return poll.submit(n + 1)
-        poll.submit(0)
+        a, b = distaff.Engine(), distaff.Engine()
+        x = a.submit(lambda: b.shutdown())
+        y = b.submit(lambda: a.shutdown())
+        deadline = time.monotonic() + 20
+        while not (a.stats()["closed"] and b.stats()["closed"]):
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+        x.cancel(); y.cancel()
+        print(a.wait_idle(timeout=10), b.wait_idle(timeout=10), flush=True)
         """,
-        timeout=8,
+        timeout=20,
     )
     assert proc.returncode == 0

@@ -188,6 +188,82 @@ def test_two_engines_shutting_each_other_down_from_their_bodies():
     assert proc.stdout.startswith("succeeded True")
 
 
+def test_cancel_wakes_a_body_parked_in_another_engines_shutdown():
+    # Outsider trial finding 4: two engines whose bodies shut each other down wait for each other
+    # for good, and cancel() returned True but did not wake a body parked in *another* engine's
+    # shutdown() (before: both wait_idle() calls returned False, then the exit hung to the
+    # deadline). The wait is now interruptible like every other wait of a body.
+    proc = run_python(
+        """
+        import time
+        import distaff
+        a, b = distaff.Engine(), distaff.Engine()
+        x = a.submit(lambda: b.shutdown())
+        y = b.submit(lambda: a.shutdown())
+        deadline = time.monotonic() + 20
+        while not (a.stats()["closed"] and b.stats()["closed"]):  # both shutdowns have begun
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+        print(x.cancel(), y.cancel(), flush=True)
+        print(a.wait_idle(timeout=10), b.wait_idle(timeout=10), x.state, y.state, flush=True)
+        import os; os._exit(0)  # the exit after this still hangs: test_known_gaps.py
+        """,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["True", "True", "True", "True", "cancelled", "cancelled"], proc.stdout
+
+
+def test_a_timeout_or_cancel_ends_a_body_waiting_for_another_engine():
+    # The same for a body's timeout= and for wait_idle() of another engine: the wait raises the
+    # body's distaff.TimeoutError or CancelledError at once (the body's `finally` runs while the
+    # other engine is still busy), and the other engine's work goes on. Before, each execution
+    # finished at once but its body stayed parked until the other engine's work ended.
+    proc = run_python(
+        """
+        import threading
+        import distaff
+        gate, waiting = threading.Event(), threading.Event()
+        ended_shutdown, ended_wait = threading.Event(), threading.Event()
+        a, b = distaff.Engine(), distaff.Engine()
+        busy = b.submit(gate.wait)  # b stays busy until the gate opens
+
+        @a.task(timeout=0.3)
+        def shuts_b_down():
+            try:
+                b.shutdown()
+            finally:
+                ended_shutdown.set()
+
+        def waits_for_b():
+            waiting.set()
+            try:
+                return b.wait_idle()
+            finally:
+                ended_wait.set()
+
+        try:
+            shuts_b_down.submit().result(timeout=20)
+        except distaff.TimeoutError:
+            print("timed out", ended_shutdown.wait(10), flush=True)
+        w = a.submit(waits_for_b)
+        waiting.wait(20)
+        w.cancel()
+        try:
+            w.result(timeout=20)
+        except distaff.CancelledError:
+            print("cancelled", ended_wait.wait(10), busy.done(), flush=True)
+        print(a.wait_idle(timeout=10), flush=True)
+        gate.set()
+        print(busy.result(timeout=20), flush=True)
+        """,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.split("\n")[:4]
+    assert lines == ["timed out True", "cancelled True False", "True", "True"], proc.stdout
+
+
 def test_a_cancelled_body_shutting_down_an_inner_engine_while_its_own_engine_is_joined():
     """shutdown(cancel_running=True) finishes the outer body at once, so the outer engine's join
     starts while that body still unwinds — through `with Engine() as inner:`, whose shutdown needs
@@ -422,6 +498,89 @@ def test_a_self_rescheduling_task_does_not_keep_the_process_alive(how):
     )
     assert proc.returncode == 0, proc.stderr
     assert_no_crash(proc)
+
+
+def test_a_task_that_reschedules_itself_by_returning_its_next_run_ends_at_exit():
+    # Outsider trial finding 7: the tail-call form (`return poll.submit(n + 1)`) forwarded to a new
+    # child forever, and the exit waited for good (before: killed at the deadline). A body that
+    # returns a late child of its own has finished: the child is cancelled as a late child is when
+    # its parent finishes first, and every run that followed it ends cancelled.
+    proc = run_python(
+        """
+        import threading
+        import distaff
+
+        third = threading.Event()
+        runs = []
+
+        @distaff.task()
+        def poll(n):
+            runs.append(n)
+            if n == 3:
+                third.set()
+            distaff.sleep(0.01)
+            return poll.submit(n + 1)
+
+        first = poll.submit(0)
+        first.add_done_callback(lambda ex: print("first ended", ex.state, flush=True))
+        third.wait()
+        print("exit", flush=True)
+        """,
+        timeout=30,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split("\n")[:2] == ["exit", "first ended cancelled"], proc.stdout + proc.stderr
+    assert proc.stderr == "", proc.stderr  # nothing logged as never retrieved
+
+
+def test_shutdown_ends_a_forward_to_a_late_child_and_keeps_an_earlier_one():
+    # engine.shutdown() from another thread: the run that forwards to a child it submitted during
+    # the shutdown ends cancelled with the whole chain; a forward made before the shutdown began
+    # (to a child that is not late) is still followed to its outcome.
+    proc = run_python(
+        """
+        import threading
+        import distaff
+
+        eng = distaff.Engine(workers=2)
+        go, closing, leaf_started = threading.Event(), threading.Event(), threading.Event()
+
+        @eng.task()
+        def leaf():
+            leaf_started.set()
+            go.wait()
+            return "leaf"
+
+        @eng.task()
+        def forwards_early():
+            return leaf.submit()  # before the shutdown: followed to the end
+
+        @eng.task()
+        def poll(n):
+            if n == 0:
+                closing.wait()
+            distaff.sleep(0.005)
+            return poll.submit(n + 1)
+
+        early = forwards_early.submit()
+        leaf_started.wait(20)  # submitted before the shutdown: not a late child
+        chain = poll.submit(0)
+        t = threading.Thread(target=eng.shutdown)
+        t.start()
+        while True:  # until the shutdown refuses outside submits: it is closing
+            try:
+                eng.submit(int)
+            except distaff.ShutdownError:
+                break
+        closing.set()
+        go.set()
+        t.join(timeout=20)
+        print(t.is_alive(), early.result(timeout=5), chain.state, flush=True)
+        """,
+        timeout=30,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["False", "leaf", "cancelled"], proc.stdout + proc.stderr
 
 
 def test_a_workflow_running_at_exit_can_still_submit_and_wait_for_its_steps():

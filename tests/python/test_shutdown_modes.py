@@ -69,40 +69,46 @@ def test_shutdown_cancel_running_interrupts_a_body_running_python():
     assert ex.cancelled()
 
 
-def test_shutdown_cancel_running_cancels_a_body_its_worker_took_but_had_not_started():
-    """A worker that took an execution (state running) waits for the GIL before the body starts,
-    so the body is not in the running list yet. shutdown(cancel_running=True) cancels it all the
-    same: it never runs. Staged: this thread keeps the GIL (a huge switch interval) until the
-    worker has taken the execution. Before the fix the body ran its 30 s sleep in full; a program
-    whose thread had just submitted work ignored a Ctrl-C at exit that way (about 1 run in 2)."""
+def _shut_down_with_a_body_its_worker_took(body, shutdown_args):
+    """Runs, in a fresh interpreter, `engine.shutdown(wait=False, <shutdown_args>)` while a worker
+    has taken `job` (state running) but its body waits for the GIL: this thread keeps it (a huge
+    switch interval) until then. Prints the outcome and whether the body ran."""
     from conftest import run_python
 
-    proc = run_python(
-        """
-        import sys, time, distaff
+    return run_python(
+        f"""
+        import sys, distaff
         engine = distaff.Engine(workers=1, max_workers=1)
         ran = []
 
         @engine.task
         def job():
             ran.append(1)
-            distaff.sleep(30)
+            {body}
 
         sys.setswitchinterval(1000)  # this thread keeps the GIL until it blocks
         ex = job.submit()
         while ex.state != "running":  # the worker took it; its body waits for the GIL held here
             pass
-        engine.shutdown(wait=False, cancel_running=True)
+        engine.shutdown(wait=False, {shutdown_args})
         sys.setswitchinterval(0.005)
         try:
-            ex.result(timeout=20)
-            print("finished")
+            print(ex.result(timeout=20), ran)
         except distaff.CancelledError:
             print("cancelled", ran)
         engine.shutdown()
         """,
         timeout=60,
     )
+
+
+def test_shutdown_cancel_running_cancels_a_body_its_worker_took_but_had_not_started():
+    """A worker that took an execution (state running) waits for the GIL before the body starts,
+    so the body is not in the running list yet. shutdown(cancel_running=True) cancels it all the
+    same: it never runs. Staged: this thread keeps the GIL (a huge switch interval) until the
+    worker has taken the execution. Before the fix the body ran its 30 s sleep in full; a program
+    whose thread had just submitted work ignored a Ctrl-C at exit that way (about 1 run in 2)."""
+    proc = _shut_down_with_a_body_its_worker_took("distaff.sleep(30)", "cancel_running=True")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "cancelled []", (proc.stdout, proc.stderr)
 
@@ -113,33 +119,7 @@ def test_shutdown_cancel_pending_cancels_a_body_its_worker_took_but_had_not_star
     never runs. Staged the same way (a huge switch interval). Before the fix it ran after the
     shutdown had drained the engine, and its submits met a closed scheduler (the forwarders
     program: a forwarder failed with ShutdownError, logged as never retrieved)."""
-    from conftest import run_python
-
-    proc = run_python(
-        """
-        import sys, distaff
-        engine = distaff.Engine(workers=1, max_workers=1)
-        ran = []
-
-        @engine.task
-        def job():
-            ran.append(1)
-            return "ran"
-
-        sys.setswitchinterval(1000)  # this thread keeps the GIL until it blocks
-        ex = job.submit()
-        while ex.state != "running":  # the worker took it; its body waits for the GIL held here
-            pass
-        engine.shutdown(wait=False, cancel_pending=True)
-        sys.setswitchinterval(0.005)
-        try:
-            print(ex.result(timeout=20), ran)
-        except distaff.CancelledError:
-            print("cancelled", ran)
-        engine.shutdown()
-        """,
-        timeout=60,
-    )
+    proc = _shut_down_with_a_body_its_worker_took('return "ran"', "cancel_pending=True")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "cancelled []", (proc.stdout, proc.stderr)
 

@@ -19,6 +19,9 @@
 namespace distaff {
 
 class Execution;
+namespace detail {
+struct ForkLocks;  // src/detail/fork_locks.hpp
+}  // namespace detail
 class Scheduler;
 class Timer;
 struct ArmedDeadline;
@@ -205,6 +208,7 @@ class Execution {
   friend class Scheduler;
   friend class Timer;
   friend struct ExecutionGraphAccess;
+  friend struct detail::ForkLocks;  // src/detail/fork_locks.hpp
   friend WaitStatus sleep_until(Clock::time_point deadline);
   Execution(std::string name, Kind kind);
   // For the scheduler: the unfinished dependencies, visible to cycle checks while `waiting`.

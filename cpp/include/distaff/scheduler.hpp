@@ -129,7 +129,9 @@ class Scheduler {
   void submit(const ExecutionRef& ex, const std::vector<ExecutionRef>& deps = {});
 
   // wait_idle_until: waits until every submitted execution is finished, or `deadline`.
-  // Suspends a fiber or blocks a thread (switch hooks around the park). Returns true when idle.
+  // Suspends a fiber or blocks a thread (switch hooks around the park). Returns true when idle;
+  // false at the deadline, or at once when the calling fiber's execution is interrupted (cancelled
+  // or timed out: its interrupted() is then true), as every other wait of a body.
   bool wait_idle_until(Clock::time_point deadline);
 
   // close: stops accepting submissions. With `drain`, no further dequeued execution is started

@@ -33,6 +33,8 @@
 #define DISTAFF_SCOPED_CAPABILITY DISTAFF_THREAD_ANNOTATION(scoped_lockable)
 #define DISTAFF_ACQUIRE(...) DISTAFF_THREAD_ANNOTATION(acquire_capability(__VA_ARGS__))
 #define DISTAFF_RELEASE(...) DISTAFF_THREAD_ANNOTATION(release_capability(__VA_ARGS__))
+// A function whose locking the analysis cannot follow (locks held across a call it does not see).
+#define DISTAFF_NO_THREAD_SAFETY_ANALYSIS DISTAFF_THREAD_ANNOTATION(no_thread_safety_analysis)
 
 namespace distaff {
 
