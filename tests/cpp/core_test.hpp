@@ -121,6 +121,9 @@ class CountingHooks {
   static inline std::atomic<std::int64_t> suspends{0};
   static inline std::atomic<std::int64_t> resumes{0};
   static inline std::atomic<std::int64_t> mismatches{0};  // wrong thread or wrong current execution
+  // Suspensions on the calling thread: what a fiber reads around a call that must not park, free
+  // of the other workers' parks (`suspends` counts every thread's, and changes under it at any time).
+  static inline thread_local std::int64_t suspends_on_this_thread = 0;
   // Optional probe, called at the end of on_suspend (e.g. to count who is about to park).
   static inline std::atomic<void (*)(Execution*)> on_suspend_probe{nullptr};
 
@@ -140,6 +143,7 @@ class CountingHooks {
  private:
   static void* suspend() {
     suspends.fetch_add(1);
+    ++suspends_on_this_thread;
     auto* t = new Token{std::this_thread::get_id(), current_execution()};
     if (auto probe = on_suspend_probe.load()) probe(t->current);
     return t;
