@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "bindings.hpp"
+#include "distaff/detail/idle_signals.hpp"
 #include "python_fiber.hpp"
 
 namespace distaff::py {
@@ -42,6 +43,7 @@ struct Reaper {
 Reaper* g_reaper = new Reaper;
 
 void reap(Reaper* r, EngineCore* eng) {
+  distaff::detail::block_idle_signals_for_good();  // runs no Python: signals are the main thread's
   eng->scheduler->join(/*switch_hooks=*/false);  // no Python state here: nothing to release
   std::thread self;
   bool drop;

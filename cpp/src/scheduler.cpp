@@ -17,6 +17,7 @@
 
 #include "detail/fatal_signal.hpp"
 #include "detail/fork_locks.hpp"
+#include "distaff/detail/idle_signals.hpp"
 #include "detail/stack_allocator.hpp"
 
 namespace distaff {
@@ -102,10 +103,13 @@ class WorkerAlgorithm final : public boost::fibers::algo::round_robin {
     if (*before_block_) (*before_block_)();
     {
       std::unique_lock<std::mutex> lk(mtx_);
-      if (tp == (std::chrono::steady_clock::time_point::max)()) {
-        cnd_.wait(lk, [this] { return flag_; });
-      } else {
-        cnd_.wait_until(lk, tp, [this] { return flag_; });
+      if (!flag_) {
+        detail::IdleSignalsBlocked quiet;  // an idle worker leaves Ctrl-C to the main thread
+        if (tp == (std::chrono::steady_clock::time_point::max)()) {
+          cnd_.wait(lk, [this] { return flag_; });
+        } else {
+          cnd_.wait_until(lk, tp, [this] { return flag_; });
+        }
       }
       flag_ = false;
     }
@@ -617,9 +621,12 @@ void Scheduler::worker_main(Worker& w) {
         // Idle with caches a burst left behind: trim them after kIdleTrim unless work arrives.
         if (w.cv.wait_for(lk, kIdleTrim) == boost::fibers::cv_status::timeout && w.parked && w.fibers == 0) {
           lk.unlock();  // the caches are this thread's; a waker meanwhile finds `parked` set
-          if (opts_.on_worker_idle) opts_.on_worker_idle(w.index);
-          w.stacks.trim(kIdleStackCache);
-          w.stacks.release_memory();
+          {
+            detail::IdleSignalsBlocked quiet;  // no body runs here (idle_signals.hpp)
+            if (opts_.on_worker_idle) opts_.on_worker_idle(w.index);
+            w.stacks.trim(kIdleStackCache);
+            w.stacks.release_memory();
+          }
           lk.lock();
         }
       } else if (!w.extra) {
@@ -649,7 +656,10 @@ void Scheduler::monitor_main() {
   while (!monitor_stop_) {
     // Idle engines tick slowly: the monitor costs nothing measurable when there is no work.
     const auto tick = live_.load(std::memory_order_relaxed) > 0 ? opts_.tick : opts_.tick * 25;
-    monitor_cv_.wait_for(lk, tick);
+    {
+      detail::IdleSignalsBlocked quiet;
+      monitor_cv_.wait_for(lk, tick);
+    }
     if (monitor_stop_ || closed_.load(std::memory_order_acquire)) continue;
     lk.unlock();
     unsigned running = 0, stuck = 0;

@@ -1,4 +1,5 @@
 #include "distaff/timer.hpp"
+#include "distaff/detail/idle_signals.hpp"
 
 #include <unistd.h>
 
@@ -148,6 +149,7 @@ void Timer::run() {
   UniqueLock lk(mu_);
   while (!stopping_) {
     if (queue_.empty()) {
+      detail::IdleSignalsBlocked quiet;  // see idle_signals.hpp
       cv_.wait(lk);
       continue;
     }
@@ -156,6 +158,7 @@ void Timer::run() {
     // entry meanwhile (ASan: heap-use-after-free, found by `make sanitize-python`).
     const Clock::time_point deadline = it->first.first;
     if (Clock::now() < deadline) {
+      detail::IdleSignalsBlocked quiet;
       cv_.wait_until(lk, deadline);
       continue;
     }

@@ -17,6 +17,12 @@
 #include <utility>
 #include <vector>
 
+#include <csignal>
+#include <fstream>
+#include <sstream>
+
+#include <pthread.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -966,6 +972,83 @@ TEST_P(SchedulerTest, WorkerHooksRunOncePerWorkerEachOnItsOwnThread) {
   EXPECT_EQ(worker_threads.size(), workers()) << "one distinct thread per worker";
   for (auto id : run_threads) EXPECT_EQ(worker_threads.count(id), 1u) << "a body ran off the workers";
   for (auto id : idle_threads) EXPECT_EQ(worker_threads.count(id), 1u) << "on_worker_idle off the workers";
+}
+
+// ---- signals ----------------------------------------------------------------------------------
+
+std::atomic<long> g_usr2_handled_on{0};
+void record_usr2(int) { g_usr2_handled_on.store(syscall(SYS_gettid)); }
+
+// blocked_in: thread `tid` of this process blocks `sig` (its SigBlk line in /proc).
+bool blocked_in(long tid, int sig) {
+  std::ifstream f("/proc/self/task/" + std::to_string(tid) + "/status");
+  std::string line;
+  while (std::getline(f, line)) {
+    if (line.rfind("SigBlk:", 0) == 0) {
+      unsigned long long mask = std::stoull(line.substr(7), nullptr, 16);
+      return (mask >> (sig - 1)) & 1ULL;
+    }
+  }
+  return false;
+}
+
+// A signal sent to the process (Ctrl-C) while the workers idle must reach a thread that handles it,
+// not an idle worker: CPython flags a signal its C handler took on another thread, and a main thread
+// asleep in a system call is then not woken (idle_signals.hpp). A worker running a body does not
+// block it: processes a body starts inherit that mask.
+TEST_P(SchedulerTest, IdleWorkersLeaveProcessSignalsToTheOtherThreads) {
+  std::mutex mu;
+  std::vector<long> tids;
+  std::atomic<int> body_blocks_sigint{-1};
+  SchedulerOptions o = options();
+  o.on_worker_start = [&](unsigned) {
+    std::lock_guard<std::mutex> g(mu);
+    tids.push_back(syscall(SYS_gettid));
+  };
+  Fn body = [&](Execution& ex) {
+    sigset_t cur;
+    pthread_sigmask(SIG_BLOCK, nullptr, &cur);
+    body_blocks_sigint.store(sigismember(&cur, SIGINT));
+    ex.finish(State::succeeded);
+  };
+  struct sigaction sa {}, old_sa{};
+  sa.sa_handler = &record_usr2;
+  sigemptyset(&sa.sa_mask);
+  ASSERT_EQ(sigaction(SIGUSR2, &sa, &old_sa), 0);
+  sigset_t usr2, prev;
+  sigemptyset(&usr2);
+  sigaddset(&usr2, SIGUSR2);
+  ASSERT_EQ(pthread_sigmask(SIG_UNBLOCK, &usr2, &prev), 0);  // workers start with it unblocked
+  Scheduler& s = start(std::move(o));
+  wait_done(submit(&body));
+  EXPECT_EQ(body_blocks_sigint.load(), 0) << "a running body must not have Ctrl-C blocked";
+  // Every worker parks and blocks the signals while parked (deadline, not a guess).
+  const auto deadline = safety_deadline();
+  for (;;) {
+    std::vector<long> now;
+    {
+      std::lock_guard<std::mutex> g(mu);
+      now = tids;
+    }
+    bool all = now.size() == workers();
+    for (long t : now) all = all && blocked_in(t, SIGUSR2);
+    if (all) break;
+    ASSERT_LT(std::chrono::steady_clock::now(), deadline) << "an idle worker still takes SIGUSR2";
+    std::this_thread::yield();
+  }
+  // Only this thread may take it now: block it here, send it, and it stays pending until unblocked.
+  ASSERT_EQ(pthread_sigmask(SIG_BLOCK, &usr2, nullptr), 0);
+  g_usr2_handled_on.store(0);
+  ASSERT_EQ(kill(getpid(), SIGUSR2), 0);
+  sigset_t pending;
+  sigpending(&pending);
+  EXPECT_TRUE(sigismember(&pending, SIGUSR2)) << "a worker took the process's signal";
+  ASSERT_EQ(pthread_sigmask(SIG_UNBLOCK, &usr2, nullptr), 0);  // delivered here, before this returns
+  EXPECT_EQ(g_usr2_handled_on.load(), syscall(SYS_gettid));
+  pthread_sigmask(SIG_SETMASK, &prev, nullptr);
+  sigaction(SIGUSR2, &old_sa, nullptr);
+  (void)s;
+  shutdown();
 }
 
 TEST_P(SchedulerTest, FibersNeverMigrate) {
