@@ -150,6 +150,7 @@ extern PyObject* DeadlockError;    // distaff.DeadlockError
 extern PyObject* InternalError;    // distaff.InternalError
 extern PyObject* ShutdownError;    // distaff.ShutdownError (RuntimeError subclass)
 extern PyObject* TimeoutErrorType; // distaff.TimeoutError (builtin TimeoutError subclass)
+extern PyObject* InterruptedType;  // distaff.Interrupted (BaseException): an interrupt delivered again
 extern PyObject* UnobservedHook;   // distaff._errors.log_unobserved
 extern PyObject* AsyncAwaitHook;   // distaff._asyncio.await_execution
 // Set by _core._set_hooks (module.cpp), with AsyncAwaitHook:

@@ -61,7 +61,7 @@ constexpr DeadlineHooks kTimeoutHooks{&timeout_fired, &timeout_released};
 }  // namespace
 
 bool interrupt_of_this_body(PyObject* exc_type) {
-  if (exc_type != CancelledError && exc_type != TimeoutErrorType) return false;
+  if (exc_type != CancelledError && exc_type != TimeoutErrorType && exc_type != InterruptedType) return false;
   Execution* e = current_execution();
   auto* pe = e ? static_cast<PyExecution*>(e->payload()) : nullptr;
   return pe && pe->tstate && pe->tstate == PyThreadState_Get() && e->done() && !pe->shielded;
@@ -136,14 +136,15 @@ constexpr auto kRedeliverMax = std::chrono::milliseconds(320);
 
 struct Redelivery {
   PyExecution* pe;      // one reference, dropped when the body has ended
-  PyObject* exc_type;   // CancelledError or TimeoutErrorType (module globals)
+  PyObject* exc_type;   // the first interrupt: CancelledError or TimeoutErrorType (again: Interrupted)
   Clock::duration delay;
 };
 
 bool is_interrupt(PyObject* v) {
   return v && v != Py_None &&
          (PyObject_TypeCheck(v, reinterpret_cast<PyTypeObject*>(CancelledError)) ||
-          PyObject_TypeCheck(v, reinterpret_cast<PyTypeObject*>(TimeoutErrorType)));
+          PyObject_TypeCheck(v, reinterpret_cast<PyTypeObject*>(TimeoutErrorType)) ||
+          PyObject_TypeCheck(v, reinterpret_cast<PyTypeObject*>(InterruptedType)));
 }
 
 // handling_interrupt: `ts` is raising an interruption or running a handler (except, finally, a
@@ -153,7 +154,8 @@ bool handling_interrupt(PyThreadState* ts) {
   if (is_interrupt(ts->current_exception)) return true;
 #else
   if (is_interrupt(ts->curexc_value)) return true;
-  if (ts->curexc_type && (ts->curexc_type == CancelledError || ts->curexc_type == TimeoutErrorType)) {
+  if (ts->curexc_type && (ts->curexc_type == CancelledError || ts->curexc_type == TimeoutErrorType ||
+                          ts->curexc_type == InterruptedType)) {
     return true;
   }
 #endif
@@ -174,7 +176,11 @@ void redeliver_fired(void* arg) {
   PyThreadState* ts = pe->tstate;  // set while the body runs (run_execution), under the GIL
   if (ts && pe->core->done()) {
     if (!pe->shielded && !ts->async_exc && !pe->core->parked() && !handling_interrupt(ts)) {
-      raise_in_fiber(ts, r->exc_type);
+      // Not the execution's own CancelledError/TimeoutError again: an `except Exception` that
+      // swallowed that one sits where the body spends its time, and would swallow every copy (an
+      // outsider's retry loop and logging loop ran on through 35 re-deliveries in 10 s). Interrupted
+      // is a BaseException: only the body's finally blocks and with-exits see it.
+      raise_in_fiber(ts, InterruptedType);
     }
     r->delay = std::min<Clock::duration>(r->delay * 2, kRedeliverMax);
     schedule_redelivery(r);  // owns r again, or has dropped it
@@ -332,7 +338,8 @@ PyObject* call_deferring(PyObject* self, PyObject* name) {
   PyObject* pending = stashed ? stashed : pe->deferred;
   pe->deferred = nullptr;
   // The call raised the interrupt itself (a wait in it was woken by the cancel): nothing more.
-  const bool raised_interrupt = !r && (PyErr_ExceptionMatches(CancelledError) || PyErr_ExceptionMatches(TimeoutErrorType));
+  const bool raised_interrupt = !r && (PyErr_ExceptionMatches(CancelledError) || PyErr_ExceptionMatches(TimeoutErrorType) ||
+                                       PyErr_ExceptionMatches(InterruptedType));
   if (pending && !raised_interrupt) {
     ensure_unraisablehook();
     raise_in_fiber(ts, pending);

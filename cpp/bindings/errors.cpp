@@ -14,6 +14,7 @@ PyObject* DeadlockError = nullptr;
 PyObject* InternalError = nullptr;
 PyObject* ShutdownError = nullptr;
 PyObject* TimeoutErrorType = nullptr;
+PyObject* InterruptedType = nullptr;
 PyObject* UnobservedHook = nullptr;
 PyObject* AsyncAwaitHook = nullptr;
 PyObject* NoteHook = nullptr;
@@ -32,7 +33,8 @@ bool init_errors(PyObject* module) {
                {&DeadlockError, "DeadlockError"},   {&InternalError, "InternalError"},
                {&ShutdownError, "ShutdownError"},   {&UnobservedHook, "log_unobserved"},
                {&TimeoutErrorType, "TimeoutError"}, {&NoteHook, "_note_failure"},
-               {&HandoutHook, "_handed_out"},       {&ForwardNoteHook, "_note_forward"}};
+               {&HandoutHook, "_handed_out"},       {&ForwardNoteHook, "_note_forward"},
+               {&InterruptedType, "Interrupted"}};
   for (auto& n : names) {
     *n.slot = PyObject_GetAttrString(m, n.name);
     if (!*n.slot) {

@@ -16,7 +16,7 @@ import threading
 import time
 import weakref
 
-from . import _core
+from . import _core, _quiet
 from ._errors import CancelledError, DeadlockError
 
 _inboxes: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -451,7 +451,8 @@ def _watch() -> None:
             dead = [b for e in _entries if _gone(e) for b in e.bodies.values() if b.sticky]
         _cancel_bodies(dead)
         del dead
-        time.sleep(_WATCH_PERIOD)
+        with _quiet.idle():  # Ctrl-C is the main thread's (a lost one under asyncio.run: outsider, s11)
+            time.sleep(_WATCH_PERIOD)
 
 
 def cancel_stranded(engine) -> int:

@@ -36,7 +36,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from . import _core, _remote, _trace
+from . import _core, _quiet, _remote, _trace
 from ._arguments import _resolve_value
 from ._errors import ShutdownError
 from ._retry import _record_attempt
@@ -396,9 +396,11 @@ def _timer_loop() -> None:
                     if due <= 0:
                         fn = heapq.heappop(_timer_heap)[2]
                         break
-                    _timer_lock.wait(due)
+                    with _quiet.idle():
+                        _timer_lock.wait(due)
                 else:
-                    _timer_lock.wait()
+                    with _quiet.idle():
+                        _timer_lock.wait()
         try:
             fn()
         except BaseException:  # noqa: BLE001 - never kill the timer thread

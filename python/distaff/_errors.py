@@ -16,6 +16,7 @@ __all__ = [
     "DependencyError",
     "Error",
     "InternalError",
+    "Interrupted",
     "ShutdownError",
     "TimeoutError",
     "WorkerLostError",
@@ -36,6 +37,20 @@ class CancelledError(Error, concurrent.futures.CancelledError, asyncio.Cancelled
 
 class TimeoutError(Error, builtins.TimeoutError):  # noqa: A001 - distaff.TimeoutError on purpose
     """The execution was still running at its deadline (``timeout=``)."""
+
+
+class Interrupted(BaseException):
+    """Raised again in a body that caught its execution's CancelledError or TimeoutError and ran on.
+
+    A cancel or timeout interrupts a running body with the execution's own ``CancelledError`` or
+    ``TimeoutError``, both ``Exception`` subclasses, so an ``except Exception:`` block (a retry
+    loop, logging's error handler) can swallow it. The execution has ended all the same. While such a
+    body still runs Python outside a handler of the first exception, distaff raises this one in it:
+    after 10 ms, then at doubling intervals up to 0.32 s, until the body ends. It derives from
+    ``BaseException``, as ``KeyboardInterrupt`` does, so ``except Exception`` lets it through. The
+    body's ``finally`` blocks and ``with`` exits run, and nobody else sees it: the execution's outcome
+    is already set.
+    """
 
 
 class DependencyError(Error):

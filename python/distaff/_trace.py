@@ -21,7 +21,7 @@ import traceback
 import weakref
 from typing import Any, Iterable
 
-from . import _core
+from . import _core, _quiet
 
 FORMATS = (".json", ".jsonl", ".html")
 
@@ -177,7 +177,8 @@ def engine_stopped(engine: Any) -> None:
 def _live_loop() -> None:
     global _live_thread
     while True:
-        time.sleep(_LIVE_PERIOD_S)
+        with _quiet.idle():
+            time.sleep(_LIVE_PERIOD_S)
         with _live_lock:
             if not _live:
                 _live_thread = None

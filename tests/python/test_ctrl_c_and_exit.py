@@ -541,3 +541,44 @@ def test_an_inherited_sig_ign_stays_ignored_during_the_exit_wait():
     assert proc.returncode == 0, err
     assert "completed" in out, (out, err)
     assert "cancelling" not in err, err
+
+
+def test_distaffs_helper_threads_block_ctrl_c_while_they_sleep():
+    """The asyncio loop watcher (started by an `async def` body) sleeps in time.sleep between its
+    rounds. With SIGINT unblocked there, the kernel could hand it a Ctrl-C meant for the main thread,
+    which then slept on in epoll_wait under asyncio.run: an outsider lost the first Ctrl-C in 8 of 70
+    runs (session 11). It blocks the process's signals around its sleep (distaff/_quiet.py)."""
+    proc = run_python(
+        """
+        import asyncio, threading, time, signal, distaff
+
+        def blocked(native_id, sig):
+            with open(f"/proc/self/task/{native_id}/status") as f:
+                for line in f:
+                    if line.startswith("SigBlk:"):
+                        return bool(int(line.split()[1], 16) >> (sig - 1) & 1)
+            return False
+
+        @distaff.task()
+        async def body():
+            await asyncio.sleep(60)
+
+        async def main():
+            ex = body.submit()
+            t0 = time.monotonic()
+            while True:
+                w = [t for t in threading.enumerate() if t.name == "distaff-loop-watch"]
+                if w and blocked(w[0].native_id, signal.SIGINT):
+                    print("watcher blocks SIGINT")
+                    break
+                assert time.monotonic() - t0 < 60, [t.name for t in threading.enumerate()]
+                await asyncio.sleep(0.001)
+            ex.cancel()
+            assert not blocked(threading.get_native_id(), signal.SIGINT)
+
+        asyncio.run(main())
+        """,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "watcher blocks SIGINT" in proc.stdout, proc.stdout + proc.stderr

@@ -261,3 +261,81 @@ def test_an_interrupt_that_lands_in_a_done_callback_run_by_the_body_stops_the_bo
     assert proc.returncode == 0, proc.stderr
     assert "TIMED OUT" in proc.stdout and "NEXT 7" in proc.stdout, (proc.stdout, proc.stderr)
     assert "exception calling callback" not in proc.stderr, proc.stderr
+
+
+# -- the interrupt delivered again is distaff.Interrupted, a BaseException (session 11) ---------------
+# An outsider's programs: a retry loop with a statement outside its `try`, and a body that logs in a
+# loop, survived every re-delivery of the CancelledError/TimeoutError — each landed where the body
+# spends its time, inside the `except Exception` that had swallowed the first one (35 swallowed in
+# 10 s), and the exit hung. The copy is now distaff.Interrupted, which `except Exception` lets through.
+
+
+@pytest.mark.parametrize("how", HOW)
+def test_a_retry_loop_that_swallows_every_exception_is_stopped(how):
+    out = _run(
+        """
+        def body():
+            started.set()
+            n = 0
+            try:
+                while True:
+                    n += 1                        # outside the try: the body's time is inside it
+                    try:
+                        sum(range(2000))
+                    except Exception:
+                        pass
+            except BaseException as e:
+                log.append(type(e).__name__)
+                raise
+        """,
+        how,
+    )
+    assert "LOG ['Interrupted']" in out, out
+
+
+@pytest.mark.parametrize("how", HOW)
+def test_an_interrupt_delivered_again_gets_past_a_logging_handlers_error_handling(how):
+    """Nearly all of the body's time is inside the handler's emit(), whose `except Exception` calls
+    handleError ("--- Logging error ---") and returns: every copy of the CancelledError landed
+    there. Interrupted passes emit()'s handler, and Handler.handle's `finally` releases its lock."""
+    out = _run(
+        """
+        import io
+        class Slow(logging.StreamHandler):
+            def emit(self, record):
+                try:
+                    for _ in range(50):
+                        sum(range(400))           # the time goes here
+                    self.stream.write("x")
+                except Exception:
+                    self.handleError(record)
+        logger = logging.getLogger("slowlog")
+        handler = Slow(io.StringIO())
+        logger.addHandler(handler)
+        logger.propagate = False
+
+        def body():
+            started.set()
+            try:
+                while True:
+                    logger.warning("tick")
+            except BaseException as e:
+                log.append(type(e).__name__)
+                raise
+        """,
+        how,
+        extra="""
+        print("HANDLER LOCK FREE", handler.lock.acquire(timeout=5))
+        """,
+    )
+    assert "HANDLER LOCK FREE True" in out, out
+    assert out.count("Logging error") <= 1, out   # at most the first interruption was swallowed
+    assert "LOG ['Interrupted']" in out or "LOG ['CancelledError']" in out or "LOG ['TimeoutError']" in out, out
+
+
+def test_interrupted_is_a_base_exception_exported_by_distaff():
+    import distaff
+
+    assert issubclass(distaff.Interrupted, BaseException)
+    assert not issubclass(distaff.Interrupted, Exception)
+    assert "Interrupted" in distaff.__all__
