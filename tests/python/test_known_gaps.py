@@ -13,7 +13,9 @@ GAP = pytest.mark.xfail(strict=True, raises=(AssertionError, subprocess.TimeoutE
 __all__ = ["GAP", "run_python"]
 
 
-@GAP
+# Not strict: the hang is intermittent under the ASan build (session 11's `make sanitize-python`
+# saw it pass once, XPASS(strict) failed the run); the plain build hung every time so far.
+@pytest.mark.xfail(strict=False, raises=(AssertionError, subprocess.TimeoutExpired))
 def test_the_exit_ends_after_two_engines_bodies_that_shut_each_other_down_are_cancelled():
     # The cancel now wakes both bodies (test_lifecycle_hardening.py::
     # test_cancel_wakes_a_body_parked_in_another_engines_shutdown), and both engines are idle, but
