@@ -290,7 +290,11 @@ def test_a_retry_loop_that_swallows_every_exception_is_stopped(how):
         """,
         how,
     )
-    assert "LOG ['Interrupted']" in out, out
+    # Usually the first interruption lands inside the inner try and is swallowed, and the copy
+    # (Interrupted) ends the body; sometimes the first lands at `n += 1` and ends it itself (more
+    # often on 3.13, which checks for it at more places). Either way the body stopped: IDLE and
+    # NEXT in _run say so; before, it looped until the deadline.
+    assert any(f"LOG ['{name}']" in out for name in ("Interrupted", "CancelledError", "TimeoutError")), out
 
 
 @pytest.mark.parametrize("how", HOW)
