@@ -135,8 +135,7 @@ constexpr auto kRedeliverFirst = std::chrono::milliseconds(10);
 constexpr auto kRedeliverMax = std::chrono::milliseconds(320);
 
 struct Redelivery {
-  PyExecution* pe;      // one reference, dropped when the body has ended
-  PyObject* exc_type;   // the first interrupt: CancelledError or TimeoutErrorType (again: Interrupted)
+  PyExecution* pe;  // one reference, dropped when the body has ended
   Clock::duration delay;
 };
 
@@ -203,9 +202,9 @@ void schedule_redelivery(Redelivery* r) {
   delete r;
 }
 
-void watch_swallowed(PyExecution* pe, PyObject* exc_type) {
+void watch_swallowed(PyExecution* pe) {
   Py_INCREF(pe);
-  schedule_redelivery(new Redelivery{pe, exc_type, kRedeliverFirst});
+  schedule_redelivery(new Redelivery{pe, kRedeliverFirst});
 }
 
 bool finish_terminated(Execution& ex, bool was_parked, void* arg) {
@@ -228,7 +227,7 @@ bool finish_terminated(Execution& ex, bool was_parked, void* arg) {
   if (finished && p->tstate && !was_parked) {
     if (!p->shielded) {
       ensure_unraisablehook();
-      if (raise_in_fiber(p->tstate, exc)) watch_swallowed(p, exc);
+      if (raise_in_fiber(p->tstate, exc)) watch_swallowed(p);
     } else if (!p->deferred) {
       p->deferred = exc;  // raised when a deferring section ends (raw_deferring_call), if one runs
     }

@@ -254,7 +254,26 @@ PyObject* raw_wait_reaped(PyObject*, PyObject*) {
   Py_RETURN_NONE;
 }
 
+// The signals distaff's threads block while they idle (idle_signals.hpp), for the Python helper
+// threads to block the same ones (distaff/_quiet.py).
+PyObject* raw_idle_signals(PyObject*, PyObject*) {
+  PyObject* out = PyList_New(0);
+  if (!out) return nullptr;
+  for (int sig = 1; sig < NSIG; ++sig) {
+    if (sigismember(&distaff::detail::idle_signals(), sig) != 1) continue;
+    PyObject* n = PyLong_FromLong(sig);
+    if (!n || PyList_Append(out, n) < 0) {
+      Py_XDECREF(n);
+      Py_DECREF(out);
+      return nullptr;
+    }
+    Py_DECREF(n);
+  }
+  return out;
+}
+
 PyMethodDef lifecycle_functions[] = {
+    {"_idle_signals", &raw_idle_signals, METH_NOARGS, "signal numbers distaff's threads block while idle"},
     {"_open_engines", &raw_open_engines, METH_NOARGS, "capsules of the engines not yet joined"},
     {"engine_live", &raw_engine_live, METH_O, "engine_live(engine) -> unfinished executions"},
     {"on_own_worker", &raw_on_own_worker, METH_O, "on_own_worker(engine) -> running on its worker"},

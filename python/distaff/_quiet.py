@@ -17,9 +17,9 @@ import signal
 from contextlib import contextmanager
 from typing import Iterator
 
-_NAMES = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGALRM", "SIGVTALRM", "SIGUSR1", "SIGUSR2", "SIGCHLD",
-          "SIGWINCH")
-_SIGNALS = frozenset(getattr(signal, n) for n in _NAMES if hasattr(signal, n))
+from . import _core
+
+_SIGNALS = frozenset(_core._idle_signals())  # the C++ threads' list (idle_signals.hpp)
 _mask = getattr(signal, "pthread_sigmask", None)
 
 

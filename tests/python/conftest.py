@@ -89,7 +89,18 @@ def pytest_runtest_protocol(item, nextitem):
         _leaks.append(f"{item.nodeid}: {now - before} execution record(s) still alive after the test")
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    """Under pytest-xdist (`make test` runs two workers) each worker checks its own tests: it hands
+    its findings to the controller, whose session then fails as a single process's would."""
+    _leaks.extend(getattr(node, "workeroutput", {}).get("distaff_leaks", ()))
+
+
 def pytest_sessionfinish(session, exitstatus):
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:  # an xdist worker: the controller reports (pytest_testnodedown)
+        workeroutput["distaff_leaks"] = list(_leaks)
+        return
     if _leaks:
         tr = session.config.pluginmanager.get_plugin("terminalreporter")
         if tr is not None:
