@@ -98,11 +98,35 @@ std::thread take_joiner(EngineCore* eng) {
 }
 
 // wait_joined: waits (GIL held on entry and exit, released while parked) until eng is joined.
+// A body waiting here (shutting down another engine) is woken by its own cancel or timeout, as in
+// Scheduler::wait_idle_until, and raises it (-1): two bodies that shut each other's engines down
+// each wait for the other's worker to end, and only their cancels end that (the exit hung in it).
+// The waker notifies under join_mu, so it cannot slip between the check and the park.
 int wait_joined(EngineCore* eng, bool sliced) {
-  auto park = [eng](Clock::time_point d) {
+  Execution* self = interruptible_execution();
+  struct Waker {
+    Execution* self;
+    Waker(Execution* e, EngineCore* eng) : self(e) {
+      if (self) self->set_waker(&wake, eng);
+    }
+    ~Waker() {
+      if (self) self->set_waker(nullptr, nullptr);
+    }
+    static void wake(void* arg) {
+      auto* e = static_cast<EngineCore*>(arg);
+      std::lock_guard<std::mutex> g(e->join_mu);
+      e->join_cv.notify_all();
+    }
+  } waker(self, eng);
+  bool interrupted = false;
+  auto park = [eng, self, &interrupted](Clock::time_point d) {
     detail::SuspendScope suspend;
     std::unique_lock<std::mutex> lk(eng->join_mu);
     while (eng->join_state != 2) {
+      if (self && self->interrupted()) {
+        interrupted = true;
+        return true;
+      }
       if (d == Clock::time_point::max()) {
         eng->join_cv.wait(lk);
       } else if (eng->join_cv.wait_until(lk, d) == boost::fibers::cv_status::timeout) {
@@ -111,8 +135,13 @@ int wait_joined(EngineCore* eng, bool sliced) {
     }
     return true;
   };
-  if (!sliced) return park(Clock::time_point::max()) ? 0 : -1;
-  return wait_sliced(park, Clock::time_point::max()) == 0 ? 0 : -1;
+  const int r = sliced ? wait_sliced(park, Clock::time_point::max()) : (park(Clock::time_point::max()) ? 0 : 1);
+  if (r != 0) return -1;
+  if (interrupted) {
+    raise_interrupted();
+    return -1;
+  }
+  return 0;
 }
 
 }  // namespace

@@ -206,12 +206,57 @@ def test_cancel_wakes_a_body_parked_in_another_engines_shutdown():
             time.sleep(0.001)
         print(x.cancel(), y.cancel(), flush=True)
         print(a.wait_idle(timeout=10), b.wait_idle(timeout=10), x.state, y.state, flush=True)
-        import os; os._exit(0)  # the exit after this still hangs: test_known_gaps.py
         """,
         timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["True", "True", "True", "True", "cancelled", "cancelled"], proc.stdout
+
+
+@pytest.mark.parametrize("how", ["cancel", "timeout"])
+def test_bodies_that_shut_each_other_down_end_at_their_cancel_or_timeout_and_the_exit_follows(how):
+    # Session 12: the cancels woke both bodies from each other's drain, but each engine then went idle
+    # (its body was cancelled), so the *other* body's shutdown went on to join this engine's worker
+    # — which could not end while this body, parked in that other join, lived on it. The exit then
+    # waited for the joins for good (test_known_gaps.py had it as an xfail). The join wait is now
+    # interruptible too: each body gets its CancelledError/TimeoutError out of shutdown() and ends.
+    proc = run_python(
+        f"""
+        import threading, time
+        import distaff
+        HOW = {how!r}
+        a, b = distaff.Engine(), distaff.Engine()
+        seen = []
+        left = threading.Barrier(3)
+
+        def shut(other, tag):
+            try:
+                other.shutdown()
+            except BaseException as e:
+                seen.append((tag, type(e).__name__))
+                raise
+            finally:
+                threading.Thread(target=left.wait).start()  # the body is leaving (no wait in a body)
+
+        opts = dict(timeout=0.5) if HOW == "timeout" else {{}}
+        x = a.task(**opts)(shut).submit(b, "x")
+        y = b.task(**opts)(shut).submit(a, "y")
+        deadline = time.monotonic() + 20
+        while not (a.stats()["closed"] and b.stats()["closed"]):  # both shutdowns have begun
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+        if HOW == "cancel":
+            x.cancel(); y.cancel()
+        left.wait(timeout=20)  # both bodies left shutdown()
+        print(x.state, y.state, sorted(seen), flush=True)
+        """,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    want = "cancelled" if how == "cancel" else "failed"
+    err = "CancelledError" if how == "cancel" else "TimeoutError"
+    assert proc.stdout.split("[")[0].split() == [want, want], proc.stdout
+    assert f"[('x', '{err}'), ('y', '{err}')]" in proc.stdout, proc.stdout
 
 
 def test_a_timeout_or_cancel_ends_a_body_waiting_for_another_engine():
