@@ -762,6 +762,15 @@ class _ExitWait:
 
     def on_sigint(self, signum: int, frame: Any) -> None:
         self.hits += 1
+        if self.cancelling:
+            # The next Ctrl-C after the one that cancelled: exit now, wherever the main thread is.
+            # The cancel runs the cancelled executions' done-callbacks here, on the main thread: a
+            # KeyboardInterrupt raised into one of those is the callback's to handle (distaff logs
+            # it), and further Ctrl-Cs were only counted until the callback returned (outsider,
+            # session 11: a callback that sleeps kept the process for its whole sleep).
+            self.handled = self.hits
+            self.armed = False
+            self.abandon()
         if self.armed:
             self.armed = False
             raise KeyboardInterrupt

