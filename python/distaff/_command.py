@@ -8,9 +8,9 @@ asyncio task, which kills the process (SIGKILL) and reaps it.
 
 The command runs in a process group of its own, and the kill is sent to that group: a command
 that starts processes of its own (``sh -c "a; b"``, a script, ``make``) does not leave them running
-(they would also hold its output pipes open, and asyncio waits for those to close before it
-reports the exit: the cancelled body would wait for them, and the event loop closing under it left
-the subprocess transport unclosed).
+(they would also hold its output pipes open, which the run reads to their end). The process is
+started on the loop's thread before the body's first await, so its group is known to every way the
+body can end.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import inspect
 import os
 import shlex
 import signal
+import subprocess
 from typing import Any, Callable
 
 from ._errors import CommandError
@@ -53,35 +54,78 @@ def argv(command: Any, name: str) -> list:
 async def run(parts: list, name: str) -> str:
     """Runs ``parts`` and returns its standard output as text; raises CommandError on a non-zero
     exit. Cancellation kills the process and every process it started in its group (SIGKILL) and
-    waits for it before re-raising — also when it comes while the process is being started."""
-    # Shielded: a cancel while asyncio connects the pipes would otherwise make asyncio kill the
-    # command alone (not its group) and give up on it; here it is let finish, then killed.
-    spawning = asyncio.ensure_future(
-        asyncio.create_subprocess_exec(
-            *parts,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            start_new_session=_GROUPS,  # its own process group (and no terminal): killed as a whole
-        )
+    waits for it before re-raising."""
+    loop = asyncio.get_running_loop()
+    # Started here, synchronously (asyncio's own subprocess_exec also forks on the loop's thread),
+    # so the group's pid is known before the first await: a cancel can come at any await after it.
+    # With asyncio.create_subprocess_exec the pid was known only once asyncio had connected the
+    # pipes, a few loop steps later; asyncio.run() ending cancels every task of the loop, the one
+    # connecting the pipes too, and asyncio then killed the command alone (not its group) and
+    # waited for the pipes its children held: the run hung, and the children lived on (CI, s11).
+    proc = subprocess.Popen(
+        parts,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=_GROUPS,  # its own process group (and no terminal): killed as a whole
     )
+    pipes: list = []
     try:
-        proc = await asyncio.shield(spawning)
-    except asyncio.CancelledError:
-        await _to_the_end(spawning)
-        if not spawning.cancelled() and spawning.exception() is None:
-            await _kill_and_reap(spawning.result())
-        raise
-    try:
-        out, err = await proc.communicate()
+        readers = [_read_pipe(loop, f, pipes) for f in (proc.stdout, proc.stderr)]
+        out, err = await asyncio.gather(*readers)
+        await _exited(loop, proc)
     except BaseException:
-        await _kill_and_reap(proc)
+        _kill(proc)
+        # A process that left the group (setsid) may still hold the pipes: closing our ends lets
+        # the reaping end once the command itself has exited.
+        for transport in pipes:
+            transport.close()
+        for f in (proc.stdout, proc.stderr):
+            f.close()
+        await _to_the_end(asyncio.ensure_future(_exited(loop, proc)))
         raise
     stdout = out.decode(errors="replace")
     stderr = err.decode(errors="replace")
     if proc.returncode != 0:
         raise CommandError(parts, proc.returncode, stdout, stderr, name)
     return stdout
+
+
+async def _read_pipe(loop: asyncio.AbstractEventLoop, f: Any, pipes: list) -> bytes:
+    """Everything the command writes to pipe ``f``, read on the loop (no thread)."""
+    reader = asyncio.StreamReader(loop=loop)
+    transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader, loop=loop), f)
+    pipes.append(transport)
+    try:
+        return await reader.read()
+    finally:
+        transport.close()
+
+
+async def _exited(loop: asyncio.AbstractEventLoop, proc: subprocess.Popen) -> int:
+    """Waits for the command to exit and reaps it: on a pidfd the loop watches where there is one
+    (Linux 5.3+), else on a thread."""
+    if proc.poll() is not None:
+        return proc.returncode
+    pidfd_open = getattr(os, "pidfd_open", None)
+    try:
+        fd = pidfd_open(proc.pid) if pidfd_open is not None else -1
+    except OSError:  # ESRCH: already exited (reaped below); ENOSYS and the like: the thread
+        fd = -1 if proc.poll() is None else -2
+    if fd == -2:
+        return proc.returncode
+    if fd < 0:
+        return await loop.run_in_executor(None, proc.wait)
+    try:
+        readable = loop.create_future()
+        loop.add_reader(fd, lambda: readable.done() or readable.set_result(None))
+        try:
+            await readable
+        finally:
+            loop.remove_reader(fd)
+    finally:
+        os.close(fd)
+    return proc.wait()
 
 
 async def _to_the_end(fut: Any) -> None:
@@ -98,24 +142,10 @@ async def _to_the_end(fut: Any) -> None:
         fut.exception()  # retrieved: no "never retrieved" noise
 
 
-async def _kill_and_reap(proc: Any) -> None:
-    _kill(proc)
-    # A process that left the group (setsid) may still hold the pipes: closing our ends of them
-    # lets the wait end once the command itself is reaped (asyncio's wait also waits for the
-    # pipes). An abandoned wait would leave the transport to the collector, on a closed loop.
-    transport = getattr(proc, "_transport", None)
-    if transport is not None:
-        for fd in (1, 2):
-            pipe = transport.get_pipe_transport(fd)
-            if pipe is not None:
-                pipe.close()
-    await _to_the_end(asyncio.ensure_future(proc.wait()))
-
-
 _GROUPS = hasattr(os, "killpg")
 
 
-def _kill(proc: Any) -> None:
+def _kill(proc: subprocess.Popen) -> None:
     """SIGKILL to the command's process group (its pid: it leads the group), which reaches what it
     started even after the command itself exited; else to the command alone."""
     if _GROUPS:

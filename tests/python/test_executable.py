@@ -205,6 +205,57 @@ asyncio.run(main())
     assert "child killed on cancel in asyncio.run: True cancelled" in out
 
 
+@pytest.mark.skipif(not hasattr(__import__("os"), "pidfd_open"), reason="waits on a pidfd (Linux)")
+def test_asyncio_run_ending_while_the_commands_pipes_connect_kills_its_whole_group(tmp_path):
+    # CI, session 11 (1 run in ~6): asyncio.run() returned right after the command started, and a
+    # process the command had started lived on. asyncio.run cancels every task of its loop; with
+    # asyncio.create_subprocess_exec one of them was asyncio's own, still connecting the pipes, and
+    # asyncio then killed the shell alone and waited for the pipes its child held. Here the pipes
+    # connect slowly (a wrapper around the loop's connect_read_pipe), which makes that window
+    # certain: the run must still end at once and the whole group be killed.
+    out = program(f"""
+import select
+import asyncio.base_events as base_events
+
+_connect = base_events.BaseEventLoop.connect_read_pipe
+
+async def slow_connect(self, *args, **kwargs):
+    await asyncio.sleep(0.3)
+    return await _connect(self, *args, **kwargs)
+
+base_events.BaseEventLoop.connect_read_pipe = slow_connect
+
+def read_pid(path):
+    os.mkfifo(path)
+    with open(path) as f:  # opened for writing by the command: it runs
+        return int(f.read())
+
+def gone(pid, timeout=10.0):
+    fd = os.pidfd_open(pid)
+    try:
+        return bool(select.select([fd], [], [], timeout)[0])
+    finally:
+        os.close(fd)
+
+@task(executable=True)
+def spawner(path):
+    return ["sh", "-c", f"sleep 60 & echo $! > {{path}}; wait"]
+
+box = {{}}
+
+async def main():
+    box["ex"] = spawner.submit({str(tmp_path / 'a')!r})
+    box["pid"] = await asyncio.to_thread(read_pid, {str(tmp_path / 'a')!r})
+    box["t0"] = time.monotonic()
+
+asyncio.run(main())
+print("run ended at once:", time.monotonic() - box["t0"] < 5)
+print("child killed:", gone(box["pid"]), box["ex"].state)
+""", timeout=40)
+    assert "run ended at once: True" in out
+    assert "child killed: True cancelled" in out
+
+
 def test_a_running_command_holds_no_worker_thread():
     # Concurrency shown by the commands' own clocks, not by wall-clock thresholds: the four
     # commands' [start, end] intervals overlap, and a task body runs while none has ended.
