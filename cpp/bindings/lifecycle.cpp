@@ -101,23 +101,9 @@ std::thread take_joiner(EngineCore* eng) {
 // A body waiting here (shutting down another engine) is woken by its own cancel or timeout, as in
 // Scheduler::wait_idle_until, and raises it (-1): two bodies that shut each other's engines down
 // each wait for the other's worker to end, and only their cancels end that (the exit hung in it).
-// The waker notifies under join_mu, so it cannot slip between the check and the park.
 int wait_joined(EngineCore* eng, bool sliced) {
   Execution* self = interruptible_execution();
-  struct Waker {
-    Execution* self;
-    Waker(Execution* e, EngineCore* eng) : self(e) {
-      if (self) self->set_waker(&wake, eng);
-    }
-    ~Waker() {
-      if (self) self->set_waker(nullptr, nullptr);
-    }
-    static void wake(void* arg) {
-      auto* e = static_cast<EngineCore*>(arg);
-      std::lock_guard<std::mutex> g(e->join_mu);
-      e->join_cv.notify_all();
-    }
-  } waker(self, eng);
+  WakerScope waker(self, eng->join_mu, eng->join_cv);
   bool interrupted = false;
   auto park = [eng, self, &interrupted](Clock::time_point d) {
     detail::SuspendScope suspend;

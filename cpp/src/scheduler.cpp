@@ -739,20 +739,7 @@ bool Scheduler::wait_idle_until(Clock::time_point deadline) {
   // so it cannot slip between the check below and the park.
   Execution* self = interruptible_execution();
   if (self && self->interrupted()) return false;
-  struct Waker {
-    Execution* self;
-    Waker(Execution* e, Scheduler* s) : self(e) {
-      if (self) self->set_waker(&wake, s);
-    }
-    ~Waker() {
-      if (self) self->set_waker(nullptr, nullptr);
-    }
-    static void wake(void* arg) {
-      auto* s = static_cast<Scheduler*>(arg);
-      std::lock_guard<std::mutex> g(s->idle_mu_);
-      s->idle_cv_.notify_all();
-    }
-  } waker(self, this);
+  WakerScope waker(self, idle_mu_, idle_cv_);
   detail::SuspendScope suspend;
   UniqueLock lk(idle_mu_);
   while (live_.load(std::memory_order_acquire) != 0) {

@@ -63,7 +63,10 @@ except distaff.CancelledError:
 """
 
 
-def _ctrl_c(script, *, ready_line="ready", wait=0.0, signals=1, timeout=60, stderr_ready=None):
+def _ctrl_c(script, *, ready_line="ready", wait=0.0, signals=1, timeout=60, stderr_ready=None, then_line=None):
+    """Runs script, waits for ready_line on stdout (and stderr_ready on stderr), sends `signals`
+    SIGINTs 0.3 s apart — or, with then_line, the next one once stdout says then_line — and
+    returns (returncode, stdout after the ready line, stderr)."""
     import os
     import signal
     import subprocess
@@ -84,9 +87,12 @@ def _ctrl_c(script, *, ready_line="ready", wait=0.0, signals=1, timeout=60, stde
                 assert line, f"no {stderr_ready!r} on stderr: {seen}"
                 seen.append(line)
         time.sleep(wait)
-        for _ in range(signals):
+        for i in range(signals):
             os.kill(proc.pid, signal.SIGINT)
-            time.sleep(0.3)
+            if then_line is not None and i < signals - 1:
+                assert proc.stdout.readline().strip() == then_line
+            else:
+                time.sleep(0.3)
         out, err = proc.communicate(timeout=timeout)
     finally:
         if proc.poll() is None:
@@ -341,10 +347,6 @@ def test_the_next_ctrl_c_exits_at_once_while_the_exit_cancel_runs_a_done_callbac
     session 11, 4 of 4 runs): the second Ctrl-C became a KeyboardInterrupt inside the callback,
     which the callback runner logged, and further ones were only counted until the callback
     returned, after its whole sleep."""
-    import os
-    import subprocess
-    import textwrap
-
     script = """
     import threading, time
     import distaff
@@ -368,28 +370,9 @@ def test_the_next_ctrl_c_exits_at_once_while_the_exit_cancel_runs_a_done_callbac
     started.wait()
     print("ready", flush=True)
     """
-    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(script)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout.readline().strip() == "ready"
-        seen = []
-        while not any(_EXIT_WAIT in line for line in seen):  # the exit wait has begun
-            line = proc.stderr.readline()
-            assert line, f"no {_EXIT_WAIT!r} on stderr: {seen}"
-            seen.append(line)
-        os.kill(proc.pid, signal.SIGINT)  # the first: cancels, and the callback runs
-        assert proc.stdout.readline().strip() == "in callback"
-        t0 = time.monotonic()
-        os.kill(proc.pid, signal.SIGINT)  # the next: exits now
-        out, err = proc.communicate(timeout=20)
-        took = time.monotonic() - t0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == -signal.SIGINT, (proc.returncode, err)
+    rc, out, err = _ctrl_c(script, stderr_ready=_EXIT_WAIT, signals=2, then_line="in callback", timeout=20)
+    assert rc == -signal.SIGINT, (rc, err)  # within the 20 s: the callback would have slept 30 s
     assert "callback returned" not in out
-    assert took < 10, took  # the callback would have slept 30 s
     assert "exiting now" in err, err
     assert "FATAL" not in err and "Traceback" not in err, err
 

@@ -25,6 +25,29 @@ def program(code: str, timeout: float = 60) -> str:
     return r.stdout
 
 
+# A command whose shell starts a child (sleep) and hands its pid over a FIFO, and a pidfd wait that
+# says whether that child is gone (a zombie counts: it has exited).
+GRANDCHILD = """
+import select
+
+def read_pid(path):
+    os.mkfifo(path)
+    with open(path) as f:  # opened for writing by the command: it runs
+        return int(f.read())
+
+def gone(pid, timeout=10.0):
+    fd = os.pidfd_open(pid)
+    try:
+        return bool(select.select([fd], [], [], timeout)[0])
+    finally:
+        os.close(fd)
+
+@task(executable=True)
+def spawner(path):
+    return ["sh", "-c", f"sleep 60 & echo $! > {path}; wait"]
+"""
+
+
 def test_the_command_runs_and_its_stdout_is_the_result():
     out = program("""
 @task(executable=True)
@@ -164,25 +187,7 @@ print("killed on cancel:", not alive(pid), ex.state)
 def test_cancel_and_timeout_kill_the_processes_the_command_started(tmp_path):
     # `sh -c "sleep 60 & ...; wait"`: sleep is the shell's child. Killing the shell alone (before)
     # left it running, holding the pipes, and the cancelled body waited for it.
-    out = program(f"""
-import select
-
-def read_pid(path):
-    os.mkfifo(path)
-    with open(path) as f:  # opened for writing by the command: it runs
-        return int(f.read())
-
-def gone(pid, timeout=10.0):
-    fd = os.pidfd_open(pid)
-    try:
-        return bool(select.select([fd], [], [], timeout)[0])
-    finally:
-        os.close(fd)
-
-@task(executable=True)
-def spawner(path):
-    return ["sh", "-c", f"sleep 60 & echo $! > {{path}}; wait"]
-
+    out = program(GRANDCHILD + f"""
 ex = spawner.submit({str(tmp_path / 'a')!r})
 pid = read_pid({str(tmp_path / 'a')!r})
 ex.cancel()
@@ -213,8 +218,7 @@ def test_asyncio_run_ending_while_the_commands_pipes_connect_kills_its_whole_gro
     # asyncio then killed the shell alone and waited for the pipes its child held. Here the pipes
     # connect slowly (a wrapper around the loop's connect_read_pipe), which makes that window
     # certain: the run must still end at once and the whole group be killed.
-    out = program(f"""
-import select
+    out = program(GRANDCHILD + f"""
 import asyncio.base_events as base_events
 
 _connect = base_events.BaseEventLoop.connect_read_pipe
@@ -224,22 +228,6 @@ async def slow_connect(self, *args, **kwargs):
     return await _connect(self, *args, **kwargs)
 
 base_events.BaseEventLoop.connect_read_pipe = slow_connect
-
-def read_pid(path):
-    os.mkfifo(path)
-    with open(path) as f:  # opened for writing by the command: it runs
-        return int(f.read())
-
-def gone(pid, timeout=10.0):
-    fd = os.pidfd_open(pid)
-    try:
-        return bool(select.select([fd], [], [], timeout)[0])
-    finally:
-        os.close(fd)
-
-@task(executable=True)
-def spawner(path):
-    return ["sh", "-c", f"sleep 60 & echo $! > {{path}}; wait"]
 
 box = {{}}
 

@@ -315,6 +315,33 @@ Execution* current_execution() noexcept;
 // see them (docs/concepts.md). Take it once, when a wait starts.
 Execution* interruptible_execution() noexcept;
 
+// WakerScope: for its lifetime, interrupt() of `self` (none when null) wakes a fiber or thread
+// parked on `cv`, a condition variable that is not an execution's (an engine's idleness, a join):
+// the waker notifies under `mu`, the mutex of the waiter's check, so the notify cannot slip between
+// that check of self->interrupted() and the park.
+template <class Mutex, class CondVar>
+class WakerScope {
+ public:
+  WakerScope(Execution* self, Mutex& mu, CondVar& cv) noexcept : self_(self), mu_(mu), cv_(cv) {
+    if (self_) self_->set_waker(&wake, this);
+  }
+  ~WakerScope() {
+    if (self_) self_->set_waker(nullptr, nullptr);
+  }
+  WakerScope(const WakerScope&) = delete;
+  WakerScope& operator=(const WakerScope&) = delete;
+
+ private:
+  static void wake(void* arg) {
+    auto* w = static_cast<WakerScope*>(arg);
+    std::lock_guard<Mutex> g(w->mu_);
+    w->cv_.notify_all();
+  }
+  Execution* self_;
+  Mutex& mu_;
+  CondVar& cv_;
+};
+
 // sleep_until: suspends the calling fiber until `deadline` (its worker runs other fibers meanwhile);
 // on a plain thread, blocks the thread. Switch hooks run around the park. Returns `interrupted` early
 // if the calling execution is interrupted.
