@@ -105,6 +105,7 @@ struct PyExecution {
   unsigned char late;        // submitted by a body while its engine was shutting down
   unsigned char shielded;    // a cancel does not raise in its body (_shield(): hands its work elsewhere)
   PyObject* deferred;        // borrowed exception type: an interrupt that came while shielded (cancel.cpp)
+  unsigned char interrupt_sent;  // its body was given its interruption (raised by a wait, or queued)
   unsigned char promise;     // made by _core.promise (1): a body's own promise (elsewhere bodies), a
                              // waiter's; 2 once it failed by following another execution (run.cpp)
   unsigned fork_generation;  // g_fork_generation when created: waits from a forked child fail
@@ -161,6 +162,9 @@ extern PyObject* CallbackErrorHook;  // distaff._errors.log_callback_error (exec
 bool interrupt_of_this_body(PyObject* exc_type);
 // requeue_interrupt: queues `exc_type` again for this thread state's next bytecode (cancel.cpp).
 bool requeue_interrupt(PyObject* exc_type);
+// handling_interrupt: `ts` is raising a distaff.CancelledError, TimeoutError or Interrupted, or runs
+// an except/finally block or __exit__ entered for one (cancel.cpp). GIL held.
+bool handling_interrupt(PyThreadState* ts);
 extern PyObject* LoopWaitHook;       // distaff._asyncio.wait_on_loop_thread, or NULL (waiting.cpp)
 extern PyObject* ReturnedCoroutineHook;  // distaff._async_body.await_returned, or NULL (run.cpp)
 // translate_current_exception: sets the Python error for the C++ exception being handled.

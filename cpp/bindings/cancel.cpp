@@ -146,8 +146,11 @@ bool is_interrupt(PyObject* v) {
           PyObject_TypeCheck(v, reinterpret_cast<PyTypeObject*>(InterruptedType)));
 }
 
+}  // namespace
+
 // handling_interrupt: `ts` is raising an interruption or running a handler (except, finally, a
-// context manager's __exit__) entered for one. GIL held; `ts` is not running (it waits for the GIL).
+// context manager's __exit__) entered for one. GIL held; `ts` is waiting for the GIL, or is the
+// calling thread's (a wait raising the interruption again: raise_interrupted).
 bool handling_interrupt(PyThreadState* ts) {
 #if PY_VERSION_HEX >= 0x030C0000
   if (is_interrupt(ts->current_exception)) return true;
@@ -163,6 +166,8 @@ bool handling_interrupt(PyThreadState* ts) {
   }
   return false;
 }
+
+namespace {
 
 void schedule_redelivery(Redelivery* r);
 
@@ -223,11 +228,19 @@ bool finish_terminated(Execution& ex, bool was_parked, void* arg) {
     exc = CancelledError;
   }
   // A parked body was woken by interrupt() and raises itself (raise_interrupted); one running
-  // Python gets the exception at its next bytecode, unless it is shielded (pe_shield).
-  if (finished && p->tstate && !was_parked) {
+  // Python gets the exception at its next bytecode, unless it is shielded (pe_shield). Either may
+  // swallow it and run on: the re-delivery watches both. (Session 12, outsider: a body parked in
+  // `distaff.sleep` inside `try: ... except Exception:` went on for good — each later wait raised
+  // at once and was swallowed too, and nothing re-delivered — and the exit waited for it.)
+  if (finished && p->tstate && !p->shielded && was_parked) {
+    watch_swallowed(p);
+  } else if (finished && p->tstate && !was_parked) {
     if (!p->shielded) {
       ensure_unraisablehook();
-      if (raise_in_fiber(p->tstate, exc)) watch_swallowed(p);
+      if (raise_in_fiber(p->tstate, exc)) {
+        p->interrupt_sent = 1;
+        watch_swallowed(p);
+      }
     } else if (!p->deferred) {
       p->deferred = exc;  // raised when a deferring section ends (raw_deferring_call), if one runs
     }
@@ -332,6 +345,7 @@ PyObject* call_deferring(PyObject* self, PyObject* name) {
   pe->deferred = nullptr;
   PyObject* stashed = ts->async_exc;  // queued before the section: fired at its end instead
   ts->async_exc = nullptr;
+  if (stashed) pe->interrupt_sent = 0;  // taken back before the body saw it (raise_interrupted)
   PyObject* r = PyObject_CallMethodNoArgs(self, name);
   pe->shielded = 0;
   PyObject* pending = stashed ? stashed : pe->deferred;
@@ -341,7 +355,7 @@ PyObject* call_deferring(PyObject* self, PyObject* name) {
                                        PyErr_ExceptionMatches(InterruptedType));
   if (pending && !raised_interrupt) {
     ensure_unraisablehook();
-    raise_in_fiber(ts, pending);
+    if (raise_in_fiber(ts, pending)) pe->interrupt_sent = 1;
   }
   Py_XDECREF(stashed);
   return r;

@@ -38,6 +38,7 @@ PyExecution* new_execution(const ExecutionRef& core, PyObject* engine) {
   pe->late = 0;
   pe->shielded = 0;
   pe->deferred = nullptr;
+  pe->interrupt_sent = 0;
   pe->promise = 0;
   pe->fork_generation = g_fork_generation;
   return pe;  // untracked until it holds something cyclic (see track())

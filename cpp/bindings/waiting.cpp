@@ -89,9 +89,23 @@ void raise_interrupted() {
   // The execution was cancelled or timed out while parked. terminate() may also have queued an
   // asynchronous exception for it; it is moot now, and would fire again in the handler: drop it.
   PyThreadState* ts = PyThreadState_Get();
+  const bool queued = ts->async_exc != nullptr;  // not delivered yet: this raise delivers it
+  const bool queued_copy = queued && ts->async_exc == InterruptedType;
   Py_CLEAR(ts->async_exc);
   Execution* self = current_execution();
   PyExecution* pe = self ? static_cast<PyExecution*>(self->payload()) : nullptr;
+  // The body has had its interruption, left every handler of it, and waits again: it caught it
+  // and ran on (`except Exception:` around a wait in a loop). The copy is distaff.Interrupted, as
+  // the timer's re-delivery's (cancel.cpp): a wait that raised the execution's own exception again
+  // and again was swallowed again and again, and the timer's copy rarely found the body outside
+  // the handler (outsider, session 12: 628,000 logged CancelledErrors before it did). A wait in
+  // clean-up — an except/finally block or __exit__ of the interruption — still raises the
+  // execution's own exception, which that clean-up may catch and go on.
+  if (pe && (queued_copy || (pe->interrupt_sent && !queued && !handling_interrupt(ts)))) {
+    PyErr_SetString(InterruptedType, "the execution had already ended; its body caught the interruption and ran on");
+    return;
+  }
+  if (pe) pe->interrupt_sent = 1;
   if (pe && pe->core->state() == State::failed && pe->exc && PyErr_GivenExceptionMatches(pe->exc, TimeoutErrorType)) {
     PyErr_SetString(TimeoutErrorType, "the execution timed out");
   } else {

@@ -44,9 +44,10 @@ class Interrupted(BaseException):
 
     A cancel or timeout interrupts a running body with the execution's own ``CancelledError`` or
     ``TimeoutError``, both ``Exception`` subclasses, so an ``except Exception:`` block (a retry
-    loop, logging's error handler) can swallow it. The execution has ended all the same. While such a
-    body still runs Python outside a handler of the first exception, distaff raises this one in it:
-    after 10 ms, then at doubling intervals up to 0.32 s, until the body ends. It derives from
+    loop, logging's error handler) can swallow it. The execution has ended all the same. Once such
+    a body has left the handler of the first exception, each of its waits raises this one at once,
+    and while it runs Python, distaff raises this one in it after 10 ms, then at doubling intervals
+    up to 0.32 s, until the body ends. It derives from
     ``BaseException``, as ``KeyboardInterrupt`` does, so ``except Exception`` lets it through. The
     body's ``finally`` blocks and ``with`` exits run, and nobody else sees it: the execution's outcome
     is already set.

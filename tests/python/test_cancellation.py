@@ -133,9 +133,9 @@ def test_cancel_a_running_busy_body(engine1):
 
     @engine1.task()
     def spin():
-        entered.set()
         x = 0
         try:
+            entered.set()  # inside the try: the cancel may land as soon as it returns
             while True:
                 x = abs(x + 1)
         except distaff.CancelledError:

@@ -218,6 +218,55 @@ def test_shutdown_cancel_running_stops_a_body_that_swallows_the_interrupt():
     assert "STATE cancelled" in proc.stdout, (proc.stdout, proc.stderr)
 
 
+def test_one_ctrl_c_at_exit_ends_a_poller_that_swallows_its_interrupt_while_parked():
+    # The outsider's program (session 12): a background poller still running when the script
+    # ends; the exit waits for it, and one Ctrl-C cancels it. Its wait raised CancelledError into
+    # `except Exception`, every later wait raised at once and was logged, and the process never
+    # exited (3 of 3); a second Ctrl-C then left it as "stuck in blocking calls".
+    import os
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        """
+        import logging, distaff
+        logging.basicConfig(level=logging.WARNING, format="%(message)s")
+        log = logging.getLogger("poller")
+
+        @distaff.task
+        def poller():
+            while True:
+                try:
+                    distaff.sleep(0.2)            # parked here at the Ctrl-C
+                except Exception as e:
+                    log.warning("poll failed: %s", type(e).__name__)
+
+        poller.submit()
+        print("ready", flush=True)
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        seen = []
+        while not any("outstanding execution(s) before exit" in line for line in seen):
+            line = proc.stderr.readline()
+            assert line, seen
+            seen.append(line)
+        os.kill(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err  # the wait ended by the one Ctrl-C, as documented
+    assert "interrupted; cancelling outstanding executions" in err, err
+    assert "exiting now" not in err, err
+    assert err.count("poll failed") < 1000, err.count("poll failed")  # stopped, not logging for good
+
+
 @pytest.mark.parametrize("where", ["at_once", "by_a_completion"])
 def test_an_interrupt_that_lands_in_a_done_callback_run_by_the_body_stops_the_body(where):
     """A done-callback the body runs itself — add_done_callback on a finished execution runs it at
@@ -268,6 +317,46 @@ def test_an_interrupt_that_lands_in_a_done_callback_run_by_the_body_stops_the_bo
 # loop, survived every re-delivery of the CancelledError/TimeoutError — each landed where the body
 # spends its time, inside the `except Exception` that had swallowed the first one (35 swallowed in
 # 10 s), and the exit hung. The copy is now distaff.Interrupted, which `except Exception` lets through.
+
+
+_WAITS = {
+    "sleep": "distaff.sleep(10)",
+    "event": "never.wait()",
+    "result": "other.result()",
+    "wait": "distaff.wait([other])",
+}
+
+
+@pytest.mark.parametrize("how", HOW)
+@pytest.mark.parametrize("kind", list(_WAITS))
+def test_a_body_parked_when_interrupted_that_swallows_it_in_a_loop_is_stopped(how, kind):
+    # Outsider, session 12: the re-delivery was armed only for a body running Python when its
+    # cancel or timeout came. One parked in a wait inside `try: ... except Exception:` got the
+    # interruption from the wait, swallowed it, and every later wait raised at once and was
+    # swallowed too: the body ran on for good, and the exit, shutdown(cancel_running=True) and
+    # Ctrl-C at exit all waited for it (6 of 6 runs). Now it gets Interrupted as well.
+    out = _run(
+        f"""
+        never = distaff.Event()
+        other = eng.submit(distaff.sleep, 1)  # an execution to wait for (a fiber: it shares the worker)
+
+        def body():
+            try:
+                while True:
+                    try:
+                        started.set()
+                        {_WAITS[kind]}            # parked here when the interrupt comes
+                    except Exception as e:        # "log it and carry on"
+                        if not log:
+                            log.append(type(e).__name__)
+            except BaseException as e:
+                log.append(type(e).__name__)
+                raise
+        """,
+        how,
+    )
+    first = "CancelledError" if how == "cancel" else "TimeoutError"
+    assert f"LOG ['{first}', 'Interrupted']" in out, out
 
 
 @pytest.mark.parametrize("how", HOW)
