@@ -759,6 +759,7 @@ class _ExitWait:
         self.exit_exc: BaseException | None = None  # what a signal handler raised: the exit status
         self.early = False  # a Ctrl-C may interrupt the join of the threads at exit (see on_early_sigint)
         self.announced = False  # "cancelling outstanding executions" was said
+        self.waiting_said = False  # "waiting for N outstanding execution(s)" was said
 
     def on_sigint(self, signum: int, frame: Any) -> None:
         self.hits += 1
@@ -827,7 +828,7 @@ class _ExitWait:
         except BaseException:  # a further signal: exit all the same
             pass
         try:
-            logger.warning("distaff: exiting now; %d execution(s) did not end (stuck in blocking calls)", left)
+            logger.warning("distaff: exiting now; %d execution(s) did not end", left)
         except BaseException:
             pass
         for stream in (sys.stdout, sys.stderr):
@@ -874,9 +875,12 @@ def _stop_engine_at_exit(capsule: Any, w: _ExitWait) -> None:
             if announce and not w.cancelling:
                 announce = False
                 _core.shutdown(capsule, False, _core.ShutdownCancel.NONE)  # closes first, as the full shutdown below does
-                if not _core.wait_idle(capsule, _EXIT_QUIET_S):
-                    live = _core.engine_live(capsule)[0]
+                if not _core.wait_idle(capsule, _EXIT_QUIET_S) and not w.waiting_said:
+                    # Every engine's, said once (outsider, session 12: with several engines it gave
+                    # the first one's count only, and again for each engine).
+                    live = sum(_core.engine_live(c)[0] for c in _core._open_engines())
                     if live:
+                        w.waiting_said = True
                         logger.warning("distaff: waiting for %d outstanding execution(s) before exit", live)
             cancel = _cancel_level(False, w.cancelling)
             _core.shutdown(capsule, True, cancel)

@@ -150,6 +150,34 @@ def test_exit_with_work_running_waits_for_it_and_says_so():
     assert "distaff: waiting for 3 outstanding execution(s) before exit" in proc.stderr
 
 
+def test_the_exit_wait_counts_the_outstanding_executions_of_every_engine_once():
+    # Outsider, session 12: with two engines and the default one (4 executions outstanding) it
+    # said "waiting for 1": the count of the engine it waited for first. The bodies end when the
+    # line is logged (a handler on the "distaff" logger opens their gate): no timing involved.
+    proc = run_python(
+        """
+        import logging, distaff
+        gate = distaff.Event()
+
+        class OpenGate(logging.StreamHandler):  # to stderr, as logging's last resort would
+            def emit(self, record):
+                super().emit(record)
+                if "outstanding execution(s) before exit" in record.getMessage():
+                    gate.set()
+
+        logging.getLogger("distaff").addHandler(OpenGate())
+        a, b = distaff.Engine(), distaff.Engine()
+        for eng in (a, a, b):
+            eng.submit(gate.wait)
+        distaff.task(gate.wait).submit()  # the default engine
+        """,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("outstanding execution(s) before exit") == 1, proc.stderr
+    assert "distaff: waiting for 4 outstanding execution(s) before exit" in proc.stderr, proc.stderr
+
+
 def test_exit_wait_under_a_second_is_silent():
     # Issue 10: short scripts whose last executions finish within a second of the exit print
     # nothing; the work still finishes.
@@ -338,7 +366,7 @@ def test_a_second_ctrl_c_during_the_exit_wait_leaves_a_body_stuck_in_c_and_exits
     assert "FATAL" not in err and "terminate called" not in err, err
     assert "body returned" not in out
     assert "interrupted; cancelling outstanding executions" in err
-    assert "exiting now; 1 execution(s) did not end (stuck in blocking calls)" in err
+    assert "exiting now; 1 execution(s) did not end" in err
 
 
 def test_the_next_ctrl_c_exits_at_once_while_the_exit_cancel_runs_a_done_callback_on_the_main_thread():
@@ -455,7 +483,7 @@ def test_a_second_ctrl_c_landing_in_another_exit_hook_still_gives_up_on_a_stuck_
     assert rc == -signal.SIGINT, (rc, out, err)
     assert "second sent" in out, out
     assert "Exception ignored" not in err, err
-    assert "exiting now; 1 execution(s) did not end (stuck in blocking calls)" in err, err
+    assert "exiting now; 1 execution(s) did not end" in err, err
 
 
 def test_a_second_ctrl_c_interrupts_the_join_of_a_thread_stuck_outside_distaff():
