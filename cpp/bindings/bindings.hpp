@@ -106,6 +106,7 @@ struct PyExecution {
   unsigned char shielded;    // a cancel does not raise in its body (_shield(): hands its work elsewhere)
   PyObject* deferred;        // borrowed exception type: an interrupt that came while shielded (cancel.cpp)
   unsigned char interrupt_sent;  // its body was given its interruption (raised by a wait, or queued)
+  void* redelivery;              // its pending re-delivery (cancel.cpp), while one is scheduled
   unsigned char promise;     // made by _core.promise (1): a body's own promise (elsewhere bodies), a
                              // waiter's; 2 once it failed by following another execution (run.cpp)
   unsigned fork_generation;  // g_fork_generation when created: waits from a forked child fail
@@ -162,6 +163,9 @@ extern PyObject* CallbackErrorHook;  // distaff._errors.log_callback_error (exec
 bool interrupt_of_this_body(PyObject* exc_type);
 // requeue_interrupt: queues `exc_type` again for this thread state's next bytecode (cancel.cpp).
 bool requeue_interrupt(PyObject* exc_type);
+// end_redelivery: the body of `pe` has returned: its pending re-delivery, if any, is dropped now
+// rather than at its next tick (it holds a reference to `pe`). GIL held; the caller holds `pe`.
+void end_redelivery(PyExecution* pe);
 // handling_interrupt: `ts` is raising a distaff.CancelledError, TimeoutError or Interrupted, or runs
 // an except/finally block or __exit__ entered for one (cancel.cpp). GIL held.
 bool handling_interrupt(PyThreadState* ts);

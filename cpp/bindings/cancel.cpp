@@ -137,7 +137,17 @@ constexpr auto kRedeliverMax = std::chrono::milliseconds(320);
 struct Redelivery {
   PyExecution* pe;  // one reference, dropped when the body has ended
   Clock::duration delay;
+  std::uint64_t timer_id = 0;  // of its pending tick (end_redelivery cancels it)
+  Timer* timer = nullptr;      // the timer it is on (not a later one, after a fork)
 };
+
+// drop_redelivery: `r` is over (GIL held).
+void drop_redelivery(Redelivery* r) {
+  PyExecution* pe = r->pe;
+  if (pe->redelivery == r) pe->redelivery = nullptr;
+  delete r;
+  Py_DECREF(pe);
+}
 
 bool is_interrupt(PyObject* v) {
   return v && v != Py_None &&
@@ -189,8 +199,7 @@ void redeliver_fired(void* arg) {
     r->delay = std::min<Clock::duration>(r->delay * 2, kRedeliverMax);
     schedule_redelivery(r);  // owns r again, or has dropped it
   } else {
-    Py_DECREF(pe);
-    delete r;
+    drop_redelivery(r);
   }
   PyGILState_Release(g);
 }
@@ -199,15 +208,17 @@ void redeliver_fired(void* arg) {
 void schedule_redelivery(Redelivery* r) {
   try {
     if (!g_timer) g_timer = new Timer();
-    g_timer->schedule(Clock::now() + r->delay, &redeliver_fired, r);
+    r->timer_id = g_timer->schedule(Clock::now() + r->delay, &redeliver_fired, r);
+    r->timer = g_timer;
+    r->pe->redelivery = r;
     return;
   } catch (...) {  // the timer stopped (exit): nothing left to interrupt
   }
-  Py_DECREF(r->pe);
-  delete r;
+  drop_redelivery(r);
 }
 
 void watch_swallowed(PyExecution* pe) {
+  if (pe->redelivery) return;  // watched already
   Py_INCREF(pe);
   schedule_redelivery(new Redelivery{pe, kRedeliverFirst});
 }
@@ -249,6 +260,13 @@ bool finish_terminated(Execution& ex, bool was_parked, void* arg) {
 }
 
 }  // namespace
+
+void end_redelivery(PyExecution* pe) {
+  auto* r = static_cast<Redelivery*>(pe->redelivery);
+  // A tick that already left the queue waits for the GIL this thread holds: it finds the body
+  // ended and drops the record itself.
+  if (r && r->timer == g_timer && g_timer && g_timer->cancel(r->timer_id)) drop_redelivery(r);
+}
 
 bool terminate(PyExecution* pe, State state, PyObject* value, PyObject* async_exc) {
   Termination t{pe, state, value, async_exc};
@@ -315,11 +333,7 @@ PyObject* raw_stop_timer(PyObject*, PyObject*) {
   // The pending deadlines are released by stop() itself (timeout_released); what else was queued
   // is swallowed-interrupt watches (Redelivery records), dropped here.
   if (g_timer) {
-    for (void* a : g_timer->stop()) {
-      auto* r = static_cast<Redelivery*>(a);
-      Py_DECREF(r->pe);
-      delete r;
-    }
+    for (void* a : g_timer->stop()) drop_redelivery(static_cast<Redelivery*>(a));
   }
   Py_RETURN_NONE;
 }

@@ -39,6 +39,7 @@ PyExecution* new_execution(const ExecutionRef& core, PyObject* engine) {
   pe->shielded = 0;
   pe->deferred = nullptr;
   pe->interrupt_sent = 0;
+  pe->redelivery = nullptr;
   pe->promise = 0;
   pe->fork_generation = g_fork_generation;
   return pe;  // untracked until it holds something cyclic (see track())

@@ -168,6 +168,7 @@ void run_execution(Execution& ex) {
       }
       unlink_running(pe);
       pe->tstate = nullptr;
+      end_redelivery(pe);  // a cancelled body that ended: its re-delivery's reference goes now
       // terminate() (cancel, timeout, shutdown) may have queued an asynchronous exception for the
       // body while it was in C code that then returned without another bytecode: the execution
       // is finished already, and the exception would fire in whatever Python runs next on this
