@@ -405,6 +405,34 @@ def test_the_next_ctrl_c_exits_at_once_while_the_exit_cancel_runs_a_done_callbac
     assert "FATAL" not in err and "Traceback" not in err, err
 
 
+def test_one_ctrl_c_at_exit_ends_a_poller_that_swallows_its_interrupt_while_parked():
+    # The outsider's program (session 12, test_swallowed_interrupts.py has the mechanism): a
+    # background poller still running when the script ends; the exit waits for it, and one Ctrl-C
+    # cancels it. Its wait raised CancelledError into `except Exception`, every later wait raised at
+    # once and was logged, and the process never exited (3 of 3).
+    script = """
+    import logging, distaff
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    log = logging.getLogger("poller")
+
+    @distaff.task
+    def poller():
+        while True:
+            try:
+                distaff.sleep(0.2)            # parked here at the Ctrl-C
+            except Exception as e:
+                log.warning("poll failed: %s", type(e).__name__)
+
+    poller.submit()
+    print("ready", flush=True)
+    """
+    rc, out, err = _ctrl_c(script, stderr_ready=_EXIT_WAIT, signals=1, timeout=30)
+    assert rc == 0, err  # the wait ended by the one Ctrl-C, as documented
+    assert "interrupted; cancelling outstanding executions" in err, err
+    assert "exiting now" not in err, err
+    assert err.count("poll failed") < 1000, err.count("poll failed")  # stopped, not logging for good
+
+
 _NON_DAEMON_WAITER = """
 import threading, time, distaff
 @distaff.task()

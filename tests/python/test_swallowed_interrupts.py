@@ -218,55 +218,6 @@ def test_shutdown_cancel_running_stops_a_body_that_swallows_the_interrupt():
     assert "STATE cancelled" in proc.stdout, (proc.stdout, proc.stderr)
 
 
-def test_one_ctrl_c_at_exit_ends_a_poller_that_swallows_its_interrupt_while_parked():
-    # The outsider's program (session 12): a background poller still running when the script
-    # ends; the exit waits for it, and one Ctrl-C cancels it. Its wait raised CancelledError into
-    # `except Exception`, every later wait raised at once and was logged, and the process never
-    # exited (3 of 3); a second Ctrl-C then left it as "stuck in blocking calls".
-    import os
-    import signal
-    import subprocess
-    import sys
-    import textwrap
-
-    script = textwrap.dedent(
-        """
-        import logging, distaff
-        logging.basicConfig(level=logging.WARNING, format="%(message)s")
-        log = logging.getLogger("poller")
-
-        @distaff.task
-        def poller():
-            while True:
-                try:
-                    distaff.sleep(0.2)            # parked here at the Ctrl-C
-                except Exception as e:
-                    log.warning("poll failed: %s", type(e).__name__)
-
-        poller.submit()
-        print("ready", flush=True)
-        """
-    )
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout.readline().strip() == "ready"
-        seen = []
-        while not any("outstanding execution(s) before exit" in line for line in seen):
-            line = proc.stderr.readline()
-            assert line, seen
-            seen.append(line)
-        os.kill(proc.pid, signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 0, err  # the wait ended by the one Ctrl-C, as documented
-    assert "interrupted; cancelling outstanding executions" in err, err
-    assert "exiting now" not in err, err
-    assert err.count("poll failed") < 1000, err.count("poll failed")  # stopped, not logging for good
-
-
 @pytest.mark.parametrize("where", ["at_once", "by_a_completion"])
 def test_an_interrupt_that_lands_in_a_done_callback_run_by_the_body_stops_the_body(where):
     """A done-callback the body runs itself — add_done_callback on a finished execution runs it at
