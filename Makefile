@@ -88,6 +88,8 @@ thread-safety:
 # (UBSan, the core's assertions) stays visible when the pytest process dies of it. Stack variables are
 # not instrumented (DISTAFF_ASAN_STACK=OFF: see CMakeLists.txt); `make sanitize` covers them. Extra
 # pytest arguments: `make sanitize-python SANITIZE_PYTEST='tests/python/test_nested_waits.py'`.
+# One pytest process here (~17 min, against ~9 on two workers): the fork cases hang more often under
+# ASan at two workers' load (GCC 12's libasan and fork, below), and a hang fails the CI.
 ASAN_PY   := .venv-asan/bin/python
 ASAN_LOGS := $(CURDIR)/build/asan-py/logs
 SANITIZE_PYTEST ?=
@@ -136,7 +138,7 @@ sanitize-python: deps $(ASAN_PY)
 	LD_PRELOAD="$$(g++ -print-file-name=libasan.so) $$(g++ -print-file-name=libstdc++.so)" PYTHONMALLOC=malloc \
 	  ASAN_OPTIONS=detect_leaks=0:detect_stack_use_after_return=0:halt_on_error=1:log_path=$(ASAN_LOGS)/asan \
 	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-	  $(ASAN_PY) -m pytest -q --capture=sys $(PYTEST_PARALLEL) $(if $(strip $(SANITIZE_DESELECT)),-k "not ($(strip $(SANITIZE_DESELECT)))") $(SANITIZE_PYTEST); rc=$$?; \
+	  $(ASAN_PY) -m pytest -q --capture=sys $(if $(strip $(SANITIZE_DESELECT)),-k "not ($(strip $(SANITIZE_DESELECT)))") $(SANITIZE_PYTEST); rc=$$?; \
 	reports=$$(grep -l -E 'ERROR: (Address|Leak)Sanitizer|CHECK failed' $(ASAN_LOGS)/* 2>/dev/null); \
 	for f in $$reports; do echo "==== $$f"; cat $$f; done; \
 	if [ -n "$$reports" ]; then echo "sanitize-python: sanitizer reports above (pytest exit $$rc)"; exit 1; fi; \
