@@ -7,9 +7,8 @@ Every execution runs as a fiber: waiting suspends the fiber, never an OS thread.
 
 import inspect as _inspect
 import sys as _sys
-from asyncio import _get_running_loop
 
-from . import _core
+from . import _aio, _core
 from ._core import Execution
 from ._engine import Engine, ExecutionRecord, WorkflowScope, default_engine, shutdown, use_engine, workflow_scope
 from ._errors import (
@@ -44,6 +43,7 @@ from . import _asyncio, _cf_compat, _engine, _errors, _imports, executors, otel
 _core._set_hooks(
     _asyncio.await_execution, _errors.log_callback_error, _asyncio.wait_on_loop_thread, _engine.await_returned
 )
+_aio.bind(globals(), "_get_running_loop")  # asyncio's, once a program imports it (_aio.py)
 _cf_compat.install()  # concurrent.futures.wait/as_completed accept Executions
 _imports.install()  # importlib's module locks per fiber, not per worker thread (docs/limits.md)
 

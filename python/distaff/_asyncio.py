@@ -9,18 +9,17 @@ execution). A batch the loop never ran (it closed first) is dropped with the loo
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
 import os
 import threading
 import time
 import weakref
 
-from . import _core, _quiet
+from . import _aio, _core, _quiet
 from ._errors import CancelledError, DeadlockError
 
 _inboxes: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_get_running_loop = asyncio._get_running_loop  # C-level, no exception when there is no loop
+_aio.bind(globals(), "_get_running_loop")  # asyncio's C-level one once asyncio is imported (_aio.py)
 
 
 _ONE = object()  # an inbox item with one argument
@@ -55,7 +54,7 @@ class _Batch:
                 else:
                     fn(a, b)
             except BaseException as exc:  # one bad delivery must not drop the rest of the batch
-                asyncio.get_running_loop().call_exception_handler({"message": "distaff: delivery to the event loop failed", "exception": exc})
+                _get_running_loop().call_exception_handler({"message": "distaff: delivery to the event loop failed", "exception": exc})
 
 
 class _Inbox:
@@ -137,7 +136,9 @@ def _inbox_for(loop: asyncio.AbstractEventLoop) -> _Inbox:
 
 def await_execution(execution):
     """``Execution.__await__``: a future on the running loop that the execution completes."""
-    loop = asyncio.get_running_loop()
+    loop = _get_running_loop()
+    if loop is None:
+        raise RuntimeError("no running event loop")  # asyncio.get_running_loop()'s error
     fut = loop.create_future()
     if execution.done():
         _copy_outcome(execution, fut)
@@ -562,6 +563,8 @@ async def wait_idle(engine) -> None:
 
     A helper thread does the blocking wait, in short slices so that it stops when the awaiting task is
     cancelled."""
+    import asyncio
+
     loop = asyncio.get_running_loop()
     fut = loop.create_future()
     stop = threading.Event()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import concurrent.futures
 import contextvars
@@ -18,9 +17,8 @@ import time
 import weakref
 from typing import Any, Callable, Iterable, Iterator
 
-from . import _asyncio, _core, _elsewhere, _execlog, _trace, _validate
+from . import _aio, _asyncio, _core, _elsewhere, _execlog, _trace, _validate
 from ._errors import ShutdownError
-from ._async_body import _AsyncBody, _bind_to_submitting_loop
 from ._task import _MISSING, Task, _decorator, is_async_callable
 
 logger = logging.getLogger("distaff")
@@ -162,7 +160,9 @@ class Engine(concurrent.futures.Executor):
     def _submit_async(self, fn, name, args, kwargs) -> _core.Execution:
         # As Task._submit_general submits an async body: on the submitter's running loop (bound to
         # it) or else the engine's loop thread; docs/asyncio.md.
-        bind_loop = asyncio._get_running_loop()
+        from ._async_body import _AsyncBody, _bind_to_submitting_loop
+
+        bind_loop = _aio.running_loop()
         body = _AsyncBody(fn, bind_loop, self, name, False, "task", None)
         ex = self._submit(body, name, 0, False, args, kwargs, None)
         if bind_loop is not None:
@@ -272,6 +272,8 @@ class Engine(concurrent.futures.Executor):
         loop = self._loop
         if loop is not None:
             return loop
+        import asyncio
+
         with self._loop_lock:
             if self._loop is None:
                 loop = asyncio.new_event_loop()
@@ -314,6 +316,8 @@ class Engine(concurrent.futures.Executor):
             # its own. As asyncio.run does, cancel what is left and let it end before the loop
             # stops: a task still pending when the loop closes is never collected, and its frame
             # keeps the executions it refers to alive (seen under load: 1 shutdown in 20).
+            import asyncio
+
             async def finish_tasks() -> None:
                 tasks = [x for x in asyncio.all_tasks() if x is not asyncio.current_task()]
                 for x in tasks:
@@ -692,6 +696,8 @@ def await_returned(coro: Any, capsule: Any) -> Any:
         engine = next((e for e in list(_engines) if e._capsule is capsule), None)
         if engine is None:  # (every execution's engine is alive while its body runs)
             raise RuntimeError("the engine of this execution is gone; its coroutine cannot run")
+        from ._async_body import _AsyncBody
+
         me = _core.current_execution()
         return _AsyncBody(_await_it, None, engine, me.name if me is not None else "coroutine")(coro)
     except BaseException:

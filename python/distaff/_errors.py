@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import builtins
 import concurrent.futures
 import logging
 from types import TracebackType
+
+from . import _aio
 
 logger = logging.getLogger("distaff")
 
@@ -27,12 +28,21 @@ class Error(Exception):
     """Base class of distaff's own errors (not of errors raised by task bodies)."""
 
 
-class CancelledError(Error, concurrent.futures.CancelledError, asyncio.CancelledError):
+class CancelledError(Error, concurrent.futures.CancelledError):
     """The execution was cancelled (raised by ``result()`` and ``exception()``).
 
     It is a ``concurrent.futures.CancelledError`` and an ``asyncio.CancelledError``: an Execution is
     a future of both kinds, and each protocol's code recognises its cancellation (docs/asyncio.md).
     """
+
+
+def _adopt_asyncio_cancelled(base: type) -> None:
+    # asyncio's base is added when asyncio is imported (_aio.py): `import distaff` does not import it.
+    if not issubclass(CancelledError, base):
+        CancelledError.__bases__ = (Error, concurrent.futures.CancelledError, base)
+
+
+_aio.install(_adopt_asyncio_cancelled)
 
 
 class TimeoutError(Error, builtins.TimeoutError):  # noqa: A001 - distaff.TimeoutError on purpose

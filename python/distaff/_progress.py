@@ -578,9 +578,8 @@ def outcome_of(exc: BaseException | None) -> str:
         return "timed out"
     if isinstance(exc, GeneratorExit):
         return "stopped"
-    import asyncio
-
-    if isinstance(exc, asyncio.CancelledError):
+    aio = sys.modules.get("asyncio")  # (never imported: no asyncio CancelledError can exist)
+    if aio is not None and isinstance(exc, getattr(aio, "CancelledError", ())):
         return "cancelled"
     return f"stopped by {type(exc).__name__}"
 

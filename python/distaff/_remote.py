@@ -9,7 +9,6 @@ of its own).
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
 import sys
@@ -139,7 +138,7 @@ def run(payload: bytes) -> bytes:
     try:
         fn, args, kwargs, is_async = pickle.loads(payload)
         del payload
-        result = asyncio.run(fn(*args, **kwargs)) if is_async else fn(*args, **kwargs)
+        result = _run_async(fn, args, kwargs) if is_async else fn(*args, **kwargs)
     except BaseException as exc:  # noqa: BLE001 - every outcome goes back to the caller
         return _pack_error(exc, _format(exc))
     try:
@@ -174,7 +173,13 @@ def local_outcome(ok: bool, value: Any) -> tuple:
 def run_local(fn: Any, args: tuple, kwargs: dict, is_async: bool) -> tuple:
     """The same for an in-process executor (a thread pool): nothing is serialized."""
     try:
-        result = asyncio.run(fn(*args, **kwargs)) if is_async else fn(*args, **kwargs)
+        result = _run_async(fn, args, kwargs) if is_async else fn(*args, **kwargs)
     except BaseException as exc:  # noqa: BLE001
         return (False, exc, None, None, _format(exc), where())
     return (True, result, None, None, None, where())
+
+
+def _run_async(fn: Any, args: Any, kwargs: Any) -> Any:
+    import asyncio
+
+    return asyncio.run(fn(*args, **kwargs))

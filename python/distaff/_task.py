@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import inspect
 import sys
 from typing import Any, Callable, Iterable
 
-from . import _command, _core, _elsewhere, _sync
+from . import _aio, _core, _elsewhere, _sync
 from . import _engine as _engine_mod  # a cycle (_engine imports this module): used at call time only
 from . import _validate as _v
 from ._arguments import _resolving, _scan_executions
-from ._async_body import _AsyncBody, _bind_to_submitting_loop
 from ._retry import RetryPolicy, _retrying
 from ._scopes import _new_workflow_id
 from ._signature import _check_fallback, _make_checker, _parse_wait, _positional_range
@@ -29,7 +27,13 @@ _MISSING: Any = object()  # "called as @task()", distinct from an explicit (bad)
 _WORKFLOW_ID = "workflow_id"
 RESERVED_KWARGS = (_WORKFLOW_ID,)
 
-_get_running_loop = asyncio._get_running_loop  # C-level, no exception when there is no loop
+_aio.bind(globals(), "_get_running_loop")  # asyncio's C-level one once asyncio is imported (_aio.py)
+
+
+def _bind_to_submitting_loop(binding, loop, ex) -> None:
+    from ._async_body import _bind_to_submitting_loop as bind
+
+    bind(binding, loop, ex)
 
 
 class Task:
@@ -97,6 +101,8 @@ class Task:
                 raise TypeError("a @workflow cannot be executable=True; make the step that runs the command a @task")
             if executor is not None:
                 raise TypeError("executable=True runs the command here as a subprocess; it takes no executor=")
+            from . import _command  # (it imports asyncio: only programs with executable tasks load it)
+
             body = _command.commanding(body, self.name)
             self.is_async = True
         if fallback is not None and not self.is_async and is_async_callable(fallback):
@@ -207,6 +213,8 @@ class Task:
         else:
             body = self._body
             if self.is_async:
+                from ._async_body import _AsyncBody
+
                 bind_loop = _get_running_loop()
                 body = _AsyncBody(body, bind_loop, engine, self.name, wait is not False, self.kind, self.policy)
                 if bind_loop is not None:

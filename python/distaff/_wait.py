@@ -3,12 +3,11 @@ member, one wake-up for the waiter, whether a fiber, a thread or an asyncio loop
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import namedtuple
 from typing import Any, Iterable
 
-from . import _core, _progress, _validate
+from . import _aio, _core, _progress, _validate
 from ._errors import CancelledError, DependencyError
 from ._errors import TimeoutError as _DistaffTimeout
 
@@ -29,7 +28,7 @@ _MODES = {
 
 DoneAndNotDone = namedtuple("DoneAndNotDone", "done not_done")
 
-_running_loop = asyncio._get_running_loop
+_aio.bind(globals(), "_running_loop")  # asyncio's _get_running_loop once imported
 _wait_timeout = _validate.wait_timeout
 _RAISE: Any = object()
 
@@ -132,6 +131,8 @@ async def _wait_async(execs: list, timeout: float | None, mode: int):
     # cancelled releases it, which removes its callback from every member still running (a waiter
     # that gives up costs no memory on the executions it waited for: docs/reliability.md).
     if execs:
+        import asyncio
+
         from ._asyncio import _inbox_for
 
         loop = asyncio.get_running_loop()
@@ -194,6 +195,8 @@ async def _aiter_progress(execs: list, deadline: float | None):
 async def _aiter(execs: list, deadline: float | None):
     # One C++ wait-set, one notify callable: each completion wakes the loop through the batched
     # inbox (no per-member Python callbacks); the iterator drains in completion order.
+    import asyncio
+
     from ._asyncio import _inbox_for
 
     loop = asyncio.get_running_loop()

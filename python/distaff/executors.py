@@ -26,7 +26,7 @@ import threading
 import time
 from typing import Any
 
-from . import _local_async, _remote
+from . import _remote
 from ._errors import ShutdownError, WorkerLostError
 
 __all__ = ["ProcessPool", "Ray", "WorkerLostError"]
@@ -40,6 +40,12 @@ def _usable_cores() -> int:
 
 
 # -- distaff's process pool ------------------------------------------------------------------------
+
+
+def _is_batch(handle: Any) -> bool:
+    """Is ``handle`` a _local_async.Batch (that module is loaded with the first async def body)?"""
+    la = sys.modules.get("distaff._local_async")
+    return la is not None and handle.__class__ is la.Batch
 
 class _Worker:
     __slots__ = ("proc", "send", "recv", "job", "ready", "killed")
@@ -658,6 +664,8 @@ class _Futures(_Windowed):
         on its jobs before it is submitted, and the call releases its window slot itself when it
         ends: the shipping fiber can be interrupted at any bytecode by a cancel() of the execution
         it runs for, and neither a later cancel nor the window may depend on it finishing here."""
+        from . import _local_async  # (it imports asyncio: loaded with the first async def body)
+
         batch = _local_async.Batch(jobs, self._batch_done)
         batch.t0, batch.ahead_of_it = time.monotonic(), self._inflight
         for job in jobs:
@@ -702,7 +710,7 @@ class _Futures(_Windowed):
         self._per_job = seconds_per_job if p is None else 0.8 * p + 0.2 * seconds_per_job
 
     def _watch(self, job: Any, fut: Any) -> None:
-        if fut.__class__ is _local_async.Batch:
+        if _is_batch(fut):
             return  # the batch reports and releases by itself (_ship_batch)
         t0, ahead_of_it = time.monotonic(), self._inflight
 
@@ -814,7 +822,7 @@ class _Futures(_Windowed):
         return None
 
     def _stop_job(self, job: Any, h: Any) -> None:
-        if h.__class__ is _local_async.Batch:
+        if _is_batch(h):
             h.cancel(job)
             return
         super()._stop_job(job, h)

@@ -344,13 +344,14 @@ def test_import_distaff_leaves_heavy_stdlib_modules_unloaded():
     of RSS for them (26.6 -> 24.1 MiB measured; asyncio alone 19.8): multiprocessing.connection
     (ProcessPool; with hashlib and libcrypto 1.5 MiB), shutil (progress bars; bz2, lzma), datetime
     (trace timestamps), random and secrets (retry jitter, workflow-id key; hashlib); pickle (bodies on
-    executors; 0.5 MiB with _pickle, which asyncio does not import)."""
+    executors; 0.5 MiB with _pickle, which asyncio does not import). asyncio itself, with the ssl
+    module it imports, is ~6 MiB more and waits for a program that imports it (_aio.py)."""
     out = _run(
         """
         import sys
         import distaff
         heavy = ["multiprocessing", "hashlib", "random", "secrets", "shutil", "bz2", "lzma", "datetime", "uuid",
-                 "pickle", "_pickle"]
+                 "pickle", "_pickle", "asyncio", "ssl", "_ssl"]
         print(sorted(m for m in heavy if m in sys.modules))
         """
     )

@@ -1,0 +1,213 @@
+"""`import distaff` does not import asyncio; asyncio's side of distaff appears when a program
+imports asyncio, before or after distaff (docs/internals/imports.md). Each case runs in a fresh
+interpreter: the test process itself has asyncio loaded long ago."""
+
+import json
+
+import pytest
+
+from conftest import run_python
+
+
+def _run(code: str) -> dict:
+    r = run_python(code, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def test_a_program_that_never_uses_asyncio_never_imports_it():
+    out = _run(
+        """
+        import json, sys
+        import distaff
+
+        @distaff.task()
+        def inc(x):
+            distaff.sleep(0.001)
+            return x + 1
+
+        @distaff.workflow()
+        def flow(n):
+            return sum(distaff.gather(*[inc.submit(i) for i in range(n)]).result())
+
+        with distaff.Engine(workers=2) as eng:
+            eng.submit(inc, 1).result()
+        r = flow(10)
+        c = inc.submit(1)
+        c.cancel()
+        try:
+            c.result()
+        except distaff.CancelledError:
+            pass
+        distaff.wait([inc.submit(2)])
+        print(json.dumps({"r": r, "asyncio": [m for m in sys.modules if m == "asyncio" or m.startswith("asyncio.")]}))
+        """
+    )
+    assert out == {"r": 55, "asyncio": []}
+
+
+@pytest.mark.parametrize("order", ["asyncio_first", "distaff_first", "distaff_used_first"])
+def test_with_asyncio_imported_before_or_after_distaff_a_cancelled_execution_is_an_asyncio_cancellation(order):
+    out = _run(
+        f"""
+        import json, sys
+        order = {order!r}
+        if order == "asyncio_first":
+            import asyncio
+        import distaff
+
+        @distaff.task()
+        def slow(ev):
+            ev.wait()
+
+        if order == "distaff_used_first":  # a cancellation raised before asyncio exists
+            ev = distaff.Event()
+            early = slow.submit(ev)
+            early.cancel()
+            try:
+                early.result()
+            except distaff.CancelledError as e:
+                early_exc = e
+            ev.set()
+        import asyncio
+
+        caught = []
+        ev = distaff.Event()
+        ex = slow.submit(ev)
+        ex.cancel()
+        try:
+            ex.result()
+        except asyncio.CancelledError as e:  # the except clause a coroutine author writes
+            caught.append(type(e).__name__)
+        ev.set()
+        if order == "distaff_used_first":
+            caught.append(isinstance(early_exc, asyncio.CancelledError))
+
+        async def main():
+            x = slow.submit(distaff.Event())
+            assert asyncio.isfuture(x)  # the asyncio future protocol, no Task around it
+            x.cancel()
+            try:
+                await x
+            except asyncio.CancelledError:
+                return "cancelled"
+
+        caught.append(asyncio.run(main()))
+        mro = [c.__module__ + "." + c.__qualname__ for c in distaff.CancelledError.__mro__]
+        print(json.dumps({{"caught": caught, "mro": mro}}))
+        """
+    )
+    expected = ["CancelledError", "cancelled"]
+    if order == "distaff_used_first":
+        expected = ["CancelledError", True, "cancelled"]
+    assert out["caught"] == expected
+    assert out["mro"] == [
+        "distaff._errors.CancelledError",
+        "distaff._errors.Error",
+        "concurrent.futures._base.CancelledError",
+        "concurrent.futures._base.Error",
+        "builtins.Exception",
+        "asyncio.exceptions.CancelledError",
+        "builtins.BaseException",
+        "builtins.object",
+    ]
+
+
+def test_once_asyncio_is_imported_the_running_loop_check_is_asyncios_own_function():
+    out = _run(
+        """
+        import json
+        import distaff
+        from distaff import _aio, _asyncio, _task, _wait
+
+        @distaff.task()
+        def one():
+            return 1
+
+        before = [_task._get_running_loop is _aio.running_loop, one() == 1]
+        import asyncio, asyncio.events
+
+        async def main():
+            return await one.submit()
+
+        r = asyncio.run(main())
+        fast = asyncio.events._get_running_loop
+        after = [m._get_running_loop is fast for m in (_task, _asyncio, distaff)] + [_wait._running_loop is fast]
+        print(json.dumps({"before": before, "r": r, "after": after, "c": type(fast).__name__}))
+        """
+    )
+    assert out == {"before": [True, True], "r": 1, "after": [True, True, True, True], "c": "builtin_function_or_method"}
+
+
+def test_asyncio_imported_after_distaff_is_whole_source_attributes_and_all():
+    # distaff wraps the loader of asyncio.exceptions only: the module must look as it always does.
+    out = _run(
+        """
+        import json, inspect
+        import distaff
+        import asyncio
+        import asyncio.exceptions as ae
+        print(json.dumps({
+            "attr": asyncio.exceptions is ae,
+            "same": asyncio.CancelledError is ae.CancelledError,
+            "source": "class CancelledError" in inspect.getsource(ae),
+            "file": ae.__file__.endswith("exceptions.py"),
+        }))
+        """
+    )
+    assert out == {"attr": True, "same": True, "source": True, "file": True}
+
+
+def test_an_async_task_in_a_program_that_imported_only_distaff_runs_and_brings_asyncio():
+    out = _run(
+        """
+        import json, sys
+        import distaff
+
+        @distaff.task()
+        async def a(x):
+            return x * 2
+
+        r = a(21)
+        import asyncio
+        print(json.dumps({"r": r, "loaded": "asyncio" in sys.modules,
+                          "sub": issubclass(distaff.CancelledError, asyncio.CancelledError)}))
+        """
+    )
+    assert out == {"r": 42, "loaded": True, "sub": True}
+
+
+def test_asyncio_imported_by_another_thread_while_distaff_waits_still_makes_cancellations_asyncio_ones():
+    out = _run(
+        """
+        import json, threading
+        import distaff
+
+        @distaff.task()
+        def slow(ev):
+            ev.wait()
+
+        ev = distaff.Event()
+        ex = slow.submit(ev)
+        done = threading.Event()
+
+        def importer():
+            import asyncio
+            done.set()
+
+        t = threading.Thread(target=importer)
+        t.start()
+        ex.cancel()
+        done.wait()
+        t.join()
+        import asyncio
+        try:
+            ex.result()
+            caught = "no"
+        except asyncio.CancelledError:
+            caught = "asyncio"
+        ev.set()
+        print(json.dumps({"caught": caught}))
+        """
+    )
+    assert out == {"caught": "asyncio"}
