@@ -8,7 +8,6 @@ the case's info.
 """
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import threading
@@ -90,6 +89,8 @@ class Impl(Base):
                       sleeper=sleeper, blocking_sleeper=blocking_sleeper)
         noop.submit().result()  # engine started, workers up
         if workload in ("W7a", "W7b"):
+            import asyncio  # only here: `import distaff` does not import asyncio, W5's RSS shows it
+
             self.loop = asyncio.new_event_loop()
 
     def teardown(self) -> None:
@@ -237,6 +238,8 @@ class Impl(Base):
         return sync_calls(child, n)
 
     def w7a(self, n: int) -> float:
+        import asyncio
+
         if not _has_await():
             raise NotYetImplemented("await Execution")
         noop = self.t["noop"]
@@ -262,6 +265,8 @@ class Impl(Base):
         return self.loop.run_until_complete(main())
 
     def w7b(self, n: int) -> float:
+        import asyncio
+
         if not _has_await():
             raise NotYetImplemented("await Execution")
         eng = self.eng
