@@ -5,13 +5,17 @@ more than the rest of distaff's import together; a program that never runs an ev
 pay for it. Two things need care:
 
 - *Is an event loop running in this thread?* distaff asks on every blocking wait and synchronous
-  call. No loop can run before asyncio is imported, so :func:`running_loop` answers None until then;
-  once asyncio is imported it rebinds every name registered with :func:`bind` to asyncio's own
-  C-level ``_get_running_loop``, so the question costs what it did with an eager import.
+  call. No loop can run before asyncio is imported, so the names registered with :func:`bind`
+  answer None (a C-level call) until then; right after ``asyncio.events`` has executed they are
+  rebound to asyncio's own C-level ``_get_running_loop``, so the question costs what it did with an
+  eager import.
 - *distaff.CancelledError is an asyncio.CancelledError.* The class is created without that base;
-  :func:`install` adds it the moment asyncio's exceptions module is executed (a finder at the
-  front of ``sys.meta_path`` wraps that one module's loader), or at once if asyncio is already
-  imported. Before that no code can name ``asyncio.CancelledError``, so no ``except`` can miss it.
+  :func:`install` adds it the moment ``asyncio.exceptions`` has executed, or at once if asyncio is
+  already imported. Before that no code can name ``asyncio.CancelledError``, so no ``except`` can
+  miss it.
+
+Both hooks come from one finder at the front of ``sys.meta_path`` that wraps the loaders of those
+two modules and declines every other.
 """
 
 from __future__ import annotations
@@ -21,41 +25,43 @@ from typing import Any, Callable
 
 _modules = sys.modules
 _bound: list = []  # (namespace dict, name): rebound to asyncio's _get_running_loop once it exists
-_fast: "Callable[[], Any] | None" = None
-
-
-def _asyncio_ready() -> "Any | None":
-    """asyncio.events once fully executed (so its C-level _get_running_loop has replaced the
-    Python one), else None."""
-    events = _modules.get("asyncio.events")
-    if events is None or getattr(getattr(events, "__spec__", None), "_initializing", False):
-        return None
-    return events
+# Until asyncio is imported no event loop can run: NoneType() is a C-level call that answers None.
+_NO_LOOP = type(None)
+_current: "Callable[[], Any]" = _NO_LOOP
 
 
 def running_loop() -> Any:
     """The event loop running in this thread, or None (``asyncio._get_running_loop()``)."""
-    if _fast is not None:
-        return _fast()
-    events = _asyncio_ready()
-    if events is None:
-        return None  # asyncio is not (completely) imported: no loop runs anywhere in this process
-    _rebind(events._get_running_loop)
-    return _fast()  # type: ignore[misc]
+    return _current()
 
 
-def _rebind(fn: Callable[[], Any]) -> None:
-    global _fast
-    _fast = fn
+def _rebind(events: Any) -> None:
+    """asyncio.events has run (its C-level _get_running_loop replaced the Python one at its end):
+    every bound name calls that from now on."""
+    global _current
+    fn = getattr(events, "_get_running_loop", None)
+    if fn is None:
+        return
+    _current = fn
     for namespace, name in _bound:
         namespace[name] = fn
 
 
+def refresh() -> None:
+    """Binds to asyncio's check if asyncio.events was loaded without the finder seeing it (an
+    import hook ahead of it loaded the module). Called where only a program with asyncio gets:
+    awaiting an Execution, the first async body, an engine's creation."""
+    if _current is _NO_LOOP:
+        events = _loaded("asyncio.events")
+        if events is not None:
+            _rebind(events)
+
+
 def bind(namespace: dict, name: str) -> None:
-    """Sets ``namespace[name]`` to a running-loop getter: :func:`running_loop` until asyncio is
-    imported, asyncio's own C-level function after."""
+    """Sets ``namespace[name]`` to a running-loop getter, which answers None until asyncio is
+    imported and is asyncio's own C-level ``_get_running_loop`` after."""
     _bound.append((namespace, name))
-    namespace[name] = _fast if _fast is not None else running_loop
+    namespace[name] = _current
 
 
 # -- distaff.CancelledError becomes an asyncio.CancelledError with asyncio ---------------------------
@@ -71,30 +77,36 @@ def _adopt(exceptions_module: Any) -> None:
         adopt(base)
 
 
-class _Loader:
-    """The loader of ``asyncio.exceptions``, which then hands its CancelledError to the adopters."""
+# What runs right after one of asyncio's modules has been executed.
+_AFTER = {"asyncio.exceptions": _adopt, "asyncio.events": _rebind}
 
-    def __init__(self, inner: Any) -> None:
+
+class _Loader:
+    """The loader of one of the modules in _AFTER: runs the module, then its hook."""
+
+    def __init__(self, inner: Any, after: "Callable[[Any], None]") -> None:
         self._inner = inner
+        self._after = after
 
     def create_module(self, spec: Any) -> Any:
         return self._inner.create_module(spec)
 
     def exec_module(self, module: Any) -> None:
         self._inner.exec_module(module)
-        _adopt(module)
+        self._after(module)
 
     def __getattr__(self, name: str) -> Any:  # get_source, get_filename, is_package, ...
         return getattr(self._inner, name)
 
 
 class _Finder:
-    """First on ``sys.meta_path``: finds ``asyncio.exceptions`` with the finders after it and wraps
-    its loader; declines every other module."""
+    """First on ``sys.meta_path``: finds the modules in _AFTER with the finders after it and wraps
+    their loaders; declines every other module."""
 
     @classmethod
     def find_spec(cls, name: str, path: Any = None, target: Any = None) -> Any:
-        if name != "asyncio.exceptions":
+        after = _AFTER.get(name)
+        if after is None:
             return None
         for finder in list(sys.meta_path):
             if finder is cls:
@@ -103,17 +115,28 @@ class _Finder:
             spec = find(name, path, target) if find is not None else None
             if spec is not None:
                 if spec.loader is not None and hasattr(spec.loader, "exec_module"):
-                    spec.loader = _Loader(spec.loader)
+                    spec.loader = _Loader(spec.loader, after)
                 return spec
         return None
 
 
+def _loaded(name: str) -> Any:
+    """The module if it is imported and has finished executing, else None."""
+    module = _modules.get(name)
+    if module is None or getattr(getattr(module, "__spec__", None), "_initializing", False):
+        return None
+    return module
+
+
 def install(adopt: Callable[[type], None]) -> None:
     """Calls ``adopt(asyncio.CancelledError)`` now if asyncio's exceptions module is loaded, else
-    the moment it is."""
+    the moment it is; binds the running-loop getters to asyncio's once asyncio.events is loaded."""
     _adopters.append(adopt)
-    loaded = _modules.get("asyncio.exceptions")
-    if loaded is not None and hasattr(loaded, "CancelledError"):
-        adopt(loaded.CancelledError)
-    elif _Finder not in sys.meta_path:
+    exceptions = _loaded("asyncio.exceptions")
+    if exceptions is not None:
+        _adopt(exceptions)
+    events = _loaded("asyncio.events")
+    if events is not None:
+        _rebind(events)
+    if _Finder not in sys.meta_path:
         sys.meta_path.insert(0, _Finder)  # type: ignore[arg-type]

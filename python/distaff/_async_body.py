@@ -15,10 +15,11 @@ import weakref
 from typing import Any, Callable
 
 from . import _asyncio as _asyncio_mod
-from . import _core, _trace
+from . import _aio, _core, _trace
 from ._elsewhere import Elsewhere
 from ._errors import _note_failure
 
+_aio.refresh()  # asyncio is imported now (above): distaff's running-loop check must be its own
 _monotonic_ns = _core.monotonic_ns
 _async_current = _core._async_current
 # The async body whose attempt runs in this context (its task, and the tasks it starts): who

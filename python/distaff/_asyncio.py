@@ -138,7 +138,10 @@ def await_execution(execution):
     """``Execution.__await__``: a future on the running loop that the execution completes."""
     loop = _get_running_loop()
     if loop is None:
-        raise RuntimeError("no running event loop")  # asyncio.get_running_loop()'s error
+        _aio.refresh()
+        loop = _get_running_loop()
+        if loop is None:
+            raise RuntimeError("no running event loop")  # asyncio.get_running_loop()'s error
     fut = loop.create_future()
     if execution.done():
         _copy_outcome(execution, fut)

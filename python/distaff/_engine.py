@@ -102,6 +102,7 @@ class Engine(concurrent.futures.Executor):
         # A dropped engine (never shut down) lets go of the pools it owns: its jobs hold it while
         # they are queued or running (Job.engine), so once it is collected none is outstanding.
         weakref.finalize(self, self._executors.dropped, os.getpid()).atexit = False
+        _aio.refresh()  # (asyncio loaded past distaff's import hook: see docs/internals/imports.md)
         self._core = _core.EngineCore(workers, max_workers, stack_size, history)
         self._capsule = self._core.capsule()
         self._pid = os.getpid()

@@ -973,6 +973,8 @@ class _Dask(_Windowed):
             job.handle = fut
         with self._cond:
             jobs_by_key = self._jobs
+            if not jobs_by_key:
+                self._cond.notify()  # the collector watches for a closed client while jobs are out
             for job, fut in zip(kept, futs):
                 jobs_by_key[fut.key] = job
         try:
@@ -1099,11 +1101,29 @@ class _Dask(_Windowed):
         self._settle_batch(batch, results, error)  # no collector thread (interpreter exit)
 
     def _collect(self) -> None:
+        closed_at = None
         while True:
             with self._cond:
                 while not self._batches:
-                    self._cond.wait()
-                batch, results, error = self._batches.popleft()
+                    if not self._jobs:
+                        closed_at = None
+                        self._cond.wait()
+                        continue
+                    # Jobs are out. A closed client cancels their futures, and the client's loop
+                    # delivers each cancellation (_await_done) — unless the loop stopped first (a
+                    # client that owned its loop stops it in close()): then nothing would ever
+                    # settle those executions. After a grace period the rest fail here.
+                    if closed_at is None:
+                        if getattr(self.target, "status", None) == "closed":
+                            closed_at = time.monotonic()
+                    elif time.monotonic() - closed_at >= _DASK_CLOSED_GRACE:
+                        break
+                    self._cond.wait(_DASK_CLOSED_POLL)
+                if self._batches:
+                    batch, results, error = self._batches.popleft()
+                else:  # the client is closed: no outcome can come for these any more
+                    batch = [job.handle for job in self._jobs.values() if job.handle is not None]
+                    results, error, closed_at = {}, None, None
             # One batch per call: its jobs, futures and outcomes die with the call's frame, not
             # with the next batch (a finished execution must not stay alive in this thread).
             self._settle_batch(batch, results, error)
@@ -1162,6 +1182,11 @@ class _Dask(_Windowed):
 # ~1,000 round trips per 2,000 bodies. 20 ms rather than 10: W10's 200 results of ~10 ms bodies
 # on 2 workers came in ~110 fetches of 1-3, now ~50 of ~4 (client CPU -15%).
 _DASK_LINGER = 0.020
+# A closed client's executions still without an outcome this long after it closed fail with
+# ShutdownError (_collect): their cancellations were lost with the client's stopped loop. While
+# bodies are out, the collector looks at the client's status every _DASK_CLOSED_POLL seconds.
+_DASK_CLOSED_GRACE = 1.0
+_DASK_CLOSED_POLL = 0.25
 # At most this many jobs per client.map: the scheduler starts the first tasks while the shipping
 # thread serializes the next batch (one map of the whole window kept the workers idle until the
 # scheduler had taken in all of it).
