@@ -101,7 +101,7 @@ std::thread take_joiner(EngineCore* eng) {
 // A body waiting here (shutting down another engine) is woken by its own cancel or timeout, as in
 // Scheduler::wait_idle_until, and raises it (-1): two bodies that shut each other's engines down
 // each wait for the other's worker to end, and only their cancels end that (the exit hung in it).
-int wait_joined(EngineCore* eng, bool sliced) {
+int wait_joined(EngineCore* eng) {
   Execution* self = interruptible_execution();
   WakerScope waker(self, eng->join_mu, eng->join_cv);
   bool interrupted = false;
@@ -121,8 +121,7 @@ int wait_joined(EngineCore* eng, bool sliced) {
     }
     return true;
   };
-  const int r = sliced ? wait_sliced(park, Clock::time_point::max()) : (park(Clock::time_point::max()) ? 0 : 1);
-  if (r != 0) return -1;
+  if (wait_sliced(park, Clock::time_point::max()) != 0) return -1;
   if (interrupted) {
     raise_interrupted();
     return -1;
@@ -164,7 +163,7 @@ int join_engine(EngineCore* eng) {
     eng->join_cv.notify_all();  // under the mutex, as in reap()
     return 0;
   }
-  if (wait_joined(eng, /*sliced=*/true) < 0) return -1;  // the join goes on; a later call ends it
+  if (wait_joined(eng) < 0) return -1;  // the join goes on; a later call ends it
   std::thread t = take_joiner(eng);
   if (t.joinable()) t.join();  // it only has to return: no thread outlives shutdown()
   return 0;
