@@ -166,6 +166,10 @@ bool interrupt_of_this_body(PyObject* exc_type);
 bool requeue_interrupt(PyObject* exc_type);
 // end_redelivery: the body of `pe` has returned: its pending re-delivery, if any, is dropped now
 // rather than at its next tick (it holds a reference to `pe`). GIL held; the caller holds `pe`.
+// watch_swallowed: the body of `pe` (running, not shielded) has been handed its interruption: the
+// timer re-delivers it (distaff.Interrupted) while the body runs on without handling it (cancel.cpp).
+// A no-op if watched already. GIL held.
+void watch_swallowed(PyExecution* pe);
 void end_redelivery(PyExecution* pe);
 // handling_interrupt: `ts` is raising a distaff.CancelledError, TimeoutError or Interrupted, or runs
 // an except/finally block or __exit__ entered for one (cancel.cpp). GIL held.

@@ -217,11 +217,6 @@ void schedule_redelivery(Redelivery* r) {
   drop_redelivery(r);
 }
 
-void watch_swallowed(PyExecution* pe) {
-  if (pe->redelivery) return;  // watched already
-  Py_INCREF(pe);
-  schedule_redelivery(new Redelivery{pe, kRedeliverFirst});
-}
 
 bool finish_terminated(Execution& ex, bool was_parked, void* arg) {
   auto* t = static_cast<Termination*>(arg);
@@ -238,14 +233,15 @@ bool finish_terminated(Execution& ex, bool was_parked, void* arg) {
     finished = complete(p, State::cancelled, nullptr);
     exc = CancelledError;
   }
-  // A parked body was woken by interrupt() and raises itself (raise_interrupted); one running
-  // Python gets the exception at its next bytecode, unless it is shielded (pe_shield). Either may
-  // swallow it and run on: the re-delivery watches both. (Session 12, outsider: a body parked in
-  // `distaff.sleep` inside `try: ... except Exception:` went on for good — each later wait raised
-  // at once and was swallowed too, and nothing re-delivered — and the exit waited for it.)
-  if (finished && p->tstate && !p->shielded && was_parked) {
-    watch_swallowed(p);
-  } else if (finished && p->tstate && !was_parked) {
+  // A parked body was woken by interrupt() and raises itself when it resumes (raise_interrupted,
+  // which starts the re-delivery watch then); one running Python gets the exception at its next
+  // bytecode, unless it is shielded (pe_shield). Either may swallow it and run on: the re-delivery
+  // watches both. (Session 12, outsider: a body parked in `distaff.sleep` inside `try: ... except
+  // Exception:` went on for good — each later wait raised at once and was swallowed too, and
+  // nothing re-delivered — and the exit waited for it.) Not armed here for a parked body: with
+  // 50,000 sleepers cancelled at once, the ticks of those still waiting for their worker to resume
+  // them took the GIL ~10 times each and made the cancel 6x slower (session 13).
+  if (finished && p->tstate && !was_parked) {
     if (!p->shielded) {
       ensure_unraisablehook();
       if (raise_in_fiber(p->tstate, exc)) {
@@ -260,6 +256,12 @@ bool finish_terminated(Execution& ex, bool was_parked, void* arg) {
 }
 
 }  // namespace
+
+void watch_swallowed(PyExecution* pe) {
+  if (pe->redelivery || !pe->tstate || pe->shielded) return;  // watched already; not running; shielded
+  Py_INCREF(pe);
+  schedule_redelivery(new Redelivery{pe, kRedeliverFirst});
+}
 
 void end_redelivery(PyExecution* pe) {
   auto* r = static_cast<Redelivery*>(pe->redelivery);

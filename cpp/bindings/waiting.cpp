@@ -105,7 +105,10 @@ void raise_interrupted() {
     PyErr_SetString(InterruptedType, "the execution had already ended; its body caught the interruption and ran on");
     return;
   }
-  if (pe) pe->interrupt_sent = 1;
+  if (pe) {
+    pe->interrupt_sent = 1;
+    watch_swallowed(pe);  // in case the body catches this and runs on (cancel.cpp)
+  }
   if (pe && pe->core->state() == State::failed && pe->exc && PyErr_GivenExceptionMatches(pe->exc, TimeoutErrorType)) {
     PyErr_SetString(TimeoutErrorType, "the execution timed out");
   } else {

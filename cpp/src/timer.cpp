@@ -29,10 +29,9 @@ std::uint64_t Timer::schedule(Clock::time_point deadline, Fn fn, void* arg) {
   if (stopping_) throw ShutdownError("the timer is stopped");
   if (!thread_.joinable()) thread_ = std::thread([this] { run(); });
   const std::uint64_t id = next_id_++;
-  const bool earliest = queue_.empty() || deadline < queue_.begin()->first.first;
   queue_.emplace(std::make_pair(deadline, id), Entry{fn, arg, ExecutionRef()});
   index_.emplace(id, deadline);
-  if (earliest) cv_.notify_one();
+  if (deadline < wake_at_) cv_.notify_one();  // due before the thread would look again
   return id;
 }
 
@@ -57,10 +56,9 @@ bool Timer::arm(Execution& ex, Clock::time_point deadline, DeadlineHooks hooks, 
       if (stopping_) throw ShutdownError("the timer is stopped");
       if (!thread_.joinable()) thread_ = std::thread([this] { run(); });
       record->id = next_id_++;
-      const bool earliest = queue_.empty() || deadline < queue_.begin()->first.first;
       queue_.emplace(std::make_pair(deadline, record->id), Entry{nullptr, nullptr, ExecutionRef(&ex)});
       index_.emplace(record->id, deadline);
-      if (earliest) cv_.notify_one();
+      if (deadline < wake_at_) cv_.notify_one();  // due before the thread would look again
     }
     replaced = std::exchange(ex.deadline_, record.release());
   }
@@ -150,7 +148,9 @@ void Timer::run() {
   while (!stopping_) {
     if (queue_.empty()) {
       detail::IdleSignalsBlocked quiet;  // see idle_signals.hpp
+      wake_at_ = Clock::time_point::max();
       cv_.wait(lk);
+      wake_at_ = Clock::time_point::min();
       continue;
     }
     auto it = queue_.begin();
@@ -158,8 +158,12 @@ void Timer::run() {
     // entry meanwhile (ASan: heap-use-after-free, found by `make sanitize-python`).
     const Clock::time_point deadline = it->first.first;
     if (Clock::now() < deadline) {
+      // Woken early only for an entry due before `deadline`; a cancelled head entry is not a
+      // reason to wake (the thread finds the queue as it is at `deadline`).
       detail::IdleSignalsBlocked quiet;
+      wake_at_ = deadline;
       cv_.wait_until(lk, deadline);
+      wake_at_ = Clock::time_point::min();
       continue;
     }
     const std::uint64_t id = it->first.second;

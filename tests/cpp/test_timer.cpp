@@ -99,6 +99,41 @@ TEST_F(TimerThreads, CancellingTheEntryTheThreadWaitsForIsSafe) {
   }
 }
 
+// The thread is woken only for an entry due before the deadline it sleeps until (wake_at_); one due
+// later is found when it wakes then, even if the entry it slept for was cancelled meanwhile.
+TEST_F(TimerThreads, AnEntryDueAfterTheThreadsWaitFiresWhenTheEntryItWaitedForWasCancelled) {
+  Fired log;
+  log.expect = 1;
+  Item never{&log, -1}, later{&log, 1};
+  Timer t;
+  const auto now = Clock::now();
+  const auto first = t.schedule(now + std::chrono::milliseconds(30), &Fired::record, &never);
+  t.schedule(now + std::chrono::milliseconds(60), &Fired::record, &later);  // no wake-up needed
+  ASSERT_TRUE(t.cancel(first));
+  ASSERT_TRUE(log.done.wait());
+  EXPECT_EQ(log.order, (std::vector<int>{1}));
+}
+
+// A stream of schedule-then-cancel (the bindings' swallowed-interrupt watch: one per cancelled body,
+// dropped as the body ends) leaves the timer working: the next entry fires, and nothing else does.
+TEST_F(TimerThreads, AStreamOfScheduledAndCancelledEntriesLeavesTheNextOneOnTime) {
+  Fired log;
+  log.expect = 1;
+  std::deque<Item> items;
+  Item last{&log, 1};
+  Timer t;
+  for (int i = 0; i < 10000; ++i) {
+    Item& it = items.emplace_back(Item{&log, -1});
+    // Far off, so every cancel wins for certain (a loaded machine may pause this thread for ms).
+    const auto id = t.schedule(Clock::now() + std::chrono::hours(1), &Fired::record, &it);
+    ASSERT_TRUE(t.cancel(id));
+  }
+  t.schedule(Clock::now() + std::chrono::milliseconds(1), &Fired::record, &last);
+  ASSERT_TRUE(log.done.wait());
+  EXPECT_EQ(log.order, (std::vector<int>{1}));
+  EXPECT_EQ(t.pending(), 0u);
+}
+
 
 // ---- deadlines ------------------------------------------------------------------------------------
 

@@ -114,6 +114,11 @@ class Timer {
   std::map<std::uint64_t, Clock::time_point> index_ DISTAFF_GUARDED_BY(mu_);
   std::uint64_t next_id_ DISTAFF_GUARDED_BY(mu_) = 1;
   bool stopping_ DISTAFF_GUARDED_BY(mu_) = false;
+  // What the thread is waiting for: the deadline it sleeps until (max: no entry), or min while it
+  // is not waiting (it looks at the queue before it waits again). schedule()/arm() wake it only for
+  // an entry due before that: a stream of arm-then-cancel (the bindings' swallowed-interrupt watch,
+  // one per cancelled body) woke it once per arm.
+  Clock::time_point wake_at_ DISTAFF_GUARDED_BY(mu_) = Clock::time_point::min();
   std::thread thread_;  // started under mu_; joined by stop() once stopping_ is set
   // The process that started the thread: in a forked child the thread does not exist and mu_ may
   // have been held at fork, so the child never locks it (a finish there only releases the slot).
