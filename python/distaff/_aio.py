@@ -21,6 +21,7 @@ two modules and declines every other.
 from __future__ import annotations
 
 import sys
+import threading
 from typing import Any, Callable
 
 _modules = sys.modules
@@ -48,13 +49,27 @@ def _rebind(events: Any) -> None:
 
 
 def refresh() -> None:
-    """Binds to asyncio's check if asyncio.events was loaded without the finder seeing it (an
-    import hook ahead of it loaded the module). Called where only a program with asyncio gets:
-    awaiting an Execution, the first async body, an engine's creation."""
+    """Catches up with an asyncio loaded past the finder (an import hook ahead of it, a restored
+    ``sys.meta_path``, an import racing distaff's own): binds the running-loop getters to
+    asyncio's and gives CancelledError its asyncio base. Called where only a program with asyncio
+    gets: awaiting an Execution, the first async body, an engine's creation, a synchronous call
+    while the getters still answer None though asyncio.events is loaded."""
     if _current is _NO_LOOP:
         events = _loaded("asyncio.events")
         if events is not None:
             _rebind(events)
+    exceptions = _loaded("asyncio.exceptions")
+    if exceptions is not None:
+        _adopt(exceptions)
+
+
+def late_running_loop() -> Any:
+    """For a caller whose getter still answers None: the running loop after a refresh(), if
+    asyncio.events is loaded; None at the cost of one dict lookup otherwise."""
+    if "asyncio.events" not in _modules:
+        return None
+    refresh()
+    return _current()
 
 
 def bind(namespace: dict, name: str) -> None:
@@ -82,42 +97,65 @@ _AFTER = {"asyncio.exceptions": _adopt, "asyncio.events": _rebind}
 
 
 class _Loader:
-    """The loader of one of the modules in _AFTER: runs the module, then its hook."""
+    """The loader of one of the modules in _AFTER: runs the module, then the hook of every copy of
+    the finder on ``sys.meta_path`` (more than one after distaff was purged from ``sys.modules`` and
+    imported again; the C core still raises the first import's CancelledError)."""
 
-    def __init__(self, inner: Any, after: "Callable[[Any], None]") -> None:
+    def __init__(self, inner: Any, name: str) -> None:
         self._inner = inner
-        self._after = after
+        self._name = name
 
     def create_module(self, spec: Any) -> Any:
         return self._inner.create_module(spec)
 
     def exec_module(self, module: Any) -> None:
         self._inner.exec_module(module)
-        self._after(module)
+        for finder in list(sys.meta_path):
+            if getattr(finder, "_distaff_asyncio_finder", False):
+                finder.after(self._name, module)
 
     def __getattr__(self, name: str) -> Any:  # get_source, get_filename, is_package, ...
         return getattr(self._inner, name)
 
 
 class _Finder:
-    """First on ``sys.meta_path``: finds the modules in _AFTER with the finders after it and wraps
-    their loaders; declines every other module."""
+    """First on ``sys.meta_path``: finds the modules in _AFTER with the other finders and wraps
+    their loaders; declines every other module.
+
+    It asks the other finders itself, so it must not be asked again while it does: another finder
+    of the same kind (one that asks the rest of ``sys.meta_path``), or a second copy of this one
+    (distaff's modules purged from ``sys.modules`` and imported again), would otherwise call back
+    into it without end (RecursionError at ``import asyncio``: an outsider's finding). A name being
+    found on this thread is declined, and copies of this finder are skipped."""
+
+    _distaff_asyncio_finder = True  # the mark every copy of this class carries
+    _finding = threading.local()
 
     @classmethod
     def find_spec(cls, name: str, path: Any = None, target: Any = None) -> Any:
-        after = _AFTER.get(name)
-        if after is None:
+        if name not in _AFTER:
             return None
-        for finder in list(sys.meta_path):
-            if finder is cls:
-                continue
-            find = getattr(finder, "find_spec", None)
-            spec = find(name, path, target) if find is not None else None
-            if spec is not None:
-                if spec.loader is not None and hasattr(spec.loader, "exec_module"):
-                    spec.loader = _Loader(spec.loader, after)
-                return spec
-        return None
+        busy = cls._finding.__dict__.setdefault("names", set())
+        if name in busy:
+            return None  # asked again from inside our own search: let the asker go on
+        busy.add(name)
+        try:
+            for finder in list(sys.meta_path):
+                if getattr(finder, "_distaff_asyncio_finder", False):
+                    continue
+                find = getattr(finder, "find_spec", None)
+                spec = find(name, path, target) if find is not None else None
+                if spec is not None:
+                    if spec.loader is not None and hasattr(spec.loader, "exec_module"):
+                        spec.loader = _Loader(spec.loader, name)
+                    return spec
+            return None
+        finally:
+            busy.discard(name)
+
+    @classmethod
+    def after(cls, name: str, module: Any) -> None:
+        _AFTER[name](module)
 
 
 def _loaded(name: str) -> Any:

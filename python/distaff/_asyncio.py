@@ -141,7 +141,11 @@ def await_execution(execution):
         _aio.refresh()
         loop = _get_running_loop()
         if loop is None:
-            raise RuntimeError("no running event loop")  # asyncio.get_running_loop()'s error
+            raise RuntimeError(
+                f"no running asyncio event loop: awaiting execution {execution.id} ({execution.name}) needs "
+                "one (asyncio or uvloop). Under trio, wait in a thread: "
+                "`await trio.to_thread.run_sync(execution.result)`"
+            )
     fut = loop.create_future()
     if execution.done():
         _copy_outcome(execution, fut)

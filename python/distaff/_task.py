@@ -28,6 +28,7 @@ _WORKFLOW_ID = "workflow_id"
 RESERVED_KWARGS = (_WORKFLOW_ID,)
 
 _aio.bind(globals(), "_get_running_loop")  # asyncio's C-level one once asyncio is imported (_aio.py)
+_NO_LOOP = _aio._NO_LOOP  # what it is before: asyncio loaded past distaff's finder is caught up in __call__
 
 
 def _bind_to_submitting_loop(binding, loop, ex) -> None:
@@ -342,7 +343,7 @@ class Task:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         execution = self.submit(*args, **kwargs)
-        if _get_running_loop() is not None:
+        if _get_running_loop() is not None or (_get_running_loop is _NO_LOOP and _aio.late_running_loop() is not None):
             return execution  # inside a running event loop: the caller awaits it
         return execution.result()
 

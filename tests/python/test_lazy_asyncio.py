@@ -211,3 +211,126 @@ def test_asyncio_imported_by_another_thread_while_distaff_waits_still_makes_canc
         """
     )
     assert out == {"caught": "asyncio"}
+
+
+_ASKS_THE_REST = """
+class AsksTheRest:  # a finder that, like distaff's, asks the other finders itself (no guard)
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
+        if not name.startswith("asyncio."):
+            return None
+        for f in list(sys.meta_path):
+            if f is not cls and hasattr(f, "find_spec"):
+                s = f.find_spec(name, path, target)
+                if s is not None:
+                    return s
+        return None
+"""
+
+
+@pytest.mark.parametrize("setup", ["purged_and_imported_again", "other_finder_before", "other_finder_after"])
+def test_import_asyncio_works_next_to_other_finders_that_ask_the_rest_of_the_meta_path(setup):
+    # Outsider (session 13): with a second finder of this kind — another library's, or distaff's own
+    # from a first import purged from sys.modules — `import asyncio` raised RecursionError.
+    out = _run(
+        "import json, sys\n" + _ASKS_THE_REST + f"""
+setup = {setup!r}
+if setup == "other_finder_before":
+    sys.meta_path.insert(0, AsksTheRest)
+import distaff
+first_cancelled = distaff.CancelledError
+if setup == "purged_and_imported_again":
+    for m in [m for m in sys.modules if m == "distaff" or m.startswith("distaff.")]:
+        del sys.modules[m]
+    import distaff
+if setup == "other_finder_after":
+    sys.meta_path.insert(0, AsksTheRest)
+
+@distaff.task()
+def slow(ev):
+    ev.wait()
+
+ev = distaff.Event()
+ex = slow.submit(ev)
+ex.cancel()
+import asyncio
+try:
+    ex.result()
+    caught = "no"
+except asyncio.CancelledError:
+    caught = "asyncio"
+ev.set()
+print(json.dumps({{"caught": caught, "first": issubclass(first_cancelled, asyncio.CancelledError),
+                  "now": issubclass(distaff.CancelledError, asyncio.CancelledError)}}))
+"""
+    )
+    assert out == {"caught": "asyncio", "first": True, "now": True}
+
+
+def test_asyncio_loaded_past_distaffs_finder_is_caught_up_by_a_synchronous_call_in_a_coroutine():
+    # A fixture that restores sys.meta_path, or a hook ahead of distaff's that loads asyncio itself:
+    # the finder never sees asyncio load. A synchronous call inside a coroutine must still return
+    # the Execution (not block the loop), and cancellations must still be asyncio's.
+    out = _run(
+        """
+        import json, sys
+        import distaff
+
+        @distaff.task()
+        def sq(x):
+            return x * x
+
+        sq(2)  # the default engine exists before asyncio does
+        sys.meta_path[:] = [f for f in sys.meta_path if getattr(f, "__module__", "") != "distaff._aio"]  # restored
+        import asyncio
+
+        async def main():
+            x = sq(3)
+            kind = type(x).__name__
+            return kind, await x
+
+        kind, value = asyncio.run(main())
+
+        @distaff.task()
+        def slow(ev):
+            ev.wait()
+
+        ev = distaff.Event()
+        ex = slow.submit(ev)
+        ex.cancel()
+        try:
+            ex.result()
+            caught = "no"
+        except asyncio.CancelledError:
+            caught = "asyncio"
+        except distaff.CancelledError:
+            caught = "distaff only"
+        ev.set()
+        print(json.dumps({"kind": kind, "value": value, "caught": caught}))
+        """
+    )
+    assert out == {"kind": "Execution", "value": 9, "caught": "asyncio"}
+
+
+def test_awaiting_an_execution_without_an_asyncio_loop_says_what_is_needed():
+    out = _run(
+        """
+        import json
+        import distaff
+
+        @distaff.task()
+        def one():
+            return 1
+
+        ex = one.submit()
+        ex.result()
+        try:
+            ex.__await__()
+            msg = "no error"
+        except RuntimeError as e:
+            msg = str(e)
+        print(json.dumps({"msg": msg}))
+        """
+    )
+    assert out["msg"].startswith("no running asyncio event loop: awaiting execution "), out
+    assert "trio.to_thread.run_sync" in out["msg"]
