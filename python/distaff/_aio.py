@@ -170,11 +170,6 @@ def install(adopt: Callable[[type], None]) -> None:
     """Calls ``adopt(asyncio.CancelledError)`` now if asyncio's exceptions module is loaded, else
     the moment it is; binds the running-loop getters to asyncio's once asyncio.events is loaded."""
     _adopters.append(adopt)
-    exceptions = _loaded("asyncio.exceptions")
-    if exceptions is not None:
-        _adopt(exceptions)
-    events = _loaded("asyncio.events")
-    if events is not None:
-        _rebind(events)
+    refresh()  # asyncio imported before distaff
     if _Finder not in sys.meta_path:
         sys.meta_path.insert(0, _Finder)  # type: ignore[arg-type]

@@ -3,14 +3,15 @@ imports asyncio, before or after distaff (docs/internals/imports.md). Each case 
 interpreter: the test process itself has asyncio loaded long ago."""
 
 import json
+import textwrap
 
 import pytest
 
 from conftest import run_python
 
 
-def _run(code: str) -> dict:
-    r = run_python(code, timeout=60)
+def _run(code: str, prelude: str = "") -> dict:
+    r = run_python(prelude + textwrap.dedent(code), timeout=60)
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout.strip().splitlines()[-1])
 
@@ -228,6 +229,30 @@ class AsksTheRest:  # a finder that, like distaff's, asks the other finders itse
 """
 
 
+_HOW_A_CANCEL_IS_CAUGHT = """
+def how_a_cancel_is_caught():
+    import distaff
+
+    @distaff.task()
+    def slow(ev):
+        ev.wait()
+
+    ev = distaff.Event()
+    ex = slow.submit(ev)
+    ex.cancel()
+    import asyncio  # (imported here for the first time in some cases: after the cancel)
+    try:
+        ex.result()
+        return "no"
+    except asyncio.CancelledError:
+        return "asyncio"
+    except distaff.CancelledError:
+        return "distaff only"
+    finally:
+        ev.set()
+"""
+
+
 @pytest.mark.parametrize("setup", ["purged_and_imported_again", "other_finder_before", "other_finder_after"])
 def test_import_asyncio_works_next_to_other_finders_that_ask_the_rest_of_the_meta_path(setup):
     # Outsider (session 13): with a second finder of this kind — another library's, or distaff's own
@@ -245,24 +270,12 @@ if setup == "purged_and_imported_again":
     import distaff
 if setup == "other_finder_after":
     sys.meta_path.insert(0, AsksTheRest)
-
-@distaff.task()
-def slow(ev):
-    ev.wait()
-
-ev = distaff.Event()
-ex = slow.submit(ev)
-ex.cancel()
+caught = how_a_cancel_is_caught()
 import asyncio
-try:
-    ex.result()
-    caught = "no"
-except asyncio.CancelledError:
-    caught = "asyncio"
-ev.set()
 print(json.dumps({{"caught": caught, "first": issubclass(first_cancelled, asyncio.CancelledError),
                   "now": issubclass(distaff.CancelledError, asyncio.CancelledError)}}))
-"""
+""",
+        prelude=_HOW_A_CANCEL_IS_CAUGHT,
     )
     assert out == {"caught": "asyncio", "first": True, "now": True}
 
@@ -290,24 +303,10 @@ def test_asyncio_loaded_past_distaffs_finder_is_caught_up_by_a_synchronous_call_
             return kind, await x
 
         kind, value = asyncio.run(main())
-
-        @distaff.task()
-        def slow(ev):
-            ev.wait()
-
-        ev = distaff.Event()
-        ex = slow.submit(ev)
-        ex.cancel()
-        try:
-            ex.result()
-            caught = "no"
-        except asyncio.CancelledError:
-            caught = "asyncio"
-        except distaff.CancelledError:
-            caught = "distaff only"
-        ev.set()
+        caught = how_a_cancel_is_caught()
         print(json.dumps({"kind": kind, "value": value, "caught": caught}))
-        """
+        """,
+        prelude=_HOW_A_CANCEL_IS_CAUGHT,
     )
     assert out == {"kind": "Execution", "value": 9, "caught": "asyncio"}
 
