@@ -439,10 +439,11 @@ import threading, time, distaff
 def job(seconds):
     distaff.sleep(seconds)
     return "job done"
+submitted = []
 def waiter():
     ex = job.submit({seconds})
-{settle}
-    print("ready", flush=True)
+    submitted.append(ex)
+{ready_here}
     print(ex.result(), flush=True)
 threading.Thread(target=waiter).start()
 {main}
@@ -450,24 +451,45 @@ threading.Thread(target=waiter).start()
 
 
 # asleep_in_c: the main thread sleeps in one C call, which only a signal delivered to it ends. A
-# worker that is busy when the Ctrl-C comes — here, starting the job just submitted, waiting for
-# the GIL — may be the thread the kernel hands it to, and then the main thread sleeps on (a Known
-# gap in reliability.md; the CI hit it once on 3.12 in session 12). So that variant sends the Ctrl-C
-# once the body has started and its worker has had time to park in distaff.sleep (idle workers
-# block it). The slices variant keeps the Ctrl-C right after the submit: its main thread wakes
-# every 50 ms and sees a signal whichever thread took it.
-_SETTLE_UNTIL_PARKED = """\
-    while ex.state != "running":
-        time.sleep(0.001)
-    time.sleep(0.2)  # its worker parks within microseconds of the body's distaff.sleep"""
+# thread that does not block SIGINT when the Ctrl-C comes — a worker starting the job, the waiter
+# before it parks in result() — may be the one the kernel hands it to, and then the main thread
+# sleeps on (a Known gap in reliability.md for a busy worker). So that variant sends the Ctrl-C only
+# once every thread but the main one blocks SIGINT (/proc's SigBlk): the body is running and parked
+# in distaff.sleep, its worker idle, the waiter parked in result(). (A 0.2 s sleep standing in for
+# this check let one CI run in many hang on 3.12, session 13.) The slices variant keeps the Ctrl-C
+# right after the submit: its main thread wakes every 50 ms and sees a signal whichever thread took
+# it.
+_MAIN_ONCE_ONLY_IT_TAKES_SIGINT = """\
+import os, signal
+def others_block_sigint():
+    me = threading.get_native_id()
+    for tid in os.listdir("/proc/self/task"):
+        if int(tid) == me:
+            continue
+        try:
+            with open(f"/proc/self/task/{tid}/status") as f:
+                status = f.read()
+        except FileNotFoundError:  # a thread that ended
+            continue
+        if not int(status.split("SigBlk:")[1].split()[0], 16) & (1 << (signal.SIGINT - 1)):
+            return False
+    return True
+deadline = time.monotonic() + 60
+while not (submitted and submitted[0].state == "running" and others_block_sigint()):
+    if time.monotonic() > deadline:
+        raise SystemExit("the threads never all blocked SIGINT")
+    time.sleep(0.001)
+print("ready", flush=True)
+time.sleep(60)"""
+_READY_AFTER_SUBMIT = '    print("ready", flush=True)'
 
 
 @pytest.mark.parametrize(
-    "main, settle",
-    [("while True: time.sleep(0.05)", ""), ("time.sleep(60)", _SETTLE_UNTIL_PARKED)],
+    "main, ready_here",
+    [("while True: time.sleep(0.05)", _READY_AFTER_SUBMIT), (_MAIN_ONCE_ONLY_IT_TAKES_SIGINT, "")],
     ids=["slices", "asleep_in_c"],
 )
-def test_one_ctrl_c_ends_a_program_whose_non_daemon_thread_waits_in_distaff(main, settle):
+def test_one_ctrl_c_ends_a_program_whose_non_daemon_thread_waits_in_distaff(main, ready_here):
     """Python joins non-daemon threads before it runs atexit hooks: after a Ctrl-C, distaff cancels
     outstanding work at that earlier point (threading._register_atexit), so the waiting thread's
     call raises CancelledError, the thread ends and the program exits on the one Ctrl-C.
@@ -475,7 +497,7 @@ def test_one_ctrl_c_ends_a_program_whose_non_daemon_thread_waits_in_distaff(main
     The Ctrl-C lands right after the thread submitted: often while its worker has taken the job but
     waits for the GIL (the main thread may even be inside Thread.start()). Such a body is cancelled
     as it starts (it once ran its full sleep: the program seemed to ignore the Ctrl-C, 1 run in 2)."""
-    code = _NON_DAEMON_WAITER.format(seconds=30, main=main, settle=settle)
+    code = _NON_DAEMON_WAITER.format(seconds=30, main=main, ready_here=ready_here)
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == "ready"
@@ -492,7 +514,7 @@ def test_one_ctrl_c_ends_a_program_whose_non_daemon_thread_waits_in_distaff(main
 def test_without_ctrl_c_a_non_daemon_thread_waiting_in_distaff_finishes_its_wait_at_exit():
     """The early exit hook does nothing unless the program was interrupted: the thread's call
     completes and the program exits normally."""
-    proc = run_python(_NON_DAEMON_WAITER.format(seconds=0.2, main="pass", settle=""), timeout=60)
+    proc = run_python(_NON_DAEMON_WAITER.format(seconds=0.2, main="pass", ready_here=_READY_AFTER_SUBMIT), timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["ready", "job", "done"], proc.stdout
     assert "cancelling" not in proc.stderr, proc.stderr
