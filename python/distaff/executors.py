@@ -43,9 +43,14 @@ def _usable_cores() -> int:
 
 
 def _is_batch(handle: Any) -> bool:
-    """Is ``handle`` a _local_async.Batch (that module is loaded with the first async def body)?"""
-    la = sys.modules.get("distaff._local_async")
-    return la is not None and handle.__class__ is la.Batch
+    """Is ``handle`` a _local_async.Batch (that module is loaded with the first async def body)?
+
+    The module may be in ``sys.modules`` half-initialised (another thread is importing it right now,
+    e.g. an async body starting while an execution is cancelled at exit): until it has defined
+    ``Batch`` no Batch exists, so that is a "no", not an AttributeError.
+    """
+    batch = getattr(sys.modules.get("distaff._local_async"), "Batch", None)
+    return batch is not None and handle.__class__ is batch
 
 class _Worker:
     __slots__ = ("proc", "send", "recv", "job", "ready", "killed")
@@ -1375,8 +1380,8 @@ def _is_stdlib_pool(obj: Any, module: str, cls: str) -> bool:
     instance means it is imported already, and importing it at interpreter exit raises "can't
     register atexit after shutdown" (a workflow still running at exit, first using a
     ProcessPoolExecutor)."""
-    mod = sys.modules.get(module)
-    return mod is not None and isinstance(obj, getattr(mod, cls))
+    kind = getattr(sys.modules.get(module), cls, None)  # (None also while it is half-imported)
+    return kind is not None and isinstance(obj, kind)
 
 
 def _is_thread_pool(obj: Any) -> bool:

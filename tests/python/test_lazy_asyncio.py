@@ -333,3 +333,89 @@ def test_awaiting_an_execution_without_an_asyncio_loop_says_what_is_needed():
     )
     assert out["msg"].startswith("no running asyncio event loop: awaiting execution "), out
     assert "trio.to_thread.run_sync" in out["msg"]
+
+
+_HOLDS_AN_IMPORT_HALFWAY = """
+import importlib.abc, sys, threading
+
+class HoldsHalfway(importlib.abc.MetaPathFinder):
+    # Finds `held` with the real finders and runs its code only once `go` is set: meanwhile the
+    # module sits in sys.modules half-initialised, as while another thread is importing it.
+    def __init__(self, held):
+        self.held, self.entered, self.go = held, threading.Event(), threading.Event()
+
+    def find_spec(self, name, path=None, target=None):
+        if name != self.held:
+            return None
+        spec = next(s for f in sys.meta_path if f is not self and hasattr(f, "find_spec")
+                    for s in [f.find_spec(name, path, target)] if s is not None)
+        real, hold = spec.loader, self
+
+        class Loader(importlib.abc.Loader):
+            def create_module(self, spec):
+                return real.create_module(spec)
+
+            def exec_module(self, module):
+                hold.entered.set()
+                hold.go.wait()
+                real.exec_module(module)
+
+        spec.loader = Loader()
+        return spec
+"""
+
+
+def test_a_lazily_loaded_module_half_imported_by_another_thread_does_not_break_a_cancel():
+    # CI, session 13: an async body's first start imported distaff._local_async on one thread while
+    # an execution was cancelled at exit on another; the cancel read `Batch` off the half-initialised
+    # module and printed an AttributeError as an unretrieved callback failure.
+    code = _HOLDS_AN_IMPORT_HALFWAY + """
+import json, sys
+held = HOLD
+for m in [m for m in sys.modules if m == held or m.startswith(held + ".")]:
+    del sys.modules[m]
+hold = HoldsHalfway(held)
+sys.meta_path.insert(0, hold)
+import concurrent.futures as cf
+import distaff
+
+importer = threading.Thread(target=__import__, args=(held,), daemon=True)
+importer.start()
+hold.entered.wait()
+
+class Pool(cf.Executor):  # a plain executor: distaff's generic runner, which cancels by future
+    def __init__(self):
+        self.futures = []
+    def submit(self, fn, *a, **k):
+        f = cf.Future()
+        f.set_running_or_notify_cancel()
+        self.futures.append(f)
+        return f
+
+pool = Pool()
+
+@distaff.task(executor=pool)
+def body():
+    pass
+
+ex = body.submit()
+while not pool.futures:  # (the generic runner hands the body over from a worker)
+    threading.Event().wait(0.001)
+ex.cancel()
+try:
+    ex.result(timeout=10)
+    outcome = "done"
+except distaff.CancelledError:
+    outcome = "cancelled"
+except TimeoutError:
+    outcome = "never settled"
+half = getattr(sys.modules[held].__spec__, "_initializing", None)
+hold.go.set()
+importer.join()
+print(json.dumps({"outcome": outcome, "half_imported_meanwhile": half}))
+""".replace("HOLD", repr("distaff._local_async"))
+    r = run_python(code, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == "", r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out == {"outcome": "cancelled", "half_imported_meanwhile": True}
