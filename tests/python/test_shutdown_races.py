@@ -16,7 +16,9 @@ from conftest import run_python
 _READY_DURING_THE_SWEEP = """
 import os, sys, threading, weakref, distaff
 mode = MODE
-eng = distaff.Engine(workers=2)
+# No elastic growth: with both workers blocked in Event.wait, the monitor would start a third one
+# (under CI load it did, session 13), `a` would run before the shutdown, and there is no sweep.
+eng = distaff.Engine(workers=2, max_workers=2)
 release_dep, release_blocker = threading.Event(), threading.Event()
 started = [threading.Event(), threading.Event()]
 
