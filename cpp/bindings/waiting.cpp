@@ -127,21 +127,30 @@ enum WaitOutcome { kDone = 0, kTimeout = 1, kInterrupted = 2, kError = -1, kSign
 // ---- the hand-off spin (docs/internals/sync-calls.md) -------------------------------------------
 // A plain thread (the main one, or any thread of the program) that waits for an unfinished
 // execution first gives its CPU away with sched_yield() for up to a short window, with the GIL
-// released, checking between yields whether the execution is done and the GIL free; only then does
-// it park as before. Measured with `perf sched` on the 2-core VM: the kernel runs a woken worker on
-// the CPU of the thread that woke it, and each wake-up preempts the waker, so a synchronous call
-// whose caller parked took 8 to 16 context switches, the two threads taking turns to block on what
-// the other held (the worker's queue lock, the GIL, CPython's GIL mutex, the execution's lock).
-// Yielding instead of parking lets the worker run the body at once and leaves the caller runnable:
-// nothing has to wake it, and when it runs again the worker has let the GIL go. Two switches per
-// call. (A busy-wait with `pause` instead made calls slower: on the shared CPU it only delays the
-// worker.)
+// released, checking between yields whether the execution is done; only then does it park as
+// before. Measured with `perf sched` on the 2-core VM: the kernel runs a woken worker on the CPU of
+// the thread that woke it, and each wake-up preempts the waker, so a synchronous call whose caller
+// parked took 8 to 16 context switches, the two threads taking turns to block on what the other
+// held (the worker's queue lock, the GIL, CPython's GIL mutex, the execution's lock). Yielding
+// instead of parking lets the worker run the body at once and leaves the caller runnable: nothing
+// has to wake it, and when it runs again the worker has let the GIL go. (A busy-wait with `pause`
+// instead made calls slower: on the shared CPU it only delays the worker.)
+//
+// Once the execution is done, the caller goes on yielding while the GIL is held, for at most
+// kGilGraceNs: a worker on another CPU still holds it for the few microseconds it takes to finish
+// the fiber and park, and taking a held GIL means sleeping on CPython's condition variable and being
+// woken. Only briefly: a thread that runs Python meanwhile holds the GIL for whole switch
+// intervals, and waiting outside CPython's GIL queue for it to be free made every call spin its
+// whole window (an outsider's trial, session 14).
 //
 // The window adapts per thread: a spin that ends without the execution done costs credit, one that
 // succeeds earns it, and a thread out of credit parks at once (long bodies, where yielding in a
-// loop only burns CPU time), trying again every kRetryEvery waits. DISTAFF_HANDOFF_SPIN_NS sets
-// the window in nanoseconds (0: off; read once).
+// loop only burns CPU time), trying again every kRetryEvery waits; credit never goes below zero,
+// so one success after a long history of long waits brings the spin back. The window never
+// outlasts the wait's own deadline. DISTAFF_HANDOFF_SPIN_NS sets it in nanoseconds (0: off; at
+// most 1 s; read once; anything but a non-negative integer means the default).
 constexpr long kDefaultSpinNs = 50'000;
+constexpr auto kGilGraceNs = std::chrono::nanoseconds(20'000);
 constexpr int kCreditMax = 8, kCreditStart = 4, kRetryEvery = 64;
 
 long spin_window_ns() {
@@ -150,7 +159,7 @@ long spin_window_ns() {
     if (!v || !*v) return kDefaultSpinNs;
     char* end = nullptr;
     const long n = std::strtol(v, &end, 10);
-    return (end && *end == '\0' && n >= 0) ? std::min(n, 10'000'000L) : kDefaultSpinNs;
+    return (end && *end == '\0' && n >= 0) ? std::min(n, 1'000'000'000L) : kDefaultSpinNs;
   }();
   return ns;
 }
@@ -161,27 +170,37 @@ struct SpinCredit {
 };
 thread_local SpinCredit tl_spin;
 
-// spin_until_done: true if `target` finished within the window (the GIL is held again on return,
-// either way). GIL held on entry; only for a plain thread, never a fiber.
-bool spin_until_done(Execution* target) {
+// spin_until_done: true if `target` finished within the window (which ends by `deadline` at the
+// latest). GIL held on entry and on return; only for a plain thread, never a fiber.
+bool spin_until_done(Execution* target, Clock::time_point deadline) {
   const long window = spin_window_ns();
   if (window == 0) return false;
   SpinCredit& c = tl_spin;
-  if (c.credit <= 0) {
+  if (c.credit == 0) {
     if (++c.skipped < kRetryEvery) return false;
     c.skipped = 0;
   }
+  const auto now = Clock::now();
+  const auto end = std::min(deadline, now + std::chrono::nanoseconds(window));
+  if (end <= now) return false;  // result(timeout=0): no waiting at all
   bool done = false;
   PyThreadState* ts = PyEval_SaveThread();
-  const auto end = Clock::now() + std::chrono::nanoseconds(window);
   for (;;) {
     sched_yield();
-    if (!done) done = target->done();
-    if (done && distaff_gil_locked() == 0) break;
+    if (target->done()) {
+      done = true;
+      break;
+    }
     if (Clock::now() >= end) break;
   }
+  if (done && distaff_gil_locked() != 0) {
+    const auto grace = Clock::now() + kGilGraceNs;
+    do {
+      sched_yield();
+    } while (distaff_gil_locked() != 0 && Clock::now() < grace);
+  }
   PyEval_RestoreThread(ts);
-  c.credit = done ? std::min(c.credit + 1, kCreditMax) : c.credit - 2;
+  c.credit = done ? std::min(c.credit + 1, kCreditMax) : std::max(c.credit - 2, 0);
   return done;
 }
 
@@ -191,7 +210,7 @@ bool spin_until_done(Execution* target) {
 int wait_core(Execution* target, Clock::time_point deadline) {
   if (target->done()) return kDone;
   Execution* self = interruptible_execution();  // taken now: a cancel during the wait finishes it
-  if (!self && !on_any_worker() && spin_until_done(target)) return kDone;
+  if (!self && !on_any_worker() && spin_until_done(target, deadline)) return kDone;
   bool interrupted = false;
   int r = wait_sliced(
       [&](Clock::time_point d) {

@@ -78,3 +78,98 @@ print("ok")
     for bad in ("-5", "abc", "1e9", ""):
         r = run_python(code, timeout=60, env={"DISTAFF_HANDOFF_SPIN_NS": bad})
         assert r.returncode == 0 and r.stdout.strip() == "ok", (bad, r.stderr)
+
+
+def test_the_spin_never_outlasts_the_waits_own_timeout():
+    # An outsider's find (session 14): result(timeout=0) spun the whole window. Here the window is
+    # 1 s, the body never ends while the caller waits, and each wait must end at its own deadline.
+    code = """
+import json, threading, time, distaff
+eng = distaff.Engine(workers=1)
+gate = threading.Event()
+stuck = eng.task()(lambda: gate.wait(60))
+ex = stuck.submit()
+took = {}
+for timeout in (0, 0.05):
+    t0 = time.monotonic()
+    try:
+        ex.result(timeout=timeout)
+    except TimeoutError:
+        pass
+    took[str(timeout)] = time.monotonic() - t0
+gate.set()
+ex.result(timeout=60)
+print(json.dumps(took))
+"""
+    r = run_python(code, timeout=60, env={"DISTAFF_HANDOFF_SPIN_NS": "1000000000"})
+    assert r.returncode == 0, r.stderr
+    took = json.loads(r.stdout.strip().splitlines()[-1])
+    assert took["0"] < 0.5 and took["0.05"] < 0.5, took  # (the window: 1 s each)
+
+
+def test_a_long_history_of_long_waits_does_not_keep_the_spin_off():
+    # An outsider's find (session 14): credit went down by 2 per failed retry without a floor, so a
+    # thread that had waited long many times lost the spin for a number of calls that grew with
+    # that history. It comes back at the next retry (every 64 waits) now.
+    code = """
+import json, threading, time, distaff
+
+def voluntary_switches():
+    with open(f"/proc/self/task/{threading.get_native_id()}/status") as f:
+        for line in f:
+            if line.startswith("voluntary_ctxt_switches"):
+                return int(line.split()[1])
+
+eng = distaff.Engine(workers=1)
+slow = eng.task()(lambda: time.sleep(0.012))  # outlasts the 10 ms window
+quick = eng.task()(lambda x: x)
+for _ in range(300):  # 4 failed spins, then a failed retry every 64 waits
+    slow()
+before = voluntary_switches()
+for i in range(400):
+    quick(i)
+print(json.dumps({"parks": voluntary_switches() - before}))
+"""
+    r = run_python(code, timeout=120, env={"DISTAFF_HANDOFF_SPIN_NS": "10000000"})
+    assert r.returncode == 0, r.stderr
+    parks = json.loads(r.stdout.strip().splitlines()[-1])["parks"]
+    # Up to 64 calls park before the retry brings the spin back; without the floor, 256 or more.
+    assert parks < 160, parks
+
+
+def test_a_thread_that_holds_the_gil_does_not_make_each_call_spin_its_whole_window():
+    # An outsider's find (session 14): the caller waited outside CPython's GIL queue for the GIL to
+    # be free, which it rarely is while another thread runs Python: calls spun their whole window
+    # (6 of 6 runs, 10-40x slower than with the spin off). Window 1 s here; with a 1 ms switch
+    # interval a call takes a few intervals. (On a quiet machine the old spin sometimes caught the
+    # GIL free between two holders: this bounds what a call may cost, it does not time the spin.)
+    code = """
+import json, statistics, sys, threading, time, distaff
+sys.setswitchinterval(0.001)
+eng = distaff.Engine(workers=1)
+inc = eng.task()(lambda x: x + 1)
+stop = False
+started = threading.Event()
+
+def hog():
+    started.set()
+    n = 0
+    while not stop:
+        n += 1
+
+t = threading.Thread(target=hog)
+t.start()
+started.wait()
+lat = []
+for i in range(30):
+    t0 = time.monotonic()
+    assert inc(i) == i + 1
+    lat.append(time.monotonic() - t0)
+stop = True
+t.join()
+print(json.dumps({"median_s": statistics.median(lat)}))
+"""
+    r = run_python(code, timeout=120, env={"DISTAFF_HANDOFF_SPIN_NS": "1000000000"})
+    assert r.returncode == 0, r.stderr
+    median = json.loads(r.stdout.strip().splitlines()[-1])["median_s"]
+    assert median < 0.2, median  # the old spin: up to the window (1 s) per call
