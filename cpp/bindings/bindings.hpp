@@ -299,6 +299,9 @@ bool init_fork(PyObject* module);
 // null. run_execution ends the process when that body ends: end_forked_body(result or NULL on error).
 extern PyExecution* g_forked_body;
 [[noreturn]] void end_forked_body(PyObject* result);
+// on_forked_program: this is that body's fiber, the forked process's program. Its waits honour
+// Ctrl-C as the main thread's do (wait_sliced; distaff.sleep), not hold it back as a worker's.
+bool on_forked_program();
 
 // ---- the engine handle, shutdown and wait_idle (engine.cpp; history.cpp) ----------------------------
 EngineCore* engine_from_capsule(PyObject* capsule);
@@ -333,8 +336,8 @@ Clock::time_point deadline_after(double seconds);
 bool parse_timeout(PyObject* timeout, Clock::time_point& deadline);
 
 // wait_sliced: runs `park(deadline)` (true when the awaited condition holds) as the calling context
-// requires: a fiber or a plain thread parks once; the main thread parks in short slices and runs
-// signal handlers between them (Ctrl-C). Returns 0 when the condition holds, 1 on timeout, -1 with a
+// requires: a fiber or a plain thread parks once; the main thread (and the program of a process a
+// body forked) parks in short slices and runs signal handlers between them (Ctrl-C). Returns 0 when the condition holds, 1 on timeout, -1 with a
 // Python error set (a translated C++ error), -2 with the exception a signal handler raised set
 // (KeyboardInterrupt, or what a user's handler raised). GIL held on entry and exit.
 template <class Park>
@@ -347,7 +350,7 @@ bool on_any_worker();  // python_fiber.hpp
 template <class Park>
 int wait_sliced(Park&& park, Clock::time_point deadline) {
   try {
-    if (!on_main_thread()) {
+    if (!on_main_thread() && !on_forked_program()) {
       if (on_any_worker()) return park(deadline) ? 0 : 1;  // a fiber: its worker runs other bodies
       // A thread of the program (not the main one) parked in a distaff wait leaves Ctrl-C and the
       // other asynchronous signals to the main thread, as distaff's idle threads do

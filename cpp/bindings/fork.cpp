@@ -14,6 +14,8 @@ namespace distaff::py {
 unsigned g_fork_generation = 0;
 PyExecution* g_forked_body = nullptr;
 
+bool on_forked_program() { return g_forked_body != nullptr && current_execution() == g_forked_body->core; }
+
 // end_forked_body: the copy of a body in the process it forked has ended. The process ends as a
 // program whose main code this was: distaff._engine._end_forked_body prints an uncaught error,
 // waits for the engines made in this process and flushes the Python streams, and says the exit

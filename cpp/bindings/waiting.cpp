@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <limits>
+#include <optional>
 
 #include <sched.h>
 
@@ -184,6 +185,10 @@ bool spin_until_done(Execution* target, Clock::time_point deadline) {
   const auto end = std::min(deadline, now + std::chrono::nanoseconds(window));
   if (end <= now) return false;  // result(timeout=0): no waiting at all
   bool done = false;
+  // A thread other than the main one leaves Ctrl-C to the main thread while it spins, as it does
+  // while it parks (wait_sliced): the kernel may hand SIGINT to any thread that does not block it.
+  std::optional<detail::IdleSignalsBlocked> quiet;
+  if (!on_main_thread()) quiet.emplace();
   PyThreadState* ts = PyEval_SaveThread();
   for (;;) {
     sched_yield();
@@ -359,7 +364,18 @@ PyObject* raw_sleep(PyObject*, PyObject* seconds) {
   auto deadline = deadline_after(t);
   WaitStatus st;
   try {
-    st = sleep_until(deadline);
+    if (on_forked_program()) {
+      // The program of a process a body forked: sleeps in slices and runs signal handlers between
+      // them, as the main thread's waits do (Ctrl-C ends it as it ends a program).
+      for (;;) {
+        const auto now = Clock::now();
+        st = sleep_until(deadline - now > kSignalSlice ? now + kSignalSlice : deadline);
+        if (st == WaitStatus::interrupted || Clock::now() >= deadline) break;
+        if (PyErr_CheckSignals() < 0) return nullptr;
+      }
+    } else {
+      st = sleep_until(deadline);
+    }
   } catch (...) {
     translate_current_exception();
     return nullptr;
