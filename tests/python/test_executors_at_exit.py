@@ -196,7 +196,11 @@ def test_fire_and_forget_bodies_on_dask_complete_at_exit():
     assert r.returncode == 0, r.stderr
     if sys.version_info < (3, 12) or "POOLS-STOPPED [('ok', 100)]" in r.stdout:
         assert "POOLS-STOPPED [('ok', 100)]" in r.stdout and "EXIT [('ok', 100)]" in r.stdout, (r.stdout, r.stderr)
-        assert "nobody retrieved" not in r.stderr and "Error" not in r.stderr, r.stderr
+        # Nothing of distaff's on stderr. (Not "no Error at all": distributed's own worker may log a
+        # heartbeat that met its scheduler already closed at exit — CI, session 14, ASan build.)
+        ours = [line for line in r.stderr.splitlines() if line.startswith("distaff")]
+        assert not ours and "nobody retrieved" not in r.stderr, r.stderr
+        assert "cannot schedule new futures" not in r.stderr, r.stderr
     else:
         # CPython 3.12 (3.12.1 here; 3.13.0 runs them) starts no thread once the interpreter
         # exits, and the scheduler of a LocalCluster runs in this process and needs new ones
