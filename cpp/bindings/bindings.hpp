@@ -174,6 +174,12 @@ void end_redelivery(PyExecution* pe);
 // handling_interrupt: `ts` is raising a distaff.CancelledError, TimeoutError or Interrupted, or runs
 // an except/finally block or __exit__ entered for one (cancel.cpp). GIL held.
 bool handling_interrupt(PyThreadState* ts);
+// release_logging_locks_left_by_interrupt: the body that ran on `ts` was handed an interruption and
+// has ended; logging's locks (the module's and every handler's) still owned by this OS thread were
+// left held by it — the interruption landed between a lock's take and the `try:` that gives it back —
+// and are released, unless another fiber of this worker is inside logging's code (cancel.cpp). GIL
+// held, no error set.
+void release_logging_locks_left_by_interrupt(PyThreadState* ts);
 extern PyObject* LoopWaitHook;       // distaff._asyncio.wait_on_loop_thread, or NULL (waiting.cpp)
 extern PyObject* ReturnedCoroutineHook;  // distaff._async_body.await_returned, or NULL (run.cpp)
 // translate_current_exception: sets the Python error for the C++ exception being handled.

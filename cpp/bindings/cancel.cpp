@@ -177,6 +177,107 @@ bool handling_interrupt(PyThreadState* ts) {
   return false;
 }
 
+// ---- logging's locks left held by an interruption ----------------------------------------------------
+// logging (3.11, 3.12) takes its locks as `self.acquire()` then `try: ... finally: self.release()`,
+// and acquire()/release() are Python around an RLock: an interruption that fires at the bytecode
+// boundary right after the RLock's acquire returns, or at the start of release(), leaves the lock
+// held with nothing left to give it back. The body ends, and every other thread that logs through
+// that handler — and logging.shutdown() at exit — then waits for good (a body looping on
+// Handler.handle left the lock held in 16 of 40 timeouts). An RLock is owned by an OS thread, which
+// every fiber of a worker shares: once the interrupted body has ended, a lock this thread still owns
+// is one that body left, unless another fiber of this worker is suspended inside logging's code.
+namespace {
+
+// in_file: does any frame of `ts` run code from `file`?
+bool in_file(PyThreadState* ts, PyObject* file) {
+  PyFrameObject* f = PyThreadState_GetFrame(ts);
+  bool found = false;
+  while (f && !found) {
+    PyCodeObject* code = PyFrame_GetCode(f);
+    PyObject* name = PyObject_GetAttrString(reinterpret_cast<PyObject*>(code), "co_filename");
+    Py_DECREF(code);
+    if (!name) {
+      PyErr_Clear();
+    } else {
+      found = PyUnicode_Check(name) && PyUnicode_Compare(name, file) == 0;
+      Py_DECREF(name);
+    }
+    PyFrameObject* back = PyFrame_GetBack(f);
+    Py_DECREF(f);
+    f = back;
+  }
+  Py_XDECREF(f);
+  return found;
+}
+
+// release_owned: gives back every level of `lock` this OS thread owns.
+void release_owned(PyObject* lock) {
+  for (int i = 0; i < 1000; ++i) {  // bounded: an RLock of ours that keeps claiming ownership is not one
+    PyObject* owned = PyObject_CallMethod(lock, "_is_owned", nullptr);
+    const int yes = owned ? PyObject_IsTrue(owned) : -1;
+    Py_XDECREF(owned);
+    if (yes != 1) break;
+    PyObject* r = PyObject_CallMethod(lock, "release", nullptr);
+    if (!r) break;
+    Py_DECREF(r);
+  }
+  PyErr_Clear();
+}
+
+}  // namespace
+
+void release_logging_locks_left_by_interrupt(PyThreadState* ts) {
+  PyObject* key = PyUnicode_FromString("logging");
+  PyObject* logging = key ? PyImport_GetModule(key) : nullptr;
+  Py_XDECREF(key);
+  if (!logging) {  // never imported: no lock of it can be held
+    PyErr_Clear();
+    return;
+  }
+  PyObject* file = PyObject_GetAttrString(logging, "__file__");
+  bool busy = !file || !PyUnicode_Check(file);
+  // Another fiber of this worker (same OS thread id) suspended inside logging may hold a lock
+  // rightfully (a handler whose emit waits in distaff): then nothing is touched.
+  for (PyThreadState* t = PyInterpreterState_ThreadHead(PyThreadState_GetInterpreter(ts)); t && !busy;
+       t = PyThreadState_Next(t)) {
+    if (t != ts && t->thread_id == ts->thread_id && in_file(t, file)) busy = true;
+  }
+  Py_XDECREF(file);
+  if (!busy) {
+    std::vector<PyObject*> locks;
+    if (PyObject* l = PyObject_GetAttrString(logging, "_lock")) {
+      locks.push_back(l);
+    } else {
+      PyErr_Clear();
+    }
+    if (PyObject* list = PyObject_GetAttrString(logging, "_handlerList")) {
+      if (PyList_Check(list)) {
+        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(list); ++i) {
+          PyObject* h = PyObject_CallNoArgs(PyList_GET_ITEM(list, i));  // a weak reference
+          if (h && h != Py_None) {
+            if (PyObject* l = PyObject_GetAttrString(h, "lock")) {
+              locks.push_back(l);
+            } else {
+              PyErr_Clear();
+            }
+          }
+          Py_XDECREF(h);
+          PyErr_Clear();
+        }
+      }
+      Py_DECREF(list);
+    } else {
+      PyErr_Clear();
+    }
+    for (PyObject* l : locks) {
+      if (l != Py_None) release_owned(l);
+      Py_DECREF(l);
+    }
+  }
+  Py_DECREF(logging);
+  PyErr_Clear();
+}
+
 namespace {
 
 void schedule_redelivery(Redelivery* r);

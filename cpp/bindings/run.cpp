@@ -175,6 +175,7 @@ void run_execution(Execution& ex) {
       // thread state — a finalizer of the body's arguments, a done-callback. Drop it.
       Py_CLEAR(fs.tstate->async_exc);
       PyObject* exc = r ? nullptr : fetch_exception();
+      if (pe->interrupt_sent) release_logging_locks_left_by_interrupt(fs.tstate);
       if (ctx && PyContext_Exit(ctx) < 0) PyErr_Clear();
       if (exc && ex.owner() && ex.owner()->draining() &&
           PyObject_TypeCheck(exc, reinterpret_cast<PyTypeObject*>(CancelledError))) {

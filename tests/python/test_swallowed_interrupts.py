@@ -75,24 +75,10 @@ def test_an_interrupt_swallowed_by_logging_handle_error_is_delivered_again(how):
     is swallowed there. Re-delivered, it ends the body once it fires outside emit()."""
     out = _run(
         """
-        class NoLock:
-            def acquire(self, *args):
-                return True
-            def release(self):
-                pass
-            def __enter__(self):
-                return self
-            def __exit__(self, *exc):
-                return False
-
         class Busy(logging.Handler):
-            def createLock(self):
-                # No real handler lock: an interrupt that lands inside Handler.acquire()/release()
-                # (Python code around an RLock) can leave it held, and logging.shutdown() at exit
-                # then waits for it forever (docs/reliability.md, Known gaps). That hazard is not
-                # what this test is about. (3.13 takes the lock with `with self.lock:`.)
-                self.lock = NoLock()
-
+            # A real handler lock: an interrupt that lands inside Handler.acquire()/release()
+            # leaves it held until the body ends, and distaff gives it back then
+            # (test_logging_locks.py).
             def emit(self, record):
                 try:
                     sum(range(300))               # a good part of the body's time is spent here
