@@ -158,6 +158,7 @@ extern PyObject* UnobservedHook;   // distaff._errors.log_unobserved
 extern PyObject* AsyncAwaitHook;   // distaff._asyncio.await_execution
 // Set by _core._set_hooks (module.cpp), with AsyncAwaitHook:
 extern PyObject* CallbackErrorHook;  // distaff._errors.log_callback_error (execution_type.cpp)
+extern PyObject* LoggingPassHook;    // distaff._errors.pass_interrupts_through_logging (errors.cpp)
 // interrupt_of_this_body: `exc_type` (distaff.CancelledError or TimeoutError) is the interruption of
 // the body running on this thread state — its execution has ended, and it is not shielded — caught by
 // code that only reports what it catches (a done-callback runner, sys.unraisablehook). GIL held.

@@ -319,6 +319,18 @@ void schedule_redelivery(Redelivery* r) {
 }
 
 
+// ensure_logging_passes_interrupts: once per process, before the first interruption is queued into a
+// running body: logging.Handler.handleError lets that interruption go on out of the logging call
+// instead of printing "--- Logging error ---" and swallowing it (distaff._errors).
+void ensure_logging_passes_interrupts() {
+  static bool done = false;
+  if (done) return;
+  done = true;
+  PyObject* r = PyObject_CallNoArgs(LoggingPassHook);
+  if (!r) PyErr_Clear();
+  Py_XDECREF(r);
+}
+
 bool finish_terminated(Execution& ex, bool was_parked, void* arg) {
   auto* t = static_cast<Termination*>(arg);
   const bool root = &ex == t->root->core;
@@ -345,6 +357,7 @@ bool finish_terminated(Execution& ex, bool was_parked, void* arg) {
   if (finished && p->tstate && !was_parked) {
     if (!p->shielded) {
       ensure_unraisablehook();
+      ensure_logging_passes_interrupts();
       if (raise_in_fiber(p->tstate, exc)) {
         p->interrupt_sent = 1;
         watch_swallowed(p);
@@ -507,7 +520,15 @@ PyMethodDef deferring_exit_def = {
     "__exit__", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&raw_deferring_exit)), METH_FASTCALL,
     "release() (interrupts of the body deferred to the end)"};
 
+// _interrupt_of_this_body(exc_type) -> bool: is `exc_type` the interruption (cancel, timeout) of the
+// body running here, its execution ended and not shielded (distaff._errors' logging pass-through).
+PyObject* raw_interrupt_of_this_body(PyObject*, PyObject* exc_type) {
+  return PyBool_FromLong(interrupt_of_this_body(exc_type));
+}
+
 PyMethodDef cancel_functions[] = {
+    {"_interrupt_of_this_body", &raw_interrupt_of_this_body, METH_O,
+     "_interrupt_of_this_body(exc_type) -> bool: the interruption of the body running here"},
     {"arm_timeout", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&raw_arm_timeout)), METH_FASTCALL,
      "arm_timeout(execution, seconds)"},
     {"stop_timer", &raw_stop_timer, METH_NOARGS, "stop_timer(): join the timeout thread"},

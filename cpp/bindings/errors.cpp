@@ -20,6 +20,7 @@ PyObject* AsyncAwaitHook = nullptr;
 PyObject* NoteHook = nullptr;
 PyObject* HandoutHook = nullptr;
 PyObject* ForwardNoteHook = nullptr;
+PyObject* LoggingPassHook = nullptr;
 
 bool init_errors(PyObject* module) {
   // The exception classes are defined in Python (distaff/_errors.py) so users can see and subclass
@@ -34,7 +35,7 @@ bool init_errors(PyObject* module) {
                {&ShutdownError, "ShutdownError"},   {&UnobservedHook, "log_unobserved"},
                {&TimeoutErrorType, "TimeoutError"}, {&NoteHook, "_note_failure"},
                {&HandoutHook, "_handed_out"},       {&ForwardNoteHook, "_note_forward"},
-               {&InterruptedType, "Interrupted"}};
+               {&InterruptedType, "Interrupted"},   {&LoggingPassHook, "pass_interrupts_through_logging"}};
   for (auto& n : names) {
     *n.slot = PyObject_GetAttrString(m, n.name);
     if (!*n.slot) {

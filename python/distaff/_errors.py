@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import builtins
 import concurrent.futures
+import functools
 import logging
+import sys
 from types import TracebackType
 
 from . import _aio
@@ -317,3 +319,29 @@ def log_callback_error(callback, execution, exc: BaseException) -> None:
         type(exc).__name__,
         exc_info=(type(exc), exc, exc.__traceback__),
     )
+
+
+def pass_interrupts_through_logging() -> None:
+    """Wraps ``logging.Handler.handleError`` once (called by the bindings before the first
+    interruption is queued into a running body). A handler's ``emit()`` catches ``Exception`` and
+    calls ``handleError``, which prints "--- Logging error ---" and returns: a cancel or timeout
+    that landed inside ``emit()`` (where a body that logs spends its I/O, and so where the timer
+    thread gets the GIL) was printed as a logging error and swallowed. The wrapper re-raises the
+    interruption of the body running here, so it goes on out of the logging call (the handler's
+    lock is given back by ``Handler.handle``'s ``finally``); any other error is handled as before."""
+    prev = logging.Handler.handleError
+    if getattr(prev, "_distaff_passes_interrupts", False):
+        return
+    from . import _core
+
+    own = _core._interrupt_of_this_body
+
+    @functools.wraps(prev)
+    def handleError(self, record):  # noqa: N802 (logging's name)
+        exc = sys.exception()
+        if exc is not None and own(type(exc)):
+            raise  # the handled interruption, with its traceback
+        return prev(self, record)
+
+    handleError._distaff_passes_interrupts = True  # type: ignore[attr-defined]
+    logging.Handler.handleError = handleError  # type: ignore[method-assign]

@@ -142,3 +142,52 @@ def test_a_lock_held_by_another_fiber_inside_logging_is_left_alone():
     assert "A a done" in proc.stdout, proc.stdout + proc.stderr
     assert "FREE True" in proc.stdout, proc.stdout + proc.stderr
     assert "Error" not in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("how", ["timeout", "cancel"])
+def test_an_interruption_that_lands_in_a_handlers_emit_is_not_printed_as_a_logging_error(how, tmp_path):
+    """A body that logs spends its I/O inside the handler's emit(), which is where the timer thread
+    (or a canceller) gets the GIL, so that is where the interruption lands; emit() catches Exception
+    and calls handleError. Before: "--- Logging error ---" and a traceback for nearly every
+    interrupted body (30 of 30 here), the interruption swallowed until delivered again. Now it goes
+    on out of the logging call: the body ends with it, and the log file is whole."""
+    log = tmp_path / "run.log"
+    proc = run_python(
+        f"""
+        import logging, threading, distaff
+        logging.basicConfig(level=logging.INFO, format="%(message)s",
+                            handlers=[logging.StreamHandler(), logging.FileHandler({str(log)!r})])
+        lg = logging.getLogger("work")
+        eng = distaff.Engine(workers=1, max_workers=1)
+        seen = []
+
+        def chatty(i, started):
+            started.set()
+            try:
+                while True:
+                    lg.info("body %d", i)
+            except BaseException as e:
+                seen.append(type(e).__name__)
+                raise
+
+        for i in range(30):
+            started = threading.Event()
+            if {how!r} == "timeout":
+                ex = eng.task(timeout=0.01)(chatty).submit(i, started)
+            else:
+                ex = eng.submit(chatty, i, started)
+                assert started.wait(30)
+                ex.cancel()
+            distaff.wait([ex], timeout=30)
+            assert ex.cancelled() or isinstance(ex.exception(), distaff.TimeoutError)
+            assert eng.submit(lambda: 7).result(timeout=30) == 7   # the body has ended
+        lg.info("main done")
+        print("SEEN", sorted(set(seen)), len(seen))
+        """,
+        timeout=90,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Logging error" not in proc.stderr, proc.stderr[-3000:]
+    expected = "TimeoutError" if how == "timeout" else "CancelledError"
+    assert f"SEEN ['{expected}'] 30" in proc.stdout, proc.stdout
+    assert log.read_text().splitlines()[-1] == "main done"

@@ -71,8 +71,10 @@ def test_a_body_that_swallows_the_interrupt_then_loops_in_pure_python_is_interru
 @pytest.mark.parametrize("how", HOW)
 def test_an_interrupt_swallowed_by_logging_handle_error_is_delivered_again(how):
     """A logging handler's emit() catches Exception and calls handleError, which prints "---
-    Logging error ---" and returns (as StreamHandler's does): an interrupt that fires inside emit()
-    is swallowed there. Re-delivered, it ends the body once it fires outside emit()."""
+    Logging error ---" and returns (as StreamHandler's does): an interrupt that fired inside emit()
+    was swallowed there, and ended the body only when re-delivered outside emit(). Since session 15
+    handleError lets the body's own interruption go on (test_logging_locks.py); either way the body
+    ends."""
     out = _run(
         """
         class Busy(logging.Handler):
@@ -325,9 +327,10 @@ def test_a_retry_loop_that_swallows_every_exception_is_stopped(how):
 
 @pytest.mark.parametrize("how", HOW)
 def test_an_interrupt_delivered_again_gets_past_a_logging_handlers_error_handling(how):
-    """Nearly all of the body's time is inside the handler's emit(), whose `except Exception` calls
-    handleError ("--- Logging error ---") and returns: every copy of the CancelledError landed
-    there. Interrupted passes emit()'s handler, and Handler.handle's `finally` releases its lock."""
+    """Nearly all of the body's time is inside the handler's emit(), whose own `except Exception`
+    counts the error and returns: every copy of the CancelledError landed there. Interrupted passes
+    emit()'s handler, and Handler.handle's `finally` releases its lock. (A handler that calls
+    handleError instead lets the first interruption through: test_logging_locks.py.)"""
     out = _run(
         """
         import io
@@ -338,7 +341,8 @@ def test_an_interrupt_delivered_again_gets_past_a_logging_handlers_error_handlin
                         sum(range(400))           # the time goes here
                     self.stream.write("x")
                 except Exception:
-                    self.handleError(record)
+                    self.swallowed += 1           # the handler's own error handling
+        Slow.swallowed = 0
         logger = logging.getLogger("slowlog")
         handler = Slow(io.StringIO())
         logger.addHandler(handler)
@@ -356,10 +360,11 @@ def test_an_interrupt_delivered_again_gets_past_a_logging_handlers_error_handlin
         how,
         extra="""
         print("HANDLER LOCK FREE", handler.lock.acquire(timeout=5))
+        print("SWALLOWED", Slow.swallowed)
         """,
     )
     assert "HANDLER LOCK FREE True" in out, out
-    assert out.count("Logging error") <= 1, out   # at most the first interruption was swallowed
+    assert {"SWALLOWED 0", "SWALLOWED 1"} & set(out.splitlines()), out   # at most the first was swallowed
     assert "LOG ['Interrupted']" in out or "LOG ['CancelledError']" in out or "LOG ['TimeoutError']" in out, out
 
 
