@@ -210,18 +210,50 @@ bool in_file(PyThreadState* ts, PyObject* file) {
   return found;
 }
 
+// owned_here: does this OS thread own `lock` (an RLock's _is_owned())? False for anything else.
+bool owned_here(PyObject* lock) {
+  PyObject* owned = PyObject_CallMethod(lock, "_is_owned", nullptr);
+  const int yes = owned ? PyObject_IsTrue(owned) : 0;
+  Py_XDECREF(owned);
+  PyErr_Clear();
+  return yes == 1;
+}
+
 // release_owned: gives back every level of `lock` this OS thread owns.
 void release_owned(PyObject* lock) {
-  for (int i = 0; i < 1000; ++i) {  // bounded: an RLock of ours that keeps claiming ownership is not one
-    PyObject* owned = PyObject_CallMethod(lock, "_is_owned", nullptr);
-    const int yes = owned ? PyObject_IsTrue(owned) : -1;
-    Py_XDECREF(owned);
-    if (yes != 1) break;
+  for (int i = 0; i < 1000 && owned_here(lock); ++i) {  // bounded: a lock that keeps claiming it is no RLock
     PyObject* r = PyObject_CallMethod(lock, "release", nullptr);
     if (!r) break;
     Py_DECREF(r);
   }
   PyErr_Clear();
+}
+
+// owned_logging_locks: logging's locks (the module's, each live handler's) this OS thread owns.
+std::vector<PyObject*> owned_logging_locks(PyObject* logging) {
+  std::vector<PyObject*> locks;
+  auto keep = [&](PyObject* l) {  // takes the reference
+    if (l && l != Py_None && owned_here(l)) {
+      locks.push_back(l);
+    } else {
+      Py_XDECREF(l);
+    }
+  };
+  keep(PyObject_GetAttrString(logging, "_lock"));
+  PyErr_Clear();
+  if (PyObject* list = PyObject_GetAttrString(logging, "_handlerList")) {
+    if (PyList_Check(list)) {
+      for (Py_ssize_t i = 0; i < PyList_GET_SIZE(list); ++i) {
+        PyObject* h = PyObject_CallNoArgs(PyList_GET_ITEM(list, i));  // a weak reference
+        if (h && h != Py_None) keep(PyObject_GetAttrString(h, "lock"));
+        Py_XDECREF(h);
+        PyErr_Clear();
+      }
+    }
+    Py_DECREF(list);
+  }
+  PyErr_Clear();
+  return locks;
 }
 
 }  // namespace
@@ -234,43 +266,21 @@ void release_logging_locks_left_by_interrupt(PyThreadState* ts) {
     PyErr_Clear();
     return;
   }
-  PyObject* file = PyObject_GetAttrString(logging, "__file__");
-  bool busy = !file || !PyUnicode_Check(file);
-  // Another fiber of this worker (same OS thread id) suspended inside logging may hold a lock
-  // rightfully (a handler whose emit waits in distaff): then nothing is touched.
-  for (PyThreadState* t = PyInterpreterState_ThreadHead(PyThreadState_GetInterpreter(ts)); t && !busy;
-       t = PyThreadState_Next(t)) {
-    if (t != ts && t->thread_id == ts->thread_id && in_file(t, file)) busy = true;
-  }
-  Py_XDECREF(file);
-  if (!busy) {
-    std::vector<PyObject*> locks;
-    if (PyObject* l = PyObject_GetAttrString(logging, "_lock")) {
-      locks.push_back(l);
-    } else {
-      PyErr_Clear();
+  // Almost always none is held: then that is all (a cancel of 20,000 parked sleepers does this
+  // 20,000 times; the scan of the fibers below is only for a lock found held).
+  std::vector<PyObject*> locks = owned_logging_locks(logging);
+  if (!locks.empty()) {
+    PyObject* file = PyObject_GetAttrString(logging, "__file__");
+    bool busy = !file || !PyUnicode_Check(file);
+    // Another fiber of this worker (same OS thread id) suspended inside logging may hold a lock
+    // rightfully (a handler whose emit waits in distaff): then nothing is touched.
+    for (PyThreadState* t = PyInterpreterState_ThreadHead(PyThreadState_GetInterpreter(ts)); t && !busy;
+         t = PyThreadState_Next(t)) {
+      if (t != ts && t->thread_id == ts->thread_id && in_file(t, file)) busy = true;
     }
-    if (PyObject* list = PyObject_GetAttrString(logging, "_handlerList")) {
-      if (PyList_Check(list)) {
-        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(list); ++i) {
-          PyObject* h = PyObject_CallNoArgs(PyList_GET_ITEM(list, i));  // a weak reference
-          if (h && h != Py_None) {
-            if (PyObject* l = PyObject_GetAttrString(h, "lock")) {
-              locks.push_back(l);
-            } else {
-              PyErr_Clear();
-            }
-          }
-          Py_XDECREF(h);
-          PyErr_Clear();
-        }
-      }
-      Py_DECREF(list);
-    } else {
-      PyErr_Clear();
-    }
+    Py_XDECREF(file);
     for (PyObject* l : locks) {
-      if (l != Py_None) release_owned(l);
+      if (!busy) release_owned(l);
       Py_DECREF(l);
     }
   }
