@@ -30,6 +30,9 @@ struct WorkerPy {
   // root chunk reuses one instead of mapping and unmapping 16 KiB per call.
   std::array<void*, 4> spare_chunks{};
   std::size_t spare_n = 0;
+  // The worker's threading.Thread object (a _DummyThread, shared by its fibers) has been made
+  // non-daemon (adopt_thread_object).
+  bool thread_adopted = false;
 };
 thread_local WorkerPy* tl_worker_py = nullptr;
 
@@ -258,6 +261,22 @@ void worker_idle() {
   PyEval_SaveThread();
 }
 
+namespace {
+// adopt_thread_object: the worker's threading.Thread object — a _DummyThread, as for any thread
+// Python did not start, and daemon as those are — is made non-daemon. A thread a body starts takes
+// its `daemon` from threading.current_thread(): it is then a non-daemon thread, as when the caller
+// runs the function itself, and the program waits for it at exit (docs/limits.md, "Identity").
+// Once per worker, on its first body. GIL held by `ts`, no error set.
+void adopt_thread_object() {
+  PyObject* threading = PyImport_ImportModule("threading");
+  PyObject* cur = threading ? PyObject_CallMethod(threading, "current_thread", nullptr) : nullptr;
+  if (cur && PyObject_SetAttrString(cur, "_daemonic", Py_False) < 0) PyErr_Clear();
+  Py_XDECREF(cur);
+  Py_XDECREF(threading);
+  PyErr_Clear();
+}
+}  // namespace
+
 FiberState acquire_fiber_state() {
   WorkerPy* w = tl_worker_py;
   FiberState fs;
@@ -278,6 +297,10 @@ FiberState acquire_fiber_state() {
   fs.tstate->c_recursion_remaining =
       std::min(fs.tstate->c_recursion_remaining, c_recursion_budget(w->stack_size));
 #endif
+  if (!w->thread_adopted) {
+    w->thread_adopted = true;
+    adopt_thread_object();
+  }
   return fs;
 }
 

@@ -1167,9 +1167,10 @@ def _end_forked_body(exc: BaseException | None) -> int:
     fiber, which then ends the process with the status returned). The child ends as a program
     whose main code this was: a return is status 0, ``sys.exit(n)`` is n (``sys.exit("msg")``
     prints the message, 1), an uncaught exception prints its traceback and is 1 (a
-    KeyboardInterrupt ends the child by SIGINT, as it ends a program). The engines made in the
-    child finish their work first (shutdown); the Python streams are flushed. atexit handlers do
-    not run, as in the child of a forked thread (docs/limits.md#fork)."""
+    KeyboardInterrupt ends the child by SIGINT, as it ends a program). The non-daemon threads the
+    body started in the child are waited for, then the engines made in the child finish their work
+    (shutdown); the Python streams are flushed. atexit handlers do not run, as in the child of a
+    forked thread (docs/limits.md#fork)."""
     status = 0
     interrupted = False
     if isinstance(exc, SystemExit):
@@ -1191,6 +1192,20 @@ def _end_forked_body(exc: BaseException | None) -> int:
             pass
         status = 1
         interrupted = isinstance(exc, KeyboardInterrupt)
+    if not interrupted:
+        # As a program's end does (threading._shutdown): wait for the non-daemon threads the body
+        # started here — not for threads Python did not start (_DummyThread: the workers of engines
+        # made here, which cannot be joined). A Ctrl-C stops the wait; the child exits all the same.
+        me = threading.current_thread()
+        for t in threading.enumerate():
+            if t is me or t.daemon or isinstance(t, threading._DummyThread) or not t.is_alive():
+                continue
+            try:
+                t.join()
+            except Exception:  # noqa: BLE001 - not joinable: the others still are
+                continue
+            except BaseException:  # noqa: BLE001 - a Ctrl-C
+                break
     for eng in list(_engines):
         if eng._capsule is not None and eng._pid == os.getpid():
             try:

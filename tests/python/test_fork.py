@@ -197,6 +197,18 @@ def test_a_child_forked_by_a_body_that_raises_prints_the_traceback_and_exits_1()
     assert "KeyboardInterrupt" in proc.stderr
 
 
+def test_a_child_forked_by_a_body_waits_for_the_non_daemon_threads_its_body_started():
+    # As a program does at its end. Before: the child exited at once and the thread's line was lost.
+    proc = _fork_in_body(
+        "import time\n"
+        "        t = threading.Thread(target=lambda: (time.sleep(0.3), print('child thread done')))\n"
+        "        t.start()\n"
+        "        return 0")
+    assert proc.returncode == 0, proc.stderr
+    assert "child status 0" in proc.stdout, proc.stdout + proc.stderr
+    assert "child thread done" in proc.stdout, proc.stdout + proc.stderr
+
+
 def test_a_child_forked_by_a_body_can_fork_again():
     proc = _fork_in_body(
         """
