@@ -44,6 +44,7 @@ Reaper* g_reaper = new Reaper;
 
 void reap(Reaper* r, EngineCore* eng) {
   distaff::detail::block_idle_signals_for_good();  // runs no Python: signals are the main thread's
+  distaff::detail::name_this_thread("distaff-join");
   eng->scheduler->join(/*switch_hooks=*/false);  // no Python state here: nothing to release
   std::thread self;
   bool drop;

@@ -361,25 +361,17 @@ PyObject* raw_sleep(PyObject*, PyObject* seconds) {
       if (!(t > 0)) Py_RETURN_NONE;
     }
   }
-  auto deadline = deadline_after(t);
-  WaitStatus st;
-  try {
-    if (on_forked_program()) {
-      // The program of a process a body forked: sleeps in slices and runs signal handlers between
-      // them, as the main thread's waits do (Ctrl-C ends it as it ends a program).
-      for (;;) {
-        const auto now = Clock::now();
-        st = sleep_until(deadline - now > kSignalSlice ? now + kSignalSlice : deadline);
-        if (st == WaitStatus::interrupted || Clock::now() >= deadline) break;
-        if (PyErr_CheckSignals() < 0) return nullptr;
-      }
-    } else {
-      st = sleep_until(deadline);
-    }
-  } catch (...) {
-    translate_current_exception();
-    return nullptr;
-  }
+  const auto deadline = deadline_after(t);
+  // On a fiber the sleep parks once; the program of a process a body forked sleeps in slices and
+  // runs signal handlers between them (wait_sliced), as the main thread's waits do.
+  WaitStatus st = WaitStatus::timeout;
+  const int r = wait_sliced(
+      [&](Clock::time_point until) {
+        st = sleep_until(until);
+        return st == WaitStatus::interrupted || Clock::now() >= deadline;
+      },
+      deadline);
+  if (r < 0) return nullptr;  // a translated C++ error, or what a signal handler raised
   if (st == WaitStatus::interrupted) {
     raise_interrupted();
     return nullptr;

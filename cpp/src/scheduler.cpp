@@ -149,6 +149,7 @@ Scheduler::Scheduler(SchedulerOptions options) : opts_(std::move(options)) {
     throw std::invalid_argument("stack_size must be between 64 KiB and 1 GiB");
   }
   detail::install_fatal_signal_handler();
+  pthread_sigmask(SIG_SETMASK, nullptr, &worker_mask_);
   const unsigned cap = std::max(opts_.workers, opts_.max_workers);
   for (unsigned i = 0; i < cap; ++i) {
     workers_.push_back(std::make_unique<Worker>(i, opts_.stack_size));
@@ -568,6 +569,7 @@ void Scheduler::run_fiber(Worker& w, Execution* ex) {
 void Scheduler::worker_main(Worker& w) {
   tl_scheduler = this;
   tl_worker = &w;
+  detail::name_this_thread(("distaff-w" + std::to_string(w.index)).c_str());
   detail::AltSignalStack alt_stack;  // room for a fatal-signal report when a fiber's stack has none
   boost::fibers::use_scheduling_algorithm<WorkerAlgorithm>(&opts_.on_worker_block, &w.switches, &w.blocked,
                                                            &w.stacks);
@@ -650,16 +652,19 @@ void Scheduler::worker_main(Worker& w) {
 }
 
 void Scheduler::monitor_main() {
+  // The monitor runs no Python and starts no process: it blocks the idle signals for its whole
+  // life. (It used to block them only while it waited, and ran its scan every tick unblocked: the
+  // kernel could hand it a Ctrl-C meant for a main thread asleep in C, which then slept on — one CI
+  // run in session 15, under load.) Elastic workers it starts get worker_mask_ back (grow).
+  detail::block_idle_signals_for_good();
+  detail::name_this_thread("distaff-monitor");
   const unsigned cap = static_cast<unsigned>(workers_.size());
   int helps = 0;  // ticks in a row on which growth_helps() agreed (one racy sample is not enough)
   UniqueLock lk(monitor_mu_);
   while (!monitor_stop_) {
     // Idle engines tick slowly: the monitor costs nothing measurable when there is no work.
     const auto tick = live_.load(std::memory_order_relaxed) > 0 ? opts_.tick : opts_.tick * 25;
-    {
-      detail::IdleSignalsBlocked quiet;
-      monitor_cv_.wait_for(lk, tick);
-    }
+    monitor_cv_.wait_for(lk, tick);
     if (monitor_stop_ || closed_.load(std::memory_order_acquire)) continue;
     lk.unlock();
     unsigned running = 0, stuck = 0;
@@ -720,7 +725,17 @@ void Scheduler::grow(unsigned count) {
     slot->status.store(kRunning, std::memory_order_release);
     threads_.fetch_add(1, std::memory_order_relaxed);
     grown_.fetch_add(1, std::memory_order_relaxed);
-    start_worker(*slot);
+    // A thread inherits its creator's mask: the elastic worker gets the first workers' (a process
+    // its bodies start inherits the worker's mask through exec, and must not start with Ctrl-C
+    // blocked), not the monitor's.
+    {
+      struct MaskScope {  // the monitor's own mask back, also if the thread cannot be started
+        sigset_t old;
+        explicit MaskScope(const sigset_t& m) noexcept { pthread_sigmask(SIG_SETMASK, &m, &old); }
+        ~MaskScope() { pthread_sigmask(SIG_SETMASK, &old, nullptr); }
+      } as_first_workers(worker_mask_);
+      start_worker(*slot);
+    }
     if (fresh) active_.store(n + 1, std::memory_order_release);
   }
 }

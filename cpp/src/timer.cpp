@@ -144,6 +144,7 @@ std::vector<void*> Timer::stop() {
 }
 
 void Timer::run() {
+  detail::name_this_thread("distaff-timer");
   UniqueLock lk(mu_);
   while (!stopping_) {
     if (queue_.empty()) {

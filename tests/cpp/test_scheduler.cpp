@@ -21,6 +21,7 @@
 #include <fstream>
 #include <sstream>
 
+#include <dirent.h>
 #include <pthread.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -1334,6 +1335,68 @@ TEST_F(SchedulerElastic, GrowsWhenEveryWorkerIsBlockedWithWorkQueuedThenRetires)
   s.close(false);
   s.join();
   EXPECT_EQ(s.stats().threads, 0);
+}
+
+// thread_named: the id of this process's thread whose name (comm) is `name`, or 0.
+long thread_named(const std::string& name) {
+  long found = 0;
+  DIR* d = opendir("/proc/self/task");
+  if (!d) return 0;
+  while (dirent* e = readdir(d)) {
+    if (e->d_name[0] == '.') continue;
+    std::ifstream f(std::string("/proc/self/task/") + e->d_name + "/comm");
+    std::string comm;
+    std::getline(f, comm);
+    if (comm == name) found = std::stol(e->d_name);
+  }
+  closedir(d);
+  return found;
+}
+
+// The monitor runs no body and starts no process: it blocks the process's signals for good. It used
+// to block them only while it waited and scanned every tick unblocked, so the kernel could hand it a
+// Ctrl-C meant for a main thread asleep in C (session 15). A worker it grows starts with the mask
+// of the thread that made the scheduler, as the first workers do, not with the monitor's.
+TEST_F(SchedulerElastic, TheMonitorBlocksProcessSignalsAndAGrownWorkerStartsWithTheFirstWorkersMask) {
+  sigset_t intr, prev;
+  sigemptyset(&intr);
+  sigaddset(&intr, SIGINT);
+  ASSERT_EQ(pthread_sigmask(SIG_UNBLOCK, &intr, &prev), 0);  // the first workers: SIGINT unblocked
+  Event release;
+  std::atomic<int> grown_blocks_sigint{-1};
+  std::atomic<int> started{0};
+  SchedulerOptions o;
+  o.workers = 1;
+  o.max_workers = 2;
+  o.tick = std::chrono::milliseconds(1);
+  o.run = [&](Execution& ex) {
+    if (started.fetch_add(1) == 0) {
+      release.wait();  // the first worker stuck in a blocking call: the monitor grows one
+    } else {
+      sigset_t cur;
+      pthread_sigmask(SIG_BLOCK, nullptr, &cur);
+      grown_blocks_sigint.store(sigismember(&cur, SIGINT));
+    }
+    ex.finish(State::succeeded);
+  };
+  Scheduler s(std::move(o));
+  auto stuck = Execution::create("stuck");
+  auto second = Execution::create("second");
+  s.submit(stuck);
+  s.submit(second);
+  ASSERT_EQ(second->wait_until(safety_deadline()), WaitStatus::done);
+  EXPECT_EQ(grown_blocks_sigint.load(), 0) << "a grown worker must not have Ctrl-C blocked";
+  EXPECT_GE(s.stats().grown, 1);
+  const long monitor = thread_named("distaff-monitor");
+  ASSERT_NE(monitor, 0);
+  int unblocked = 0;
+  for (int i = 0; i < 3000; ++i) unblocked += blocked_in(monitor, SIGINT) ? 0 : 1;  // ticks every 1 ms
+  EXPECT_EQ(unblocked, 0) << "the monitor took signals between its waits";
+  release.set();
+  ASSERT_EQ(stuck->wait_until(safety_deadline()), WaitStatus::done);
+  s.close(false);
+  s.join();
+  pthread_sigmask(SIG_SETMASK, &prev, nullptr);
 }
 
 TEST_F(SchedulerElastic, DoesNotGrowWhenTheEmbedderSaysItWouldNotHelp) {

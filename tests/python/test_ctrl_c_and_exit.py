@@ -720,3 +720,41 @@ def test_distaffs_helper_threads_block_ctrl_c_while_they_sleep():
     )
     assert proc.returncode == 0, proc.stderr
     assert "watcher blocks SIGINT" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_the_elastic_monitor_never_takes_ctrl_c_and_grown_workers_start_with_the_first_workers_mask():
+    """The elastic monitor ticks every 2 ms while work is live and used to scan with the signals
+    unblocked: the kernel could hand it a Ctrl-C meant for a main thread asleep in C, which then
+    slept on (a CI run of test_one_ctrl_c_ends_a_program_whose_non_daemon_thread_waits_in_distaff
+    [asleep_in_c], session 15, under load). It now blocks them for good. A worker it grows must
+    not inherit that: a process its bodies start would start with Ctrl-C blocked."""
+    proc = run_python(
+        """
+        import os, signal, threading, distaff
+
+        def sigint_blocked(tid):
+            with open(f"/proc/self/task/{tid}/status") as f:
+                return bool(int(f.read().split("SigBlk:")[1].split()[0], 16) & (1 << (signal.SIGINT - 1)))
+
+        def comm(tid):
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                return f.read().strip()
+
+        eng = distaff.Engine(workers=1, max_workers=3)
+        gate = threading.Event()
+        a = eng.submit(lambda: gate.wait(60))      # the one worker stuck in C, GIL released
+        b = eng.submit(lambda: (comm(threading.get_native_id()), sigint_blocked(threading.get_native_id())))
+        print("GROWN WORKER", b.result(timeout=60))
+        monitor = [int(t) for t in os.listdir("/proc/self/task") if comm(int(t)) == "distaff-monitor"]
+        assert len(monitor) == 1, [comm(int(t)) for t in os.listdir("/proc/self/task")]
+        # `a` is live, so the monitor ticks every 2 ms: sample its mask across many ticks.
+        print("MONITOR EVER UNBLOCKED", any(not sigint_blocked(monitor[0]) for _ in range(5000)))
+        gate.set()
+        a.result(timeout=60)
+        eng.shutdown()
+        """,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "MONITOR EVER UNBLOCKED False" in proc.stdout, proc.stdout
+    assert "GROWN WORKER ('distaff-w1', False)" in proc.stdout, proc.stdout

@@ -80,15 +80,20 @@ print("ok")
         assert r.returncode == 0 and r.stdout.strip() == "ok", (bad, r.stderr)
 
 
-def test_the_spin_never_outlasts_the_waits_own_timeout():
-    # An outsider's find (session 14): result(timeout=0) spun the whole window. Here the window is
-    # 1 s, the body never ends while the caller waits, and each wait must end at its own deadline.
-    code = """
+# An engine whose one worker is held by a body that waits on `gate`, and `ex`, its execution.
+_STUCK = """
 import json, threading, time, distaff
 eng = distaff.Engine(workers=1)
 gate = threading.Event()
 stuck = eng.task()(lambda: gate.wait(60))
 ex = stuck.submit()
+"""
+
+
+def test_the_spin_never_outlasts_the_waits_own_timeout():
+    # An outsider's find (session 14): result(timeout=0) spun the whole window. Here the window is
+    # 1 s, the body never ends while the caller waits, and each wait must end at its own deadline.
+    code = _STUCK + """
 took = {}
 for timeout in (0, 0.05):
     t0 = time.monotonic()
@@ -180,12 +185,7 @@ def test_a_thread_other_than_main_blocks_ctrl_c_while_it_spins_as_while_it_parks
     # main thread slept in C code left the Ctrl-C unseen (reliability.md, session 12). A waiting
     # thread blocks it while it parks, and now while it spins too. Window 1 s: without the block,
     # SIGINT would show as blocked only once the spin ended and the thread parked.
-    code = """
-import json, threading, time, distaff
-eng = distaff.Engine(workers=1)
-gate = threading.Event()
-stuck = eng.task()(lambda: gate.wait(60))
-ex = stuck.submit()
+    code = _STUCK + """
 tid = []
 
 def waiter():

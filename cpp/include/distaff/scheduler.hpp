@@ -14,6 +14,8 @@
 #include <unordered_set>
 #include <vector>
 
+#include <signal.h>
+
 #include <boost/fiber/condition_variable.hpp>
 
 #include "distaff/execution.hpp"
@@ -210,6 +212,9 @@ class Scheduler {
   std::atomic<std::int64_t> threads_{0};
   std::atomic<std::int64_t> grown_{0};
   std::thread monitor_;
+  // The signal mask of the thread that created the scheduler, which the first workers inherit; the
+  // monitor (which blocks the idle signals for good) starts elastic workers with it too.
+  sigset_t worker_mask_;
   std::mutex monitor_mu_;
   std::condition_variable monitor_cv_;
   bool monitor_stop_ DISTAFF_GUARDED_BY(monitor_mu_) = false;

@@ -23,6 +23,8 @@
 #include <pthread.h>
 #include <signal.h>
 
+#include <cstddef>
+
 namespace distaff::detail {
 
 inline const sigset_t& idle_signals() noexcept {
@@ -52,5 +54,15 @@ class IdleSignalsBlocked {
 };
 
 inline void block_idle_signals_for_good() noexcept { pthread_sigmask(SIG_BLOCK, &idle_signals(), nullptr); }
+
+// name_this_thread: the name `top -H`, gdb and /proc/<pid>/task/<tid>/comm show for the calling
+// thread (at most 15 characters are kept). Best effort.
+inline void name_this_thread(const char* name) noexcept {
+  char buf[16];
+  std::size_t i = 0;
+  for (; name[i] && i < sizeof buf - 1; ++i) buf[i] = name[i];
+  buf[i] = '\0';
+  pthread_setname_np(pthread_self(), buf);
+}
 
 }  // namespace distaff::detail
