@@ -5,6 +5,10 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <fstream>
+#include <string>
+
+#include "distaff/detail/idle_signals.hpp"
 
 #include "bindings.hpp"
 #include "python_fiber.hpp"
@@ -12,6 +16,12 @@
 namespace distaff::py {
 
 unsigned g_fork_generation = 0;
+
+namespace {
+// The process's name (its main thread's, /proc/self/comm) when distaff was imported: a process
+// forked from a worker, whose only thread would keep the worker's name (distaff-w<N>), gets it back.
+std::string g_process_name;
+}  // namespace
 PyExecution* g_forked_body = nullptr;
 
 bool on_forked_program() { return g_forked_body != nullptr && current_execution() == g_forked_body->core; }
@@ -68,6 +78,10 @@ PyObject* raw_after_fork(PyObject*, PyObject*) {
   // interpreter states are gone (CPython deleted every thread state but this one), so the thread
   // becomes a plain thread that runs one fiber; when the body ends, the process ends
   // (end_forked_body, from run_execution).
+  // Forked from a worker thread (a body's os.fork(), multiprocessing's fork start method): the
+  // child's one thread is its main thread now and is named as the process was, not distaff-w<N>
+  // (ps, pgrep and killall go by that name: an outsider's find).
+  if (on_any_worker() && !g_process_name.empty()) distaff::detail::name_this_thread(g_process_name.c_str());
   if (Execution* self = current_execution(); self && (on_any_worker() || g_forked_body)) {
     if (keep_only_current_fiber()) {
       forget_worker_after_fork();
@@ -88,6 +102,10 @@ PyMethodDef fork_functions[] = {
 
 }  // namespace
 
-bool init_fork(PyObject* module) { return PyModule_AddFunctions(module, fork_functions) == 0; }
+bool init_fork(PyObject* module) {
+  std::ifstream comm("/proc/self/comm");
+  std::getline(comm, g_process_name);
+  return PyModule_AddFunctions(module, fork_functions) == 0;
+}
 
 }  // namespace distaff::py

@@ -31,8 +31,9 @@ struct WorkerPy {
   std::array<void*, 4> spare_chunks{};
   std::size_t spare_n = 0;
   // The worker's threading.Thread object (a _DummyThread, shared by its fibers) has been made
-  // non-daemon (adopt_thread_object).
+  // non-daemon (adopt_thread_object); thread_keep keeps it the worker's on 3.13 (or NULL).
   bool thread_adopted = false;
+  PyObject* thread_keep = nullptr;
 };
 thread_local WorkerPy* tl_worker_py = nullptr;
 
@@ -233,6 +234,7 @@ void worker_stopped() {
   }
   if (!w->holds_gil) PyEval_RestoreThread(w->base);
   w->holds_gil = false;
+  Py_CLEAR(w->thread_keep);  // 3.13: the worker's _DummyThread leaves threading._active
   for (PyThreadState* ts : w->pool) {
     PyThreadState_Clear(ts);
     PyThreadState_Delete(ts);
@@ -266,14 +268,33 @@ namespace {
 // Python did not start, and daemon as those are — is made non-daemon. A thread a body starts takes
 // its `daemon` from threading.current_thread(): it is then a non-daemon thread, as when the caller
 // runs the function itself, and the program waits for it at exit (docs/limits.md, "Identity").
-// Once per worker, on its first body. GIL held by `ts`, no error set.
-void adopt_thread_object() {
+// Once per worker, on its first body. GIL held, no error set. Returns what keeps the object the
+// worker's for its whole life (a new reference, or NULL): 3.13 removes a _DummyThread from
+// threading._active when the thread state that made it is cleared — a fiber's, at the end of the
+// body — through a tracker kept in a thread-local; the worker holds that tracker instead (an
+// outsider's find: on 3.13 every later body got a new, daemon, _DummyThread). Dropped when the
+// worker stops, which removes the object then.
+PyObject* adopt_thread_object() {
+  PyObject* keep = nullptr;
   PyObject* threading = PyImport_ImportModule("threading");
   PyObject* cur = threading ? PyObject_CallMethod(threading, "current_thread", nullptr) : nullptr;
   if (cur && PyObject_SetAttrString(cur, "_daemonic", Py_False) < 0) PyErr_Clear();
+  PyObject* local = cur ? PyObject_GetAttrString(threading, "_thread_local_info") : nullptr;  // 3.13+
+  if (local) {
+    keep = PyObject_GetAttrString(local, "_track_dummy_thread_ref");
+    PyObject* dummy = keep ? PyObject_GetAttrString(keep, "_dummy_thread") : nullptr;
+    if (dummy == cur && PyObject_SetAttrString(local, "_track_dummy_thread_ref", Py_None) == 0) {
+      // ours now: the fiber's thread-local no longer holds it
+    } else {
+      Py_CLEAR(keep);
+    }
+    Py_XDECREF(dummy);
+    Py_DECREF(local);
+  }
   Py_XDECREF(cur);
   Py_XDECREF(threading);
   PyErr_Clear();
+  return keep;
 }
 }  // namespace
 
@@ -299,7 +320,7 @@ FiberState acquire_fiber_state() {
 #endif
   if (!w->thread_adopted) {
     w->thread_adopted = true;
-    adopt_thread_object();
+    w->thread_keep = adopt_thread_object();
   }
   return fs;
 }

@@ -191,3 +191,86 @@ def test_an_interruption_that_lands_in_a_handlers_emit_is_not_printed_as_a_loggi
     expected = "TimeoutError" if how == "timeout" else "CancelledError"
     assert f"SEEN ['{expected}'] 30" in proc.stdout, proc.stdout
     assert log.read_text().splitlines()[-1] == "main done"
+
+
+def test_a_fiber_suspended_in_logging_config_keeps_logging_s_lock():
+    """dictConfig holds logging._lock (in logging/config.py) while it calls the user's factories; a
+    factory that waits in distaff suspends that fiber with the lock held. Another body of the same
+    worker interrupted meanwhile must leave the lock alone (before, the check looked at
+    logging/__init__.py only, and dictConfig then failed with 'cannot release un-acquired lock':
+    an outsider's find)."""
+    proc = run_python(
+        """
+        import logging, logging.config, threading, distaff
+        eng = distaff.Engine(workers=1, max_workers=1)
+        inside = threading.Event()
+        go_on = distaff.Event()
+
+        def factory():
+            inside.set()
+            go_on.wait()                   # suspends the configuring fiber inside dictConfig
+            return logging.StreamHandler()
+
+        def configure():
+            logging.config.dictConfig({"version": 1, "handlers": {"h": {"()": factory}},
+                                       "root": {"handlers": ["h"]}})
+            return "configured"
+
+        c = eng.submit(configure)
+        assert inside.wait(30)
+        spun = threading.Event()
+        def spin():
+            spun.set()
+            while True:
+                pass
+        b = eng.submit(spin)
+        assert spun.wait(30)
+        b.cancel()
+        n = eng.submit(lambda: 7)          # runs once b's fiber has ended
+        go_on.set()
+        print("N", n.result(timeout=30))
+        print("C", c.result(timeout=30))
+        print("FREE", logging._lock.acquire(timeout=5))
+        eng.shutdown()
+        """,
+        timeout=90,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "C configured" in proc.stdout and "FREE True" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_an_interruption_raised_by_a_wait_inside_emit_is_not_printed_as_a_logging_error():
+    """The program's first interruption hits a body parked in a distaff wait inside a handler's
+    emit(): the wait raises it there, and emit()'s except calls handleError. The pass-through is now
+    in place before any interruption, parked bodies' included (before: "--- Logging error ---",
+    an outsider's find)."""
+    proc = run_python(
+        """
+        import logging, distaff
+
+        class Remote(logging.Handler):
+            def emit(self, record):
+                try:
+                    distaff.sleep(5)           # e.g. ship(record).result()
+                except Exception:
+                    self.handleError(record)
+
+        log = logging.getLogger("remote")
+        log.addHandler(Remote())
+        log.propagate = False
+
+        @distaff.task(timeout=0.1)
+        def body():
+            log.warning("one")
+            return "logged"
+
+        try:
+            print("RESULT", body())
+        except distaff.TimeoutError:
+            print("TIMED OUT")
+        """,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "TIMED OUT" in proc.stdout, proc.stdout
+    assert "Logging error" not in proc.stderr, proc.stderr
