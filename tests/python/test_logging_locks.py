@@ -97,6 +97,21 @@ def test_a_program_whose_logging_bodies_time_out_logs_on_and_exits():
     assert "MAIN LOGGED True" in proc.stdout, proc.stdout
 
 
+# Cancels `b`, a body spinning in pure Python on the same one-worker engine while another fiber of
+# it is suspended inside logging's code; `n` runs once b's fiber has ended.
+_CANCEL_A_SPINNING_NEIGHBOUR = """
+        spun = threading.Event()
+        def spin():
+            spun.set()
+            while True:
+                pass
+        b = eng.submit(spin)
+        assert spun.wait(30)
+        b.cancel()
+        n = eng.submit(lambda: 7)
+"""
+
+
 def test_a_lock_held_by_another_fiber_inside_logging_is_left_alone():
     """A handler whose emit() waits in distaff keeps its lock while its fiber is suspended; another
     body of the same worker interrupted meanwhile must not give that lock back for it (its
@@ -120,19 +135,12 @@ def test_a_lock_held_by_another_fiber_inside_logging_is_left_alone():
 
         a = eng.submit(lambda: lg.warning("held") or "a done")
         assert inside.wait(30)
-        spun = threading.Event()
-        def spin():
-            spun.set()
-            while True:
-                pass
-        b = eng.submit(spin)
-        assert spun.wait(30)
-        b.cancel()
-        # b's fiber ended (the one worker runs this after it), with a's fiber suspended in emit().
-        c = eng.submit(lambda: 7)
+        """
+        + _CANCEL_A_SPINNING_NEIGHBOUR
+        + """
         go_on.set()
         print("A", a.result(timeout=30))
-        print("C", c.result(timeout=30))
+        print("N", n.result(timeout=30))
         print("FREE", h.lock.acquire(timeout=5))
         eng.shutdown()
         """,
@@ -218,15 +226,9 @@ def test_a_fiber_suspended_in_logging_config_keeps_logging_s_lock():
 
         c = eng.submit(configure)
         assert inside.wait(30)
-        spun = threading.Event()
-        def spin():
-            spun.set()
-            while True:
-                pass
-        b = eng.submit(spin)
-        assert spun.wait(30)
-        b.cancel()
-        n = eng.submit(lambda: 7)          # runs once b's fiber has ended
+        """
+        + _CANCEL_A_SPINNING_NEIGHBOUR
+        + """
         go_on.set()
         print("N", n.result(timeout=30))
         print("C", c.result(timeout=30))
