@@ -248,6 +248,9 @@ def test_bodies_that_shut_each_other_down_end_at_their_cancel_or_timeout_and_the
         if HOW == "cancel":
             x.cancel(); y.cancel()
         left.wait(timeout=20)  # both bodies left shutdown()
+        # A body whose shutdown() completed (below) is still returning when its finally lets the
+        # barrier go: wait for both to end (one still parked stays not done: the bug this guards).
+        distaff.wait([x, y], timeout=20)
         print(x.state, y.state, sorted(seen), flush=True)
         """,
         timeout=60,
