@@ -210,6 +210,23 @@ class SavedError {
 };
 // raise_stored: raises a stored exception object keeping its traceback. Returns NULL.
 PyObject* raise_stored(PyObject* exc);
+// ---- a signal handler's exception is never dropped ----
+// Python code that distaff runs on the main thread on the program's behalf (a done-callback, the
+// logging hook, an error note, the unobserved-error hook) can be where a signal handler runs, and
+// raise: a SIGTERM handler's sys.exit, a Ctrl-C. Such code's failures are otherwise reported or
+// dropped, which lost that exception: a second SIGTERM during the exit wait's cancel was lost in
+// the logging hook and the exit waited for good (CI, session 16, 3.12). clear_error_keeping_signals
+// and report_error_keeping_signals take the error set now: one that is not an Exception (SystemExit,
+// KeyboardInterrupt, a user's BaseException) raised on the main thread is deferred — raised at the
+// main thread's next bytecode (a pending call), or by the wait it is in (wait_sliced) — the others
+// are cleared, or reported as unraisable (`where`). raise_deferred_signal_exception: true with the
+// deferred exception raised, if there is one. GIL held.
+void clear_error_keeping_signals();
+// defer_signal_exception: defers the error set now if it is such a one (true); false otherwise, the
+// error left set.
+bool defer_signal_exception();
+void report_error_keeping_signals(PyObject* where);
+bool raise_deferred_signal_exception();
 // add_task_note: adds "distaff: raised in task 'name' (execution N)" to a body's exception.
 void add_task_note(PyObject* exc, const Execution& ex);
 // add_forward_note: the note of an execution that forwarded to one that failed with `exc` (the
@@ -350,6 +367,9 @@ bool parse_timeout(PyObject* timeout, Clock::time_point& deadline);
 template <class Park>
 int wait_sliced(Park&& park, Clock::time_point deadline);
 bool on_main_thread();
+// on_python_main_thread: the thread where Python runs signal handlers (the main thread, any
+// execution on it included; in a process a body forked, that body's thread).
+bool on_python_main_thread();
 constexpr auto kSignalSlice = std::chrono::milliseconds(20);
 
 bool on_any_worker();  // python_fiber.hpp
@@ -367,6 +387,7 @@ int wait_sliced(Park&& park, Clock::time_point deadline) {
       return park(deadline) ? 0 : 1;
     }
     for (;;) {
+      if (raise_deferred_signal_exception()) return -2;
       auto now = Clock::now();
       auto slice = (deadline - now > kSignalSlice) ? now + kSignalSlice : deadline;
       if (park(slice)) return 0;

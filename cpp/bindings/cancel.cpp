@@ -337,16 +337,25 @@ void schedule_redelivery(Redelivery* r) {
 }
 
 
-// ensure_logging_passes_interrupts: once per process, before the first interruption is queued into a
-// running body: logging.Handler.handleError lets that interruption go on out of the logging call
-// instead of printing "--- Logging error ---" and swallowing it (distaff._errors).
+// ensure_logging_passes_interrupts: once per process, before any body is interrupted (a running one,
+// or a parked one, which raises from its wait — maybe inside a handler's emit()):
+// logging.Handler.handleError lets that interruption go on out of the logging call instead of
+// printing "--- Logging error ---" and swallowing it (distaff._errors). It runs Python on the
+// thread that interrupts — the main thread's cancel() or exit wait among them — where a signal
+// handler may run in it and raise: that exception is kept for the program (clear_error_keeping_signals).
 void ensure_logging_passes_interrupts() {
   static bool done = false;
   if (done) return;
-  done = true;
   PyObject* r = PyObject_CallNoArgs(LoggingPassHook);
-  if (!r) PyErr_Clear();
-  Py_XDECREF(r);
+  if (r) {
+    done = true;
+    Py_DECREF(r);
+  } else if (PyErr_ExceptionMatches(PyExc_Exception)) {
+    done = true;  // it cannot be done: not tried again
+    PyErr_Clear();
+  } else {
+    clear_error_keeping_signals();  // a signal handler ran in it and raised: tried again next time
+  }
 }
 
 bool finish_terminated(Execution& ex, bool was_parked, void* arg) {

@@ -66,6 +66,8 @@ bool on_main_thread() {
   return current_execution() == nullptr && PyThread_get_thread_ident() == g_main_thread_ident;
 }
 
+bool on_python_main_thread() { return PyThread_get_thread_ident() == g_main_thread_ident || on_forked_program(); }
+
 namespace {
 
 PyObject* raw_current(PyObject*, PyObject*) {

@@ -96,6 +96,50 @@ PyObject* raise_stored(PyObject* exc) {
 }
 
 namespace {
+PyObject* g_deferred_signal_exc = nullptr;  // see clear_error_keeping_signals (bindings.hpp)
+bool g_deferred_call_queued = false;
+
+int raise_deferred_pending(void*) {
+  g_deferred_call_queued = false;
+  return raise_deferred_signal_exception() ? -1 : 0;
+}
+
+}  // namespace
+
+bool defer_signal_exception() {
+  PyObject* et = PyErr_Occurred();
+  if (!et || PyErr_GivenExceptionMatches(et, PyExc_Exception) || !on_python_main_thread()) return false;
+  PyObject* exc = fetch_exception();
+  if (g_deferred_signal_exc) {  // one is waiting already: the first one wins, as a raise would
+    Py_XDECREF(exc);
+    return true;
+  }
+  g_deferred_signal_exc = exc;
+  // The queue of pending calls may be full: the next wait_sliced raises it all the same.
+  if (!g_deferred_call_queued && Py_AddPendingCall(&raise_deferred_pending, nullptr) == 0) {
+    g_deferred_call_queued = true;
+  }
+  return true;
+}
+
+void clear_error_keeping_signals() {
+  if (!defer_signal_exception()) PyErr_Clear();
+}
+
+void report_error_keeping_signals(PyObject* where) {
+  if (!defer_signal_exception()) PyErr_WriteUnraisable(where);
+}
+
+bool raise_deferred_signal_exception() {
+  PyObject* exc = g_deferred_signal_exc;
+  if (!exc) return false;
+  g_deferred_signal_exc = nullptr;
+  raise_stored(exc);
+  Py_DECREF(exc);
+  return true;
+}
+
+namespace {
 // note_via: "distaff: raised in <kind> '<name>' (execution N)", added to exc by hook(exc, note, id).
 // An exception type that refuses notes keeps its original message.
 void note_via(PyObject* hook, PyObject* exc, const Execution& ex) {
@@ -112,7 +156,7 @@ void note_via(PyObject* hook, PyObject* exc, const Execution& ex) {
   if (r) {
     Py_DECREF(r);
   } else {
-    PyErr_Clear();
+    clear_error_keeping_signals();
   }
 }
 }  // namespace
@@ -127,7 +171,7 @@ void note_handout(PyObject* exc, std::uint64_t receiver) {
   if (r) {
     Py_DECREF(r);
   } else {
-    PyErr_Clear();  // bookkeeping only: the error itself is delivered regardless
+    clear_error_keeping_signals();  // bookkeeping only: the error itself is delivered regardless
   }
 }
 

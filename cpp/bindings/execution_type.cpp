@@ -293,13 +293,17 @@ bool call_callback(PyObject* cb, PyObject* self, bool at_once = false) {
     if (PyErr_SetInterruptEx(SIGINT) == 0) return true;
     PyErr_SetNone(PyExc_KeyboardInterrupt);  // SIGINT ignored or not handled by Python: log it
   }
+  // A SystemExit (or other non-Exception) raised on the main thread — by a signal handler that ran
+  // in the callback, or by the callback itself — goes on to the program, as a callback's does in
+  // concurrent.futures and asyncio (errors.cpp, clear_error_keeping_signals).
+  if (!PyErr_ExceptionMatches(PyExc_KeyboardInterrupt) && defer_signal_exception()) return true;
   PyObject* exc = fetch_exception();
   if (CallbackErrorHook && exc) {
     PyObject* lr = PyObject_CallFunctionObjArgs(CallbackErrorHook, cb, self, exc, nullptr);
     if (lr) {
       Py_DECREF(lr);
     } else {
-      PyErr_WriteUnraisable(cb);
+      report_error_keeping_signals(cb);
     }
   }
   Py_XDECREF(exc);

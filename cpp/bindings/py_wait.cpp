@@ -121,7 +121,7 @@ void each_notify(void* arg) {
   if (r) {
     Py_DECREF(r);
   } else {
-    PyErr_WriteUnraisable(static_cast<PyObject*>(arg));
+    report_error_keeping_signals(static_cast<PyObject*>(arg));
   }
 }
 void each_release(void* arg) { Py_DECREF(static_cast<PyObject*>(arg)); }

@@ -46,7 +46,7 @@ int drain_unobserved(void*) {
   if (r) {
     Py_DECREF(r);
   } else {
-    PyErr_WriteUnraisable(UnobservedHook);
+    report_error_keeping_signals(UnobservedHook);
   }
   return 0;
 }

@@ -248,7 +248,7 @@ int wait_for_outcome(PyExecution* pe, PyObject* timeout) {
     // a signal ended does this; a timeout that expired leaves the execution running.
     PyObject* exc = fetch_exception();
     terminate(pe, State::cancelled, nullptr, CancelledError);
-    if (PyErr_Occurred()) PyErr_WriteUnraisable(reinterpret_cast<PyObject*>(pe));
+    if (PyErr_Occurred()) report_error_keeping_signals(reinterpret_cast<PyObject*>(pe));
     if (!exc) {  // (a signal handler's failure always carries an exception; kept safe all the same)
       PyErr_SetString(InternalError, "a signal interrupted the wait without an exception");
       return kError;

@@ -322,8 +322,8 @@ def log_callback_error(callback, execution, exc: BaseException) -> None:
 
 
 def pass_interrupts_through_logging() -> None:
-    """Wraps ``logging.Handler.handleError`` once (called by the bindings before the first
-    interruption is queued into a running body). A handler's ``emit()`` catches ``Exception`` and
+    """Wraps ``logging.Handler.handleError`` once (called by the bindings before any body is
+    interrupted: a running one, or a parked one, which raises from its wait). A handler's ``emit()`` catches ``Exception`` and
     calls ``handleError``, which prints "--- Logging error ---" and returns: a cancel or timeout
     that landed inside ``emit()`` (where a body that logs spends its I/O, and so where the timer
     thread gets the GIL) was printed as a logging error and swallowed. The wrapper re-raises the
