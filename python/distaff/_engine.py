@@ -959,8 +959,12 @@ def _cancel_early(message: str, exc: BaseException | None = None) -> bool:
             w.announced = True
         for capsule in capsules:
             _core.shutdown(capsule, False, _core.ShutdownCancel.RUNNING)  # closes and cancels; no wait
-    except BaseException:  # noqa: BLE001 - what a signal handler raised: the exit hook below still runs
+    except Exception:  # noqa: BLE001 - the exit hook below still runs
         pass
+    except BaseException as again:  # noqa: B036 — a signal handler raised (a SIGTERM's sys.exit, in a
+        # done-callback the cancel ran, say): the next interruption after the one that cancels gives
+        # up on the bodies, as in the exit wait (before, it was dropped and the exit waited for them).
+        w.interrupted(again)
     # From here a Ctrl-C interrupts Python's join of the threads — the pools' exit hooks joining
     # their threads included (a body stuck there would otherwise hold the exit for good).
     w.early = True

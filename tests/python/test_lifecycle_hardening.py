@@ -904,6 +904,29 @@ def test_a_second_sigterm_raised_inside_a_done_callback_during_the_exit_wait_sti
     assert "exception calling callback" not in err, err
 
 
+def test_a_sigterm_raised_inside_a_done_callback_of_the_cancel_after_a_ctrl_c_still_gives_up():
+    # The program ends by a Ctrl-C (an uncaught KeyboardInterrupt): the outstanding work is
+    # cancelled before Python joins the threads, and the cancel runs the callback, where the
+    # SIGTERM's handler raises. That was dropped there, and the exit then waited for the stuck body.
+    script = _SIGTERM_IN_A_CALLBACK + """
+    import threading
+    started = threading.Event()
+
+    @distaff.task
+    def stuck():
+        started.set()
+        time.sleep(600)  # C code: cannot be interrupted
+
+    stuck.submit().add_done_callback(send_sigterm_from_here)
+    started.wait()
+    raise KeyboardInterrupt  # as a Ctrl-C here would
+    """
+    proc = run_python(script, timeout=30)
+    assert proc.returncode == 143, (proc.returncode, proc.stderr)
+    assert "exiting now; 1 execution(s) did not end" in proc.stderr
+    assert_no_crash(proc)
+
+
 # -- item 11: one Ctrl-C ends a program blocked in a call -------------------------------------------------
 
 
