@@ -288,15 +288,13 @@ bool call_callback(PyObject* cb, PyObject* self, bool at_once = false) {
     if (queued) return true;
     PyErr_SetNone(et);
   }
-  if (!at_once && PyErr_ExceptionMatches(PyExc_KeyboardInterrupt) && on_main_thread()) {
-    PyErr_Clear();
-    if (PyErr_SetInterruptEx(SIGINT) == 0) return true;
-    PyErr_SetNone(PyExc_KeyboardInterrupt);  // SIGINT ignored or not handled by Python: log it
-  }
-  // A SystemExit (or other non-Exception) raised on the main thread — by a signal handler that ran
-  // in the callback, or by the callback itself — goes on to the program, as a callback's does in
-  // concurrent.futures and asyncio (errors.cpp, clear_error_keeping_signals).
-  if (!PyErr_ExceptionMatches(PyExc_KeyboardInterrupt) && defer_signal_exception()) return true;
+  // A KeyboardInterrupt, SystemExit (or other non-Exception) raised on the main thread — by a
+  // signal handler that ran in the callback (a Ctrl-C, a SIGTERM handler's sys.exit), or by the
+  // callback itself — goes on to the program, as a callback's does in concurrent.futures and
+  // asyncio: raised at the main thread's next bytecode or by the wait it is in (errors.cpp,
+  // clear_error_keeping_signals). (A Ctrl-C was delivered again as a new SIGINT before, which ran
+  // the program's own SIGINT handler twice for one Ctrl-C: an outsider's find, session 16.)
+  if (defer_signal_exception()) return true;
   PyObject* exc = fetch_exception();
   if (CallbackErrorHook && exc) {
     PyObject* lr = PyObject_CallFunctionObjArgs(CallbackErrorHook, cb, self, exc, nullptr);

@@ -927,6 +927,111 @@ def test_a_sigterm_raised_inside_a_done_callback_of_the_cancel_after_a_ctrl_c_st
     assert_no_crash(proc)
 
 
+def test_a_sigterm_handlers_exit_raised_inside_a_done_callback_delivered_on_the_asyncio_loop_ends_the_program():
+    # Registered inside asyncio.run: distaff delivers the callback on that loop (in a batch of
+    # deliveries), whose except BaseException reported the SystemExit to the loop's exception
+    # handler and went on (an outsider's find, session 16): exit status 0.
+    script = _SIGTERM_IN_A_CALLBACK + """
+    import asyncio
+
+    @distaff.task
+    def quick():
+        return 1
+
+    async def main():
+        ex = quick.submit()
+        ex.add_done_callback(send_sigterm_from_here)
+        await ex
+        await asyncio.sleep(0.2)
+        print("the program went on", flush=True)
+
+    asyncio.run(main())
+    print("after asyncio.run", flush=True)
+    """
+    proc = run_python(script, timeout=60)
+    assert proc.returncode == 143, (proc.returncode, proc.stdout, proc.stderr)
+    assert "went on" not in proc.stdout and "after asyncio.run" not in proc.stdout
+    assert "delivery to the event loop failed" not in proc.stderr, proc.stderr
+    assert_no_crash(proc)
+
+
+def test_a_systemexit_from_a_loop_delivered_callback_ends_asyncio_run_and_the_rest_of_its_batch_is_delivered():
+    # The deliveries after the one that raised used to be dropped with the batch: one of them could
+    # be gather's own callback for a child, and asyncio.run's clean-up then waited for that gather
+    # for good. Now they run when the loop runs again (as asyncio keeps its ready callbacks).
+    proc = run_python(
+        """
+        import asyncio, sys, distaff
+
+        @distaff.task
+        def quick(i):
+            return i
+
+        got = []
+
+        async def main():
+            exs = [quick.submit(i) for i in range(200)]
+            exs[0].add_done_callback(lambda e: sys.exit(3))
+            for e in exs[1:]:
+                e.add_done_callback(lambda e: got.append(e.result()))
+            await asyncio.gather(*exs)
+            print("the program went on", flush=True)
+
+        try:
+            asyncio.run(main())
+        finally:
+            print("delivered", len(got), flush=True)
+        """,
+        timeout=60,
+    )
+    assert proc.returncode == 3, (proc.returncode, proc.stdout, proc.stderr)
+    assert "went on" not in proc.stdout
+    assert "delivered 199" in proc.stdout, proc.stdout
+    assert_no_crash(proc)
+
+
+def test_one_ctrl_c_landing_in_a_done_callback_runs_the_programs_sigint_handler_once():
+    # The Ctrl-C was delivered again as a new SIGINT, so the program's own handler ran twice for
+    # one Ctrl-C (an outsider's find, session 16: a "second Ctrl-C forces exit" handler exited).
+    proc = run_python(
+        """
+        import os, signal, time, distaff
+        calls = []
+        def on_int(signum, frame):
+            calls.append(signum)
+            raise KeyboardInterrupt
+        signal.signal(signal.SIGINT, on_int)
+
+        def send_sigint_from_here(ex):
+            os.kill(os.getpid(), signal.SIGINT)
+            deadline = time.monotonic() + 20
+            while not calls and time.monotonic() < deadline:
+                pass
+
+        @distaff.task
+        def parked():
+            distaff.sleep(600)
+
+        ex = parked.submit()
+        ex.add_done_callback(send_sigint_from_here)
+        try:
+            ex.cancel()
+            for _ in range(1000):
+                pass
+            print("went on", flush=True)
+        except KeyboardInterrupt:
+            print("caught", flush=True)
+        for _ in range(100000):
+            pass
+        print("handler calls:", len(calls), flush=True)
+        """,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "caught" in proc.stdout and "went on" not in proc.stdout, proc.stdout
+    assert "handler calls: 1" in proc.stdout, proc.stdout
+
+
 # -- item 11: one Ctrl-C ends a program blocked in a call -------------------------------------------------
 
 
