@@ -958,23 +958,36 @@ def test_a_sigterm_handlers_exit_raised_inside_a_done_callback_delivered_on_the_
 def test_a_systemexit_from_a_loop_delivered_callback_ends_asyncio_run_and_the_rest_of_its_batch_is_delivered():
     # The deliveries after the one that raised used to be dropped with the batch: one of them could
     # be gather's own callback for a child, and asyncio.run's clean-up then waited for that gather
-    # for good. Now they run when the loop runs again (as asyncio keeps its ready callbacks).
+    # for good. Now they run when the loop runs again (as asyncio keeps its ready callbacks). The
+    # loop is kept from running until every execution is done, so all 200 deliveries are one batch
+    # (before: the SystemExit was swallowed and the program went on, status 0; with it raised but
+    # the rest dropped: 1 delivered).
     proc = run_python(
         """
-        import asyncio, sys, distaff
+        import asyncio, sys, time, distaff
+
+        gate = distaff.Event()
 
         @distaff.task
         def quick(i):
+            gate.wait()
             return i
 
         got = []
 
+        def cb(e):
+            got.append(e.result())
+            if len(got) == 1:
+                sys.exit(3)
+
         async def main():
             exs = [quick.submit(i) for i in range(200)]
-            exs[0].add_done_callback(lambda e: sys.exit(3))
-            for e in exs[1:]:
-                e.add_done_callback(lambda e: got.append(e.result()))
-            await asyncio.gather(*exs)
+            for e in exs:
+                e.add_done_callback(cb)  # none is done yet: each is delivered on this loop when it is
+            gate.set()
+            while not all(e.done() for e in exs):  # the loop does not run meanwhile, so their
+                time.sleep(0.001)                  # deliveries wait for it in one batch
+            await asyncio.sleep(0.5)
             print("the program went on", flush=True)
 
         try:
@@ -986,7 +999,7 @@ def test_a_systemexit_from_a_loop_delivered_callback_ends_asyncio_run_and_the_re
     )
     assert proc.returncode == 3, (proc.returncode, proc.stdout, proc.stderr)
     assert "went on" not in proc.stdout
-    assert "delivered 199" in proc.stdout, proc.stdout
+    assert "delivered 200" in proc.stdout, proc.stdout
     assert_no_crash(proc)
 
 
