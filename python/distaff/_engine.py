@@ -772,10 +772,10 @@ class _ExitWait:
         self.hits += 1
         if self.cancelling:
             # The next Ctrl-C after the one that cancelled: exit now, wherever the main thread is.
-            # The cancel runs the cancelled executions' done-callbacks here, on the main thread: a
-            # KeyboardInterrupt raised into one of those is the callback's to handle (distaff logs
-            # it), and further Ctrl-Cs were only counted until the callback returned (outsider,
-            # session 11: a callback that sleeps kept the process for its whole sleep).
+            # The cancel runs the cancelled executions' done-callbacks here, on the main thread:
+            # raising into one of those would wait for the callback to let it through (distaff
+            # defers it to the main thread's next line, errors.cpp), and before that the process
+            # was kept for the callback's whole run (outsider, session 11: a callback that sleeps).
             self.handled = self.hits
             self.armed = False
             self.abandon()
