@@ -740,6 +740,45 @@ void Scheduler::grow(unsigned count) {
   }
 }
 
+bool Scheduler::begin_inline(Execution& ex, detail::FiberLocal& saved) {
+  DISTAFF_ASSERT(!on_worker());
+  DISTAFF_ASSERT(ex.state() == State::pending && ex.owner_ == nullptr);
+  // Counted before closed_/draining_ are read, and join() sets closed_ before it reads the count
+  // (both seq_cst): either join() sees this run and waits for it, or this sees the close and backs off.
+  inline_.fetch_add(1, std::memory_order_seq_cst);
+  if (closed_.load(std::memory_order_seq_cst) || draining_.load(std::memory_order_seq_cst)) {
+    uncount_inline();
+    return false;
+  }
+  ex.owner_ = this;
+  ex.submitted_ns_.store(wall_time_ns(), std::memory_order_relaxed);
+  live_.fetch_add(1, std::memory_order_relaxed);
+  submitted_.fetch_add(1, std::memory_order_relaxed);
+  notify(EventKind::submit, ex);
+  const bool started = ex.start();
+  DISTAFF_ASSERT(started);  // nobody else knew it: it cannot have been finished meanwhile
+  (void)started;
+  saved = detail::fiber_local();
+  detail::fiber_local() = detail::FiberLocal{&ex, nullptr};
+  notify(EventKind::start, ex);
+  return true;
+}
+
+void Scheduler::end_inline(Execution& ex, const detail::FiberLocal& saved) noexcept {
+  notify(EventKind::end, ex);
+  detail::fiber_local() = saved;
+  uncount_inline();
+}
+
+void Scheduler::leave_inline(const detail::FiberLocal& saved) noexcept { detail::fiber_local() = saved; }
+
+void Scheduler::uncount_inline() noexcept {
+  if (inline_.fetch_sub(1, std::memory_order_seq_cst) == 1 && inline_joiners_.load(std::memory_order_seq_cst) != 0) {
+    std::lock_guard<std::mutex> g(inline_mu_);
+    inline_cv_.notify_all();
+  }
+}
+
 void Scheduler::on_finished(Execution& ex) noexcept {
   if (live_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
     std::lock_guard<std::mutex> g(idle_mu_);
@@ -807,6 +846,15 @@ void Scheduler::join(bool switch_hooks) {
   if (switch_hooks) suspend.emplace();
   std::lock_guard<std::mutex> joining(join_mu_);
   if (joined_.load(std::memory_order_acquire)) return;
+  // Bodies running on callers' threads (begin_inline) use this scheduler until end_inline: wait.
+  if (inline_.load(std::memory_order_seq_cst) != 0) {
+    inline_joiners_.fetch_add(1, std::memory_order_seq_cst);
+    {
+      std::unique_lock<std::mutex> lk(inline_mu_);
+      inline_cv_.wait(lk, [this] { return inline_.load(std::memory_order_seq_cst) == 0; });
+    }
+    inline_joiners_.fetch_sub(1, std::memory_order_seq_cst);
+  }
   {
     std::lock_guard<std::mutex> g(monitor_mu_);
     monitor_stop_ = true;

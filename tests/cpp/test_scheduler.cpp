@@ -904,6 +904,132 @@ TEST_P(SchedulerTest, AnExecutionReadyWhileDrainingReachesRunPendingAndIsCancell
   EXPECT_EQ(b->started_ns(), 0);
 }
 
+// ---- bodies run on the calling thread (begin_inline / end_inline: synchronous calls) ----------
+
+TEST_P(SchedulerTest, AnInlineRunIsStartedCurrentAndLiveOnTheCallingThreadUntilItEnds) {
+  Scheduler& s = start();
+  ExecutionRef ex = Execution::create("inline");
+  detail::FiberLocal saved;
+  ASSERT_EQ(current_execution(), nullptr);
+  ASSERT_TRUE(s.begin_inline(*ex, saved));
+  EXPECT_EQ(ex->state(), State::running);
+  EXPECT_EQ(current_execution(), ex.get());
+  EXPECT_FALSE(s.on_worker());
+  EXPECT_NE(ex->submitted_ns(), 0);
+  EXPECT_NE(ex->started_ns(), 0);
+  EXPECT_EQ(ex->owner(), &s);
+  EXPECT_EQ(s.stats().live, 1);
+  EXPECT_EQ(s.inline_runs(), 1);
+  EXPECT_FALSE(s.wait_idle_until(Clock::now())) << "an inline run is live work";
+  // Its children go to the workers; it waits for them from this plain thread, as a body would.
+  std::atomic<int> ran{0};
+  Fn child = [&](Execution& c) {
+    ran.fetch_add(1);
+    c.finish(State::succeeded);
+  };
+  std::vector<ExecutionRef> kids;
+  for (int i = 0; i < 10; ++i) {
+    kids.push_back(Execution::create("child"));
+    kids.back()->set_payload(&child);
+    kids.back()->set_parent_id(ex->id());
+    ex->add_child(kids.back());
+    s.submit(kids.back());
+  }
+  for (auto& k : kids) EXPECT_EQ(k->wait_until(safety_deadline()), WaitStatus::done);
+  EXPECT_EQ(ran.load(), 10);
+  EXPECT_EQ(current_execution(), ex.get()) << "a wait on a plain thread keeps the inline run current";
+  EXPECT_TRUE(ex->finish(State::succeeded));
+  s.end_inline(*ex, saved);
+  EXPECT_EQ(current_execution(), nullptr);
+  EXPECT_EQ(s.inline_runs(), 0);
+  EXPECT_TRUE(s.wait_idle_until(safety_deadline()));
+  EXPECT_EQ(s.stats().live, 0);
+  shutdown();
+}
+
+TEST_P(SchedulerTest, InlineRunsNestAndRestoreTheOuterOne) {
+  Scheduler& s = start();
+  ExecutionRef outer = Execution::create("outer");
+  ExecutionRef inner = Execution::create("inner");
+  detail::FiberLocal saved_outer, saved_inner;
+  ASSERT_TRUE(s.begin_inline(*outer, saved_outer));
+  ASSERT_TRUE(s.begin_inline(*inner, saved_inner));
+  EXPECT_EQ(current_execution(), inner.get());
+  EXPECT_EQ(s.inline_runs(), 2);
+  inner->finish(State::succeeded);
+  s.end_inline(*inner, saved_inner);
+  EXPECT_EQ(current_execution(), outer.get());
+  outer->finish(State::succeeded);
+  s.end_inline(*outer, saved_outer);
+  EXPECT_EQ(current_execution(), nullptr);
+  EXPECT_EQ(s.stats().live, 0);
+  shutdown();
+}
+
+TEST_P(SchedulerTest, AnInlineRunIsRefusedOnceClosedOrDrainingAndChangesNothing) {
+  Scheduler& s = start();
+  s.cancel_bodies();
+  ExecutionRef a = Execution::create("a");
+  detail::FiberLocal saved;
+  EXPECT_FALSE(s.begin_inline(*a, saved));
+  EXPECT_EQ(a->state(), State::pending);
+  EXPECT_EQ(a->owner(), nullptr);
+  EXPECT_EQ(current_execution(), nullptr);
+  EXPECT_EQ(s.inline_runs(), 0);
+  EXPECT_EQ(s.stats().live, 0);
+  EXPECT_EQ(s.stats().submitted, 0);
+  s.close(false);
+  ExecutionRef b = Execution::create("b");
+  EXPECT_FALSE(s.begin_inline(*b, saved));
+  EXPECT_EQ(b->state(), State::pending);
+  a->finish(State::cancelled);
+  b->finish(State::cancelled);
+  shutdown();
+}
+
+TEST_P(SchedulerTest, AnInlineRunParkedOnAPlainThreadIsWokenByItsInterrupt) {
+  Scheduler& s = start();
+  ExecutionRef gate = Execution::create("gate");
+  ExecutionRef ex = Execution::create("inline");
+  Event parked;
+  WaitStatus got = WaitStatus::done;
+  std::thread caller([&] {
+    detail::FiberLocal saved;
+    ASSERT_TRUE(s.begin_inline(*ex, saved));
+    parked.set();
+    got = gate->wait_until(safety_deadline());
+    ex->finish(State::cancelled);
+    s.end_inline(*ex, saved);
+  });
+  parked.wait();
+  while (!ex->parked()) std::this_thread::yield();  // it registers as blocked before it parks
+  ex->interrupt();
+  caller.join();
+  EXPECT_EQ(got, WaitStatus::interrupted);
+  EXPECT_FALSE(gate->done());
+  gate->finish(State::cancelled);
+  shutdown();
+}
+
+TEST_P(SchedulerTest, JoinWaitsForAnInlineRunToEnd) {
+  Scheduler& s = start();
+  ExecutionRef ex = Execution::create("inline");
+  detail::FiberLocal saved;
+  ASSERT_TRUE(s.begin_inline(*ex, saved));
+  joined_ = true;  // joined below, by another thread
+  std::thread joiner([&] {
+    s.close(false);
+    s.join();
+  });
+  while (!s.closed()) std::this_thread::yield();
+  EXPECT_FALSE(s.joined()) << "join() returned while a body still ran on a caller's thread";
+  ex->finish(State::succeeded);
+  s.end_inline(*ex, saved);
+  joiner.join();
+  EXPECT_TRUE(s.joined());
+  EXPECT_EQ(s.stats().live, 0);
+}
+
 TEST_P(SchedulerTest, WaitIdleUntil) {
   Scheduler& s = start();
   EXPECT_TRUE(s.wait_idle_until(Clock::now())) << "nothing submitted: idle at once";

@@ -130,6 +130,24 @@ class Scheduler {
   // unless another worker is idle. Any thread; never blocks. Throws ShutdownError after close().
   void submit(const ExecutionRef& ex, const std::vector<ExecutionRef>& deps = {});
 
+  // ---- a body run on the calling thread (a synchronous call; docs/internals/sync-calls.md) -------
+  // begin_inline: admits `ex` (pending, never submitted, no dependencies) as submit() does and starts
+  // it at once on the calling thread, which must not be a worker of this scheduler: it counts as
+  // live (wait_idle_until waits for it) and as an inline run (join() waits for it to end), the
+  // observer sees its submit and start events, and current_execution() is `ex` on this thread until
+  // end_inline(), which gets back what it was in `saved`. Returns false, having changed nothing,
+  // once close() or cancel_bodies() was called: the caller submits it instead (refused, or queued
+  // and cancelled, as any other). The caller holds a reference to `ex` until end_inline().
+  bool begin_inline(Execution& ex, detail::FiberLocal& saved);
+  // end_inline: the body has returned and `ex` is finished (or following another execution): the
+  // end event, current_execution() restored, the inline run uncounted. Same thread as begin_inline.
+  void end_inline(Execution& ex, const detail::FiberLocal& saved) noexcept;
+  // leave_inline: end_inline for the calling thread alone, in a process forked during the body:
+  // its scheduler's threads do not exist there, and nothing of the scheduler is touched.
+  static void leave_inline(const detail::FiberLocal& saved) noexcept;
+  // inline_runs: bodies running on callers' threads now (begin_inline without end_inline).
+  int inline_runs() const noexcept { return inline_.load(std::memory_order_acquire); }
+
   // wait_idle_until: waits until every submitted execution is finished, or `deadline`.
   // Suspends a fiber or blocks a thread (switch hooks around the park). Returns true when idle;
   // false at the deadline, or at once when the calling fiber's execution is interrupted (cancelled
@@ -157,7 +175,7 @@ class Scheduler {
   // finds draining() true was handed its execution before the drain: it cancels it too.
   bool draining() const noexcept { return draining_.load(std::memory_order_acquire); }
 
-  // join: after close(), waits for every started fiber to end and joins the worker threads.
+  // join: after close(), waits for every started fiber and inline run to end and joins the worker threads.
   // Blocks the calling thread; with `switch_hooks`, the switch hooks run around the wait (the
   // bindings release the GIL there), without them the caller must hold nothing the workers need
   // (a thread that is no Python thread). Idempotent and safe to call from several threads at once:
@@ -201,6 +219,7 @@ class Scheduler {
   void wake_one_idle();
   bool others_have_local_work(Worker& w);
   void on_finished(Execution& ex) noexcept;
+  void uncount_inline() noexcept;
   static void on_dependency_done(Execution& dep, void* arg);
   void notify_slow(EventKind kind, Execution& ex, std::uint64_t blocked_on) noexcept;
 
@@ -239,6 +258,11 @@ class Scheduler {
   std::atomic<std::int64_t> fibers_{0};
   std::mutex idle_mu_;
   boost::fibers::condition_variable_any idle_cv_;
+  // Inline runs (begin_inline .. end_inline): join() waits for them under inline_mu_.
+  std::atomic<int> inline_{0};
+  std::atomic<int> inline_joiners_{0};
+  std::mutex inline_mu_;
+  std::condition_variable inline_cv_;
 
   // The observer: a raw pointer read on every notification point, the owning pointer beside it.
   // Each worker counts its calls inside notify_slow (Worker::observing), observer_users_ those of
