@@ -258,14 +258,30 @@ bool init_current(PyObject* module);
 // submit_impl: what _core.submit and the Submitter do. New reference or NULL.
 // flags: SubmitFlag bits. wait: False, True or a tuple of gating Executions.
 // kwargs: dict or Py_None; wf: str or Py_None.
+// InlineStart: asks submit_impl to start the execution on the calling thread instead of queueing
+// it, when it can (no dependencies, not late, not born cancelled, the scheduler open): `started` is
+// then true and run_inline_call must follow at once (docs/internals/sync-calls.md).
+struct InlineStart {
+  bool started = false;
+  Scheduler* scheduler = nullptr;
+  distaff::detail::FiberLocal saved;
+};
 PyObject* submit_impl(PyObject* capsule, PyObject* fn, PyObject* name, long flags, PyObject* wait, PyObject* args,
-                      PyObject* kwargs, PyObject* wf);
+                      PyObject* kwargs, PyObject* wf, InlineStart* inline_start = nullptr);
 // init_submit: _core.submit and the Submitter type (a task's fast submit).
 bool init_submit(PyObject* module);
 
 // ---- running bodies and forwarding (run.cpp) --------------------------------------------------------
 // The scheduler's hooks implemented by the bindings.
 void run_execution(Execution& ex);
+// run_inline_call: runs the body of `pe`, which submit_impl started inline, on the calling thread
+// and returns what result() would (new reference, or NULL with the error set). Steals the reference
+// to `pe`. A KeyboardInterrupt, SystemExit or other non-Exception leaving the body on the main
+// thread cancels the execution with its tree and goes on to the caller as it is (a Ctrl-C during
+// the main thread's f(x)).
+PyObject* run_inline_call(PyExecution* pe, InlineStart& inline_start);
+// execution_result: what Execution.result() returns for `pe`, waiting if it is unfinished.
+PyObject* execution_result(PyObject* execution);
 void start_failed_execution(Execution& ex);
 void abandon_execution(Execution& ex, Execution& failed);
 // forward_execution: `pe` (running, or a promise) completes when `target` does, with its outcome.
@@ -367,6 +383,12 @@ bool parse_timeout(PyObject* timeout, Clock::time_point& deadline);
 template <class Park>
 int wait_sliced(Park&& park, Clock::time_point deadline);
 bool on_main_thread();
+// The bodies of synchronous calls run inline on this thread (run.cpp, run_inline_call).
+bool inline_here();
+void enter_inline();
+void leave_inline();
+// on_python_thread_main_only: the interpreter's main thread itself (not a forked body's).
+bool on_python_thread_main_only();
 // on_python_main_thread: the thread where Python runs signal handlers (the main thread, any
 // execution on it included; in a process a body forked, that body's thread).
 bool on_python_main_thread();

@@ -62,9 +62,22 @@ void pop_callback_parent(PyThreadState* ts) {
   }
 }
 
+namespace {
+// Bodies of synchronous calls running on this (plain) thread now, nested (run_inline_call, run.cpp).
+thread_local int tl_inline_depth = 0;
+}  // namespace
+
+bool inline_here() { return tl_inline_depth != 0; }
+void enter_inline() { ++tl_inline_depth; }
+void leave_inline() { --tl_inline_depth; }
+
 bool on_main_thread() {
-  return current_execution() == nullptr && PyThread_get_thread_ident() == g_main_thread_ident;
+  // A body run inline on the main thread (a synchronous call) is on the main thread too: its waits
+  // keep the 20 ms slices that run signal handlers (Ctrl-C).
+  return (current_execution() == nullptr || tl_inline_depth != 0) && PyThread_get_thread_ident() == g_main_thread_ident;
 }
+
+bool on_python_thread_main_only() { return PyThread_get_thread_ident() == g_main_thread_ident; }
 
 bool on_python_main_thread() { return PyThread_get_thread_ident() == g_main_thread_ident || on_forked_program(); }
 
@@ -82,7 +95,7 @@ PyObject* raw_current(PyObject*, PyObject*) {
 // (unique among live states, renewed on reuse; negative, so never an OS thread id). Elsewhere: the
 // OS thread id, as _thread.get_ident() returns it.
 PyObject* raw_import_ident(PyObject*, PyObject*) {
-  if (current_execution()) {
+  if (current_execution() && !tl_inline_depth) {  // (a body run inline has its thread to itself)
     return PyLong_FromLongLong(-static_cast<long long>(PyThreadState_GetID(PyThreadState_Get())));
   }
   return PyLong_FromUnsignedLong(PyThread_get_thread_ident());

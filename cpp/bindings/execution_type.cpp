@@ -538,6 +538,8 @@ PyMethodDef execution_functions[] = {
 
 }  // namespace
 
+PyObject* execution_result(PyObject* execution) { return pe_result(execution, nullptr, 0, nullptr); }
+
 bool complete(PyExecution* pe, State state, PyObject* value) {
   Execution* c = pe->core;
   if (c->done()) {

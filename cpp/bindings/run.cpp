@@ -207,6 +207,101 @@ void run_execution(Execution& ex) {
   release_fiber_state(fs);
 }
 
+PyObject* run_inline_call(PyExecution* pe, InlineStart& inl) {
+  // submit_impl started `pe` on this thread (Scheduler::begin_inline): current_execution() is it.
+  // The body runs here as run_execution runs it on a fiber, with this thread's own state: its
+  // context is a copy of the caller's (what it sets does not leak back), it is on the running list
+  // (cancel_running, the exit's cancel), and terminate() raises in it through pe->tstate.
+  Execution& ex = *pe->core;
+  Scheduler* s = inl.scheduler;
+  const unsigned generation = g_fork_generation;
+  PyThreadState* ts = PyThreadState_Get();
+  PyObject* passes_on = nullptr;  // a KeyboardInterrupt/SystemExit the caller gets as it is
+  PyObject* forked_outcome = nullptr;  // in a process forked by the body: its return, or NULL
+  bool forked = false;
+  enter_inline();
+  if (ex.state() == State::running && s->draining()) complete(pe, State::cancelled, nullptr);
+  if (ex.state() == State::running) {
+    PyObject* ctx = PyContext_CopyCurrent();
+    if (!ctx || PyContext_Enter(ctx) < 0) {
+      complete(pe, State::failed, fetch_exception());
+      Py_CLEAR(ctx);
+    } else {
+      pe->tstate = ts;
+      link_running(pe);
+      PyObject* r = PyObject_Call(pe->fn, pe->args, pe->kwargs);
+      forked = generation != g_fork_generation;
+      if (!forked && r && PyCoro_CheckExact(r) && ReturnedCoroutineHook && pe->engine) {
+        PyObject* follow = PyObject_CallFunctionObjArgs(ReturnedCoroutineHook, r, pe->engine, nullptr);
+        Py_SETREF(r, follow);
+      }
+      unlink_running(pe);
+      pe->tstate = nullptr;
+      // An interruption terminate() queued for the body that did not fire before it returned: its
+      // execution is finished, and it would fire in the caller's next line. Only distaff's own are
+      // dropped: this is the caller's thread state.
+      if (ts->async_exc == CancelledError || ts->async_exc == TimeoutErrorType || ts->async_exc == InterruptedType) {
+        Py_CLEAR(ts->async_exc);
+      }
+      PyObject* exc = r ? nullptr : fetch_exception();
+      if (pe->interrupt_sent) release_logging_locks_left_by_interrupt(ts);
+      if (PyContext_Exit(ctx) < 0) PyErr_Clear();
+      Py_DECREF(ctx);
+      if (forked) {
+        // This process was forked by the body (os.fork() in it): the engine's threads are the
+        // parent's. The call returns here as a plain function's would; nothing of the engine is touched.
+        if (exc) {
+          raise_stored(exc);
+          Py_DECREF(exc);
+        } else {
+          forked_outcome = r;
+        }
+      } else {
+        end_redelivery(pe);
+        if (exc && !PyErr_GivenExceptionMatches(exc, PyExc_Exception) && on_python_main_thread()) {
+          // Ctrl-C (or a signal handler's exception, or sys.exit) in the body: as when it lands in
+          // the main thread's wait for a worker's body, the execution is cancelled with its tree
+          // and the exception goes on as it is.
+          passes_on = exc;
+          terminate(pe, State::cancelled, nullptr, CancelledError);
+        } else if (exc && ex.owner() && ex.owner()->draining() &&
+                   PyObject_TypeCheck(exc, reinterpret_cast<PyTypeObject*>(CancelledError))) {
+          Py_DECREF(exc);
+          complete(pe, State::cancelled, nullptr);
+        } else if (exc) {
+          add_task_note(exc, ex);
+          complete(pe, State::failed, exc);
+        } else if (is_execution(r)) {
+          forward_execution(pe, as_pe(r));
+          cancel_late_forward(pe, as_pe(r));
+          Py_DECREF(r);
+        } else {
+          complete(pe, State::succeeded, r);
+        }
+      }
+    }
+  }
+  leave_inline();
+  if (forked) {
+    Scheduler::leave_inline(inl.saved);
+    Py_DECREF(pe);  // (release_body's references go with it)
+    return forked_outcome;  // NULL: the body's error is set
+  }
+  release_body(pe);
+  s->end_inline(ex, inl.saved);
+  drain_unobserved_now();
+  PyObject* out;
+  if (passes_on) {
+    raise_stored(passes_on);
+    Py_DECREF(passes_on);
+    out = nullptr;
+  } else {
+    out = execution_result(reinterpret_cast<PyObject*>(pe));  // waits if it follows another execution
+  }
+  Py_DECREF(pe);
+  return out;
+}
+
 void start_failed_execution(Execution& ex) {
   // No stack could be mapped for this execution's fiber (the scheduler's start_failed hook, on the
   // worker's dispatcher): it fails with MemoryError, like any allocation that fails in a body.

@@ -60,7 +60,7 @@ PyObject* raw_submit(PyObject*, PyObject* const* a, Py_ssize_t n) {
 }  // namespace
 
 PyObject* submit_impl(PyObject* capsule, PyObject* fn, PyObject* name, long flags, PyObject* wait, PyObject* args,
-                      PyObject* kwargs, PyObject* wf) {
+                      PyObject* kwargs, PyObject* wf, InlineStart* inline_start) {
   if (capsule == Py_None) return raise_forked_engine();
   EngineCore* eng = engine_from_capsule(capsule);
   if (!eng) return nullptr;
@@ -190,6 +190,23 @@ PyObject* submit_impl(PyObject* capsule, PyObject* fn, PyObject* name, long flag
     complete(pe, State::cancelled, nullptr);
     return self;
   }
+  if (inline_start && found.empty() && gating.empty() && !late && !born_cancelled) {
+    // A synchronous call that runs its body here (run_inline_call follows): no queue reference.
+    try {
+      if (eng->scheduler->begin_inline(*core, inline_start->saved)) {
+        inline_start->started = true;
+        inline_start->scheduler = eng->scheduler.get();
+        return self;
+      }
+    } catch (...) {
+      core->set_payload(nullptr);
+      translate_current_exception();
+      core->finish(State::cancelled);
+      Py_DECREF(self);
+      return nullptr;
+    }
+    // Closed or draining meanwhile: submitted as any other call (refused, or cancelled unstarted).
+  }
   Py_INCREF(self);  // the queue's reference, released by run_execution or abandon_execution
   try {
     eng->scheduler->submit(core, gating);
@@ -227,6 +244,7 @@ struct Submitter {
   Py_ssize_t max_pos;        // kNoBound: no upper bound (*args)
   int strip;                 // a workflow_id= keyword is distaff's, not the function's
   int bound;                 // bound to an engine (capsule, scope); else the default engine
+  int inline_ok;             // call() may run the body on the calling (main) thread
 };
 
 PyObject* str_workflow_id = nullptr;
@@ -275,15 +293,37 @@ bool ask_default(PyObject* default_engine, PyObject** capsule, PyObject** scope)
   return true;
 }
 
+// submit_or_call: submit() (sync false: the Execution) or a synchronous call (sync true: what
+// result() returns; the body runs on the calling thread when it can, docs/internals/sync-calls.md).
+PyObject* submit_or_call(Submitter* self, PyObject* const* args, size_t nargsf, PyObject* kwnames, bool sync);
+
+PyObject* general_then_result(PyObject* ex) {
+  if (!ex) return nullptr;
+  PyObject* r = execution_result(ex);
+  Py_DECREF(ex);
+  return r;
+}
+
 PyObject* submitter_call(PyObject* self_, PyObject* const* args, size_t nargsf, PyObject* kwnames) {
-  auto* self = reinterpret_cast<Submitter*>(self_);
+  return submit_or_call(reinterpret_cast<Submitter*>(self_), args, nargsf, kwnames, false);
+}
+
+// call(*args, **kwargs): the task's synchronous call, f(x) outside a running event loop.
+PyObject* submitter_sync_call(PyObject* self_, PyObject* const* args, size_t nargsf, PyObject* kwnames) {
+  return submit_or_call(reinterpret_cast<Submitter*>(self_), args, nargsf, kwnames, true);
+}
+
+PyObject* submit_or_call(Submitter* self, PyObject* const* args, size_t nargsf, PyObject* kwnames, bool sync) {
   const Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
   const Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
   if (nkw && self->strip) {
     for (Py_ssize_t i = 0; i < nkw; ++i) {
       const int eq = PyObject_RichCompareBool(PyTuple_GET_ITEM(kwnames, i), str_workflow_id, Py_EQ);
       if (eq < 0) return nullptr;
-      if (eq) return PyObject_Vectorcall(self->general, args, nargsf, kwnames);
+      if (eq) {
+        PyObject* ex = PyObject_Vectorcall(self->general, args, nargsf, kwnames);
+        return sync ? general_then_result(ex) : ex;
+      }
     }
   }
   if (self->check != Py_None &&
@@ -311,8 +351,13 @@ PyObject* submitter_call(PyObject* self_, PyObject* const* args, size_t nargsf, 
   Py_XDECREF(scoped);
   if (in_scope) {
     Py_DECREF(capsule);
-    return PyObject_Vectorcall(self->general, args, nargsf, kwnames);
+    PyObject* ex = PyObject_Vectorcall(self->general, args, nargsf, kwnames);
+    return sync ? general_then_result(ex) : ex;
   }
+  // Inline: the main thread's synchronous calls (docs/internals/sync-calls.md). Other threads hand
+  // the body to a worker as before.
+  InlineStart inl;
+  const bool try_inline = sync && self->inline_ok && on_python_thread_main_only() && !on_any_worker();
   PyObject* tuple = PyTuple_New(nargs);
   PyObject* kwargs = nkw ? PyDict_New() : Py_NewRef(Py_None);
   PyObject* result = nullptr;
@@ -322,23 +367,26 @@ PyObject* submitter_call(PyObject* self_, PyObject* const* args, size_t nargsf, 
     for (Py_ssize_t i = 0; i < nkw && ok; ++i) {
       ok = PyDict_SetItem(kwargs, PyTuple_GET_ITEM(kwnames, i), args[nargs + i]) == 0;
     }
-    if (ok) result = submit_impl(capsule, self->body, self->name, 0, self->wait, tuple, kwargs, Py_None);
+    if (ok) result = submit_impl(capsule, self->body, self->name, 0, self->wait, tuple, kwargs, Py_None,
+                                 try_inline ? &inl : nullptr);
   }
   Py_XDECREF(tuple);
   Py_XDECREF(kwargs);
   Py_DECREF(capsule);
-  return result;
+  if (!sync || !result) return result;
+  if (inl.started) return run_inline_call(as_pe(result), inl);
+  return general_then_result(result);
 }
 
 PyObject* submitter_new(PyTypeObject* type, PyObject* args, PyObject* kwargs) {
   PyObject *general, *check, *body, *name, *wait, *capsule, *scope, *default_engine;
   Py_ssize_t min_pos, max_pos;
-  int strip, bound;
+  int strip, bound, inline_ok = 0;
   static const char* kwlist[] = {"general", "check", "min_pos", "max_pos", "body", "name", "wait",
-                                 "bound", "capsule", "scope", "default_engine", "strip", nullptr};
-  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOnnOUOpOOOp:Submitter", const_cast<char**>(kwlist), &general,
+                                 "bound", "capsule", "scope", "default_engine", "strip", "inline", nullptr};
+  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOnnOUOpOOOp|p:Submitter", const_cast<char**>(kwlist), &general,
                                    &check, &min_pos, &max_pos, &body, &name, &wait, &bound, &capsule, &scope,
-                                   &default_engine, &strip)) {
+                                   &default_engine, &strip, &inline_ok)) {
     return nullptr;
   }
   if (wait != Py_True && wait != Py_False) {
@@ -364,6 +412,7 @@ PyObject* submitter_new(PyTypeObject* type, PyObject* args, PyObject* kwargs) {
   self->min_pos = min_pos;
   self->max_pos = max_pos;
   self->strip = strip;
+  self->inline_ok = inline_ok;
   return reinterpret_cast<PyObject*>(self);
 }
 
@@ -417,6 +466,13 @@ PyGetSetDef submitter_getset[] = {
     {"__doc__", &submitter_doc, nullptr, nullptr, nullptr},
     {nullptr, nullptr, nullptr, nullptr, nullptr}};
 
+PyMethodDef submitter_methods[] = {
+    {"call", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&submitter_sync_call)),
+     METH_FASTCALL | METH_KEYWORDS,
+     "call(*args, **kwargs)\n--\n\nThe task's synchronous call: what submit(*args, **kwargs).result() returns; on "
+     "the main thread the body runs there (docs/internals/sync-calls.md)."},
+    {nullptr, nullptr, 0, nullptr}};
+
 PyMemberDef submitter_members[] = {
     {"__vectorcalloffset__", T_PYSSIZET, offsetof(Submitter, vectorcall), READONLY, nullptr},
     {nullptr, 0, 0, 0, nullptr}};
@@ -430,6 +486,7 @@ PyType_Slot submitter_slots[] = {
     {Py_tp_repr, reinterpret_cast<void*>(&submitter_repr)},
     {Py_tp_getset, submitter_getset},
     {Py_tp_members, submitter_members},
+    {Py_tp_methods, submitter_methods},
     {0, nullptr}};
 
 PyType_Spec submitter_spec = {"distaff._core.Submitter", sizeof(Submitter), 0,

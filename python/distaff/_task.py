@@ -173,6 +173,7 @@ class Task:
         min_pos, max_pos = self._positional_range
         engine = self._engine
         return _core.Submitter(
+            inline=self.policy is None,  # a synchronous call may run the body on the main thread
             general=general,
             check=self._check,
             min_pos=min_pos,
@@ -342,10 +343,14 @@ class Task:
         return clone
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        execution = self.submit(*args, **kwargs)
         if _get_running_loop() is not None or (_get_running_loop is _NO_LOOP and _aio.late_running_loop() is not None):
-            return execution  # inside a running event loop: the caller awaits it
-        return execution.result()
+            return self.submit(*args, **kwargs)  # inside a running event loop: the caller awaits it
+        submit = self.submit
+        if submit.__class__ is _core.Submitter:
+            # submit(...).result() in C; on the main thread the body runs right here
+            # (docs/internals/sync-calls.md).
+            return submit.call(*args, **kwargs)
+        return submit(*args, **kwargs).result()
 
     def map(self, *iterables: Iterable) -> list:
         """One execution per item: ``[task.submit(*args) for args in zip(*iterables)]``.
