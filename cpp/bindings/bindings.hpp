@@ -385,8 +385,10 @@ int wait_sliced(Park&& park, Clock::time_point deadline);
 bool on_main_thread();
 // The bodies of synchronous calls run inline on this thread (run.cpp, run_inline_call).
 bool inline_here();
-void enter_inline();
+void enter_inline(const Scheduler* s);
 void leave_inline();
+// runs_own_body_here: the calling thread is one of `s`'s workers, or runs one of its bodies inline.
+bool runs_own_body_here(const Scheduler* s);
 // on_python_thread_main_only: the interpreter's main thread itself (not a forked body's).
 bool on_python_thread_main_only();
 // on_python_main_thread: the thread where Python runs signal handlers (the main thread, any

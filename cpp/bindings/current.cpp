@@ -63,13 +63,28 @@ void pop_callback_parent(PyThreadState* ts) {
 }
 
 namespace {
-// Bodies of synchronous calls running on this (plain) thread now, nested (run_inline_call, run.cpp).
+// Bodies of synchronous calls running on this (plain) thread now, nested (run_inline_call, run.cpp):
+// the schedulers they belong to, innermost last.
 thread_local int tl_inline_depth = 0;
+thread_local std::vector<const Scheduler*> tl_inline_schedulers;
 }  // namespace
 
 bool inline_here() { return tl_inline_depth != 0; }
-void enter_inline() { ++tl_inline_depth; }
-void leave_inline() { --tl_inline_depth; }
+void enter_inline(const Scheduler* s) {
+  tl_inline_schedulers.push_back(s);
+  ++tl_inline_depth;
+}
+void leave_inline() {
+  --tl_inline_depth;
+  tl_inline_schedulers.pop_back();
+}
+bool runs_own_body_here(const Scheduler* s) {
+  if (s->on_worker()) return true;
+  for (const Scheduler* x : tl_inline_schedulers) {
+    if (x == s) return true;
+  }
+  return false;
+}
 
 bool on_main_thread() {
   // A body run inline on the main thread (a synchronous call) is on the main thread too: its waits

@@ -143,7 +143,7 @@ class EngineHandle {
 
 // running on an event loop. It cannot wait for the engine to become idle, nor shut it down.
 bool own_body(PyObject* capsule, Scheduler* s) {
-  if (s->on_worker()) return true;
+  if (runs_own_body_here(s)) return true;
   Execution* a = async_current();
   auto* pe = a ? static_cast<PyExecution*>(a->payload()) : nullptr;
   return pe && pe->engine == capsule && !a->done();

@@ -248,7 +248,7 @@ PyObject* raw_engine_live(PyObject*, PyObject* capsule) {
 PyObject* raw_on_own_worker(PyObject*, PyObject* capsule) {
   EngineCore* eng = engine_from_capsule(capsule);
   if (!eng) return nullptr;
-  return PyBool_FromLong(eng->scheduler->on_worker());
+  return PyBool_FromLong(runs_own_body_here(eng->scheduler.get()));
 }
 
 // _wait_reaped(): waits until every join handed to a join thread is done (and dropped engines

@@ -217,9 +217,7 @@ PyObject* run_inline_call(PyExecution* pe, InlineStart& inl) {
   const unsigned generation = g_fork_generation;
   PyThreadState* ts = PyThreadState_Get();
   PyObject* passes_on = nullptr;  // a KeyboardInterrupt/SystemExit the caller gets as it is
-  PyObject* forked_outcome = nullptr;  // in a process forked by the body: its return, or NULL
-  bool forked = false;
-  enter_inline();
+  enter_inline(s);
   if (ex.state() == State::running && s->draining()) complete(pe, State::cancelled, nullptr);
   if (ex.state() == State::running) {
     PyObject* ctx = PyContext_CopyCurrent();
@@ -230,7 +228,7 @@ PyObject* run_inline_call(PyExecution* pe, InlineStart& inl) {
       pe->tstate = ts;
       link_running(pe);
       PyObject* r = PyObject_Call(pe->fn, pe->args, pe->kwargs);
-      forked = generation != g_fork_generation;
+      const bool forked = generation != g_fork_generation;
       if (!forked && r && PyCoro_CheckExact(r) && ReturnedCoroutineHook && pe->engine) {
         PyObject* follow = PyObject_CallFunctionObjArgs(ReturnedCoroutineHook, r, pe->engine, nullptr);
         Py_SETREF(r, follow);
@@ -249,13 +247,14 @@ PyObject* run_inline_call(PyExecution* pe, InlineStart& inl) {
       Py_DECREF(ctx);
       if (forked) {
         // This process was forked by the body (os.fork() in it): the engine's threads are the
-        // parent's. The call returns here as a plain function's would; nothing of the engine is touched.
+        // parent's. As for a body forked on a worker's fiber, the body's copy was the child's
+        // program, and the process ends with it (end_forked_body: exit status, streams flushed).
+        g_forked_body = pe;
         if (exc) {
           raise_stored(exc);
           Py_DECREF(exc);
-        } else {
-          forked_outcome = r;
         }
+        end_forked_body(exc ? nullptr : r);
       } else {
         end_redelivery(pe);
         if (exc && !PyErr_GivenExceptionMatches(exc, PyExc_Exception) && on_python_main_thread()) {
@@ -282,11 +281,6 @@ PyObject* run_inline_call(PyExecution* pe, InlineStart& inl) {
     }
   }
   leave_inline();
-  if (forked) {
-    Scheduler::leave_inline(inl.saved);
-    Py_DECREF(pe);  // (release_body's references go with it)
-    return forked_outcome;  // NULL: the body's error is set
-  }
   release_body(pe);
   s->end_inline(ex, inl.saved);
   drain_unobserved_now();

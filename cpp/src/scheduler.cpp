@@ -770,8 +770,6 @@ void Scheduler::end_inline(Execution& ex, const detail::FiberLocal& saved) noexc
   uncount_inline();
 }
 
-void Scheduler::leave_inline(const detail::FiberLocal& saved) noexcept { detail::fiber_local() = saved; }
-
 void Scheduler::uncount_inline() noexcept {
   if (inline_.fetch_sub(1, std::memory_order_seq_cst) == 1 && inline_joiners_.load(std::memory_order_seq_cst) != 0) {
     std::lock_guard<std::mutex> g(inline_mu_);

@@ -158,18 +158,23 @@ def body():
     _, status = os.waitpid(pid, 0)
     return os.waitstatus_to_exitcode(status)
 
-print("child status", body(), flush=True)
+print("child status", CALL, flush=True)
 """
 
+# The body runs inline on the main thread (f(x)) or on a worker's fiber (submit().result()): a child
+# forked by it ends the same way in both (docs/concepts.md).
+_HOW = pytest.mark.parametrize("how", ["body()", "body.submit().result()"], ids=["inline", "fiber"])
 
-def _fork_in_body(child_end: str):
+
+def _fork_in_body(child_end: str, how: str):
     # PYTHONUNBUFFERED off: the child's unflushed output must reach the pipe.
-    return run_python(_FORK_IN_BODY.replace("CHILD_END", child_end), timeout=60,
+    return run_python(_FORK_IN_BODY.replace("CHILD_END", child_end).replace("CALL", how), timeout=60,
                       env={"PYTHONUNBUFFERED": ""}, args=("-W", "ignore::DeprecationWarning"))
 
 
-def test_a_child_forked_by_a_body_exits_0_when_its_copy_of_the_body_returns():
-    proc = _fork_in_body('return "the child\'s copy returns"')
+@_HOW
+def test_a_child_forked_by_a_body_exits_0_when_its_copy_of_the_body_returns(how):
+    proc = _fork_in_body('return "the child\'s copy returns"', how)
     assert proc.returncode == 0, proc.stderr
     assert "child status 0" in proc.stdout, proc.stdout + proc.stderr
     assert "child output 8" in proc.stdout  # flushed, and distaff worked in the child
@@ -177,39 +182,43 @@ def test_a_child_forked_by_a_body_exits_0_when_its_copy_of_the_body_returns():
     assert proc.stdout.count("atexit in") == 1 and "atexit in parent" in proc.stdout, proc.stdout
 
 
-def test_a_child_forked_by_a_body_exits_with_the_status_sys_exit_gives():
-    proc = _fork_in_body("sys.exit(3)")
+@_HOW
+def test_a_child_forked_by_a_body_exits_with_the_status_sys_exit_gives(how):
+    proc = _fork_in_body("sys.exit(3)", how)
     assert proc.returncode == 0, proc.stderr
     assert "child status 3" in proc.stdout and "child output 8" in proc.stdout, proc.stdout + proc.stderr
-    proc = _fork_in_body('sys.exit("bye from the child")')
+    proc = _fork_in_body('sys.exit("bye from the child")', how)
     assert "child status 1" in proc.stdout, proc.stdout + proc.stderr
     assert "bye from the child" in proc.stderr
 
 
-def test_a_child_forked_by_a_body_that_raises_prints_the_traceback_and_exits_1():
-    proc = _fork_in_body('raise ValueError("boom in the child")')
+@_HOW
+def test_a_child_forked_by_a_body_that_raises_prints_the_traceback_and_exits_1(how):
+    proc = _fork_in_body('raise ValueError("boom in the child")', how)
     assert proc.returncode == 0, proc.stderr
     assert "child status 1" in proc.stdout and "child output 8" in proc.stdout, proc.stdout + proc.stderr
     assert "Traceback" in proc.stderr and "ValueError: boom in the child" in proc.stderr, proc.stderr
     assert "distaff: raised in task 'body'" in proc.stderr
-    proc = _fork_in_body("raise KeyboardInterrupt")
+    proc = _fork_in_body("raise KeyboardInterrupt", how)
     assert "child status -2" in proc.stdout, proc.stdout + proc.stderr  # ended by SIGINT, as a program is
     assert "KeyboardInterrupt" in proc.stderr
 
 
-def test_a_child_forked_by_a_body_waits_for_the_non_daemon_threads_its_body_started():
+@_HOW
+def test_a_child_forked_by_a_body_waits_for_the_non_daemon_threads_its_body_started(how):
     # As a program does at its end. Before: the child exited at once and the thread's line was lost.
     proc = _fork_in_body(
         "import time\n"
         "        t = threading.Thread(target=lambda: (time.sleep(0.3), print('child thread done')))\n"
         "        t.start()\n"
-        "        return 0")
+        "        return 0", how)
     assert proc.returncode == 0, proc.stderr
     assert "child status 0" in proc.stdout, proc.stdout + proc.stderr
     assert "child thread done" in proc.stdout, proc.stdout + proc.stderr
 
 
-def test_a_child_forked_by_a_body_can_fork_again():
+@_HOW
+def test_a_child_forked_by_a_body_can_fork_again(how):
     proc = _fork_in_body(
         """
         sys.stdout.flush()
@@ -220,7 +229,8 @@ def test_a_child_forked_by_a_body_can_fork_again():
         _, st = os.waitpid(pid2, 0)
         print("grandchild status", os.waitstatus_to_exitcode(st))
         sys.exit(5)
-        """
+        """,
+        how,
     )
     assert proc.returncode == 0, proc.stderr
     assert "grandchild 10" in proc.stdout and "grandchild status 7" in proc.stdout, proc.stdout + proc.stderr
@@ -282,7 +292,7 @@ def test_a_child_forked_by_a_body_waits_and_never_runs_the_parents_other_bodies(
 
         sibs = [sibling.submit(i) for i in range(3)]
         started.wait()
-        print("status", body(), flush=True)
+        print("status", body.submit().result(), flush=True)  # on the siblings' worker, not inline
         release.set()
         print("siblings", [s.result(timeout=30) for s in sibs])
         """,
@@ -405,13 +415,14 @@ def body():
     _, status = os.waitpid(pid, 0)
     return os.waitstatus_to_exitcode(status)
 
-print("child status", body(), flush=True)
+print("child status", CALL, flush=True)
 """
 
 
+@_HOW
 @pytest.mark.parametrize("wait", ["distaff.sleep(30)", "slow.submit().result()", "slow()"])
-def test_ctrl_c_ends_a_child_forked_by_a_body_while_it_waits_in_distaff(wait):
-    proc = run_python(_CTRL_C_IN_THE_FORKED_CHILD.replace("WAIT", wait), timeout=60,
+def test_ctrl_c_ends_a_child_forked_by_a_body_while_it_waits_in_distaff(wait, how):
+    proc = run_python(_CTRL_C_IN_THE_FORKED_CHILD.replace("WAIT", wait).replace("CALL", how), timeout=60,
                       args=("-W", "ignore::DeprecationWarning"))
     assert proc.returncode == 0, proc.stderr
     assert "child status -2" in proc.stdout, proc.stdout + proc.stderr  # ended by SIGINT, as a program is

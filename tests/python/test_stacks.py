@@ -153,7 +153,7 @@ def test_faulthandler_prints_the_python_traceback_of_a_crash_on_a_fiber_stack():
     proc = run_python(
         NESTED_HASH
         + """
-    distaff.task()(nested_hash)(10_000_000)
+    distaff.task()(nested_hash).submit(10_000_000).result()  # on a worker's fiber (f(x) runs on main)
     """,
         args=("-X", "faulthandler"),
         timeout=120,

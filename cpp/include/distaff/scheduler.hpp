@@ -142,9 +142,6 @@ class Scheduler {
   // end_inline: the body has returned and `ex` is finished (or following another execution): the
   // end event, current_execution() restored, the inline run uncounted. Same thread as begin_inline.
   void end_inline(Execution& ex, const detail::FiberLocal& saved) noexcept;
-  // leave_inline: end_inline for the calling thread alone, in a process forked during the body:
-  // its scheduler's threads do not exist there, and nothing of the scheduler is touched.
-  static void leave_inline(const detail::FiberLocal& saved) noexcept;
   // inline_runs: bodies running on callers' threads now (begin_inline without end_inline).
   int inline_runs() const noexcept { return inline_.load(std::memory_order_acquire); }
 
