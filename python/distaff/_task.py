@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os as _os
 import inspect
 import sys
 from typing import Any, Callable, Iterable
@@ -35,6 +36,11 @@ def _bind_to_submitting_loop(binding, loop, ex) -> None:
     from ._async_body import _bind_to_submitting_loop as bind
 
     bind(binding, loop, ex)
+
+
+# DISTAFF_INLINE_CALLS=0 (read at import): the main thread's f(x) hands its body to a worker as
+# other threads do (for measurements; docs/internals/sync-calls.md).
+_INLINE_CALLS = _os.environ.get("DISTAFF_INLINE_CALLS", "1") != "0"
 
 
 class Task:
@@ -173,7 +179,8 @@ class Task:
         min_pos, max_pos = self._positional_range
         engine = self._engine
         return _core.Submitter(
-            inline=self.policy is None,  # a synchronous call may run the body on the main thread
+            # a synchronous call may run the body on the main thread (docs/internals/sync-calls.md)
+            inline=self.policy is None and _INLINE_CALLS,
             general=general,
             check=self._check,
             min_pos=min_pos,
