@@ -104,6 +104,10 @@ SANITIZE_PYTEST ?=
 # And test_fork.py::test_a_child_forked_by_a_body_can_fork_again (the child starts an engine's
 # threads, then forks again): it hung once under ASan in session 12's CI run 4 at two pytest workers'
 # load, passed 3 of 3 alone under ASan and always on the normal build.
+# And the [inline] variants of test_fork.py's forked-body tests (a body run by the main thread's f(x)
+# forks at once, while the engine's workers, started a moment before, are still in AsanThread::Init:
+# the same lock, 4 of 21 such cases hung under ASan in session 17 with no report; the normal build,
+# which `make test` runs, passes them, and the [fiber] variants stay here).
 # Also deselected: the Dask and Ray executor tests and examples (executors_dask, executors_ray): they
 # exercise those runtimes (Ray's own C++ daemons, Dask's worker processes) under an ASan preload,
 # not distaff's C++ code, which test_executors.py covers through the process pool; a worker that
@@ -124,7 +128,7 @@ SANITIZE_DESELECT ?= test_default_engine_after_fork_in_the_child_works_or_errors
   or test_10k_suspended_executions_cost_under_6_kib_each or test_10k_sleepers_cost_under_6_5_kib_each_at_their_peak_after_they_end \
   or test_bodies_run_on_the_backends_executor_threads_and_processes or asyncflow_features \
   or test_fork_storm_while_busy or static_tls_block or test_timeouts_fire_in_a_child_forked_after_the_parent_used_them \
-  or test_a_child_forked_by_a_body_can_fork_again
+  or test_a_child_forked_by_a_body_can_fork_again or (child_forked_by_a_body and inline)
 $(ASAN_PY):
 	$(PYTHON) -m venv .venv-asan
 	$(ASAN_PY) -m pip install -q --upgrade pip

@@ -234,7 +234,7 @@ class Impl(Base):
     def s1(self, n: int) -> Measurement:
         from common import sync_calls
         child = self.t["child"]
-        self.info["call"] = "task(x) from the main thread (submit + result)"
+        self.info["call"] = "task(x) from the main thread (its body runs there, inline)"
         return sync_calls(child, n)
 
     def w7a(self, n: int) -> float:

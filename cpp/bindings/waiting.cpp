@@ -215,7 +215,8 @@ bool spin_until_done(Execution* target, Clock::time_point deadline) {
 int wait_core(Execution* target, Clock::time_point deadline) {
   if (target->done()) return kDone;
   Execution* self = interruptible_execution();  // taken now: a cancel during the wait finishes it
-  if (!self && !on_any_worker() && spin_until_done(target, deadline)) return kDone;
+  // (A body run inline on a plain thread spins too: it is that thread's synchronous wait.)
+  if ((!self || inline_here()) && !on_any_worker() && spin_until_done(target, deadline)) return kDone;
   bool interrupted = false;
   int r = wait_sliced(
       [&](Clock::time_point d) {
@@ -277,7 +278,7 @@ int wait_for_outcome(PyExecution* pe, PyObject* timeout) {
 // returns None when no loop runs in this thread (the plain wait below).
 bool wait_blocking(PyExecution* pe, PyObject* timeout) {
   // (An execution inherited across fork() skips the hook: wait_for_outcome raises ShutdownError.)
-  if (LoopWaitHook && !current_execution() && pe->fork_generation == g_fork_generation) {
+  if (LoopWaitHook && (!current_execution() || inline_here()) && pe->fork_generation == g_fork_generation) {
     PyObject* r = PyObject_CallFunctionObjArgs(LoopWaitHook, reinterpret_cast<PyObject*>(pe), timeout, nullptr);
     if (!r) return false;
     const bool handled = r != Py_None;
