@@ -51,6 +51,11 @@ KEY_LINES = {
         "dry run: Dummy Output | body ran: False True",
         "files: asyncflow_features.py -> converted.txt ['asyncflow_features.py'] ['converted.txt']",
     ],
+    "docs/examples/sync_calls.py": [
+        "main thread: (1, 'MainThread', True)",
+        "another thread: True True",
+        "Ctrl-C: KeyboardInterrupt; the child was cancelled: True",
+    ],
     "docs/examples/sync.py": [
         "lock: [0, 1, 2] ['in 0', 'out 0', 'in 1', 'out 1', 'in 2', 'out 2']",
         "semaphore: at most 2 at once",
