@@ -276,9 +276,8 @@ bool init_submit(PyObject* module);
 void run_execution(Execution& ex);
 // run_inline_call: runs the body of `pe`, which submit_impl started inline, on the calling thread
 // and returns what result() would (new reference, or NULL with the error set). Steals the reference
-// to `pe`. A KeyboardInterrupt, SystemExit or other non-Exception leaving the body on the main
-// thread cancels the execution with its tree and goes on to the caller as it is (a Ctrl-C during
-// the main thread's f(x)).
+// to `pe`. A KeyboardInterrupt or SystemExit leaving the body on the main thread cancels the
+// execution with its tree and goes on to the caller as it is (a Ctrl-C during the main thread's f(x)).
 PyObject* run_inline_call(PyExecution* pe, InlineStart& inline_start);
 // execution_result: what Execution.result() returns for `pe`, waiting if it is unfinished.
 PyObject* execution_result(PyObject* execution);

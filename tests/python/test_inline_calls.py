@@ -284,3 +284,36 @@ def test_a_trace_records_an_inline_body_off_the_workers(tmp_path):
     on_main = [e for e in mine if e.get("worker") is None]
     on_workers = [e for e in mine if e.get("worker") is not None]
     assert len(on_main) == 2 and len(on_workers) == 2, mine  # the inline call's start and end
+
+
+def test_an_inline_body_that_swallows_its_cancel_is_stopped_and_the_caller_gets_cancelled_error():
+    # The re-delivery (distaff.Interrupted, a BaseException) ends a body that swallows its
+    # CancelledError; the caller still gets what result() gives for a cancelled execution.
+    proc = run_python(
+        """
+        import threading, distaff
+        eng = distaff.Engine()
+        inside = threading.Event()
+
+        @eng.task()
+        def stubborn():
+            inside.set()
+            while True:
+                try:
+                    while True:
+                        pass
+                except Exception:
+                    pass  # swallows the CancelledError
+
+        threading.Thread(target=lambda: (inside.wait(30), eng.shutdown(wait=False, cancel_running=True))).start()
+        try:
+            stubborn()
+        except distaff.CancelledError:
+            print("caller got CancelledError", flush=True)
+        except BaseException as e:
+            print("caller got", type(e).__name__, flush=True)
+        """,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "caller got CancelledError" in proc.stdout, proc.stdout + proc.stderr
