@@ -384,6 +384,12 @@ int wait_sliced(Park&& park, Clock::time_point deadline);
 bool on_main_thread();
 // The bodies of synchronous calls run inline on this thread (run.cpp, run_inline_call).
 bool inline_here();
+int inline_depth();
+// note_inline_signal_exception: the raised exception (a signal handler's, in a distaff wait of
+// an inline body) is an interruption of the inline calls it leaves. is_inline_signal_exception:
+// `exc` is that one.
+void note_inline_signal_exception();
+bool is_inline_signal_exception(PyObject* exc);
 void enter_inline(const Scheduler* s);
 void leave_inline();
 // runs_own_body_here: the calling thread is one of `s`'s workers, or runs one of its bodies inline.
@@ -410,12 +416,18 @@ int wait_sliced(Park&& park, Clock::time_point deadline) {
       return park(deadline) ? 0 : 1;
     }
     for (;;) {
-      if (raise_deferred_signal_exception()) return -2;
+      if (raise_deferred_signal_exception()) {
+        note_inline_signal_exception();
+        return -2;
+      }
       auto now = Clock::now();
       auto slice = (deadline - now > kSignalSlice) ? now + kSignalSlice : deadline;
       if (park(slice)) return 0;
       if (Clock::now() >= deadline) return 1;
-      if (PyErr_CheckSignals() < 0) return -2;
+      if (PyErr_CheckSignals() < 0) {
+        note_inline_signal_exception();
+        return -2;
+      }
     }
   } catch (...) {
     translate_current_exception();

@@ -69,7 +69,13 @@ thread_local int tl_inline_depth = 0;
 thread_local std::vector<const Scheduler*> tl_inline_schedulers;
 }  // namespace
 
+// The exception a signal handler raised in a distaff wait of an inline body (wait_sliced): the
+// inline calls it leaves treat it as an interruption (run_inline_call). Main thread, GIL held;
+// dropped when the outermost inline call returns.
+PyObject* g_inline_signal_exc = nullptr;
+
 bool inline_here() { return tl_inline_depth != 0; }
+int inline_depth() { return tl_inline_depth; }
 void enter_inline(const Scheduler* s) {
   tl_inline_schedulers.push_back(s);
   ++tl_inline_depth;
@@ -77,7 +83,19 @@ void enter_inline(const Scheduler* s) {
 void leave_inline() {
   --tl_inline_depth;
   tl_inline_schedulers.pop_back();
+  if (tl_inline_depth == 0) Py_CLEAR(g_inline_signal_exc);
 }
+
+void note_inline_signal_exception() {
+  if (tl_inline_depth == 0 || !PyErr_Occurred()) return;
+  PyObject* e = fetch_exception();
+  if (!e) return;
+  Py_XSETREF(g_inline_signal_exc, Py_NewRef(e));
+  raise_stored(e);
+  Py_DECREF(e);
+}
+
+bool is_inline_signal_exception(PyObject* exc) { return exc && exc == g_inline_signal_exc; }
 bool runs_own_body_here(const Scheduler* s) {
   if (s->on_worker()) return true;
   for (const Scheduler* x : tl_inline_schedulers) {

@@ -259,12 +259,12 @@ PyObject* run_inline_call(PyExecution* pe, InlineStart& inl) {
         end_redelivery(pe);
         if (exc && !ex.done() && on_python_main_thread() &&
             (PyErr_GivenExceptionMatches(exc, PyExc_KeyboardInterrupt) ||
-             PyErr_GivenExceptionMatches(exc, PyExc_SystemExit))) {
-          // Ctrl-C (or a SIGTERM handler's sys.exit, or the body's own) in the body: as when it
-          // lands in the main thread's wait for a worker's body, the execution is cancelled with
-          // its tree and the exception goes on as it is. (Not once the execution was cancelled or
-          // timed out: the caller gets that, as from result(); other BaseExceptions fail it, as
-          // on a worker.)
+             PyErr_GivenExceptionMatches(exc, PyExc_SystemExit) || is_inline_signal_exception(exc))) {
+          // Ctrl-C (or a SIGTERM handler's sys.exit, or the body's own), or whatever a signal
+          // handler raised in a distaff wait of the body: as when it lands in the main thread's
+          // wait for a worker's body, the execution is cancelled with its tree and the exception
+          // goes on as it is. (Not once the execution was cancelled or timed out: the caller gets
+          // that, as from result(); other BaseExceptions fail it, as on a worker.)
           passes_on = exc;
           terminate(pe, State::cancelled, nullptr, CancelledError);
         } else if (exc && ex.owner() && ex.owner()->draining() &&

@@ -247,6 +247,8 @@ struct Submitter {
   int inline_ok;             // call() may run the body on the calling (main) thread
 };
 
+constexpr int kInlineDepthMax = 16;
+
 PyObject* str_workflow_id = nullptr;
 PyObject* str_scope = nullptr;
 PyObject* str_capsule = nullptr;
@@ -357,7 +359,10 @@ PyObject* submit_or_call(Submitter* self, PyObject* const* args, size_t nargsf, 
   // Inline: the main thread's synchronous calls (docs/internals/sync-calls.md). Other threads hand
   // the body to a worker as before.
   InlineStart inl;
-  const bool try_inline = sync && self->inline_ok && on_python_thread_main_only() && !on_any_worker();
+  // Past kInlineDepthMax nested inline calls a call hands off: a fiber has a fresh C stack and
+  // recursion budget, the main thread's are spent ~4 recursion levels per inline call (3.11).
+  const bool try_inline = sync && self->inline_ok && on_python_thread_main_only() && !on_any_worker() &&
+                          inline_depth() < kInlineDepthMax;
   PyObject* tuple = PyTuple_New(nargs);
   PyObject* kwargs = nkw ? PyDict_New() : Py_NewRef(Py_None);
   PyObject* result = nullptr;

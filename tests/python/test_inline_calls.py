@@ -317,3 +317,75 @@ def test_an_inline_body_that_swallows_its_cancel_is_stopped_and_the_caller_gets_
     )
     assert proc.returncode == 0, proc.stderr
     assert "caller got CancelledError" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_an_exception_a_signal_handler_raises_in_an_inline_bodys_wait_cancels_its_tree():
+    # concepts.md: Ctrl-C *or an exception raised by any signal handler* interrupting the main
+    # thread's f(x) cancels the execution with its tree and propagates as it is (an outsider's find:
+    # an Exception from a SIGUSR1 handler failed the inline execution and left its child running).
+    proc = run_python(
+        """
+        import os, signal, threading, distaff
+
+        class Alarm(Exception):
+            pass
+
+        def handler(sig, frame):
+            raise Alarm("SIGUSR1")
+
+        signal.signal(signal.SIGUSR1, handler)
+
+        @distaff.task()
+        def child():
+            distaff.sleep(30)
+
+        seen = {}
+
+        @distaff.task()
+        def body(how):
+            seen["me"], seen["child"] = distaff.current_execution(), child.submit()
+            threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGUSR1)).start()
+            if how == "sleep":
+                distaff.sleep(30)
+            else:
+                seen["child"].result()
+
+        for how in ("sleep", "result"):
+            try:
+                body(how)
+            except Alarm as e:
+                print(how, seen["me"].state, seen["child"].state, getattr(e, "__notes__", None), flush=True)
+        """,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "sleep cancelled cancelled None" in proc.stdout, proc.stdout + proc.stderr
+    assert "result cancelled cancelled None" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_deep_recursions_of_synchronous_calls_on_the_main_thread_are_not_cut_short():
+    # An outsider's find: each inline level spent ~4 units of the recursion limit (and C stack) of
+    # the main thread: down(n) failed past n = 248 on 3.11, where bodies on fibers (each with its own
+    # budget) went past 5,000. Past a few inline levels a call hands off to a fiber.
+    code = """
+        import sys, distaff
+
+        @distaff.task()
+        def down(n):
+            return 0 if n == 0 else down(n - 1) + 1
+
+        print("depth", down(int(sys.argv[1])), flush=True)
+    """
+    import subprocess
+    import textwrap
+
+    def depth_ok(n: int, inline: str) -> bool:
+        env = dict(__import__("os").environ, DISTAFF_INLINE_CALLS=inline)
+        r = subprocess.run([sys.executable, "-c", textwrap.dedent(code), str(n)], capture_output=True, text=True,
+                           timeout=120, env=env)
+        return r.returncode == 0 and f"depth {n}" in r.stdout
+
+    # As deep as with every body on a fiber (what CPython allows there differs by version).
+    for n in (100, 600, 2000):
+        assert depth_ok(n, "1") == depth_ok(n, "0"), n
+    assert depth_ok(100, "1")
