@@ -135,6 +135,31 @@ void running_after_fork() {
   g_forwarding = nullptr;
 }
 
+namespace {
+// settle_body: the execution's outcome from what its body returned (`r`) or raised (`exc`); takes
+// both references.
+void settle_body(PyExecution* pe, PyObject* r, PyObject* exc) {
+  Execution& ex = *pe->core;
+  if (exc && ex.owner() && ex.owner()->draining() &&
+      PyObject_TypeCheck(exc, reinterpret_cast<PyTypeObject*>(CancelledError))) {
+    // The body let through the CancelledError of something the drain cancelled (a child's
+    // result(), a wait on a pending execution): a shutdown that cancels ends it cancelled, as it
+    // does a wait= dependent of one (abandon_execution) — not failed, logged as never retrieved.
+    Py_DECREF(exc);
+    complete(pe, State::cancelled, nullptr);
+  } else if (exc) {
+    add_task_note(exc, ex);
+    complete(pe, State::failed, exc);
+  } else if (is_execution(r)) {
+    forward_execution(pe, as_pe(r));
+    cancel_late_forward(pe, as_pe(r));
+    Py_DECREF(r);
+  } else {
+    complete(pe, State::succeeded, r);
+  }
+}
+}  // namespace
+
 void run_execution(Execution& ex) {
   auto* pe = static_cast<PyExecution*>(ex.payload());
   FiberState fs = acquire_fiber_state();
@@ -177,23 +202,7 @@ void run_execution(Execution& ex) {
       PyObject* exc = r ? nullptr : fetch_exception();
       if (pe->interrupt_sent) release_logging_locks_left_by_interrupt(fs.tstate);
       if (ctx && PyContext_Exit(ctx) < 0) PyErr_Clear();
-      if (exc && ex.owner() && ex.owner()->draining() &&
-          PyObject_TypeCheck(exc, reinterpret_cast<PyTypeObject*>(CancelledError))) {
-        // The body let through the CancelledError of something the drain cancelled (a child's
-        // result(), a wait on a pending execution): a shutdown that cancels ends it cancelled, as it
-        // does a wait= dependent of one (abandon_execution) — not failed, logged as never retrieved.
-        Py_DECREF(exc);
-        complete(pe, State::cancelled, nullptr);
-      } else if (exc) {
-        add_task_note(exc, ex);
-        complete(pe, State::failed, exc);
-      } else if (is_execution(r)) {
-        forward_execution(pe, as_pe(r));
-        cancel_late_forward(pe, as_pe(r));
-        Py_DECREF(r);
-      } else {
-        complete(pe, State::succeeded, r);
-      }
+      settle_body(pe, r, exc);
     }
     if (pe->trace) install_tracer(Py_None);
   }
@@ -267,19 +276,8 @@ PyObject* run_inline_call(PyExecution* pe, InlineStart& inl) {
           // that, as from result(); other BaseExceptions fail it, as on a worker.)
           passes_on = exc;
           terminate(pe, State::cancelled, nullptr, CancelledError);
-        } else if (exc && ex.owner() && ex.owner()->draining() &&
-                   PyObject_TypeCheck(exc, reinterpret_cast<PyTypeObject*>(CancelledError))) {
-          Py_DECREF(exc);
-          complete(pe, State::cancelled, nullptr);
-        } else if (exc) {
-          add_task_note(exc, ex);
-          complete(pe, State::failed, exc);
-        } else if (is_execution(r)) {
-          forward_execution(pe, as_pe(r));
-          cancel_late_forward(pe, as_pe(r));
-          Py_DECREF(r);
         } else {
-          complete(pe, State::succeeded, r);
+          settle_body(pe, r, exc);
         }
       }
     }
