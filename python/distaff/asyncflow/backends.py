@@ -149,7 +149,36 @@ class LocalExecutionBackend(_Backend):
         if not self._closed:
             self._closed = True
             self.executor.shutdown(wait=False, cancel_futures=True)
+            if isinstance(self.executor, ProcessPoolExecutor):
+                await _let_the_pool_wind_down(self.executor)
             logger.info("Concurrent execution backend shutdown complete")
+
+
+# How long shutdown() waits for a process pool to wind down (its processes end once their current
+# body returns; one stuck in a blocking call is not waited for beyond this).
+_POOL_WIND_DOWN_S = 1.0
+
+
+async def _let_the_pool_wind_down(pool: ProcessPoolExecutor) -> None:
+    """Waits (at most _POOL_WIND_DOWN_S, off the loop) for a process pool that was shut down without
+    waiting to finish: on CPython 3.11 its manager thread, still closing its wake-up pipe as the
+    interpreter exits, races concurrent.futures' exit hook, which then prints "Exception ignored ...
+    OSError: [Errno 9] Bad file descriptor" (CPython gh-125451 added the lock; CI saw it once). A
+    daemon thread does the waiting, so a stuck body never holds up the exit."""
+    done = asyncio.get_running_loop().create_future()
+
+    def wait_then_tell() -> None:
+        pool.shutdown(wait=True)
+        try:
+            done.get_loop().call_soon_threadsafe(lambda: done.done() or done.set_result(None))
+        except RuntimeError:
+            pass  # the loop has closed meanwhile: nobody waits any more
+
+    threading.Thread(target=wait_then_tell, name="distaff-asyncflow-pool-wind-down", daemon=True).start()
+    try:
+        await asyncio.wait_for(asyncio.shield(done), _POOL_WIND_DOWN_S)
+    except asyncio.TimeoutError:
+        pass
 
 
 class ConcurrentExecutionBackend(LocalExecutionBackend):
