@@ -242,6 +242,9 @@ PyObject* raw_combine(PyObject*, PyObject* const* a, Py_ssize_t n) {
   PyExecution* pe = new_virtual_execution(name, Kind::task);
   if (!pe) return nullptr;
   for (const ExecutionRef& m : members) pe->core->add_dependency(m);
+  // gather/join wait for their members (all, or all unless one fails): a body waiting on such a
+  // handle that holds its own execution, or one waiting on it, gets DeadlockError, as wait() does.
+  if (mode != WaitCondition::any) pe->core->awaits_members(members);
   track(pe);
   pe->deps = PyList_AsTuple(a[0]);
   if (!pe->deps) {

@@ -282,6 +282,17 @@ void Execution::link_dependencies(std::vector<ExecutionRef> deps) {
 }
 void Execution::unlink_dependencies() { ExecutionGraphAccess::clear_deps(this); }
 
+void Execution::awaits_members(const std::vector<ExecutionRef>& members) {
+  std::vector<ExecutionRef> unfinished;
+  for (const ExecutionRef& m : members) {
+    if (!m->done()) unfinished.push_back(m);
+  }
+  if (unfinished.empty() || done()) return;
+  ExecutionGraphAccess::set_deps(this, std::move(unfinished));
+  // Finished meanwhile: finish() may have looked for links before these were set (in_graph_).
+  if (done()) ExecutionGraphAccess::clear_deps(this);
+}
+
 namespace {
 const std::vector<ExecutionRef>* deps_of(Execution* e) { return ExecutionGraphAccess::deps(e); }
 Execution* blocked_of(Execution* e) { return ExecutionGraphAccess::blocked(e); }

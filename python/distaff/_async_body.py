@@ -27,6 +27,18 @@ _async_current = _core._async_current
 _current_body: "contextvars.ContextVar[_AsyncBody]" = contextvars.ContextVar("distaff_async_body")
 
 
+def _awaiting_body() -> Any:
+    """The execution of the async body whose own asyncio task runs now, else None. Tasks the body
+    starts share its context but are not it: one of them may well await the body's execution."""
+    body = _current_body.get(None)
+    if body is None or body.me is None or body.handle is None:
+        return None
+    return body.me if body.handle() is asyncio.current_task() else None
+
+
+_asyncio_mod.awaiting_body = _awaiting_body
+
+
 def _bind_to_submitting_loop(binding: Any, loop: Any, ex: Any) -> None:
     # An async body submitted from a running loop is bound to that loop from now on: a blocking wait
     # on the loop's thread that needs it is a deadlock, and (unless it waits for dependencies, see

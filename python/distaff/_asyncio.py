@@ -157,6 +157,11 @@ def _inbox_for(loop: asyncio.AbstractEventLoop) -> _Inbox:
     return inbox
 
 
+# Set by _async_body once async bodies exist: the execution of the async body whose own task runs
+# now (not a task it started), or None.
+awaiting_body = None
+
+
 def await_execution(execution):
     """``Execution.__await__``: a future on the running loop that the execution completes."""
     loop = _get_running_loop()
@@ -173,6 +178,10 @@ def await_execution(execution):
     if execution.done():
         _copy_outcome(execution, fut)
         return fut.__await__()
+    if awaiting_body is not None:
+        me = awaiting_body()
+        if me is not None:  # an async body awaiting itself, or what waits on it: DeadlockError
+            _core.check_wait(me, execution)
     inbox = _inbox_for(loop)
 
     def deliver(ex):

@@ -595,6 +595,37 @@ TEST_F(ExecutionThreads, PromisesTakePartInTheWaitGraph) {
   a->finish(State::succeeded);
 }
 
+TEST_F(ExecutionThreads, APromiseThatAwaitsItsMembersIsInTheWaitGraphUntilItFinishes) {
+  // A combining handle (the bindings' gather/join): a wait on it from a member, or from what a
+  // member waits on, closes a cycle.
+  ExecutionRef a = Execution::create("a"), b = Execution::create("b"), c = Execution::create("c");
+  ExecutionRef done = Execution::create("done");
+  for (auto* e : {a.get(), b.get(), c.get(), done.get()}) ASSERT_TRUE(e->start());
+  ASSERT_TRUE(done->finish(State::succeeded));
+  ExecutionRef g = Execution::promise("gather");
+  g->awaits_members({a, b, done});
+  EXPECT_TRUE(a->would_deadlock(*g));
+  EXPECT_TRUE(b->would_deadlock(*g));
+  EXPECT_FALSE(c->would_deadlock(*g)) << "not a member";
+  c->forward_to(*g);  // c waits on the handle: b waiting on c would wait on itself
+  EXPECT_THROW(b->forward_to(*c), DeadlockError);
+  EXPECT_EQ(b->blocked_on(), 0u);
+  ASSERT_TRUE(a->finish(State::succeeded));
+  EXPECT_TRUE(b->would_deadlock(*g)) << "b is still unfinished";
+  ASSERT_TRUE(g->finish(State::failed));  // settled: no path through it any more
+  EXPECT_FALSE(b->would_deadlock(*g));
+  b->forward_to(*c);
+  EXPECT_EQ(b->blocked_on(), c->id());
+  // On a handle already finished, or over finished members only, it links nothing.
+  ExecutionRef h = Execution::promise("h");
+  h->awaits_members({done});
+  ExecutionRef k = Execution::promise("k");
+  ASSERT_TRUE(k->finish(State::succeeded));
+  k->awaits_members({b});
+  EXPECT_FALSE(b->would_deadlock(*k));
+  for (auto* e : {b.get(), c.get(), h.get()}) e->finish(State::succeeded);
+}
+
 // ---- terminating a tree ----------------------------------------------------------------------------
 
 // TreeLog: what a TreeFinisher saw. The root fails, its descendants are cancelled; `decline` is

@@ -456,6 +456,149 @@ def test_waiting_on_itself_from_a_body_is_a_deadlock_error(engine):
     assert selfish() == "ok"
 
 
+_WAITS_ON_A_HANDLE_OF_ITSELF = """
+import asyncio, sys, distaff
+engine = distaff.Engine()
+
+@engine.task()
+def sync_body(how):
+    me = distaff.current_execution()
+    other = engine.task()(lambda: 1).submit()
+    handle = distaff.gather(other, me) if how == "gather" else distaff.join(me=me, o=other)
+    try:
+        handle.result()
+    except distaff.DeadlockError as e:
+        return "DeadlockError: " + str(e)
+    return "no error"
+
+@engine.task()
+async def async_body(how):
+    me = distaff.current_execution()
+    handle = distaff.gather(me) if how == "gather" else distaff.join(me=me)
+    try:
+        await handle
+    except distaff.DeadlockError as e:
+        return "DeadlockError"
+    return "no error"
+
+@engine.task()
+def waits_for(x):
+    return distaff.gather(x).result()
+
+@engine.task()
+def indirect():
+    # its child waits on a gather that holds this execution; this one then waits on the child
+    child = waits_for.submit(distaff.current_execution())
+    try:
+        return child.result()
+    except distaff.DeadlockError:
+        return "DeadlockError"
+
+for how in ("gather", "join"):
+    print(how, "inline", sync_body(how), flush=True)  # the main thread's call runs it inline
+    print(how, "fiber", sync_body.submit(how).result(timeout=10), flush=True)
+    print(how, "async", async_body.submit(how).result(timeout=10), flush=True)
+r = indirect.submit()
+try:
+    print("indirect", r.result(timeout=10))
+except distaff.DeadlockError:
+    print("indirect child: DeadlockError")
+engine.shutdown()
+"""
+
+
+def test_a_body_waiting_on_a_gather_or_join_of_its_own_execution_gets_deadlock_error():
+    # Was a hang: the handle's members were not in the wait graph the cycle check walks
+    # (distaff.wait([me]) did raise). wait_sets.md: "A body that waits ... on its own execution,
+    # or on one that waits for it, gets distaff.DeadlockError instead of hanging."
+    r = run_python(_WAITS_ON_A_HANDLE_OF_ITSELF, timeout=60)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert len(lines) == 7, r.stdout + r.stderr
+    for how in ("gather", "join"):
+        for where in ("inline", "fiber"):
+            assert f"{how} {where} DeadlockError: " in r.stdout, r.stdout
+        assert f"{how} async DeadlockError" in lines, r.stdout
+    assert "waits on it" in r.stdout or "waits on itself" in r.stdout, r.stdout
+    assert lines[-1] in ("indirect DeadlockError", "indirect child: DeadlockError"), r.stdout
+
+
+_ASYNC_BODY_AWAITS_ITSELF = """
+import asyncio, distaff
+engine = distaff.Engine()
+
+@engine.task()
+async def body(how):
+    me = distaff.current_execution()
+    try:
+        if how == "self":
+            await me
+        elif how == "wait":
+            await distaff.wait([me])
+        elif how == "wait-first-exception":
+            await distaff.wait([me], return_when=distaff.FIRST_EXCEPTION)
+    except distaff.DeadlockError as e:
+        return "DeadlockError"
+    return "no error"
+
+@engine.task()
+async def watched():
+    # A task the body starts shares its context but is not the body: it may await the body.
+    me = distaff.current_execution()
+    seen = []
+
+    async def watch():
+        await me
+        seen.append("after")
+
+    asyncio.get_running_loop().create_task(watch())
+    first, _ = await distaff.wait([me], timeout=0, return_when=distaff.FIRST_COMPLETED)
+    return len(first)
+
+for how in ("self", "wait", "wait-first-exception"):
+    print(how, body.submit(how).result(timeout=10), flush=True)
+print("watched", watched.submit().result(timeout=10), flush=True)
+engine.shutdown()
+"""
+
+
+def test_an_async_body_awaiting_its_own_execution_gets_deadlock_error():
+    # As asyncio's "Task cannot await on itself", a body awaiting itself (or a wait on itself) was
+    # a hang; a task it starts may still await it, and FIRST_COMPLETED over it is no cycle.
+    r = run_python(_ASYNC_BODY_AWAITS_ITSELF, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [
+        "self DeadlockError",
+        "wait DeadlockError",
+        "wait-first-exception DeadlockError",
+        "watched 0",
+    ], r.stdout + r.stderr
+
+
+def test_a_gather_of_a_waiting_body_still_finishes_when_nothing_closes_a_cycle(engine, new_gate):
+    # The handle's members in the wait graph must not make ordinary waits look like cycles.
+    gate = new_gate()
+
+    @engine.task()
+    def slow(i):
+        gate.wait()
+        return i
+
+    @engine.task()
+    def parent():
+        kids = [slow.submit(i) for i in range(3)]
+        h = distaff.gather(*kids)
+        waiter = observer.submit(h)
+        gate.set()
+        return h.result(), waiter.result()
+
+    @engine.task()
+    def observer(h):
+        return sum(h.result())
+
+    assert parent() == ([0, 1, 2], 3)
+
+
 @pytest.mark.parametrize("n", [10_000])
 def test_wait_on_10k_members_from_the_main_thread(engine, n):
     @engine.task()

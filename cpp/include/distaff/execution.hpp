@@ -201,6 +201,12 @@ class Execution {
 
   // For the scheduler: add a dependency record before submission.
   void add_dependency(const ExecutionRef& dep);
+  // awaits_members: a promise that is settled once every one of `members` has finished (a
+  // combining handle: the bindings' gather/join) waits on them. Their unfinished ones join the
+  // wait graph as this execution's dependencies until it finishes, so a wait on it from one of
+  // them — or from an execution one of them waits on — is a DeadlockError, not a hang. Not for a
+  // handle that another member's outcome can settle first (first-completed): that is no cycle.
+  void awaits_members(const std::vector<ExecutionRef>& members);
   // For the scheduler: pending|waiting → running. False if the execution was finished meanwhile.
   bool start() noexcept;
 
