@@ -45,9 +45,18 @@ bool parse_mode(PyObject* o, WaitCondition& mode) {
   return true;
 }
 
-bool check_deadlock(const std::vector<ExecutionRef>& members, WaitCondition mode) {
-  Execution* self = current_execution();
-  if (!self || mode == WaitCondition::any) return true;
+// check_deadlock: DeadlockError (false) if `self` (the waiting execution, or null) waiting on
+// `members` under `mode` would close a cycle of waits.
+bool check_deadlock(Execution* self, const std::vector<ExecutionRef>& members, WaitCondition mode) {
+  if (!self || members.empty()) return true;
+  if (mode == WaitCondition::any) {
+    // A wait for the first of them is a cycle only when every one of them waits on this one.
+    for (const ExecutionRef& m : members) {
+      if (m->done() || (m.get() != self && !self->would_deadlock(*m))) return true;
+    }
+    raise_deadlock(*self, *members.front());
+    return false;
+  }
   for (const ExecutionRef& m : members) {
     if (m.get() == self || (!m->done() && self->would_deadlock(*m))) {
       raise_deadlock(*self, *m);
@@ -93,7 +102,7 @@ PyObject* raw_wait_set(PyObject*, PyObject* const* a, Py_ssize_t n) {
   WaitCondition mode;
   Clock::time_point deadline;
   if (!members_of(a[0], members) || !parse_timeout(a[1], deadline) || !parse_mode(a[2], mode)) return nullptr;
-  if (!check_deadlock(members, mode)) return nullptr;
+  if (!check_deadlock(current_execution(), members, mode)) return nullptr;
   if (mode == WaitCondition::all) return wait_all(members, deadline);
   WaitSet ws(std::move(members), mode);
   Execution* self = interruptible_execution();
@@ -306,6 +315,20 @@ PyObject* raw_check_wait(PyObject*, PyObject* const* a, Py_ssize_t n) {
   Py_RETURN_NONE;
 }
 
+// check_waits(waiter, execs, mode): DeadlockError if `waiter` waiting on `execs` under `mode` would
+// close a cycle: wait()'s rule for an async def body (distaff.wait awaited in it: _wait.py).
+PyObject* raw_check_waits(PyObject*, PyObject* const* a, Py_ssize_t n) {
+  if (n != 3 || !is_execution(a[0])) {
+    PyErr_SetString(PyExc_TypeError, "check_waits(waiter, execs, mode)");
+    return nullptr;
+  }
+  std::vector<ExecutionRef> members;
+  WaitCondition mode;
+  if (!members_of(a[1], members) || !parse_mode(a[2], mode)) return nullptr;
+  if (!check_deadlock(as_pe(a[0])->core, members, mode)) return nullptr;
+  Py_RETURN_NONE;
+}
+
 // _callbacks(execution) -> int: core callbacks registered on it and not yet run (tests: a wait
 // that timed out or was cancelled leaves none behind).
 PyObject* raw_callbacks(PyObject*, PyObject* o) {
@@ -320,6 +343,8 @@ PyMethodDef wait_functions[] = {
     {"_callbacks", &raw_callbacks, METH_O, "_callbacks(execution) -> core callbacks registered and not yet run"},
     {"check_wait", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&raw_check_wait)), METH_FASTCALL,
      "check_wait(waiter, target): DeadlockError if waiter waiting for target would close a cycle"},
+    {"check_waits", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&raw_check_waits)), METH_FASTCALL,
+     "check_waits(waiter, execs, mode): DeadlockError if waiter waiting on execs under mode would close a cycle"},
     {"wait_set", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&raw_wait_set)), METH_FASTCALL,
      "wait_set(execs, timeout, mode) -> (satisfied, first_failed_index)"},
     {"completion", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&raw_completion)), METH_FASTCALL,

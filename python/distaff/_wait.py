@@ -18,7 +18,6 @@ FIRST_EXCEPTION = "FIRST_EXCEPTION"
 ALL_COMPLETED = "ALL_COMPLETED"
 _ALL = int(_core.WaitFor.ALL_COMPLETED)
 _FIRST_EXCEPTION = int(_core.WaitFor.FIRST_EXCEPTION)
-_FIRST_COMPLETED = int(_core.WaitFor.FIRST_COMPLETED)
 _COMBINE_CANCELLED = _core.COMBINE_CANCELLED  # a finalizer's answer: the handle ends cancelled
 _EXHAUSTED = _core.COMPLETION_EXHAUSTED  # completion_next: every member was returned
 _MODES = {
@@ -138,10 +137,8 @@ async def _wait_async(execs: list, timeout: float | None, mode: int):
         from ._asyncio import _inbox_for
 
         me = _asyncio_mod.awaiting_body() if _asyncio_mod.awaiting_body is not None else None
-        if me is not None and mode != _FIRST_COMPLETED:  # wait_sets.md: a cycle is a DeadlockError
-            for m in execs:
-                if not m.done():
-                    _core.check_wait(me, m)
+        if me is not None:  # an async body's wait that closes a cycle: DeadlockError (wait_sets.md)
+            _core.check_waits(me, execs, mode)
 
         loop = asyncio.get_running_loop()
         inbox = _inbox_for(loop)

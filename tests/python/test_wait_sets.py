@@ -537,6 +537,26 @@ async def body(how):
             await distaff.wait([me])
         elif how == "wait-first-exception":
             await distaff.wait([me], return_when=distaff.FIRST_EXCEPTION)
+        elif how == "wait-first-completed":
+            await distaff.wait([me], return_when=distaff.FIRST_COMPLETED)
+        elif how == "first-completed-of-two":  # the other one can end it: no cycle
+            other = engine.task()(lambda: 1).submit()
+            done, _ = await distaff.wait([me, other], return_when=distaff.FIRST_COMPLETED)
+            return f"done {sorted(e.name for e in done)}"
+    except distaff.DeadlockError as e:
+        return "DeadlockError"
+    return "no error"
+
+@engine.task()
+def sync_body(how):
+    me = distaff.current_execution()
+    try:
+        if how == "wait-first-completed":
+            distaff.wait([me], return_when=distaff.FIRST_COMPLETED)
+        else:
+            other = engine.task()(lambda: 1).submit()
+            done, _ = distaff.wait([me, other], return_when=distaff.FIRST_COMPLETED)
+            return f"done {sorted(e.name for e in done)}"
     except distaff.DeadlockError as e:
         return "DeadlockError"
     return "no error"
@@ -552,11 +572,13 @@ async def watched():
         seen.append("after")
 
     asyncio.get_running_loop().create_task(watch())
-    first, _ = await distaff.wait([me], timeout=0, return_when=distaff.FIRST_COMPLETED)
-    return len(first)
+    await asyncio.sleep(0)  # the watcher runs up to its await
+    return me.done()
 
-for how in ("self", "wait", "wait-first-exception"):
+for how in ("self", "wait", "wait-first-exception", "wait-first-completed", "first-completed-of-two"):
     print(how, body.submit(how).result(timeout=10), flush=True)
+for how in ("wait-first-completed", "first-completed-of-two"):
+    print("sync", how, sync_body.submit(how).result(timeout=10), flush=True)
 print("watched", watched.submit().result(timeout=10), flush=True)
 engine.shutdown()
 """
@@ -564,15 +586,21 @@ engine.shutdown()
 
 def test_an_async_body_awaiting_its_own_execution_gets_deadlock_error():
     # As asyncio's "Task cannot await on itself", a body awaiting itself (or a wait on itself) was
-    # a hang; a task it starts may still await it, and FIRST_COMPLETED over it is no cycle.
+    # a hang; a task it starts may still await it, and FIRST_COMPLETED over it and another member
+    # is no cycle (over itself alone it is, in sync bodies too).
     r = run_python(_ASYNC_BODY_AWAITS_ITSELF, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines() == [
         "self DeadlockError",
         "wait DeadlockError",
         "wait-first-exception DeadlockError",
-        "watched 0",
+        "wait-first-completed DeadlockError",
+        "first-completed-of-two done ['body.<locals>.<lambda>']",
+        "sync wait-first-completed DeadlockError",
+        "sync first-completed-of-two done ['sync_body.<locals>.<lambda>']",
+        "watched False",
     ], r.stdout + r.stderr
+    assert "Traceback" not in r.stderr, r.stderr
 
 
 def test_a_gather_of_a_waiting_body_still_finishes_when_nothing_closes_a_cycle(engine, new_gate):
