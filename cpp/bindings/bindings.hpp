@@ -396,6 +396,9 @@ void leave_inline();
 bool runs_own_body_here(const Scheduler* s);
 // on_python_thread_main_only: the interpreter's main thread itself (not a forked body's).
 bool on_python_thread_main_only();
+// main_thread_after_fork: in a child forked from a thread other than the main one, that thread is
+// the child's main thread now (CPython runs signal handlers there): on_main_thread() says so.
+void main_thread_after_fork();
 // on_python_main_thread: the thread where Python runs signal handlers (the main thread, any
 // execution on it included; in a process a body forked, that body's thread).
 bool on_python_main_thread();

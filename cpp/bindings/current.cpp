@@ -112,6 +112,8 @@ bool on_main_thread() {
 
 bool on_python_thread_main_only() { return PyThread_get_thread_ident() == g_main_thread_ident; }
 
+void main_thread_after_fork() { g_main_thread_ident = PyThread_get_thread_ident(); }
+
 bool on_python_main_thread() { return PyThread_get_thread_ident() == g_main_thread_ident || on_forked_program(); }
 
 namespace {

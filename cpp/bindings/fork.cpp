@@ -82,6 +82,10 @@ PyObject* raw_after_fork(PyObject*, PyObject*) {
   // child's one thread is its main thread now and is named as the process was, not distaff-w<N>
   // (ps, pgrep and killall go by that name: an outsider's find).
   if (on_any_worker() && !g_process_name.empty()) distaff::detail::name_this_thread(g_process_name.c_str());
+  // Forked from a plain thread (not a body's fiber, whose copy is the child's program:
+  // on_forked_program): that thread is the child's main thread, where its Ctrl-C is raised, and
+  // where its synchronous calls run inline.
+  if (!on_any_worker() && !g_forked_body) main_thread_after_fork();
   if (Execution* self = current_execution(); self && (on_any_worker() || g_forked_body)) {
     if (keep_only_current_fiber()) {
       forget_worker_after_fork();

@@ -427,3 +427,63 @@ def test_ctrl_c_ends_a_child_forked_by_a_body_while_it_waits_in_distaff(wait, ho
     assert proc.returncode == 0, proc.stderr
     assert "child status -2" in proc.stdout, proc.stdout + proc.stderr  # ended by SIGINT, as a program is
     assert "KeyboardInterrupt" in proc.stderr, proc.stderr
+
+
+# A process forked from a thread other than the main one: the forking thread is the child's main
+# thread (CPython runs signal handlers there), and a Ctrl-C reaches it while it waits in distaff as
+# it reaches any main thread. Before, distaff still took the parent's main thread for the main one,
+# so the child's waits held SIGINT back until they ended (an outsider's find, session 17).
+_CTRL_C_IN_A_CHILD_FORKED_FROM_A_THREAD = """
+import os, signal, sys, threading, time
+import distaff
+
+@distaff.task
+def slow():
+    distaff.sleep(30)
+    return "slept"
+
+@distaff.task
+def one():
+    return 1
+
+def forker(result):
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        signal.alarm(20)  # a wait deaf to SIGINT ends as SIGALRM (-14) instead
+        os.write(w, b"x")
+        try:
+            WAIT
+            code = 3  # the wait ended without the Ctrl-C
+        except KeyboardInterrupt:
+            code = 42
+        except BaseException as e:
+            print("child:", repr(e), file=sys.stderr, flush=True)
+            code = 1
+        os._exit(code)
+    os.read(r, 1)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:  # in its wait once it sleeps
+        with open(f"/proc/{pid}/task/{pid}/stat") as f:
+            if f.read().rsplit(")", 1)[1].split()[0] == "S":
+                break
+        time.sleep(0.005)
+    os.kill(pid, signal.SIGINT)
+    _, status = os.waitpid(pid, 0)
+    result.append(os.waitstatus_to_exitcode(status))
+
+assert one() == 1  # the parent's default engine runs
+res = []
+t = threading.Thread(target=forker, args=(res,))
+t.start()
+t.join()
+print("child status", res[0], flush=True)
+"""
+
+
+@pytest.mark.parametrize("wait", ["slow()", "slow.submit().result()", "distaff.wait([slow.submit()])"])
+def test_ctrl_c_reaches_the_main_thread_of_a_child_forked_from_another_thread(wait):
+    proc = run_python(_CTRL_C_IN_A_CHILD_FORKED_FROM_A_THREAD.replace("WAIT", wait), timeout=60,
+                      args=("-W", "ignore::DeprecationWarning"))
+    assert proc.returncode == 0, proc.stderr
+    assert "child status 42" in proc.stdout, proc.stdout + proc.stderr
