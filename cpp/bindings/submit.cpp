@@ -190,6 +190,15 @@ PyObject* submit_impl(PyObject* capsule, PyObject* fn, PyObject* name, long flag
     complete(pe, State::cancelled, nullptr);
     return self;
   }
+  // Refused by the scheduler (a C++ exception): raised as Python's; never left unfinished: it was
+  // not started, so it is cancelled.
+  auto refused = [&]() -> PyObject* {
+    core->set_payload(nullptr);
+    translate_current_exception();
+    core->finish(State::cancelled);
+    Py_DECREF(self);
+    return nullptr;
+  };
   if (inline_start && found.empty() && gating.empty() && !late && !born_cancelled) {
     // A synchronous call that runs its body here (run_inline_call follows): no queue reference.
     try {
@@ -199,11 +208,7 @@ PyObject* submit_impl(PyObject* capsule, PyObject* fn, PyObject* name, long flag
         return self;
       }
     } catch (...) {
-      core->set_payload(nullptr);
-      translate_current_exception();
-      core->finish(State::cancelled);
-      Py_DECREF(self);
-      return nullptr;
+      return refused();
     }
     // Closed or draining meanwhile: submitted as any other call (refused, or cancelled unstarted).
   }
@@ -211,13 +216,8 @@ PyObject* submit_impl(PyObject* capsule, PyObject* fn, PyObject* name, long flag
   try {
     eng->scheduler->submit(core, gating);
   } catch (...) {
-    core->set_payload(nullptr);
-    Py_DECREF(self);
-    translate_current_exception();
-    // Never leave an execution unfinished: it was not submitted, so it is cancelled.
-    core->finish(State::cancelled);
-    Py_DECREF(self);
-    return nullptr;
+    Py_DECREF(self);  // the queue's
+    return refused();
   }
   if (born_cancelled) complete(pe, State::cancelled, nullptr);
   return self;

@@ -110,12 +110,13 @@ def pytest_sessionfinish(session, exitstatus):
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
-def run_python(code: str, *, timeout: float = 120, env: dict | None = None, args=()) -> subprocess.CompletedProcess:
-    """Runs code in a fresh interpreter (crash and shutdown cases must not take pytest down)."""
+def run_python(code: str, *, timeout: float = 120, env: dict | None = None, args=(), argv=()) -> subprocess.CompletedProcess:
+    """Runs code in a fresh interpreter (crash and shutdown cases must not take pytest down).
+    `args`: the interpreter's options; `argv`: the program's sys.argv[1:]."""
     full_env = dict(os.environ)
     full_env.update(env or {})
     return subprocess.run(
-        [sys.executable, *args, "-c", textwrap.dedent(code)],
+        [sys.executable, *args, "-c", textwrap.dedent(code), *argv],
         capture_output=True,
         text=True,
         timeout=timeout,

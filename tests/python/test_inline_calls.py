@@ -175,17 +175,9 @@ except KeyboardInterrupt:
 
 @pytest.mark.parametrize("mode", ["python", "wait", "sleep"])
 def test_ctrl_c_in_an_inline_body_propagates_and_cancels_its_tree(mode):
-    proc = _run_with_arg(_CTRL_C, mode)
+    proc = run_python(_CTRL_C, argv=(mode,), timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "interrupted" in proc.stdout and "child cancelled" in proc.stdout, proc.stdout + proc.stderr
-
-
-def _run_with_arg(code: str, arg: str):
-    import subprocess
-    import textwrap
-
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code), arg], capture_output=True, text=True,
-                          timeout=60)
 
 
 def test_shutdown_with_cancel_running_from_another_thread_cancels_an_inline_body():
@@ -376,13 +368,8 @@ def test_deep_recursions_of_synchronous_calls_on_the_main_thread_are_not_cut_sho
 
         print("depth", down(int(sys.argv[1])), flush=True)
     """
-    import subprocess
-    import textwrap
-
     def depth_ok(n: int, inline: str) -> bool:
-        env = dict(__import__("os").environ, DISTAFF_INLINE_CALLS=inline)
-        r = subprocess.run([sys.executable, "-c", textwrap.dedent(code), str(n)], capture_output=True, text=True,
-                           timeout=120, env=env)
+        r = run_python(code, argv=(str(n),), env={"DISTAFF_INLINE_CALLS": inline})
         return r.returncode == 0 and f"depth {n}" in r.stdout
 
     # As deep as with every body on a fiber (what CPython allows there differs by version).
