@@ -18,6 +18,7 @@ FIRST_EXCEPTION = "FIRST_EXCEPTION"
 ALL_COMPLETED = "ALL_COMPLETED"
 _ALL = int(_core.WaitFor.ALL_COMPLETED)
 _FIRST_EXCEPTION = int(_core.WaitFor.FIRST_EXCEPTION)
+_FIRST_COMPLETED = int(_core.WaitFor.FIRST_COMPLETED)
 _COMBINE_CANCELLED = _core.COMBINE_CANCELLED  # a finalizer's answer: the handle ends cancelled
 _EXHAUSTED = _core.COMPLETION_EXHAUSTED  # completion_next: every member was returned
 _MODES = {
@@ -204,6 +205,11 @@ async def _aiter(execs: list, deadline: float | None):
 
     from ._asyncio import _inbox_for
 
+    from . import _asyncio as _asyncio_mod
+
+    me = _asyncio_mod.awaiting_body() if _asyncio_mod.awaiting_body is not None else None
+    if me is not None and execs:  # an async body iterating over executions that all wait on it
+        _core.check_waits(me, execs, _FIRST_COMPLETED)
     loop = asyncio.get_running_loop()
     inbox = _inbox_for(loop)
     wakeup = asyncio.Event()
@@ -239,6 +245,9 @@ def _sync_iter(execs: list, deadline: float | None):
         from ._asyncio import check_members_wait
 
         check_members_wait(execs, "iterating as_completed(...) with a plain for", "use `async for`")
+    me = _core.current_execution()
+    if me is not None and execs:  # a body iterating over executions that all wait on it (or itself)
+        _core.check_waits(me, execs, _FIRST_COMPLETED)
     handle = _core.completion(execs)
     returned = 0
     try:

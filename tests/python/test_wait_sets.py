@@ -543,6 +543,9 @@ async def body(how):
             other = engine.task()(lambda: 1).submit()
             done, _ = await distaff.wait([me, other], return_when=distaff.FIRST_COMPLETED)
             return f"done {sorted(e.name for e in done)}"
+        elif how == "as_completed":
+            async for e in distaff.as_completed([me]):
+                pass
     except distaff.DeadlockError as e:
         return "DeadlockError"
     return "no error"
@@ -553,6 +556,9 @@ def sync_body(how):
     try:
         if how == "wait-first-completed":
             distaff.wait([me], return_when=distaff.FIRST_COMPLETED)
+        elif how == "as_completed":
+            for e in distaff.as_completed([me]):
+                pass
         else:
             other = engine.task()(lambda: 1).submit()
             done, _ = distaff.wait([me, other], return_when=distaff.FIRST_COMPLETED)
@@ -575,9 +581,10 @@ async def watched():
     await asyncio.sleep(0)  # the watcher runs up to its await
     return me.done()
 
-for how in ("self", "wait", "wait-first-exception", "wait-first-completed", "first-completed-of-two"):
+for how in ("self", "wait", "wait-first-exception", "wait-first-completed", "first-completed-of-two",
+            "as_completed"):
     print(how, body.submit(how).result(timeout=10), flush=True)
-for how in ("wait-first-completed", "first-completed-of-two"):
+for how in ("wait-first-completed", "first-completed-of-two", "as_completed"):
     print("sync", how, sync_body.submit(how).result(timeout=10), flush=True)
 print("watched", watched.submit().result(timeout=10), flush=True)
 engine.shutdown()
@@ -596,8 +603,10 @@ def test_an_async_body_awaiting_its_own_execution_gets_deadlock_error():
         "wait-first-exception DeadlockError",
         "wait-first-completed DeadlockError",
         "first-completed-of-two done ['body.<locals>.<lambda>']",
+        "as_completed DeadlockError",
         "sync wait-first-completed DeadlockError",
         "sync first-completed-of-two done ['sync_body.<locals>.<lambda>']",
+        "sync as_completed DeadlockError",
         "watched False",
     ], r.stdout + r.stderr
     assert "Traceback" not in r.stderr, r.stderr
