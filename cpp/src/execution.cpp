@@ -284,6 +284,7 @@ void Execution::unlink_dependencies() { ExecutionGraphAccess::clear_deps(this); 
 
 void Execution::awaits_members(const std::vector<ExecutionRef>& members) {
   std::vector<ExecutionRef> unfinished;
+  unfinished.reserve(members.size());
   for (const ExecutionRef& m : members) {
     if (!m->done()) unfinished.push_back(m);
   }
