@@ -149,8 +149,12 @@ class _AsyncBody(Elsewhere):
             return
         exc = task.exception()
         if exc is None:
+            r = task.result()
+            if type(r) is _Exit:
+                self._failed(r.exc)
+                return
             # A returned Execution is followed, like a sync body's (a cycle: DeadlockError).
-            self._succeeded(task.result())
+            self._succeeded(r)
         else:
             self._failed(exc)
 
@@ -176,7 +180,11 @@ class _AsyncBody(Elsewhere):
             return
         exc = task.exception()
         if exc is None:
-            self._settle(True, task.result())
+            r = task.result()
+            if type(r) is _Exit:
+                self._settle(False, r.exc)
+            else:
+                self._settle(True, r)
         else:
             self._settle(False, exc)
 
@@ -238,17 +246,34 @@ async def _run(body: _AsyncBody, me: Any, fn: Any, args: Any, kwargs: Any, delay
         me._annotate("attempts", body.attempt)
     if _trace._hubs:
         body._ship_record()
-    r = await fn(*args, **kwargs)
-    if body.policy is not None and isinstance(r, _core.Execution):
-        # Forwarding under a policy: the returned execution's outcome is this attempt's (a failure
-        # is retried, then falls back). Awaited here, without a concurrency slot meanwhile; a
-        # cancelled one cancels this task, so the execution ends cancelled as a plain forward does.
-        if me is not None:
-            _core.check_wait(me, r)  # a cycle (it waits on this one): DeadlockError, not a hang
-        if slot is not None:
-            slot.pause()
-        return await r
+    try:
+        r = await fn(*args, **kwargs)
+        if body.policy is not None and isinstance(r, _core.Execution):
+            # Forwarding under a policy: the returned execution's outcome is this attempt's (a
+            # failure is retried, then falls back). Awaited here, without a concurrency slot
+            # meanwhile; a cancelled one cancels this task, so the execution ends cancelled as a
+            # plain forward does.
+            if me is not None:
+                _core.check_wait(me, r)  # a cycle (it waits on this one): DeadlockError, not a hang
+            if slot is not None:
+                slot.pause()
+            return await r
+    except (KeyboardInterrupt, SystemExit) as e:
+        return _Exit(e)
     return r
+
+
+class _Exit:
+    """A KeyboardInterrupt or SystemExit an async body raised, carried out of its task as a value.
+    asyncio re-raises those two out of the loop's run: on the engine's loop thread that ended the
+    thread, and the execution never finished (its caller hung). The execution fails with it instead,
+    as a sync body's does; ``result()`` and ``await`` re-raise it, so it still ends the program that
+    does not catch it."""
+
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
 
 
 async def _fall_back(me: Any, fallback: Callable, args: Any, kwargs: Any, exc: BaseException, slot: Any = None) -> Any:
@@ -256,5 +281,8 @@ async def _fall_back(me: Any, fallback: Callable, args: Any, kwargs: Any, exc: B
         _async_current.set(me)
     if slot is not None and slot.released and not (me is not None and me.done()):
         await slot.resume_async()  # after a forwarded failure: the fallback runs with a slot, as a body
-    r = fallback(*args, **kwargs, exc=exc)
-    return (await r) if inspect.isawaitable(r) else r
+    try:
+        r = fallback(*args, **kwargs, exc=exc)
+        return (await r) if inspect.isawaitable(r) else r
+    except (KeyboardInterrupt, SystemExit) as e:
+        return _Exit(e)

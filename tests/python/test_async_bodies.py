@@ -1055,3 +1055,55 @@ def test_asyncio_run_returning_during_an_async_bodys_retry_delay_cancels_it():
     )
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "ended cancelled 1 1", (r.stdout, r.stderr)
+
+
+def test_system_exit_or_keyboard_interrupt_from_an_async_body_fails_its_execution_and_keeps_the_loop():
+    # asyncio re-raises these two out of the loop's run: from a body on the engine's loop thread
+    # that ended the thread and the caller hung (an outsider's find, session 18). Now, as for a sync
+    # body (reliability.md): stored, re-raised by result()/await with its type and exit code.
+    proc = run_python(
+        """
+        import sys, asyncio, distaff
+
+        @distaff.task()
+        async def f(kind):
+            if kind == "exit":
+                sys.exit(3)
+            raise KeyboardInterrupt
+
+        @distaff.task(retries=2, fallback=lambda kind, exc: "fell back")
+        async def g(kind):
+            sys.exit(4)  # not retried (an Exception policy), not a fallback's business
+
+        for k in ("exit", "kbd"):
+            for how in ("call", "result"):
+                try:
+                    f(k) if how == "call" else f.submit(k).result()
+                except BaseException as e:
+                    print(k, how, type(e).__name__, getattr(e, "code", ""), flush=True)
+
+        async def main():
+            try:
+                await f.submit("exit")
+            except SystemExit as e:
+                print("await", e.code, flush=True)
+
+        asyncio.run(main())
+        ex = g.submit("x")
+        print("policy", type(ex.exception()).__name__, ex.description.get("attempts"), flush=True)
+        print("engine", distaff.task()(lambda: 5)(), flush=True)
+        sys.exit(f.submit("exit").exception().code)
+        """,
+        timeout=60,
+    )
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert proc.stdout.splitlines() == [
+        "exit call SystemExit 3",
+        "exit result SystemExit 3",
+        "kbd call KeyboardInterrupt ",
+        "kbd result KeyboardInterrupt ",
+        "await 3",
+        "policy SystemExit 1",
+        "engine 5",
+    ], proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
