@@ -329,6 +329,72 @@ PyObject* raw_check_waits(PyObject*, PyObject* const* a, Py_ssize_t n) {
   Py_RETURN_NONE;
 }
 
+// wait_edge(waiter, target[, mode]) -> token: until the token is dropped, `waiter` waits on
+// `target` in the wait graph — an Execution, or a list of them waited on under `mode` (on the one
+// unfinished member, or on a promise awaiting the unfinished ones; nothing for FIRST_COMPLETED).
+// An async def body's await (_asyncio.py, _wait.py): its task holds no fiber whose wait could
+// record it. DeadlockError, recording nothing, if the edge closes a cycle.
+struct WaitEdgeToken {
+  ExecutionRef waiter;
+  ExecutionRef target;
+};
+
+void wait_edge_destructor(PyObject* capsule) {
+  auto* t = static_cast<WaitEdgeToken*>(PyCapsule_GetPointer(capsule, "distaff.WaitEdge"));
+  if (!t) {
+    PyErr_Clear();
+    return;
+  }
+  t->waiter->clear_wait_edge(*t->target);
+  delete t;
+}
+
+PyObject* raw_wait_edge(PyObject*, PyObject* const* a, Py_ssize_t n) {
+  if ((n != 2 && n != 3) || !is_execution(a[0])) {
+    PyErr_SetString(PyExc_TypeError, "wait_edge(waiter, target[, mode])");
+    return nullptr;
+  }
+  ExecutionRef target;
+  if (n == 2) {
+    if (!is_execution(a[1])) {
+      PyErr_SetString(PyExc_TypeError, "wait_edge(waiter, target): target must be an Execution");
+      return nullptr;
+    }
+    target = ExecutionRef(as_pe(a[1])->core);
+  } else {
+    std::vector<ExecutionRef> members;
+    WaitCondition mode;
+    if (!members_of(a[1], members) || !parse_mode(a[2], mode)) return nullptr;
+    if (mode == WaitCondition::any) Py_RETURN_NONE;
+    std::vector<ExecutionRef> unfinished;
+    for (ExecutionRef& m : members) {
+      if (!m->done()) unfinished.push_back(std::move(m));
+    }
+    if (unfinished.empty()) Py_RETURN_NONE;
+    if (unfinished.size() == 1) {
+      target = std::move(unfinished.front());
+    } else {
+      target = Execution::promise("wait");
+      target->awaits_members(unfinished);
+    }
+  }
+  if (target->done()) Py_RETURN_NONE;
+  Execution& waiter = *as_pe(a[0])->core;
+  try {
+    waiter.set_wait_edge(*target);
+  } catch (...) {
+    translate_current_exception();
+    return nullptr;
+  }
+  auto* t = new WaitEdgeToken{ExecutionRef(&waiter), std::move(target)};
+  PyObject* capsule = PyCapsule_New(t, "distaff.WaitEdge", &wait_edge_destructor);
+  if (!capsule) {
+    t->waiter->clear_wait_edge(*t->target);
+    delete t;
+  }
+  return capsule;
+}
+
 // _callbacks(execution) -> int: core callbacks registered on it and not yet run (tests: a wait
 // that timed out or was cancelled leaves none behind).
 PyObject* raw_callbacks(PyObject*, PyObject* o) {
@@ -343,6 +409,8 @@ PyMethodDef wait_functions[] = {
     {"_callbacks", &raw_callbacks, METH_O, "_callbacks(execution) -> core callbacks registered and not yet run"},
     {"check_wait", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&raw_check_wait)), METH_FASTCALL,
      "check_wait(waiter, target): DeadlockError if waiter waiting for target would close a cycle"},
+    {"wait_edge", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&raw_wait_edge)), METH_FASTCALL,
+     "wait_edge(waiter, target[, mode]) -> token: waiter waits on target in the wait graph until the token is dropped"},
     {"check_waits", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&raw_check_waits)), METH_FASTCALL,
      "check_waits(waiter, execs, mode): DeadlockError if waiter waiting on execs under mode would close a cycle"},
     {"wait_set", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&raw_wait_set)), METH_FASTCALL,

@@ -403,6 +403,18 @@ void Execution::forward_to(Execution& target) {
   in_graph_.store(true, std::memory_order_release);
 }
 
+void Execution::set_wait_edge(Execution& target) {
+  std::lock_guard<std::mutex> g(g_graph_mu);
+  if (reaches(&target, this, deps_of, blocked_of)) throw DeadlockError(deadlock_message(*this, target));
+  blocked_on_ = &target;
+  in_graph_.store(true, std::memory_order_release);
+}
+
+void Execution::clear_wait_edge(const Execution& target) noexcept {
+  std::lock_guard<std::mutex> g(g_graph_mu);
+  if (blocked_on_ == &target) blocked_on_ = nullptr;
+}
+
 bool Execution::parked() const noexcept {
   std::lock_guard<std::mutex> g(g_graph_mu);
   return blocked_on_ != nullptr || waker_fn_ != nullptr;

@@ -193,6 +193,48 @@ class InterruptWaker {
 };
 }  // namespace
 
+namespace {
+// WaitEdge: while a running execution is parked on a wait-set that needs all of its members (all,
+// first_exception), it waits on them in the wait graph: on the one unfinished member, or on a
+// promise that awaits the unfinished ones (Execution::awaits_members). A member that waits on the
+// parked execution, now or later, then closes a cycle that whoever closes it is told of
+// (DeadlockError) — the parked side here, at the park, if the cycle is already there.
+class WaitEdge {
+ public:
+  WaitEdge(WaitCondition condition, const std::vector<ExecutionRef>& members) {
+    if (condition == WaitCondition::any) return;
+    Execution* self = interruptible_execution();
+    if (!self) return;
+    Execution* last = nullptr;
+    std::size_t unfinished = 0;
+    for (const ExecutionRef& m : members) {
+      if (!m->done()) {
+        ++unfinished;
+        last = m.get();
+      }
+    }
+    if (unfinished == 0) return;
+    if (unfinished == 1) {
+      target_ = ExecutionRef(last);
+    } else {
+      target_ = Execution::promise("wait");
+      target_->awaits_members(members);
+    }
+    self->set_wait_edge(*target_);
+    self_ = self;
+  }
+  ~WaitEdge() {
+    if (self_) self_->clear_wait_edge(*target_);
+  }
+  WaitEdge(const WaitEdge&) = delete;
+  WaitEdge& operator=(const WaitEdge&) = delete;
+
+ private:
+  Execution* self_ = nullptr;
+  ExecutionRef target_;
+};
+}  // namespace
+
 bool WaitSet::wait_until(Clock::time_point deadline) {
   Shared& s = *shared_;
   {
@@ -201,6 +243,7 @@ bool WaitSet::wait_until(Clock::time_point deadline) {
   }
   InterruptWaker waker(&Shared::wake, &s);
   if (waker.interrupted()) return false;
+  WaitEdge edge(s.condition, members_);
   detail::SuspendScope suspend;
   UniqueLock lk(s.mu);
   while (!s.holds()) {

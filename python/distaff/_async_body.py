@@ -28,15 +28,54 @@ _current_body: "contextvars.ContextVar[_AsyncBody]" = contextvars.ContextVar("di
 
 
 def _awaiting_body() -> Any:
-    """The execution of the async body whose own asyncio task runs now, else None. Tasks the body
-    starts share its context but are not it: one of them may well await the body's execution."""
+    """The async body (an _AsyncBody: ``.me`` its execution, ``.promise`` the promise that execution
+    follows) whose own asyncio task runs now, else None. Tasks the body starts share its context
+    but are not it: one of them may well await the body's execution."""
     body = _current_body.get(None)
-    if body is None or body.me is None or body.handle is None:
+    if body is None or body.me is None or body.promise is None or body.handle is None:
         return None
-    return body.me if body.handle() is asyncio.current_task() else None
+    return body if body.handle() is asyncio.current_task() else None
 
 
 _asyncio_mod.awaiting_body = _awaiting_body
+
+
+class _Holder:
+    """The tasks of the async bodies running on one loop, kept alive by that loop.
+
+    asyncio keeps only weak references to tasks: a pending task that nothing else references —
+    awaiting a future only it can reach, as `StreamReaderProtocol` (which holds its reader weakly)
+    and an ``executable=True`` body's pipe reads do — is garbage once the cyclic GC runs ("Task was
+    destroyed but it is pending!"), and its execution never finished (an outsider's find: a GC
+    during a command hung ``result()``). asyncio's answer is "keep a reference to the task"; here
+    the loop keeps it, through a far-off timer of its own whose callback is this holder: a body's
+    task lives as long as its loop does, and a loop dropped with bodies pending is still collected
+    with them (their executions are cancelled then, docs/asyncio.md)."""
+
+    __slots__ = ("tasks", "__weakref__")
+
+    def __init__(self, loop: Any) -> None:
+        self.tasks: set = set()
+        loop.call_later(_HOLD_SECONDS, self._again)
+
+    def _again(self) -> None:  # ~11 days later, on the loop: held again
+        asyncio.get_running_loop().call_later(_HOLD_SECONDS, self._again)
+
+
+_HOLD_SECONDS = 1e6
+# loop -> weak reference to its holder: the holder is the loop's (through its timer), and it
+# references tasks that reference the loop, so a strong value here would keep every loop alive.
+_holders: "weakref.WeakKeyDictionary[Any, weakref.ref]" = weakref.WeakKeyDictionary()
+
+
+def _hold(loop: Any, task: Any) -> None:
+    ref = _holders.get(loop)
+    holder = ref() if ref is not None else None
+    if holder is None:
+        holder = _Holder(loop)
+        _holders[loop] = weakref.ref(holder)
+    holder.tasks.add(task)
+    task.add_done_callback(holder.tasks.discard)
 
 
 def _bind_to_submitting_loop(binding: Any, loop: Any, ex: Any) -> None:
@@ -135,10 +174,12 @@ class _AsyncBody(Elsewhere):
         if self.stopped or fn is None:  # cancelled or timed out before the loop got to it
             return
         self.shipped_ns = handed
-        task = asyncio.get_running_loop().create_task(_run(self, self.me, fn, self.args, self.kwargs, delay))
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(_run(self, self.me, fn, self.args, self.kwargs, delay))
         # Weakly: the execution (through its done callback) must not keep the task, hence its loop,
-        # alive (a dropped loop is collected and its bodies cancelled).
+        # alive (a dropped loop is collected and its bodies cancelled). The loop keeps it (_hold).
         self.handle = weakref.ref(task)
+        _hold(loop, task)
         task.add_done_callback(self._done)
         if self.stopped:  # cancelled meanwhile, from another thread that did not see the task yet
             task.cancel()
@@ -165,9 +206,10 @@ class _AsyncBody(Elsewhere):
 
     def _fallback(self, exc: BaseException) -> None:
         # On the loop, in the body's place: fallback(*args, **kwargs, exc=exc), awaited if awaitable.
-        task = asyncio.get_running_loop().create_task(
-            _fall_back(self.me, self.policy.fallback, self.args, self.kwargs, exc, self.slot))
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(_fall_back(self.me, self.policy.fallback, self.args, self.kwargs, exc, self.slot))
         self.handle = weakref.ref(task)
+        _hold(loop, task)
         task.add_done_callback(self._fallback_done)
         if self.stopped:
             task.cancel()

@@ -178,20 +178,25 @@ def await_execution(execution):
     if execution.done():
         _copy_outcome(execution, fut)
         return fut.__await__()
+    edge = None
     if awaiting_body is not None:
-        me = awaiting_body()
-        if me is not None:  # an async body awaiting itself, or what waits on it: DeadlockError
-            _core.check_wait(me, execution)
+        body = awaiting_body()
+        if body is not None:
+            # An async body awaiting itself, or what waits on it: DeadlockError. While it awaits, it
+            # waits on the execution in the wait graph (its promise does: the body's execution
+            # follows that), so what waits on the body later closes a cycle too.
+            _core.check_wait(body.me, execution)
+            edge = _core.wait_edge(body.promise, execution)
     inbox = _inbox_for(loop)
 
     def deliver(ex):
         inbox.post(fut, ex)
 
     _raw_add_done_callback(execution, deliver)
-    return _awaiting(execution, fut, deliver)
+    return _awaiting(execution, fut, deliver, edge)
 
 
-def _awaiting(execution, fut, deliver):
+def _awaiting(execution, fut, deliver, edge=None):
     # An awaiter that gives up takes its callback back: polling `wait_for(shield(ex), tiny)` in a
     # loop must not pile one callback per call on a long execution. An awaiting task that is
     # cancelled (task.cancel(), an asyncio.wait_for or asyncio.timeout expiring, a TaskGroup sibling
@@ -201,6 +206,7 @@ def _awaiting(execution, fut, deliver):
     try:
         return (yield from fut.__await__())
     finally:
+        edge = None  # (dropping the token ends the body's edge in the wait graph)
         if not fut.done() or fut.cancelled():
             execution.remove_done_callback(deliver)
         if fut.cancelled() and not execution.done():

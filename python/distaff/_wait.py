@@ -137,10 +137,11 @@ async def _wait_async(execs: list, timeout: float | None, mode: int):
         from . import _asyncio as _asyncio_mod
         from ._asyncio import _inbox_for
 
-        me = _asyncio_mod.awaiting_body() if _asyncio_mod.awaiting_body is not None else None
-        if me is not None:  # an async body's wait that closes a cycle: DeadlockError (wait_sets.md)
-            _core.check_waits(me, execs, mode)
-
+        body = _asyncio_mod.awaiting_body() if _asyncio_mod.awaiting_body is not None else None
+        edge = None
+        if body is not None:  # an async body's wait that closes a cycle: DeadlockError (wait_sets.md)
+            _core.check_waits(body.me, execs, mode)
+            edge = _core.wait_edge(body.promise, execs, mode)  # in the wait graph while it waits
         loop = asyncio.get_running_loop()
         inbox = _inbox_for(loop)
         fut = loop.create_future()
@@ -148,6 +149,7 @@ async def _wait_async(execs: list, timeout: float | None, mode: int):
         try:
             await asyncio.wait((fut,), timeout=timeout)
         finally:
+            edge = None  # noqa: F841 (dropping the token ends the edge)
             _core.release(handle)
             fut.cancel()
     return _split(execs)
@@ -207,9 +209,9 @@ async def _aiter(execs: list, deadline: float | None):
 
     from . import _asyncio as _asyncio_mod
 
-    me = _asyncio_mod.awaiting_body() if _asyncio_mod.awaiting_body is not None else None
-    if me is not None and execs:  # an async body iterating over executions that all wait on it
-        _core.check_waits(me, execs, _FIRST_COMPLETED)
+    body = _asyncio_mod.awaiting_body() if _asyncio_mod.awaiting_body is not None else None
+    if body is not None and execs:  # an async body iterating over executions that all wait on it
+        _core.check_waits(body.me, execs, _FIRST_COMPLETED)
     loop = asyncio.get_running_loop()
     inbox = _inbox_for(loop)
     wakeup = asyncio.Event()

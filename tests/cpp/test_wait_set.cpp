@@ -356,5 +356,77 @@ TEST_F(WaitSetFibers, InterruptWakesAFiberParkedOnAWaitSet) {
   finish_all(m);
 }
 
+TEST_F(WaitSetFibers, AFiberParkedOnAWaitSetOfAllItsMembersWaitsOnThemInTheWaitGraph) {
+  // all and first_exception: a member waiting on the parked execution closes a cycle; any: no
+  // edge (another member can end that wait). The edge goes once the wait returns.
+  for (WaitCondition c : {WaitCondition::all, WaitCondition::first_exception, WaitCondition::any}) {
+    for (std::size_t n : {1u, 3u}) {
+      SCOPED_TRACE(testing::Message() << "condition " << static_cast<int>(c) << ", members " << n);
+      auto m = make_members(n);
+      for (const ExecutionRef& x : m) ASSERT_TRUE(x->start());
+      Event parking, returned, release;
+      Fn body = [&](Execution& self) {
+        WaitSet ws(m, c);
+        parking.set();
+        (void)ws.wait_until(safety_deadline());
+        returned.set();
+        release.wait();
+        self.finish(State::succeeded);
+      };
+      ExecutionRef a = submit("a", &body);
+      ASSERT_TRUE(parking.wait());
+      ASSERT_TRUE(eventually([&] { return a->parked(); }));
+      if (c != WaitCondition::any) {
+        ASSERT_TRUE(eventually([&] { return a->blocked_on() != 0; }));
+        for (const ExecutionRef& x : m) EXPECT_TRUE(x->would_deadlock(*a));
+        EXPECT_THROW(m[0]->set_wait_edge(*a), DeadlockError);
+        EXPECT_EQ(m[0]->blocked_on(), 0u) << "a refused edge records nothing";
+      } else {
+        EXPECT_EQ(a->blocked_on(), 0u);
+        EXPECT_FALSE(m[0]->would_deadlock(*a));
+      }
+      finish_all(m);
+      ASSERT_TRUE(returned.wait());
+      EXPECT_EQ(a->blocked_on(), 0u) << "the edge goes with the wait";
+      ExecutionRef other = Execution::create("other");
+      ASSERT_TRUE(other->start());
+      other->set_wait_edge(*a);  // nothing leads back from a now
+      EXPECT_EQ(other->blocked_on(), a->id());
+      other->clear_wait_edge(*a);
+      EXPECT_EQ(other->blocked_on(), 0u);
+      release.set();
+      wait_done(a);
+      other->finish(State::succeeded);
+    }
+  }
+}
+
+TEST_F(WaitSetFibers, AParkThatWouldCloseACycleThrowsDeadlockErrorWithoutParking) {
+  // The member already waits on the execution that now parks on it (the other order of the test
+  // above): the park is refused.
+  ExecutionRef m = Execution::create("m");
+  ASSERT_TRUE(m->start());
+  std::atomic<int> outcome{-1};
+  Event ready;
+  Fn body = [&](Execution& self) {
+    ready.wait();
+    WaitSet ws({m, Execution::create("n")}, WaitCondition::all);
+    try {
+      (void)ws.wait_until(safety_deadline());
+      outcome = 0;
+    } catch (const DeadlockError&) {
+      outcome = 1;
+    }
+    self.finish(State::succeeded);
+  };
+  ExecutionRef a = submit("a", &body);
+  m->set_wait_edge(*a);
+  ready.set();
+  wait_done(a);
+  EXPECT_EQ(outcome.load(), 1);
+  m->clear_wait_edge(*a);
+  m->finish(State::succeeded);
+}
+
 }  // namespace
 }  // namespace distaff::test

@@ -1107,3 +1107,59 @@ def test_system_exit_or_keyboard_interrupt_from_an_async_body_fails_its_executio
         "engine 5",
     ], proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr, proc.stderr
+
+
+_GC_DURING_A_BODY = """
+import asyncio, gc, os, sys, distaff
+
+r, w = os.pipe()
+
+@distaff.task()
+async def read_pipe():
+    # StreamReaderProtocol holds its reader weakly: while the body awaits the read, nothing but its
+    # own task reaches the reader's future, and asyncio holds tasks weakly.
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(r, "rb"))
+    return await reader.read()
+
+@distaff.task(executable=True)
+def command():
+    return [sys.executable, "-c", "import time; time.sleep(1); print('ran')"]
+
+async def on_the_callers_loop():
+    ex = read_pipe.submit()
+    await asyncio.sleep(0.2)
+    gc.collect()
+    os.write(w, b"data")
+    os.close(w)
+    return await asyncio.wait_for(asyncio.shield(ex), 20)
+
+if sys.argv[1] == "caller":
+    print("result", asyncio.run(on_the_callers_loop()), flush=True)
+else:
+    ex = read_pipe.submit() if sys.argv[1] == "engine" else None
+    cmd = command.submit()
+    import time
+    time.sleep(0.2)
+    gc.collect()
+    if ex is not None:
+        os.write(w, b"data")
+        os.close(w)
+        print("result", ex.result(timeout=20), flush=True)
+    print("command", cmd.result(timeout=20).strip(), flush=True)
+"""
+
+
+@pytest.mark.parametrize("where", ["caller", "engine", "command"])
+def test_a_cyclic_gc_while_an_async_body_awaits_does_not_destroy_its_task(where):
+    # An outsider's find (session 18): the body's task, reachable only from the future it awaited,
+    # was collected ("Task was destroyed but it is pending!") and result() hung. The loop now holds
+    # the tasks of the bodies running on it.
+    proc = run_python(_GC_DURING_A_BODY, argv=(where,), timeout=90)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    if where != "command":
+        assert "result b'data'" in proc.stdout, proc.stdout + proc.stderr
+    if where != "caller":
+        assert "command ran" in proc.stdout, proc.stdout + proc.stderr
+    assert "destroyed but it is pending" not in proc.stderr, proc.stderr

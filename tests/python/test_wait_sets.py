@@ -1246,3 +1246,64 @@ def test_wait_in_a_body_that_was_cancelled_raises_again_instead_of_returning_at_
     finally:
         release.set()
         eng.shutdown()
+
+
+_CYCLE_CLOSED_AFTER_THE_PARK = """
+import sys, distaff
+box = {}
+
+@distaff.task()
+def child():
+    distaff.sleep(0.05)  # the parent is parked by now, mostly; either order is a DeadlockError
+    return box["parent"].result()
+
+@distaff.task()
+def slow():
+    distaff.sleep(30)
+
+@distaff.task()
+def parent(how):
+    box["parent"] = distaff.current_execution()
+    c = child.submit()
+    if how == "wait":
+        distaff.wait([c])
+    else:
+        box["slow"] = slow.submit()
+        distaff.wait([c, box["slow"]], return_when=distaff.FIRST_EXCEPTION)
+    return c.result()
+
+@distaff.task()
+async def async_parent(how):
+    box["parent"] = distaff.current_execution()
+    c = child.submit()
+    if how == "await":
+        return await c
+    if how == "await-wait":
+        box["slow"] = slow.submit()
+        await distaff.wait([c, box["slow"]], return_when=distaff.FIRST_EXCEPTION)
+    return c.result()
+
+how = sys.argv[1]
+ex = (async_parent if how.startswith("await") else parent).submit(how)
+try:
+    ex.result(timeout=20)
+    print("no error")
+except distaff.DeadlockError as e:
+    print("DeadlockError", e)
+except TimeoutError:
+    print("hung")
+    ex.cancel()
+if "slow" in box:
+    box["slow"].cancel()
+"""
+
+
+@pytest.mark.parametrize("how", ["wait", "wait-first-exception", "await", "await-wait"])
+def test_a_cycle_closed_after_a_body_parked_in_a_wait_or_an_await_is_a_deadlock_error(how):
+    # An outsider's find (session 18): a body parked in distaff.wait (ALL_COMPLETED or
+    # FIRST_EXCEPTION) or in an await was not in the wait graph, so a child then waiting on it hung
+    # both. The wait-set's park and the await now record the edge; whoever closes the cycle gets
+    # DeadlockError (here the child, whose error the parent's wait then passes on).
+    r = run_python(_CYCLE_CLOSED_AFTER_THE_PARK, argv=(how,), timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("DeadlockError"), r.stdout + r.stderr

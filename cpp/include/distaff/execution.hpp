@@ -207,6 +207,14 @@ class Execution {
   // them — or from an execution one of them waits on — is a DeadlockError, not a hang. Not for a
   // handle that another member's outcome can settle first (first-completed): that is no cycle.
   void awaits_members(const std::vector<ExecutionRef>& members);
+  // set_wait_edge / clear_wait_edge: for waits built on something else than wait_until (a
+  // WaitSet's park, an async body's await): until cleared, this execution waits on `target` in the
+  // wait graph, so a wait that would close a cycle through it is a DeadlockError, not a hang.
+  // set_wait_edge throws DeadlockError, recording nothing, when `target` is this execution or
+  // (transitively) waits on it. `target` must outlive the edge. clear_wait_edge removes the edge
+  // only while it still leads to `target` (a finish, or a later forward, replaced it otherwise).
+  void set_wait_edge(Execution& target);
+  void clear_wait_edge(const Execution& target) noexcept;
   // For the scheduler: pending|waiting → running. False if the execution was finished meanwhile.
   bool start() noexcept;
 
