@@ -53,7 +53,7 @@ def _is_batch(handle: Any) -> bool:
     return batch is not None and handle.__class__ is batch
 
 class _Worker:
-    __slots__ = ("proc", "send", "recv", "job", "ready", "killed")
+    __slots__ = ("proc", "send", "recv", "job", "ready", "killed", "exit_fd", "lost")
 
     def __init__(self, proc: subprocess.Popen, send: Any, recv: Any) -> None:
         self.proc = proc
@@ -62,6 +62,23 @@ class _Worker:
         self.job = None
         self.ready = False
         self.killed = False
+        self.lost = False
+        # Readable once the process has exited (a pidfd, Linux 5.3+): its death is seen at once,
+        # also when a process it forked still holds its end of the pipes, so no EOF comes (an
+        # outsider's find: a body that forked a helper and died was reported only when the helper
+        # exited, its slot blocked meanwhile). None where unavailable: the EOF alone tells.
+        try:
+            self.exit_fd = os.pidfd_open(proc.pid)
+        except (AttributeError, OSError):
+            self.exit_fd = None
+
+    def close_exit_fd(self) -> None:
+        fd, self.exit_fd = self.exit_fd, None
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
     def kill(self) -> None:
         self.killed = True
@@ -251,15 +268,24 @@ class ProcessPool:
                 if self._broken:
                     return
                 by_conn = {w.recv: w for w in self._workers}
+                by_conn.update({w.exit_fd: w for w in self._workers if w.exit_fd is not None})
             for c in _mpc.wait([*by_conn, self._wake_r]):
                 if c is self._wake_r:
                     while self._wake_r.poll():
                         self._wake_r.recv_bytes()
                     continue
                 w = by_conn[c]
-                try:
-                    msg = c.recv_bytes()
-                except (EOFError, OSError):
+                if w.lost:  # both its pipe and its exit were ready in this round
+                    continue
+                if not isinstance(c, int):
+                    try:
+                        msg = c.recv_bytes()
+                    except (EOFError, OSError):
+                        self._lost(w)
+                        continue
+                elif w.recv.poll():  # exited: what it sent before is read first (next round)
+                    continue
+                else:
                     self._lost(w)
                     continue
                 if not w.ready:  # the hello after start-up
@@ -304,6 +330,7 @@ class ProcessPool:
             del data
 
     def _lost(self, w: _Worker) -> None:
+        w.lost = True
         try:
             rc = w.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
@@ -311,6 +338,7 @@ class ProcessPool:
             rc = w.proc.wait()
         for conn in (w.send, w.recv):
             conn.close()
+        w.close_exit_fd()
         with self._lock:
             job, w.job = w.job, None
             i = self._workers.index(w)
@@ -355,6 +383,7 @@ class ProcessPool:
                 w.recv.close()
             except OSError:
                 pass
+            w.close_exit_fd()
 
 
 _PR_SET_PDEATHSIG = 1

@@ -143,6 +143,27 @@ def test_a_dying_worker_fails_only_its_execution_and_queued_work_runs(eng, tmp_p
     assert eng.task(executor="processes")(pid_of)() != os.getpid()
 
 
+def test_a_worker_that_dies_leaving_a_process_it_forked_is_reported_at_once(eng, tmp_path):
+    # An outsider's find (session 18): the forked helper inherited the worker's pipes, so their EOF
+    # (the only sign of death then) came when the helper exited; the execution and the worker's slot
+    # waited for it. The pool now also watches the process itself (a pidfd).
+    gate = str(tmp_path / "gate")
+
+    @eng.task(executor="processes")
+    def forks_a_helper_then_dies(gate):
+        if os.fork() == 0:  # a helper that outlives the worker, holding its pipes
+            wait_for_file(gate, timeout=60)
+            os._exit(0)
+        os._exit(3)
+
+    try:
+        exc = forks_a_helper_then_dies.submit(gate).exception(timeout=30)  # the helper still runs
+        assert isinstance(exc, distaff.WorkerLostError) and "exit status 3" in str(exc)
+        assert [eng.task(executor="processes")(pid_of)() for _ in range(3)]  # both slots work
+    finally:
+        open(gate, "w").close()
+
+
 def test_a_segfaulting_worker_fails_only_its_execution(eng):
     @eng.task(executor="processes")
     def segfaults():
