@@ -47,6 +47,10 @@ class RetryPolicy:
         return p
 
     def delay(self, n: int) -> float:
+        if isinstance(n, bool) or not isinstance(n, int):
+            raise TypeError(f"delay(n): n is the retry's number (an int from 0), not {type(n).__name__}")
+        if n < 0:
+            raise ValueError(f"delay(n): n is the retry's number, from 0 (got {n})")
         d = self.retry_delay
         if d and self.backoff != 1.0:
             try:

@@ -74,6 +74,11 @@ def test_retry_policy_delay_follows_backoff_and_max_delay():
     assert [p.delay(n) for n in range(5)] == [0.5, 1.0, 2.0, 3.0, 3.0]
     flat = RetryPolicy.make(3, 0.25, 1.0, None, False, (Exception,), None)
     assert [flat.delay(n) for n in range(3)] == [0.25, 0.25, 0.25]
+    with pytest.raises(ValueError):  # an outsider's find: delay(-1) was 1.0
+        p.delay(-1)
+    for bad in (0.5, "1", None, True):
+        with pytest.raises(TypeError):
+            p.delay(bad)
 
 
 def test_retry_policy_jitter_scales_the_delay_by_half_to_one_and_a_half(monkeypatch):
