@@ -68,12 +68,20 @@ _HOLD_SECONDS = 1e6
 _holders: "weakref.WeakKeyDictionary[Any, weakref.ref]" = weakref.WeakKeyDictionary()
 
 
+_last_hold: tuple = (None, None)  # (weak loop, weak holder) of the last _hold: most bodies share a loop
+
+
 def _hold(loop: Any, task: Any) -> None:
-    ref = _holders.get(loop)
-    holder = ref() if ref is not None else None
+    global _last_hold
+    loop_ref, holder_ref = _last_hold
+    holder = holder_ref() if loop_ref is not None and loop_ref() is loop else None
     if holder is None:
-        holder = _Holder(loop)
-        _holders[loop] = weakref.ref(holder)
+        ref = _holders.get(loop)
+        holder = ref() if ref is not None else None
+        if holder is None:
+            holder = _Holder(loop)
+            _holders[loop] = weakref.ref(holder)
+        _last_hold = (weakref.ref(loop), weakref.ref(holder))
     holder.tasks.add(task)
     task.add_done_callback(holder.tasks.discard)
 
