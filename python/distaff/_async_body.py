@@ -52,10 +52,11 @@ class _Holder:
     task lives as long as its loop does, and a loop dropped with bodies pending is still collected
     with them (their executions are cancelled then, docs/asyncio.md)."""
 
-    __slots__ = ("tasks", "__weakref__")
+    __slots__ = ("tasks", "tasks_ref", "__weakref__")
 
     def __init__(self, loop: Any) -> None:
-        self.tasks: set = set()
+        self.tasks: set = set()  # (sets can be referenced weakly: tasks_ref)
+        self.tasks_ref = weakref.ref(self.tasks)
         loop.call_later(_HOLD_SECONDS, self._again)
 
     def _again(self) -> None:  # ~11 days later, on the loop: held again
@@ -71,7 +72,9 @@ _holders: "weakref.WeakKeyDictionary[Any, weakref.ref]" = weakref.WeakKeyDiction
 _last_hold: tuple = (None, None)  # (weak loop, weak holder) of the last _hold: most bodies share a loop
 
 
-def _hold(loop: Any, task: Any) -> None:
+def _hold(loop: Any, task: Any) -> Any:
+    """The loop holds `task` until the body's done callback drops it; returns a weak reference to
+    the set that holds it (the body keeps that, never the set: see _Holder)."""
     global _last_hold
     loop_ref, holder_ref = _last_hold
     holder = holder_ref() if loop_ref is not None and loop_ref() is loop else None
@@ -83,7 +86,7 @@ def _hold(loop: Any, task: Any) -> None:
             _holders[loop] = weakref.ref(holder)
         _last_hold = (weakref.ref(loop), weakref.ref(holder))
     holder.tasks.add(task)
-    task.add_done_callback(holder.tasks.discard)
+    return holder.tasks_ref
 
 
 def _bind_to_submitting_loop(binding: Any, loop: Any, ex: Any) -> None:
@@ -111,7 +114,7 @@ class _AsyncBody(Elsewhere):
     awaitable).
     """
 
-    __slots__ = ("loop", "gated", "binding", "kind", "target", "where")
+    __slots__ = ("loop", "gated", "binding", "kind", "target", "where", "held")
 
     def __init__(self, fn: Callable, loop: Any, engine: Any, name: str, gated: bool = False, kind: str = "task",
                  policy: Any = None) -> None:
@@ -131,6 +134,7 @@ class _AsyncBody(Elsewhere):
         self.gated = gated
         self.kind = kind  # "task" or "workflow": the word in the note on the body's error
         self.binding = _asyncio_mod._Binding(engine, gated)
+        self.held = None  # weakly, the set that holds the running task (_hold)
 
     # -- in the execution's fiber -----------------------------------------------------------------
 
@@ -187,12 +191,18 @@ class _AsyncBody(Elsewhere):
         # Weakly: the execution (through its done callback) must not keep the task, hence its loop,
         # alive (a dropped loop is collected and its bodies cancelled). The loop keeps it (_hold).
         self.handle = weakref.ref(task)
-        _hold(loop, task)
+        self.held = _hold(loop, task)
         task.add_done_callback(self._done)
         if self.stopped:  # cancelled meanwhile, from another thread that did not see the task yet
             task.cancel()
 
+    def _unhold(self, task: Any) -> None:
+        held = self.held() if self.held is not None else None
+        if held is not None:
+            held.discard(task)
+
     def _done(self, task: Any) -> None:
+        self._unhold(task)
         if task.cancelled():
             self._cancelled()
             return
@@ -217,12 +227,13 @@ class _AsyncBody(Elsewhere):
         loop = asyncio.get_running_loop()
         task = loop.create_task(_fall_back(self.me, self.policy.fallback, self.args, self.kwargs, exc, self.slot))
         self.handle = weakref.ref(task)
-        _hold(loop, task)
+        self.held = _hold(loop, task)
         task.add_done_callback(self._fallback_done)
         if self.stopped:
             task.cancel()
 
     def _fallback_done(self, task: Any) -> None:
+        self._unhold(task)
         if self.promise.done():
             return
         if task.cancelled() or self.stopped:
