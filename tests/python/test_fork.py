@@ -386,9 +386,25 @@ def test_children_forked_by_bodies_under_contention_never_hang():
 # A child forked by a body: its copy of the body is the process's program, and a Ctrl-C ends it as
 # it ends a program — also while it waits in distaff (before: the wait held SIGINT back, as a
 # worker's waits do, and the child went on until the wait ended: reliability.md, known gaps).
+# For the scripts below: a Ctrl-C to a forked child once it sleeps in its wait (no running thread
+# left in the child; its engine's worker parks); its exit status.
+_CTRL_C_WHEN_ASLEEP = """
+def ctrl_c_when_asleep(pid):
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        with open(f"/proc/{pid}/task/{pid}/stat") as f:
+            if f.read().rsplit(")", 1)[1].split()[0] == "S":
+                break
+        time.sleep(0.005)
+    os.kill(pid, signal.SIGINT)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+"""
+
 _CTRL_C_IN_THE_FORKED_CHILD = """
 import os, signal, sys, time
 import distaff
+""" + _CTRL_C_WHEN_ASLEEP + """
 
 @distaff.task
 def slow():
@@ -404,16 +420,7 @@ def body():
         WAIT
         return "the wait ended without the Ctrl-C"
     os.read(r, 1)
-    # In its wait once it sleeps (no running thread left in the child; its engine's worker parks)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        with open(f"/proc/{pid}/task/{pid}/stat") as f:
-            if f.read().rsplit(")", 1)[1].split()[0] == "S":
-                break
-        time.sleep(0.005)
-    os.kill(pid, signal.SIGINT)
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status)
+    return ctrl_c_when_asleep(pid)
 
 print("child status", CALL, flush=True)
 """
@@ -436,6 +443,7 @@ def test_ctrl_c_ends_a_child_forked_by_a_body_while_it_waits_in_distaff(wait, ho
 _CTRL_C_IN_A_CHILD_FORKED_FROM_A_THREAD = """
 import os, signal, sys, threading, time
 import distaff
+""" + _CTRL_C_WHEN_ASLEEP + """
 
 @distaff.task
 def slow():
@@ -462,15 +470,7 @@ def forker(result):
             code = 1
         os._exit(code)
     os.read(r, 1)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:  # in its wait once it sleeps
-        with open(f"/proc/{pid}/task/{pid}/stat") as f:
-            if f.read().rsplit(")", 1)[1].split()[0] == "S":
-                break
-        time.sleep(0.005)
-    os.kill(pid, signal.SIGINT)
-    _, status = os.waitpid(pid, 0)
-    result.append(os.waitstatus_to_exitcode(status))
+    result.append(ctrl_c_when_asleep(pid))
 
 assert one() == 1  # the parent's default engine runs
 res = []
