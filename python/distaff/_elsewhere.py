@@ -38,7 +38,7 @@ from typing import Any, Callable
 
 from . import _core, _quiet, _remote, _trace
 from ._arguments import _resolve_value
-from ._errors import ShutdownError
+from ._errors import SerializationError, ShutdownError
 from ._retry import _record_attempt
 
 _settle = _core.settle
@@ -295,19 +295,16 @@ class Job(Elsewhere):
             if ok:
                 self._succeeded(value)
             else:
-                self._failed(value)
+                # a result that cannot be serialized: the body ran, and another attempt would fail alike
+                self._failed(value, not isinstance(value, SerializationError))
             return
         # cannot serialize (or no cloudpickle to try), the executor is shut down: another attempt
         # would fail alike
-        self._failed(error, not isinstance(error, (_Unshippable, ImportError, ShutdownError)),
+        self._failed(error, not isinstance(error, (SerializationError, ImportError, ShutdownError)),
                      "cancelled" if isinstance(error, concurrent.futures.CancelledError) else "failed")
 
 
-class _Unshippable(TypeError):
-    """An argument (or the body) cannot be serialized: not retried, another attempt would fail alike."""
-
-
-def _unshippable(job: Job, exc: BaseException) -> TypeError:
+def _unshippable(job: Job, exc: BaseException) -> SerializationError:
     import cloudpickle
 
     what = None
@@ -328,7 +325,7 @@ def _unshippable(job: Job, exc: BaseException) -> TypeError:
             except Exception:  # noqa: BLE001
                 names.append(f"{n!r} ({type(v).__qualname__})")
         what = "argument " + ", ".join(names) if names else "the arguments"
-    return _Unshippable(
+    return SerializationError(
         f"task {job.name!r} cannot run on executor {job.runner.name!r}: {what} cannot be serialized "
         f"({type(exc).__name__}: {exc})"
     )

@@ -20,6 +20,7 @@ __all__ = [
     "Error",
     "InternalError",
     "Interrupted",
+    "SerializationError",
     "ShutdownError",
     "TimeoutError",
     "WorkerLostError",
@@ -81,6 +82,12 @@ class ShutdownError(Error, RuntimeError):
     """The engine is shut down (or was inherited across ``fork``) and accepts no work; or the
     executor a body was sent to (``executor=``) was shut down before the body finished (the
     message names it: a closed Dask client, a pool shut down, also at interpreter exit)."""
+
+
+class SerializationError(Error, TypeError):
+    """A body sent to another process (``executor=``) or one of its arguments cannot be serialized
+    (a lock, a socket, an open file): the message names which. That execution fails without running
+    and is not retried (another attempt would fail alike); nothing else is affected."""
 
 
 class WorkerLostError(Error, RuntimeError):

@@ -152,7 +152,8 @@ def run(payload: bytes) -> bytes:
             pass
         return pickle.dumps((_NESTED, dumps(result), None, None, None, where()), protocol=pickle.HIGHEST_PROTOCOL)
     except BaseException as exc:  # noqa: BLE001
-        err = TypeError(f"the result ({type(result).__qualname__}) cannot be serialized: {exc}")
+        from ._errors import SerializationError  # only here: the module stays small otherwise
+        err = SerializationError(f"the result ({type(result).__qualname__}) cannot be serialized: {exc}")
         return _pack_error(err, traceback.format_exc())
 
 

@@ -109,10 +109,24 @@ def test_an_unserializable_argument_fails_that_execution_with_a_TypeError_naming
 
     ex = uses.submit(1, threading.Lock())
     exc = ex.exception(timeout=60)
-    assert type(exc).__mro__[1] is TypeError or isinstance(exc, TypeError)
+    assert type(exc) is distaff.SerializationError and isinstance(exc, TypeError)
+    assert isinstance(exc, distaff.Error)
     assert "'lock'" in str(exc) and "cannot be serialized" in str(exc)
     assert ex.description.get("attempts", 1) == 1  # not retried: another attempt would fail alike
     assert uses.submit(2, None).result(timeout=60) == 2  # the pool is fine
+
+
+def test_a_result_that_cannot_be_serialized_fails_that_execution_with_a_SerializationError(eng):
+    @eng.task(executor="processes", retries=2)
+    def makes_lock(x):
+        return threading.Lock() if x else x
+
+    ex = makes_lock.submit(1)
+    exc = ex.exception(timeout=60)
+    assert type(exc) is distaff.SerializationError and isinstance(exc, TypeError)
+    assert "the result (lock) cannot be serialized" in str(exc)
+    assert ex.description.get("attempts", 1) == 1  # the body ran: not retried, it would fail alike
+    assert makes_lock.submit(0).result(timeout=60) == 0  # the worker is fine
 
 
 def test_tasks_pickle_by_reference_and_a_remote_body_may_use_distaff(eng):
