@@ -198,7 +198,10 @@ def test_fire_and_forget_bodies_on_dask_complete_at_exit():
         assert "POOLS-STOPPED [('ok', 100)]" in r.stdout and "EXIT [('ok', 100)]" in r.stdout, (r.stdout, r.stderr)
         # Nothing of distaff's on stderr. (Not "no Error at all": distributed's own worker may log a
         # heartbeat that met its scheduler already closed at exit — CI, session 14, ASan build.)
-        ours = [line for line in r.stderr.splitlines() if line.startswith("distaff")]
+        # The one notice allowed: "waiting for N outstanding execution(s) before exit", said after a
+        # second of waiting (the ASan build's bodies outlast it: CI, session 18).
+        ours = [line for line in r.stderr.splitlines()
+                if line.startswith("distaff") and "outstanding execution(s) before exit" not in line]
         assert not ours and "nobody retrieved" not in r.stderr, r.stderr
         assert "cannot schedule new futures" not in r.stderr, r.stderr
     else:

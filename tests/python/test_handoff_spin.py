@@ -6,8 +6,16 @@ hand-off at all), so these programs hand off with `f.submit(x).result()`, as eve
 main one does for `f(x)` too."""
 
 import json
+import os
+
+import pytest
 
 from conftest import run_python
+
+# Under `make sanitize-python` (ASan preloaded, Debug build) the worker and the caller contend for
+# ASan's allocator locks, and each such wait is a voluntary switch too: the park count there says
+# nothing about the hand-off (133 of 400 in CI, session 18). The plain runs check it.
+UNDER_ASAN = "libasan" in os.environ.get("LD_PRELOAD", "")
 
 _COUNT_PARKS = """
 import json, os, threading, distaff
@@ -37,6 +45,7 @@ def _parks(window_ns: int) -> dict:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.skipif(UNDER_ASAN, reason="ASan's allocator locks block too (see above)")
 def test_a_synchronous_call_to_an_idle_engine_does_not_park_the_caller():
     out = _parks(10_000_000)
     assert out["parks"] < out["n"] // 4, out
