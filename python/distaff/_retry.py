@@ -57,12 +57,15 @@ class RetryPolicy:
                 d *= self.backoff**n
             except OverflowError:  # backoff=1e308: the delay is as long as a float gets
                 d = math.inf
-        if self.max_delay is not None:
-            d = min(d, self.max_delay)
+        cap = self.max_delay
+        if cap is not None:
+            d = min(d, cap)
         if self.jitter:
             import random  # on first use: with hashlib, 0.5 MiB of RSS at import (issue 15)
 
             d *= 0.5 + random.random()
+            if cap is not None:  # still a cap (delays at it spread over [cap / 2, cap])
+                d = min(d, cap)
         return d
 
 

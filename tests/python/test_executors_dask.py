@@ -55,10 +55,20 @@ def test_exceptions_keep_type_message_and_gain_the_remote_traceback_retries_and_
         assert "raised on executor 'dask(tcp://" in exc.__notes__[-1]
 
 
-def test_timeout_cancels_the_dask_future_and_engine_shutdown_leaves_the_client_running(client):
+def _sleep_until(gate, limit):
+    import os
+    import time
+
+    deadline = time.monotonic() + limit
+    while not os.path.exists(gate) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def test_timeout_cancels_the_dask_future_and_engine_shutdown_leaves_the_client_running(client, tmp_path):
     eng = distaff.Engine()
-    slow = eng.task(executor=client, timeout=0.5, name="slow_on_dask")(lambda: __import__("time").sleep(30))
-    ex = slow.submit()
+    gate = str(tmp_path / "gate")
+    slow = eng.task(executor=client, timeout=0.5, name="slow_on_dask")(_sleep_until)
+    ex = slow.submit(gate, 30)
     assert isinstance(ex.exception(timeout=60), distaff.TimeoutError)
     # the future was cancelled (asynchronously, by a message to the scheduler): the client lets
     # go of its key
@@ -67,6 +77,9 @@ def test_timeout_cancels_the_dask_future_and_engine_shutdown_leaves_the_client_r
         assert time.monotonic() < deadline, "the Dask future of the timed-out execution was not cancelled"
         time.sleep(0.05)
     eng.shutdown(wait=True)
+    # the body runs on in its worker thread (nothing interrupts it): let it end, so that the
+    # module's later tests do not queue behind it on that worker
+    open(gate, "w").close()
     assert client.submit(lambda: 7).result() == 7  # not ours to close
 
 

@@ -89,6 +89,15 @@ def test_retry_policy_jitter_scales_the_delay_by_half_to_one_and_a_half(monkeypa
     assert [p.delay(n) for n in range(3)] == pytest.approx([1.499, 2.998, 5.996])
 
 
+def test_retry_policy_max_delay_caps_the_jittered_delay(monkeypatch):
+    # concepts.md: no delay exceeds max_delay, jitter included
+    p = RetryPolicy.make(3, 0.01, 2.0, 0.02, True, (Exception,), None)
+    monkeypatch.setattr("random.random", lambda: 0.999)
+    assert [p.delay(n) for n in range(4)] == pytest.approx([0.01499, 0.02, 0.02, 0.02])
+    monkeypatch.setattr("random.random", lambda: 0.0)
+    assert [p.delay(n) for n in range(4)] == pytest.approx([0.005, 0.01, 0.01, 0.01])  # still spread
+
+
 def test_retry_sleeps_are_the_policy_delays(engine, monkeypatch):
     """The fiber sleeps exactly policy.delay(n) between attempts (recorded by patching the sleep)."""
     slept = []
