@@ -89,7 +89,7 @@ thread-safety:
 # (UBSan, the core's assertions) stays visible when the pytest process dies of it. Stack variables are
 # not instrumented (DISTAFF_ASAN_STACK=OFF: see CMakeLists.txt); `make sanitize` covers them. Extra
 # pytest arguments: `make sanitize-python SANITIZE_PYTEST='tests/python/test_nested_waits.py'`.
-# Two passes: the files whose tests call os.fork (SANITIZE_SERIAL) run in one pytest process, since
+# Two passes: the files whose tests call os.fork (SANITIZE_SERIAL, found by grep) run in one pytest process, since
 # the fork cases hang more often under ASan at two workers' load (GCC 12's libasan and fork, below)
 # and a hang fails the CI; everything else runs on two pytest-xdist workers, a file per worker at a
 # time. (One process for all of it took 21 min in session 18's CI.) SANITIZE_PYTEST, when given,
@@ -97,9 +97,7 @@ thread-safety:
 ASAN_PY   := .venv-asan/bin/python
 ASAN_LOGS := $(CURDIR)/build/asan-py/logs
 SANITIZE_PYTEST ?=
-SANITIZE_SERIAL ?= tests/python/test_fork.py tests/python/stress/test_what_held.py tests/python/test_asyncio_lifecycle.py \
-  tests/python/test_executors.py tests/python/test_hardening.py tests/python/test_python_in_fibers.py \
-  tests/python/test_threads_in_bodies.py
+SANITIZE_SERIAL ?= $(sort $(shell grep -rlw 'os\.fork' tests/python --include='*.py'))
 # Deselected here: test_default_engine_after_fork_in_the_child_works_or_errors_clearly and
 # stress/test_what_held.py::test_fork_storm_while_busy (an ASan limit, not a distaff bug): they fork
 # while workers allocate, and GCC 12's libasan does not hold its allocator's locks across fork, so the

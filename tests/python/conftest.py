@@ -63,10 +63,11 @@ def _forget_log_records_of_no_test(config) -> None:
 
 
 def _live_after_settling(before: int, config) -> int:
-    if distaff._core.live_executions() <= before:
+    now = distaff._core.live_executions()
+    if now <= before:
         # Back already: nothing to look for. (A full collection costs ~0.1 s once Dask, Ray and
         # OpenTelemetry are imported: two per test were most of the suite's wall time.)
-        return distaff._core.live_executions()
+        return now
     for e in list(distaff._engine._engines):
         e.clear_history()  # histories keep finished records on purpose (Engine(history=))
     deadline = time.monotonic() + float(os.environ.get("DISTAFF_TEST_LEAK_WAIT", "10"))
