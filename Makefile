@@ -31,11 +31,13 @@ test-cpp: deps
 	cmake --build $(BUILD) -j2
 	ctest --test-dir $(BUILD) --output-on-failure -j2
 
-# The Python suite runs on two pytest-xdist workers, a test file per worker at a time (--dist
+# The Python suite runs on three pytest-xdist workers, a test file per worker at a time (--dist
 # loadfile: a file's fixtures, its Dask cluster or Ray instance, stay in one process). Most tests wait
-# on a fresh interpreter of their own, so two workers halve the wall time on the 2-core machine
-# (10.8 -> 5.6 min, session 12). `make test PYTEST_WORKERS=0` runs it in one process.
-PYTEST_WORKERS ?= 2
+# on a fresh interpreter of their own, so workers overlap the waits on the 2-core machine: one
+# worker 10.8 min (session 12); session 22, once the leak check stopped collecting after every
+# test, two workers 3:58 and three 3:14 (four 3:03: not worth more overcommit).
+# `make test PYTEST_WORKERS=0` runs it in one process.
+PYTEST_WORKERS ?= 3
 PYTEST_PARALLEL = $(if $(filter-out 0,$(PYTEST_WORKERS)),-n $(PYTEST_WORKERS) --dist loadfile)
 
 test-python: install
@@ -79,8 +81,9 @@ thread-safety:
 	    -fsyntax-only -Wthread-safety -Werror $$f; done
 
 # The Python suite against an ASan+UBSan build of the extension (Debug, build/asan-py, installed into
-# .venv-asan); CI runs it after `make sanitize`: ~14 min with its build (session 21: the two passes
-# below 8.5-10.5 and 3.5 min, the build ~1.5). CPython is not instrumented,
+# .venv-asan); CI runs it after `make sanitize`: ~9 min with its build (session 22: the two passes
+# below 4:24 on three workers and 2:07, the build ~2 min; 14 min in session 21 on two workers and
+# the leak check's collections after every test). CPython is not instrumented,
 # so the ASan runtime is preloaded, with libstdc++ (ASan's __cxa_throw interceptor must find it when
 # it starts), and PYTHONMALLOC=malloc puts Python objects on ASan's heap too. detect_leaks=0: CPython
 # is not leak-clean. ASan reports go to build/asan-py/logs (a test's subprocess may die of one without
@@ -91,12 +94,13 @@ thread-safety:
 # pytest arguments: `make sanitize-python SANITIZE_PYTEST='tests/python/test_nested_waits.py'`.
 # Two passes: the files whose tests call os.fork (SANITIZE_SERIAL, found by grep) run in one pytest process, since
 # the fork cases hang more often under ASan at two workers' load (GCC 12's libasan and fork, below)
-# and a hang fails the CI; everything else runs on two pytest-xdist workers, a file per worker at a
+# and a hang fails the CI; everything else runs on SANITIZE_WORKERS pytest-xdist workers, a file per worker at a
 # time. (One process for all of it took 21 min in session 18's CI.) SANITIZE_PYTEST, when given,
 # replaces both passes with one serial run of what it names.
 ASAN_PY   := .venv-asan/bin/python
 ASAN_LOGS := $(CURDIR)/build/asan-py/logs
 SANITIZE_PYTEST ?=
+SANITIZE_WORKERS ?= 3
 SANITIZE_SERIAL ?= $(sort $(shell grep -rlw 'os\.fork' tests/python --include='*.py'))
 # Deselected here: test_default_engine_after_fork_in_the_child_works_or_errors_clearly and
 # stress/test_what_held.py::test_fork_storm_while_busy (an ASan limit, not a distaff bug): they fork
@@ -154,7 +158,7 @@ sanitize-python: deps $(ASAN_PY)
 	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	  $(ASAN_PY) -m pytest -q --capture=sys $(if $(strip $(SANITIZE_DESELECT)),-k "not ($(strip $(SANITIZE_DESELECT)))") "$$@"; }; \
 	if [ -n "$(strip $(SANITIZE_PYTEST))" ]; then asan_pytest $(SANITIZE_PYTEST); rc=$$?; \
-	else asan_pytest -n 2 --dist loadfile $(addprefix --ignore=,$(SANITIZE_SERIAL)); rc=$$?; \
+	else asan_pytest -n $(SANITIZE_WORKERS) --dist loadfile $(addprefix --ignore=,$(SANITIZE_SERIAL)); rc=$$?; \
 	  asan_pytest $(SANITIZE_SERIAL); rc2=$$?; [ $$rc -ne 0 ] || rc=$$rc2; fi; \
 	reports=$$(grep -l -E 'ERROR: (Address|Leak)Sanitizer|CHECK failed' $(ASAN_LOGS)/* 2>/dev/null); \
 	for f in $$reports; do echo "==== $$f"; cat $$f; done; \
