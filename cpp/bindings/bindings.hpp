@@ -275,10 +275,11 @@ bool init_submit(PyObject* module);
 // The scheduler's hooks implemented by the bindings.
 void run_execution(Execution& ex);
 // run_inline_call: runs the body of `pe`, which submit_impl started inline, on the calling thread
-// and returns what result() would (new reference, or NULL with the error set). Steals the reference
+// and returns what result() would (new reference, or NULL with the error set), or with
+// `want_result` false `pe` itself, not waited for (a kSubmitHere submit). Steals the reference
 // to `pe`. A KeyboardInterrupt or SystemExit leaving the body on the main thread cancels the
 // execution with its tree and goes on to the caller as it is (a Ctrl-C during the main thread's f(x)).
-PyObject* run_inline_call(PyExecution* pe, InlineStart& inline_start);
+PyObject* run_inline_call(PyExecution* pe, InlineStart& inline_start, bool want_result = true);
 // execution_result: what Execution.result() returns for `pe`, waiting if it is unfinished.
 PyObject* execution_result(PyObject* execution);
 void start_failed_execution(Execution& ex);
@@ -466,7 +467,10 @@ bool init_lifecycle(PyObject* module);
 // WaitCondition), SecondsKind (Seconds above), the Submitter's NO_BOUND and completion_next's
 // COMPLETION_EXHAUSTED (WaitSet::kExhausted). _core.pyi declares them;
 // tests/python/test_boundary.py checks both sides agree.
-enum SubmitFlag : long { kSubmitWorkflow = 1, kSubmitDetached = 2 };
+// kSubmitHere: start the execution on the calling thread if it can (run_inline_call, returning the
+// execution): for a body that only hands its work over and returns (an async body's hand-off to its
+// loop, submitted on that loop's thread), so no worker's fiber runs it.
+enum SubmitFlag : long { kSubmitWorkflow = 1, kSubmitDetached = 2, kSubmitHere = 4 };
 // shutdown(engine, wait, cancel): what to cancel besides closing.
 enum class ShutdownCancel : long { none = 0, pending = 1, running = 2 };
 // The Submitter's min_pos/max_pos sentinel: "always check the signature" / "no upper bound (*args)".

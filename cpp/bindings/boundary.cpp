@@ -46,7 +46,7 @@ bool init_boundary(PyObject* module) {
   PyObject* enum_mod = PyImport_ImportModule("enum");
   if (!enum_mod) return false;
   const bool ok =
-      add_enum(module, enum_mod, "IntFlag", "SubmitFlag", {{"WORKFLOW", kSubmitWorkflow}, {"DETACHED", kSubmitDetached}}) &&
+      add_enum(module, enum_mod, "IntFlag", "SubmitFlag", {{"WORKFLOW", kSubmitWorkflow}, {"DETACHED", kSubmitDetached}, {"HERE", kSubmitHere}}) &&
       add_enum(module, enum_mod, "IntEnum", "ShutdownCancel",
                {{"NONE", value_of(ShutdownCancel::none)},
                 {"PENDING", value_of(ShutdownCancel::pending)},

@@ -216,7 +216,7 @@ void run_execution(Execution& ex) {
   release_fiber_state(fs);
 }
 
-PyObject* run_inline_call(PyExecution* pe, InlineStart& inl) {
+PyObject* run_inline_call(PyExecution* pe, InlineStart& inl, bool want_result) {
   // submit_impl started `pe` on this thread (Scheduler::begin_inline): current_execution() is it.
   // The body runs here as run_execution runs it on a fiber, with this thread's own state: its
   // context is a copy of the caller's (what it sets does not leak back), it is on the running list
@@ -291,6 +291,8 @@ PyObject* run_inline_call(PyExecution* pe, InlineStart& inl) {
     raise_stored(passes_on);
     Py_DECREF(passes_on);
     out = nullptr;
+  } else if (!want_result) {
+    return reinterpret_cast<PyObject*>(pe);  // the caller's reference now
   } else {
     out = execution_result(reinterpret_cast<PyObject*>(pe));  // waits if it follows another execution
   }

@@ -24,6 +24,10 @@ namespace distaff::py {
 
 namespace {
 
+// Past kInlineDepthMax nested inline calls a call hands off: a fiber has a fresh C stack and
+// recursion budget, the main thread's are spent ~4 recursion levels per inline call (3.11).
+constexpr int kInlineDepthMax = 16;
+
 // collect_executions: Executions among the arguments, at the top level and one container level deep
 // (list, tuple, dict values). Appends borrowed references.
 void collect_from(PyObject* o, std::vector<PyObject*>& out, int depth) {
@@ -51,10 +55,18 @@ PyObject* raw_submit(PyObject*, PyObject* const* a, Py_ssize_t n) {
     PyErr_SetString(PyExc_TypeError, "submit() takes 8 arguments");
     return nullptr;
   }
-  // flags: bit 0 workflow, bit 1 detached (not cancelled with its parent).
+  // flags: bit 0 workflow, bit 1 detached (not cancelled with its parent), bit 2 here.
   const long flags = PyLong_AsLong(a[3]);
   if (flags == -1 && PyErr_Occurred()) return nullptr;
-  return submit_impl(a[0], a[1], a[2], flags, a[4], a[5], a[6], a[7]);
+  if (!(flags & kSubmitHere)) return submit_impl(a[0], a[1], a[2], flags, a[4], a[5], a[6], a[7]);
+  // Here: the body (an async body's hand-off) runs on this thread now, as the execution, and the
+  // execution is returned following what the body returned (its promise). Not on a worker (its
+  // fiber cannot be an inline run) nor past the inline nesting bound: queued as any other then.
+  InlineStart inl;
+  const bool here = !on_any_worker() && inline_depth() < kInlineDepthMax;
+  PyObject* ex = submit_impl(a[0], a[1], a[2], flags & ~kSubmitHere, a[4], a[5], a[6], a[7], here ? &inl : nullptr);
+  if (ex && inl.started) return run_inline_call(as_pe(ex), inl, false);
+  return ex;
 }
 
 }  // namespace
@@ -247,8 +259,6 @@ struct Submitter {
   int inline_ok;             // call() may run the body on the calling (main) thread
 };
 
-constexpr int kInlineDepthMax = 16;
-
 PyObject* str_workflow_id = nullptr;
 PyObject* str_scope = nullptr;
 PyObject* str_capsule = nullptr;
@@ -359,8 +369,7 @@ PyObject* submit_or_call(Submitter* self, PyObject* const* args, size_t nargsf, 
   // Inline: the main thread's synchronous calls (docs/internals/sync-calls.md). Other threads hand
   // the body to a worker as before.
   InlineStart inl;
-  // Past kInlineDepthMax nested inline calls a call hands off: a fiber has a fresh C stack and
-  // recursion budget, the main thread's are spent ~4 recursion levels per inline call (3.11).
+  // Past kInlineDepthMax nested inline calls a call hands off (see its definition).
   const bool try_inline = sync && self->inline_ok && on_python_thread_main_only() && !on_any_worker() &&
                           inline_depth() < kInlineDepthMax;
   PyObject* tuple = PyTuple_New(nargs);

@@ -21,6 +21,8 @@ from ._errors import _note_failure
 
 _aio.refresh()  # asyncio is imported now (above): distaff's running-loop check must be its own
 _monotonic_ns = _core.monotonic_ns
+_inbox_for = _asyncio_mod._inbox_for
+_running_loop = asyncio._get_running_loop
 _async_current = _core._async_current
 # The async body whose attempt runs in this context (its task, and the tasks it starts): who
 # called loop.stop() on the engine's loop (_engine._watch_stops).
@@ -93,7 +95,8 @@ def _bind_to_submitting_loop(binding: Any, loop: Any, ex: Any) -> None:
     # An async body submitted from a running loop is bound to that loop from now on: a blocking wait
     # on the loop's thread that needs it is a deadlock, and (unless it waits for dependencies, see
     # _AsyncBody) the loop closing cancels it. Released when the execution finishes.
-    binding.bind(loop, ex, not binding.gated, started=False)
+    if not binding.started:  # (started: its hand-off ran already, on this thread, and bound it)
+        binding.bind(loop, ex, not binding.gated, started=False)
     ex._add_done_callback(binding.release)
 
 
@@ -163,16 +166,22 @@ class _AsyncBody(Elsewhere):
         # The first attempt: handed to the loop from the fiber's thread. The body keeps no strong
         # reference to the loop afterwards (a dropped loop is collected and its bodies cancelled).
         loop, self.target = self.target, None
-        try:
-            loop.call_soon_threadsafe(self._begin, 0.0, _monotonic_ns())
+        if loop is _running_loop():
+            # Submitted on the loop's own thread (the hand-off runs there: SubmitFlag.HERE): the
+            # task is made now, in the submitter's context, as loop.create_task would make it.
+            self._begin(0.0, _monotonic_ns())
             return
-        except RuntimeError:  # closed just now
-            if loop is self.engine._loop:
-                raise
-            if not self.gated:  # the submitting loop: the body ends as the loop's own tasks did
-                self.binding.bind(None, self.me, True)
-                self._cancelled()
-                return
+        # From a worker: through the loop's inbox (_asyncio.py), so bodies handed over together
+        # start in one wake-up of the loop, not one call_soon_threadsafe (a self-pipe write) each.
+        if _inbox_for(loop).post_call2(self._begin, 0.0, _monotonic_ns()):
+            return
+        # Closed just now.
+        if loop is self.engine._loop:
+            raise RuntimeError("Event loop is closed")
+        if not self.gated:  # the submitting loop: the body ends as the loop's own tasks did
+            self.binding.bind(None, self.me, True)
+            self._cancelled()
+            return
         self._on_engine_loop(self.me)  # a gated body runs on the engine's loop instead
         loop, self.target = self.target, None
         loop.call_soon_threadsafe(self._begin, 0.0, _monotonic_ns())
@@ -269,8 +278,14 @@ class _AsyncBody(Elsewhere):
         task = ref() if ref is not None else None
         if task is None or task.done():  # not started (it never will: stopped) or finished
             return False
+        loop = task.get_loop()
+        if loop is _running_loop():
+            # On the loop's thread (a cancel right after a submit there): cancelled now, so a task
+            # whose first step has not run yet never starts the body (as Task.cancel promises).
+            task.cancel()
+            return True
         try:
-            task.get_loop().call_soon_threadsafe(task.cancel)
+            loop.call_soon_threadsafe(task.cancel)
         except RuntimeError:  # the loop is closed: the coroutine is gone with it
             return False
         return True  # settled by _done once the coroutine has unwound

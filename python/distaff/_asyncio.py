@@ -97,14 +97,16 @@ class _Inbox:
         """Delivers ``fn(arg)`` on the loop."""
         self.post_call2(fn, arg, _ONE)
 
-    def post_call2(self, fn, a, b) -> None:
+    def post_call2(self, fn, a, b) -> bool:
         """Delivers ``fn(a, b)`` on the loop. Runs on the completing thread with the GIL held: the
         GIL makes the check of the pending batch and the append one step; a batch that started
-        running (drained) takes no more, so nothing is stranded."""
+        running (drained) takes no more, so nothing is stranded. False: the loop is closed (or
+        gone), nothing was posted. A batch posted to a loop that closes before running it is
+        dropped with the loop's callback, as ``call_soon_threadsafe``'s handle would be."""
         batch = self.batch_ref() if self.batch_ref is not None else None
         if batch is not None and not batch.drained:
             batch.items += (fn, a, b)
-            return
+            return True
         batch = _Batch()
         batch.items += (fn, a, b)
         # Published before call_soon_threadsafe, which lets go of the GIL (its write to the loop's
@@ -117,7 +119,8 @@ class _Inbox:
                 raise RuntimeError("the event loop was garbage-collected")
             loop.call_soon_threadsafe(batch.run)
         except RuntimeError:  # the loop is closed: nobody is left to deliver to
-            return
+            return False
+        return True
 
 
 def _deliver(fut, execution) -> None:

@@ -11,6 +11,7 @@ from typing import Any, final
 class SubmitFlag(enum.IntFlag):
     WORKFLOW = 1
     DETACHED = 2
+    HERE = 4
 
 class ShutdownCancel(enum.IntEnum):
     NONE = 0

@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from . import _aio, _asyncio, _core, _elsewhere, _execlog, _trace, _validate
 from ._errors import ShutdownError
-from ._task import _MISSING, Task, _decorator, is_async_callable
+from ._task import _HERE, _MISSING, Task, _decorator, is_async_callable
 
 logger = logging.getLogger("distaff")
 
@@ -165,7 +165,8 @@ class Engine(concurrent.futures.Executor):
 
         bind_loop = _aio.running_loop()
         body = _AsyncBody(fn, bind_loop, self, name, False, "task", None)
-        ex = self._submit(body, name, 0, False, args, kwargs, None)
+        # On its loop's thread the hand-off runs here, at once (as Task._submit_general's does).
+        ex = self._submit(body, name, _HERE if bind_loop is not None else 0, False, args, kwargs, None)
         if bind_loop is not None:
             _bind_to_submitting_loop(body.binding, bind_loop, ex)
         return ex

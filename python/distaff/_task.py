@@ -20,6 +20,7 @@ _submit = _core.submit
 # Submit flags as plain ints: the submit path ORs them per call (an IntFlag operation costs more).
 _WORKFLOW = int(_core.SubmitFlag.WORKFLOW)
 _DETACHED = int(_core.SubmitFlag.DETACHED)
+_HERE = int(_core.SubmitFlag.HERE)
 _MISSING: Any = object()  # "called as @task()", distinct from an explicit (bad) None
 
 # Keyword names distaff reserves in a call: stripped before the body sees its kwargs.
@@ -32,10 +33,19 @@ _aio.bind(globals(), "_get_running_loop")  # asyncio's C-level one once asyncio 
 _NO_LOOP = _aio._NO_LOOP  # what it is before: asyncio loaded past distaff's finder is caught up in __call__
 
 
-def _bind_to_submitting_loop(binding, loop, ex) -> None:
-    from ._async_body import _bind_to_submitting_loop as bind
+_async_body = None  # distaff._async_body, imported by the first async body's submit (it imports asyncio)
 
-    bind(binding, loop, ex)
+
+def _load_async_body():
+    global _async_body
+    from . import _async_body as mod
+
+    _async_body = mod
+    return mod
+
+
+def _bind_to_submitting_loop(binding, loop, ex) -> None:
+    (_async_body or _load_async_body())._bind_to_submitting_loop(binding, loop, ex)
 
 
 # DISTAFF_INLINE_CALLS=0 (read at import): the main thread's f(x) hands its body to a worker as
@@ -222,14 +232,16 @@ class Task:
         else:
             body = self._body
             if self.is_async:
-                from ._async_body import _AsyncBody
-
                 bind_loop = _get_running_loop()
-                body = _AsyncBody(body, bind_loop, engine, self.name, wait is not False, self.kind, self.policy)
+                body = (_async_body or _load_async_body())._AsyncBody(body, bind_loop, engine, self.name, wait is not False, self.kind, self.policy)
                 if bind_loop is not None:
                     binding = body.binding
         timeout = self.timeout
         flags = self._kind_flag
+        if binding is not None:
+            # Submitted on its loop's thread: the hand-off to the loop runs here, at once, rather
+            # than on a worker's fiber (docs/internals/sync-calls.md, "Async bodies started here").
+            flags |= _HERE
         if options:
             timeout = options.get("timeout", timeout)
             flags |= _DETACHED if options.get("detached") else 0

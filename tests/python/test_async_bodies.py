@@ -1167,3 +1167,83 @@ def test_a_cyclic_gc_while_an_async_body_awaits_does_not_destroy_its_task(where)
     if where != "caller":
         assert "command ran" in proc.stdout, proc.stdout + proc.stderr
     assert "destroyed but it is pending" not in proc.stderr, proc.stderr
+
+
+# -- async bodies submitted on their loop's thread start there ---------------------------------------
+
+_NO_WORKER_NEEDED = r"""
+import asyncio, sys, threading
+import distaff
+
+eng = distaff.Engine(workers=1, max_workers=1)  # one worker, no growth
+busy, gate = threading.Event(), threading.Event()
+
+@eng.task()
+def hog():
+    busy.set()
+    gate.wait(60)
+    return "freed"
+
+@eng.task()
+async def leaf(x):
+    await asyncio.sleep(0)
+    return x * 10
+
+@eng.task()
+async def parent(x):
+    child = leaf(x)  # submitted by a body on the same loop: started here too
+    return (await child) + 1, child.parent_id == distaff.current_execution().id
+
+async def plain(x):
+    return x + 100
+
+async def main():
+    ex = leaf(1)
+    print("running at once", ex.running(), flush=True)
+    got = await asyncio.wait_for(asyncio.gather(ex, parent(2), eng.submit(plain, 3)), 20)
+    print("results", got, flush=True)
+
+h = hog.submit()
+assert busy.wait(30)
+if sys.argv[1] == "main":
+    asyncio.run(main())
+else:  # a loop in a thread of its own
+    t = threading.Thread(target=asyncio.run, args=(main(),))
+    t.start()
+    t.join(60)
+gate.set()
+print("hog", h.result(timeout=30), flush=True)
+eng.shutdown()
+"""
+
+
+@pytest.mark.parametrize("thread", ["main", "other"])
+def test_async_bodies_submitted_on_their_loop_need_no_free_worker(thread):
+    # The hand-off of an async body to its loop runs on the submitting thread when that thread runs
+    # the loop (SubmitFlag.HERE), not on a worker's fiber: with the only worker held by a blocking
+    # body and growth off, such bodies (nested ones and engine.submit's too) still run and finish.
+    proc = run_python(_NO_WORKER_NEEDED, argv=(thread,), timeout=90)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "running at once True" in proc.stdout, proc.stdout + proc.stderr
+    assert "results [10, (21, True), 103]" in proc.stdout, proc.stdout + proc.stderr
+    assert "hog freed" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_an_async_body_cancelled_right_after_its_submit_on_the_loop_never_runs(engine):
+    ran = []
+
+    @engine.task()
+    async def body():
+        ran.append(1)
+
+    async def main():
+        ex = body()  # its task exists already (made at submit, on this thread)
+        assert ex.cancel()
+        for _ in range(5):
+            await asyncio.sleep(0)
+        with pytest.raises(distaff.CancelledError):
+            await ex
+        return ex
+
+    ex = asyncio.run(main())
+    assert ex.cancelled() and ran == []
