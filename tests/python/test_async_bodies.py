@@ -1247,3 +1247,54 @@ def test_an_async_body_cancelled_right_after_its_submit_on_the_loop_never_runs(e
 
     ex = asyncio.run(main())
     assert ex.cancelled() and ran == []
+
+
+_CTRL_C_DURING_SUBMITS = r"""
+import asyncio, os, signal, threading
+import distaff
+
+eng = distaff.Engine()
+
+@eng.task()
+async def leaf(i):
+    await asyncio.sleep(0)
+    return i
+
+made = []
+for rnd in range(30):
+    enough = threading.Event()
+
+    def ctrl_c():
+        enough.wait(30)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    async def main():
+        threading.Thread(target=ctrl_c).start()
+        while True:  # submits until the Ctrl-C lands: in a hand-off, in asyncio, between calls
+            made.append(leaf(len(made)))
+            if len(made) % 50 == 0:
+                enough.set()
+                await asyncio.sleep(0)
+
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        pass
+    else:
+        raise SystemExit("no KeyboardInterrupt")
+distaff.wait(made, timeout=30)
+print("undone", sum(not e.done() for e in made), "of", len(made), flush=True)
+print("ok", sum(e.done() and not e.cancelled() and e.result() == i for i, e in enumerate(made)) > 0, flush=True)
+eng.shutdown()
+print("shut down", flush=True)
+"""
+
+
+def test_ctrl_c_while_a_loop_submits_async_bodies_leaves_none_unfinished():
+    # The hand-off runs in the submit on the main thread now: a Ctrl-C landing in it cancels that
+    # execution and goes on to the program (as at any other line); asyncio.run then cancels the
+    # bodies' tasks. Nothing may be left unfinished, hung or crashed, round after round.
+    proc = run_python(_CTRL_C_DURING_SUBMITS, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "undone 0 of" in proc.stdout, proc.stdout + proc.stderr
+    assert "ok True" in proc.stdout and "shut down" in proc.stdout, proc.stdout + proc.stderr
