@@ -35,8 +35,17 @@ Execution* async_current() {
 }
 
 Execution* running_here() {
-  Execution* e = current_execution();
-  return e ? e : async_current();
+  Execution* e = current_execution();  // the fiber's, or the inline run's on this thread
+  if (!e) return async_current();
+  // Both: an async body's task on a loop that a sync body runs (asyncio.run inside it), or a
+  // body whose context was copied from an async body's task (submitted from there). The one made
+  // later is the one running here: an async body started inside the sync body's run was created
+  // after it; an execution submitted from an async body's task, after that body. (Ids are
+  // allocated in creation order, across engines.) An outsider's find (session 23): inside
+  // asyncio.run in a sync body, the async bodies' current_execution() was the sync body, and the
+  // children they submitted were the sync body's.
+  Execution* a = async_current();
+  return a && a->id() > e->id() ? a : e;
 }
 
 Execution* submit_parent() {

@@ -1298,3 +1298,34 @@ def test_ctrl_c_while_a_loop_submits_async_bodies_leaves_none_unfinished():
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "undone 0 of" in proc.stdout, proc.stdout + proc.stderr
     assert "ok True" in proc.stdout and "shut down" in proc.stdout, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("how", ["inline", "worker"])
+def test_inside_asyncio_run_in_a_sync_body_an_async_body_is_its_own_current_execution(engine, how):
+    # An outsider's find (session 23): the sync body's execution shadowed the async body's, so
+    # current_execution() in the async body was the sync body and its children were the sync body's.
+    @engine.task()
+    async def child():
+        return distaff.current_execution().id
+
+    @engine.task()
+    async def body():
+        me = distaff.current_execution()
+        kid = child()
+        return me.id, kid.parent_id, await kid
+
+    @engine.task()
+    def sync_body():
+        outer = distaff.current_execution().id
+
+        async def main():
+            ex = body()
+            return ex.id, await ex
+
+        ex_id, got = asyncio.run(main())
+        # what the sync body submits after its loop is gone is its own child again
+        return outer, ex_id, got, child.submit().parent_id
+
+    outer, ex_id, (me_id, kid_parent, kid_self), later_parent = sync_body() if how == "inline" else sync_body.submit().result(timeout=30)
+    assert me_id == ex_id and kid_parent == ex_id and kid_self not in (ex_id, outer)
+    assert later_parent == outer
