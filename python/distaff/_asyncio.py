@@ -380,7 +380,41 @@ _install_future_protocol()
 #     and the exit hook cancel them (cancel_stranded).
 
 _WATCH_PERIOD = 0.05
-_lock = threading.Lock()
+# Re-entrant, and a section never waits for itself: Python runs signal handlers between the
+# bytecodes of a `with` block, and asyncio's SIGINT handler cancels the main task, whose cancelled
+# executions release their bindings on this same thread. With a plain Lock one Ctrl-C under
+# asyncio.run deadlocked the main thread (an outsider's find, session 23). A release that arrives
+# while this thread is inside a section is deferred to the outermost section's end; a bind that
+# arrives so (a handler submitting an async task) runs nested, which at worst leaves a body
+# untracked by the registry (no loop-close cancel for it), never a hang.
+_lock = threading.RLock()
+_depth = 0  # sections running now, nested (only the thread holding _lock can see it non-zero)
+_deferred: list = []  # _Bindings whose release arrived during a section of their own thread
+
+
+class _Section:
+    """``with _section:`` — the registry's lock held; the releases deferred meanwhile run as the
+    outermost section ends."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        global _depth
+        _lock.acquire()
+        _depth += 1
+
+    def __exit__(self, *exc) -> None:
+        global _depth
+        try:
+            if _depth == 1:
+                while _deferred:
+                    _deferred.pop()._release_locked()
+        finally:
+            _depth -= 1
+            _lock.release()
+
+
+_section = _Section()
 _entries: list = []  # _LoopEntry, one per loop with registered bodies
 _watcher: "threading.Thread | None" = None
 
@@ -412,55 +446,65 @@ class _Binding:
         """Registers (or moves) this body under ``loop`` (None: under no loop)."""
         global _watcher
         start = False
-        with _lock:
-            if self.finished or (self.started and not started):
-                return
-            if execution is not None:
-                self.execution = execution
-            self.started = self.started or started
-            self.sticky = self.sticky or sticky
-            entry = self.entry
-            if entry is not None and entry.ref() is loop:
-                return
-            if entry is not None:
-                entry.bodies.pop(id(self), None)
-                if not entry.bodies and entry in _entries:
-                    _entries.remove(entry)
-                self.entry = None
-            if loop is None:
-                return
-            for e in _entries:
-                if e.ref() is loop:
-                    entry = e
-                    break
-            else:
-                entry = _LoopEntry(loop)
-                _entries.append(entry)
-            entry.bodies[id(self)] = self
-            self.entry = entry
-            if _watcher is None:
+        with _section:
+            if self._bind_locked(loop, execution, sticky, started) and _watcher is None:
                 start = True
                 _watcher = threading.Thread(target=_watch, name="distaff-loop-watch", daemon=True)
         if start:
             try:
                 _watcher.start()
             except RuntimeError:  # interpreter shutdown: the exit hook cancels what is left
-                with _lock:
+                with _section:
                     _watcher = None
+
+    def _bind_locked(self, loop, execution, sticky: bool, started: bool) -> bool:
+        # True: registered under a loop just now.
+        if self.finished or (self.started and not started):
+            return False
+        if execution is not None:
+            self.execution = execution
+        self.started = self.started or started
+        self.sticky = self.sticky or sticky
+        entry = self.entry
+        if entry is not None and entry.ref() is loop:
+            return False
+        if entry is not None:
+            entry.bodies.pop(id(self), None)
+            if not entry.bodies and entry in _entries:
+                _entries.remove(entry)
+            self.entry = None
+        if loop is None:
+            return False
+        for e in _entries:
+            if e.ref() is loop:
+                entry = e
+                break
+        else:
+            entry = _LoopEntry(loop)
+            _entries.append(entry)
+        entry.bodies[id(self)] = self
+        self.entry = entry
+        return True
 
     def release(self, _execution=None) -> None:
         """The execution finished: forget it (its done-callback)."""
-        with _lock:
-            self.finished = True
-            entry, self.entry = self.entry, None
-            if entry is not None:
-                entry.bodies.pop(id(self), None)
-                if not entry.bodies and entry in _entries:
-                    _entries.remove(entry)
+        with _section:
+            if _depth > 1:  # re-entered from a signal handler inside a section of this thread
+                _deferred.append(self)
+                return
+            self._release_locked()
+
+    def _release_locked(self) -> None:
+        self.finished = True
+        entry, self.entry = self.entry, None
+        if entry is not None:
+            entry.bodies.pop(id(self), None)
+            if not entry.bodies and entry in _entries:
+                _entries.remove(entry)
 
 
 def _live_bodies(loop) -> list:
-    with _lock:
+    with _section:
         for e in _entries:
             if e.ref() is loop:
                 return [b for b in e.bodies.values() if b.execution is not None]
@@ -477,8 +521,10 @@ def _cancel_bodies(bindings) -> None:
 def _after_fork_in_child() -> None:
     # The watcher thread does not exist in the child, and the lock may have been held at fork. The
     # parent's bodies can never finish here (their executions say so when waited for).
-    global _lock, _entries, _watcher
-    _lock = threading.Lock()
+    global _lock, _entries, _watcher, _depth, _deferred
+    _lock = threading.RLock()
+    _depth = 0
+    _deferred = []
     _entries = []
     _watcher = None
 
@@ -494,7 +540,7 @@ def _gone(entry) -> bool:
 def _watch() -> None:
     global _watcher
     while True:
-        with _lock:
+        with _section:
             if not _entries:
                 _watcher = None
                 return
@@ -510,7 +556,7 @@ def cancel_stranded(engine) -> int:
     garbage-collected or not running (nothing runs a stopped loop while its engine is shut down or
     the process exits). Returns how many."""
     victims = []
-    with _lock:
+    with _section:
         for e in _entries:
             loop = e.ref()
             if loop is None or loop.is_closed() or not loop.is_running():

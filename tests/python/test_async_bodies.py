@@ -1329,3 +1329,78 @@ def test_inside_asyncio_run_in_a_sync_body_an_async_body_is_its_own_current_exec
     outer, ex_id, (me_id, kid_parent, kid_self), later_parent = sync_body() if how == "inline" else sync_body.submit().result(timeout=30)
     assert me_id == ex_id and kid_parent == ex_id and kid_self not in (ex_id, outer)
     assert later_parent == outer
+
+
+_RELEASE_IN_A_HANDLER = r"""
+import asyncio, os, signal
+import distaff
+from distaff import _asyncio as registry
+
+eng = distaff.Engine()
+
+@eng.task()
+async def body():
+    await asyncio.sleep(30)
+
+async def main():
+    loop = asyncio.get_running_loop()
+    first, second = body(), body()
+    signal.signal(signal.SIGUSR1, lambda *a: second.cancel())  # its binding's release runs in the handler
+    with registry._section:  # as a bind or release of this thread holds the registry
+        os.kill(os.getpid(), signal.SIGUSR1)
+        for _ in range(1000):  # the handler runs between these bytecodes, inside the section
+            pass
+        print("cancelled inside", second.cancelled(), flush=True)
+        print("still registered inside", len(registry._live_bodies(loop)), flush=True)
+    print("registered after", len(registry._live_bodies(loop)), flush=True)
+    first.cancel()
+
+asyncio.run(main())
+eng.shutdown()
+print("done", flush=True)
+"""
+
+
+def test_a_release_from_a_signal_handler_inside_the_loop_registry_is_deferred_not_a_deadlock():
+    # An outsider's find (session 23): asyncio's SIGINT handler cancels the main task; the
+    # executions it cancels release their loop registrations on the same thread, which could be
+    # inside a bind or release already (Python runs handlers between bytecodes): with a plain Lock,
+    # one Ctrl-C under asyncio.run hung the program for good. Now the release waits for the section.
+    proc = run_python(_RELEASE_IN_A_HANDLER, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert "cancelled inside True" in out and "still registered inside 2" in out, out + proc.stderr
+    assert "registered after 1" in out and "done" in out, out + proc.stderr
+
+
+_ONE_CTRL_C_PER_RUN = r"""
+import asyncio, faulthandler, os, random, signal, threading
+import distaff
+
+@distaff.task()
+async def noop(i):
+    await asyncio.sleep(random.choice((0, 0.001)))
+    return i
+
+async def main():
+    while True:
+        await asyncio.gather(*[noop(k) for k in range(2000)])
+
+for r in range(40):
+    faulthandler.dump_traceback_later(20, exit=True)  # a hang shows where it is
+    threading.Timer(random.uniform(0.02, 0.2), os.kill, (os.getpid(), signal.SIGINT)).start()
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        pass
+    else:
+        raise SystemExit("no KeyboardInterrupt")
+faulthandler.cancel_dump_traceback_later()
+print("all rounds ended", flush=True)
+"""
+
+
+def test_one_ctrl_c_under_asyncio_run_ends_it_round_after_round():
+    proc = run_python(_ONE_CTRL_C_PER_RUN, timeout=150)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    assert "all rounds ended" in proc.stdout, proc.stdout + proc.stderr[-3000:]
