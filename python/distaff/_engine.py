@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from . import _aio, _asyncio, _core, _elsewhere, _execlog, _trace, _validate
 from ._errors import ShutdownError
+from . import _task as _task_mod
 from ._task import _HERE, _MISSING, Task, _decorator, is_async_callable
 
 logger = logging.getLogger("distaff")
@@ -161,14 +162,13 @@ class Engine(concurrent.futures.Executor):
     def _submit_async(self, fn, name, args, kwargs) -> _core.Execution:
         # As Task._submit_general submits an async body: on the submitter's running loop (bound to
         # it) or else the engine's loop thread; docs/asyncio.md.
-        from ._async_body import _AsyncBody, _bind_to_submitting_loop
-
+        mod = _task_mod._async_body or _task_mod._load_async_body()  # imported once, not per call
         bind_loop = _aio.running_loop()
-        body = _AsyncBody(fn, bind_loop, self, name, False, "task", None)
+        body = mod._AsyncBody(fn, bind_loop, self, name, False, "task", None)
         # On its loop's thread the hand-off runs here, at once (as Task._submit_general's does).
         ex = self._submit(body, name, _HERE if bind_loop is not None else 0, False, args, kwargs, None)
         if bind_loop is not None:
-            _bind_to_submitting_loop(body.binding, bind_loop, ex)
+            mod._bind_to_submitting_loop(body.binding, bind_loop, ex)
         return ex
 
     def map(
