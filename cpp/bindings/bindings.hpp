@@ -101,7 +101,8 @@ struct PyExecution {
   PyExecution* run_prev;  // the running list (bodies now running on a fiber), while tstate is set
   PyExecution* run_next;
   unsigned char observed;    // someone retrieved the exception
-  unsigned char forwarding;  // `result` holds the execution this one follows
+  unsigned char forwarding;  // 1: `result` holds the execution this one follows; 2: its body returned
+                             // _core.PENDING, `result` holds that body (hold_external, run.cpp)
   unsigned char detached;    // not cancelled with its parent
   unsigned char late;        // submitted by a body while its engine was shutting down
   unsigned char shielded;    // a cancel does not raise in its body (_shield(): hands its work elsewhere)
@@ -287,6 +288,19 @@ void abandon_execution(Execution& ex, Execution& failed);
 // forward_execution: `pe` (running, or a promise) completes when `target` does, with its outcome.
 // Fails `pe` with DeadlockError if `target` waits on it. GIL held.
 void forward_execution(PyExecution* pe, PyExecution* target);
+// The body of an execution that returns PendingSentinel (_core.PENDING) leaves it running, with no
+// body on any fiber, until _core.settle(execution, ...) or a cancel finishes it: an async body
+// started on its loop's thread settles its own execution when its asyncio task ends, with no promise
+// to follow (_async_body._HereBody; docs/internals/sync-calls.md). hold_external: keeps `pe` alive
+// and on the forwarding list (cancel_running, shutdown reach it) meanwhile, and keeps its body
+// object in `result` as the stopper; end_external: undoes it if it was held so, returning the
+// stopper (a new reference; the caller then drops the reference it held too), else NULL. A
+// completion other than settle() (cancel, timeout, shutdown) calls stopper._external_stop(execution)
+// (stop_external): the work elsewhere stops. GIL held.
+extern PyObject* PendingSentinel;
+void hold_external(PyExecution* pe, PyObject* stopper);
+PyObject* end_external(PyExecution* pe);
+void stop_external(PyObject* stopper, PyExecution* pe);
 // mark_cycle_error: `exc` is the DeadlockError of a forward cycle, shared by every execution in it;
 // cycle_error_seen: on retrieval or report, true if that error was retrieved or reported already
 // (then marked). It is reported once for the cycle. unobserved.cpp.

@@ -538,6 +538,16 @@ PyMethodDef execution_functions[] = {
 
 }  // namespace
 
+void stop_external(PyObject* stopper, PyExecution* pe) {
+  PyObject* stop = PyObject_GetAttrString(stopper, "_external_stop");
+  if (!stop) {
+    report_error_keeping_signals(stopper);
+    return;
+  }
+  call_callback(stop, reinterpret_cast<PyObject*>(pe));
+  Py_DECREF(stop);
+}
+
 PyObject* execution_result(PyObject* execution) { return pe_result(execution, nullptr, 0, nullptr); }
 
 bool complete(PyExecution* pe, State state, PyObject* value) {
@@ -555,6 +565,17 @@ bool complete(PyExecution* pe, State state, PyObject* value) {
     PyExecution* p;
     ~Hold() { Py_DECREF(p); }
   } hold{pe};
+  // A body that returned PENDING, finished other than by settle() (which lets go first): its work
+  // is stopped below, and the reference held for it goes at the end (`hold` keeps `pe` meanwhile).
+  // Taken now: `result` holds the stopper until then.
+  struct External {
+    PyExecution* p;
+    PyObject* stopper;
+    ~External() {
+      Py_XDECREF(stopper);
+      if (stopper) Py_DECREF(p);
+    }
+  } external{pe, end_external(pe)};
   // While the engine shuts down, children submitted late (see submit_impl) do not outlive their
   // parent: read them now, finishing releases the child records.
   std::vector<ExecutionRef> kids;
@@ -575,6 +596,7 @@ bool complete(PyExecution* pe, State state, PyObject* value) {
   }
   const bool finished = state == State::cancelled ? c->cancel_if_not_started() || c->finish(State::cancelled)
                                                   : c->finish(state);
+  if (external.stopper) stop_external(external.stopper, pe);
   if (!finished) return false;
   if (eng && eng->history_limit) remember_finished(eng, pe);
   if (eng && eng->outcomes) record_outcome(eng, pe, state);

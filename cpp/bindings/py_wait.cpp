@@ -276,6 +276,18 @@ PyObject* raw_promise(PyObject*, PyObject* name) {
   return reinterpret_cast<PyObject*>(pe);
 }
 
+// settle_external: complete() for settle(): an execution held for its body (it returned PENDING) is
+// let go first, so the completion does not stop the work that settles it.
+bool settle_external(PyExecution* pe, State state, PyObject* value) {
+  PyObject* stopper = pe->core->done() ? nullptr : end_external(pe);
+  const bool done = complete(pe, state, value);
+  if (stopper) {
+    Py_DECREF(stopper);
+    Py_DECREF(pe);  // (complete held its own while running the callbacks)
+  }
+  return done;
+}
+
 PyObject* raw_settle(PyObject*, PyObject* const* a, Py_ssize_t n) {
   if (n != 3 || !is_execution(a[0])) {
     PyErr_SetString(PyExc_TypeError, "settle(execution, ok, value)");
@@ -285,17 +297,24 @@ PyObject* raw_settle(PyObject*, PyObject* const* a, Py_ssize_t n) {
   if (PyObject_IsTrue(a[1])) {
     if (is_execution(a[2])) {  // a body's returned Execution is followed, as for sync bodies
       if (pe->core->done()) Py_RETURN_FALSE;
+      // An execution settled from outside (its body returned PENDING) follows it as a forward
+      // now: the forward holds the reference the external hold did.
+      PyObject* stopper = end_external(pe);
       forward_execution(pe, as_pe(a[2]));
+      if (stopper) {
+        Py_DECREF(stopper);
+        Py_DECREF(pe);
+      }
       Py_RETURN_TRUE;
     }
-    return PyBool_FromLong(complete(pe, State::succeeded, Py_NewRef(a[2])));
+    return PyBool_FromLong(settle_external(pe, State::succeeded, Py_NewRef(a[2])));
   }
-  if (a[2] == Py_None) return PyBool_FromLong(complete(pe, State::cancelled, nullptr));
+  if (a[2] == Py_None) return PyBool_FromLong(settle_external(pe, State::cancelled, nullptr));
   if (!PyExceptionInstance_Check(a[2])) {
     PyErr_SetString(PyExc_TypeError, "settle: the error must be an exception instance or None (cancelled)");
     return nullptr;
   }
-  return PyBool_FromLong(complete(pe, State::failed, Py_NewRef(a[2])));
+  return PyBool_FromLong(settle_external(pe, State::failed, Py_NewRef(a[2])));
 }
 
 // check_wait(waiter, target): DeadlockError if `waiter` waiting for `target` would close a cycle of
@@ -437,8 +456,13 @@ bool init_wait(PyObject* module) {
     g_combine_cancelled = PyObject_CallNoArgs(reinterpret_cast<PyObject*>(&PyBaseObject_Type));
     if (!g_combine_cancelled) return false;
   }
+  if (!PendingSentinel) {
+    PendingSentinel = PyObject_CallNoArgs(reinterpret_cast<PyObject*>(&PyBaseObject_Type));
+    if (!PendingSentinel) return false;
+  }
   return PyModule_AddFunctions(module, wait_functions) == 0 &&
-         PyModule_AddObjectRef(module, "COMBINE_CANCELLED", g_combine_cancelled) == 0;
+         PyModule_AddObjectRef(module, "COMBINE_CANCELLED", g_combine_cancelled) == 0 &&
+         PyModule_AddObjectRef(module, "PENDING", PendingSentinel) == 0;
 }
 
 }  // namespace distaff::py

@@ -21,6 +21,7 @@ PyExecution* g_forwarding = nullptr;
 }  // namespace
 
 PyObject* ReturnedCoroutineHook = nullptr;
+PyObject* PendingSentinel = nullptr;
 
 namespace {
 
@@ -117,6 +118,23 @@ void forward_execution(PyExecution* pe, PyExecution* target) {
   target->core->add_callback(&forward_done, pe);
 }
 
+void hold_external(PyExecution* pe, PyObject* stopper) {
+  Py_INCREF(pe);  // the external reference, dropped as it finishes (complete, settle)
+  pe->forwarding = 2;
+  Py_XSETREF(pe->result, Py_NewRef(stopper));
+  track(pe);
+  if (pe->engine) link_forwarding(pe);  // cancel_running reaches it
+}
+
+PyObject* end_external(PyExecution* pe) {
+  if (pe->forwarding != 2) return nullptr;
+  pe->forwarding = 0;
+  if (pe->engine) unlink_forwarding(pe);
+  PyObject* stopper = pe->result;
+  pe->result = nullptr;
+  return stopper;
+}
+
 std::vector<PyObject*> running_bodies(PyObject* engine) {
   std::vector<PyObject*> out;
   for (PyExecution* p = g_running; p; p = p->run_next) {
@@ -154,6 +172,13 @@ void settle_body(PyExecution* pe, PyObject* r, PyObject* exc) {
     forward_execution(pe, as_pe(r));
     cancel_late_forward(pe, as_pe(r));
     Py_DECREF(r);
+  } else if (r == PendingSentinel) {
+    Py_DECREF(r);
+    if (!ex.done()) {
+      hold_external(pe, pe->fn);  // settled later (_core.settle), or stopped by a cancel
+    } else if (pe->fn) {
+      stop_external(pe->fn, pe);  // cancelled while the body handed its work over: stop it now
+    }
   } else {
     complete(pe, State::succeeded, r);
   }

@@ -305,6 +305,116 @@ class _AsyncBody(Elsewhere):
         Elsewhere._settle(self, ok, value)
 
 
+class _HereBody(_asyncio_mod._Binding):
+    """The hand-off of an ``async def`` body submitted on its loop's thread with nothing between the
+    submit and its start (no ``wait=``, policy, timeout or concurrency limit, not the engine's own
+    loop, no trace recording): the common case inside ``asyncio.run``.
+
+    It runs inline, as the execution's body (SubmitFlag.HERE), makes the asyncio task and returns
+    ``_core.PENDING``: the execution stays running, with no promise to follow, and the task's end
+    settles it directly (``_done``). It is its own loop registration (a ``_Binding``), so one object
+    per body carries the body, its registration and its callbacks (docs/internals/sync-calls.md,
+    "Async bodies started here"). If the submit queued it after all (a worker's fiber, the inline
+    nesting bound), it hands over to the general ``_AsyncBody`` when a worker calls it."""
+
+    __slots__ = ("fn", "loop", "name", "kind", "me", "promise", "handle", "held", "fallback")
+
+    policy = slot = None  # what _run reads: never a policy or a concurrency slot here
+    attempt = 1
+    shipped_ns = 0
+
+    def __init__(self, fn: Callable, loop: Any, engine: Any, name: str, kind: str) -> None:
+        # _Binding's fields, set here (one call less per submit).
+        self.execution = self.entry = None
+        self.engine = engine
+        self.gated = self.sticky = self.started = self.finished = False
+        self.fn = fn
+        self.loop = loop  # strongly, until the hand-off (inline: now)
+        self.name = name
+        self.kind = kind
+        self.me = self.promise = self.handle = self.held = self.fallback = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        loop = self.loop
+        if loop is None or loop is not _running_loop():
+            return self._queued()(*args, **kwargs)  # on a worker's fiber: the general hand-off
+        self.loop = None
+        me = self.me = self.promise = _current_execution()
+        me._shield()  # a cancel from another thread now finishes it; the done callback stops the task
+        task = loop.create_task(_run(self, me, self.fn, args, kwargs, 0.0))
+        self.handle = weakref.ref(task)  # weakly: the execution must not keep the loop alive
+        self.held = _hold(loop, task)
+        task.add_done_callback(self._done)
+        self.bind(loop, me, True)
+        # The execution stays running; the task's end settles it (_done). Finished first (cancel,
+        # timeout, shutdown — also during this hand-off), it calls _external_stop.
+        return _PENDING
+
+    def _queued(self) -> "_AsyncBody":
+        with _fallback_lock:
+            fb = self.fallback
+            if fb is None:
+                fb = self.fallback = _AsyncBody(self.fn, self.loop, self.engine, self.name, False, self.kind)
+                self.loop = None
+        return fb
+
+    def _queued_submit(self, ex: Any) -> None:
+        # The submit queued it (not started here): bound to its loop from now on, as a body the
+        # general path queues is (unless a worker's fiber got to it first and bound it itself).
+        loop = self.loop
+        fb = self._queued()
+        if loop is not None:
+            _bind_to_submitting_loop(fb.binding, loop, ex)
+
+    def _done(self, task: Any) -> None:
+        # On the loop: the task ended, and with it the execution (unless it finished first).
+        held = self.held() if self.held is not None else None
+        if held is not None:
+            held.discard(task)
+        self.release()
+        me = self.me
+        if me is None or me.done():
+            return
+        if task.cancelled():
+            _settle(me, False, None)
+            return
+        exc = task.exception()
+        if exc is None:
+            r = task.result()
+            if type(r) is not _Exit:
+                _settle(me, True, r)  # a returned Execution is followed (a cycle: DeadlockError)
+                return
+            exc = r.exc
+        _note_failure(exc, f"distaff: raised in {self.kind} '{self.name}' (execution {me.id})", me.id)
+        _settle(me, False, exc)
+
+    def _external_stop(self, _ex: Any) -> None:
+        # Any thread (the bindings call it): the execution finished before the task did — cancelled,
+        # timed out or shut down: the task is cancelled on its loop.
+        self.release()
+        ref = self.handle
+        task = ref() if ref is not None else None
+        if task is None or task.done():
+            return
+        loop = task.get_loop()
+        if loop is _running_loop():
+            task.cancel()
+            return
+        try:
+            loop.call_soon_threadsafe(task.cancel)
+        except RuntimeError:  # the loop is closed: the coroutine is gone with it
+            pass
+
+    def _ship_record(self) -> None:  # a trace that began after the submit: no ship record here
+        pass
+
+
+_fallback_lock = threading.Lock()
+_PENDING = _core.PENDING
+_settle = _core.settle
+_current_execution = _core.current_execution
+
+
 async def _run(body: _AsyncBody, me: Any, fn: Any, args: Any, kwargs: Any, delay: float) -> Any:
     """One attempt of an async body, as an asyncio task on its loop."""
     if me is not None:

@@ -34,6 +34,7 @@ class SecondsKind(enum.IntEnum):
 NO_BOUND: int
 COMPLETION_EXHAUSTED: int
 COMBINE_CANCELLED: object  # a combine() finalizer returns it to finish the handle cancelled
+PENDING: object  # a body returns it to leave its execution running until settle() (or a cancel) finishes it
 STACK_SIZE_MIN: int
 STACK_SIZE_MAX: int
 STACK_SIZE_DEFAULT: int

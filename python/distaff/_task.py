@@ -224,8 +224,19 @@ class Task:
         if wait.__class__ is tuple:
             wait = self._gating(args, kwargs)
         options = self._options
-        executor = options.get("executor", self.executor) if options else self.executor
-        binding = None
+        timeout = self.timeout
+        flags = self._kind_flag
+        if options:
+            executor = options.get("executor", self.executor)
+            timeout = options.get("timeout", timeout)
+            flags |= _DETACHED if options.get("detached") else 0
+            if workflow_id is None:
+                workflow_id = options.get("workflow_id")
+            limit = options.get("concurrency", self.concurrency)
+        else:
+            executor = self.executor
+            limit = self.concurrency
+        binding = here = None
         if executor is not None:  # the body runs elsewhere; its arguments travel as values
             body = _elsewhere.Job(self.fn, self.is_async, self.policy, self.name, engine._executors.runner(executor), engine)
             wait = True
@@ -233,26 +244,25 @@ class Task:
             body = self._body
             if self.is_async:
                 bind_loop = _get_running_loop()
-                body = (_async_body or _load_async_body())._AsyncBody(body, bind_loop, engine, self.name, wait is not False, self.kind, self.policy)
+                mod = _async_body or _load_async_body()
                 if bind_loop is not None:
-                    binding = body.binding
-        timeout = self.timeout
-        flags = self._kind_flag
-        if binding is not None:
-            # Submitted on its loop's thread: the hand-off to the loop runs here, at once, rather
-            # than on a worker's fiber (docs/internals/sync-calls.md, "Async bodies started here").
-            flags |= _HERE
-        if options:
-            timeout = options.get("timeout", timeout)
-            flags |= _DETACHED if options.get("detached") else 0
-            if workflow_id is None:
-                workflow_id = options.get("workflow_id")
+                    # Submitted on its loop's thread: the hand-off to the loop runs here, at once,
+                    # rather than on a worker's fiber (docs/internals/sync-calls.md, "Async bodies
+                    # started here"); with nothing between the submit and the start, the lean one.
+                    flags |= _HERE
+                    if (wait is False and timeout is None and limit is None and self.policy is None
+                            and not mod._trace._hubs and bind_loop is not engine._loop):
+                        body = here = mod._HereBody(body, bind_loop, engine, self.name, self.kind)
+                        bind_loop = None  # it registers itself (or its fallback does)
+                if bind_loop is not None or not flags & _HERE:
+                    body = mod._AsyncBody(body, bind_loop, engine, self.name, wait is not False, self.kind, self.policy)
+                    if bind_loop is not None:
+                        binding = body.binding
         if timeout is not None:
             if executor is not None or self.is_async:  # armed by the elsewhere mechanism
                 body.timeout = timeout
             else:
                 body = _Timed(body, timeout)
-        limit = options.get("concurrency", self.concurrency) if options else self.concurrency
         if limit is not None:
             ex = self._submit_limited(limit, engine, body, flags, wait, args, kwargs, workflow_id)
             if binding is not None:
@@ -266,6 +276,8 @@ class Task:
                     ex = _submit(engine._capsule, body, self.name, flags, wait, args, kwargs or None, None)
                     if binding is not None:
                         _bind_to_submitting_loop(binding, bind_loop, ex)
+                    elif here is not None and here.me is not ex:
+                        here._queued_submit(ex)  # queued after all (e.g. the inline nesting bound)
                     return ex
                 workflow_id = _new_workflow_id()  # a @workflow opens a scope of its own
         # A tagged execution: its body (a copy of this context) and everything it submits carry the id.
@@ -277,6 +289,8 @@ class Task:
         engine._track(workflow_id, ex)
         if binding is not None:
             _bind_to_submitting_loop(binding, bind_loop, ex)
+        elif here is not None and here.me is not ex:
+            here._queued_submit(ex)
         return ex
 
     def _submit_limited(self, limit, engine, body, flags, wait, args, kwargs, workflow_id) -> _core.Execution:
