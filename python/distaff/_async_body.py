@@ -57,12 +57,18 @@ class _Holder:
     __slots__ = ("tasks", "tasks_ref", "__weakref__")
 
     def __init__(self, loop: Any) -> None:
-        self.tasks: set = set()  # (sets can be referenced weakly: tasks_ref)
+        # task -> its _HereBody (None for an _AsyncBody's): a lean body's task cancelled before its
+        # first step is found here by _never_started. (_Tasks can be referenced weakly: tasks_ref.)
+        self.tasks: dict = _Tasks()
         self.tasks_ref = weakref.ref(self.tasks)
         loop.call_later(_HOLD_SECONDS, self._again)
 
     def _again(self) -> None:  # ~11 days later, on the loop: held again
         asyncio.get_running_loop().call_later(_HOLD_SECONDS, self._again)
+
+
+class _Tasks(dict):
+    __slots__ = ("__weakref__",)
 
 
 _HOLD_SECONDS = 1e6
@@ -74,7 +80,7 @@ _holders: "weakref.WeakKeyDictionary[Any, weakref.ref]" = weakref.WeakKeyDiction
 _last_hold: tuple = (None, None)  # (weak loop, weak holder) of the last _hold: most bodies share a loop
 
 
-def _hold(loop: Any, task: Any) -> Any:
+def _hold(loop: Any, task: Any, body: Any = None) -> Any:
     """The loop holds `task` until the body's done callback drops it; returns a weak reference to
     the set that holds it (the body keeps that, never the set: see _Holder)."""
     global _last_hold
@@ -87,7 +93,7 @@ def _hold(loop: Any, task: Any) -> Any:
             holder = _Holder(loop)
             _holders[loop] = weakref.ref(holder)
         _last_hold = (weakref.ref(loop), weakref.ref(holder))
-    holder.tasks.add(task)
+    holder.tasks[task] = body
     return holder.tasks_ref
 
 
@@ -208,7 +214,7 @@ class _AsyncBody(Elsewhere):
     def _unhold(self, task: Any) -> None:
         held = self.held() if self.held is not None else None
         if held is not None:
-            held.discard(task)
+            held.pop(task, None)
 
     def _done(self, task: Any) -> None:
         self._unhold(task)
@@ -341,13 +347,15 @@ class _HereBody(_asyncio_mod._Binding):
         self.loop = None
         me = self.me = self.promise = _current_execution()
         me._shield()  # a cancel from another thread now finishes it; the done callback stops the task
-        task = loop.create_task(_run(self, me, self.fn, args, kwargs, 0.0))
+        task = loop.create_task(_run_here(self, me, self.fn, args, kwargs))
         self.handle = weakref.ref(task)  # weakly: the execution must not keep the loop alive
-        self.held = _hold(loop, task)
-        task.add_done_callback(self._done)
+        self.held = _hold(loop, task, self)
+        # Only for a task cancelled before its first step (its coroutine never runs): _run_here
+        # takes the callback back as it starts and settles the execution itself as it ends.
+        task.add_done_callback(_never_started)
         self.bind(loop, me, True)
-        # The execution stays running; the task's end settles it (_done). Finished first (cancel,
-        # timeout, shutdown — also during this hand-off), it calls _external_stop.
+        # The execution stays running until then. Finished first (cancel, timeout, shutdown — also
+        # during this hand-off), it calls _external_stop.
         return _PENDING
 
     def _queued(self) -> "_AsyncBody":
@@ -366,27 +374,19 @@ class _HereBody(_asyncio_mod._Binding):
         if loop is not None:
             _bind_to_submitting_loop(fb.binding, loop, ex)
 
-    def _done(self, task: Any) -> None:
-        # On the loop: the task ended, and with it the execution (unless it finished first).
+    def _finish(self, task: Any, ok: bool, value: Any) -> None:
+        # On the loop, as the task ends (or ended before its first step): the execution's outcome,
+        # unless it finished first.
         held = self.held() if self.held is not None else None
         if held is not None:
-            held.discard(task)
+            held.pop(task, None)
         self.release()
         me = self.me
         if me is None or me.done():
             return
-        if task.cancelled():
-            _settle(me, False, None)
-            return
-        exc = task.exception()
-        if exc is None:
-            r = task.result()
-            if type(r) is not _Exit:
-                _settle(me, True, r)  # a returned Execution is followed (a cycle: DeadlockError)
-                return
-            exc = r.exc
-        _note_failure(exc, f"distaff: raised in {self.kind} '{self.name}' (execution {me.id})", me.id)
-        _settle(me, False, exc)
+        if not ok and value is not None:
+            _note_failure(value, f"distaff: raised in {self.kind} '{self.name}' (execution {me.id})", me.id)
+        _settle(me, ok, value)  # a returned Execution is followed (a cycle: DeadlockError)
 
     def _external_stop(self, _ex: Any) -> None:
         # Any thread (the bindings call it): the execution finished before the task did — cancelled,
@@ -409,6 +409,46 @@ class _HereBody(_asyncio_mod._Binding):
         pass
 
 
+def _never_started(task: Any) -> None:
+    # A lean body's task that ended without running a step (cancelled first: asyncio.run returning,
+    # the loop's tasks cancelled by their owner): its execution ends cancelled.
+    ref = _holders.get(task.get_loop())
+    holder = ref() if ref is not None else None
+    body = holder.tasks.get(task) if holder is not None else None
+    if body is not None:
+        body._finish(task, False, None)
+
+
+async def _run_here(body: _HereBody, me: Any, fn: Any, args: Any, kwargs: Any) -> Any:
+    """A lean async body as an asyncio task on its loop: it settles its execution as it ends."""
+    _async_current.set(me)  # this task's context: current_execution(), the parent of its submits
+    _current_body.set(body)
+    task = body.handle()
+    task.remove_done_callback(_never_started)
+    if me.done():
+        # Cancelled (from another thread, or with its parent) after the task was made: the cancel
+        # of the task is on its way, behind this first step. The body does not start.
+        body._finish(task, False, None)
+        return None
+    try:
+        r = await fn(*args, **kwargs)
+    except _CancelledError:
+        body._finish(task, False, None)
+        raise
+    except GeneratorExit:
+        # The coroutine is closed without finishing: its task was dropped with its loop (collected,
+        # never closed). The loop registry cancels the execution once it sees the loop gone.
+        raise
+    except BaseException as e:  # noqa: BLE001 - the execution fails with it (KeyboardInterrupt too)
+        # Not re-raised: the outcome is the execution's (a KeyboardInterrupt or SystemExit would
+        # end the loop's run, and an error left in the task would be logged as never retrieved).
+        body._finish(task, False, e)
+        return None
+    body._finish(task, True, r)
+    return None
+
+
+_CancelledError = asyncio.CancelledError
 _fallback_lock = threading.Lock()
 _PENDING = _core.PENDING
 _settle = _core.settle
@@ -422,6 +462,8 @@ async def _run(body: _AsyncBody, me: Any, fn: Any, args: Any, kwargs: Any, delay
         # the graph and for cancellation of the tree) of what the body submits.
         _async_current.set(me)
     _current_body.set(body)
+    if me is not None and me.done():
+        return None  # cancelled before this first step (the task's cancel is on its way): not started
     if delay:
         await asyncio.sleep(delay)
         body.shipped_ns = _monotonic_ns()

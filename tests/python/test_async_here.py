@@ -219,6 +219,34 @@ def test_cancel_from_another_thread_stops_an_async_body_started_here(engine):
     assert ex.cancelled() and unwound == [True]
 
 
+@pytest.mark.parametrize("path", ["lean", "general"])
+def test_an_async_body_cancelled_from_another_thread_before_its_first_step_never_starts(engine, path):
+    # An outsider's find: the cancel reaches the task through call_soon_threadsafe, behind the
+    # task's first step, which ran the body up to its first await although its execution was
+    # reported cancelled already. (concurrency= takes the general hand-off.)
+    started = []
+    opts = {} if path == "lean" else {"concurrency": 10**6}
+
+    @engine.task(**opts)
+    async def child(i):
+        started.append(i)
+        await asyncio.sleep(30)
+
+    async def main():
+        exs = [child(i) for i in range(200)]
+        t = threading.Thread(target=lambda: [ex.cancel() for ex in exs])
+        t.start()
+        t.join(30)  # blocking the loop on purpose: every cancel lands before any first step runs
+        await distaff.wait(exs, timeout=30)
+        for _ in range(5):
+            await asyncio.sleep(0)  # the tasks' first steps, then their cancels, run
+        return exs
+
+    exs = asyncio.run(main())
+    assert all(ex.cancelled() for ex in exs)
+    assert started == []
+
+
 def test_un_awaited_async_bodies_started_here_end_cancelled_when_asyncio_run_returns(engine):
     unwound = []
 
