@@ -279,15 +279,19 @@ def test_an_idle_engine_gives_back_the_stacks_of_a_burst_without_new_work():
     for s in sleepers:
         s.cancel()  # wakes the parked sleepers; nothing new is submitted afterwards
     e.wait_idle()
+    # Each worker thread keeps up to 256 stacks when idle. Under load the monitor may have grown an
+    # elastic worker during the burst (CI on 3.13 once did), which then keeps its own 256: the
+    # allowance is per thread that ran, plus slack.
+    allowance = ((1 + e.stats()["grown"]) * 256 + 144) * 8
     deadline = time.monotonic() + 30
-    while mapped_mib() > before + 400 * 8 and time.monotonic() < deadline:
+    while mapped_mib() > before + allowance and time.monotonic() < deadline:
         time.sleep(0.01)
-    print(peak >= before + 20_000 * 8, mapped_mib() <= before + 400 * 8)
+    print(peak >= before + 20_000 * 8, mapped_mib() <= before + allowance, e.stats()["grown"], mapped_mib() - before)
     """,
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == ["True", "True"], proc.stdout
+    assert proc.stdout.split()[:2] == ["True", "True"], proc.stdout
 
 
 @not_under_asan
