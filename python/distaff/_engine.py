@@ -164,6 +164,13 @@ class Engine(concurrent.futures.Executor):
         # it) or else the engine's loop thread; docs/asyncio.md.
         mod = _task_mod._async_body or _task_mod._load_async_body()  # imported once, not per call
         bind_loop = _aio.running_loop()
+        if bind_loop is not None and bind_loop is not self._loop and not mod._trace._hubs:
+            # On its loop's thread with nothing between submit and start: the lean hand-off.
+            here = mod._HereBody(fn, bind_loop, self, name, "task")
+            ex = self._submit(here, name, _HERE, False, args, kwargs, None)
+            if here.me is not ex:
+                here._queued_submit(ex)  # queued after all (e.g. the inline nesting bound)
+            return ex
         body = mod._AsyncBody(fn, bind_loop, self, name, False, "task", None)
         # On its loop's thread the hand-off runs here, at once (as Task._submit_general's does).
         ex = self._submit(body, name, _HERE if bind_loop is not None else 0, False, args, kwargs, None)

@@ -149,16 +149,20 @@ def test_an_async_body_started_here_settles_its_own_execution_without_a_promise(
         gate.wait(30)
         return 1
 
+    reached = None
+
     @engine.task()
     async def awaits(x):
         await asyncio.sleep(0)
         inner = slow()
+        reached.set()  # main resumes after this step, which ends suspended in `await inner`
         return x + await inner, inner
 
     async def main():
+        nonlocal reached
+        reached = asyncio.Event()
         ex = awaits(7)
-        await asyncio.sleep(0)
-        await asyncio.sleep(0)
+        await reached.wait()
         # Running and following nothing (an async body's execution used to follow a promise of
         # its own: blocked_on named it); while it awaits an execution, the wait graph has that.
         inner = ex.description["blocked_on"]
@@ -314,3 +318,42 @@ print("submitted", sum(not e.done() for e in exs))
     )
     assert r.returncode == 0, r.stderr
     assert "submitted 100" in r.stdout
+
+
+def test_engine_submit_of_an_async_function_on_its_loop_takes_the_lean_hand_off(engine):
+    # engine.submit(async_fn) (the concurrent.futures-style call) hands over like a task's call:
+    # running when submit returns, following no promise while it awaits an execution, settled by
+    # its own coroutine, cancellable from another thread.
+    gate = threading.Event()
+    reached = None
+
+    @engine.task()
+    def slow():
+        gate.wait(30)
+        return 1
+
+    async def awaits(x):
+        inner = slow()
+        reached.set()
+        return x + await inner, inner
+
+    async def forever():
+        await asyncio.Event().wait()
+
+    async def main():
+        nonlocal reached
+        reached = asyncio.Event()
+        ex = engine.submit(awaits, 7)
+        state = ex.state
+        await reached.wait()
+        blocked_on = ex.description["blocked_on"]
+        gate.set()
+        value, inner = await ex
+        stuck = engine.submit(forever)
+        threading.Thread(target=stuck.cancel).start()
+        await distaff.wait([stuck], timeout=30)
+        return state, blocked_on, value, inner, stuck
+
+    state, blocked_on, value, inner, stuck = asyncio.run(main())
+    assert state == "running" and value == 8 and blocked_on == inner.id
+    assert stuck.cancelled()
