@@ -4,6 +4,7 @@
     python bench/ab.py W1 100000 --rounds 7 before=/path/venv-old/bin/python after=.venv/bin/python
     python bench/ab.py W4 20 --workers 2 before=... after=...
     python bench/ab.py W6-10k 10000 --rounds 1 before=... after=...
+    python bench/ab.py W9 2000 --competitor executors_ --params '{"impl": "distaff-ppe"}' before=... after=...
 
 Each round starts one fresh process per build (``--warmup 0 --reps 1``, as bench/cold.py does), so
 load from other processes on the machine falls on every build alike. Reported per build: the
@@ -39,18 +40,21 @@ def main() -> int:
     ap.add_argument("builds", nargs="+", help="label=python")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--competitor", default="distaff_", help="bench/competitors module (executors_ for W8-W10)")
+    ap.add_argument("--params", help='its params as JSON (default {"workers": --workers})')
     a = ap.parse_args()
     specs = [(lab, os.path.abspath(py) if os.sep in py else py) for lab, py in (b.split("=", 1) for b in a.builds)]
     wl, n = a.workload, a.n
     tasks = fib_tasks(n) if wl == "W4" else n
-    per_task = wl in ("W1", "W4")
+    per_task = wl in ("W1", "W4", "W9")
+    params = a.params or json.dumps({"workers": a.workers})
     res: dict = {lab: {"v": [], "cpu": [], "rss": []} for lab, _ in specs}
     for _ in range(a.rounds):
         for lab, py in specs:
             with tempfile.TemporaryDirectory() as d:
                 out = os.path.join(d, "r.json")
-                subprocess.run([py, os.path.join(HERE, "worker.py"), "--competitor", "distaff_", "--params",
-                                json.dumps({"workers": a.workers}), "--workload", wl, "--n", str(n), "--reps", "1",
+                subprocess.run([py, os.path.join(HERE, "worker.py"), "--competitor", a.competitor, "--params",
+                                params, "--workload", wl, "--n", str(n), "--reps", "1",
                                 "--warmup", "0", "--out", out], cwd=HERE, capture_output=True, timeout=600)
                 r = json.load(open(out))
             if r.get("status") != "ok":

@@ -240,6 +240,11 @@ class Task:
         if executor is not None:  # the body runs elsewhere; its arguments travel as values
             body = _elsewhere.Job(self.fn, self.is_async, self.policy, self.name, engine._executors.runner(executor), engine)
             wait = True
+            if limit is None:
+                # Shipped by this thread during the submit when it can (not a worker's fiber, no
+                # Execution arguments to wait for): no worker wakes only to hand the body on
+                # (docs/internals/sync-calls.md, "Bodies shipped here").
+                flags |= _HERE
         else:
             body = self._body
             if self.is_async:

@@ -518,6 +518,21 @@ class _Windowed:
         finally:
             local.active = False
 
+    def _pump_after(self, error: BaseException | None) -> None:
+        """Ships what waits for the window after a call ended. A call that ended cancelled may be
+        reporting from inside the executor's own shutdown: ``ThreadPoolExecutor.shutdown(
+        cancel_futures=True)`` cancels the queued futures, and so runs their done callbacks, with
+        its shutdown lock held, which its ``submit()`` takes too (pumping here deadlocked the
+        program). So after a cancelled call the pump runs on a thread of its own; its submits then
+        fail as the executor is shut down, and the waiting bodies with ShutdownError."""
+        if not isinstance(error, concurrent.futures.CancelledError):
+            self._pump()
+            return
+        try:
+            threading.Thread(target=self._pump, name=f"distaff-{self.name}-pump", daemon=True).start()
+        except RuntimeError:  # no new thread at interpreter exit (CPython 3.12+): pump here
+            self._pump()
+
     def _chunk_size(self) -> int:
         """How many queued jobs the next call takes (called under self._lock): one, unless a
         backend ships several per call (_Futures)."""
@@ -558,7 +573,7 @@ class _Windowed:
                 self._report_error(job, error)
         finally:
             if self._queue:  # a job waits for the window (a racing submit pumps by itself)
-                self._pump()
+                self._pump_after(error)
 
     def _report_error(self, job: Any, exc: BaseException) -> None:
         """The executor refused ``job``'s body, or its call ended without an outcome (``exc``). If
@@ -733,7 +748,7 @@ class _Futures(_Windowed):
                         self._report_error(job, error)
         finally:
             if self._queue:
-                self._pump()
+                self._pump_after(error)
 
     def _observe(self, latency: float, ahead_of_it: int, jobs: int = 1) -> None:
         # A call's latency is its queueing behind the `ahead_of_it` calls in flight when it was made

@@ -704,3 +704,46 @@ def late():
     assert r.returncode == 0, r.stderr
     assert "result 6" in r.stdout or "result refused" in r.stdout, r.stdout + r.stderr
     assert "Exception ignored" not in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("where", ["thread pool", "process pool"])
+def test_an_executor_body_submitted_from_a_plain_thread_needs_no_free_worker(where):
+    # The hand-off to the executor runs on the submitting thread during submit() (SubmitFlag.HERE,
+    # docs/internals/sync-calls.md, "Bodies shipped here"): with the engine's only worker held by a
+    # blocking body and growth off, an executor body still runs. A body with an Execution argument
+    # waits for its dependency and a worker to hand it over, as before.
+    proc = run_python(
+        f"""
+        import threading
+        from concurrent.futures import ThreadPoolExecutor
+        import distaff
+        from distaff.executors import ProcessPool
+
+        def square(x):
+            return x * x
+
+        if __name__ == "__main__":
+            pool = ThreadPoolExecutor(2) if {where!r} == "thread pool" else ProcessPool(1)
+            gate, held = threading.Event(), threading.Event()
+            with distaff.Engine(workers=1, max_workers=1) as eng:
+                @eng.task()
+                def hold():
+                    held.set()
+                    gate.wait(60)
+                    return 1
+
+                sq = eng.task(executor=pool)(square)
+                h = hold.submit()
+                held.wait(30)
+                ex = sq.submit(7)
+                print("shipped", ex.result(timeout=30), flush=True)
+                later = sq.submit(h)  # waits for h, then for a worker to hand it over
+                gate.set()
+                print("after", later.result(timeout=30), flush=True)
+            if {where!r} == "thread pool":
+                pool.shutdown()
+        """,
+        timeout=90,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["shipped", "49", "after", "1"], proc.stdout
