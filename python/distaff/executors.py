@@ -467,6 +467,7 @@ class _Windowed:
         self._inflight = 0
         self._local = threading.local()
         self._shut_logged = False
+        self._pumping_elsewhere = False  # a thread pumps after a cancelled call (_pump_after)
 
     def __repr__(self) -> str:
         return f"<distaff executor {self.name}>"
@@ -518,20 +519,46 @@ class _Windowed:
         finally:
             local.active = False
 
-    def _pump_after(self, error: BaseException | None) -> None:
-        """Ships what waits for the window after a call ended. A call that ended cancelled may be
-        reporting from inside the executor's own shutdown: ``ThreadPoolExecutor.shutdown(
-        cancel_futures=True)`` cancels the queued futures, and so runs their done callbacks, with
-        its shutdown lock held, which its ``submit()`` takes too (pumping here deadlocked the
-        program). So after a cancelled call the pump runs on a thread of its own; its submits then
-        fail as the executor is shut down, and the waiting bodies with ShutdownError."""
-        if not isinstance(error, concurrent.futures.CancelledError):
+    def _pump_after(self, error: BaseException | None, ours: bool) -> None:
+        """Ships what waits for the window after a call ended. A call that ended cancelled by
+        someone else may be reporting from inside the executor's own shutdown:
+        ``ThreadPoolExecutor.shutdown(cancel_futures=True)`` cancels the queued futures, and so
+        runs their done callbacks, with its shutdown lock held, which its ``submit()`` takes too
+        (pumping here deadlocked the program). So after such a call the pump runs on a thread of
+        its own; its submits then fail as the executor is shut down, and the waiting bodies with
+        ShutdownError. ``ours``: the call was cancelled by distaff (its executions were), and the
+        executor is not seen shut down (the stdlib pools set ``_shutdown`` before cancelling):
+        pumped here, as a wave of cancels must not start a thread per call."""
+        if not isinstance(error, concurrent.futures.CancelledError) or (
+                ours and not getattr(self.target, "_shutdown", False)):
             self._pump()
             return
+        with self._lock:
+            if self._pumping_elsewhere:  # that thread looks again before it ends
+                return
+            self._pumping_elsewhere = True
         try:
-            threading.Thread(target=self._pump, name=f"distaff-{self.name}-pump", daemon=True).start()
+            threading.Thread(target=self._pump_elsewhere, name=f"distaff-{self.name}-pump", daemon=True).start()
         except RuntimeError:  # no new thread at interpreter exit (CPython 3.12+): pump here
+            with self._lock:
+                self._pumping_elsewhere = False
             self._pump()
+
+    def _pump_elsewhere(self) -> None:
+        # One such thread at a time (a wave of cancelled calls starts one, not one each): it pumps
+        # until the window is full or nothing waits, deciding to end under the lock, so a call that
+        # ends meanwhile either is seen here or starts the next thread.
+        while True:
+            try:
+                self._pump()
+            except BaseException:  # noqa: BLE001 - never leave the flag set
+                with self._lock:
+                    self._pumping_elsewhere = False
+                raise
+            with self._lock:
+                if not self._queue or self._inflight >= self.ahead:
+                    self._pumping_elsewhere = False
+                    return
 
     def _chunk_size(self) -> int:
         """How many queued jobs the next call takes (called under self._lock): one, unless a
@@ -573,7 +600,7 @@ class _Windowed:
                 self._report_error(job, error)
         finally:
             if self._queue:  # a job waits for the window (a racing submit pumps by itself)
-                self._pump_after(error)
+                self._pump_after(error, job.stopped)
 
     def _report_error(self, job: Any, exc: BaseException) -> None:
         """The executor refused ``job``'s body, or its call ended without an outcome (``exc``). If
@@ -748,7 +775,7 @@ class _Futures(_Windowed):
                         self._report_error(job, error)
         finally:
             if self._queue:
-                self._pump_after(error)
+                self._pump_after(error, all(job.stopped for job in batch.jobs))
 
     def _observe(self, latency: float, ahead_of_it: int, jobs: int = 1) -> None:
         # A call's latency is its queueing behind the `ahead_of_it` calls in flight when it was made

@@ -747,3 +747,43 @@ def test_an_executor_body_submitted_from_a_plain_thread_needs_no_free_worker(whe
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["shipped", "49", "after", "1"], proc.stdout
+
+
+def test_cancelling_thousands_of_executor_bodies_pumps_the_window_without_a_thread_per_call():
+    # distaff's own cancels pump the runner's window on the cancelling thread; only a call the
+    # executor cancelled itself (its shutdown, which holds its lock) pumps from a thread of its own.
+    proc = run_python(
+        """
+        import threading
+        from concurrent.futures import ThreadPoolExecutor
+        import distaff
+
+        pumps = []
+        start = threading.Thread.start
+        def counting_start(self):
+            if self.name.endswith("-pump"):
+                pumps.append(self.name)
+            return start(self)
+        threading.Thread.start = counting_start
+
+        pool = ThreadPoolExecutor(2)
+        gate = threading.Event()
+
+        def f(i):
+            gate.wait(30)
+            return i
+
+        with distaff.Engine() as eng:
+            g = eng.task(executor=pool)(f)
+            exs = [g.submit(i) for i in range(3000)]
+            for e in exs:
+                e.cancel()
+            gate.set()
+            distaff.wait(exs, timeout=30)
+            print(all(e.cancelled() for e in exs), len(pumps), g.submit(5).result(timeout=30), flush=True)
+            pool.shutdown(wait=False, cancel_futures=True)
+        """,
+        timeout=90,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["True", "0", "5"], proc.stdout
