@@ -24,7 +24,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 from . import _remote
 from ._errors import ShutdownError, WorkerLostError
@@ -467,7 +467,9 @@ class _Windowed:
         self._inflight = 0
         self._local = threading.local()
         self._shut_logged = False
-        self._pumping_elsewhere = False  # a thread pumps after a cancelled call (_pump_after)
+        # Ends of calls the executor cancelled itself, handled on a thread of distaff's (_off_executor).
+        self._deferred: collections.deque = collections.deque()
+        self._deferring = False
 
     def __repr__(self) -> str:
         return f"<distaff executor {self.name}>"
@@ -519,46 +521,44 @@ class _Windowed:
         finally:
             local.active = False
 
-    def _pump_after(self, error: BaseException | None, ours: bool) -> None:
-        """Ships what waits for the window after a call ended. A call that ended cancelled by
-        someone else may be reporting from inside the executor's own shutdown:
-        ``ThreadPoolExecutor.shutdown(cancel_futures=True)`` cancels the queued futures, and so
-        runs their done callbacks, with its shutdown lock held, which its ``submit()`` takes too
-        (pumping here deadlocked the program). So after such a call the pump runs on a thread of
-        its own; its submits then fail as the executor is shut down, and the waiting bodies with
-        ShutdownError. ``ours``: the call was cancelled by distaff (its executions were), and the
-        executor is not seen shut down (the stdlib pools set ``_shutdown`` before cancelling):
-        pumped here, as a wave of cancels must not start a thread per call."""
-        if not isinstance(error, concurrent.futures.CancelledError) or (
-                ours and not getattr(self.target, "_shutdown", False)):
-            self._pump()
-            return
-        with self._lock:
-            if self._pumping_elsewhere:  # that thread looks again before it ends
-                return
-            self._pumping_elsewhere = True
-        try:
-            threading.Thread(target=self._pump_elsewhere, name=f"distaff-{self.name}-pump", daemon=True).start()
-        except RuntimeError:  # no new thread at interpreter exit (CPython 3.12+): pump here
-            with self._lock:
-                self._pumping_elsewhere = False
-            self._pump()
+    def _by_the_executor(self, error: BaseException | None, ours: bool) -> bool:
+        """Whether a call that ended with ``error`` was cancelled by the executor itself, maybe
+        from inside its own shutdown: ``ThreadPoolExecutor.shutdown(cancel_futures=True)`` cancels
+        the queued futures, and so runs their done callbacks, holding its shutdown lock, which its
+        ``submit()`` takes too. Handling such an end there — reporting it (the execution's done
+        callbacks run then, and may submit to the same pool) or pumping the window — deadlocked
+        the program. ``ours``: distaff cancelled the call (its executions were), and the executor
+        is not seen shut down (the stdlib pools set ``_shutdown`` before they cancel)."""
+        return isinstance(error, concurrent.futures.CancelledError) and not (
+            ours and not getattr(self.target, "_shutdown", False))
 
-    def _pump_elsewhere(self) -> None:
-        # One such thread at a time (a wave of cancelled calls starts one, not one each): it pumps
-        # until the window is full or nothing waits, deciding to end under the lock, so a call that
-        # ends meanwhile either is seen here or starts the next thread.
+    def _off_executor(self, fn: Callable, *args: Any) -> None:
+        """Runs ``fn(*args)`` on a thread of distaff's, not the executor's (_by_the_executor). One
+        such thread at a time, which runs what is handed to it in order and ends when nothing is
+        left (deciding under the lock), so a wave of cancels starts one thread, not one each."""
+        with self._lock:
+            self._deferred.append((fn, args))
+            if self._deferring:
+                return
+            self._deferring = True
+        try:
+            threading.Thread(target=self._run_deferred, name=f"distaff-{self.name}-pump", daemon=True).start()
+        except RuntimeError:  # no new thread at interpreter exit (CPython 3.12+): here, then
+            self._run_deferred()
+
+    def _run_deferred(self) -> None:
         while True:
-            try:
-                self._pump()
-            except BaseException:  # noqa: BLE001 - never leave the flag set
-                with self._lock:
-                    self._pumping_elsewhere = False
-                raise
             with self._lock:
-                if not self._queue or self._inflight >= self.ahead:
-                    self._pumping_elsewhere = False
+                if not self._deferred:
+                    self._deferring = False
                     return
+                fn, args = self._deferred.popleft()
+            try:
+                fn(*args)
+            except BaseException:  # noqa: BLE001 - the next ones still run
+                import logging
+
+                logging.getLogger("distaff").exception("distaff: reporting to %s failed", self.name)
 
     def _chunk_size(self) -> int:
         """How many queued jobs the next call takes (called under self._lock): one, unless a
@@ -591,6 +591,12 @@ class _Windowed:
             self._inflight -= 1
 
     def _finished(self, job: Any, outcome: Any = None, error: BaseException | None = None) -> None:
+        if self._by_the_executor(error, job.stopped):
+            self._off_executor(self._finish, job, outcome, error)
+        else:
+            self._finish(job, outcome, error)
+
+    def _finish(self, job: Any, outcome: Any, error: BaseException | None) -> None:
         job.handle = None
         self._release()
         try:
@@ -600,7 +606,7 @@ class _Windowed:
                 self._report_error(job, error)
         finally:
             if self._queue:  # a job waits for the window (a racing submit pumps by itself)
-                self._pump_after(error, job.stopped)
+                self._pump()
 
     def _report_error(self, job: Any, exc: BaseException) -> None:
         """The executor refused ``job``'s body, or its call ended without an outcome (``exc``). If
@@ -763,6 +769,12 @@ class _Futures(_Windowed):
     def _batch_done(self, batch: Any, error: BaseException | None) -> None:
         """Once per batch, when run_batch returns or when its call ends without running it
         (cancelled while queued, the executor shut down)."""
+        if self._by_the_executor(error, all(job.stopped for job in batch.jobs)):
+            self._off_executor(self._batch_finish, batch, error)
+        else:
+            self._batch_finish(batch, error)
+
+    def _batch_finish(self, batch: Any, error: BaseException | None) -> None:
         if self._waiting_batch is batch:
             self._waiting_batch = None
         self._release()
@@ -775,7 +787,7 @@ class _Futures(_Windowed):
                         self._report_error(job, error)
         finally:
             if self._queue:
-                self._pump_after(error, all(job.stopped for job in batch.jobs))
+                self._pump()
 
     def _observe(self, latency: float, ahead_of_it: int, jobs: int = 1) -> None:
         # A call's latency is its queueing behind the `ahead_of_it` calls in flight when it was made

@@ -145,6 +145,63 @@ def test_a_pool_the_program_shuts_down_under_queued_bodies_fails_them_with_one_l
     assert len(lines) == 1 and "executor 'ThreadPoolExecutor' was shut down: " in lines[0], r.stderr
 
 
+def test_a_done_callback_that_submits_to_the_pool_being_shut_down_does_not_deadlock_it():
+    # An outsider's find (session 25): the executions of the bodies the shutdown cancels end
+    # inside ThreadPoolExecutor.shutdown(cancel_futures=True), which holds the lock its submit()
+    # takes; a done callback that submitted follow-up work to that pool shipped it right there
+    # (executor bodies are shipped by the submitting thread) and the program hung. Those ends are
+    # now handled on a thread of distaff's.
+    code = """
+        import collections, threading
+        from concurrent.futures import ThreadPoolExecutor
+        import distaff
+
+        pool = ThreadPoolExecutor(2)
+        gate, running = threading.Event(), threading.Barrier(3)
+
+        def slow(i):
+            if i < 2:
+                running.wait(30)
+            gate.wait(30)
+            return i
+
+        def inc(x):
+            return x + 1
+
+        slow_t = distaff.task(executor=pool)(slow)
+        inc_t = distaff.task(executor=pool)(inc)
+        later = []
+
+        all_followed = threading.Event()
+
+        def follow_up(e):
+            if e.cancelled() or e.exception() is not None:
+                later.append(inc_t.submit(1))
+                if len(later) == 198:
+                    all_followed.set()
+
+        es = [slow_t.submit(i) for i in range(200)]
+        for e in es:
+            e.add_done_callback(follow_up)
+        running.wait(30)  # both pool threads hold a body; the window's other calls are queued
+        pool.shutdown(wait=False, cancel_futures=True)
+        gate.set()
+        all_followed.wait(30)
+        c = collections.Counter()
+        for e in es + later:
+            try:
+                e.result(timeout=30)
+                c["ok"] += 1
+            except BaseException as err:
+                c[type(err).__name__] += 1
+        print(c["ok"], c["ShutdownError"], len(later), len(es) + len(later) - c["ok"] - c["ShutdownError"], flush=True)
+    """
+    r = run_python(code, timeout=60)
+    assert r.returncode == 0, r.stderr
+    ok, shut, later, other = map(int, r.stdout.split())
+    assert ok == 2 and later == 198 and shut == 198 + later and other == 0, r.stdout
+
+
 @pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
 def test_ctrl_c_while_the_exit_waits_for_bodies_on_a_pool_cancels_them(sig):
     # SIGTERM: the program's handler calls sys.exit(143); the process keeps that exit status.
