@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import os as _os
+import signal as _signal
+import threading as _threading
 import inspect
 import sys
 from typing import Any, Callable, Iterable
@@ -51,6 +53,21 @@ def _bind_to_submitting_loop(binding, loop, ex) -> None:
 # DISTAFF_INLINE_CALLS=0 (read at import): the main thread's f(x) hands its body to a worker as
 # other threads do (for measurements; docs/internals/sync-calls.md).
 _INLINE_CALLS = _os.environ.get("DISTAFF_INLINE_CALLS", "1") != "0"
+
+_MAIN_THREAD = _threading.main_thread().ident
+_get_ident = _threading.get_ident
+_getsignal = _signal.getsignal
+_SIGINT = _signal.SIGINT
+_raising_ctrl_c = _signal.default_int_handler
+
+
+def _ship_here() -> bool:
+    """Whether an executor body may be shipped by this thread during its submit: not where a
+    Ctrl-C raises KeyboardInterrupt at any bytecode — the main thread under Python's default SIGINT
+    handler — as the runners and the executors' own submit() (locks, futures, the window) are not
+    written to be interrupted midway. Inside asyncio.run the first Ctrl-C cancels the main task
+    instead, so the main thread's loop ships here too (docs/internals/sync-calls.md)."""
+    return _get_ident() != _MAIN_THREAD or _getsignal(_SIGINT) is not _raising_ctrl_c
 
 
 class Task:
@@ -240,7 +257,7 @@ class Task:
         if executor is not None:  # the body runs elsewhere; its arguments travel as values
             body = _elsewhere.Job(self.fn, self.is_async, self.policy, self.name, engine._executors.runner(executor), engine)
             wait = True
-            if limit is None:
+            if limit is None and _ship_here():
                 # Shipped by this thread during the submit when it can (not a worker's fiber, no
                 # Execution arguments to wait for): no worker wakes only to hand the body on
                 # (docs/internals/sync-calls.md, "Bodies shipped here").

@@ -578,6 +578,11 @@ class _Windowed:
             handle = self._start(job)
         except BaseException as exc:  # noqa: BLE001 - unserializable argument, executor shut down...
             self._release()
+            if not isinstance(exc, Exception):
+                # A KeyboardInterrupt or SystemExit from a signal handler of the submitting thread
+                # (the hand-off runs there): not this body's outcome; it goes on to the caller,
+                # and the execution ends cancelled (the inline run) — never stored as its error.
+                raise
             self._report_error(job, exc)
             return
         job.handle = handle

@@ -707,14 +707,16 @@ def late():
 
 
 @pytest.mark.parametrize("where", ["thread pool", "process pool"])
-def test_an_executor_body_submitted_from_a_plain_thread_needs_no_free_worker(where):
+@pytest.mark.parametrize("submitter", ["a thread", "asyncio.run"])
+def test_an_executor_body_submitted_from_a_plain_thread_needs_no_free_worker(where, submitter):
     # The hand-off to the executor runs on the submitting thread during submit() (SubmitFlag.HERE,
     # docs/internals/sync-calls.md, "Bodies shipped here"): with the engine's only worker held by a
-    # blocking body and growth off, an executor body still runs. A body with an Execution argument
-    # waits for its dependency and a worker to hand it over, as before.
+    # blocking body and growth off, an executor body submitted from a thread of the program's, or
+    # from a coroutine under asyncio.run on the main thread, still runs. A body with an Execution
+    # argument waits for its dependency and a worker to hand it over, as before.
     proc = run_python(
         f"""
-        import threading
+        import asyncio, threading
         from concurrent.futures import ThreadPoolExecutor
         import distaff
         from distaff.executors import ProcessPool
@@ -735,8 +737,16 @@ def test_an_executor_body_submitted_from_a_plain_thread_needs_no_free_worker(whe
                 sq = eng.task(executor=pool)(square)
                 h = hold.submit()
                 held.wait(30)
-                ex = sq.submit(7)
-                print("shipped", ex.result(timeout=30), flush=True)
+                out = []
+                if {submitter!r} == "a thread":
+                    t = threading.Thread(target=lambda: out.append(sq.submit(7).result(timeout=30)))
+                    t.start()
+                    t.join(60)
+                else:
+                    async def main():
+                        return await sq(7)
+                    out.append(asyncio.run(main()))
+                print("shipped", *out, flush=True)
                 later = sq.submit(h)  # waits for h, then for a worker to hand it over
                 gate.set()
                 print("after", later.result(timeout=30), flush=True)
@@ -747,6 +757,49 @@ def test_an_executor_body_submitted_from_a_plain_thread_needs_no_free_worker(whe
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["shipped", "49", "after", "1"], proc.stdout
+
+
+def test_a_ctrl_c_in_a_slow_executor_submit_on_the_main_thread_stops_the_program():
+    # An outsider's find: with the hand-off on the main thread, a KeyboardInterrupt landing in the
+    # executor's own submit() (here a slow one, as an RPC client's can be) was stored as that
+    # execution's error and the submit loop went on. The main thread under Python's default
+    # SIGINT handler hands executor bodies to a worker (the interrupt lands in distaff's submit,
+    # as any Ctrl-C in a loop of calls does).
+    proc = run_python(
+        """
+        import os, signal, threading, time
+        from concurrent.futures import ThreadPoolExecutor
+        import distaff
+
+        class Slow(ThreadPoolExecutor):
+            def submit(self, fn, /, *a, **k):
+                t = time.perf_counter()
+                while time.perf_counter() - t < 0.002:
+                    pass
+                return super().submit(fn, *a, **k)
+
+        def inc(x):
+            return x + 1
+
+        pool = Slow(2)
+        t = distaff.task(executor=pool)(inc)
+        es = []
+        threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
+        try:
+            for i in range(2_000_000):
+                es.append(t.submit(i))
+            print("not interrupted", flush=True)
+        except KeyboardInterrupt:
+            print("interrupted", flush=True)
+        errors = {type(e.exception(timeout=60)).__name__ for e in es[:50] if not e.cancelled()}
+        print(sorted(errors), flush=True)
+        os._exit(0)
+        """,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split("\n")[0] == "interrupted", proc.stdout
+    assert "KeyboardInterrupt" not in proc.stdout, proc.stdout
 
 
 def test_cancelling_thousands_of_executor_bodies_pumps_the_window_without_a_thread_per_call():
