@@ -353,7 +353,7 @@ class _HereBody(_asyncio_mod._Binding):
         # Only for a task cancelled before its first step (its coroutine never runs): _run_here
         # takes the callback back as it starts and settles the execution itself as it ends.
         task.add_done_callback(_never_started)
-        _bind_new(self, loop, me)
+        self.bind(loop, me, True)
         # The execution stays running until then. Finished first (cancel, timeout, shutdown — also
         # during this hand-off), it calls _external_stop.
         return _PENDING
@@ -380,7 +380,7 @@ class _HereBody(_asyncio_mod._Binding):
         held = self.held() if self.held is not None else None
         if held is not None:
             held.pop(task, None)
-        _release_binding(self)
+        self.release()
         me = self.me
         if me is None or me.done():
             return
@@ -391,7 +391,7 @@ class _HereBody(_asyncio_mod._Binding):
     def _external_stop(self, _ex: Any) -> None:
         # Any thread (the bindings call it): the execution finished before the task did — cancelled,
         # timed out or shut down: the task is cancelled on its loop.
-        _release_binding(self)
+        self.release()
         ref = self.handle
         task = ref() if ref is not None else None
         if task is None or task.done():
@@ -452,8 +452,6 @@ _CancelledError = asyncio.CancelledError
 _fallback_lock = threading.Lock()
 _PENDING = _core.PENDING
 _settle = _core.settle
-_bind_new = _asyncio_mod._bind_new
-_release_binding = _asyncio_mod._release_binding
 _current_execution = _core.current_execution
 
 

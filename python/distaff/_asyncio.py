@@ -503,68 +503,6 @@ class _Binding:
                 _entries.remove(entry)
 
 
-def _bind_new(b: _Binding, loop, execution) -> None:
-    """``b.bind(loop, execution, True)`` for a binding never bound before, in one call: the lean
-    async hand-off's registration (``_async_body._HereBody``). Same section protocol as ``_Section``,
-    written in line."""
-    global _depth, _watcher
-    start = False
-    _lock.acquire()
-    _depth += 1
-    try:
-        if not b.finished:
-            b.execution = execution
-            b.started = b.sticky = True
-            for entry in _entries:
-                if entry.ref() is loop:
-                    break
-            else:
-                entry = _LoopEntry(loop)
-                _entries.append(entry)
-            entry.bodies[id(b)] = b
-            b.entry = entry
-            if _watcher is None:
-                start = True
-                _watcher = threading.Thread(target=_watch, name="distaff-loop-watch", daemon=True)
-    finally:
-        try:
-            if _depth == 1:
-                while _deferred:
-                    _deferred.pop()._release_locked()
-        finally:
-            _depth -= 1
-            _lock.release()
-    if start:
-        try:
-            _watcher.start()
-        except RuntimeError:  # interpreter shutdown: the exit hook cancels what is left
-            with _section:
-                _watcher = None
-
-
-def _release_binding(b: _Binding) -> None:
-    """``b.release()`` in one call (the lean hand-off's end)."""
-    global _depth
-    _lock.acquire()
-    _depth += 1
-    try:
-        if _depth > 1:  # re-entered from a signal handler inside a section of this thread
-            _deferred.append(b)
-        else:
-            b.finished = True
-            entry, b.entry = b.entry, None
-            if entry is not None:
-                bodies = entry.bodies
-                bodies.pop(id(b), None)
-                if not bodies and entry in _entries:
-                    _entries.remove(entry)
-            while _deferred:
-                _deferred.pop()._release_locked()
-    finally:
-        _depth -= 1
-        _lock.release()
-
-
 def _live_bodies(loop) -> list:
     with _section:
         for e in _entries:
