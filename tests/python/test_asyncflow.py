@@ -469,6 +469,29 @@ def test_bodies_run_on_the_backends_executor_threads_and_processes():
     assert "routing: procs None" in out
 
 
+def test_shutdown_returns_once_a_process_pools_manager_thread_has_ended():
+    # Left running, the pool's manager thread races concurrent.futures' exit hook on CPython 3.11
+    # ("Exception ignored ... OSError: [Errno 9] Bad file descriptor" at exit; CI saw it).
+    out = flow_program("""
+        import concurrent.futures.process as cfp
+        import multiprocessing
+        for round in range(3):
+            procs = await LocalExecutionBackend(ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")))
+            flow = await WorkflowEngine.create(backend=procs)
+
+            @flow.function_task
+            async def pid():
+                return os.getpid()
+
+            print("ran elsewhere:", await pid() != os.getpid())
+            await flow.shutdown()
+            managers = [t for t in threading.enumerate() if isinstance(t, cfp._ExecutorManagerThread)]
+            print("managers alive:", [t.is_alive() for t in managers])
+    """, timeout=120)
+    assert out.count("ran elsewhere: True") == 3
+    assert out.count("managers alive: []") == 3, out
+
+
 def test_noop_backend_completes_every_task_with_its_dummy_output_without_running_it():
     out = flow_program("""
         flow = await WorkflowEngine.create(dry_run=True)

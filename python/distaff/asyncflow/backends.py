@@ -148,33 +148,37 @@ class LocalExecutionBackend(_Backend):
         would hold up the shutdown)."""
         if not self._closed:
             self._closed = True
-            self.executor.shutdown(wait=False, cancel_futures=True)
             if isinstance(self.executor, ProcessPoolExecutor):
-                await _let_the_pool_wind_down(self.executor)
+                await _shut_the_pool_down(self.executor)
+            else:
+                self.executor.shutdown(wait=False, cancel_futures=True)
             logger.info("Concurrent execution backend shutdown complete")
 
 
 # How long shutdown() waits for a process pool to wind down (its processes end once their current
 # body returns; one stuck in a blocking call is not waited for beyond this).
-_POOL_WIND_DOWN_S = 1.0
+_POOL_WIND_DOWN_S = 2.0
 
 
-async def _let_the_pool_wind_down(pool: ProcessPoolExecutor) -> None:
-    """Waits (at most _POOL_WIND_DOWN_S, off the loop) for a process pool that was shut down without
-    waiting to finish: on CPython 3.11 its manager thread, still closing its wake-up pipe as the
-    interpreter exits, races concurrent.futures' exit hook, which then prints "Exception ignored ...
-    OSError: [Errno 9] Bad file descriptor" (CPython gh-125451 added the lock; CI saw it once). A
-    daemon thread does the waiting, so a stuck body never holds up the exit."""
+async def _shut_the_pool_down(pool: ProcessPoolExecutor) -> None:
+    """Shuts a process pool down, dropping the bodies not started, and waits (at most
+    _POOL_WIND_DOWN_S, off the loop) for it to finish: on CPython 3.11 a pool's manager thread,
+    still closing its wake-up pipe as the interpreter exits, races concurrent.futures' exit hook,
+    which then prints "Exception ignored ... OSError: [Errno 9] Bad file descriptor" (CPython
+    gh-125451 added the lock). The one call ``shutdown(wait=True, cancel_futures=True)`` does both
+    on a daemon thread, so a stuck body never holds up the exit. (It must be one call: after a
+    ``shutdown(wait=False)`` the pool forgets its manager thread, and a second ``shutdown(wait=True)``
+    returns at once without waiting for it.)"""
     done = asyncio.get_running_loop().create_future()
 
-    def wait_then_tell() -> None:
-        pool.shutdown(wait=True)
+    def shut_down_then_tell() -> None:
+        pool.shutdown(wait=True, cancel_futures=True)
         try:
             done.get_loop().call_soon_threadsafe(lambda: done.done() or done.set_result(None))
         except RuntimeError:
             pass  # the loop has closed meanwhile: nobody waits any more
 
-    threading.Thread(target=wait_then_tell, name="distaff-asyncflow-pool-wind-down", daemon=True).start()
+    threading.Thread(target=shut_down_then_tell, name="distaff-asyncflow-pool-wind-down", daemon=True).start()
     try:
         await asyncio.wait_for(asyncio.shield(done), _POOL_WIND_DOWN_S)
     except asyncio.TimeoutError:
