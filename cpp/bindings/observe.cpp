@@ -14,13 +14,59 @@ using namespace distaff::py;
 
 namespace distaff::py {
 
+namespace {
+
+// ((exception, traceback or None, link), ...) from the exception outwards along the chain Python
+// prints: link is how the next one down relates to this one ("cause", "context" or "" for the
+// last). Bounded, and stops at a repeat (a chain can be made into a loop).
+PyObject* chain_snapshot(PyObject* exc) {
+  constexpr int kMaxLinks = 32;
+  PyObject* items[kMaxLinks];
+  PyObject* out = PyList_New(0);
+  if (!out) return nullptr;
+  int n = 0;
+  for (PyObject* e = exc; e && n < kMaxLinks;) {
+    bool seen = false;
+    for (int i = 0; i < n; ++i) seen = seen || items[i] == e;
+    if (seen) break;
+    items[n++] = e;
+    PyObject* cause = PyException_GetCause(e);      // new reference or NULL
+    PyObject* context = PyException_GetContext(e);  // new reference or NULL
+    const bool suppress = reinterpret_cast<PyBaseExceptionObject*>(e)->suppress_context;
+    PyObject* next = cause ? cause : (!suppress ? context : nullptr);
+    const char* link = cause ? "cause" : (next ? "context" : "");
+    PyObject* tb = PyException_GetTraceback(e);     // new reference or NULL
+    PyObject* item = Py_BuildValue("(OOs)", e, tb ? tb : Py_None, link);
+    Py_XDECREF(tb);
+    // The chain's members stay alive through `out` (and the exception): borrowed below is safe.
+    if (!item || PyList_Append(out, item) < 0) {
+      Py_XDECREF(item);
+      Py_XDECREF(cause);
+      Py_XDECREF(context);
+      Py_DECREF(out);
+      return nullptr;
+    }
+    Py_DECREF(item);
+    Py_XDECREF(cause);
+    Py_XDECREF(context);
+    e = (next && PyExceptionInstance_Check(next)) ? next : nullptr;
+  }
+  PyObject* t = PyList_AsTuple(out);
+  Py_DECREF(out);
+  return t;
+}
+
+}  // namespace
+
 void record_outcome(EngineCore* eng, PyExecution* pe, State state) {
   PyObject* attempts = pe->extra ? PyDict_GetItemString(pe->extra, "attempts") : nullptr;  // borrowed
   const bool failed = state == State::failed && pe->exc;
   if (!failed && !attempts) return;
-  // The traceback as it is now: a later re-raise of the same exception object (result() in the
-  // caller) puts new frames in front of __traceback__, not into this chain.
-  PyObject* tb = failed ? PyException_GetTraceback(pe->exc) : nullptr;  // new reference or NULL
+  // The tracebacks as they are now, of the exception and of its chain: a later re-raise of the same
+  // object (result() in the caller) puts the caller's frames in front of __traceback__ and may give
+  // it a __context__; an error the engine made (a timeout) has no traceback yet at all.
+  PyObject* tb = failed ? chain_snapshot(pe->exc) : nullptr;  // new reference or NULL
+  if (failed && !tb) PyErr_Clear();  // no memory: formatted from the exception as it is then
   PyObject* row = Py_BuildValue("(KOOO)", static_cast<unsigned long long>(pe->core->id()), failed ? pe->exc : Py_None,
                                 attempts ? attempts : Py_None, tb ? tb : Py_None);
   Py_XDECREF(tb);

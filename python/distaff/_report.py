@@ -14,8 +14,8 @@ from . import _trace
 DAG_LIMIT = 300  # nodes drawn in the graph; a bigger run shows its first ones and says so
 
 
-def _data(events: list) -> dict:
-    exs, t0 = _trace.executions(events)
+def _data(events: list, end: int | None = None) -> dict:
+    exs, t0 = _trace.executions(events, end)
     tracks, track_of = _trace.remote_tracks(exs)
     rows = []
     for x in exs:
@@ -32,11 +32,13 @@ def _data(events: list) -> dict:
             rows[-1]["rm"] = [[track_of[(x["id"], i)], a - t0, b - t0, att, outcome]
                               for i, (_where, a, b, att, outcome) in enumerate(x["remote"])]
     first = min((e["timestamp"] for e in events if e.get("timestamp")), default=None)
-    return {"executions": rows, "tracks": tracks, "started": first, "dagLimit": DAG_LIMIT}
+    end = _trace.recording_end(events, end)
+    return {"executions": rows, "tracks": tracks, "started": first, "dagLimit": DAG_LIMIT,
+            "end": None if end is None or not rows else max(end - t0, 0)}
 
 
-def render(events: list, title: str = "distaff run report") -> str:
-    data = json.dumps(_data(events), ensure_ascii=True, separators=(",", ":"), default=str)
+def render(events: list, title: str = "distaff run report", end: int | None = None) -> str:
+    data = json.dumps(_data(events, end), ensure_ascii=True, separators=(",", ":"), default=str)
     data = data.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
     return _TEMPLATE.replace("@@TITLE@@", _escape(title)).replace("@@DATA@@", data)
 
@@ -125,6 +127,7 @@ pre { margin: 4px 0 0; white-space: pre-wrap; font-size: 12px; background: #f6f8
     for (const s of (x.rm || [])) tEnd = Math.max(tEnd, s[2]);
     if (x.fin !== null) tEnd = Math.max(tEnd, x.fin);
   }
+  if (DATA.end !== null && DATA.end !== undefined) tEnd = Math.max(tEnd, DATA.end);
   const summary = document.getElementById("summary");
   summary.appendChild(el("span", null, EXS.length + " executions"));
   for (const st of ["succeeded", "failed", "cancelled", "running", "pending", "waiting"]) {

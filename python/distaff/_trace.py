@@ -13,11 +13,14 @@ Trace Event Format (``.json``) and the HTML report (``.html``) are built from it
 from __future__ import annotations
 
 import collections
+import errno
+import itertools
 import json
 import os
 import threading
 import time
 import traceback
+import warnings
 import weakref
 from typing import Any, Iterable
 
@@ -225,9 +228,27 @@ def _error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _traceback_text(exc: BaseException, tb: Any = None) -> str:
+_LINKS = {
+    "cause": "\nThe above exception was the direct cause of the following exception:\n\n",
+    "context": "\nDuring handling of the above exception, another exception occurred:\n\n",
+}
+
+
+def _traceback_text(exc: BaseException, chain: Any = None) -> str:
+    """The traceback text of a failure as it was when the execution failed: ``chain`` is the
+    recorder's snapshot ``((exception, traceback, link), ...)`` from ``exc`` down its chain, taken
+    at completion, since the objects change afterwards (a caller's ``result()`` re-raises the same
+    exception, which adds its frames and may give it a context)."""
     try:
-        text = "".join(traceback.format_exception(type(exc), exc, tb if tb is not None else exc.__traceback__))
+        if isinstance(chain, tuple) and chain:
+            parts = []
+            for e, tb, link in reversed(chain):
+                if link:
+                    parts.append(_LINKS[link])
+                parts.extend(traceback.format_exception(type(e), e, tb, chain=False))
+            text = "".join(parts)
+        else:
+            text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     except Exception:
         text = _error_text(exc)
     return text if len(text) <= _TRACEBACK_MAX else text[:_TRACEBACK_MAX] + "\n... (cut)\n"
@@ -318,6 +339,21 @@ class Converter:
         return out
 
 
+# The event names this version knows (what executions() folds; others are ignored).
+_EXECUTION_EVENTS = frozenset(("TaskCreated", "TaskQueued", "TaskStarted", "TaskSuspended", "TaskResumed",
+                               "TaskBodyEnded", "TaskShipped", "TaskReturned", "TaskCompleted", "TaskFailed",
+                               "TaskCanceled"))
+
+
+def recording_end(events: list, end: int | None = None) -> int | None:
+    """When the recording stopped: ``end`` when known (a trace writing its own files), else (a log
+    converted later) its last event's time."""
+    times = [e["mono_ns"] for e in events if e["event"] in _EXECUTION_EVENTS]
+    if end is not None:
+        times.append(end)
+    return max(times, default=None)
+
+
 def _mono(e: dict) -> int:
     return e["mono_ns"]
 
@@ -357,6 +393,19 @@ def _check_path(path: Any) -> str:
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
         raise FileNotFoundError(f"trace(): the directory {parent!r} does not exist")
+    if os.path.isdir(path):
+        raise IsADirectoryError(errno.EISDIR, "trace() writes a file, and this path is a directory", path)
+    # Tried for real (access() says yes to root on a read-only mount such as /sys): a file that
+    # cannot be written fails here, at the call, not after the work at the block's exit.
+    probe = f"{path}.tmp-{os.getpid()}-{threading.get_ident()}-{next(_tmp_serial)}"
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    except OSError as e:
+        raise type(e)(e.errno, f"trace() cannot write here: {e.strerror}", path) from None
+    try:
+        os.unlink(probe)
+    except OSError:
+        pass
     return path
 
 
@@ -378,6 +427,7 @@ class Trace:
         self._active = False
         self._running: set = set()
         self._finished: set = set()
+        self._stopped_ns: int | None = None
 
     def deliver(self, events: list, outcomes: list) -> None:
         self._raw.extend(events)
@@ -414,44 +464,90 @@ class Trace:
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
+        if self._stop():
+            self._write(exc_info[1])
+
+    def _stop(self) -> bool:
+        """Stops recording (settling the bodies that are ending); False if it was not recording."""
         if not self._active:
-            return
+            return False
         self._active = False
         try:
             self._settle()
         finally:
+            # The end of the recording in the .json and .html: a body still running or elsewhere
+            # runs to it (the .jsonl has no line for it: converted later, a log ends at its last event).
+            self._stopped_ns = _core.monotonic_ns()
             unsubscribe(self.engine, self)
+        return True
+
+    def _write(self, error: BaseException | None) -> None:
+        """Converts what was recorded into ``events`` and writes the file."""
         conv = Converter(self._hub.anchor, _history_lookup(self.engine))
         self.events = conv.convert(self._raw, self._outcomes, self._elsewhere)
         self._raw, self._outcomes, self._elsewhere = [], [], []
-        write(self.events, self.path)
+        try:
+            write(self.events, self.path, self._stopped_ns)
+        except Exception as e:
+            if error is None:
+                raise
+            # The block's own exception goes on (what the program is about); the trace's failure is
+            # told beside it, not instead of it.
+            note = f"distaff: trace() could not write {self.path!r}: {_error_text(e)}"
+            try:
+                error.add_note(note)
+            except Exception:
+                pass
+            warnings.warn(note, RuntimeWarning, stacklevel=3)
 
     async def __aenter__(self) -> "Trace":
         return self.__enter__()
 
     async def __aexit__(self, *exc_info: Any) -> None:
-        self.__exit__(*exc_info)
+        # Converting and writing a big trace takes seconds: off the loop, so its other tasks go on.
+        if self._stop():
+            import asyncio
+
+            await asyncio.to_thread(self._write, exc_info[1])
 
 
 # -- writers ------------------------------------------------------------------------------------------
 
-def write(events: list, path: str) -> None:
+def write(events: list, path: str, end: int | None = None) -> None:
     """Writes ``events`` (JSONL event dicts) to ``path`` in the format its suffix names."""
     suffix = os.path.splitext(path)[1].lower()
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        if suffix == ".jsonl":
-            dumps = json.JSONEncoder(ensure_ascii=False, default=str, separators=(",", ":")).encode
-            f.writelines(dumps(e) + "\n" for e in events)
-        elif suffix == ".json":
-            json.dump(chrome_trace(events), f, ensure_ascii=False, default=str)
-        elif suffix == ".html":
-            from . import _report
+    if suffix not in FORMATS:
+        raise ValueError(f"unknown trace format {suffix!r}: use one of {', '.join(FORMATS)}")
+    # A name of its own per writer (two traces of one path at once each write whole files, the
+    # last one replacing the other), created exclusively, removed on any failure (Ctrl-C too).
+    tmp = f"{path}.tmp-{os.getpid()}-{threading.get_ident()}-{next(_tmp_serial)}"
+    try:
+        f = open(tmp, "x", encoding="utf-8")
+    except OSError as e:
+        raise type(e)(e.errno, e.strerror, path) from None  # the user's path, not the temporary one
+    try:
+        with f:
+            if suffix == ".jsonl":
+                dumps = json.JSONEncoder(ensure_ascii=False, default=str, separators=(",", ":")).encode
+                f.writelines(dumps(e) + "\n" for e in events)
+            elif suffix == ".json":
+                json.dump(chrome_trace(events, end), f, ensure_ascii=False, default=str)
+            else:
+                from . import _report
 
-            f.write(_report.render(events))
-        else:
-            raise ValueError(f"unknown trace format {suffix!r}: use one of {', '.join(FORMATS)}")
-    os.replace(tmp, path)  # a reader never sees half a file
+                f.write(_report.render(events, end=end))
+        os.replace(tmp, path)  # a reader never sees half a file
+    except BaseException as e:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(e, OSError) and e.filename == tmp:
+            raise type(e)(e.errno, e.strerror, path) from None
+        raise
+
+
+_tmp_serial = itertools.count()
 
 
 def read_jsonl(path: str) -> list:
@@ -514,13 +610,14 @@ _FIELDS = (
 
 # -- the execution model both the Chrome trace and the report are built from --------------------------
 
-def executions(events: list) -> tuple[list, int]:
+def executions(events: list, end: int | None = None) -> tuple[list, int]:
     """Folds events into one dict per execution: identity, state, error, times (ns, monotonic), the
     intervals it ran ``[(worker, start, end)]``, the intervals its body spent elsewhere
     ``remote: [(where, shipped, returned, attempt, outcome)]`` (an executor, an event loop; outcome
     None: not back when the recording stopped), the time it was submitted and on which worker.
     Returns (executions in id order, the earliest timestamp)."""
     exs: dict = {}
+    events = [e for e in events if e["event"] in _EXECUTION_EVENTS]  # an unknown name is ignored
     t0 = min((e.get("shipped_mono_ns") or e["mono_ns"] for e in events), default=0)
     for e in events:
         id_ = e["id"]
@@ -563,7 +660,7 @@ def executions(events: list) -> tuple[list, int]:
             x["attempts"] = e.get("attempts")
             x["error"] = e.get("error")
             x["traceback"] = e.get("traceback")
-    end = max((e["mono_ns"] for e in events), default=0)
+    end = max([e["mono_ns"] for e in events] + ([end] if end is not None else []), default=0)
     for x in exs.values():
         if x["_open"] is not None:  # still running when the recording stopped
             ow, ot = x["_open"]
@@ -606,12 +703,12 @@ def remote_tracks(exs: list) -> tuple[list, dict]:
 _REMOTE_TID = 1_000_000  # the first executor track's tid (workers are 1.., other threads 0)
 
 
-def chrome_trace(events: list) -> dict:
+def chrome_trace(events: list, end: int | None = None) -> dict:
     """The Chrome Trace Event Format (JSON object form): one track per worker (and one for the
     other threads), a slice per interval an execution ran, tracks per executor (and event loop) with
     a slice per interval a body spent there, flow arrows parent→child, dependency→dependent and
     worker→executor, an instant for executions that never ran."""
-    exs, t0 = executions(events)
+    exs, t0 = executions(events, end)
     by_id = {x["id"]: x for x in exs}
 
     def us(t: int) -> float:
