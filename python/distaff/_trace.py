@@ -554,16 +554,21 @@ def read_jsonl(path: str) -> list:
     """The event dicts of a ``.jsonl`` event log (a last line cut short by a crash is skipped)."""
     out = []
     with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            line = line.strip()
+        for n, raw in enumerate(f, 1):
+            line = raw.strip()
             if not line:
                 continue
             try:
                 e = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{n}: not a JSON event line ({exc.msg})") from None
+                if not raw.endswith("\n") and out:
+                    break  # the last line, cut short (the writer died mid-line): skipped
+                raise ValueError(f"{path}:{n}: not a JSON event line ({exc.msg} at column {exc.colno})") from None
             except RecursionError:  # nested deeper than the parser goes: no event is
                 raise ValueError(f"{path}:{n}: not a distaff event (JSON nested too deeply)") from None
+            if isinstance(e, dict) and "traceEvents" in e:
+                raise ValueError(f"{path}:{n}: a Chrome trace (the .json a trace writes), not the event log: "
+                                 "convert the .jsonl one")
             if not isinstance(e, dict) or "event" not in e or "id" not in e or "mono_ns" not in e:
                 raise ValueError(f"{path}:{n}: not a distaff event (needs 'event', 'id' and 'mono_ns')")
             for key, ok, what in _FIELDS:

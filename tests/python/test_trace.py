@@ -352,6 +352,18 @@ def test_cli_converts_a_recorded_log(eng, tmp_path):
     assert r.returncode == 1 and "bad.jsonl:1: not a distaff event" in r.stderr
     r = run("trace", str(log), "-o", str(tmp_path / "x.html"))
     assert r.returncode == 2 and "writes a .json file" in r.stderr
+    # The Chrome trace given instead of the log: says so.
+    r = run("report", str(tmp_path / "run.json"), "-o", str(tmp_path / "y.html"))
+    assert r.returncode == 1 and "a Chrome trace" in r.stderr and ".jsonl" in r.stderr, r.stderr
+    # A last line cut short (the writer died mid-line) is skipped; one cut short inside is an
+    # error naming the place.
+    text = log.read_text()
+    (tmp_path / "cut.jsonl").write_text(text + text.splitlines()[0][:25])
+    r = run("report", str(tmp_path / "cut.jsonl"), "-o", str(tmp_path / "cut.html"))
+    assert r.returncode == 0, r.stderr
+    (tmp_path / "cut.jsonl").write_text(text.splitlines()[0][:25] + "\n" + text)
+    r = run("report", str(tmp_path / "cut.jsonl"), "-o", str(tmp_path / "cut.html"))
+    assert r.returncode == 1 and "cut.jsonl:1: not a JSON event line" in r.stderr and "column" in r.stderr, r.stderr
     # Bytes that are not UTF-8: one line naming the file and the line; a missing output directory:
     # one line naming the output — no traceback either way.
     (tmp_path / "binary.jsonl").write_bytes(b'{"a": 1}\n\xff\xfe\n')
