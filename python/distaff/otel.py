@@ -71,7 +71,11 @@ def _exit_before_the_sdk() -> None:
     it ran before distaff's exit wait, and the spans of executions that ended in the last drain
     interval, or during the exit wait, were dropped ("Processor is already shutdown"). The first
     ``instrument()`` registers distaff's exit wait again, after the provider's hook, so that it runs
-    first; the later run of the same hook finds nothing left to do."""
+    first; the later run of the same hook finds nothing left to do.
+
+    A provider created after ``instrument()`` registers its hook later still; so once more, as the
+    interpreter begins to exit (threading's exit hooks run once the main thread's code is done and
+    before any atexit hook), the exit wait is registered again: last, so first."""
     global _exit_hook_registered
     if _exit_hook_registered:
         return
@@ -80,6 +84,12 @@ def _exit_before_the_sdk() -> None:
     from . import _engine
 
     atexit.register(_engine._shutdown_at_exit)
+    register_early = getattr(threading, "_register_atexit", None)  # CPython 3.9+ (concurrent.futures uses it)
+    if register_early is not None:
+        try:
+            register_early(atexit.register, _engine._shutdown_at_exit)
+        except RuntimeError:  # the interpreter is exiting already
+            pass
     _exit_hook_registered = True
 
 

@@ -179,6 +179,43 @@ late.submit()
     assert "already shutdown" not in r.stderr, r.stderr
 
 
+def test_spans_are_exported_at_exit_when_the_provider_was_set_after_instrument():
+    # An outsider's find: instrument() first, then the provider (whose atexit hook then ran before
+    # distaff's exit wait): a short script exported no span at all, silently.
+    from conftest import run_python
+
+    r = run_python("""
+import distaff, distaff.otel
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+distaff.otel.instrument()
+tp = TracerProvider()
+tp.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter(
+    formatter=lambda s: f"SPAN {s.name} {s.attributes.get('distaff.state')}\\n")))
+trace.set_tracer_provider(tp)
+
+@distaff.task()
+def leaf(i):
+    return i
+
+@distaff.task()
+def late():
+    distaff.sleep(0.2)
+    return 2
+
+@distaff.workflow()
+def flow():
+    return [leaf.submit(i) for i in range(3)]
+
+print("result", flow(), flush=True)
+late.submit()
+""", timeout=120)
+    assert r.returncode == 0, r.stderr
+    spans = [ln for ln in r.stdout.splitlines() if ln.startswith("SPAN")]
+    assert sorted(spans) == ["SPAN flow succeeded", "SPAN late succeeded"] + ["SPAN leaf succeeded"] * 3, r.stdout + r.stderr
+
+
 def test_children_nest_under_a_workflow_whose_body_is_still_running_when_spans_are_made(provider):
     # The drainer made the root's parent by entering the context the root was submitted with; while
     # the root's body still ran in that context, entering it raised ("already entered"), the whole
