@@ -492,6 +492,41 @@ def test_shutdown_returns_once_a_process_pools_manager_thread_has_ended():
     assert out.count("managers alive: []") == 3, out
 
 
+def test_a_process_pool_still_winding_down_at_exit_is_joined_before_concurrent_futures_exit_hook():
+    # Under load a spawned pool can take longer to wind down than shutdown() waits (CI saw the
+    # race it then runs into at exit). A threading exit hook registered before distaff's runs
+    # after it and before concurrent.futures' own: no manager thread is left by then.
+    code = PRELUDE + """
+import concurrent.futures.process as cfp
+import multiprocessing
+import distaff.asyncflow.backends as backends
+
+def check():
+    alive = [t for t in threading.enumerate() if isinstance(t, cfp._ExecutorManagerThread) and t.is_alive()]
+    print("managers alive at exit:", len(alive), flush=True)
+
+threading._register_atexit(check)
+backends._POOL_WIND_DOWN_S = 0  # shutdown() does not wait at all
+
+async def main():
+    procs = await LocalExecutionBackend(ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")))
+    flow = await WorkflowEngine.create(backend=procs)
+
+    @flow.function_task
+    async def pid():
+        return os.getpid()
+
+    print("ran elsewhere:", await pid() != os.getpid(), flush=True)
+    await flow.shutdown()
+
+asyncio.run(main())
+"""
+    r = run_python(code, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "ran elsewhere: True" in r.stdout and "managers alive at exit: 0" in r.stdout, r.stdout + r.stderr
+    assert "Exception ignored" not in r.stderr, r.stderr
+
+
 def test_noop_backend_completes_every_task_with_its_dummy_output_without_running_it():
     out = flow_program("""
         flow = await WorkflowEngine.create(dry_run=True)

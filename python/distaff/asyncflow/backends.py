@@ -178,11 +178,41 @@ async def _shut_the_pool_down(pool: ProcessPoolExecutor) -> None:
         except RuntimeError:
             pass  # the loop has closed meanwhile: nobody waits any more
 
-    threading.Thread(target=shut_down_then_tell, name="distaff-asyncflow-pool-wind-down", daemon=True).start()
+    t = threading.Thread(target=shut_down_then_tell, name="distaff-asyncflow-pool-wind-down", daemon=True)
+    _wind_downs_at_exit(t)
+    t.start()
     try:
         await asyncio.wait_for(asyncio.shield(done), _POOL_WIND_DOWN_S)
     except asyncio.TimeoutError:
         pass
+
+
+_wind_downs: "weakref.WeakSet[threading.Thread]" = weakref.WeakSet()
+_wind_downs_hooked = False
+
+
+def _wind_downs_at_exit(t: threading.Thread) -> None:
+    """A pool still winding down when the program ends (a slow process start under load outlasts
+    _POOL_WIND_DOWN_S) is waited for as the interpreter exits, before concurrent.futures' own exit
+    hook (threading's exit hooks run last-registered first; this one is registered after that
+    module's), which would otherwise race the manager thread's closing of its wake-up pipe. That
+    hook joins the same manager threads anyway, so the exit waits no longer than it would."""
+    global _wind_downs_hooked
+    _wind_downs.add(t)
+    if not _wind_downs_hooked:
+        register_early = getattr(threading, "_register_atexit", None)
+        if register_early is not None:
+            try:
+                register_early(_join_wind_downs)
+            except RuntimeError:  # the interpreter is exiting already
+                return
+        _wind_downs_hooked = True
+
+
+def _join_wind_downs() -> None:
+    for t in list(_wind_downs):
+        if t.is_alive():
+            t.join()
 
 
 class ConcurrentExecutionBackend(LocalExecutionBackend):
