@@ -300,15 +300,16 @@ pre { margin: 4px 0 0; white-space: pre-wrap; font-size: 12px; background: #f6f8
   const defs = document.createElementNS(NS, "defs");
   defs.innerHTML = '<marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="6" markerHeight="6" orient="auto-start-reverse"><path d="M 0 0 L 10 5 L 0 10 z" fill="#57606a"/></marker>';
   svg.appendChild(defs);
-  function edge(from, to, dashed) {
+  // The same styles as to_dot()/to_mermaid(): parent edges grey and dashed, dependency edges dark blue and solid.
+  function edge(from, to, dependency) {
     const a = pos.get(from), b = pos.get(to);
     if (!a || !b) return;
     const l = document.createElementNS(NS, "path");
     const x1 = a[0] + NW, y1 = a[1] + NH / 2, x2 = b[0], y2 = b[1] + NH / 2, mx = (x1 + x2) / 2;
     l.setAttribute("d", "M" + x1 + "," + y1 + " C" + mx + "," + y1 + " " + mx + "," + y2 + " " + x2 + "," + y2);
-    l.setAttribute("fill", "none"); l.setAttribute("stroke", dashed ? "#8250df" : "#57606a");
-    if (dashed) l.setAttribute("stroke-dasharray", "4 3");
-    l.setAttribute("marker-end", "url(#arrow)"); l.setAttribute("class", dashed ? "edge-dependency" : "edge-parent");
+    l.setAttribute("fill", "none"); l.setAttribute("stroke", dependency ? "#1f3b73" : "#8a8a8a");
+    if (dependency) l.setAttribute("stroke-width", 1.4); else l.setAttribute("stroke-dasharray", "4 3");
+    l.setAttribute("marker-end", "url(#arrow)"); l.setAttribute("class", dependency ? "edge-dependency" : "edge-parent");
     svg.appendChild(l);
   }
   for (const x of shown) { if (x.parent) edge(x.parent, x.id, false); for (const d of x.deps) edge(d, x.id, true); }
@@ -332,7 +333,7 @@ pre { margin: 4px 0 0; white-space: pre-wrap; font-size: 12px; background: #f6f8
   report.dagNodes = shown.length;
   document.getElementById("dag-note").textContent = (EXS.length > shown.length ?
     "showing the first " + shown.length + " of " + EXS.length + " executions; " : "") +
-    "solid: parent \u2192 child, dashed: dependency \u2192 dependent, border: state";
+    "dashed grey: parent \u2192 child, solid blue: dependency \u2192 dependent, border: state";
 
   // ---- workflows ----
   const wfs = new Map();

@@ -139,6 +139,10 @@ def test_the_report_renders_the_run_without_console_errors(browser, tmp_path):
     # The graph: parent edges from the workflow, dependency edges into merge.
     assert len(browser.find_elements("css selector", "#dag-svg path.edge-parent")) == 6
     assert len(browser.find_elements("css selector", "#dag-svg path.edge-dependency")) == 4
+    # Styled as to_dot()/to_mermaid() draw them: parent edges dashed, dependency edges solid.
+    assert all(e.get_attribute("stroke-dasharray") for e in browser.find_elements("css selector", "#dag-svg path.edge-parent"))
+    assert not any(e.get_attribute("stroke-dasharray")
+                   for e in browser.find_elements("css selector", "#dag-svg path.edge-dependency"))
     errors = [e for e in browser.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
     assert not errors, errors
 
