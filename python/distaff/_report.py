@@ -184,8 +184,13 @@ pre { margin: 4px 0 0; white-space: pre-wrap; font-size: 12px; background: #f6f8
     const W = canvas.clientWidth || 800, H = TOP + Math.max(rowKeys.length, 1) * ROW + 6;
     ctx.clearRect(0, 0, W, H);
     ctx.fillStyle = "#fff"; ctx.fillRect(0, 0, W, H);
-    // axis
     ctx.fillStyle = "#57606a"; ctx.font = "11px system-ui, sans-serif"; ctx.strokeStyle = "#eaeef2";
+    if (!rowKeys.length) {  // nothing ran in the recording: say so rather than draw an empty axis
+      report.note = "nothing recorded: no execution ran on this engine inside the trace's block";
+      ctx.fillText(report.note, 6, TOP + ROW / 2);
+      return;
+    }
+    // axis
     const ticks = 8;
     for (let i = 0; i <= ticks; i++) {
       const t = v0 + (v1 - v0) * i / ticks, x = xOf(t);

@@ -212,3 +212,18 @@ def test_the_report_has_a_row_per_executor_and_event_loop(browser, tmp_path):
     assert found, "no slice drawn on the executor's row"
     errors = [e for e in browser.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
     assert not errors, errors
+
+
+def test_an_empty_report_says_nothing_was_recorded(browser, tmp_path):
+    # An outsider's find: a trace of the wrong engine drew an axis of "0 ns 0 ns 1 ns ...".
+    eng = distaff.Engine()
+    try:
+        with eng.trace(tmp_path / "empty.html"):
+            pass
+    finally:
+        eng.shutdown()
+    browser.get((tmp_path / "empty.html").as_uri())
+    assert "0 executions" in browser.find_element("id", "summary").text
+    assert browser.execute_script("return window.distaffReport.note").startswith("nothing recorded")
+    errors = [e for e in browser.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
+    assert errors == [], errors
