@@ -7,6 +7,7 @@ import asyncio
 import multiprocessing
 import os
 import tempfile
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
@@ -22,6 +23,7 @@ from distaff.asyncflow.errors import DependencyFailureError
 
 async def tasks_and_dependencies():
     flow = await WorkflowEngine.create(backend=await LocalExecutionBackend(ThreadPoolExecutor()))
+    go = threading.Event()
 
     @flow.function_task
     async def load(n):
@@ -29,6 +31,7 @@ async def tasks_and_dependencies():
 
     @flow.function_task
     async def factor():
+        go.wait(30)                                # (runs in the pool) held until `go` is set
         return 10
 
     @flow.function_task
@@ -36,7 +39,8 @@ async def tasks_and_dependencies():
         return sum(values) * scale
 
     fut = total(load(4), scale=factor())           # futures as arguments: dependencies, values in
-    print("a call returns an asyncio.Future:", isinstance(fut, asyncio.Future), fut.state)
+    print("a call returns an asyncio.Future:", isinstance(fut, asyncio.Future), fut.state)  # factor is held
+    go.set()
     print("total:", await fut, fut.state)          # sum([0, 1, 2, 3]) * 10
     await flow.shutdown()
 
