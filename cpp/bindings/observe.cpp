@@ -21,6 +21,7 @@ namespace {
 // last). Bounded, and stops at a repeat (a chain can be made into a loop).
 PyObject* chain_snapshot(PyObject* exc) {
   constexpr int kMaxLinks = 32;
+  if (!PyExceptionInstance_Check(exc)) return nullptr;  // formatted from the object as it is then
   PyObject* items[kMaxLinks];
   PyObject* out = PyList_New(0);
   if (!out) return nullptr;
