@@ -114,7 +114,8 @@ class Engine(concurrent.futures.Executor):
         # The active workflow id: one ContextVar per engine, so engines never see each other's
         # scopes; it follows contextvars across threads, fibers and asyncio tasks.
         self._scope: contextvars.ContextVar = contextvars.ContextVar(f"distaff_scope_{id(self):x}", default=None)
-        self._workflows: dict[str, weakref.WeakSet] = {}
+        self._workflows: dict[str, dict] = {}  # workflow id -> {execution id: weakref.ref(execution)}
+        self._prune_at = 4096  # _tracked at which dead references are next pruned
         self._workflows_lock = threading.Lock()
         self._tracked = 0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -234,15 +235,29 @@ class Engine(concurrent.futures.Executor):
         return ex
 
     def _track(self, workflow_id: str, ex: _core.Execution) -> None:
+        # Weak references *without* a callback (not a WeakSet): a callback is Python code run
+        # wherever the last reference goes, typically right after result() returns, and a Ctrl-C
+        # pending there is raised inside the callback, where Python prints and drops it ("Exception
+        # ignored in ... _remove"): a loop calling a workflow could not be interrupted (an
+        # outsider's find). Dead references are pruned as the registry grows instead.
         with self._workflows_lock:
             members = self._workflows.get(workflow_id)
             if members is None:
-                members = self._workflows[workflow_id] = weakref.WeakSet()
-            members.add(ex)
+                members = self._workflows[workflow_id] = {}
+            members[ex.id] = weakref.ref(ex)
             self._tracked += 1
-            if self._tracked % 4096 == 0:  # forget workflows whose executions are all gone
-                for k in [k for k, v in self._workflows.items() if not v]:
-                    del self._workflows[k]
+            if self._tracked >= self._prune_at:
+                live = 0
+                for k in list(self._workflows):
+                    v = self._workflows[k]
+                    for i in [i for i, r in v.items() if r() is None]:
+                        del v[i]
+                    if v:
+                        live += len(v)
+                    else:
+                        del self._workflows[k]  # forget workflows whose executions are all gone
+                self._tracked = live
+                self._prune_at = 2 * live + 4096
 
     # -- workflow scopes ------------------------------------------------------------------------------
 
@@ -260,9 +275,10 @@ class Engine(concurrent.futures.Executor):
         """The live Execution objects tagged with ``workflow_id`` (all tagged ones if None)."""
         with self._workflows_lock:
             if workflow_id is None:
-                out = [e for v in self._workflows.values() for e in v]
+                refs = [r for v in self._workflows.values() for r in v.values()]
             else:
-                out = list(self._workflows.get(workflow_id, ()))
+                refs = list(self._workflows.get(workflow_id, {}).values())
+        out = [e for e in (r() for r in refs) if e is not None]
         return sorted(out, key=lambda e: e.id)
 
     def cancel_workflow(self, workflow_id: str) -> int:

@@ -758,3 +758,37 @@ def test_the_elastic_monitor_never_takes_ctrl_c_and_grown_workers_start_with_the
     assert proc.returncode == 0, proc.stderr
     assert "MONITOR EVER UNBLOCKED False" in proc.stdout, proc.stdout
     assert "GROWN WORKER ('distaff-w1', False)" in proc.stdout, proc.stdout
+
+
+@pytest.mark.parametrize("shape", ["workflow", "workflow_id=", "workflow_scope"])
+def test_ctrl_c_stops_a_loop_of_calls_tagged_with_a_workflow(shape):
+    # An outsider's find: each tagged execution sat in a weakref.WeakSet, whose removal callback
+    # (Python code) ran as the call dropped the execution; a Ctrl-C pending then was raised inside
+    # the callback, where Python prints "Exception ignored" and drops it: the loop never stopped.
+    call = {"workflow": "top()", "workflow_id=": "leaf(workflow_id='run-1')",
+            "workflow_scope": "leaf()"}[shape]
+    script = f"""
+import distaff
+
+@distaff.workflow
+def top():
+    distaff.sleep(0.002)
+    return 1
+
+@distaff.task()
+def leaf():
+    distaff.sleep(0.002)
+    return 1
+
+scope = distaff.workflow_scope("run-1") if {shape == "workflow_scope"!r} else None
+if scope is not None:
+    scope.__enter__()
+for i in range(20):
+    {call}
+print("ready", flush=True)
+while True:
+    {call}
+"""
+    rc, out, err = _ctrl_c(script, wait=0.2, timeout=30)
+    assert rc != 0 and "KeyboardInterrupt" in err, (rc, out, err)
+    assert "Exception ignored" not in err, err
