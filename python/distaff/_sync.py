@@ -263,12 +263,14 @@ class Event:
     event.wait_async()`` in a coroutine. Both return True once set, False on timeout.
     """
 
-    __slots__ = ("_mu", "_flag", "_promise")
+    __slots__ = ("_mu", "_flag", "_waiters")
 
     def __init__(self) -> None:
         self._mu = threading.Lock()
         self._flag = False
-        self._promise: Any = None  # shared by the current waiters; settled by set()
+        # A promise per current waiter (settled by set()): one waiter's cancel — its asyncio task
+        # cancelled, Ctrl-C, its loop closing — ends only its own wait, never the others'.
+        self._waiters: dict = {}
 
     def is_set(self) -> bool:
         return self._flag
@@ -276,9 +278,9 @@ class Event:
     def set(self) -> None:
         with self._mu:
             self._flag = True
-            p, self._promise = self._promise, None
-        if p is not None:
-            _core.settle(p, True, None)
+            waiters, self._waiters = self._waiters, {}
+        for p in waiters:
+            _core.settle(p, True, None)  # False for one cancelled meanwhile: it left on its own
 
     def clear(self) -> None:
         with self._mu:
@@ -288,9 +290,17 @@ class Event:
         with self._mu:
             if self._flag:
                 return None
-            if self._promise is None:
-                self._promise = _core.promise("Event.wait")
-            return self._promise
+            p = _core.promise("Event.wait")
+            self._waiters[p] = None
+            return p
+
+    def _leave(self, p: Any) -> None:
+        """The waiter behind `p` stops waiting (timeout, cancel, Ctrl-C): out of the queue, and its
+        record finished (cancelled) unless set() settled it meanwhile."""
+        with self._mu:
+            queued = self._waiters.pop(p, 0) is None
+        if queued:
+            _core.settle(p, False, None)
 
     def wait(self, timeout: float | None = None) -> bool:
         t = _check_timeout(timeout, "Event.wait")
@@ -300,9 +310,14 @@ class Event:
         try:
             p.result(timeout=t)
         except _DistaffTimeout:
+            self._leave(p)
             raise  # the body's own timeout= (see _wait_sync), not this wait's
         except TimeoutError:
+            self._leave(p)
             return self._flag
+        except BaseException:
+            self._leave(p)
+            raise
         return True
 
     async def wait_async(self, timeout: float | None = None) -> bool:
@@ -318,7 +333,11 @@ class Event:
             else:
                 await asyncio.wait_for(asyncio.shield(_as_future(p)), t)
         except asyncio.TimeoutError:
+            self._leave(p)
             return self._flag
+        except BaseException:
+            self._leave(p)
+            raise
         return True
 
     def __repr__(self) -> str:

@@ -296,6 +296,39 @@ def test_event_wait_times_out_and_clear_resets(one_worker):
     assert not ev.is_set() and ev.wait(0.005) is False
 
 
+def test_one_event_waiter_cancelled_or_timed_out_leaves_the_others_waiting(one_worker):
+    # An outsider's find: every waiter shared one promise, so cancelling one asyncio waiter (its
+    # task cancelled, its wait_for timing out, its loop closing) cancelled the promise: the other
+    # waiters (threads, bodies) got CancelledError, and every later wait raised until set().
+    ev = distaff.Event()
+    results = []
+    waiting = threading.Event()
+
+    def thread_waiter():
+        waiting.set()
+        results.append(ev.wait(30))
+
+    body = one_worker.task(lambda: ev.wait(30)).submit()
+    t = threading.Thread(target=thread_waiter)
+    t.start()
+    assert waiting.wait(30)
+
+    async def impatient():
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(ev.wait_async(), 0.01)   # cancels its task's wait
+        assert await ev.wait_async(timeout=0.01) is False    # times out on its own
+        asyncio.get_running_loop().create_task(ev.wait_async())
+        await asyncio.sleep(0)                               # left pending as the loop closes
+
+    asyncio.run(impatient())
+    assert ev.wait(0.01) is False                           # not CancelledError
+    assert one_worker.task(lambda: ev.wait(0.01)).submit().result(timeout=30) is False
+    ev.set()
+    t.join(30)
+    assert results == [True] and body.result(timeout=30) is True
+    assert ev.wait(0) is True and asyncio.run(ev.wait_async()) is True
+
+
 # -- concurrency= -----------------------------------------------------------------------------------
 
 
