@@ -309,9 +309,27 @@ bool ask_default(PyObject* default_engine, PyObject** capsule, PyObject** scope)
 // result() returns; the body runs on the calling thread when it can, docs/internals/sync-calls.md).
 PyObject* submit_or_call(Submitter* self, PyObject* const* args, size_t nargsf, PyObject* kwnames, bool sync);
 
+// A synchronous call whose wait was refused (DeadlockError: the caller would wait on what waits on
+// it) raises, so its caller never holds the execution it made: that one is cancelled, as an
+// interrupted call's is, rather than left to fail later with an error nobody can retrieve (logged
+// at exit as unobserved). The DeadlockError stays the call's exception.
+void abandon_refused_call(PyObject* ex) {
+  if (!PyErr_ExceptionMatches(DeadlockError)) return;
+  PyObject *type, *value, *tb;
+  PyErr_Fetch(&type, &value, &tb);
+  PyObject* done = PyObject_CallMethod(ex, "cancel", nullptr);
+  if (done) {
+    Py_DECREF(done);
+  } else {
+    PyErr_Clear();
+  }
+  PyErr_Restore(type, value, tb);
+}
+
 PyObject* general_then_result(PyObject* ex) {
   if (!ex) return nullptr;
   PyObject* r = execution_result(ex);
+  if (!r) abandon_refused_call(ex);
   Py_DECREF(ex);
   return r;
 }

@@ -141,6 +141,36 @@ def test_returning_an_execution_that_waits_on_you_is_a_deadlock_error(engine):
         parent()
 
 
+def test_a_synchronous_call_refused_as_a_deadlock_cancels_the_execution_it_made():
+    # An outsider's find: w(current_execution()) with wait=True raises DeadlockError, so the
+    # caller never holds w's execution; that one then failed with DependencyError and was logged
+    # at exit as "failed and nobody retrieved its error". It is cancelled instead.
+    from conftest import run_python
+
+    r = run_python("""
+import distaff
+engine = distaff.Engine()
+
+@engine.task(wait=True)
+def w(x):
+    return 1
+
+@engine.task()
+def depself():
+    return w(distaff.current_execution())
+
+try:
+    depself()
+except distaff.DeadlockError as e:
+    print("caught:", "waits on it" in str(e), flush=True)
+engine.wait_idle()
+print("w:", [n["state"] for n in engine.graph()["nodes"] if n["name"].endswith("w")], flush=True)
+""", timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "caught: True" in r.stdout and "w: ['cancelled']" in r.stdout, r.stdout + r.stderr
+    assert "nobody retrieved" not in r.stderr, r.stderr
+
+
 def test_deadlock_error_is_a_runtime_error():
     assert issubclass(distaff.DeadlockError, RuntimeError)
 
