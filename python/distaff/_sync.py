@@ -309,14 +309,11 @@ class Event:
             return True
         try:
             p.result(timeout=t)
-        except _DistaffTimeout:
+        except BaseException as e:
             self._leave(p)
-            raise  # the body's own timeout= (see _wait_sync), not this wait's
-        except TimeoutError:
-            self._leave(p)
-            return self._flag
-        except BaseException:
-            self._leave(p)
+            # This wait's own timeout; the body's own timeout= (see _wait_sync) and the rest go on.
+            if isinstance(e, TimeoutError) and not isinstance(e, _DistaffTimeout):
+                return self._flag
             raise
         return True
 
@@ -332,11 +329,10 @@ class Event:
                 await p
             else:
                 await asyncio.wait_for(asyncio.shield(_as_future(p)), t)
-        except asyncio.TimeoutError:
+        except BaseException as e:
             self._leave(p)
-            return self._flag
-        except BaseException:
-            self._leave(p)
+            if isinstance(e, asyncio.TimeoutError):
+                return self._flag
             raise
         return True
 

@@ -397,7 +397,7 @@ def _check_path(path: Any) -> str:
         raise IsADirectoryError(errno.EISDIR, "trace() writes a file, and this path is a directory", path)
     # Tried for real (access() says yes to root on a read-only mount such as /sys): a file that
     # cannot be written fails here, at the call, not after the work at the block's exit.
-    probe = f"{path}.tmp-{os.getpid()}-{threading.get_ident()}-{next(_tmp_serial)}"
+    probe = _tmp_name(path)
     try:
         os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     except OSError as e:
@@ -520,7 +520,7 @@ def write(events: list, path: str, end: int | None = None) -> None:
         raise ValueError(f"unknown trace format {suffix!r}: use one of {', '.join(FORMATS)}")
     # A name of its own per writer (two traces of one path at once each write whole files, the
     # last one replacing the other), created exclusively, removed on any failure (Ctrl-C too).
-    tmp = f"{path}.tmp-{os.getpid()}-{threading.get_ident()}-{next(_tmp_serial)}"
+    tmp = _tmp_name(path)
     try:
         f = open(tmp, "x", encoding="utf-8")
     except OSError as e:
@@ -548,6 +548,11 @@ def write(events: list, path: str, end: int | None = None) -> None:
 
 
 _tmp_serial = itertools.count()
+
+
+def _tmp_name(path: str) -> str:
+    """A temporary name beside ``path`` that no other writer (thread, process) uses."""
+    return f"{path}.tmp-{os.getpid()}-{threading.get_ident()}-{next(_tmp_serial)}"
 
 
 def read_jsonl(path: str) -> list:
@@ -665,7 +670,7 @@ def executions(events: list, end: int | None = None) -> tuple[list, int]:
             x["attempts"] = e.get("attempts")
             x["error"] = e.get("error")
             x["traceback"] = e.get("traceback")
-    end = max([e["mono_ns"] for e in events] + ([end] if end is not None else []), default=0)
+    end = recording_end(events, end) or 0
     for x in exs.values():
         if x["_open"] is not None:  # still running when the recording stopped
             ow, ot = x["_open"]
